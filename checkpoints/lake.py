@@ -1,0 +1,311 @@
+"""The lake: one Delta table per stage output under one root, with exactly-once appends.
+
+Exactly-once: every keyed append records the key as a Delta ``txn`` (app id).
+delta-rs records ``txn`` actions but never skips a duplicate, so ``append``
+checks ``transaction_version(key)`` on a snapshot and commits *against that
+same snapshot*: if another writer committed the same key in between, delta-rs's
+conflict checker refuses the commit and we re-check on a fresh snapshot. The
+check and the commit therefore cannot interleave with a concurrent writer.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Literal
+
+import pyarrow as pa
+from deltalake import CommitProperties, DeltaTable, Transaction, write_deltalake
+from deltalake.exceptions import CommitFailedError, DeltaError, SchemaMismatchError, TableNotFoundError
+
+from checkpoints._storage import Storage
+from checkpoints.exceptions import CheckpointCorrupted, CheckpointError, CheckpointNotFound
+from checkpoints.maintenance import MaintenanceReport, maintain
+from checkpoints.manifests import Manifest, last_complete, list_manifests, rollback_to, write_manifest
+from checkpoints.quarantine import QuarantineRecord, list_quarantined, quarantine
+
+logger = logging.getLogger(__name__)
+
+#: Custom commit metadata key carrying the idempotency key of an append.
+KEY_METADATA = "selfheal.key"
+_COMMIT_ATTEMPTS = 50
+
+
+@dataclass(frozen=True)
+class AppendResult:
+    """What one ``Lake.append_once`` did.
+
+    Attributes:
+        version: the table version holding the rows (new, or the earlier one for a duplicate).
+        duplicate: True when the key had already been committed and nothing was written.
+        rows: rows written by this call (0 for a duplicate).
+    """
+
+    version: int
+    duplicate: bool
+    rows: int
+
+
+def _to_arrow(data: Any) -> pa.Table:
+    if isinstance(data, pa.Table):
+        return data
+    if isinstance(data, pa.RecordBatch):
+        return pa.Table.from_batches([data])
+    module = type(data).__module__
+    if module.startswith("pandas"):
+        return pa.Table.from_pandas(data, preserve_index=False)
+    raise TypeError(f"expected a pyarrow.Table or pandas.DataFrame, got {type(data).__name__}")
+
+
+def _app_id(key: str) -> str:
+    return f"selfheal:{key}"
+
+
+class Lake:
+    """Delta tables under one root (a local folder or any object-store URI).
+
+    Example:
+        >>> lake = Lake("/tmp/lake")
+        >>> v = lake.append("bronze", table, key=sha256_of_source_file)
+        >>> lake.read("bronze", version=v).num_rows
+    """
+
+    def __init__(self, root: str | os.PathLike[str], storage_options: Mapping[str, str] | None = None) -> None:
+        self.storage = Storage(os.fspath(root), storage_options)
+        self.root = self.storage.root
+        self.storage_options: dict[str, str] | None = dict(storage_options) if storage_options else None
+
+    def __repr__(self) -> str:
+        return f"Lake({self.root!r})"
+
+    # -- tables -----------------------------------------------------------
+    def uri(self, table: str) -> str:
+        """The URI of ``table`` under the root."""
+        if not table or "/" in table or table.startswith("."):
+            raise ValueError(f"invalid table name {table!r}")
+        return self.storage.join(table)
+
+    def exists(self, table: str) -> bool:
+        """Whether ``table`` has at least one committed version."""
+        return self.storage.exists(self.storage.join(table, "_delta_log"))
+
+    def tables(self) -> list[str]:
+        """Names of the tables under the root, sorted."""
+        return sorted(name for name in self.storage.listdir(self.root) if self.exists(name))
+
+    def _open(self, table: str, version: int | str | datetime | None = None) -> DeltaTable:
+        uri = self.uri(table)
+        try:
+            dt = DeltaTable(uri, storage_options=self.storage_options)
+            if version is not None:
+                dt.load_as_version(version)
+            return dt
+        except TableNotFoundError as exc:
+            raise CheckpointNotFound(f"table {table!r} does not exist under {self.root}") from exc
+        except DeltaError as exc:
+            self._raise_if_corrupted(table, exc)
+            if version is not None:
+                raise CheckpointNotFound(f"table {table!r} has no version {version!r}: {exc}") from exc
+            raise CheckpointError(f"table {table!r}: {exc}") from exc
+
+    def _log_versions(self, table: str) -> list[int]:
+        log = self.storage.join(table, "_delta_log")
+        versions = []
+        for name in self.storage.listdir(log):
+            stem, _, ext = name.partition(".")
+            if ext == "json" and stem.isdigit():
+                versions.append(int(stem))
+        return sorted(versions)
+
+    def _raise_if_corrupted(self, table: str, exc: Exception) -> None:
+        """Translate a log that cannot be parsed into ``CheckpointCorrupted``."""
+        for version in reversed(self._log_versions(table)):
+            entry = self.storage.join(table, "_delta_log", f"{version:020d}.json")
+            text = self.storage.read_bytes(entry).decode("utf-8", errors="replace")
+            try:
+                lines = [json.loads(line) for line in text.splitlines() if line.strip()]
+            except json.JSONDecodeError as err:
+                raise CheckpointCorrupted(table, version, f"unparseable JSON: {err}") from exc
+            if not lines:
+                raise CheckpointCorrupted(table, version, "empty log entry") from exc
+            return  # only the newest entry can be torn by a crashed writer
+
+    def version(self, table: str) -> int:
+        """The newest committed version of ``table``."""
+        return int(self._open(table).version())
+
+    def history(self, table: str, limit: int | None = None) -> list[dict[str, Any]]:
+        """Commit history of ``table``, newest first."""
+        return list(self._open(table).history(limit))
+
+    def read(
+        self,
+        table: str,
+        version: int | None = None,
+        *,
+        as_of: datetime | None = None,
+        columns: list[str] | None = None,
+    ) -> pa.Table:
+        """Read ``table`` at its newest version, at ``version``, or as of a time."""
+        if version is not None and as_of is not None:
+            raise ValueError("give version or as_of, not both")
+        dt = self._open(table, version if version is not None else as_of)
+        try:
+            return dt.to_pyarrow_table(columns=columns)
+        except DeltaError as exc:
+            raise CheckpointError(f"table {table!r}: cannot read: {exc}") from exc
+
+    def has_key(self, table: str, key: str) -> bool:
+        """Whether an append with idempotency ``key`` was committed to ``table``."""
+        if not self.exists(table):
+            return False
+        return self._open(table).transaction_version(_app_id(key)) is not None
+
+    def append(
+        self, table: str, data: Any, key: str | None = None, *, schema_mode: Literal["merge"] | None = None
+    ) -> int:
+        """Append rows, exactly once per ``key``, and return the table version holding them.
+
+        Args:
+            table: table name under the root (created on first append).
+            data: a ``pyarrow.Table`` or ``pandas.DataFrame``.
+            key: idempotency key (e.g. the source file's sha256). A key already
+                committed writes nothing and returns the version that holds it.
+            schema_mode: ``"merge"`` to add new columns; default refuses a schema change.
+        """
+        return self.append_once(table, data, key, schema_mode=schema_mode).version
+
+    def append_once(
+        self, table: str, data: Any, key: str | None = None, *, schema_mode: Literal["merge"] | None = None
+    ) -> AppendResult:
+        """Like ``append`` but says whether the key was a duplicate."""
+        arrow = _to_arrow(data)
+        uri = self.uri(table)
+        for attempt in range(_COMMIT_ATTEMPTS):
+            dt = self._open(table) if self.exists(table) else None
+            if key is not None and dt is not None and dt.transaction_version(_app_id(key)) is not None:
+                return AppendResult(self._version_of_key(dt, key), duplicate=True, rows=0)
+            props = CommitProperties(
+                app_transactions=[Transaction(app_id=_app_id(key), version=1)] if key else None,
+                custom_metadata={KEY_METADATA: key} if key else None,
+            )
+            try:
+                write_deltalake(
+                    dt if dt is not None else uri,
+                    arrow,
+                    mode="append",
+                    schema_mode=schema_mode,
+                    storage_options=None if dt is not None else self.storage_options,
+                    commit_properties=props,
+                )
+            except CommitFailedError as exc:
+                # A concurrent writer won: re-check the key on a fresh snapshot.
+                logger.debug("append to %s lost a commit race (attempt %d): %s", table, attempt, exc)
+                time.sleep(min(0.2, 0.005 * (attempt + 1)))
+                continue
+            except SchemaMismatchError as exc:
+                raise CheckpointError(f"table {table!r}: schema does not match: {exc}") from exc
+            except DeltaError as exc:
+                if "already exists" in str(exc).lower():
+                    continue  # another writer created the table first
+                raise CheckpointError(f"table {table!r}: append failed: {exc}") from exc
+            return AppendResult(self._committed_version(table, key), duplicate=False, rows=arrow.num_rows)
+        raise CheckpointError(f"table {table!r}: gave up after {_COMMIT_ATTEMPTS} commit conflicts")
+
+    def _committed_version(self, table: str, key: str | None) -> int:
+        dt = self._open(table)
+        return self._version_of_key(dt, key) if key else int(dt.version())
+
+    def _version_of_key(self, dt: DeltaTable, key: str) -> int:
+        for commit in dt.history():
+            if commit.get(KEY_METADATA) == key:
+                return int(commit["version"])
+        return int(dt.version())  # key committed before custom metadata existed
+
+    def overwrite(self, table: str, data: Any) -> int:
+        """Replace the content of ``table`` (a new version; old ones stay readable)."""
+        arrow = _to_arrow(data)
+        target: DeltaTable | str = self._open(table) if self.exists(table) else self.uri(table)
+        try:
+            write_deltalake(
+                target,
+                arrow,
+                mode="overwrite",
+                schema_mode="overwrite",
+                storage_options=None if isinstance(target, DeltaTable) else self.storage_options,
+            )
+        except DeltaError as exc:
+            raise CheckpointError(f"table {table!r}: overwrite failed: {exc}") from exc
+        return self.version(table)
+
+    def restore(self, table: str, version: int) -> int:
+        """Make ``version`` the newest state of ``table`` and return the resulting version.
+
+        Restoring to the current version is a no-op.
+        """
+        dt = self._open(table)
+        if int(dt.version()) == version:
+            return version
+        try:
+            dt.restore(version)
+        except DeltaError as exc:
+            raise CheckpointNotFound(f"table {table!r}: cannot restore to version {version}: {exc}") from exc
+        return int(DeltaTable(self.uri(table), storage_options=self.storage_options).version())
+
+    def recover(self, table: str) -> int:
+        """Set aside a corrupted newest log entry and return the version now readable.
+
+        The damaged entry is moved to ``_delta_log/_corrupted/`` (never deleted) so
+        it can be inspected. Raises ``CheckpointNotFound`` if the table is healthy.
+        """
+        try:
+            self._open(table)
+        except CheckpointCorrupted as exc:
+            log = self.storage.join(table, "_delta_log")
+            name = f"{exc.version:020d}.json"
+            self.storage.move(self.storage.join(log, name), self.storage.join(log, "_corrupted", name))
+            logger.warning("table %s: set aside corrupted log entry %d", table, exc.version)
+            return self.version(table)
+        raise CheckpointNotFound(f"table {table!r} is not corrupted; nothing to recover")
+
+    def iter_versions(self, table: str) -> Iterator[int]:
+        """Versions of ``table`` still in its log, oldest first."""
+        yield from self._log_versions(table)
+
+    # -- manifests, quarantine, maintenance ---------------------------------
+    def write_manifest(
+        self, run_id: str, stages: Mapping[str, int], *, complete: bool = True, meta: Mapping[str, Any] | None = None
+    ) -> Manifest:
+        """Record which version of each stage table run ``run_id`` produced."""
+        return write_manifest(self, Manifest(run_id, dict(stages), complete, meta=dict(meta or {})))
+
+    def manifests(self) -> list[Manifest]:
+        """Every manifest, oldest first."""
+        return list_manifests(self)
+
+    def last_manifest(self) -> Manifest | None:
+        """The last complete manifest: the last consistent checkpoint."""
+        return last_complete(self)
+
+    def rollback_to(self, manifest: Manifest) -> dict[str, int]:
+        """Restore every table named by ``manifest`` to its version there."""
+        return rollback_to(self, manifest)
+
+    def quarantine(
+        self, raw: bytes, source: str, reason: str, failures: list[dict[str, Any]] | None = None
+    ) -> QuarantineRecord:
+        """Keep a refused batch's raw bytes and record the reason."""
+        return quarantine(self, raw, source, reason, failures)
+
+    def quarantined(self) -> list[QuarantineRecord]:
+        """Every quarantined batch, oldest first."""
+        return list_quarantined(self)
+
+    def maintain(self, table: str, keep_manifests: int | None = None) -> MaintenanceReport:
+        """Checkpoint and vacuum ``table`` without breaking any kept manifest."""
+        return maintain(self, table, keep_manifests)

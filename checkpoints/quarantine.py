@@ -1,0 +1,96 @@
+"""Quarantine: bad batches kept whole, with the reason they were refused."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+import pyarrow as pa
+
+if TYPE_CHECKING:
+    from checkpoints.lake import Lake
+
+QUARANTINE_TABLE = "_quarantine"
+_FILES = "_quarantine_files"
+
+_SCHEMA = pa.schema(
+    [
+        ("sha256", pa.string()),
+        ("source", pa.string()),
+        ("reason", pa.string()),
+        ("failures", pa.string()),
+        ("quarantined_at", pa.timestamp("us", tz="UTC")),
+        ("stored_at", pa.string()),
+        ("size_bytes", pa.int64()),
+    ]
+)
+
+
+@dataclass(frozen=True)
+class QuarantineRecord:
+    """One refused batch.
+
+    Attributes:
+        sha256: digest of the raw file (also its idempotency key).
+        source: where the batch came from.
+        reason: one line a person can act on.
+        failures: every failed expectation (e.g. pandera's failure cases).
+        stored_at: where the raw bytes are kept, unchanged.
+    """
+
+    sha256: str
+    source: str
+    reason: str
+    failures: list[dict[str, Any]] = field(default_factory=list)
+    quarantined_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+    stored_at: str = ""
+    size_bytes: int = 0
+
+
+def quarantine(
+    lake: Lake,
+    raw: bytes,
+    source: str,
+    reason: str,
+    failures: list[dict[str, Any]] | None = None,
+) -> QuarantineRecord:
+    """Keep ``raw`` and record why it was refused (once per content digest)."""
+    digest = hashlib.sha256(raw).hexdigest()
+    name = source.replace("\\", "/").rsplit("/", 1)[-1] or "batch"
+    stored_at = lake.storage.join(_FILES, digest, name)
+    if not lake.storage.exists(stored_at):
+        lake.storage.write_bytes(stored_at, raw)
+    record = QuarantineRecord(digest, source, reason, list(failures or []), stored_at=stored_at, size_bytes=len(raw))
+    row = {
+        "sha256": record.sha256,
+        "source": record.source,
+        "reason": record.reason,
+        "failures": json.dumps(record.failures, default=str),
+        "quarantined_at": record.quarantined_at,
+        "stored_at": record.stored_at,
+        "size_bytes": record.size_bytes,
+    }
+    lake.append(QUARANTINE_TABLE, pa.Table.from_pylist([row], schema=_SCHEMA), key=f"quarantine:{digest}")
+    return record
+
+
+def list_quarantined(lake: Lake) -> list[QuarantineRecord]:
+    """Every quarantined batch, oldest first."""
+    if not lake.exists(QUARANTINE_TABLE):
+        return []
+    rows = lake.read(QUARANTINE_TABLE).sort_by("quarantined_at").to_pylist()
+    return [
+        QuarantineRecord(
+            sha256=r["sha256"],
+            source=r["source"],
+            reason=r["reason"],
+            failures=json.loads(r["failures"] or "[]"),
+            quarantined_at=r["quarantined_at"],
+            stored_at=r["stored_at"],
+            size_bytes=int(r["size_bytes"]),
+        )
+        for r in rows
+    ]

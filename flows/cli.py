@@ -1,0 +1,165 @@
+"""The ``selfheal`` command line.
+
+Each command parses its arguments here and calls one function in the module
+that owns the work; heavy imports (Prefect, MLflow) happen only when needed so
+``selfheal --help`` is instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import os
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from checkpoints.exceptions import SelfhealError
+
+Handler = Callable[[argparse.Namespace], int | None]
+
+_DESCRIPTION = """\
+selfheal: self-healing ML pipelines on Prefect.
+
+It trains, deploys and watches a tabular model; when something breaks it
+detects, diagnoses, repairs, verifies the repair and records the time to
+recover (MTTR). Everything runs locally with no servers to install: Prefect on
+SQLite, MLflow on SQLite, the Delta lake in a local folder (see selfheal.yaml).
+"""
+
+
+def _handler(target: str) -> Handler:
+    """A handler that imports ``module:function`` only when the command runs."""
+
+    def run(args: argparse.Namespace) -> int | None:
+        module, _, func = target.partition(":")
+        result: int | None = getattr(importlib.import_module(module), func)(args)
+        return result
+
+    return run
+
+
+def _add(sub: Any, name: str, target: str, help_text: str, description: str | None = None) -> argparse.ArgumentParser:
+    parser: argparse.ArgumentParser = sub.add_parser(
+        name,
+        help=help_text,
+        description=description or help_text,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.set_defaults(handler=_handler(target))
+    return parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full argument parser (one sub-command per job)."""
+    parser = argparse.ArgumentParser(
+        prog="selfheal", description=_DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--config",
+        "-c",
+        default=None,
+        help="path to selfheal.yaml (default: $SELFHEAL_CONFIG or ./selfheal.yaml; all defaults if absent)",
+    )
+    parser.add_argument("--verbose", "-v", action="store_true", help="log debug detail")
+    sub = parser.add_subparsers(title="commands", metavar="COMMAND")
+
+    demo = _add(
+        sub,
+        "demo",
+        "flows.demo:cli_demo",
+        "run the loop end to end on generated card-fraud data",
+        "Generate card-fraud batches (some of them faulty), run the pipeline, and report\n"
+        "what landed, what was quarantined and which model is champion. Uses a scratch\n"
+        "folder (default .selfheal/demo) so your own lake is untouched.",
+    )
+    demo.add_argument("--workdir", default=None, help="scratch folder (default: <home>/demo; wiped first)")
+    demo.add_argument("--batches", type=int, default=6, help="clean batches to generate (default 6)")
+    demo.add_argument("--rows", type=int, default=2000, help="rows per batch (default 2000)")
+    demo.add_argument("--seed", type=int, default=7, help="random seed (default 7)")
+
+    data = sub.add_parser("data", help="generate demo data", description="Demo data tools.")
+    data_sub = data.add_subparsers(title="data commands", metavar="COMMAND", required=True)
+    gen = _add(
+        data_sub,
+        "generate",
+        "flows.demo_data:cli_generate",
+        "write seeded card-transaction batches into the landing zone",
+        "Write a deterministic card-transaction fraud stream into the landing zone,\n"
+        "one batch per file, optionally with drift or a data fault.",
+    )
+    gen.add_argument("--batches", type=int, default=5, help="number of batch files (default 5)")
+    gen.add_argument("--rows", type=int, default=2000, help="rows per batch (default 2000)")
+    gen.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    gen.add_argument("--start", type=int, default=0, help="index of the first batch (default 0)")
+    gen.add_argument(
+        "--drift",
+        default="none",
+        help="none | covariate[:MAG] | concept[:MAG] (MAG in sigmas/strength, default 1.0)",
+    )
+    gen.add_argument(
+        "--fault",
+        default="none",
+        help="none | nulls | missing_column | extra_column | renamed_column | wrong_dtype | "
+        "out_of_range | duplicates | truncated | garbage | empty | bom_csv | missing_label | "
+        "unseen_label | inf_values | all_null_column",
+    )
+    gen.add_argument("--format", choices=["parquet", "csv"], default=None, help="file format (default: config)")
+    gen.add_argument("--out", default=None, help="folder to write to (default: the landing zone)")
+    gen.add_argument("--label-delay", type=int, default=0, help="batches before labels arrive (default 0)")
+
+    lake = sub.add_parser("lake", help="inspect and repair the Delta lake", description="Lake tools.")
+    lake_sub = lake.add_subparsers(title="lake commands", metavar="COMMAND", required=True)
+    _add(lake_sub, "status", "flows.lake_cli:cli_status", "list tables, versions and the last consistent manifest")
+    rec = _add(
+        lake_sub,
+        "recover",
+        "flows.lake_cli:cli_recover",
+        "set aside a corrupted newest log entry so the table reads at its last good version",
+    )
+    rec.add_argument("table", help="table name")
+    mnt = _add(
+        lake_sub,
+        "maintain",
+        "flows.lake_cli:cli_maintain",
+        "checkpoint and vacuum tables, keeping every version a kept manifest needs",
+    )
+    mnt.add_argument("tables", nargs="*", help="tables (default: all)")
+    mnt.add_argument("--keep-manifests", type=int, default=None, help="newest complete manifests to keep (default all)")
+    _add(lake_sub, "quarantine", "flows.lake_cli:cli_quarantine", "list quarantined batches and why")
+    return parser
+
+
+def _configure_logging(verbose: bool) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``selfheal`` console script."""
+    os.environ.setdefault("DO_NOT_TRACK", "1")
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("MLFLOW_ENABLE_TELEMETRY", "false")
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not hasattr(args, "handler"):
+        parser.print_help()
+        return 2
+    _configure_logging(args.verbose)
+    if args.config:
+        os.environ["SELFHEAL_CONFIG"] = args.config
+    try:
+        return int(args.handler(args) or 0)
+    except SelfhealError as exc:
+        print(f"selfheal: error: {exc}", file=sys.stderr)  # noqa: T201
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

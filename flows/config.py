@@ -1,0 +1,256 @@
+"""``selfheal.yaml``: the one configuration file, validated, with ``SELFHEAL_*`` overrides.
+
+Precedence, highest first: environment (``SELFHEAL_LAKE__ROOT=/data/lake``; nested
+keys joined by ``__``), the YAML file, the defaults below. Relative paths are
+resolved against the folder holding the YAML file.
+
+Example:
+    >>> cfg = load_config("selfheal.yaml")
+    >>> cfg.lake.root, cfg.data.target
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from checkpoints.exceptions import ConfigError
+
+DEFAULT_CONFIG_FILE = "selfheal.yaml"
+Task = Literal["binary", "multiclass", "regression"]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class LakeConfig(_Section):
+    """Where the Delta tables live: a local folder or an object-store URI."""
+
+    root: str = ".selfheal/lake"
+    storage_options: dict[str, str] = Field(default_factory=dict)
+
+
+class LandingConfig(_Section):
+    """Where new batches arrive (one batch per file)."""
+
+    path: str = ".selfheal/landing"
+    format: Literal["parquet", "csv"] = "parquet"
+    fallback: str | None = None
+    """A second source read when the primary stays unreachable after retries."""
+
+
+class Expectations(_Section):
+    """Data expectations every batch must meet (checked by the validate stage)."""
+
+    min_rows: int = Field(default=50, ge=0)
+    max_null_fraction: float = Field(default=0.2, ge=0.0, le=1.0)
+    max_duplicate_fraction: float = Field(default=0.05, ge=0.0, le=1.0)
+    ranges: dict[str, tuple[float, float]] = Field(default_factory=dict)
+    value_sets: dict[str, list[str]] = Field(default_factory=dict)
+    label_values: list[Any] | None = None
+    """Allowed target values; None: any value, and for classification the classes seen first."""
+
+
+class DataConfig(_Section):
+    """What the data looks like."""
+
+    target: str = "is_fraud"
+    task: Task = "binary"
+    time_column: str | None = None
+    id_columns: list[str] = Field(default_factory=list)
+    schema_: dict[str, str] | None = Field(default=None, alias="schema")
+    """Feature column -> dtype ("float64", "int64", "string", "bool"). None: inferred
+    from the first accepted batch and then locked."""
+    expectations: Expectations = Field(default_factory=Expectations)
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    @field_validator("schema_")
+    @classmethod
+    def _known_dtypes(cls, value: dict[str, str] | None) -> dict[str, str] | None:
+        allowed = {"float64", "int64", "string", "bool"}
+        for column, dtype in (value or {}).items():
+            if dtype not in allowed:
+                raise ValueError(f"column {column!r}: dtype {dtype!r} is not one of {sorted(allowed)}")
+        return value
+
+
+class HoldoutConfig(_Section):
+    strategy: Literal["random", "time"] = "random"
+    fraction: float = Field(default=0.2, gt=0.0, lt=1.0)
+
+
+class TrainerConfig(_Section):
+    """The estimator to train: an import path and its parameters."""
+
+    estimator: str | None = None
+    """Import path, e.g. ``sklearn.ensemble.HistGradientBoostingClassifier``; None picks
+    histogram gradient boosting for the task."""
+    params: dict[str, Any] = Field(default_factory=dict)
+    seed: int = 42
+    holdout: HoldoutConfig = Field(default_factory=HoldoutConfig)
+    window_batches: int | None = None
+    """Train on the newest N batches of silver only (None: all)."""
+
+    @field_validator("estimator")
+    @classmethod
+    def _import_path(cls, value: str | None) -> str | None:
+        if value is not None and (value.count(".") < 1 or " " in value):
+            raise ValueError(f"expected an import path like 'package.module.Class', got {value!r}")
+        return value
+
+
+class GateConfig(_Section):
+    """The evaluation gate a challenger must pass to be promoted."""
+
+    metric: str | None = None
+    """roc_auc (binary), f1_macro (multiclass), r2 (regression) when None."""
+    minimum: float = 0.0
+    tolerance: float = Field(default=0.01, ge=0.0)
+    """How much worse than the champion (same holdout) a challenger may be."""
+
+
+class ServingConfig(_Section):
+    host: str = "127.0.0.1"
+    port: int = Field(default=8765, ge=1, le=65535)
+    workers: int = Field(default=2, ge=1)
+    url: str | None = None
+    """A running server to tell about new champions (``POST /admin/reload``)."""
+    poll_seconds: float = Field(default=10.0, gt=0)
+    predict_timeout_seconds: float = Field(default=1.0, gt=0)
+    breaker_fail_max: int = Field(default=5, ge=1)
+    breaker_reset_seconds: float = Field(default=10.0, gt=0)
+
+
+class SLAConfig(_Section):
+    """Service levels the chaos suite holds recovery to."""
+
+    mttr_seconds: dict[str, float] = Field(
+        default_factory=lambda: {"default": 60.0},
+    )
+    availability: float = Field(default=0.99, ge=0.0, le=1.0)
+    rows_lost: int = Field(default=0, ge=0)
+
+
+class HealingConfig(_Section):
+    """Which remedies the healer tries for each cause, in order."""
+
+    enabled: bool = True
+    policy: dict[str, list[str]] = Field(default_factory=dict)
+    max_attempts: int = Field(default=1, ge=1)
+    cooldown_seconds: float = Field(default=0.0, ge=0.0)
+    budget_per_hour: float = Field(default=100.0, ge=0.0)
+    webhook_url: str | None = None
+
+
+class SelfhealConfig(BaseSettings):
+    """The whole of ``selfheal.yaml``."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="SELFHEAL_", env_nested_delimiter="__", extra="forbid", populate_by_name=True
+    )
+
+    project: str = "selfheal"
+    model_name: str = "fraud-detector"
+    home: str = ".selfheal"
+    """Local state: the Prefect and MLflow databases, pid files, reports."""
+    tracking_uri: str | None = None
+    """MLflow tracking URI; default ``sqlite:///<home>/mlflow.db``."""
+    lake: LakeConfig = Field(default_factory=LakeConfig)
+    landing: LandingConfig = Field(default_factory=LandingConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    trainer: TrainerConfig = Field(default_factory=TrainerConfig)
+    gate: GateConfig = Field(default_factory=GateConfig)
+    serving: ServingConfig = Field(default_factory=ServingConfig)
+    thresholds: dict[str, Any] = Field(default_factory=dict)
+    """Monitor thresholds (see ``flows.detectors``); unset keys keep their defaults."""
+    healing: HealingConfig = Field(default_factory=HealingConfig)
+    slas: SLAConfig = Field(default_factory=SLAConfig)
+    source_path: str | None = Field(default=None, exclude=True)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (env_settings, init_settings)
+
+    @model_validator(mode="after")
+    def _resolve_paths(self) -> SelfhealConfig:
+        base = Path(self.source_path).parent if self.source_path else Path.cwd()
+
+        def resolve(value: str) -> str:
+            if "://" in value:
+                return value
+            return str((base / value).resolve())
+
+        self.home = resolve(self.home)
+        self.lake.root = resolve(self.lake.root)
+        self.landing.path = resolve(self.landing.path)
+        if self.landing.fallback:
+            self.landing.fallback = resolve(self.landing.fallback)
+        if self.tracking_uri is None:
+            self.tracking_uri = f"sqlite:///{Path(self.home) / 'mlflow.db'}"
+        return self
+
+    @property
+    def config_hash(self) -> str:
+        """A short digest of everything that changes what the pipeline computes."""
+        relevant = self.model_dump(include={"data", "trainer", "gate"}, mode="json", by_alias=True)
+        return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]
+
+    @property
+    def gate_metric(self) -> str:
+        if self.gate.metric:
+            return self.gate.metric
+        return {"binary": "roc_auc", "multiclass": "f1_macro", "regression": "r2"}[self.data.task]
+
+
+def _format_errors(exc: ValidationError, source: str) -> str:
+    lines = [f"{source}: invalid configuration"]
+    for err in exc.errors():
+        path = ".".join(str(p) for p in err["loc"]) or "<root>"
+        got = err.get("input")
+        shown = "" if isinstance(got, dict) else f" (got {got!r})"
+        lines.append(f"  {path}: {err['msg']}{shown}")
+    return "\n".join(lines)
+
+
+def load_config(path: str | os.PathLike[str] | None = None) -> SelfhealConfig:
+    """Read and validate a config file; a missing default file means all defaults.
+
+    Args:
+        path: the YAML file; None reads ``$SELFHEAL_CONFIG`` or ``./selfheal.yaml`` if present.
+
+    Raises:
+        ConfigError: the file is unreadable or a key is invalid; the message names the key path.
+    """
+    explicit = path is not None or "SELFHEAL_CONFIG" in os.environ
+    file = Path(path or os.environ.get("SELFHEAL_CONFIG", DEFAULT_CONFIG_FILE))
+    data: dict[str, Any] = {}
+    if file.exists():
+        try:
+            loaded = yaml.safe_load(file.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{file}: not valid YAML: {exc}") from exc
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{file}: expected a mapping at the top level, got {type(loaded).__name__}")
+        data = loaded
+    elif explicit:
+        raise ConfigError(f"{file}: no such config file")
+    try:
+        return SelfhealConfig(**data, source_path=str(file.resolve()) if file.exists() else None)
+    except ValidationError as exc:
+        raise ConfigError(_format_errors(exc, str(file))) from exc
