@@ -32,6 +32,9 @@ class Storage:
             return []
         return [p.rstrip("/").rsplit("/", 1)[-1] for p in self.fs.ls(path, detail=False)]
 
+    def size(self, path: str) -> int:
+        return int(self.fs.size(path))
+
     def read_bytes(self, path: str) -> bytes:
         with self.fs.open(path, "rb") as fh:
             return bytes(fh.read())

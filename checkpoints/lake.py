@@ -33,6 +33,8 @@ logger = logging.getLogger(__name__)
 
 #: Custom commit metadata key carrying the idempotency key of an append.
 KEY_METADATA = "selfheal.key"
+#: Custom commit metadata key listing the keys a restore re-stated.
+RESTATED_METADATA = "selfheal.restated_keys"
 _COMMIT_ATTEMPTS = 50
 
 
@@ -64,6 +66,22 @@ def _to_arrow(data: Any) -> pa.Table:
 
 def _app_id(key: str) -> str:
     return f"selfheal:{key}"
+
+
+def _is_live(txn_version: int | None) -> bool:
+    """A key's rows are in the table when its ``txn`` version is odd.
+
+    A restore can remove rows whose key stays recorded in the log (``txn``
+    actions cannot be deleted). So the version counts incarnations: odd = the
+    rows are in the table, even = a restore took them out and the key may be
+    written again. Versions only grow, as the Delta protocol requires.
+    """
+    return txn_version is not None and txn_version % 2 == 1
+
+
+def _next_version(current: int | None, live: bool) -> int:
+    nxt = (current or 0) + 1
+    return nxt if _is_live(nxt) == live else nxt + 1
 
 
 class Lake:
@@ -104,6 +122,8 @@ class Lake:
             dt = DeltaTable(uri, storage_options=self.storage_options)
             if version is not None:
                 dt.load_as_version(version)
+            else:
+                self._check_not_empty(table, int(dt.version()))
             return dt
         except TableNotFoundError as exc:
             raise CheckpointNotFound(f"table {table!r} does not exist under {self.root}") from exc
@@ -112,6 +132,13 @@ class Lake:
             if version is not None:
                 raise CheckpointNotFound(f"table {table!r} has no version {version!r}: {exc}") from exc
             raise CheckpointError(f"table {table!r}: {exc}") from exc
+
+    def _check_not_empty(self, table: str, version: int) -> None:
+        # delta-rs reads a zero-byte newest entry as an empty commit; a real commit
+        # always carries at least commitInfo, so an empty one is a torn write.
+        entry = self.storage.join(table, "_delta_log", f"{version:020d}.json")
+        if self.storage.exists(entry) and self.storage.size(entry) == 0:
+            raise CheckpointCorrupted(table, version, "empty log entry")
 
     def _log_versions(self, table: str) -> list[int]:
         log = self.storage.join(table, "_delta_log")
@@ -164,7 +191,7 @@ class Lake:
         """Whether an append with idempotency ``key`` was committed to ``table``."""
         if not self.exists(table):
             return False
-        return self._open(table).transaction_version(_app_id(key)) is not None
+        return _is_live(self._open(table).transaction_version(_app_id(key)))
 
     def append(
         self, table: str, data: Any, key: str | None = None, *, schema_mode: Literal["merge"] | None = None
@@ -188,10 +215,13 @@ class Lake:
         uri = self.uri(table)
         for attempt in range(_COMMIT_ATTEMPTS):
             dt = self._open(table) if self.exists(table) else None
-            if key is not None and dt is not None and dt.transaction_version(_app_id(key)) is not None:
+            txn_version = dt.transaction_version(_app_id(key)) if key is not None and dt is not None else None
+            if key is not None and dt is not None and _is_live(txn_version):
                 return AppendResult(self._version_of_key(dt, key), duplicate=True, rows=0)
             props = CommitProperties(
-                app_transactions=[Transaction(app_id=_app_id(key), version=1)] if key else None,
+                app_transactions=[Transaction(app_id=_app_id(key), version=_next_version(txn_version, True))]
+                if key
+                else None,
                 custom_metadata={KEY_METADATA: key} if key else None,
             )
             try:
@@ -227,6 +257,18 @@ class Lake:
                 return int(commit["version"])
         return int(dt.version())  # key committed before custom metadata existed
 
+    def _keys_after(self, dt: DeltaTable, version: int) -> set[str]:
+        """Keys whose ``txn`` changed in commits newer than ``version``."""
+        keys: set[str] = set()
+        for commit in dt.history():
+            if int(commit["version"]) <= version:
+                continue
+            if KEY_METADATA in commit:
+                keys.add(str(commit[KEY_METADATA]))
+            if RESTATED_METADATA in commit:
+                keys.update(json.loads(commit[RESTATED_METADATA]))
+        return keys
+
     def overwrite(self, table: str, data: Any) -> int:
         """Replace the content of ``table`` (a new version; old ones stay readable)."""
         arrow = _to_arrow(data)
@@ -252,7 +294,24 @@ class Lake:
         if int(dt.version()) == version:
             return version
         try:
-            dt.restore(version)
+            target = DeltaTable(self.uri(table), version=version, storage_options=self.storage_options)
+            restated = self._keys_after(dt, version)
+            txns = [
+                Transaction(
+                    app_id=_app_id(key),
+                    version=_next_version(
+                        dt.transaction_version(_app_id(key)), _is_live(target.transaction_version(_app_id(key)))
+                    ),
+                )
+                for key in sorted(restated)
+            ]
+            dt.restore(
+                version,
+                commit_properties=CommitProperties(
+                    app_transactions=txns or None,
+                    custom_metadata={RESTATED_METADATA: json.dumps(sorted(restated))} if restated else None,
+                ),
+            )
         except DeltaError as exc:
             raise CheckpointNotFound(f"table {table!r}: cannot restore to version {version}: {exc}") from exc
         return int(DeltaTable(self.uri(table), storage_options=self.storage_options).version())

@@ -44,7 +44,7 @@ def maintain(lake: Lake, table: str, keep_manifests: int | None = None) -> Maint
     commit_ms = {int(c["version"]): int(c["timestamp"]) for c in dt.history()}
     oldest_ms = commit_ms.get(oldest, int(time.time() * 1000))
     # Tombstones younger than the oldest needed commit are kept by this retention.
-    hours = max(0, math.ceil((time.time() * 1000 - oldest_ms) / 3_600_000) + 1)
+    hours = 0 if oldest == current else max(1, math.ceil((time.time() * 1000 - oldest_ms) / 3_600_000))
     dt.create_checkpoint()
     removed = dt.vacuum(retention_hours=hours, dry_run=False, enforce_retention_duration=False)
     logger.info("table %s: checkpoint at %d, vacuumed %d files (kept >= v%d)", table, current, len(removed), oldest)

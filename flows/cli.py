@@ -128,6 +128,26 @@ def build_parser() -> argparse.ArgumentParser:
     mnt.add_argument("tables", nargs="*", help="tables (default: all)")
     mnt.add_argument("--keep-manifests", type=int, default=None, help="newest complete manifests to keep (default all)")
     _add(lake_sub, "quarantine", "flows.lake_cli:cli_quarantine", "list quarantined batches and why")
+
+    pipe = sub.add_parser(
+        "pipeline", help="run or inspect the training pipeline", description="The checkpointed training pipeline."
+    )
+    pipe_sub = pipe.add_subparsers(title="pipeline commands", metavar="COMMAND", required=True)
+    _add(
+        pipe_sub,
+        "run",
+        "flows.pipeline_cli:cli_run",
+        "ingest new landing files, validate, build features, train, gate and promote",
+        "Run the pipeline once as a Prefect flow over the files that landed since the last run.\n"
+        "A refused gate or a failing stage rolls back to the last consistent manifest; a run\n"
+        "killed mid-way is finished by the next one without redoing completed stages.",
+    )
+    _add(
+        pipe_sub,
+        "status",
+        "flows.pipeline_cli:cli_status",
+        "show the last manifests, table versions and champion/challenger/previous with metrics and lineage",
+    )
     return parser
 
 
@@ -155,7 +175,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.handler(args) or 0)
     except SelfhealError as exc:
-        print(f"selfheal: error: {exc}", file=sys.stderr)  # noqa: T201
+        print(f"selfheal: error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130

@@ -97,6 +97,8 @@ class TrainerConfig(_Section):
     params: dict[str, Any] = Field(default_factory=dict)
     seed: int = 42
     holdout: HoldoutConfig = Field(default_factory=HoldoutConfig)
+    trusted_types: list[str] = Field(default_factory=list)
+    """Extra types skops may load for this estimator (see ``serving.modelio``)."""
     window_batches: int | None = None
     """Train on the newest N batches of silver only (None: all)."""
 
@@ -162,8 +164,8 @@ class SelfhealConfig(BaseSettings):
     model_name: str = "fraud-detector"
     home: str = ".selfheal"
     """Local state: the Prefect and MLflow databases, pid files, reports."""
-    tracking_uri: str | None = None
-    """MLflow tracking URI; default ``sqlite:///<home>/mlflow.db``."""
+    tracking_uri: str = ""
+    """MLflow tracking URI; empty means ``sqlite:///<home>/mlflow.db``."""
     lake: LakeConfig = Field(default_factory=LakeConfig)
     landing: LandingConfig = Field(default_factory=LandingConfig)
     data: DataConfig = Field(default_factory=DataConfig)
@@ -201,7 +203,7 @@ class SelfhealConfig(BaseSettings):
         self.landing.path = resolve(self.landing.path)
         if self.landing.fallback:
             self.landing.fallback = resolve(self.landing.fallback)
-        if self.tracking_uri is None:
+        if not self.tracking_uri:
             self.tracking_uri = f"sqlite:///{Path(self.home) / 'mlflow.db'}"
         return self
 

@@ -1,0 +1,58 @@
+"""Lake.append / Lake.read against plain pyarrow.parquet on the same table.
+
+1,000,000 rows x 10 float64 columns, 5 runs of each, interleaved, medians and
+ratios printed. Target (issue 2): append / write_table <= 1.3. Reads are
+reported too. Run: ``.venv/bin/python benchmarks/checkpoint_write.py``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from checkpoints import Lake
+
+
+def _timed(fn: object) -> float:
+    start = time.perf_counter()
+    fn()  # type: ignore[operator]
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rows", type=int, default=1_000_000)
+    parser.add_argument("--runs", type=int, default=5)
+    args = parser.parse_args()
+    rng = np.random.default_rng(0)
+    table = pa.table({f"c{i}": rng.random(args.rows) for i in range(10)})
+    timings: dict[str, list[float]] = {"lake.append": [], "pq.write_table": [], "lake.read": [], "pq.read_table": []}
+    with tempfile.TemporaryDirectory() as tmp:
+        lake = Lake(Path(tmp) / "lake")
+        lake.append("warmup", table.slice(0, 1000), key="warmup")
+        for run in range(args.runs):
+            path = Path(tmp) / f"plain-{run}.parquet"
+            timings["lake.append"].append(_timed(lambda: lake.append(f"bench{run}", table, key=f"run-{run}")))
+            timings["pq.write_table"].append(_timed(lambda: pq.write_table(table, path)))
+            timings["lake.read"].append(_timed(lambda: lake.read(f"bench{run}")))
+            timings["pq.read_table"].append(_timed(lambda: pq.read_table(path)))
+            assert lake.read(f"bench{run}").num_rows == args.rows
+    med = {name: statistics.median(values) for name, values in timings.items()}
+    print(f"{args.rows:,} rows x 10 float64 columns, {args.runs} interleaved runs, medians:")
+    for name, value in med.items():
+        print(f"  {name:<16} {value * 1000:8.1f} ms")
+    write_ratio = med["lake.append"] / med["pq.write_table"]
+    read_ratio = med["lake.read"] / med["pq.read_table"]
+    print(f"  write ratio lake.append / pq.write_table = {write_ratio:.2f} (target <= 1.3: {'met' if write_ratio <= 1.3 else 'MISSED'})")
+    print(f"  read ratio  lake.read / pq.read_table    = {read_ratio:.2f}")
+
+
+if __name__ == "__main__":
+    main()
