@@ -148,15 +148,53 @@ def build_parser() -> argparse.ArgumentParser:
         "flows.pipeline_cli:cli_status",
         "show the last manifests, table versions and champion/challenger/previous with metrics and lineage",
     )
+
+    mon = _add(
+        sub,
+        "monitor",
+        "flows.monitor:cli_monitor",
+        "watch predictions, labels, serving and table freshness; print the signals raised",
+        "Read everything new since the last run (inference log, feedback, the server's\n"
+        "/metrics, table freshness), run the drift, performance, concept-drift and anomaly\n"
+        "detectors, append the metric series to the lake's metrics table and print the\n"
+        "signals raised. Thresholds come from selfheal.yaml (thresholds:).",
+    )
+    when = mon.add_mutually_exclusive_group()
+    when.add_argument("--once", action="store_true", help="run once and exit (the default)")
+    when.add_argument("--interval", type=float, default=None, metavar="S", help="run every S seconds until stopped")
+    mon.add_argument("--max-runs", type=int, default=None, help="with --interval: stop after this many runs")
+    mon.add_argument("--serving-url", default=None, help="model server to scrape (default: serving.url or host:port)")
+    mon.add_argument("--no-serving", action="store_true", help="do not scrape the model server")
+    mon.add_argument("--json", action="store_true", help="print the signals as JSON")
+
+    srv = _add(
+        sub,
+        "serve",
+        "flows.serve_cli:cli_serve",
+        "serve @champion over HTTP with fallback, breaker, hot reload and an inference log",
+        "Start the model server (gunicorn + uvicorn workers) for the configured model:\n"
+        "POST /predict, POST /feedback, GET /health, /ready, /metrics, POST /admin/reload|rollback\n"
+        "(admin needs SELFHEAL_ADMIN_TOKEN). Settings come from selfheal.yaml (serving:, lake:,\n"
+        "tracking_uri, model_name); other SELFHEAL_* server variables pass through.",
+    )
+    srv.add_argument("--workers", type=int, default=None, help="worker processes (default: serving.workers)")
+    srv.add_argument("--port", type=int, default=None, help="port (default: serving.port)")
+    srv.add_argument("--host", default=None, help="address to bind (default: serving.host)")
     return parser
 
 
 def _configure_logging(verbose: bool) -> None:
+    """Our loggers at INFO (DEBUG with -v); libraries only when they warn."""
     logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
+        level=logging.DEBUG if verbose else logging.WARNING,
         format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
     )
+    for name in ("flows", "checkpoints", "serving", "chaos"):
+        logging.getLogger(name).setLevel(logging.DEBUG if verbose else logging.INFO)
+    if not verbose:
+        os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+        logging.getLogger("mlflow").setLevel(logging.WARNING)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -164,6 +202,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("DO_NOT_TRACK", "1")
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("MLFLOW_ENABLE_TELEMETRY", "false")
+    if not {"-v", "--verbose"} & set(argv if argv is not None else sys.argv[1:]):
+        os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
     parser = build_parser()
     args = parser.parse_args(argv)
     if not hasattr(args, "handler"):
