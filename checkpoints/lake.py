@@ -285,18 +285,22 @@ class Lake:
             raise CheckpointError(f"table {table!r}: overwrite failed: {exc}") from exc
         return self.version(table)
 
-    def restore(self, table: str, version: int) -> int:
+    def restore(self, table: str, version: int, *, key: str | None = None) -> int:
         """Make ``version`` the newest state of ``table`` and return the resulting version.
 
-        Restoring to the current version is a no-op.
+        Restoring to the current version is a no-op, and so is a restore whose
+        idempotency ``key`` was already committed (a repair retried after a crash).
         """
         dt = self._open(table)
-        if int(dt.version()) == version:
-            return version
+        if int(dt.version()) == version or (key is not None and _is_live(dt.transaction_version(_app_id(key)))):
+            return int(dt.version())
         try:
             target = DeltaTable(self.uri(table), version=version, storage_options=self.storage_options)
             restated = self._keys_after(dt, version)
-            txns = [
+            txns = []
+            if key is not None:
+                txns.append(Transaction(_app_id(key), _next_version(dt.transaction_version(_app_id(key)), True)))
+            txns += [
                 Transaction(
                     app_id=_app_id(key),
                     version=_next_version(

@@ -180,6 +180,47 @@ def build_parser() -> argparse.ArgumentParser:
     srv.add_argument("--workers", type=int, default=None, help="worker processes (default: serving.workers)")
     srv.add_argument("--port", type=int, default=None, help="port (default: serving.port)")
     srv.add_argument("--host", default=None, help="address to bind (default: serving.host)")
+    heal = _add(
+        sub,
+        "heal",
+        "flows.healer_cli:cli_heal",
+        "watch and repair: monitor pass -> diagnosis -> remedies -> verified recovery",
+        "Run the healer: each tick runs a monitor pass and probes the tracking store, landing\n"
+        "zone, quarantine and server; diagnoses signals into causes; opens incidents and moves\n"
+        "them DETECTED -> DIAGNOSED -> HEALING -> VERIFYING -> RESOLVED (or ESCALATED).\n"
+        "State lives in the incidents table, so a restarted healer resumes where it stopped.\n"
+        "With healing.enabled: false it detects and records but repairs nothing.",
+    )
+    heal_mode = heal.add_mutually_exclusive_group()
+    heal_mode.add_argument("--once", action="store_true", help="one tick, then exit")
+    heal_mode.add_argument(
+        "--interval", type=float, default=None, help="seconds between ticks (default healing.interval_seconds)"
+    )
+    heal.add_argument("--no-monitor", action="store_true", help="skip the monitor pass (probes only)")
+    inc = _add(
+        sub,
+        "incidents",
+        "flows.healer_cli:cli_incidents",
+        "list incidents: cause, remedies tried, outcome, MTTR; summary per cause",
+    )
+    inc.add_argument(
+        "--json", nargs="?", const="-", default=None, metavar="PATH", help="write JSON (to stdout without PATH)"
+    )
+
+    up = _add(
+        sub,
+        "up",
+        "flows.stack:cli_up",
+        "start the local stack: Prefect server, worker, model server; register the deployments",
+        "Start in the background, each with a pid file and a log under <home>/run/: a Prefect\n"
+        "server (SQLite under <home>/prefect), a process worker for the 'local' work pool, the\n"
+        "model server (selfheal serve) and a landing watcher that turns new landing files into\n"
+        "Prefect events; then `prefect deploy` the 'local' deployments of deployments/prefect.yaml\n"
+        "and print the UI address and what is scheduled. `selfheal down` stops it all.",
+    )
+    up.add_argument("--prefect-port", type=int, default=4200, help="Prefect server port on 127.0.0.1 (default 4200)")
+    up.add_argument("--timeout", type=float, default=180.0, help="seconds to wait for everything to start")
+    _add(sub, "down", "flows.stack:cli_down", "stop everything `selfheal up` started (no process is left behind)")
     return parser
 
 

@@ -142,15 +142,58 @@ class SLAConfig(_Section):
     rows_lost: int = Field(default=0, ge=0)
 
 
+DEFAULT_POLICY: dict[str, list[str]] = {
+    "serving_down": ["restart_serving", "hold_fallback"],
+    "upstream_outage": ["hold_fallback"],
+    "bad_deploy": ["rollback", "retrain"],
+    "data_quality": ["quarantine_backfill", "impute"],
+    "concept_drift": ["retrain", "rollback"],
+    "data_drift": ["retrain", "hold_fallback"],
+    "latency": ["light_model", "restart_serving"],
+    "stale_data": ["quarantine_backfill", "hold_fallback"],
+}
+DEFAULT_COSTS: dict[str, float] = {
+    "retrain": 10.0,
+    "quarantine_backfill": 3.0,
+    "impute": 2.0,
+    "restore_tables": 2.0,
+    "rollback": 1.0,
+    "light_model": 1.0,
+    "restart_serving": 1.0,
+    "hold_fallback": 0.0,
+}
+
+
 class HealingConfig(_Section):
-    """Which remedies the healer tries for each cause, in order."""
+    """Which remedies the healer tries for each cause, in order, and what it may spend."""
 
     enabled: bool = True
-    policy: dict[str, list[str]] = Field(default_factory=dict)
+    """False: detection still runs and incidents are recorded, nothing is repaired."""
+    policy: dict[str, list[str]] = Field(default_factory=lambda: {k: list(v) for k, v in DEFAULT_POLICY.items()})
+    """cause -> ordered remedies; causes left out keep their default list."""
     max_attempts: int = Field(default=1, ge=1)
+    """Attempts per remedy before moving to the next one."""
     cooldown_seconds: float = Field(default=0.0, ge=0.0)
-    budget_per_hour: float = Field(default=100.0, ge=0.0)
+    """Wait after a failed verification before the next remedy."""
+    verify_timeout_seconds: float = Field(default=90.0, gt=0)
+    """How long a remedy may wait for fresh evidence before it counts as failed."""
+    costs: dict[str, float] = Field(default_factory=lambda: dict(DEFAULT_COSTS))
+    budget_per_window: float = Field(default=100.0, ge=0.0)
+    budget_window_seconds: float = Field(default=3600.0, gt=0)
+    retrain_window: int | None = Field(default=None, ge=1)
+    """Retrain remedy: train on the newest N batches only (None: all)."""
+    bad_deploy_window_seconds: float = Field(default=1800.0, gt=0)
+    """A quality drop this soon after a promotion is blamed on the deploy."""
+    interval_seconds: float = Field(default=5.0, gt=0)
+    escalation_hold_seconds: float = Field(default=900.0, ge=0)
+    """After an escalation, the same cause opens no new incident for this long (no loops)."""
     webhook_url: str | None = None
+
+    @model_validator(mode="after")
+    def _complete(self) -> HealingConfig:
+        self.policy = {**DEFAULT_POLICY, **self.policy}
+        self.costs = {**DEFAULT_COSTS, **self.costs}
+        return self
 
 
 class SelfhealConfig(BaseSettings):

@@ -286,7 +286,7 @@ def train_task(cfg: SelfhealConfig, silver_version: int) -> Challenger:
     lake = open_lake(cfg)
     schema = locked_schema(lake, cfg)
     assert schema is not None
-    silver = lake.read(SILVER, version=silver_version).to_pandas()
+    silver = train.recent(lake.read(SILVER, version=silver_version).to_pandas(), cfg.trainer.window_batches)
     trained, split = train.fit(
         silver, schema, cfg.data.target, cfg.data.task, cfg.trainer, cfg.data.id_columns, cfg.data.time_column
     )
@@ -296,6 +296,7 @@ def train_task(cfg: SelfhealConfig, silver_version: int) -> Challenger:
     lineage = {
         "selfheal.bronze_version": str(lake.version(BRONZE)),
         "selfheal.silver_version": str(silver_version),
+        "selfheal.window_batches": str(cfg.trainer.window_batches or "all"),
         "selfheal.config_hash": cfg.config_hash,
         "selfheal.code_version": code_version(),
         TRAIN_KEY_TAG: key,
@@ -351,7 +352,7 @@ def evaluate_task(cfg: SelfhealConfig, challenger: Challenger, silver_version: i
         lake = open_lake(cfg)
         schema = locked_schema(lake, cfg)
         assert schema is not None
-        silver = lake.read(SILVER, version=silver_version).to_pandas()
+        silver = train.recent(lake.read(SILVER, version=silver_version).to_pandas(), cfg.trainer.window_batches)
         labeled = silver[silver[cfg.data.target].notna()].reset_index(drop=True)
         holdout = train.split_holdout(labeled, cfg.trainer, cfg.data.time_column).holdout.copy()
         if cfg.data.task != "regression":
@@ -431,9 +432,17 @@ def _run_id() -> str:
 
 
 @flow(name="selfheal-pipeline", log_prints=False)
-def pipeline_flow(config_path: str | None = None) -> PipelineResult:
-    """One pipeline run over whatever landed since the last one."""
+def pipeline_flow(config_path: str | None = None, window_batches: int | None = None) -> PipelineResult:
+    """One pipeline run over whatever landed since the last one.
+
+    Args:
+        config_path: the selfheal.yaml to use (default: $SELFHEAL_CONFIG or ./selfheal.yaml).
+        window_batches: train on the newest N batches only (the healer's retrain remedy);
+            None keeps ``trainer.window_batches`` from the config.
+    """
     cfg = load_config(config_path)
+    if window_batches is not None:
+        cfg.trainer.window_batches = window_batches
     log = get_run_logger()
     Path(cfg.home).mkdir(parents=True, exist_ok=True)
     lake = open_lake(cfg)

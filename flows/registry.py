@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 from mlflow import MlflowClient
@@ -21,7 +22,9 @@ from checkpoints.exceptions import RegistryUnavailable
 
 logger = logging.getLogger(__name__)
 
-CHAMPION, CHALLENGER, PREVIOUS = "champion", "challenger", "previous"
+CHAMPION, CHALLENGER, PREVIOUS, LIGHT = "champion", "challenger", "previous", "light"
+#: When a version last became champion (ISO 8601, UTC); diagnosis uses it to spot bad deploys.
+PROMOTED_AT_TAG = "selfheal.promoted_at"
 T = TypeVar("T")
 
 
@@ -157,6 +160,7 @@ class Registry:
         if old is not None:
             self.set_alias(PREVIOUS, old.version)
         self.set_alias(CHAMPION, version)
+        self.set_tag(version, PROMOTED_AT_TAG, datetime.now(UTC).isoformat())
         challenger = self.by_alias(CHALLENGER)
         if challenger is not None and challenger.version == version:
             self.delete_alias(CHALLENGER)
@@ -174,4 +178,11 @@ class Registry:
             raise RegistryUnavailable(f"model {self.model_name}: no previous version to roll back to")
         self.set_alias(CHAMPION, previous.version)
         self.set_alias(PREVIOUS, champion.version)
+        self.set_tag(previous.version, PROMOTED_AT_TAG, datetime.now(UTC).isoformat())
         return champion.version, previous.version
+
+    def promoted_at(self) -> datetime | None:
+        """When the current champion was promoted, if recorded."""
+        champion = self.by_alias(CHAMPION)
+        stamp = champion.tags.get(PROMOTED_AT_TAG) if champion else None
+        return datetime.fromisoformat(stamp) if stamp else None

@@ -87,6 +87,14 @@ def build_model(schema: dict[str, str], target: str, id_columns: list[str], esti
     return Pipeline([("prepare", pre), ("estimator", estimator)])
 
 
+def recent(silver: pd.DataFrame, window_batches: int | None) -> pd.DataFrame:
+    """The rows of the newest ``window_batches`` batches (all rows when None)."""
+    if not window_batches or "_batch_id" not in silver:
+        return silver
+    newest = sorted(silver["_batch_id"].unique())[-window_batches:]
+    return silver[silver["_batch_id"].isin(newest)].reset_index(drop=True)
+
+
 def split_holdout(silver: pd.DataFrame, trainer: TrainerConfig, time_column: str | None) -> Split:
     """A stable seeded holdout (by row identity), or the newest rows when the strategy is ``time``."""
     n = len(silver)

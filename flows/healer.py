@@ -1,0 +1,460 @@
+"""The healer: an explicit state machine over the incident log.
+
+Each tick: observe (a monitor pass plus the healer's own probes of the
+tracking store, the landing zone, the quarantine and the server), diagnose
+signals into causes, open or join incidents, then move every open incident
+one or more steps::
+
+    DETECTED -> DIAGNOSED -> HEALING -> VERIFYING -> RESOLVED
+                    ^                       |
+                    +-- failed: next remedy-+        list exhausted -> ESCALATED
+
+The state lives in the ``incidents`` Delta table (``flows.incidents``), so a
+healer killed mid-HEALING is resumed by the next tick with the *same* plan and
+idempotency key: the remedy changes things once. A lease per incident keeps
+two healers from repairing the same incident at once. An incident resolves only
+on fresh evidence: the remedy's own check (registry, lake, live server) AND a
+later observation in which its cause is quiet.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import httpx
+import pyarrow as pa
+import pyarrow.compute as pc
+from prefect import flow, get_run_logger
+
+from checkpoints import Lake
+from checkpoints.exceptions import RegistryUnavailable
+from flows.config import SelfhealConfig, load_config
+from flows.diagnosis import Cause, Context, Diagnosis, diagnose
+from flows.incidents import Incident, IncidentLog, State, to_report
+from flows.registry import CHAMPION, Registry
+from flows.remedies import HealContext, Outcome, get_remedy, server_ready
+from flows.signals import Severity, Signal, SignalKind, Window
+
+logger = logging.getLogger(__name__)
+
+LEASES = "_incident_leases"
+LEASE_SECONDS = 600.0
+#: Causes the monitor's statistics reveal need two quiet passes (the first may still
+#: hold data from before the repair); the healer's own probes need one.
+_MONITOR_CAUSES = {Cause.DATA_DRIFT, Cause.CONCEPT_DRIFT, Cause.BAD_DEPLOY, Cause.LATENCY, Cause.STALE_DATA}
+
+
+# -- observation ------------------------------------------------------------------------
+@dataclass
+class Observation:
+    """What one tick saw."""
+
+    started_at: datetime
+    signals: list[Signal] = field(default_factory=list)
+
+
+def _probe_signal(kind: SignalKind, evidence: dict[str, Any], now: datetime) -> Signal:
+    return Signal(kind, Severity.CRITICAL, evidence, Window(now - timedelta(seconds=1), now), source="healer")
+
+
+def probe_upstream(ctx: HealContext, now: datetime) -> list[Signal]:
+    """The tracking store and the landing zone answer?"""
+    from flows.stages.ingest import LandingUnreachable, list_landing
+
+    out = []
+    try:
+        ctx.registry.by_alias(CHAMPION)
+    except Exception as exc:  # noqa: BLE001 - any store error is an outage to the healer
+        out.append(_probe_signal(SignalKind.UPSTREAM_OUTAGE, {"tracking_store": str(exc)[:300]}, now))
+    try:
+        list_landing(ctx.cfg.landing.path, ctx.cfg.landing.format)
+    except LandingUnreachable as exc:
+        out.append(_probe_signal(SignalKind.UPSTREAM_OUTAGE, {"landing_zone": str(exc)}, now))
+    return out
+
+
+def probe_serving(ctx: HealContext, now: datetime) -> list[Signal]:
+    """The configured server is ready?"""
+    if not ctx.cfg.serving.url:
+        return []
+    if server_ready(ctx) is None:
+        return [_probe_signal(SignalKind.SERVING_DOWN, {"url": ctx.serving_url, "probe": "/ready"}, now)]
+    return []
+
+
+def probe_quarantine(ctx: HealContext, since: datetime, now: datetime) -> list[Signal]:
+    """Batches quarantined since ``since``."""
+    fresh = [r for r in ctx.lake.quarantined() if r.quarantined_at > since]
+    if not fresh:
+        return []
+    files = [{"source": r.source, "stored_at": r.stored_at, "reason": r.reason} for r in fresh]
+    return [_probe_signal(SignalKind.DATA_QUALITY, {"quarantined": files}, now)]
+
+
+# -- leases --------------------------------------------------------------------------------
+_LEASE_SCHEMA = pa.schema(
+    [
+        ("incident_id", pa.string()),
+        ("n", pa.int64()),
+        ("host", pa.string()),
+        ("pid", pa.int64()),
+        ("expires_at", pa.timestamp("us", tz="UTC")),
+    ]
+)
+
+
+def _alive(host: str, pid: int) -> bool:
+    if host != socket.gethostname():
+        return True  # another machine: trust the expiry time
+    try:
+        os.kill(pid, 0)
+    except OSError:
+        return False
+    return True
+
+
+def claim(lake: Lake, incident_id: str, now: datetime) -> bool:
+    """Hold the incident for this process; False when a live healer holds it."""
+    latest: dict[str, Any] | None = None
+    if lake.exists(LEASES):
+        table = lake.read(LEASES)
+        mine = table.filter(pc.equal(table.column("incident_id"), incident_id)).to_pylist()
+        latest = max(mine, key=lambda r: r["n"]) if mine else None
+    if latest is not None:
+        if latest["host"] == socket.gethostname() and latest["pid"] == os.getpid() and latest["expires_at"] > now:
+            return True
+        if latest["expires_at"] > now and _alive(latest["host"], latest["pid"]):
+            return False
+    n = (latest["n"] + 1) if latest else 0
+    row = {
+        "incident_id": incident_id,
+        "n": n,
+        "host": socket.gethostname(),
+        "pid": os.getpid(),
+        "expires_at": now + timedelta(seconds=LEASE_SECONDS),
+    }
+    won = lake.append_once(LEASES, pa.Table.from_pylist([row], schema=_LEASE_SCHEMA), key=f"lease:{incident_id}:{n}")
+    return not won.duplicate
+
+
+# -- budget ------------------------------------------------------------------------------
+def spent(cfg: SelfhealConfig, incidents: list[Incident], now: datetime) -> float:
+    """What remedies started within the budget window cost."""
+    start = now - timedelta(seconds=cfg.healing.budget_window_seconds)
+    return sum(
+        cfg.healing.costs.get(t.remedy or "", 0.0)
+        for i in incidents
+        for t in i.transitions
+        if t.state == State.HEALING and t.ts >= start
+    )
+
+
+# -- the state machine ---------------------------------------------------------------------
+@dataclass
+class Healer:
+    """Moves incidents through their states. One instance per healer process."""
+
+    ctx: HealContext
+    log: IncidentLog
+    quiet_passes: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def cfg(self) -> SelfhealConfig:
+        return self.ctx.cfg
+
+    def record(self, observation: Observation) -> list[Incident]:
+        """Open or join incidents for what was observed; returns the touched incidents."""
+        try:
+            promoted_at = self.ctx.registry.promoted_at()
+        except Exception:  # noqa: BLE001 - the store may be the thing that is down
+            promoted_at = None
+        context = Context(
+            now=observation.started_at,
+            promoted_at=promoted_at,
+            bad_deploy_window=timedelta(seconds=self.cfg.healing.bad_deploy_window_seconds),
+        )
+        touched = []
+        incidents = self.log.incidents()
+        for diagnosis in diagnose(observation.signals, context):
+            cause = diagnosis.cause.value
+            incident = next((i for i in incidents if i.cause == cause and not i.state.closed), None)
+            if incident is None and self._escalated_recently(incidents, cause, observation.started_at):
+                continue  # a person has it now: do not loop on the same cause
+            touched.append(incident or self._open(diagnosis))
+        return touched
+
+    def _escalated_recently(self, incidents: list[Incident], cause: str, now: datetime) -> bool:
+        hold = timedelta(seconds=self.cfg.healing.escalation_hold_seconds)
+        return any(i.cause == cause and i.state == State.ESCALATED and now - i.last.ts < hold for i in incidents)
+
+    def _open(self, diagnosis: Diagnosis) -> Incident:
+        first = min(s.detected_at for s in diagnosis.signals)
+        evidence = {k: v for s in diagnosis.signals for k, v in s.evidence.items()}
+        incident = self.log.open(diagnosis.cause.value, evidence, detected_at=first)
+        _emit(incident, State.DETECTED)
+        diagnosed = self.log.advance(incident, State.DIAGNOSED, evidence=diagnosis.to_evidence(), detail=diagnosis.rule)
+        logger.warning("incident %s opened: %s (%s)", incident.id, diagnosis.cause.value, diagnosis.rule)
+        if diagnosed is not None:
+            _emit(diagnosed, State.DIAGNOSED)
+        return diagnosed or incident
+
+    def cause_quiet(self, incident: Incident, observation: Observation) -> bool:
+        for diagnosis in diagnose(observation.signals, Context(now=observation.started_at)):
+            if diagnosis.cause.value == incident.cause:
+                return False
+        return True
+
+    def tick(self, observation: Observation) -> list[Incident]:
+        """Record what was observed and, when healing is on, move every open incident."""
+        self.record(observation)
+        if not self.cfg.healing.enabled:
+            return self.log.open_incidents()
+        for incident in self.log.open_incidents():
+            if claim(self.ctx.lake, incident.id, datetime.now(UTC)):
+                self.advance(incident, observation)
+        return self.log.open_incidents()
+
+    def advance(self, incident: Incident, observation: Observation) -> Incident:
+        """Step ``incident`` as far as the evidence allows in this tick."""
+        for _ in range(8):  # bounded: a tick never loops on one incident
+            state = incident.state
+            if state in (State.DETECTED, State.DIAGNOSED):
+                step = self._start_next_remedy(incident)
+            elif state == State.HEALING:
+                step = self._apply(incident)
+            elif state == State.VERIFYING:
+                step = self._verify(incident, observation)
+            else:
+                return incident
+            if step is None:
+                return self.log.get(incident.id) or incident
+            incident = step
+        return incident
+
+    def _next_remedy(self, incident: Incident) -> str | None:
+        failed = incident.failed_remedies
+        for name in self.cfg.healing.policy.get(incident.cause, []):
+            if failed.count(name) < self.cfg.healing.max_attempts:
+                return name
+        return None
+
+    def _start_next_remedy(self, incident: Incident) -> Incident | None:
+        name = self._next_remedy(incident)
+        if name is None:
+            return self._escalate(incident)
+        if incident.last.detail.startswith("failed") and self.cfg.healing.cooldown_seconds:
+            if (datetime.now(UTC) - incident.last.ts).total_seconds() < self.cfg.healing.cooldown_seconds:
+                return None
+        name, note = self._within_budget(incident, name)
+        if name is None:
+            if incident.last.detail != note:
+                self.log.advance(incident, State.DIAGNOSED, detail=note)
+                logger.warning("incident %s: %s", incident.id, note)
+            return None
+        remedy = get_remedy(name)
+        attempt = incident.attempts(name) + 1
+        plan = remedy.plan(self.ctx, incident)
+        evidence = {"plan": plan, "key": f"{incident.id}:{name}:{attempt}"}
+        step = self.log.advance(incident, State.HEALING, remedy=name, attempt=attempt, evidence=evidence, detail=note)
+        if step is not None:
+            _emit(step, State.HEALING)
+        return step
+
+    def _within_budget(self, incident: Incident, name: str) -> tuple[str | None, str]:
+        """The remedy to run now: ``name``, a cheaper later one (downgrade), or None (deferred)."""
+        costs, limit = self.cfg.healing.costs, self.cfg.healing.budget_per_window
+        used = spent(self.cfg, self.log.incidents(), datetime.now(UTC))
+        if used + costs.get(name, 0.0) <= limit:
+            return name, ""
+        note = (
+            f"deferred {name}: cost {costs.get(name, 0.0):g} exceeds the {max(0.0, limit - used):g} left of "
+            f"{limit:g} per {self.cfg.healing.budget_window_seconds:g} s"
+        )
+        policy = self.cfg.healing.policy.get(incident.cause, [])
+        for cheaper in policy[policy.index(name) + 1 :]:
+            if used + costs.get(cheaper, 0.0) <= limit and cheaper not in incident.failed_remedies:
+                return cheaper, f"{note}; downgraded to {cheaper}"
+        return None, note
+
+    def _apply(self, incident: Incident) -> Incident | None:
+        healing = incident.last
+        remedy = get_remedy(healing.remedy or "")
+        plan, key = healing.evidence.get("plan", {}), healing.evidence.get("key", "")
+        try:
+            outcome = remedy.apply(self.ctx, incident, plan, key)
+        except Exception as exc:  # noqa: BLE001 - a remedy that blows up has failed, the healer goes on
+            logger.exception("remedy %s failed to apply", remedy.name)
+            outcome = Outcome(False, f"{type(exc).__name__}: {exc}")
+        if not outcome.ok:
+            return self.log.advance(
+                incident,
+                State.DIAGNOSED,
+                remedy=remedy.name,
+                attempt=healing.attempt,
+                evidence=outcome.evidence,
+                detail=f"failed to apply: {outcome.detail}",
+            )
+        evidence = {**outcome.evidence, "applied_at": datetime.now(UTC).isoformat()}
+        step = self.log.advance(
+            incident,
+            State.VERIFYING,
+            remedy=remedy.name,
+            attempt=healing.attempt,
+            evidence=evidence,
+            detail=outcome.detail,
+        )
+        if step is not None:
+            _emit(step, State.VERIFYING)
+        return step
+
+    def _verify(self, incident: Incident, observation: Observation) -> Incident | None:
+        verifying = incident.last
+        remedy = get_remedy(verifying.remedy or "")
+        healing = next(t for t in reversed(incident.transitions) if t.state == State.HEALING)
+        applied_at = datetime.fromisoformat(verifying.evidence.get("applied_at", verifying.ts.isoformat()))
+        try:
+            outcome = remedy.verify(self.ctx, incident, healing.evidence.get("plan", {}), applied_at)
+        except Exception as exc:  # noqa: BLE001
+            outcome = Outcome(False, f"{type(exc).__name__}: {exc}", pending=True)
+        if outcome.ok:
+            needed = 2 if incident.cause in _MONITOR_CAUSES else 1
+            if observation.started_at > applied_at and self.cause_quiet(incident, observation):
+                self.quiet_passes[incident.id] = self.quiet_passes.get(incident.id, 0) + 1
+            elif observation.started_at > applied_at:
+                self.quiet_passes[incident.id] = 0
+            if self.quiet_passes.get(incident.id, 0) >= needed:
+                detail = f"verified: {outcome.detail}; {incident.cause} quiet for {needed} observation(s)"
+                resolved = self.log.advance(
+                    incident,
+                    State.RESOLVED,
+                    remedy=remedy.name,
+                    attempt=verifying.attempt,
+                    evidence=outcome.evidence,
+                    detail=detail,
+                )
+                if resolved is not None:
+                    _emit(resolved, State.RESOLVED)
+                    logger.warning(
+                        "incident %s RESOLVED by %s in %.1f s", incident.id, remedy.name, resolved.mttr_seconds or 0
+                    )
+                return resolved
+        waited = (datetime.now(UTC) - applied_at).total_seconds()
+        if waited < self.cfg.healing.verify_timeout_seconds and (outcome.ok or outcome.pending):
+            return None  # wait for fresh evidence
+        return self.log.advance(
+            incident,
+            State.DIAGNOSED,
+            remedy=remedy.name,
+            attempt=verifying.attempt,
+            evidence=outcome.evidence,
+            detail=f"failed verification after {waited:.0f} s: {outcome.detail}",
+        )
+
+    def _escalate(self, incident: Incident) -> Incident | None:
+        tried = ", ".join(incident.remedies_tried) or "none"
+        held = get_remedy("hold_fallback").apply(self.ctx, incident, {}, f"{incident.id}:escalation")
+        detail = f"escalated: remedies exhausted ({tried}); {held.detail}"
+        step = self.log.advance(incident, State.ESCALATED, detail=detail)
+        if step is not None:
+            _emit(step, State.ESCALATED)
+            _notify(self.cfg, step)
+            logger.error("incident %s ESCALATED: %s", incident.id, detail)
+        return step
+
+
+# -- events and notifications ----------------------------------------------------------------
+def _emit(incident: Incident, state: State) -> None:
+    """A Prefect event per transition (best effort: the log is the source of truth)."""
+    try:
+        from prefect.events import emit_event
+
+        emit_event(
+            event=f"selfheal.incident.{state.value.lower()}",
+            resource={"prefect.resource.id": f"selfheal.incident.{incident.id}", "selfheal.cause": incident.cause},
+            payload={
+                "remedy": incident.last.remedy,
+                "detail": incident.last.detail,
+                "mttr": incident.last.mttr_seconds,
+            },
+        )
+    except Exception as exc:  # noqa: BLE001
+        logger.debug("event not emitted: %s", exc)
+
+
+def _notify(cfg: SelfhealConfig, incident: Incident) -> None:
+    if not cfg.healing.webhook_url:
+        return
+    try:
+        httpx.post(cfg.healing.webhook_url, json=to_report(incident), timeout=10)
+    except httpx.HTTPError as exc:
+        logger.warning("escalation webhook %s failed: %s", cfg.healing.webhook_url, exc)
+
+
+# -- the flow --------------------------------------------------------------------------------
+def make_context(cfg: SelfhealConfig, config_path: str | None) -> HealContext:
+    lake = Lake(cfg.lake.root, cfg.lake.storage_options or None)
+    return HealContext(cfg, config_path, lake, Registry(cfg.tracking_uri, cfg.model_name))
+
+
+def observe(ctx: HealContext, since: datetime, run_monitor: bool = True) -> Observation:
+    """One monitor pass plus the healer's probes."""
+    from flows.monitor import monitor_flow
+
+    cfg = ctx.cfg
+    observation = Observation(started_at=datetime.now(UTC))
+    now = observation.started_at
+    upstream = probe_upstream(ctx, now)
+    observation.signals += upstream
+    observation.signals += probe_serving(ctx, now)
+    observation.signals += probe_quarantine(ctx, since, now)
+    if run_monitor and not upstream:
+        try:
+            observation.signals += monitor_flow(
+                lake_root=cfg.lake.root,
+                thresholds=cfg.thresholds,
+                serving_url=cfg.serving.url,
+                model_name=cfg.model_name,
+                tracking_uri=cfg.tracking_uri,
+                ml_task=cfg.data.task,
+                target=cfg.data.target,
+                storage_options=cfg.lake.storage_options or None,
+            )
+        except (RegistryUnavailable, OSError) as exc:
+            logger.warning("monitor pass failed: %s", exc)
+    return observation
+
+
+@flow(name="selfheal-healer")
+def healer_flow(
+    config_path: str | None = None, run_monitor: bool = True, since: datetime | None = None
+) -> list[dict[str, Any]]:
+    """One healer tick: observe, diagnose, open/join incidents, move them. Returns the open ones."""
+    cfg = load_config(config_path)
+    ctx = make_context(cfg, config_path)
+    healer = Healer(ctx, IncidentLog(ctx.lake))
+    observation = observe(
+        ctx, since or datetime.now(UTC) - timedelta(seconds=cfg.healing.interval_seconds * 2), run_monitor
+    )
+    still_open = healer.tick(observation)
+    get_run_logger().info("healer tick: %d signal(s), %d open incident(s)", len(observation.signals), len(still_open))
+    return [to_report(i) for i in still_open]
+
+
+class HealerLoop:
+    """Ticks in one process, keeping verification state between ticks."""
+
+    def __init__(self, cfg: SelfhealConfig, config_path: str | None, run_monitor: bool = True) -> None:
+        self.ctx = make_context(cfg, config_path)
+        self.healer = Healer(self.ctx, IncidentLog(self.ctx.lake))
+        self.run_monitor = run_monitor
+        self.last_observed = datetime.now(UTC)
+
+    def tick(self) -> list[Incident]:
+        observation = observe(self.ctx, self.last_observed, self.run_monitor)
+        self.last_observed = observation.started_at
+        return self.healer.tick(observation)

@@ -1,0 +1,317 @@
+"""The incident log: every state transition of every incident, appended to Delta.
+
+The log *is* the healer's state: a healer that dies mid-repair is replaced by
+the next tick, which reads the log and resumes where the last row says. Rows
+are appended exactly once (key = incident id + sequence number), so two
+healers can never both record the same step.
+
+States::
+
+    DETECTED -> DIAGNOSED -> HEALING -> VERIFYING -> RESOLVED
+                    ^                       |
+                    +---- next remedy ------+          (list exhausted) -> ESCALATED
+
+MTTR = resolved_at - detected_at (detection time: when the monitor's evidence
+arrived, not when the fault happened; the chaos suite reports from injection).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import statistics
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from checkpoints import Lake
+
+INCIDENTS = "incidents"
+
+
+class State(StrEnum):
+    """Where an incident is."""
+
+    DETECTED = "DETECTED"
+    DIAGNOSED = "DIAGNOSED"
+    HEALING = "HEALING"
+    VERIFYING = "VERIFYING"
+    RESOLVED = "RESOLVED"
+    ESCALATED = "ESCALATED"
+
+    @property
+    def closed(self) -> bool:
+        return self in (State.RESOLVED, State.ESCALATED)
+
+
+SCHEMA = pa.schema(
+    [
+        ("incident_id", pa.string()),
+        ("seq", pa.int64()),
+        ("cause", pa.string()),
+        ("state", pa.string()),
+        ("ts", pa.timestamp("us", tz="UTC")),
+        ("detected_at", pa.timestamp("us", tz="UTC")),
+        ("remedy", pa.string()),
+        ("attempt", pa.int64()),
+        ("actor", pa.string()),
+        ("evidence", pa.string()),
+        ("detail", pa.string()),
+        ("mttr_seconds", pa.float64()),
+    ]
+)
+
+
+def actor() -> str:
+    """Who writes: host and process id."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+@dataclass(frozen=True)
+class Transition:
+    """One row of the log."""
+
+    incident_id: str
+    seq: int
+    cause: str
+    state: State
+    ts: datetime
+    detected_at: datetime
+    remedy: str | None = None
+    attempt: int = 0
+    actor: str = ""
+    evidence: dict[str, Any] = field(default_factory=dict)
+    detail: str = ""
+    mttr_seconds: float | None = None
+
+    def to_row(self) -> dict[str, Any]:
+        row = {name: getattr(self, name) for name in SCHEMA.names}
+        row["state"] = self.state.value
+        row["evidence"] = json.dumps(self.evidence, sort_keys=True, default=str)
+        return row
+
+    @classmethod
+    def from_row(cls, row: dict[str, Any]) -> Transition:
+        return cls(
+            incident_id=row["incident_id"],
+            seq=int(row["seq"]),
+            cause=row["cause"],
+            state=State(row["state"]),
+            ts=row["ts"],
+            detected_at=row["detected_at"],
+            remedy=row["remedy"],
+            attempt=int(row["attempt"] or 0),
+            actor=row["actor"] or "",
+            evidence=json.loads(row["evidence"] or "{}"),
+            detail=row["detail"] or "",
+            mttr_seconds=row["mttr_seconds"],
+        )
+
+
+@dataclass(frozen=True)
+class Incident:
+    """An incident as its transitions tell it."""
+
+    transitions: tuple[Transition, ...]
+
+    @property
+    def id(self) -> str:
+        return self.transitions[0].incident_id
+
+    @property
+    def cause(self) -> str:
+        return self.transitions[0].cause
+
+    @property
+    def last(self) -> Transition:
+        return self.transitions[-1]
+
+    @property
+    def state(self) -> State:
+        return self.last.state
+
+    @property
+    def detected_at(self) -> datetime:
+        return self.transitions[0].detected_at
+
+    @property
+    def resolved_at(self) -> datetime | None:
+        return self.last.ts if self.state.closed else None
+
+    @property
+    def mttr_seconds(self) -> float | None:
+        return self.last.mttr_seconds if self.state == State.RESOLVED else None
+
+    @property
+    def evidence(self) -> dict[str, Any]:
+        merged: dict[str, Any] = {}
+        for t in self.transitions:
+            if t.state in (State.DETECTED, State.DIAGNOSED):
+                merged.update(t.evidence)
+        return merged
+
+    def attempts(self, remedy: str) -> int:
+        """How many times ``remedy`` was started for this incident."""
+        return sum(1 for t in self.transitions if t.state == State.HEALING and t.remedy == remedy)
+
+    @property
+    def remedies_tried(self) -> list[str]:
+        tried: list[str] = []
+        for t in self.transitions:
+            if t.state == State.HEALING and t.remedy and t.remedy not in tried:
+                tried.append(t.remedy)
+        return tried
+
+    @property
+    def failed_remedies(self) -> list[str]:
+        """Remedies whose verification failed (or which could not be applied)."""
+        return [
+            t.remedy
+            for t in self.transitions
+            if t.state == State.DIAGNOSED and t.remedy and t.detail.startswith("failed")
+        ]
+
+
+class IncidentLog:
+    """Read and append incident transitions in the lake.
+
+    Example:
+        >>> log = IncidentLog(lake)
+        >>> inc = log.open("data_drift", {"features": ["amount"]})
+        >>> log.advance(inc, State.DIAGNOSED, evidence={...})
+    """
+
+    def __init__(self, lake: Lake) -> None:
+        self.lake = lake
+
+    def incidents(self) -> list[Incident]:
+        """Every incident, oldest first."""
+        if not self.lake.exists(INCIDENTS):
+            return []
+        table = self.lake.read(INCIDENTS)
+        return self._group(table)
+
+    def _group(self, table: pa.Table) -> list[Incident]:
+        rows = table.sort_by([("detected_at", "ascending"), ("incident_id", "ascending"), ("seq", "ascending")])
+        grouped: dict[str, list[Transition]] = {}
+        for row in rows.to_pylist():
+            grouped.setdefault(row["incident_id"], []).append(Transition.from_row(row))
+        return [Incident(tuple(ts)) for ts in grouped.values()]
+
+    def get(self, incident_id: str) -> Incident | None:
+        if not self.lake.exists(INCIDENTS):
+            return None
+        table = self.lake.read(INCIDENTS)
+        found = self._group(table.filter(pc.equal(table.column("incident_id"), incident_id)))
+        return found[0] if found else None
+
+    def open_incidents(self) -> list[Incident]:
+        return [i for i in self.incidents() if not i.state.closed]
+
+    def open_for(self, cause: str) -> Incident | None:
+        for incident in self.open_incidents():
+            if incident.cause == cause:
+                return incident
+        return None
+
+    def open(self, cause: str, evidence: dict[str, Any], detected_at: datetime | None = None) -> Incident:
+        """Start an incident (DETECTED)."""
+        now = datetime.now(UTC)
+        first = Transition(
+            incident_id=f"inc-{now:%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:6]}",
+            seq=0,
+            cause=cause,
+            state=State.DETECTED,
+            ts=now,
+            detected_at=detected_at or now,
+            actor=actor(),
+            evidence=evidence,
+            detail="detected",
+        )
+        self._append(first)
+        return Incident((first,))
+
+    def advance(
+        self,
+        incident: Incident,
+        state: State,
+        *,
+        remedy: str | None = None,
+        attempt: int = 0,
+        evidence: dict[str, Any] | None = None,
+        detail: str = "",
+    ) -> Incident | None:
+        """Append the next transition; None when another healer already wrote this step."""
+        now = datetime.now(UTC)
+        mttr = (now - incident.detected_at).total_seconds() if state == State.RESOLVED else None
+        row = Transition(
+            incident_id=incident.id,
+            seq=incident.last.seq + 1,
+            cause=incident.cause,
+            state=state,
+            ts=now,
+            detected_at=incident.detected_at,
+            remedy=remedy,
+            attempt=attempt,
+            actor=actor(),
+            evidence=evidence or {},
+            detail=detail,
+            mttr_seconds=mttr,
+        )
+        if not self._append(row):
+            return None
+        return Incident((*incident.transitions, row))
+
+    def _append(self, row: Transition) -> bool:
+        table = pa.Table.from_pylist([row.to_row()], schema=SCHEMA)
+        return not self.lake.append_once(INCIDENTS, table, key=f"incident:{row.incident_id}:{row.seq}").duplicate
+
+
+@dataclass(frozen=True)
+class CauseSummary:
+    cause: str
+    count: int
+    resolved: int
+    escalated: int
+    median_mttr: float | None
+    max_mttr: float | None
+
+
+def summarize(incidents: list[Incident]) -> list[CauseSummary]:
+    """Per cause: count, outcomes, median and max MTTR of the resolved ones."""
+    out = []
+    for cause in sorted({i.cause for i in incidents}):
+        mine = [i for i in incidents if i.cause == cause]
+        mttrs = [i.mttr_seconds for i in mine if i.mttr_seconds is not None]
+        out.append(
+            CauseSummary(
+                cause,
+                len(mine),
+                sum(i.state == State.RESOLVED for i in mine),
+                sum(i.state == State.ESCALATED for i in mine),
+                statistics.median(mttrs) if mttrs else None,
+                max(mttrs) if mttrs else None,
+            )
+        )
+    return out
+
+
+def to_report(incident: Incident) -> dict[str, Any]:
+    """One incident as the ``selfheal incidents --json`` record."""
+    return {
+        "incident_id": incident.id,
+        "cause": incident.cause,
+        "state": incident.state.value,
+        "remedies_tried": incident.remedies_tried,
+        "detected_at": incident.detected_at.isoformat(),
+        "resolved_at": incident.resolved_at.isoformat() if incident.resolved_at else None,
+        "mttr_seconds": incident.mttr_seconds,
+        "evidence": incident.evidence,
+        "outcome": incident.last.detail,
+    }

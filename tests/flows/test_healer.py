@@ -1,0 +1,229 @@
+"""The healer on real parts: a trained champion in a real MLflow store, a real lake, real processes."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from flows.config import load_config
+from flows.diagnosis import Cause, Context, diagnose
+from flows.healer import Healer, Observation, claim, make_context
+from flows.incidents import IncidentLog, State
+from flows.pipeline import pipeline_flow
+from flows.registry import CHAMPION
+from flows.signals import Severity, Signal, SignalKind, Window
+from tests.flows.pipeline_fixtures import dataset_frame, write_batches, write_config
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _signal(kind: SignalKind, severity: Severity = Severity.CRITICAL, **evidence: Any) -> Signal:
+    now = datetime.now(UTC)
+    return Signal(kind, severity, evidence or {"x": 1}, Window(now - timedelta(seconds=5), now))
+
+
+def _observe(*signals: Signal) -> Observation:
+    return Observation(started_at=datetime.now(UTC), signals=list(signals))
+
+
+# -- diagnosis -------------------------------------------------------------------------------
+def test_diagnosis_rules_in_order() -> None:
+    now = datetime.now(UTC)
+    ctx = Context(now=now)
+    assert [d.cause for d in diagnose([_signal(SignalKind.DATA_DRIFT)], ctx)] == [Cause.DATA_DRIFT]
+    assert [d.cause for d in diagnose([_signal(SignalKind.PERFORMANCE_DROP)], ctx)] == [Cause.CONCEPT_DRIFT]
+    both = diagnose([_signal(SignalKind.PERFORMANCE_DROP), _signal(SignalKind.DATA_DRIFT)], ctx)
+    assert [d.cause for d in both] == [Cause.DATA_DRIFT]
+    just_promoted = Context(now=now, promoted_at=now - timedelta(minutes=2))
+    assert [d.cause for d in diagnose([_signal(SignalKind.PERFORMANCE_DROP)], just_promoted)] == [Cause.BAD_DEPLOY]
+    down = diagnose([_signal(SignalKind.SERVING_DOWN), _signal(SignalKind.LATENCY)], ctx)
+    assert [d.cause for d in down] == [Cause.SERVING_DOWN, Cause.LATENCY]
+    assert diagnose([_signal(SignalKind.DATA_DRIFT, Severity.INFO)], ctx) == []
+
+
+# -- a champion to heal ------------------------------------------------------------------------
+@pytest.fixture
+def system(tmp_path: Path, prefect_harness: None) -> dict[str, Any]:
+    frame, target = dataset_frame("binary")
+    write_batches(frame.iloc[:380], tmp_path / "landing", parts=2)
+    config = write_config(tmp_path, "binary", target)
+    assert pipeline_flow(str(config)).outcome == "promoted"
+    return {"tmp": tmp_path, "frame": frame, "target": target, "config": config}
+
+
+def _healer(config: Path) -> Healer:
+    cfg = load_config(config)
+    ctx = make_context(cfg, str(config))
+    return Healer(ctx, IncidentLog(ctx.lake))
+
+
+def _rewrite(system: dict[str, Any], **overrides: Any) -> Path:
+    return write_config(system["tmp"], "binary", system["target"], **overrides)
+
+
+def test_healing_disabled_keeps_faults_open(system: dict[str, Any]) -> None:
+    config = _rewrite(system, healing={"enabled": False})
+    healer = _healer(config)
+    for _ in range(3):
+        healer.tick(_observe(_signal(SignalKind.DATA_DRIFT, features=["mean_radius"])))
+    incidents = healer.log.incidents()
+    assert len(incidents) == 1  # the same cause joins the open incident
+    assert incidents[0].cause == "data_drift" and incidents[0].state == State.DIAGNOSED
+    assert not any(t.state == State.HEALING for t in incidents[0].transitions)
+
+
+def test_failed_verification_moves_on_then_escalates(system: dict[str, Any]) -> None:
+    config = _rewrite(
+        system,
+        healing={"policy": {"data_drift": ["hold_fallback", "rollback"]}, "verify_timeout_seconds": 0.5},
+    )
+    healer = _healer(config)
+    champion = healer.ctx.registry.by_alias(CHAMPION)
+    drift = _signal(SignalKind.DATA_DRIFT, features=["mean_radius"])
+    for _ in range(6):
+        healer.tick(_observe(drift))  # the drift never goes quiet: no remedy can verify
+        time.sleep(0.3)
+    (incident,) = healer.log.incidents()
+    states = [(t.state, t.remedy) for t in incident.transitions]
+    assert (State.HEALING, "hold_fallback") in states and (State.HEALING, "rollback") in states
+    assert incident.state == State.ESCALATED
+    assert "remedies exhausted (hold_fallback, rollback)" in incident.last.detail
+    failures = [t.detail for t in incident.transitions if t.detail.startswith("failed")]
+    assert failures[0].startswith("failed verification") and "no previous version" in failures[1]
+    # The safest state is kept: the champion did not move; the drift opens no new incident (no loop).
+    assert healer.ctx.registry.by_alias(CHAMPION) == champion
+    assert len(healer.log.incidents()) == 1
+
+
+def test_budget_exhausted_defers_retrain_and_records_it(system: dict[str, Any]) -> None:
+    config = _rewrite(system, healing={"policy": {"data_drift": ["retrain"]}, "budget_per_window": 5})
+    healer = _healer(config)
+    for _ in range(3):
+        healer.tick(_observe(_signal(SignalKind.DATA_DRIFT)))
+    (incident,) = healer.log.incidents()
+    deferrals = [t for t in incident.transitions if t.detail.startswith("deferred retrain")]
+    assert len(deferrals) == 1  # recorded once, not on every tick
+    assert "cost 10 exceeds the 5 left of 5 per 3600 s" in deferrals[0].detail
+    assert incident.state == State.DIAGNOSED and incident.remedies_tried == []
+
+    downgrading = _rewrite(
+        system, healing={"policy": {"concept_drift": ["retrain", "rollback"]}, "budget_per_window": 5}
+    )
+    healer = _healer(downgrading)
+    healer.tick(_observe(_signal(SignalKind.CONCEPT_DRIFT)))
+    concept = healer.log.open_for("concept_drift") or healer.log.incidents()[-1]
+    downgrade = [t for t in concept.transitions if t.state == State.HEALING]
+    assert downgrade[0].remedy == "rollback"
+    assert downgrade[0].detail.startswith("deferred retrain") and downgrade[0].detail.endswith("downgraded to rollback")
+    assert "retrain" not in concept.remedies_tried and "rollback" in concept.remedies_tried
+
+
+def test_quarantined_batch_backfilled_from_fallback_and_verified(system: dict[str, Any]) -> None:
+    tmp, frame = system["tmp"], system["frame"]
+    fallback = tmp / "fallback"
+    clean = write_batches(frame.iloc[380:], fallback, parts=1, start=2)[0]
+    broken = tmp / "landing" / clean.name
+    broken.write_bytes(clean.read_bytes()[:400])
+    config = _rewrite(system, landing={"path": str(tmp / "landing"), "format": "parquet", "fallback": str(fallback)})
+    before = datetime.now(UTC)
+    assert pipeline_flow(str(config)).landing.quarantined  # the real pipeline quarantines it
+    healer = _healer(config)
+    from flows.healer import probe_quarantine
+
+    for _ in range(3):
+        now = datetime.now(UTC)
+        healer.tick(Observation(now, probe_quarantine(healer.ctx, before, now)))
+        before = now
+    (incident,) = healer.log.incidents()
+    assert incident.cause == "data_quality" and incident.state == State.RESOLVED, incident.last.detail
+    assert incident.remedies_tried == ["quarantine_backfill"] and incident.mttr_seconds is not None
+    assert healer.ctx.lake.read("bronze").num_rows == len(frame)
+
+
+def test_a_live_healer_holds_its_incident(system: dict[str, Any]) -> None:
+    healer = _healer(system["config"])
+    healer.record(_observe(_signal(SignalKind.DATA_DRIFT)))
+    (incident,) = healer.log.incidents()
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        import socket
+
+        import pyarrow as pa
+
+        from flows.healer import _LEASE_SCHEMA, LEASES
+
+        row = {
+            "incident_id": incident.id,
+            "n": 0,
+            "host": socket.gethostname(),
+            "pid": other.pid,
+            "expires_at": datetime.now(UTC) + timedelta(minutes=5),
+        }
+        healer.ctx.lake.append_once(
+            LEASES, pa.Table.from_pylist([row], schema=_LEASE_SCHEMA), key=f"lease:{incident.id}:0"
+        )
+        assert not claim(healer.ctx.lake, incident.id, datetime.now(UTC))
+    finally:
+        other.kill()
+        other.wait()
+    assert claim(healer.ctx.lake, incident.id, datetime.now(UTC))  # its holder died: take over at once
+    assert claim(healer.ctx.lake, incident.id, datetime.now(UTC))  # and keep it
+
+
+@pytest.mark.integration
+def test_healer_killed_mid_remedy_resumes_and_applies_it_once(system: dict[str, Any]) -> None:
+    from prefect.settings import PREFECT_API_URL
+
+    tmp, frame = system["tmp"], system["frame"]
+    slow = {
+        "estimator": "tests.flows._estimators.SlowHistGradientBoostingClassifier",
+        "params": {"max_iter": 30},
+        "seed": 3,
+        "trusted_types": ["tests.flows._estimators.SlowHistGradientBoostingClassifier"],
+    }
+    config = _rewrite(system, trainer=slow, healing={"policy": {"data_drift": ["retrain"]}})
+    write_batches(frame.iloc[380:], tmp / "landing", parts=1, start=2)  # new data to retrain on
+    healer = _healer(config)
+    healer.record(_observe(_signal(SignalKind.DATA_DRIFT)))
+    versions_before = len(healer.ctx.registry.client.search_model_versions(f"name='{healer.ctx.registry.model_name}'"))
+
+    marker = tmp / "fitting"
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(REPO),
+        "PREFECT_API_URL": str(PREFECT_API_URL.value()),
+        "SELFHEAL_TEST_FIT_MARKER": str(marker),
+        "SELFHEAL_TEST_FIT_SLEEP": "60",
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "flows.cli", "--config", str(config), "heal", "--once", "--no-monitor"],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    deadline = time.time() + 180
+    while not marker.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.2)
+    assert marker.exists(), proc.communicate()[0]
+    os.kill(proc.pid, 9)
+    proc.wait(timeout=30)
+    (incident,) = healer.log.incidents()
+    assert incident.state == State.HEALING  # killed mid-remedy
+
+    for _ in range(4):
+        healer.tick(_observe())
+    (incident,) = healer.log.incidents()
+    assert incident.state == State.RESOLVED, incident.last.detail
+    healing = [t for t in incident.transitions if t.state == State.HEALING]
+    assert [(t.remedy, t.attempt) for t in healing] == [("retrain", 1)]  # resumed, not restarted
+    versions_after = len(healer.ctx.registry.client.search_model_versions(f"name='{healer.ctx.registry.model_name}'"))
+    assert versions_after == versions_before + 1  # the model was trained and registered once
