@@ -7,6 +7,14 @@ reported too. Run: ``.venv/bin/python benchmarks/checkpoint_write.py``.
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
+# Run as a file, this folder would come first on sys.path and benchmarks/serving.py
+# would shadow the serving package: put the repository root there instead.
+if __package__ in (None, ""):
+    sys.path[0] = str(Path(__file__).resolve().parents[1])
+
 import argparse
 import statistics
 import tempfile

@@ -36,8 +36,8 @@ from checkpoints.exceptions import RegistryUnavailable
 from flows.config import SelfhealConfig, load_config
 from flows.diagnosis import Cause, Context, Diagnosis, diagnose
 from flows.incidents import Incident, IncidentLog, State, to_report
-from flows.registry import CHAMPION, Registry
-from flows.remedies import HealContext, Outcome, get_remedy, server_ready
+from flows.registry import Registry
+from flows.remedies import HealContext, Outcome, get_remedy, server_ready, tracking_store_error
 from flows.signals import Severity, Signal, SignalKind, Window
 
 logger = logging.getLogger(__name__)
@@ -67,10 +67,9 @@ def probe_upstream(ctx: HealContext, now: datetime) -> list[Signal]:
     from flows.stages.ingest import LandingUnreachable, list_landing
 
     out = []
-    try:
-        ctx.registry.by_alias(CHAMPION)
-    except Exception as exc:  # noqa: BLE001 - any store error is an outage to the healer
-        out.append(_probe_signal(SignalKind.UPSTREAM_OUTAGE, {"tracking_store": str(exc)[:300]}, now))
+    error = tracking_store_error(ctx)
+    if error is not None:
+        out.append(_probe_signal(SignalKind.UPSTREAM_OUTAGE, {"tracking_store": error}, now))
     try:
         list_landing(ctx.cfg.landing.path, ctx.cfg.landing.format)
     except LandingUnreachable as exc:
@@ -169,10 +168,9 @@ class Healer:
 
     def record(self, observation: Observation) -> list[Incident]:
         """Open or join incidents for what was observed; returns the touched incidents."""
-        try:
+        promoted_at = None
+        if not any(s.kind == SignalKind.UPSTREAM_OUTAGE for s in observation.signals):
             promoted_at = self.ctx.registry.promoted_at()
-        except Exception:  # noqa: BLE001 - the store may be the thing that is down
-            promoted_at = None
         context = Context(
             now=observation.started_at,
             promoted_at=promoted_at,

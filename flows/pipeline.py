@@ -34,6 +34,7 @@ import pyarrow.compute as pc
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.context import get_run_context
+from prefect.exceptions import MissingContextError
 from prefect.tasks import exponential_backoff
 from prefect.transactions import Transaction, get_transaction, transaction
 
@@ -142,11 +143,23 @@ def _restore_to_manifest(lake: Lake, table: str) -> None:
 
 
 def _remember(**values: Any) -> None:
-    """Keep values in the running task's transaction for its rollback hook."""
+    """Keep values in the running task's transaction for its rollback hook.
+
+    Outside a transaction (a stage called plainly, e.g. ``train_task.fn`` in a
+    benchmark) there is nothing to roll back, so nothing is kept.
+    """
     txn = get_transaction()
-    assert txn is not None, "stage tasks run inside the pipeline transaction"
     for name, value in values.items():
-        txn.set(name, value)
+        if txn is not None:
+            txn.set(name, value)
+
+
+def _log() -> logging.Logger | logging.LoggerAdapter[logging.Logger]:
+    """The run logger inside a Prefect run, this module's logger outside one."""
+    try:
+        return get_run_logger()
+    except MissingContextError:
+        return logger
 
 
 # -- tasks ---------------------------------------------------------------------------
@@ -173,7 +186,7 @@ def read_file_task(source: str) -> ingest.LandingFile:
 @task(name="validate-and-land", cache_policy=NO_CACHE)
 def land_task(cfg: SelfhealConfig, files: list[ingest.LandingFile], batch_offset: int) -> LandingSummary:
     """Validate each file; good rows to bronze with lineage, bad files to quarantine."""
-    log = get_run_logger()
+    log = _log()
     lake = open_lake(cfg)
     summary = LandingSummary()
     schema = locked_schema(lake, cfg)
@@ -272,7 +285,7 @@ def train_task(cfg: SelfhealConfig, silver_version: int) -> Challenger:
 
     from serving.modelio import log_sklearn_model
 
-    log = get_run_logger()
+    log = _log()
     registry = Registry(cfg.tracking_uri, cfg.model_name)
     key = _train_key(cfg, silver_version)
     existing = registry.find_by_tag(TRAIN_KEY_TAG, key)
@@ -406,7 +419,7 @@ def notify_server(cfg: SelfhealConfig) -> None:
 
 # -- the flow --------------------------------------------------------------------------
 def _new_files(cfg: SelfhealConfig, lake: Lake) -> list[ingest.LandingFile]:
-    log = get_run_logger()
+    log = _log()
     try:
         sources = list_landing_task(cfg.landing.path, cfg.landing.format)
     except ingest.LandingUnreachable as exc:
@@ -443,7 +456,7 @@ def pipeline_flow(config_path: str | None = None, window_batches: int | None = N
     cfg = load_config(config_path)
     if window_batches is not None:
         cfg.trainer.window_batches = window_batches
-    log = get_run_logger()
+    log = _log()
     Path(cfg.home).mkdir(parents=True, exist_ok=True)
     lake = open_lake(cfg)
     registry = Registry(cfg.tracking_uri, cfg.model_name)
@@ -516,5 +529,5 @@ def _finish(cfg: SelfhealConfig, lake: Lake, run_id: str, result: PipelineResult
         lake.write_manifest(run_id, stages, meta=meta)
     if result.outcome == "promoted":
         notify_server(cfg)
-    get_run_logger().info("%s: %s", result.outcome, result.message)
+    _log().info("%s: %s", result.outcome, result.message)
     return result

@@ -16,6 +16,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -26,7 +27,7 @@ from typing import Any
 import httpx
 
 from checkpoints import Lake
-from checkpoints.exceptions import RegistryUnavailable, RemedyFailed
+from checkpoints.exceptions import RemedyFailed
 from flows.config import SelfhealConfig
 from flows.incidents import Incident
 from flows.registry import CHAMPION, LIGHT, PREVIOUS, Registry
@@ -137,6 +138,30 @@ def stop_server(cfg: SelfhealConfig, timeout: float = 15.0) -> None:
             pass
         time.sleep(0.1)
     os.kill(pid, signal.SIGKILL)
+
+
+def tracking_store_error(ctx: HealContext, timeout: float = 3.0) -> str | None:
+    """None when the tracking store answers within ``timeout`` seconds, else what went wrong.
+
+    A locked or unreachable store can block a client call for a long time (SQLite's
+    busy timeout is 20 s); the healer must not stall behind it, so the call runs in a
+    daemon thread and is abandoned after ``timeout``.
+    """
+    result: list[str | None] = []
+
+    def call() -> None:
+        try:
+            ctx.registry.client.search_registered_models(max_results=1)
+            result.append(None)
+        except Exception as exc:  # noqa: BLE001 - any failure is "does not answer"
+            result.append(f"{type(exc).__name__}: {str(exc)[:200]}")
+
+    worker = threading.Thread(target=call, daemon=True)
+    worker.start()
+    worker.join(timeout)
+    if not result:
+        return f"no answer from {ctx.cfg.tracking_uri} within {timeout:g} s"
+    return result[0]
 
 
 # -- remedies ------------------------------------------------------------------------------
@@ -371,12 +396,10 @@ class HoldFallback(Remedy):
         return Outcome(True, "holding the current champion and the server's fallback; pipeline runs deferred")
 
     def verify(self, ctx: HealContext, incident: Incident, plan: dict[str, Any], since: datetime) -> Outcome:
-        try:
-            champion = ctx.registry.by_alias(CHAMPION)
-        except RegistryUnavailable as exc:
-            return Outcome(False, f"tracking store still unreachable: {exc}", pending=True)
-        except Exception as exc:  # noqa: BLE001 - any store error means "not back yet"
-            return Outcome(False, f"tracking store still unreachable: {exc}", pending=True)
+        error = tracking_store_error(ctx)
+        if error is not None:
+            return Outcome(False, f"tracking store still unreachable: {error}", pending=True)
+        champion = ctx.registry.by_alias(CHAMPION)
         from flows.stages.ingest import LandingUnreachable, list_landing
 
         try:
