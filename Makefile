@@ -8,12 +8,12 @@ export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export MLFLOW_ENABLE_TELEMETRY := false
 export RUST_BACKTRACE := 0
 
-.PHONY: demo test lint setup clean
+.PHONY: demo test lint setup deps clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet -e '.[dev,deploy]'
 	touch $@
 
 setup: $(BIN)/.installed
@@ -25,7 +25,11 @@ lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 
-test: lint
+# Debian packages the tests use (prometheus/promtool, kubectl); installs only what is missing.
+deps:
+	bash deployments/install-test-deps.sh
+
+test: lint deps
 	$(BIN)/python -m pytest
 
 clean:

@@ -1,0 +1,163 @@
+"""`selfheal up` / `selfheal down`, for real, and the pieces they are made of."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from flows.stack import (
+    SERVICES,
+    LandingWatcher,
+    PidFile,
+    _port_in_use,
+    describe_schedule,
+    describe_trigger,
+    local_deployments,
+    process_tree,
+    terminate,
+)
+from tests.deployments.conftest import PROJECT, base_env, free_port, http_ok, write_config
+
+
+def _processes_with_env(marker: str) -> set[int]:
+    """Live processes whose environment holds ``marker`` (everything the stack started inherits it)."""
+    found: set[int] = set()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            environ = (entry / "environ").read_bytes()
+            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if marker.encode() in environ and state != "Z":
+            found.add(int(entry.name))
+    return found
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_up_then_down_from_a_fresh_home_leaves_no_process_behind(tmp_path: Path) -> None:
+    serving_port, prefect_port = free_port(), free_port()
+    config = write_config(tmp_path, serving_port)
+    env = base_env(tmp_path / "outside")  # the stack must not depend on the caller's Prefect settings
+    selfheal = [sys.executable, "-m", "flows.cli", "--config", str(config)]
+    run_dir = tmp_path / "state" / "run"
+
+    up = subprocess.run(
+        [*selfheal, "up", "--prefect-port", str(prefect_port)],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    try:
+        assert up.returncode == 0, up.stdout + up.stderr
+        assert f"Prefect UI       http://127.0.0.1:{prefect_port}" in up.stdout
+        for entry in local_deployments():
+            flow_file = PROJECT / entry["entrypoint"].split(":")[0]
+            if flow_file.exists():
+                assert f"/{entry['name']}\n" in up.stdout.replace(" ", ""), up.stdout
+            else:
+                assert f"not deployed: {entry['entrypoint']}" in up.stdout
+        assert "selfheal-pipeline/local" in up.stdout
+        assert "on event selfheal.landing.file.created" in up.stdout
+        assert "every 60s" in up.stdout
+        assert http_ok(f"http://127.0.0.1:{prefect_port}/api/health")
+        assert http_ok(f"http://127.0.0.1:{serving_port}/health")
+        pids = [PidFile.read(run_dir / f"{name}.pid") for name in SERVICES]
+        assert all(p is not None and p.running() for p in pids), [p for p in pids]
+        started = set().union(*(process_tree(p.pid) for p in pids if p is not None))
+        assert len(started) >= len(SERVICES) + 1  # gunicorn has a worker under its master
+
+        again = subprocess.run([*selfheal, "up", "--prefect-port", str(prefect_port)], env=env, capture_output=True)
+        assert again.returncode == 1 and b"already running" in again.stderr
+    finally:
+        down = subprocess.run([*selfheal, "down"], env=env, capture_output=True, text=True, timeout=120)
+    assert down.returncode == 0, down.stdout + down.stderr
+    assert "stopped: prefect-worker, landing-watcher, serving, prefect-server" in down.stdout
+    assert not _processes_with_env(f"PREFECT_HOME={tmp_path / 'state' / 'prefect'}")
+    assert all(_state(pid) in ("gone", "Z") for pid in started)  # a zombie waits for init to reap it
+    assert not list(run_dir.glob("*.pid"))
+    assert not _port_in_use(prefect_port) and not _port_in_use(serving_port)
+    twice = subprocess.run([*selfheal, "down"], env=env, capture_output=True, text=True)
+    assert twice.returncode == 0 and "nothing was running" in twice.stdout
+
+
+def test_terminate_reaches_descendants_in_other_sessions() -> None:
+    # A leader whose child starts its own session, as a worker's flow runs do.
+    script = "setsid sleep 300 & sleep 300"
+    leader = subprocess.Popen(["bash", "-c", script], start_new_session=True)
+    try:
+        tree: set[int] = set()
+        deadline = time.monotonic() + 10
+        while len(tree) < 3 and time.monotonic() < deadline:
+            tree = process_tree(leader.pid)
+            time.sleep(0.05)
+        assert len(tree) == 3
+        terminate(tree, grace=5.0)
+        leader.wait(timeout=5)
+        assert not any(Path("/proc", str(p)).exists() and _state(p) != "Z" for p in tree)
+    finally:
+        if leader.poll() is None:
+            os.killpg(leader.pid, signal.SIGKILL)
+
+
+def _state(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return "gone"
+
+
+def test_a_reused_pid_is_not_ours(tmp_path: Path) -> None:
+    path = tmp_path / "x.pid"
+    PidFile("x", os.getpid(), 1, []).write(path)
+    recorded = PidFile.read(path)
+    assert recorded is not None and not recorded.running()  # same pid, another start time
+    assert PidFile.read(tmp_path / "missing.pid") is None
+
+
+def test_landing_watcher_announces_each_file_once_when_it_has_settled(tmp_path: Path) -> None:
+    landing, state = tmp_path / "landing", tmp_path / "announced.json"
+    landing.mkdir()
+    (landing / "a.parquet").write_bytes(b"x" * 10)
+    (landing / ".part-b").write_bytes(b"y")
+    watcher = LandingWatcher(landing, state)
+    assert watcher.poll() == []  # seen once: may still be growing
+    (landing / "a.parquet").write_bytes(b"x" * 20)
+    assert watcher.poll() == []  # changed since: still growing
+    ready = watcher.poll()
+    assert ready == [landing / "a.parquet"]
+    watcher.mark(ready)
+    assert watcher.poll() == []
+    restarted = LandingWatcher(landing, state)
+    restarted.poll()
+    assert restarted.poll() == []  # announced before the restart
+    (landing / "a.parquet").write_bytes(b"z" * 30)  # replaced: a new batch under the same name
+    restarted.poll()
+    assert restarted.poll() == [landing / "a.parquet"]
+
+
+def test_schedules_and_triggers_read_as_one_line() -> None:
+    assert describe_schedule({"interval": 60.0}) == "every 60s"
+    assert describe_schedule({"interval": 3600.0}) == "every 1h"
+    assert describe_schedule({"cron": "0 3 * * 1", "timezone": "Europe/Berlin"}) == "cron 0 3 * * 1 (Europe/Berlin)"
+    trigger = {
+        "expect": ["selfheal.signal.*"],
+        "match": {"prefect.resource.id": "selfheal.signal.*", "selfheal.severity": ["warning", "critical"]},
+    }
+    assert describe_trigger(trigger) == "on event selfheal.signal.* (selfheal.severity=warning|critical)"
+
+
+def test_up_deploys_the_local_pool_only() -> None:
+    entries = local_deployments()
+    assert {e["work_pool"]["name"] for e in entries} == {"local"}
+    assert len(entries) == 4
