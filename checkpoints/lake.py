@@ -20,6 +20,7 @@ from datetime import datetime
 from typing import Any, Literal
 
 import pyarrow as pa
+import pyarrow.dataset as ds
 from deltalake import CommitProperties, DeltaTable, Transaction, write_deltalake
 from deltalake.exceptions import CommitFailedError, DeltaError, SchemaMismatchError, TableNotFoundError
 
@@ -183,9 +184,19 @@ class Lake:
             raise ValueError("give version or as_of, not both")
         dt = self._open(table, version if version is not None else as_of)
         try:
-            return dt.to_pyarrow_table(columns=columns)
+            if not self.storage.local:
+                return dt.to_pyarrow_table(columns=columns)
+            # Local tables: read the snapshot's files with pyarrow's own filesystem. Going
+            # through delta-rs's filesystem bridge intermittently aborts the interpreter at
+            # exit ("terminate called without an active exception"; delta-rs#2184).
+            schema = pa.schema(dt.schema().to_arrow())
+            files = [uri.removeprefix("file://") for uri in dt.file_uris()]
         except DeltaError as exc:
             raise CheckpointError(f"table {table!r}: cannot read: {exc}") from exc
+        if not files:
+            empty = schema.empty_table()
+            return empty.select(columns) if columns else empty
+        return ds.dataset(files, schema=schema, format="parquet").to_table(columns=columns)
 
     def has_key(self, table: str, key: str) -> bool:
         """Whether an append with idempotency ``key`` was committed to ``table``."""

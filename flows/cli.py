@@ -70,14 +70,18 @@ def build_parser() -> argparse.ArgumentParser:
         "demo",
         "flows.demo:cli_demo",
         "run the loop end to end on generated card-fraud data",
-        "Generate card-fraud batches (some of them faulty), run the pipeline, and report\n"
-        "what landed, what was quarantined and which model is champion. Uses a scratch\n"
-        "folder (default .selfheal/demo) so your own lake is untouched.",
+        "Train and serve a champion on a generated card-fraud stream, send live traffic with\n"
+        "late labels, run the healer, and play a script of faults: concept drift, covariate\n"
+        "drift, a corrupt batch, a bad model promoted, a worker and then the server killed,\n"
+        "the tracking store unreachable. Prints each detection delay and MTTR and exits\n"
+        "non-zero if any fault is not RESOLVED. Works in a scratch folder (default\n"
+        "<home>/demo, wiped first) so your own lake is untouched.",
     )
     demo.add_argument("--workdir", default=None, help="scratch folder (default: <home>/demo; wiped first)")
-    demo.add_argument("--batches", type=int, default=6, help="clean batches to generate (default 6)")
+    demo.add_argument("--batches", type=int, default=4, help="clean batches to start from (default 4)")
     demo.add_argument("--rows", type=int, default=2000, help="rows per batch (default 2000)")
     demo.add_argument("--seed", type=int, default=7, help="random seed (default 7)")
+    demo.add_argument("--json", default=None, metavar="PATH", help="also write the report as JSON to PATH")
 
     data = sub.add_parser("data", help="generate demo data", description="Demo data tools.")
     data_sub = data.add_subparsers(title="data commands", metavar="COMMAND", required=True)
@@ -221,6 +225,24 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--prefect-port", type=int, default=4200, help="Prefect server port on 127.0.0.1 (default 4200)")
     up.add_argument("--timeout", type=float, default=180.0, help="seconds to wait for everything to start")
     _add(sub, "down", "flows.stack:cli_down", "stop everything `selfheal up` started (no process is left behind)")
+
+    chaos = sub.add_parser("chaos", help="run the chaos suite", description="Fault injection with Chaos Toolkit.")
+    chaos_sub = chaos.add_subparsers(title="chaos commands", metavar="COMMAND", required=True)
+    chaos_run = _add(
+        chaos_sub,
+        "run",
+        "flows.chaos_suite:cli_chaos_run",
+        "inject each fault into a sandboxed selfheal and hold recovery to the SLA",
+        "Build a sandbox (its own config, lake, landing zone, MLflow store, model server, clients,\n"
+        "pipeline schedule and healer) from selfheal.yaml, run the experiments of chaos/experiments\n"
+        "one by one, and print the SLA table: fault, MTTR, SLA, availability, rows lost, verdict.\n"
+        "Journals and verdicts go to the chaos_runs table, the report to <home>/reports.\n"
+        "Exits 1 when an experiment missed its SLA. Network experiments need root.",
+    )
+    chaos_run.add_argument("names", nargs="*", metavar="NAME", help="experiments to run (default: all)")
+    chaos_run.add_argument(
+        "--json", nargs="?", const="-", default=None, metavar="PATH", help="write the results as JSON (stdout: -)"
+    )
     return parser
 
 

@@ -36,6 +36,9 @@ class Context:
     promoted_at: datetime | None = None
     """When the current champion was promoted (None: unknown)."""
     bad_deploy_window: timedelta = timedelta(minutes=30)
+    healthy_since_promotion: bool = False
+    """The champion had a labeled window at its baseline quality after it was promoted:
+    a later drop is the world changing (drift), not the deploy."""
 
     @property
     def recently_promoted(self) -> bool:
@@ -74,7 +77,7 @@ def _after_promotion(present: set[SignalKind], ctx: Context) -> set[SignalKind]:
         SignalKind.BREAKER_OPEN,
         SignalKind.PREDICTION_DRIFT,
     }
-    if not ctx.recently_promoted or SignalKind.DATA_DRIFT in present:
+    if not ctx.recently_promoted or ctx.healthy_since_promotion or SignalKind.DATA_DRIFT in present:
         return set()
     return present & symptoms
 
@@ -90,7 +93,7 @@ def _quality_without_input_shift(present: set[SignalKind], ctx: Context) -> set[
 RULES: tuple[Rule, ...] = (
     ("the server does not answer", Cause.SERVING_DOWN, _when(SignalKind.SERVING_DOWN)),
     ("tracking store or landing zone unreachable", Cause.UPSTREAM_OUTAGE, _when(SignalKind.UPSTREAM_OUTAGE)),
-    ("quality or errors degraded right after a promotion", Cause.BAD_DEPLOY, _after_promotion),
+    ("quality or errors bad from the first windows after a promotion", Cause.BAD_DEPLOY, _after_promotion),
     ("batches or features fail data expectations", Cause.DATA_QUALITY, _when(SignalKind.DATA_QUALITY)),
     ("labels disagree with an unchanged input distribution", Cause.CONCEPT_DRIFT, _quality_without_input_shift),
     (

@@ -36,9 +36,10 @@ from checkpoints.exceptions import RegistryUnavailable
 from flows.config import SelfhealConfig, load_config
 from flows.diagnosis import Cause, Context, Diagnosis, diagnose
 from flows.incidents import Incident, IncidentLog, State, to_report
-from flows.registry import Registry
+from flows.registry import CHAMPION, Registry
 from flows.remedies import HealContext, Outcome, get_remedy, server_ready, tracking_store_error
 from flows.signals import Severity, Signal, SignalKind, Window
+from flows.stages.evaluate import LOWER_IS_BETTER
 
 logger = logging.getLogger(__name__)
 
@@ -175,6 +176,7 @@ class Healer:
             now=observation.started_at,
             promoted_at=promoted_at,
             bad_deploy_window=timedelta(seconds=self.cfg.healing.bad_deploy_window_seconds),
+            healthy_since_promotion=promoted_at is not None and self._healthy_since(promoted_at),
         )
         touched = []
         incidents = self.log.incidents()
@@ -189,6 +191,27 @@ class Healer:
     def _escalated_recently(self, incidents: list[Incident], cause: str, now: datetime) -> bool:
         hold = timedelta(seconds=self.cfg.healing.escalation_hold_seconds)
         return any(i.cause == cause and i.state == State.ESCALATED and now - i.last.ts < hold for i in incidents)
+
+    def _healthy_since(self, promoted_at: datetime) -> bool:
+        """Did the monitor measure baseline quality on labels after ``promoted_at``?"""
+        from flows.detectors.thresholds import MonitorThresholds
+
+        metric = self.cfg.gate_metric
+        champion = self.ctx.registry.by_alias(CHAMPION)
+        baseline = float(champion.tags.get(f"metric.{metric}", "nan")) if champion else float("nan")
+        if baseline != baseline or not self.ctx.lake.exists("metrics"):  # NaN: no baseline
+            return False
+        margin = MonitorThresholds.from_mapping(self.cfg.thresholds).performance.max_drop
+        table = self.ctx.lake.read("metrics", columns=["ts", "name", "value"])
+        rows = table.filter(
+            pc.and_(
+                pc.equal(table.column("name"), f"performance.{metric}"), pc.greater(table.column("ts"), promoted_at)
+            )
+        )
+        values = [v for v in rows.column("value").to_pylist() if v is not None]
+        if metric in LOWER_IS_BETTER:
+            return any(v <= baseline + margin for v in values)
+        return any(v >= baseline - margin for v in values)
 
     def _open(self, diagnosis: Diagnosis) -> Incident:
         first = min(s.detected_at for s in diagnosis.signals)

@@ -39,7 +39,7 @@ from prefect.tasks import exponential_backoff
 from prefect.transactions import Transaction, get_transaction, transaction
 
 from checkpoints import Lake
-from checkpoints.exceptions import PromotionRejected, SelfhealError, ValidationFailed
+from checkpoints.exceptions import PromotionRejected, ValidationFailed
 from flows.config import SelfhealConfig, load_config
 from flows.registry import CHALLENGER, CHAMPION, PREVIOUS, Registry
 from flows.stages import evaluate, features, ingest, train
@@ -357,7 +357,9 @@ def evaluate_task(cfg: SelfhealConfig, challenger: Challenger, silver_version: i
 
     metric = cfg.gate_metric
     if metric not in challenger.metrics:
-        raise SelfhealError(f"gate.metric {metric!r} was not computed; have {sorted(challenger.metrics)}")
+        # e.g. roc_auc on a holdout holding one class only: no evidence, so no promotion.
+        reason = f"{metric} could not be computed on this holdout (have {sorted(challenger.metrics)})"
+        return evaluate.GateDecision(metric, float("nan"), None, cfg.gate.minimum, False, reason)
     registry = Registry(cfg.tracking_uri, cfg.model_name)
     champion = registry.by_alias(CHAMPION)
     champion_score: float | None = None
