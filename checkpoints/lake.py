@@ -263,9 +263,12 @@ class Lake:
         return self._version_of_key(dt, key) if key else int(dt.version())
 
     def _version_of_key(self, dt: DeltaTable, key: str) -> int:
-        for commit in dt.history():
-            if commit.get(KEY_METADATA) == key:
-                return int(commit["version"])
+        # Our own commit is almost always among the newest few: look there first, so an
+        # append does not cost a scan of the whole history as the table grows.
+        for limit in (16, None):
+            for commit in dt.history(limit):
+                if commit.get(KEY_METADATA) == key:
+                    return int(commit["version"])
         return int(dt.version())  # key committed before custom metadata existed
 
     def _keys_after(self, dt: DeltaTable, version: int) -> set[str]:

@@ -1,0 +1,65 @@
+"""``selfheal serve``: turn selfheal.yaml into the model server's environment and start it.
+
+The server never imports ``flows`` (nor Prefect): this command resolves the
+config, writes it into ``SELFHEAL_*`` variables and replaces itself with
+``python -m serving`` (``os.execve``), so the process you started *is*
+gunicorn's master and signals (SIGTERM, Ctrl-C) reach it directly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from flows.config import SelfhealConfig, load_config
+
+
+def server_environment(cfg: SelfhealConfig, port: int, base: dict[str, str] | None = None) -> dict[str, str]:
+    """The server's environment: ``base`` (default: this process's) plus the config's values.
+
+    Server variables already set in ``base`` win, so a one-off override such as
+    ``SELFHEAL_LOG_FLUSH_SECONDS=1 selfheal serve`` still works.
+    """
+    env = dict(os.environ if base is None else base)
+    serving = cfg.serving
+    runtime = Path(cfg.home) / "serving" / f"port-{port}"
+    values = {
+        "SELFHEAL_MODEL_NAME": cfg.model_name,
+        "SELFHEAL_TRACKING_URI": cfg.tracking_uri or "",
+        "SELFHEAL_LAKE_ROOT": cfg.lake.root,
+        "SELFHEAL_LAKE_STORAGE_OPTIONS": json.dumps(cfg.lake.storage_options),
+        "SELFHEAL_POLL_SECONDS": str(serving.poll_seconds),
+        "SELFHEAL_PREDICT_TIMEOUT_SECONDS": str(serving.predict_timeout_seconds),
+        "SELFHEAL_BREAKER_FAIL_MAX": str(serving.breaker_fail_max),
+        "SELFHEAL_BREAKER_RESET_SECONDS": str(serving.breaker_reset_seconds),
+        "SELFHEAL_DEAD_LETTER_DIR": str(Path(cfg.home) / "serving" / "dead-letter"),
+        "SELFHEAL_RUNTIME_DIR": str(runtime),
+    }
+    for key, value in values.items():
+        env.setdefault(key, value)
+    # Nested overrides (SELFHEAL_LAKE__ROOT=...) are already folded into cfg; drop them so the
+    # flat names above are the only source the server reads.
+    for key in [k for k in env if k.startswith("SELFHEAL_") and "__" in k]:
+        del env[key]
+    env.setdefault("DO_NOT_TRACK", "1")
+    env.setdefault("MLFLOW_ENABLE_TELEMETRY", "false")
+    return env
+
+
+def cli_serve(args: argparse.Namespace) -> int:
+    """Exec the model server for the configured model (does not return on success)."""
+    cfg = load_config()
+    port = args.port if args.port is not None else cfg.serving.port
+    workers = args.workers if args.workers is not None else cfg.serving.workers
+    host = args.host or cfg.serving.host
+    env = server_environment(cfg, port)
+    argv = [sys.executable, "-m", "serving", "--host", host, "--port", str(port), "--workers", str(workers)]
+    if getattr(args, "verbose", False):
+        argv += ["--log-level", "debug"]
+    print(f"selfheal serve: {cfg.model_name!r} on http://{host}:{port} with {workers} workers", file=sys.stderr)
+    sys.stderr.flush()
+    os.execve(sys.executable, argv, env)
+    return 0  # not reached

@@ -1,0 +1,177 @@
+"""Micro-batching: concurrent requests of one worker share one model call.
+
+There is no waiting window. A dispatcher takes every request queued so far (up
+to ``max_batch_rows`` rows) as soon as the previous batch is answered; while a
+batch predicts, new requests queue and form the next one. Under light load each
+request is its own batch (no added latency); under heavy load batches grow and
+the per-call cost of pandas and scikit-learn (milliseconds, nearly independent
+of the row count) is paid once per batch instead of once per request.
+
+One batch in flight gives the biggest batches. More (up to ``max_inflight``)
+are started only when the batch in flight is slow (``stall_seconds``), so a
+model that hangs until its timeout does not hold every request of the worker.
+
+Example:
+    >>> batcher = MicroBatcher(predictor, max_batch_rows=256, max_inflight=2, on_answered=log_rows)
+    >>> batcher.start()
+    >>> answer = await batcher.submit(PendingRequest(models, columns, rows=1, row_ids=["r1"]))
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from itertools import chain
+from typing import Any
+
+from serving.predictor import Outcome, Predictor
+from serving.reload import ModelSet
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(eq=False)
+class PendingRequest:
+    """One validated request waiting for its batch.
+
+    Attributes:
+        models: the model set the request was validated against (its batch uses the same).
+        columns: validated feature columns.
+        rows: number of rows.
+        row_ids: the id of each row in the inference log.
+        received_us: arrival time, microseconds since the epoch (UTC).
+        started: arrival time on ``time.perf_counter``'s clock (latency).
+    """
+
+    models: ModelSet
+    columns: dict[str, list[Any]]
+    rows: int
+    row_ids: list[str]
+    received_us: int = field(default_factory=lambda: time.time_ns() // 1000)
+    started: float = field(default_factory=time.perf_counter)
+    future: asyncio.Future[BatchAnswer] | None = None
+
+
+@dataclass(frozen=True)
+class BatchAnswer:
+    """A request's slice of its batch's outcome."""
+
+    outcome: Outcome
+    offset: int
+    rows: int
+
+    def labels(self) -> list[Any]:
+        return list(self.outcome.prediction.labels[self.offset : self.offset + self.rows].tolist())
+
+    def scores(self) -> list[float] | None:
+        scores = self.outcome.prediction.scores
+        return None if scores is None else list(scores[self.offset : self.offset + self.rows].tolist())
+
+
+AnsweredHook = Callable[[list[PendingRequest], dict[str, list[Any]], Outcome], None]
+
+
+class MicroBatcher:
+    """Groups concurrent requests into model calls (see the module docstring)."""
+
+    def __init__(
+        self,
+        predictor: Predictor,
+        *,
+        max_batch_rows: int = 256,
+        max_inflight: int = 2,
+        stall_seconds: float = 0.05,
+        on_answered: AnsweredHook | None = None,
+    ) -> None:
+        self.predictor = predictor
+        self.max_batch_rows = max_batch_rows
+        self.max_inflight = max_inflight
+        self.stall_seconds = stall_seconds
+        self._on_answered = on_answered
+        self._queue: deque[PendingRequest] = deque()
+        self._wake = asyncio.Event()
+        self._slots = asyncio.Semaphore(max_inflight)
+        self._answered = asyncio.Event()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._dispatcher: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._dispatcher = asyncio.get_running_loop().create_task(self._dispatch(), name="micro-batcher")
+
+    async def submit(self, request: PendingRequest) -> BatchAnswer:
+        """Queue a request and wait for its batch's answer."""
+        request.future = asyncio.get_running_loop().create_future()
+        self._queue.append(request)
+        self._wake.set()
+        return await request.future
+
+    async def close(self) -> None:
+        """Answer everything queued, then stop the dispatcher."""
+        while self._queue or self._tasks:
+            await asyncio.sleep(0.01)
+        if self._dispatcher is not None:
+            self._dispatcher.cancel()
+            try:
+                await self._dispatcher
+            except asyncio.CancelledError:
+                pass
+
+    async def _dispatch(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            if not self._queue:
+                self._wake.clear()
+                await self._wake.wait()
+            await self._slots.acquire()
+            if self._tasks:  # a batch is predicting: let more requests queue unless it is slow
+                self._answered.clear()
+                try:
+                    await asyncio.wait_for(self._answered.wait(), self.stall_seconds)
+                except TimeoutError:
+                    pass
+            batch = self._take()
+            task = loop.create_task(self._run(batch))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    def _take(self) -> list[PendingRequest]:
+        first = self._queue.popleft()
+        batch, rows = [first], first.rows
+        while self._queue:
+            nxt = self._queue[0]
+            if nxt.models is not first.models or rows + nxt.rows > self.max_batch_rows:
+                break
+            batch.append(self._queue.popleft())
+            rows += nxt.rows
+        return batch
+
+    async def _run(self, batch: list[PendingRequest]) -> None:
+        try:
+            if len(batch) == 1:
+                columns = batch[0].columns
+            else:
+                names = batch[0].columns.keys()
+                columns = {name: list(chain.from_iterable(p.columns[name] for p in batch)) for name in names}
+            outcome = await self.predictor.predict(batch[0].models, columns)
+        except Exception as exc:
+            for request in batch:
+                if request.future is not None and not request.future.done():
+                    request.future.set_exception(exc)
+            return
+        finally:
+            self._slots.release()
+            self._answered.set()
+        offset = 0
+        for request in batch:
+            if request.future is not None and not request.future.done():
+                request.future.set_result(BatchAnswer(outcome, offset, request.rows))
+            offset += request.rows
+        if self._on_answered is not None:
+            try:
+                self._on_answered(batch, columns, outcome)
+            except Exception:
+                logger.exception("recording a batch's predictions failed")

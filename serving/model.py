@@ -1,0 +1,244 @@
+"""A loaded model version ready to predict, and the trivial baseline behind it.
+
+Predictions call the raw scikit-learn model (not MLflow's pyfunc wrapper): one
+DataFrame per micro-batch and, for classifiers, one ``predict_proba`` from which
+the label (argmax) and the score come, so each batch is one model call.
+
+Example:
+    >>> model = LoadedModel.load(registry, ref, threads=1)
+    >>> result = model.predict(columns)          # columns from FeatureSchema.validate
+    >>> result.labels, result.values, result.scores
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import tempfile
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+
+from serving.registry import ModelLoadFailed, ModelRegistry, ModelVersionRef
+from serving.schema import FeatureSchema, UnsupportedSignature
+
+logger = logging.getLogger(__name__)
+
+Task = Literal["binary", "multiclass", "regression"]
+
+#: Version tag the pipeline may set: ``{"prediction": 0, "score": 0.03}`` from the training labels.
+BASELINE_TAG = "selfheal.baseline"
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """The model's answer for a batch of rows.
+
+    Attributes:
+        labels: what the client gets (class labels, or the regression value).
+        values: the same as float64 for the inference log (a class's index when labels are not numbers).
+        scores: positive-class probability (binary), highest class probability
+            (multiclass), None for regression.
+    """
+
+    labels: np.ndarray[Any, Any]
+    values: np.ndarray[Any, np.dtype[np.float64]]
+    scores: np.ndarray[Any, np.dtype[np.float64]] | None
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+def _set_threads(threads: int) -> None:
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(threads)
+
+
+def _numeric_values(labels: np.ndarray[Any, Any], classes: np.ndarray[Any, Any] | None) -> np.ndarray[Any, Any]:
+    if labels.dtype.kind in "biuf":
+        return labels.astype(np.float64, copy=False)
+    if classes is not None:
+        return np.searchsorted(classes, labels).astype(np.float64)
+    return np.full(len(labels), np.nan)
+
+
+class LoadedModel:
+    """One model version in memory, with its input schema and its own prediction threads.
+
+    Each loaded model has its own small thread pool, so a model that hangs can
+    only block its own threads; the fallback keeps answering.
+    """
+
+    def __init__(
+        self,
+        ref: ModelVersionRef,
+        model: Any,
+        schema: FeatureSchema,
+        example: Any = None,
+        *,
+        threads: int = 1,
+        pool_size: int = 2,
+    ) -> None:
+        self.ref = ref
+        self.version = ref.version
+        self.model = model
+        self.schema = schema
+        self.example = example
+        self.classes: np.ndarray[Any, Any] | None = None
+        self.task: Task = "regression"
+        if hasattr(model, "predict_proba") and hasattr(model, "classes_"):
+            self.classes = np.asarray(model.classes_)
+            self.task = "binary" if len(self.classes) == 2 else "multiclass"
+        # A threshold-tuned classifier's predict is not the argmax of its probabilities.
+        self._argmax_is_predict = self.task != "regression" and not _has_threshold(model)
+        self.pool = ThreadPoolExecutor(
+            max_workers=pool_size,
+            thread_name_prefix=f"model-v{ref.version}",
+            initializer=_set_threads,
+            initargs=(threads,),
+        )
+
+    def __repr__(self) -> str:
+        return f"LoadedModel({self.ref.name!r}, version={self.version!r}, task={self.task!r})"
+
+    @classmethod
+    def load(
+        cls, registry: ModelRegistry, ref: ModelVersionRef, *, threads: int = 1, pool_size: int = 2
+    ) -> LoadedModel:
+        """Download, load and warm up ``ref``.
+
+        Raises:
+            ModelLoadFailed: the artifacts are missing or corrupt, the signature
+                cannot be served, or the model fails on its own input example.
+        """
+        from mlflow.models import Model
+
+        from serving.modelio import load_sklearn_model
+
+        folder = tempfile.mkdtemp(prefix=f"selfheal-model-{ref.version}-")
+        try:
+            path = registry.download(ref, into=folder)
+            try:
+                meta = Model.load(path)
+                schema = FeatureSchema.from_signature(meta.signature)
+                model = load_sklearn_model(path)
+                example = meta.load_input_example(path)
+            except UnsupportedSignature as exc:
+                raise ModelLoadFailed(ref.name, ref.version, str(exc)) from exc
+            except Exception as exc:
+                raise ModelLoadFailed(ref.name, ref.version, f"{type(exc).__name__}: {exc}") from exc
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
+        loaded = cls(ref, model, schema, example, threads=threads, pool_size=pool_size)
+        loaded.warm_up()
+        return loaded
+
+    def classes_list(self) -> list[Any]:
+        """The class labels (empty for a regressor)."""
+        return [] if self.classes is None else list(self.classes.tolist())
+
+    def warm_up(self) -> None:
+        """Predict the logged input example once, in a prediction thread, so a broken model never goes live."""
+        if self.example is None:
+            return
+        try:
+            frame = self.example[list(self.schema.names)]
+            columns = {name: frame[name].tolist() for name in self.schema.names}
+            self.pool.submit(self.predict, columns).result(timeout=60)
+        except Exception as exc:
+            self.pool.shutdown(wait=False)
+            raise ModelLoadFailed(
+                self.ref.name, self.version, f"it fails on its own input example: {type(exc).__name__}: {exc}"
+            ) from exc
+
+    def predict(self, columns: dict[str, list[Any]]) -> Prediction:
+        """Predict validated columns (runs in one of this model's threads)."""
+        frame = self.schema.frame(columns)
+        if self.task == "regression":
+            values = np.asarray(self.model.predict(frame), dtype=np.float64).reshape(-1)
+            return Prediction(values, values, None)
+        proba = np.asarray(self.model.predict_proba(frame), dtype=np.float64)
+        assert self.classes is not None
+        if self._argmax_is_predict:
+            labels = self.classes[proba.argmax(axis=1)]
+        else:
+            labels = np.asarray(self.model.predict(frame))
+        scores = proba[:, 1] if self.task == "binary" else proba.max(axis=1)
+        return Prediction(labels, _numeric_values(labels, self.classes), scores)
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _has_threshold(model: Any) -> bool:
+    final = model.steps[-1][1] if hasattr(model, "steps") else model
+    return type(final).__name__ in {"FixedThresholdClassifier", "TunedThresholdClassifierCV"}
+
+
+@dataclass(frozen=True)
+class Baseline:
+    """The last resort: one constant answer (majority class, or mean) derived from a model.
+
+    Attributes:
+        label: the answer given to every row.
+        value: the same as float64 (inference log).
+        score: the score reported with it (None for regression).
+        version: the model version it was derived from.
+        source: ``tag`` (the pipeline's training prior) or ``input-example``.
+    """
+
+    label: Any
+    value: float
+    score: float | None
+    version: str
+    source: str
+
+    def predict(self, rows: int) -> Prediction:
+        labels = np.full(rows, self.label, dtype=object if isinstance(self.label, str) else None)
+        values = np.full(rows, self.value, dtype=np.float64)
+        scores = None if self.score is None else np.full(rows, self.score, dtype=np.float64)
+        return Prediction(labels, values, scores)
+
+    @classmethod
+    def from_model(cls, model: LoadedModel) -> Baseline:
+        """From the version's ``selfheal.baseline`` tag, else from its predictions on its input example."""
+        tag = model.ref.tags.get(BASELINE_TAG)
+        if tag:
+            try:
+                data = json.loads(tag)
+                label = data["prediction"]
+                score = data.get("score")
+                return cls(
+                    label,
+                    float(_numeric_values(np.asarray([label]), model.classes)[0]),
+                    None if score is None else float(score),
+                    model.version,
+                    "tag",
+                )
+            except (ValueError, KeyError, TypeError) as exc:
+                logger.warning("version %s: ignoring malformed %s tag %r: %s", model.version, BASELINE_TAG, tag, exc)
+        if model.example is not None:
+            frame = model.example[list(model.schema.names)]
+            pred = model.predict({name: frame[name].tolist() for name in model.schema.names})
+            if model.task == "regression":
+                mean = float(np.mean(pred.values))
+                return cls(mean, mean, None, model.version, "input-example")
+            label, count = Counter(pred.labels.tolist()).most_common(1)[0]
+            share = count / len(pred)
+            score = share if model.task != "binary" or label == model.classes_list()[1] else 1.0 - share
+            return cls(
+                label,
+                float(_numeric_values(np.asarray([label]), model.classes)[0]),
+                score,
+                model.version,
+                "input-example",
+            )
+        if model.task == "regression":
+            return cls(0.0, 0.0, None, model.version, "default")
+        first = model.classes_list()[0]
+        return cls(first, float(_numeric_values(np.asarray([first]), model.classes)[0]), None, model.version, "default")

@@ -1,0 +1,106 @@
+"""Who answers a batch: the primary behind its breaker, then the fallback, then the baseline.
+
+The primary runs in its own threads with a per-call timeout; an error or a
+timeout counts against the breaker, and the same batch is then answered by the
+fallback (``@previous``), or by the baseline as a last resort. While the
+breaker is open the primary is not called at all. Nothing here holds a lock
+while a model predicts (see ``serving.breaker``).
+
+Example:
+    >>> predictor = Predictor(BreakerPolicy(fail_max=5, reset_seconds=10, timeout_seconds=1))
+    >>> outcome = await predictor.predict(models, columns)
+    >>> outcome.served_by, outcome.model_version
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from checkpoints.exceptions import ServingUnavailable
+from serving.breaker import BreakerPolicy, ModelBreaker
+from serving.model import LoadedModel, Prediction
+from serving.reload import ModelSet
+
+logger = logging.getLogger(__name__)
+
+ServedBy = Literal["primary", "fallback", "baseline"]
+
+
+class PredictTimeout(TimeoutError):
+    """A model call took longer than the policy's timeout."""
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """A batch's answer and who gave it."""
+
+    prediction: Prediction
+    model_version: str
+    served_by: ServedBy
+
+
+class Predictor:
+    """The fallback chain for one worker (one breaker around its primary)."""
+
+    def __init__(
+        self,
+        policy: BreakerPolicy,
+        *,
+        on_breaker_change: Callable[[str], None] | None = None,
+        on_model_error: Callable[[str, str], None] | None = None,
+    ) -> None:
+        self.policy = policy
+        self.breaker = ModelBreaker(policy, on_state_change=on_breaker_change)
+        self._on_model_error = on_model_error
+        self._last_error_log = 0.0
+
+    async def predict(self, models: ModelSet, columns: dict[str, list[Any]]) -> Outcome:
+        """Answer one batch of validated columns.
+
+        Raises:
+            ServingUnavailable: no model is loaded and there is no baseline.
+        """
+        if models.primary is not None:
+            admission = self.breaker.admit()
+            if admission is not None:
+                try:
+                    prediction = await self._call(models.primary, columns)
+                except Exception as exc:
+                    self.breaker.record(admission, exc)
+                    self._failed("primary", models.primary, exc)
+                else:
+                    self.breaker.record(admission, None)
+                    return Outcome(prediction, models.primary.version, "primary")
+        if models.fallback is not None:
+            try:
+                prediction = await self._call(models.fallback, columns)
+            except Exception as exc:
+                self._failed("fallback", models.fallback, exc)
+            else:
+                return Outcome(prediction, models.fallback.version, "fallback")
+        if models.baseline is not None:
+            rows = len(next(iter(columns.values())))
+            return Outcome(models.baseline.predict(rows), models.baseline.version, "baseline")
+        raise ServingUnavailable("no model could answer: none is loaded yet (see GET /ready for the last load error)")
+
+    async def _call(self, model: LoadedModel, columns: dict[str, list[Any]]) -> Prediction:
+        loop = asyncio.get_running_loop()
+        future = loop.run_in_executor(model.pool, model.predict, columns)
+        try:
+            return await asyncio.wait_for(future, self.policy.timeout_seconds)
+        except TimeoutError:
+            raise PredictTimeout(f"version {model.version} took longer than {self.policy.timeout_seconds}s") from None
+
+    def _failed(self, role: str, model: LoadedModel, exc: BaseException) -> None:
+        reason = "timeout" if isinstance(exc, PredictTimeout) else "error"
+        if self._on_model_error is not None:
+            self._on_model_error(role, reason)
+        now = time.monotonic()
+        if now - self._last_error_log > 5.0:  # one line per 5 s, not one per batch
+            self._last_error_log = now
+            logger.warning("%s model (version %s) failed: %s: %s", role, model.version, type(exc).__name__, exc)

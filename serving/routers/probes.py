@@ -1,0 +1,50 @@
+"""``GET /health`` (the process answers), ``GET /ready`` (a model is loaded), ``GET /metrics``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Request, Response
+from fastapi.responses import JSONResponse
+
+from serving.routers.deps import State
+
+router = APIRouter(tags=["probes"])
+
+
+@router.get("/health", summary="Liveness: the worker process answers")
+async def health(request: Request) -> dict[str, Any]:
+    state = getattr(request.app.state, "serving", None)
+    return {"status": "ok", "pid": state.pid if state is not None else None}
+
+
+@router.get("/ready", summary="Readiness: a model is loaded", responses={503: {"description": "No model loaded yet"}})
+async def ready(state: State) -> JSONResponse:
+    models = state.watcher.models
+    primary, fallback = models.versions()
+    body: dict[str, Any] = {
+        "status": "ready" if models.ready else "not ready",
+        "model_name": state.settings.model_name,
+        "model_version": primary,
+        "fallback_version": fallback,
+        "baseline": None
+        if models.baseline is None
+        else {"version": models.baseline.version, "source": models.baseline.source},
+        "pinned": None if models.pin is None else models.pin.__dict__,
+        "breaker": state.predictor.breaker.state,
+        "last_reload_error": state.watcher.last_error,
+        "log_queue_rows": state.log.pending_rows if state.log is not None else None,
+        "pid": state.pid,
+    }
+    if not models.ready:
+        body["detail"] = (
+            f"no model loaded: waiting for @{state.settings.champion_alias} of {state.settings.model_name!r} "
+            f"in the registry ({state.settings.tracking_uri or 'default tracking URI'})"
+        )
+    return JSONResponse(body, status_code=200 if models.ready else 503)
+
+
+@router.get("/metrics", summary="Prometheus metrics (all workers)")
+async def metrics(state: State) -> Response:
+    body, content_type = state.metrics.render()
+    return Response(body, media_type=content_type)
