@@ -18,6 +18,7 @@ import json
 import os
 import secrets
 import shutil
+import signal
 import socket
 import threading
 import time
@@ -250,6 +251,7 @@ class Demo:
         from flows.pipeline import pipeline_flow
 
         url = str(self.cfg.serving.url)
+        self.steady_state()
         at = self.step("concept drift: same inputs, fraud follows a new pattern (labels arrive late)")
         self.world.become("concept:1")
         self.land(WINDOW_BATCHES, drift="concept:1")
@@ -303,6 +305,24 @@ class Demo:
         at = self.step("the tracking store stops answering for 15 s")
         make_tracking_store_unreachable(self.cfg.tracking_uri, duration=15.0)
         self.heal_until("tracking store unreachable", "upstream_outage", at)
+
+    def steady_state(self, timeout: float = 90.0) -> None:
+        """Let the monitor see the healthy system (quality on labels) before any fault."""
+        _say("\n== steady state: the healer watches the healthy system")
+        started = time.monotonic()
+        passes = 0
+        while time.monotonic() - started < timeout:
+            self.loop.tick()
+            passes += 1
+            promoted = self.loop.ctx.registry.promoted_at()
+            if promoted is not None and self.loop.healer.healthy_since(promoted):
+                break
+            time.sleep(self.cfg.healing.interval_seconds)
+        opened = len(self.loop.healer.log.incidents())
+        _say(
+            f"   {passes} monitor pass(es) in {time.monotonic() - started:.0f} s: quality on live labels at baseline; "
+            f"{opened} incident(s)"
+        )
 
     def availability(self, start: float, end: float) -> float:
         from chaos.workload import read_outcomes
@@ -367,6 +387,10 @@ def run_demo(workdir: Path, batches: int, rows: int, seed: int) -> dict[str, Any
     return report
 
 
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
 def cli_demo(args: argparse.Namespace) -> int:
     base = load_config()
     workdir = Path(args.workdir) if args.workdir else Path(base.home) / "demo"
@@ -374,6 +398,7 @@ def cli_demo(args: argparse.Namespace) -> int:
     os.environ.setdefault("PREFECT_HOME", str(Path(base.home) / "prefect"))
     if not args.verbose:
         os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+    signal.signal(signal.SIGTERM, _interrupt)  # so the server and traffic are stopped on kill too
     report = run_demo(workdir.resolve(), args.batches, args.rows, args.seed)
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2, default=str))

@@ -82,6 +82,11 @@ def _after_promotion(present: set[SignalKind], ctx: Context) -> set[SignalKind]:
     return present & symptoms
 
 
+def _quality_issues(present: set[SignalKind], ctx: Context) -> set[SignalKind]:
+    # New categories or missing values *with* a distribution shift are the shift's symptoms.
+    return set() if SignalKind.DATA_DRIFT in present else present & {SignalKind.DATA_QUALITY}
+
+
 def _quality_without_input_shift(present: set[SignalKind], ctx: Context) -> set[SignalKind]:
     if SignalKind.CONCEPT_DRIFT in present:
         return present & {SignalKind.CONCEPT_DRIFT, SignalKind.PERFORMANCE_DROP}
@@ -94,12 +99,12 @@ RULES: tuple[Rule, ...] = (
     ("the server does not answer", Cause.SERVING_DOWN, _when(SignalKind.SERVING_DOWN)),
     ("tracking store or landing zone unreachable", Cause.UPSTREAM_OUTAGE, _when(SignalKind.UPSTREAM_OUTAGE)),
     ("quality or errors bad from the first windows after a promotion", Cause.BAD_DEPLOY, _after_promotion),
-    ("batches or features fail data expectations", Cause.DATA_QUALITY, _when(SignalKind.DATA_QUALITY)),
+    ("batches or features fail data expectations", Cause.DATA_QUALITY, _quality_issues),
     ("labels disagree with an unchanged input distribution", Cause.CONCEPT_DRIFT, _quality_without_input_shift),
     (
         "input or output distributions shifted",
         Cause.DATA_DRIFT,
-        _when(SignalKind.DATA_DRIFT, SignalKind.PREDICTION_DRIFT, SignalKind.PERFORMANCE_DROP),
+        _when(SignalKind.DATA_DRIFT, SignalKind.PREDICTION_DRIFT, SignalKind.PERFORMANCE_DROP, SignalKind.DATA_QUALITY),
     ),
     ("latency above its adaptive band", Cause.LATENCY, _when(SignalKind.LATENCY)),
     (

@@ -45,8 +45,7 @@ logger = logging.getLogger(__name__)
 
 LEASES = "_incident_leases"
 LEASE_SECONDS = 600.0
-#: Causes the monitor's statistics reveal need two quiet passes (the first may still
-#: hold data from before the repair); the healer's own probes need one.
+#: Causes only the monitor's statistics reveal: verified on a window evaluated after the repair.
 _MONITOR_CAUSES = {Cause.DATA_DRIFT, Cause.CONCEPT_DRIFT, Cause.BAD_DEPLOY, Cause.LATENCY, Cause.STALE_DATA}
 
 
@@ -161,7 +160,6 @@ class Healer:
 
     ctx: HealContext
     log: IncidentLog
-    quiet_passes: dict[str, int] = field(default_factory=dict)
 
     @property
     def cfg(self) -> SelfhealConfig:
@@ -176,42 +174,77 @@ class Healer:
             now=observation.started_at,
             promoted_at=promoted_at,
             bad_deploy_window=timedelta(seconds=self.cfg.healing.bad_deploy_window_seconds),
-            healthy_since_promotion=promoted_at is not None and self._healthy_since(promoted_at),
+            healthy_since_promotion=promoted_at is not None and self.healthy_since(promoted_at),
         )
         touched = []
         incidents = self.log.incidents()
         for diagnosis in diagnose(observation.signals, context):
             cause = diagnosis.cause.value
             incident = next((i for i in incidents if i.cause == cause and not i.state.closed), None)
-            if incident is None and self._escalated_recently(incidents, cause, observation.started_at):
+            if incident is None and self._escalated_recently(incidents, diagnosis, observation.started_at):
                 continue  # a person has it now: do not loop on the same cause
             touched.append(incident or self._open(diagnosis))
         return touched
 
-    def _escalated_recently(self, incidents: list[Incident], cause: str, now: datetime) -> bool:
+    def _escalated_recently(self, incidents: list[Incident], diagnosis: Diagnosis, now: datetime) -> bool:
+        """The same fault escalated a moment ago (new quarantined files are a new fault)."""
         hold = timedelta(seconds=self.cfg.healing.escalation_hold_seconds)
-        return any(i.cause == cause and i.state == State.ESCALATED and now - i.last.ts < hold for i in incidents)
+        files = {f["stored_at"] for s in diagnosis.signals for f in s.evidence.get("quarantined", [])}
+        for i in incidents:
+            if i.cause != diagnosis.cause.value or i.state != State.ESCALATED or now - i.last.ts >= hold:
+                continue
+            seen = {f["stored_at"] for f in i.evidence.get("quarantined", [])}
+            if not files or files <= seen:
+                return True
+        return False
 
-    def _healthy_since(self, promoted_at: datetime) -> bool:
+    def healthy_since(self, promoted_at: datetime) -> bool:
         """Did the monitor measure baseline quality on labels after ``promoted_at``?"""
-        from flows.detectors.thresholds import MonitorThresholds
-
-        metric = self.cfg.gate_metric
-        champion = self.ctx.registry.by_alias(CHAMPION)
-        baseline = float(champion.tags.get(f"metric.{metric}", "nan")) if champion else float("nan")
-        if baseline != baseline or not self.ctx.lake.exists("metrics"):  # NaN: no baseline
+        if not self.ctx.lake.exists("metrics"):
             return False
-        margin = MonitorThresholds.from_mapping(self.cfg.thresholds).performance.max_drop
+        metric = self.cfg.gate_metric
         table = self.ctx.lake.read("metrics", columns=["ts", "name", "value"])
         rows = table.filter(
             pc.and_(
                 pc.equal(table.column("name"), f"performance.{metric}"), pc.greater(table.column("ts"), promoted_at)
             )
         )
-        values = [v for v in rows.column("value").to_pylist() if v is not None]
-        if metric in LOWER_IS_BETTER:
-            return any(v <= baseline + margin for v in values)
-        return any(v >= baseline - margin for v in values)
+        return any(v is not None and self._healthy_value(metric, v) for v in rows.column("value").to_pylist())
+
+    def fresh_evidence(self, cause: str, applied_at: datetime) -> str | None:
+        """What a monitor pass measured on data that arrived after the repair, when it shows the cause gone.
+
+        Causes the monitor's statistics reveal need a window that *started* after the
+        repair and was actually evaluated (a quiet pass with too few rows proves nothing);
+        causes the healer's own probes reveal are settled by the probe in this tick.
+        """
+        if cause not in _MONITOR_CAUSES:
+            return "the probe that raised it answers healthy"
+        if not self.ctx.lake.exists("metrics"):
+            return None
+        table = self.ctx.lake.read("metrics", columns=["name", "value", "window_start"])
+        after = table.filter(pc.greater_equal(table.column("window_start"), applied_at))
+        if cause in (Cause.CONCEPT_DRIFT, Cause.BAD_DEPLOY):
+            metric = self.cfg.gate_metric
+            values = after.filter(pc.equal(after.column("name"), f"performance.{metric}")).column("value").to_pylist()
+            healthy = [v for v in values if v is not None and self._healthy_value(metric, v)]
+            return f"live {metric}={healthy[-1]:.3f} on labels after the repair" if healthy else None
+        if cause == Cause.DATA_DRIFT:
+            shares = after.filter(pc.equal(after.column("name"), "drift.share")).column("value").to_pylist()
+            return (
+                "a drift test on post-repair traffic found no drifted feature" if shares and shares[-1] == 0 else None
+            )
+        return "quiet in a monitor pass after the repair"
+
+    def _healthy_value(self, metric: str, value: float) -> bool:
+        from flows.detectors.thresholds import MonitorThresholds
+
+        champion = self.ctx.registry.by_alias(CHAMPION)
+        baseline = float(champion.tags.get(f"metric.{metric}", "nan")) if champion else float("nan")
+        if baseline != baseline:
+            return False
+        margin = MonitorThresholds.from_mapping(self.cfg.thresholds).performance.max_drop
+        return value <= baseline + margin if metric in LOWER_IS_BETTER else value >= baseline - margin
 
     def _open(self, diagnosis: Diagnosis) -> Incident:
         first = min(s.detected_at for s in diagnosis.signals)
@@ -343,13 +376,10 @@ class Healer:
         except Exception as exc:  # noqa: BLE001
             outcome = Outcome(False, f"{type(exc).__name__}: {exc}", pending=True)
         if outcome.ok:
-            needed = 2 if incident.cause in _MONITOR_CAUSES else 1
-            if observation.started_at > applied_at and self.cause_quiet(incident, observation):
-                self.quiet_passes[incident.id] = self.quiet_passes.get(incident.id, 0) + 1
-            elif observation.started_at > applied_at:
-                self.quiet_passes[incident.id] = 0
-            if self.quiet_passes.get(incident.id, 0) >= needed:
-                detail = f"verified: {outcome.detail}; {incident.cause} quiet for {needed} observation(s)"
+            quiet = observation.started_at > applied_at and self.cause_quiet(incident, observation)
+            fresh = self.fresh_evidence(incident.cause, applied_at) if quiet else None
+            if quiet and fresh is not None:
+                detail = f"verified: {outcome.detail}; {fresh}"
                 resolved = self.log.advance(
                     incident,
                     State.RESOLVED,

@@ -44,6 +44,7 @@ from deltalake.exceptions import DeltaError
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NONE
+from prefect.events import emit_event
 
 from checkpoints import Lake
 from checkpoints.exceptions import CheckpointError, ServingUnavailable
@@ -282,6 +283,10 @@ def read_window(
     enough = drift_rows.num_rows >= thresholds.min_window_rows
     labeled = read_labeled(lake, state.feedback_watermark or start, end)
     all_labels = read_labeled(lake, perf_start, end)
+    if all_labels is not None and champion.version is not None and "_model_version" in all_labels.column_names:
+        # Quality is the champion's: labels of predictions an older version made right
+        # before a swap must not count against (or for) the new one.
+        all_labels = all_labels.filter(pc.equal(all_labels.column("_model_version"), champion.version))
     performance_rows = (
         all_labels if all_labels is not None and all_labels.num_rows >= thresholds.performance.min_labels else None
     )
@@ -435,8 +440,24 @@ def monitor_flow(
     publish_task(result, window)
     for signal in result.signals:
         log.warning("signal: %s", signal.summary())
+        _emit_signal(signal)
     log.info("monitor run %d: %d signal(s), committed=%s", result.state.seq, len(result.signals), committed)
     return result.signals
+
+
+def _emit_signal(signal: Signal) -> None:
+    """A ``selfheal.signal.<kind>`` Prefect event: what the healer deployment's trigger matches."""
+    try:
+        emit_event(
+            event=f"selfheal.signal.{signal.kind.value}",
+            resource={
+                "prefect.resource.id": f"selfheal.signal.{signal.kind.value}",
+                "selfheal.severity": signal.severity.value,
+            },
+            payload=signal.to_dict(),
+        )
+    except Exception as exc:  # noqa: BLE001 - events are a notification; the signal is returned regardless
+        logger.debug("signal event not emitted: %s", exc)
 
 
 # -- CLI -----------------------------------------------------------------------------

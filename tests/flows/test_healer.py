@@ -46,6 +46,13 @@ def test_diagnosis_rules_in_order() -> None:
     down = diagnose([_signal(SignalKind.SERVING_DOWN), _signal(SignalKind.LATENCY)], ctx)
     assert [d.cause for d in down] == [Cause.SERVING_DOWN, Cause.LATENCY]
     assert diagnose([_signal(SignalKind.DATA_DRIFT, Severity.INFO)], ctx) == []
+    # A model that was fine after its promotion and then degrades meets drift, not a bad deploy.
+    was_fine = Context(now=now, promoted_at=now - timedelta(minutes=2), healthy_since_promotion=True)
+    assert [d.cause for d in diagnose([_signal(SignalKind.PERFORMANCE_DROP)], was_fine)] == [Cause.CONCEPT_DRIFT]
+    # New categories alongside a shift are the shift's symptoms; alone they are a quality problem.
+    shifted = diagnose([_signal(SignalKind.DATA_QUALITY), _signal(SignalKind.DATA_DRIFT)], ctx)
+    assert [d.cause for d in shifted] == [Cause.DATA_DRIFT]
+    assert [d.cause for d in diagnose([_signal(SignalKind.DATA_QUALITY)], ctx)] == [Cause.DATA_QUALITY]
 
 
 # -- a champion to heal ------------------------------------------------------------------------
@@ -188,10 +195,12 @@ def test_healer_killed_mid_remedy_resumes_and_applies_it_once(system: dict[str, 
         "seed": 3,
         "trusted_types": ["tests.flows._estimators.SlowHistGradientBoostingClassifier"],
     }
-    config = _rewrite(system, trainer=slow, healing={"policy": {"data_drift": ["retrain"]}})
+    # The mechanism under test is resume-after-kill; the cause only picks the policy. A
+    # data-quality incident is settled by the healer's own observation, so no monitor is needed.
+    config = _rewrite(system, trainer=slow, healing={"policy": {"data_quality": ["retrain"]}})
     write_batches(frame.iloc[380:], tmp / "landing", parts=1, start=2)  # new data to retrain on
     healer = _healer(config)
-    healer.record(_observe(_signal(SignalKind.DATA_DRIFT)))
+    healer.record(_observe(_signal(SignalKind.DATA_QUALITY)))
     versions_before = len(healer.ctx.registry.client.search_model_versions(f"name='{healer.ctx.registry.model_name}'"))
 
     marker = tmp / "fitting"
