@@ -44,6 +44,8 @@ from flows.stages.evaluate import LOWER_IS_BETTER
 logger = logging.getLogger(__name__)
 
 LEASES = "_incident_leases"
+_PROMOTING_REMEDIES = {"retrain", "rollback", "light_model"}
+_QUALITY_KINDS = {SignalKind.PERFORMANCE_DROP, SignalKind.CONCEPT_DRIFT, SignalKind.PREDICTION_DRIFT}
 LEASE_SECONDS = 600.0
 #: Causes only the monitor's statistics reveal: verified on a window evaluated after the repair.
 _MONITOR_CAUSES = {Cause.DATA_DRIFT, Cause.CONCEPT_DRIFT, Cause.BAD_DEPLOY, Cause.LATENCY, Cause.STALE_DATA}
@@ -168,8 +170,19 @@ class Healer:
     def record(self, observation: Observation) -> list[Incident]:
         """Open or join incidents for what was observed; returns the touched incidents."""
         promoted_at = None
-        if not any(s.kind == SignalKind.UPSTREAM_OUTAGE for s in observation.signals):
+        incidents = self.log.incidents()
+        # A promotion the healer made itself (retrain, rollback) is judged by that incident's
+        # verification, not blamed as a bad deploy while the repair is being verified.
+        own_promotion = any(
+            i.state in (State.HEALING, State.VERIFYING) and i.last.remedy in _PROMOTING_REMEDIES for i in incidents
+        )
+        if not own_promotion and not any(s.kind == SignalKind.UPSTREAM_OUTAGE for s in observation.signals):
             promoted_at = self.ctx.registry.promoted_at()
+        signals = observation.signals
+        if own_promotion:
+            # Quality of the model the healer just promoted is that repair's verification,
+            # not a new incident (which would roll it back before it is judged).
+            signals = [s for s in signals if s.kind not in _QUALITY_KINDS]
         context = Context(
             now=observation.started_at,
             promoted_at=promoted_at,
@@ -177,8 +190,7 @@ class Healer:
             healthy_since_promotion=promoted_at is not None and self.healthy_since(promoted_at),
         )
         touched = []
-        incidents = self.log.incidents()
-        for diagnosis in diagnose(observation.signals, context):
+        for diagnosis in diagnose(signals, context):
             cause = diagnosis.cause.value
             incident = next((i for i in incidents if i.cause == cause and not i.state.closed), None)
             if incident is None and self._escalated_recently(incidents, diagnosis, observation.started_at):
@@ -190,9 +202,15 @@ class Healer:
         """The same fault escalated a moment ago (new quarantined files are a new fault)."""
         hold = timedelta(seconds=self.cfg.healing.escalation_hold_seconds)
         files = {f["stored_at"] for s in diagnosis.signals for f in s.evidence.get("quarantined", [])}
+        champion = None
         for i in incidents:
             if i.cause != diagnosis.cause.value or i.state != State.ESCALATED or now - i.last.ts >= hold:
                 continue
+            if champion is None:
+                record = self.ctx.registry.by_alias(CHAMPION)
+                champion = record.version if record else ""
+            if i.last.evidence.get("champion", champion) != champion:
+                continue  # another model serves now: a new fault, not the escalated one
             seen = {f["stored_at"] for f in i.evidence.get("quarantined", [])}
             if not files or files <= seen:
                 return True
@@ -410,7 +428,9 @@ class Healer:
         tried = ", ".join(incident.remedies_tried) or "none"
         held = get_remedy("hold_fallback").apply(self.ctx, incident, {}, f"{incident.id}:escalation")
         detail = f"escalated: remedies exhausted ({tried}); {held.detail}"
-        step = self.log.advance(incident, State.ESCALATED, detail=detail)
+        champion = self.ctx.registry.by_alias(CHAMPION)
+        evidence = {"champion": champion.version if champion else ""}
+        step = self.log.advance(incident, State.ESCALATED, detail=detail, evidence=evidence)
         if step is not None:
             _emit(step, State.ESCALATED)
             _notify(self.cfg, step)
