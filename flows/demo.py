@@ -309,8 +309,10 @@ class Demo:
         kill_server(url)
         self.heal_until("server killed", "serving_down", at)
 
-        at = self.step("the tracking store stops answering for 15 s")
-        make_tracking_store_unreachable(self.cfg.tracking_uri, duration=15.0)
+        # Long enough for a tick to see it: a tick already inside an MLflow call waits out
+        # SQLite's 20 s busy timeout before it can notice anything.
+        at = self.step("the tracking store stops answering for 40 s")
+        make_tracking_store_unreachable(self.cfg.tracking_uri, duration=40.0)
         self.heal_until("tracking store unreachable", "upstream_outage", at)
 
     def steady_state(self, timeout: float = 90.0) -> None:
