@@ -1,0 +1,117 @@
+"""The landing zone as files: batch names, atomic writes, and what the lake made of each file."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from checkpoints import Lake
+
+BATCH_NAME = re.compile(r"^batch-(\d+)\.(parquet|csv)$")
+SUFFIXES = (".parquet", ".pq", ".csv")
+
+
+def batch_files(landing: str | os.PathLike[str]) -> list[Path]:
+    """Batch files in the landing folder (hidden and temporary files excluded), in name order."""
+    folder = Path(landing)
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".") and p.suffix in SUFFIXES)
+
+
+def next_index(landing: str | os.PathLike[str]) -> int:
+    """One past the highest ``batch-NNNNN`` index in the folder (0 when there is none)."""
+    indexes = [int(m.group(1)) for p in batch_files(landing) if (m := BATCH_NAME.match(p.name))]
+    return max(indexes) + 1 if indexes else 0
+
+
+def write_atomic(path: Path, raw: bytes) -> None:
+    """Write via a hidden temporary name and rename, so a reader never sees half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.tmp")
+    with open(temporary, "wb") as fh:
+        fh.write(raw)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(temporary, path)
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def row_count(path: Path) -> int | None:
+    """Rows in a parquet or CSV file; None when it cannot be read."""
+    try:
+        if path.suffix == ".csv":
+            import pyarrow.csv as pacsv
+
+            return int(pacsv.read_csv(str(path)).num_rows)
+        import pyarrow.parquet as pq
+
+        return int(pq.ParquetFile(str(path)).metadata.num_rows)
+    except Exception:  # noqa: BLE001 - a corrupt file has no row count
+        return None
+
+
+@dataclass(frozen=True)
+class Accounting:
+    """What became of the landing files.
+
+    Attributes:
+        landed: files whose rows are in bronze.
+        quarantined: files kept whole in quarantine (refused on purpose: not lost).
+        missing: files that are in neither place: their rows are lost (so far).
+        rows_lost: rows of the missing files (at least 1 per unreadable file).
+    """
+
+    landed: tuple[str, ...]
+    quarantined: tuple[str, ...]
+    missing: tuple[str, ...]
+    rows_lost: int
+
+    def summary(self) -> str:
+        text = f"{len(self.landed)} landed, {len(self.quarantined)} quarantined, {len(self.missing)} missing"
+        if self.missing:
+            text += f" ({', '.join(self.missing[:5])}{', ...' if len(self.missing) > 5 else ''})"
+        return f"{text}; rows lost: {self.rows_lost}"
+
+
+def account(landing: str, lake_root: str, bronze: str = "bronze") -> Accounting:
+    """Match every landing file (by content digest) with bronze's and the quarantine's idempotency keys."""
+    lake = Lake(lake_root)
+    landed, quarantined, missing = [], [], []
+    lost = 0
+    kept = {record.sha256 for record in lake.quarantined()}
+    for path in batch_files(landing):
+        digest = sha256(path)
+        if lake.has_key(bronze, digest):
+            landed.append(path.name)
+        elif digest in kept:
+            quarantined.append(path.name)
+        else:
+            missing.append(path.name)
+            lost += max(1, row_count(path) or 0)
+    return Accounting(tuple(landed), tuple(quarantined), tuple(missing), lost)
+
+
+def unfinished(landing: str, lake_root: str, bronze: str = "bronze") -> str | None:
+    """Why the pipeline has work left (None when it has none).
+
+    Either a landing file is in neither bronze nor quarantine, or bronze moved past the
+    last complete run manifest: a run wrote it and never finished (killed mid-stage).
+    """
+    found = account(landing, lake_root, bronze)
+    if found.missing:
+        return f"{len(found.missing)} new landing file(s)"
+    lake = Lake(lake_root)
+    if not lake.exists(bronze):
+        return None
+    manifest = lake.last_manifest()
+    done = manifest.stages.get(bronze) if manifest is not None else None
+    if done != lake.version(bronze):
+        return f"bronze is at version {lake.version(bronze)}, the last complete run left it at {done}"
+    return None

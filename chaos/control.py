@@ -1,0 +1,89 @@
+"""The Chaos Toolkit control every selfheal experiment declares: the fault ledger and the sandbox.
+
+Before the experiment it marks the start of a run in the fault ledger (so recovery
+probes measure from *this* run's fault), and makes sure a sandbox exists: when the
+configuration's sandbox folder records none (``chaos run chaos/experiments/x.yaml``
+straight from a shell), it builds one from the project's ``selfheal.yaml`` and stops
+it after the experiment. The suite (``selfheal chaos run``) starts its sandbox once
+and points ``SELFHEAL_CHAOS_SANDBOX`` at it, so this control leaves it alone::
+
+    controls:
+      - name: selfheal
+        provider:
+          type: python
+          module: chaos.control
+          arguments: {project_config: selfheal.yaml}
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+from chaoslib.exceptions import InterruptExecution
+
+from chaos import ledger
+from chaos.sandbox import Sandbox, SandboxError
+
+logger = logging.getLogger(__name__)
+
+SANDBOX_KEY = "sandbox"
+#: Sandboxes this control started (stopped when the experiment ends).
+_started: list[Sandbox] = []
+
+
+def before_experiment_control(
+    context: dict[str, Any],
+    configuration: dict[str, Any] | None = None,
+    project_config: str = "selfheal.yaml",
+    start_sandbox: bool = True,
+    **kwargs: Any,
+) -> None:
+    """Start a sandbox if none is running where the configuration says, then mark the run in the ledger."""
+    config = configuration or {}
+    root = config.get(SANDBOX_KEY)
+    if root and start_sandbox:
+        box = Sandbox(Path(str(root)), project_config=Path(project_config))
+        # Only where none is recorded: a sandbox someone else started is theirs, even while its server restarts.
+        if box.state() is None:
+            logger.info("no sandbox under %s: starting one (a minute or two)", root)
+            try:
+                box.up()
+            except (SandboxError, OSError) as exc:
+                raise InterruptExecution(f"could not start the sandbox under {root}: {exc}") from exc
+            _started.append(box)
+            _point_at(box, context, config)
+    ledger.record(config, "run", experiment=str(context.get("title", "")))
+
+
+def _point_at(box: Sandbox, experiment: dict[str, Any], configuration: dict[str, Any]) -> None:
+    """Give the configuration keys read from ``SELFHEAL_CHAOS_*`` variables the new sandbox's values.
+
+    The configuration was loaded before this control ran; Chaos Toolkit substitutes
+    ``${key}`` from this same mapping when each activity runs, so updating it here
+    reaches every activity of the experiment.
+    """
+    env = box.environment()
+    os.environ.update(env)
+    for key, spec in (experiment.get("configuration") or {}).items():
+        if isinstance(spec, dict) and spec.get("type") == "env" and spec.get("key") in env:
+            configuration[key] = env[spec["key"]]
+
+
+def after_experiment_control(context: dict[str, Any], state: Any = None, **kwargs: Any) -> None:
+    """Stop a sandbox this control started."""
+    _stop_started()
+
+
+def cleanup_control() -> None:
+    """Same as after the experiment, for an experiment that ended abnormally."""
+    _stop_started()
+
+
+def _stop_started() -> None:
+    while _started:
+        box = _started.pop()
+        box.down()
+        logger.info("stopped the sandbox under %s (its files stay for inspection)", box.root)

@@ -1,0 +1,1 @@
+"""Chaos activities: data faults and probes (see actions.py and probes.py)."""

@@ -1,0 +1,221 @@
+"""Data faults: a landing batch that arrives corrupt, a stream that drifts; and their undo.
+
+Corruption works on real bytes: a copy of the newest good batch is truncated, replaced
+by random bytes, given a changed schema or a share of nulls, and lands as the next
+batch. Drift comes from the project's generator, run as a subprocess
+(``selfheal data generate --drift covariate:1.5``): new batches land drifted and,
+given a stream file, the records the clients send drift too. The files an action
+wrote are recorded in the fault ledger, so ``remove_injected_batches`` can undo it.
+"""
+
+# No ``from __future__ import annotations``: discovery reads these annotations at run time.
+
+import logging
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from chaoslib.exceptions import ActivityFailed
+from chaoslib.types import Configuration
+
+from chaos import _landing, ledger
+from chaos.serving._server import resolve_command
+
+__all__ = ["corrupt_batch", "inject_drift", "land_batches", "remove_injected_batches"]
+
+logger = logging.getLogger(__name__)
+
+CORRUPTIONS = ("truncate", "garbage", "schema", "nulls")
+DRIFTS = ("covariate", "concept")
+_STREAM_BACKUP = ".chaos-backup"
+
+
+def _pick_column(table: Any, column: str | None) -> str:
+    import pyarrow as pa
+
+    if column is not None:
+        if column not in table.column_names:
+            raise ValueError(f"column {column!r} is not in the batch ({', '.join(table.column_names)})")
+        return column
+    for field in table.schema:
+        if pa.types.is_floating(field.type):
+            return str(field.name)
+    raise ValueError("the batch has no floating-point column to corrupt; name one with `column`")
+
+
+def _corrupt(raw: bytes, suffix: str, mode: str, column: str | None, fraction: float, seed: int) -> tuple[bytes, str]:
+    import io
+
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
+    import pyarrow.parquet as pq
+
+    rng = np.random.default_rng(seed)
+    if mode == "truncate":
+        return raw[: int(len(raw) * 0.6)], "cut at 60% of its bytes"
+    if mode == "garbage":
+        return rng.integers(0, 256, size=len(raw), dtype=np.uint8).tobytes(), f"{len(raw)} random bytes"
+    table = pacsv.read_csv(io.BytesIO(raw)) if suffix == ".csv" else pq.read_table(io.BytesIO(raw))
+    name = _pick_column(table, column)
+    index = table.column_names.index(name)
+    if mode == "schema":
+        table = table.rename_columns([f"{c}_v2" if c == name else c for c in table.column_names])
+        detail = f"column {name!r} renamed to {name + '_v2'!r}"
+    else:
+        values = table.column(name).to_pylist()
+        hit = rng.random(len(values)) < fraction
+        values = [None if h else v for v, h in zip(values, hit, strict=True)]
+        table = table.set_column(
+            index, pa.field(name, table.schema.field(name).type), pa.array(values, table.schema.field(name).type)
+        )
+        detail = f"{int(hit.sum())} of {len(values)} values of {name!r} set to null"
+    out = io.BytesIO()
+    if suffix == ".csv":
+        pacsv.write_csv(table, out)
+    else:
+        pq.write_table(table, out)
+    return out.getvalue(), detail
+
+
+def corrupt_batch(
+    landing_path: str,
+    mode: str,
+    source_file: str | None = None,
+    column: str | None = None,
+    fraction: float = 0.3,
+    seed: int = 0,
+    configuration: Configuration | None = None,
+) -> dict[str, Any]:
+    """Land a corrupted copy of a good batch as the next batch file.
+
+    ``mode``: ``truncate`` (cut at 60% of its bytes), ``garbage`` (random bytes),
+    ``schema`` (a column renamed) or ``nulls`` (a share ``fraction`` of a column's
+    values set to null). The source is the newest batch in the landing zone unless
+    given; the column is the first floating-point one unless given. Returns the new
+    file, its digest and what was done.
+    """
+    if mode not in CORRUPTIONS:
+        raise ValueError(f"mode must be one of {', '.join(CORRUPTIONS)}, got {mode!r}")
+    if not 0.0 < fraction <= 1.0:
+        raise ValueError(f"fraction must be in (0, 1], got {fraction}")
+    files = _landing.batch_files(landing_path)
+    source = Path(source_file) if source_file else (files[-1] if files else None)
+    if source is None:
+        raise ActivityFailed(f"no batch in {landing_path} to corrupt a copy of")
+    raw, detail = _corrupt(source.read_bytes(), source.suffix, mode, column, fraction, seed)
+    target = Path(landing_path) / f"batch-{_landing.next_index(landing_path):05d}{source.suffix}"
+    _landing.write_atomic(target, raw)
+    digest = _landing.sha256(target)
+    at = ledger.record(
+        configuration, "fault", fault="corrupt_batch", detail={"paths": [str(target)], "mode": mode, "sha256": digest}
+    )
+    logger.info("landed corrupt batch %s (%s: %s)", target.name, mode, detail)
+    return {"path": str(target), "mode": mode, "detail": detail, "sha256": digest, "source": str(source), "at": at}
+
+
+def _generate(
+    out: Path, start: int, batches: int, rows: int, seed: int, drift: str, config_path: str | None
+) -> list[Path]:
+    argv = ["selfheal", *(["-c", config_path] if config_path else []), "data", "generate"]
+    argv += ["--out", str(out), "--start", str(start), "--batches", str(batches), "--rows", str(rows)]
+    argv += ["--seed", str(seed), "--drift", drift]
+    done = subprocess.run(resolve_command(argv), capture_output=True, text=True, timeout=300)
+    if done.returncode != 0:
+        raise ActivityFailed(f"{' '.join(argv)} failed ({done.returncode}): {done.stderr.strip()[-500:]}")
+    return [Path(line.strip()) for line in done.stdout.splitlines() if line.strip().endswith(_landing.SUFFIXES)]
+
+
+def _replace_stream(stream_file: str, start: int, rows: int, seed: int, drift: str, config_path: str | None) -> str:
+    """Swap the clients' record file for a freshly generated batch; keep the first original as a backup."""
+    stream = Path(stream_file)
+    backup = stream.with_name(stream.name + _STREAM_BACKUP)
+    with tempfile.TemporaryDirectory(prefix="selfheal-stream-") as tmp:
+        made = _generate(Path(tmp), start, 1, rows, seed, drift, config_path)
+        if not made:
+            raise ActivityFailed("the generator wrote no stream batch")
+        if stream.exists() and not backup.exists():
+            shutil.copy2(stream, backup)
+        _landing.write_atomic(stream, made[0].read_bytes())
+    return str(backup)
+
+
+def land_batches(
+    landing_path: str,
+    batches: int = 1,
+    rows: int = 1000,
+    seed: int = 7,
+    drift: str = "none",
+    config_path: str | None = None,
+) -> dict[str, Any]:
+    """Land new batches of the seeded demo stream after the newest one (``selfheal data generate``).
+
+    Not a fault by itself: the traffic a pipeline needs before it can be killed mid-run.
+    ``drift`` is passed through (``none``, ``covariate:1.5``, ``concept:1``).
+    """
+    if batches < 1 or rows < 1:
+        raise ValueError("batches and rows must be >= 1")
+    start = _landing.next_index(landing_path)
+    paths = _generate(Path(landing_path), start, batches, rows, seed, drift, config_path)
+    return {"paths": [str(p) for p in paths], "start": start}
+
+
+def inject_drift(
+    landing_path: str,
+    kind: str,
+    magnitude: float = 1.5,
+    batches: int = 2,
+    rows: int = 1000,
+    seed: int = 7,
+    stream_file: str | None = None,
+    config_path: str | None = None,
+    configuration: Configuration | None = None,
+) -> dict[str, Any]:
+    """Make the stream drift: land new batches with covariate or concept drift of the given magnitude.
+
+    ``kind``: ``covariate`` (a new payment gateway with larger amounts takes a share of
+    the rows; labels follow the same rule) or ``concept`` (same features, a different
+    fraud rule labels them). Given a stream file (the records the clients send), it is
+    replaced by a drifted batch too; the original is kept for ``remove_injected_batches``.
+    """
+    if kind not in DRIFTS:
+        raise ValueError(f"kind must be one of {', '.join(DRIFTS)}, got {kind!r}")
+    if magnitude <= 0:
+        raise ValueError(f"magnitude must be > 0, got {magnitude}")
+    spec = f"{kind}:{magnitude:g}"
+    landed = land_batches(landing_path, batches, rows, seed, spec, config_path)
+    detail: dict[str, Any] = {"paths": landed["paths"], "drift": spec}
+    if stream_file:
+        start = landed["start"] + batches
+        detail["stream_file"] = stream_file
+        detail["stream_backup"] = _replace_stream(stream_file, start, rows, seed, spec, config_path)
+    at = ledger.record(configuration, "fault", fault="inject_drift", detail=detail)
+    logger.info("injected %s drift: %d batches landed%s", spec, batches, ", stream swapped" if stream_file else "")
+    return {**detail, "at": at}
+
+
+def remove_injected_batches(landing_path: str, configuration: Configuration | None = None) -> dict[str, Any]:
+    """Undo this run's data faults: delete the batch files they landed and put back the original stream file.
+
+    Files the pipeline already took stay in the lake (bronze or quarantine): the lake's
+    history is not rewritten. Needs the fault ledger to know what this run wrote.
+    """
+    folder = Path(landing_path).resolve()
+    removed, restored = [], []
+    for entry in ledger.current_run(configuration):
+        if entry.event != "fault":
+            continue
+        for name in entry.detail.get("paths", []):
+            path = Path(name).resolve()
+            if path.parent == folder and path.exists():
+                path.unlink()
+                removed.append(path.name)
+        backup = entry.detail.get("stream_backup")
+        if backup and Path(backup).exists():
+            shutil.move(backup, entry.detail["stream_file"])
+            restored.append(entry.detail["stream_file"])
+    ledger.record(configuration, "restore", fault="remove_injected_batches", detail={"removed": removed})
+    logger.info("removed %d injected batch files, restored %d stream files", len(removed), len(restored))
+    return {"removed": removed, "restored": restored}

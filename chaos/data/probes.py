@@ -1,0 +1,47 @@
+"""Data probes: is every landing file accounted for (in bronze or in quarantine), i.e. were rows lost.
+
+A file is matched with the lake by its content digest, the pipeline's idempotency
+key: landed (its rows are in bronze), quarantined (refused on purpose and kept whole)
+or missing (its rows are lost, or not processed yet).
+"""
+
+# No ``from __future__ import annotations``: discovery reads these annotations at run time.
+
+from chaoslib.types import Configuration
+
+from chaos import _landing, ledger
+from chaos._polling import Check, poll_until
+
+__all__ = ["rows_lost", "seconds_until_no_rows_lost"]
+
+
+def rows_lost(landing_path: str, lake_root: str, bronze_table: str = "bronze") -> int:
+    """Rows of landing files that are neither in bronze nor quarantined (at least 1 per unreadable file)."""
+    return _landing.account(landing_path, lake_root, bronze_table).rows_lost
+
+
+def seconds_until_no_rows_lost(
+    landing_path: str,
+    lake_root: str,
+    timeout: float = 60.0,
+    bronze_table: str = "bronze",
+    since: str = "fault",
+    interval: float = 1.0,
+    configuration: Configuration | None = None,
+) -> float:
+    """Poll until every landing file is in bronze or in quarantine (zero rows lost); return the seconds it took.
+
+    Fails after the timeout naming the files still unaccounted for.
+    """
+
+    def look() -> Check:
+        found = _landing.account(landing_path, lake_root, bronze_table)
+        return Check(found.rows_lost == 0, found.summary())
+
+    return poll_until(
+        look,
+        timeout=timeout,
+        what=f"no rows lost from {landing_path}",
+        started_at=ledger.clock_start(configuration, since),
+        interval=interval,
+    )

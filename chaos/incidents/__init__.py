@@ -1,0 +1,1 @@
+"""Chaos activities: incidents faults and probes (see actions.py and probes.py)."""

@@ -1,0 +1,1 @@
+"""Chaos activities: network faults and probes (see actions.py and probes.py)."""

@@ -1,0 +1,167 @@
+"""Pipeline fault: a run killed mid-stage (SIGKILL), as a lost worker or an OOM kill would.
+
+The action starts the pipeline command itself or finds a run already going (one the
+schedule started), watches the lake to see where the run is (a stage's output table
+gets a new version when the stage before it finished), and kills the run and every
+process it started while the chosen stage runs. Prefect never
+retries a Crashed run: recovery is the next run finishing the work without losing
+or doubling rows.
+
+Stages, by what marks their start:
+
+- ``features``: bronze got a new version (validate-and-land finished);
+- ``train``: silver got a new version (features finished), plus ``delay`` seconds;
+- ``any``: ``delay`` seconds after the command started.
+"""
+
+# No ``from __future__ import annotations``: discovery reads these annotations at run time.
+
+import logging
+import os
+import signal
+import subprocess
+import time
+from typing import Any
+
+from chaoslib.exceptions import ActivityFailed
+from chaoslib.types import Configuration
+
+from chaos import _landing, _proc, ledger
+from chaos.serving._server import start_detached
+
+__all__ = ["kill_pipeline_run", "run_pipeline_if_behind"]
+
+logger = logging.getLogger(__name__)
+
+_MARKERS = {"features": "bronze", "train": "silver"}
+
+
+def _version(lake_root: str, table: str) -> int | None:
+    from checkpoints import Lake
+    from checkpoints.exceptions import CheckpointError
+
+    lake = Lake(lake_root)
+    try:
+        return lake.version(table) if lake.exists(table) else None
+    except CheckpointError:
+        return None
+
+
+def _kill_tree(pid: int) -> list[int]:
+    """SIGKILL ``pid`` and its descendants (the master first, so nothing is re-spawned)."""
+    pids = [pid, *_proc.descendants(pid)]
+    for member in pids:
+        _proc.send(member, signal.SIGKILL)
+    left = _proc.wait_gone(pids, timeout=10.0)
+    if left:
+        raise ActivityFailed(f"processes {left} of the pipeline run still alive after SIGKILL")
+    return pids
+
+
+def _find_run(match: list[str], deadline: float) -> int:
+    """The pid of a process whose argument vector holds every word of ``match`` (waits until ``deadline``)."""
+    me = os.getpid()
+    while time.monotonic() < deadline:
+        for entry in os.listdir("/proc"):
+            if entry.isdigit() and int(entry) != me:
+                argv = _proc.cmdline(int(entry))
+                if argv and all(word in argv for word in match) and _proc.alive(int(entry)):
+                    return int(entry)
+        time.sleep(0.1)
+    raise ActivityFailed(f"no pipeline run matching {match} started in time")
+
+
+def kill_pipeline_run(
+    lake_root: str,
+    stage: str = "train",
+    delay: float = 1.0,
+    match: list[str] | None = None,
+    command: list[str] | None = None,
+    cwd: str = ".",
+    log_file: str | None = None,
+    timeout: float = 300.0,
+    configuration: Configuration | None = None,
+) -> dict[str, Any]:
+    """SIGKILL a pipeline run and everything it started while the given stage runs.
+
+    The run is either started here with ``command``, or found: the first process whose
+    arguments include every word of ``match`` (e.g. ``[pipeline, run, <config path>]``,
+    a run the schedule started). ``stage``: ``features`` (right after bronze is
+    written), ``train`` (``delay`` seconds after silver is written) or ``any``
+    (``delay`` seconds after the run was found). Fails if the run ends before reaching
+    the stage. Returns the pids killed and the seconds the run lived.
+    """
+    if stage not in (*_MARKERS, "any"):
+        raise ValueError(f"stage must be one of {', '.join([*_MARKERS, 'any'])}, got {stage!r}")
+    if (command is None) == (match is None):
+        raise ValueError("give exactly one of command (start a run) or match (find a running one)")
+    marker = _MARKERS.get(stage)
+    before = _version(lake_root, marker) if marker else None
+    started = time.monotonic()
+    proc = start_detached(command, cwd, log_file) if command else None
+    pid = proc.pid if proc is not None else _find_run(match or [], started + timeout)
+    reached_at: float | None = None if marker else time.monotonic()
+    while True:
+        now = time.monotonic()
+        if (proc.poll() is not None) if proc is not None else not _proc.alive(pid):
+            raise ActivityFailed(f"the pipeline run {pid} ended after {now - started:.1f}s before reaching {stage!r}")
+        if now - started > timeout:
+            _kill_tree(pid)
+            raise ActivityFailed(f"the pipeline run {pid} did not reach {stage!r} within {timeout:g}s (killed it)")
+        if reached_at is None and marker and _version(lake_root, marker) != before:
+            reached_at = now
+        if reached_at is not None and now - reached_at >= (0.0 if stage == "features" else delay):
+            break
+        time.sleep(0.05)
+    lived = time.monotonic() - started
+    pids = _kill_tree(pid)
+    if proc is not None:
+        proc.wait(10)
+    at = ledger.record(configuration, "fault", fault="kill_pipeline_run", detail={"stage": stage, "pids": pids})
+    logger.info("killed the pipeline run %d in stage %s after %.1fs", pid, stage, lived)
+    return {"stage": stage, "pids": pids, "lived_seconds": round(lived, 2), "at": at}
+
+
+def _running(match: list[str]) -> list[int]:
+    me = os.getpid()
+    return [
+        int(e)
+        for e in os.listdir("/proc")
+        if e.isdigit() and int(e) != me and (argv := _proc.cmdline(int(e))) and all(w in argv for w in match)
+    ]
+
+
+def run_pipeline_if_behind(
+    landing_path: str,
+    lake_root: str,
+    command: list[str],
+    match: list[str] | None = None,
+    cwd: str = ".",
+    log_file: str | None = None,
+    timeout: float = 600.0,
+    configuration: Configuration | None = None,
+) -> dict[str, Any]:
+    """Run the pipeline command once, and wait for it, if the pipeline has work left.
+
+    Work left: a landing file in neither bronze nor quarantine, or bronze ahead of the
+    last complete run manifest (a killed run). The rollback of ``kill_pipeline_run``
+    when nothing else (a schedule, the healer) finished the work; given ``match`` (the
+    words of a run's command line), a run already going is waited for first. Returns
+    whether it ran, why, its exit code and what is left unaccounted.
+    """
+    if match:  # a run is already going (the schedule's): let it finish rather than race it
+        going = _running(match)
+        if _proc.wait_gone(going, timeout):
+            raise ActivityFailed(f"the pipeline runs {going} did not finish within {timeout:g}s")
+    reason = _landing.unfinished(landing_path, lake_root)
+    if reason is None:
+        return {"ran": False, "detail": _landing.account(landing_path, lake_root).summary()}
+    proc = start_detached(command, cwd, log_file)
+    try:
+        code = proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        _kill_tree(proc.pid)
+        raise ActivityFailed(f"the pipeline run did not finish within {timeout:g}s (killed it)") from None
+    after = _landing.account(landing_path, lake_root)
+    ledger.record(configuration, "restore", fault="run_pipeline_if_behind", detail={"exit_code": code})
+    return {"ran": True, "reason": reason, "exit_code": code, "detail": after.summary()}

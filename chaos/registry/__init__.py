@@ -1,0 +1,1 @@
+"""Chaos activities: registry faults and probes (see actions.py and probes.py)."""

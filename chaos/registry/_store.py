@@ -1,0 +1,93 @@
+"""The MLflow tracking store as the chaos extension sees it: where it lives, whether it answers."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from chaos import _proc
+
+LOCKER_MODULE = "chaos.registry._lock"
+
+
+def sqlite_path(tracking_uri: str) -> Path | None:
+    """The database file of a ``sqlite:///`` URI (None for any other scheme)."""
+    if not tracking_uri.startswith("sqlite:"):
+        return None
+    path = tracking_uri.removeprefix("sqlite:").lstrip("/")
+    # sqlite:////abs/path -> /abs/path ; sqlite:///rel/path -> rel/path
+    absolute = tracking_uri.removeprefix("sqlite:").startswith("////")
+    return Path(("/" if absolute else "") + path)
+
+
+def answers(tracking_uri: str, timeout: float = 1.0) -> tuple[bool, str]:
+    """Whether the store answers a read within ``timeout`` seconds, and what was seen."""
+    db = sqlite_path(tracking_uri)
+    if db is not None:
+        try:
+            connection = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=timeout)
+            try:
+                connection.execute("SELECT count(*) FROM registered_models").fetchone()
+            finally:
+                connection.close()
+        except sqlite3.Error as exc:
+            return False, f"{db}: {exc}"
+        return True, f"{db} answers"
+    if tracking_uri.startswith(("http://", "https://")):
+        try:
+            response = httpx.get(f"{tracking_uri.rstrip('/')}/health", timeout=timeout)
+        except httpx.HTTPError as exc:
+            return False, f"{tracking_uri}: {type(exc).__name__}: {exc}"
+        return response.status_code == 200, f"{tracking_uri}/health: {response.status_code}"
+    raise ValueError(f"cannot probe tracking URI {tracking_uri!r}: only sqlite:/// and http(s):// are supported")
+
+
+def lockers(db: Path) -> list[int]:
+    """Pids of lock holders started by ``make_tracking_store_unreachable`` for this database."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            argv = _proc.cmdline(int(entry.name))
+            if LOCKER_MODULE in argv and str(db) in argv:
+                found.append(int(entry.name))
+    return found
+
+
+def client(tracking_uri: str) -> Any:
+    """An MLflow client whose tracking and registry store are ``tracking_uri``."""
+    from mlflow import MlflowClient
+
+    return MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+
+
+def alias_version(mlflow_client: Any, model_name: str, alias: str) -> str | None:
+    """The version ``alias`` names, or None when the model or the alias does not exist."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return str(mlflow_client.get_model_version_by_alias(model_name, alias).version)
+    except MlflowException:
+        return None
+
+
+@contextmanager
+def mlflow_uris(tracking_uri: str) -> Iterator[None]:
+    """Point MLflow's process-wide tracking and registry URIs at ``tracking_uri`` for a block.
+
+    Some MLflow calls (``get_model_info``, ``log_model``) take no client and use these.
+    """
+    import mlflow
+
+    before = (mlflow.get_tracking_uri(), mlflow.get_registry_uri())
+    mlflow.set_tracking_uri(tracking_uri)
+    mlflow.set_registry_uri(tracking_uri)
+    try:
+        yield
+    finally:
+        mlflow.set_tracking_uri(before[0])
+        mlflow.set_registry_uri(before[1])

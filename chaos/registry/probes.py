@@ -1,0 +1,67 @@
+"""Registry probes: which version is champion, is it the bad one, does the tracking store answer."""
+
+# No ``from __future__ import annotations``: discovery reads these annotations at run time.
+
+from chaoslib.types import Configuration
+
+from chaos import ledger
+from chaos._polling import Check, poll_until
+from chaos.registry import _store
+from chaos.registry.actions import BAD_MODEL_TAG
+
+__all__ = ["champion_version", "seconds_until_champion_is_not_bad", "seconds_until_tracking_store_answers"]
+
+
+def champion_version(tracking_uri: str, model_name: str, alias: str = "champion") -> str:
+    """The version the alias names ("" when the model has no such alias)."""
+    return _store.alias_version(_store.client(tracking_uri), model_name, alias) or ""
+
+
+def seconds_until_champion_is_not_bad(
+    tracking_uri: str,
+    model_name: str,
+    timeout: float = 60.0,
+    since: str = "fault",
+    interval: float = 1.0,
+    configuration: Configuration | None = None,
+) -> float:
+    """Poll until @champion names a version that promote_bad_model did not make; return the seconds it took."""
+    client = _store.client(tracking_uri)
+
+    def look() -> Check:
+        version = _store.alias_version(client, model_name, "champion")
+        if version is None:
+            return Check(False, f"{model_name} has no @champion")
+        tags = client.get_model_version(model_name, version).tags or {}
+        bad = tags.get(BAD_MODEL_TAG, "").startswith("bad_model")
+        return Check(not bad, f"@champion is v{version}{' (the bad model)' if bad else ''}")
+
+    return poll_until(
+        look,
+        timeout=timeout,
+        what=f"{model_name}@champion is not a bad model",
+        started_at=ledger.clock_start(configuration, since),
+        interval=interval,
+    )
+
+
+def seconds_until_tracking_store_answers(
+    tracking_uri: str,
+    timeout: float = 60.0,
+    since: str = "fault",
+    interval: float = 0.5,
+    configuration: Configuration | None = None,
+) -> float:
+    """Poll until the tracking store answers a read within a second (sqlite:/// or an http(s) tracking server)."""
+
+    def look() -> Check:
+        ok, seen = _store.answers(tracking_uri, timeout=1.0)
+        return Check(ok, seen)
+
+    return poll_until(
+        look,
+        timeout=timeout,
+        what=f"tracking store {tracking_uri} answers",
+        started_at=ledger.clock_start(configuration, since),
+        interval=interval,
+    )

@@ -1,0 +1,1 @@
+"""Chaos activities: serving faults and probes (see actions.py and probes.py)."""

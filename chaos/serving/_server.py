@@ -1,0 +1,170 @@
+"""Finding the model server's processes and talking to it over HTTP."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+from chaoslib.exceptions import ActivityFailed
+
+from chaos import _proc
+
+#: Words one of which the master's command line holds (``python -m serving``, gunicorn's title).
+_SERVER_MARKERS = ("serving", "gunicorn", "selfheal")
+
+
+@dataclass(frozen=True)
+class ServerProcesses:
+    """The gunicorn master and its workers."""
+
+    master: int
+    workers: tuple[int, ...]
+
+
+def _looks_like_server(pid: int) -> bool:
+    line = " ".join(_proc.cmdline(pid))
+    return any(marker in line for marker in _SERVER_MARKERS)
+
+
+def worker_answering(url: str, timeout: float = 5.0) -> int:
+    """The pid of the worker that answers ``GET /health`` at ``url``."""
+    try:
+        response = httpx.get(f"{url.rstrip('/')}/health", timeout=timeout)
+        response.raise_for_status()
+        pid = response.json().get("pid")
+    except (httpx.HTTPError, ValueError) as exc:
+        raise ActivityFailed(f"model server at {url} does not answer GET /health: {exc}") from exc
+    if not isinstance(pid, int):
+        raise ActivityFailed(f"model server at {url}: GET /health did not report a worker pid")
+    return pid
+
+
+def find_server(url: str, pid_file: str | None = None) -> ServerProcesses:
+    """The server behind ``url``: the master from ``pid_file`` if alive, else the parent of a worker.
+
+    Raises:
+        ActivityFailed: nothing answers, or the process found is not a model server.
+    """
+    master = _proc.read_pid_file(pid_file) if pid_file else None
+    if master is None:
+        worker = worker_answering(url)
+        master = _proc.parent(worker)
+        if master is None or master <= 1:
+            raise ActivityFailed(f"worker {worker} of {url} has no live master (parent {master})")
+    if not _looks_like_server(master):
+        raise ActivityFailed(f"process {master} ({' '.join(_proc.cmdline(master))[:120]!r}) is not a model server")
+    return ServerProcesses(master, tuple(_proc.children(master)))
+
+
+def ready(url: str, timeout: float) -> tuple[bool, str]:
+    """Whether ``GET /ready`` answers 200, and what was seen."""
+    try:
+        response = httpx.get(f"{url.rstrip('/')}/ready", timeout=timeout)
+    except httpx.HTTPError as exc:
+        return False, f"GET /ready: {type(exc).__name__}: {exc}"
+    if response.status_code != 200:
+        return False, f"GET /ready: {response.status_code} {response.text[:200]}"
+    return True, f"ready, model version {response.json().get('model_version')}"
+
+
+def predict(url: str, body: Any, timeout: float) -> tuple[bool, str, dict[str, Any] | None]:
+    """POST ``body`` to ``/predict``: (answered with predictions, what was seen, the answer)."""
+    try:
+        response = httpx.post(f"{url.rstrip('/')}/predict", json=body, timeout=timeout)
+    except httpx.HTTPError as exc:
+        return False, f"POST /predict: {type(exc).__name__}: {exc}", None
+    if response.status_code != 200:
+        return False, f"POST /predict: {response.status_code} {response.text[:200]}", None
+    answer = response.json()
+    if not answer.get("predictions"):
+        return False, "POST /predict: 200 without predictions", answer
+    return True, f"200 from {answer.get('served_by')} v{answer.get('model_version')}", answer
+
+
+def feature_names(url: str, timeout: float = 10.0) -> list[str] | None:
+    """The model's input columns, from the record schema in the server's OpenAPI document."""
+    try:
+        doc = httpx.get(f"{url.rstrip('/')}/openapi.json", timeout=timeout).json()
+    except (httpx.HTTPError, ValueError):
+        return None
+    record = doc.get("components", {}).get("schemas", {}).get("Record", {})
+    properties = record.get("properties")
+    return list(properties) if isinstance(properties, dict) and properties else None
+
+
+def load_payload(path: str) -> Any:
+    """A JSON request body (one record or a list) from a file."""
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError) as exc:
+        raise ActivityFailed(f"cannot read the request body {path}: {exc}") from exc
+
+
+def resolve_command(command: Sequence[str]) -> list[str]:
+    """``command`` with its program found on PATH or next to this Python (the venv's ``bin``)."""
+    if not command:
+        raise ValueError("command must not be empty")
+    program = command[0]
+    if os.sep not in program and shutil.which(program) is None:
+        candidate = Path(sys.executable).parent / program
+        if candidate.exists():
+            program = str(candidate)
+    return [program, *command[1:]]
+
+
+def start_detached(
+    command: Sequence[str], cwd: str, log_file: str | None, env: dict[str, str] | None = None
+) -> subprocess.Popen[bytes]:
+    """Start ``command`` in its own session, so it outlives the experiment that started it."""
+    argv = resolve_command(command)
+    out: Any = subprocess.DEVNULL
+    if log_file:
+        Path(log_file).parent.mkdir(parents=True, exist_ok=True)
+        out = open(log_file, "ab")  # noqa: SIM115 - handed to the child, closed below
+    try:
+        return subprocess.Popen(
+            argv,
+            cwd=cwd,
+            env=env if env is not None else dict(os.environ),
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    except OSError as exc:
+        raise ActivityFailed(f"cannot start {argv}: {exc}") from exc
+    finally:
+        if out is not subprocess.DEVNULL:
+            out.close()
+
+
+def wait_http_ok(url: str, proc: subprocess.Popen[bytes] | None, timeout: float) -> float:
+    """Seconds until ``GET url`` answers 200; ActivityFailed if ``proc`` exits or time runs out."""
+    started = time.monotonic()
+    seen = ""
+    while time.monotonic() - started < timeout:
+        if proc is not None and proc.poll() is not None:
+            raise ActivityFailed(f"process {proc.args!r} exited with {proc.returncode} before {url} answered 200")
+        try:
+            response = httpx.get(url, timeout=2.0)
+            if response.status_code == 200:
+                return time.monotonic() - started
+            seen = f"{response.status_code} {response.text[:200]}"
+        except httpx.HTTPError as exc:
+            seen = f"{type(exc).__name__}: {exc}"
+        time.sleep(0.3)
+    raise ActivityFailed(f"{url} did not answer 200 within {timeout:g}s: {seen}")
+
+
+def wait_ready(url: str, proc: subprocess.Popen[bytes] | None, timeout: float) -> float:
+    """Seconds until the server's ``/ready`` answers 200."""
+    return wait_http_ok(f"{url.rstrip('/')}/ready", proc, timeout)

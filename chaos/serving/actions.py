@@ -1,0 +1,107 @@
+"""Serving faults: kill one worker, kill the whole server; and the rollback that brings it back.
+
+The server is found from its URL: ``GET /health`` names the worker that answered,
+its parent is gunicorn's master (or give the master's ``pid_file``). Signals are
+real; nothing is mocked.
+"""
+
+# No ``from __future__ import annotations`` in activity modules: Chaos Toolkit's
+# discovery reads the annotations at run time and reports real types only then.
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+from chaoslib.exceptions import ActivityFailed
+from chaoslib.types import Configuration
+
+from chaos import _proc, ledger
+from chaos.serving import _server
+
+__all__ = ["kill_server", "kill_worker", "start_server_if_down"]
+
+logger = logging.getLogger(__name__)
+
+
+def kill_worker(
+    url: str,
+    signal_name: str = "SIGKILL",
+    pid_file: str | None = None,
+    configuration: Configuration | None = None,
+) -> dict[str, Any]:
+    """Send a signal (default SIGKILL) to the worker that answers at the URL and wait until it is gone.
+
+    The master should replace it while the other workers keep serving.
+    Returns the killed pid, the master and the workers before the kill.
+    """
+    sig = _proc.signal_number(signal_name)
+    server = _server.find_server(url, pid_file)
+    victim = _server.worker_answering(url)
+    if victim not in server.workers:
+        raise ActivityFailed(f"worker {victim} is not a child of master {server.master} ({list(server.workers)})")
+    _proc.send(victim, sig)
+    at = ledger.record(configuration, "fault", fault="kill_worker", detail={"pid": victim, "signal": sig.name})
+    left = _proc.wait_gone([victim], timeout=10.0)
+    if left:
+        raise ActivityFailed(f"worker {victim} still alive 10s after {sig.name}")
+    logger.info("killed worker %d of master %d with %s", victim, server.master, sig.name)
+    return {
+        "pid": victim,
+        "master": server.master,
+        "workers_before": list(server.workers),
+        "signal": sig.name,
+        "at": at,
+    }
+
+
+def kill_server(
+    url: str,
+    pid_file: str | None = None,
+    configuration: Configuration | None = None,
+) -> dict[str, Any]:
+    """SIGKILL the server's master and every worker at once, as a crashed host or the OOM killer would.
+
+    Nothing restarts it but a supervisor (the healer). Returns the pids killed.
+    """
+    server = _server.find_server(url, pid_file)
+    tree = [server.master, *_proc.descendants(server.master)]
+    # The master first, so it cannot fork replacements for the workers killed after it.
+    for pid in tree:
+        _proc.send(pid, _proc.signal_number("SIGKILL"))
+    at = ledger.record(configuration, "fault", fault="kill_server", detail={"master": server.master, "pids": tree})
+    left = _proc.wait_gone(tree, timeout=10.0)
+    if left:
+        raise ActivityFailed(f"processes {left} of the server still alive 10s after SIGKILL")
+    logger.info("killed server %d and its %d descendants", server.master, len(tree) - 1)
+    return {"master": server.master, "pids": tree, "at": at}
+
+
+def start_server_if_down(
+    url: str,
+    command: list[str],
+    cwd: str = ".",
+    log_file: str | None = None,
+    pid_file: str | None = None,
+    env: dict[str, str] | None = None,
+    timeout: float = 120.0,
+    configuration: Configuration | None = None,
+) -> dict[str, Any]:
+    """Start the server with the command unless the URL already answers /ready; wait until it does.
+
+    The rollback of ``kill_server``: whatever the healer did, the experiment leaves a
+    server running. The command runs in its own session (it outlives the experiment),
+    with ``env`` added to this process's environment; its pid goes to ``pid_file``.
+    Returns whether it started one and the pid.
+    """
+    ok, seen = _server.ready(url, timeout=3.0)
+    if ok:
+        return {"started": False, "detail": seen}
+    proc = _server.start_detached(command, cwd, log_file, env={**os.environ, **(env or {})})
+    if pid_file:
+        Path(pid_file).parent.mkdir(parents=True, exist_ok=True)
+        Path(pid_file).write_text(f"{proc.pid}\n")
+    seconds = _server.wait_ready(url, proc, timeout)
+    ledger.record(configuration, "restore", fault="start_server_if_down", detail={"pid": proc.pid})
+    logger.info("started the server (pid %d), ready after %.1fs", proc.pid, seconds)
+    return {"started": True, "pid": proc.pid, "seconds": seconds}

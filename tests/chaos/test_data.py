@@ -1,0 +1,140 @@
+"""Data faults on real files and the rows-lost accounting against a real Delta lake."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from chaoslib.exceptions import ActivityFailed
+
+from chaos import _landing, ledger
+from chaos.data import actions, probes
+from checkpoints import Lake
+from flows.demo_data import write_batches
+
+
+@pytest.fixture
+def landing(tmp_path: Path) -> Path:
+    folder = tmp_path / "landing"
+    write_batches(str(folder), batches=2, rows=300, seed=5)
+    return folder
+
+
+@pytest.mark.parametrize("mode", ["truncate", "garbage"])
+def test_unreadable_corruptions(landing: Path, config: dict[str, Any], mode: str) -> None:
+    done = actions.corrupt_batch(str(landing), mode, configuration=config)
+    path = Path(done["path"])
+    assert path.name == "batch-00002.parquet" and path.parent == landing
+    assert done["source"].endswith("batch-00001.parquet")
+    with pytest.raises(Exception):  # noqa: B017 - pyarrow raises several kinds for a broken file
+        pq.read_table(path)
+    assert _landing.sha256(path) == done["sha256"]
+    assert ledger.current_run(config)[-1].detail["paths"] == [str(path)]
+
+
+def test_schema_change_renames_a_column(landing: Path) -> None:
+    done = actions.corrupt_batch(str(landing), "schema", column="amount")
+    names = pq.read_table(done["path"]).column_names
+    assert "amount" not in names and "amount_v2" in names
+
+
+def test_nulls_blank_a_share_of_a_column(landing: Path) -> None:
+    done = actions.corrupt_batch(str(landing), "nulls", fraction=0.3, seed=1)
+    column = pq.read_table(done["path"]).column("amount")  # the first float column of the stream
+    assert 0.2 < column.null_count / len(column) < 0.4
+    assert "of 'amount' set to null" in done["detail"]
+
+
+def test_csv_batches_stay_csv(tmp_path: Path) -> None:
+    folder = tmp_path / "landing"
+    folder.mkdir()
+    out = io.BytesIO()
+    import pyarrow.csv as pacsv
+
+    pacsv.write_csv(pa.table({"x": [1.5, 2.5, 3.5], "y": ["a", "b", "c"]}), out)
+    (folder / "batch-00007.csv").write_bytes(out.getvalue())
+    done = actions.corrupt_batch(str(folder), "nulls", column="x", fraction=1.0)
+    assert done["path"].endswith("batch-00008.csv")
+    assert pacsv.read_csv(done["path"]).column("x").null_count == 3
+
+
+def test_bad_arguments(landing: Path, tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="mode must be one of"):
+        actions.corrupt_batch(str(landing), "fire")
+    with pytest.raises(ValueError, match="not in the batch"):
+        actions.corrupt_batch(str(landing), "nulls", column="nope")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ActivityFailed, match="no batch"):
+        actions.corrupt_batch(str(tmp_path / "empty"), "garbage")
+
+
+@pytest.mark.slow
+def test_inject_drift_then_undo(landing: Path, tmp_path: Path, config: dict[str, Any]) -> None:
+    stream = tmp_path / "stream.parquet"
+    write_batches(str(tmp_path / "s"), batches=1, rows=300, seed=5)
+    (tmp_path / "s" / "batch-00000.parquet").rename(stream)
+    original = stream.read_bytes()
+    done = actions.inject_drift(
+        str(landing),
+        "covariate",
+        magnitude=2.0,
+        batches=2,
+        rows=300,
+        seed=5,
+        stream_file=str(stream),
+        configuration=config,
+    )
+    assert [Path(p).name for p in done["paths"]] == ["batch-00002.parquet", "batch-00003.parquet"]
+    assert done["drift"] == "covariate:2"
+    drifted = pq.read_table(stream).column("payment_gateway").to_pylist()
+    assert drifted.count("gw_nova") > 0.3 * len(drifted)  # the new gateway takes min(0.9, 0.3 * 2) of rows
+    undone = actions.remove_injected_batches(str(landing), configuration=config)
+    assert sorted(undone["removed"]) == ["batch-00002.parquet", "batch-00003.parquet"]
+    assert stream.read_bytes() == original
+    assert sorted(p.name for p in _landing.batch_files(landing)) == ["batch-00000.parquet", "batch-00001.parquet"]
+    assert ledger.current_run(config)[-1].event == "restore"
+
+
+def test_inject_drift_checks_its_arguments(landing: Path) -> None:
+    with pytest.raises(ValueError, match="kind must be one of"):
+        actions.inject_drift(str(landing), "seasonal")
+    with pytest.raises(ValueError, match="magnitude"):
+        actions.inject_drift(str(landing), "concept", magnitude=0)
+
+
+# -- rows lost --------------------------------------------------------------------------
+def _land(lake: Lake, path: Path) -> None:
+    table = pq.read_table(path)
+    lake.append(
+        "bronze",
+        table.append_column("_sha256", pa.array([_landing.sha256(path)] * table.num_rows)),
+        key=_landing.sha256(path),
+    )
+
+
+def test_rows_lost_both_ways(landing: Path, tmp_path: Path, config: dict[str, Any]) -> None:
+    lake = Lake(tmp_path / "lake")
+    first, second = _landing.batch_files(landing)
+    _land(lake, first)
+    bad = actions.corrupt_batch(str(landing), "garbage")
+    lake.quarantine(Path(bad["path"]).read_bytes(), bad["path"], "unreadable")
+    assert probes.rows_lost(str(landing), str(lake.root)) == 300  # the second batch is in neither place
+    with pytest.raises(
+        ActivityFailed, match=r"1 landed, 1 quarantined, 1 missing \(batch-00001\.parquet\); rows lost: 300"
+    ):
+        probes.seconds_until_no_rows_lost(str(landing), str(lake.root), timeout=0.5, interval=0.1, configuration=config)
+    _land(lake, second)
+    assert probes.rows_lost(str(landing), str(lake.root)) == 0
+    assert probes.seconds_until_no_rows_lost(str(landing), str(lake.root), timeout=5, configuration=config) < 5
+
+
+def test_an_unreadable_missing_file_still_counts(landing: Path, tmp_path: Path) -> None:
+    actions.corrupt_batch(str(landing), "garbage")
+    lake = Lake(tmp_path / "lake")
+    for path in _landing.batch_files(landing)[:2]:
+        _land(lake, path)
+    assert probes.rows_lost(str(landing), str(lake.root)) == 1

@@ -1,0 +1,113 @@
+"""The extension's surface: the exact activity list, and the conventions every activity keeps."""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import types
+import typing
+from typing import Any
+
+import pytest
+
+import chaos
+
+EXPECTED = {
+    "chaos.serving.actions": ["kill_server", "kill_worker", "start_server_if_down"],
+    "chaos.serving.probes": [
+        "availability",
+        "predictions_lost",
+        "seconds_until_availability",
+        "seconds_until_model_quality",
+        "seconds_until_serving_answers",
+        "seconds_until_workers",
+    ],
+    "chaos.network.actions": [
+        "create_link",
+        "cut_link",
+        "remove_link",
+        "restore_link",
+        "start_in_namespace",
+        "throttle_link",
+    ],
+    "chaos.network.probes": ["link_status", "seconds_until_reachable"],
+    "chaos.data.actions": ["corrupt_batch", "inject_drift", "land_batches", "remove_injected_batches"],
+    "chaos.data.probes": ["rows_lost", "seconds_until_no_rows_lost"],
+    "chaos.registry.actions": [
+        "make_tracking_store_unreachable",
+        "promote_bad_model",
+        "restore_champion",
+        "restore_tracking_store",
+    ],
+    "chaos.registry.probes": [
+        "champion_version",
+        "seconds_until_champion_is_not_bad",
+        "seconds_until_tracking_store_answers",
+    ],
+    "chaos.pipeline.actions": ["kill_pipeline_run", "run_pipeline_if_behind"],
+    "chaos.pipeline.probes": ["seconds_until_pipeline_caught_up"],
+    "chaos.incidents.probes": ["open_incidents", "seconds_until_incident_resolved"],
+}
+ACTIVITIES = [(module, name) for module, names in EXPECTED.items() for name in names]
+
+
+def test_discovery_lists_exactly_these_activities() -> None:
+    found = {(a["mod"], a["name"], a["type"]) for a in chaos.load_exported_activities()}
+    expected = {(m, n, "action" if m.endswith(".actions") else "probe") for m, n in ACTIVITIES}
+    assert found == expected
+
+
+def test_discover_describes_the_extension() -> None:
+    discovery = chaos.discover(discover_system=False)
+    assert discovery["extension"]["name"] == "selfheal-chaos"
+    assert len(discovery["activities"]) == len(ACTIVITIES)
+
+
+@pytest.mark.parametrize("module", sorted(EXPECTED))
+def test_all_lists_exactly_the_public_functions(module: str) -> None:
+    mod = importlib.import_module(module)
+    public = sorted(
+        name
+        for name, obj in vars(mod).items()
+        if inspect.isfunction(obj) and obj.__module__ == module and not name.startswith("_")
+    )
+    assert sorted(mod.__all__) == public == EXPECTED[module]
+
+
+def _allows_none(annotation: Any) -> bool:
+    if annotation is None or annotation is type(None):
+        return True
+    origin = typing.get_origin(annotation)
+    return origin in (typing.Union, types.UnionType) and type(None) in typing.get_args(annotation)
+
+
+@pytest.mark.parametrize(("module", "name"), ACTIVITIES)
+def test_activity_conventions(module: str, name: str) -> None:
+    func = getattr(importlib.import_module(module), name)
+    assert inspect.getdoc(func), f"{name} has no docstring (discovery shows it)"
+    hints = typing.get_type_hints(func)
+    params = list(inspect.signature(func).parameters.values())
+    for param in params:
+        assert param.name != "all", "a parameter named `all` shadows the builtin"
+        assert param.name in hints, f"{name}({param.name}) is not annotated"
+        if param.default is None:
+            assert _allows_none(hints[param.name]), f"{name}({param.name}=None) needs an explicit `| None`"
+        assert param.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD, f"{name}({param.name}) must be plain"
+    names = [p.name for p in params]
+    tail = [n for n in names if n in ("configuration", "secrets")]
+    assert names[len(names) - len(tail) :] == tail, f"{name}: configuration/secrets must come last"
+    assert "return" in hints
+
+
+def test_chaos_never_imports_flows() -> None:
+    """The extension runs without Prefect: no module under chaos/ imports flows."""
+    import pathlib
+    import re
+
+    root = pathlib.Path(chaos.__file__).parent
+    offenders = [
+        str(path.relative_to(root))
+        for path in root.rglob("*.py")
+        if re.search(r"^\s*(from|import)\s+(flows|prefect)\b", path.read_text(), re.MULTILINE)
+    ]
+    assert offenders == []

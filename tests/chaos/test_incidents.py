@@ -1,0 +1,109 @@
+"""The incident probe against a real Delta ``incidents`` table written to the healer's contract."""
+
+from __future__ import annotations
+
+import threading
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pytest
+from chaoslib.exceptions import ActivityFailed
+
+from chaos import ledger
+from chaos.incidents import probes
+from checkpoints import Lake
+
+#: The contract (seq is optional: the healer's log has it, the contract does not require it).
+SCHEMA = pa.schema(
+    [
+        ("incident_id", pa.string()),
+        ("cause", pa.string()),
+        ("state", pa.string()),
+        ("ts", pa.timestamp("us", tz="UTC")),
+        ("detected_at", pa.timestamp("us", tz="UTC")),
+        ("remedy", pa.string()),
+        ("attempt", pa.int64()),
+        ("actor", pa.string()),
+        ("evidence", pa.string()),
+        ("detail", pa.string()),
+        ("mttr_seconds", pa.float64()),
+    ]
+)
+
+
+def _row(lake: Lake, incident: str, cause: str, state: str, detected: float, at: float | None = None) -> None:
+    row = {
+        "incident_id": incident,
+        "cause": cause,
+        "state": state,
+        "ts": datetime.fromtimestamp(at or time.time(), UTC),
+        "detected_at": datetime.fromtimestamp(detected, UTC),
+        "remedy": None,
+        "attempt": 0,
+        "actor": "test",
+        "evidence": "{}",
+        "detail": f"{state.lower()} by the test",
+        "mttr_seconds": None,
+    }
+    lake.append("incidents", pa.Table.from_pylist([row], schema=SCHEMA))
+
+
+def test_resolved_after_the_fault_returns_seconds_from_the_fault(tmp_path: Path, config: dict[str, Any]) -> None:
+    lake = Lake(tmp_path / "lake")
+    fault = ledger.record(config, "fault", fault="kill_server")
+    _row(lake, "old", "serving_down", "RESOLVED", fault - 100, fault - 90)  # an earlier incident does not count
+    _row(lake, "inc-1", "serving_down", "DETECTED", fault + 1.0, fault + 1.0)
+
+    def heal() -> None:
+        time.sleep(0.5)
+        _row(lake, "inc-1", "serving_down", "HEALING", fault + 1.0, fault + 2.0)
+        _row(lake, "inc-1", "serving_down", "RESOLVED", fault + 1.0, fault + 3.0)
+
+    healer = threading.Thread(target=heal)
+    healer.start()
+    seconds = probes.seconds_until_incident_resolved(
+        str(lake.root), "serving_down", timeout=30, interval=0.2, configuration=config
+    )
+    healer.join()
+    assert seconds == pytest.approx(3.0, abs=0.01)
+
+
+def test_never_resolved_fails_after_the_timeout(tmp_path: Path, config: dict[str, Any]) -> None:
+    lake = Lake(tmp_path / "lake")
+    fault = ledger.record(config, "fault", fault="promote_bad_model")
+    _row(lake, "inc-2", "bad_deploy", "DIAGNOSED", fault + 0.5)
+    started = time.time()
+    with pytest.raises(ActivityFailed, match="bad_deploy incident RESOLVED: not met within 1s.*inc-2 DIAGNOSED"):
+        probes.seconds_until_incident_resolved(
+            str(lake.root), "bad_deploy", timeout=1, interval=0.2, configuration=config
+        )
+    assert time.time() - started < 5
+
+
+def test_not_even_detected(tmp_path: Path, config: dict[str, Any]) -> None:
+    ledger.record(config, "fault", fault="inject_drift")
+    with pytest.raises(ActivityFailed, match="no data_drift incident detected since the fault"):
+        probes.seconds_until_incident_resolved(str(tmp_path / "lake"), "data_drift", timeout=0.3, configuration=config)
+
+
+def test_escalated_fails_at_once(tmp_path: Path, config: dict[str, Any]) -> None:
+    lake = Lake(tmp_path / "lake")
+    fault = ledger.record(config, "fault", fault="inject_drift")
+    _row(lake, "inc-3", "concept_drift", "ESCALATED", fault + 0.2)
+    started = time.time()
+    with pytest.raises(ActivityFailed, match="cannot be met: inc-3 ESCALATED"):
+        probes.seconds_until_incident_resolved(str(lake.root), "concept_drift", timeout=30, configuration=config)
+    assert time.time() - started < 5
+
+
+def test_before_any_fault_it_waits_for_no_open_incident(tmp_path: Path, config: dict[str, Any]) -> None:
+    lake = Lake(tmp_path / "lake")
+    assert probes.seconds_until_incident_resolved(str(lake.root), "serving_down", timeout=1, configuration=config) == 0
+    _row(lake, "inc-4", "serving_down", "HEALING", time.time())
+    assert probes.open_incidents(str(lake.root)) == 1
+    assert probes.open_incidents(str(lake.root), cause="data_drift") == 0
+    with pytest.raises(ActivityFailed, match="no open serving_down incident: not met within 0.5s.*inc-4 HEALING"):
+        probes.seconds_until_incident_resolved(str(lake.root), "serving_down", timeout=0.5, configuration=config)

@@ -1,0 +1,110 @@
+"""Registry faults on a real MLflow SQLite store: a bad champion, a locked store; and their undo."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import mlflow
+import pytest
+from chaoslib.exceptions import ActivityFailed
+
+from chaos import _proc, ledger
+from chaos.registry import _store, actions, probes
+from chaos.workload import read_records
+from tests.chaos.conftest import MODEL, TARGET, FraudStore
+
+
+def _auc(store: FraudStore, version: str) -> float:
+    import pandas as pd
+    from sklearn.metrics import roc_auc_score
+
+    from serving.modelio import load_sklearn_model
+
+    frame = pd.DataFrame(read_records(store.labeled))
+    with _store.mlflow_uris(store.tracking_uri):
+        model = load_sklearn_model(f"models:/{MODEL}/{version}")
+    return float(roc_auc_score(frame[TARGET], model.predict_proba(frame[store.features])[:, 1]))
+
+
+@pytest.mark.slow
+def test_bad_model_becomes_champion_then_restore_gives_it_back(
+    fraud_store: FraudStore, config: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(mlflow.models, "infer_pip_requirements", lambda *a, **k: ["scikit-learn"])
+    uri = fraud_store.tracking_uri
+    assert probes.champion_version(uri, MODEL) == "1"
+    assert probes.seconds_until_champion_is_not_bad(uri, MODEL, timeout=5, configuration=config) < 5
+    done = actions.promote_bad_model(uri, MODEL, str(fraud_store.lake_root), TARGET, configuration=config)
+    assert done["bad_version"] == "2" and done["replaced"] == "1"
+    assert probes.champion_version(uri, MODEL) == "2"
+    assert probes.champion_version(uri, MODEL, alias="previous") == "1"
+    assert _auc(fraud_store, "1") > 0.8 and _auc(fraud_store, "2") < 0.3  # confidently wrong
+    client = fraud_store.client()
+    assert client.get_model_version(MODEL, "2").tags["selfheal.chaos"] == "bad_model"
+    assert ledger.last_event(config, "fault") == done["at"]
+    with pytest.raises(ActivityFailed, match=r"@champion is v2 \(the bad model\)"):
+        probes.seconds_until_champion_is_not_bad(uri, MODEL, timeout=1, configuration=config)
+    restored = actions.restore_champion(uri, MODEL, configuration=config)
+    assert restored["restored"] is True
+    assert probes.champion_version(uri, MODEL) == "1"
+    assert probes.champion_version(uri, MODEL, alias="previous") == ""
+    assert probes.seconds_until_champion_is_not_bad(uri, MODEL, timeout=5, configuration=config) < 60
+    # The healer got there first: nothing to undo.
+    assert actions.restore_champion(uri, MODEL, configuration=config)["restored"] is False
+
+
+def test_restore_champion_without_a_fault_changes_nothing(fraud_store: FraudStore, config: dict[str, Any]) -> None:
+    assert actions.restore_champion(fraud_store.tracking_uri, MODEL, configuration=config) == {
+        "restored": False,
+        "detail": "no bad model was promoted in this run",
+    }
+
+
+def test_promote_bad_model_needs_a_champion(fraud_store: FraudStore) -> None:
+    fraud_store.client().delete_registered_model_alias(MODEL, "champion")
+    with pytest.raises(ActivityFailed, match="has no @champion"):
+        actions.promote_bad_model(fraud_store.tracking_uri, MODEL, str(fraud_store.lake_root), TARGET)
+
+
+def test_locked_store_does_not_answer_until_restored(fraud_store: FraudStore, config: dict[str, Any]) -> None:
+    uri = fraud_store.tracking_uri
+    assert probes.seconds_until_tracking_store_answers(uri, timeout=5, configuration=config) < 5
+    done = actions.make_tracking_store_unreachable(uri, duration=60, configuration=config)
+    try:
+        assert _proc.alive(done["pid"]) and "locked" in done["seen"]
+        ok, seen = _store.answers(uri, timeout=0.5)
+        assert not ok and "database is locked" in seen
+        with pytest.raises(ActivityFailed, match="database is locked"):
+            probes.seconds_until_tracking_store_answers(uri, timeout=1, since="now", configuration=config)
+    finally:
+        restored = actions.restore_tracking_store(uri, configuration=config)
+    assert restored["stopped"] == [done["pid"]] and restored["answers"] is True
+    assert probes.seconds_until_tracking_store_answers(uri, timeout=5, configuration=config) < 5
+    assert str(fraud_store.client().get_model_version_by_alias(MODEL, "champion").version) == "1"
+
+
+def test_the_lock_lets_go_by_itself(fraud_store: FraudStore) -> None:
+    done = actions.make_tracking_store_unreachable(fraud_store.tracking_uri, duration=1.0)
+    assert not _store.answers(fraud_store.tracking_uri, timeout=0.2)[0]
+    assert _proc.wait_gone([done["pid"]], timeout=10) == []
+    deadline = time.monotonic() + 10
+    while not _store.answers(fraud_store.tracking_uri)[0] and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert _store.answers(fraud_store.tracking_uri)[0]
+
+
+def test_only_sqlite_stores_can_be_locked() -> None:
+    with pytest.raises(ActivityFailed, match="cut its namespace link"):
+        actions.make_tracking_store_unreachable("http://127.0.0.1:5000")
+    with pytest.raises(ValueError, match="only sqlite"):
+        _store.answers("postgresql://db/mlflow")
+
+
+@pytest.mark.parametrize(
+    ("uri", "path"),
+    [("sqlite:////abs/mlflow.db", "/abs/mlflow.db"), ("sqlite:///rel/mlflow.db", "rel/mlflow.db"), ("http://x", None)],
+)
+def test_sqlite_paths(uri: str, path: str | None) -> None:
+    found = _store.sqlite_path(uri)
+    assert (str(found) if found else None) == path

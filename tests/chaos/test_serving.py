@@ -1,0 +1,172 @@
+"""Serving faults and probes against real gunicorn servers: real signals, real HTTP, a real workload."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from chaoslib.exceptions import ActivityFailed
+
+from chaos import _proc, ledger
+from chaos.serving import actions, probes
+from chaos.workload import Outcome, RecordSource, TrafficLog, Workload, read_outcomes
+from tests.chaos.conftest import MODEL, TARGET, FraudStore, LiveServer, free_port
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+
+@pytest.fixture
+def payload(fraud_store: FraudStore, tmp_path: Path) -> Path:
+    from chaos.workload import read_records
+
+    record = read_records(fraud_store.labeled)[0]
+    path = tmp_path / "payload.json"
+    path.write_text(json.dumps({k: record[k] for k in fraud_store.features}))
+    return path
+
+
+@pytest.fixture
+def workload(fraud_store: FraudStore, tmp_path: Path) -> Iterator[Callable[[str], Workload]]:
+    """Client threads against a URL, writing tmp_path/traffic.jsonl; stopped at the end."""
+    running: list[tuple[Workload, threading.Thread]] = []
+
+    def start(url: str) -> Workload:
+        source = RecordSource(fraud_store.labeled, fraud_store.features, TARGET)
+        load = Workload(url, source, TrafficLog(tmp_path / "traffic.jsonl"), rate=40.0, threads=4)
+        thread = threading.Thread(target=load.run, daemon=True)
+        thread.start()
+        running.append((load, thread))
+        return load
+
+    yield start
+    for load, thread in running:
+        load.stop.set()
+        thread.join(10)
+        load.log.close()
+
+
+def test_kill_worker_is_replaced_while_the_other_keeps_answering(
+    live_server: Callable[..., LiveServer],
+    workload: Callable[[str], Workload],
+    config: dict[str, Any],
+    payload: Path,
+    tmp_path: Path,
+) -> None:
+    server = live_server()
+    workload(server.url)
+    time.sleep(2.0)
+    before = _proc.children(server.proc.pid)
+    killed = actions.kill_worker(server.url, configuration=config)
+    assert killed["pid"] in before and killed["master"] == server.proc.pid
+    assert not _proc.alive(killed["pid"])
+    assert ledger.last_event(config, "fault") == killed["at"]
+    replaced = probes.seconds_until_workers(server.url, workers=2, timeout=30, configuration=config)
+    answers = probes.seconds_until_serving_answers(
+        server.url, timeout=30, payload_file=str(payload), configuration=config
+    )
+    assert replaced < 30 and answers < 30
+    assert killed["pid"] not in _proc.children(server.proc.pid)
+    share = probes.availability(str(tmp_path / "traffic.jsonl"), window_seconds=4, configuration=config)
+    assert share >= 0.99, read_outcomes(tmp_path / "traffic.jsonl", start=killed["at"])[:20]
+
+
+def test_kill_server_then_answers_never_until_restarted(
+    live_server: Callable[..., LiveServer], config: dict[str, Any], payload: Path, tmp_path: Path
+) -> None:
+    server = live_server()
+    killed = actions.kill_server(server.url, configuration=config)
+    assert server.proc.pid in killed["pids"] and len(killed["pids"]) == 3
+    assert all(not _proc.alive(pid) for pid in killed["pids"])
+    with pytest.raises(ActivityFailed, match="serving answers .* not met within 1s"):
+        probes.seconds_until_serving_answers(server.url, timeout=1, configuration=config)
+    pid_file = tmp_path / "restarted.pid"
+    started = actions.start_server_if_down(
+        server.url,
+        server.command,
+        cwd=str(tmp_path),
+        log_file=str(tmp_path / "restarted.log"),
+        pid_file=str(pid_file),
+        env=server.env,
+        configuration=config,
+    )
+    try:
+        assert started["started"] is True and int(pid_file.read_text()) == started["pid"]
+        seconds = probes.seconds_until_serving_answers(
+            server.url, timeout=5, payload_file=str(payload), configuration=config
+        )
+        assert seconds >= started["seconds"] * 0.5  # measured from the kill, not from the probe
+        assert actions.start_server_if_down(server.url, server.command)["started"] is False
+    finally:
+        for pid in [started["pid"], *_proc.descendants(started["pid"])]:
+            _proc.send(pid, _proc.signal_number("SIGTERM"))
+        _proc.wait_gone([started["pid"]], 30)
+
+
+def test_kill_worker_refuses_what_is_not_a_server(tmp_path: Path) -> None:
+    with pytest.raises(ActivityFailed, match="does not answer GET /health"):
+        actions.kill_worker(f"http://127.0.0.1:{free_port()}")
+
+
+def test_model_quality_both_ways(shared_server: LiveServer, fraud_store_template: FraudStore) -> None:
+    server, fraud_store = shared_server, fraud_store_template
+    args: dict[str, Any] = dict(
+        tracking_uri=fraud_store.tracking_uri, model_name=MODEL, labeled_file=str(fraud_store.labeled)
+    )
+    assert probes.seconds_until_model_quality(server.url, target=TARGET, minimum=0.75, timeout=30, **args) < 30
+    with pytest.raises(ActivityFailed, match=r"roc_auc >= 0\.999.*v1: roc_auc=0\.\d+"):
+        probes.seconds_until_model_quality(server.url, target=TARGET, minimum=0.999, timeout=2, **args)
+
+
+def test_window_availability_both_ways(shared_server: LiveServer, payload: Path) -> None:
+    server = shared_server
+    assert probes.seconds_until_availability(server.url, str(payload), window_seconds=1, timeout=10) < 10
+    dead = f"http://127.0.0.1:{free_port()}"
+    with pytest.raises(ActivityFailed, match=r"availability >= 0\.99 .* 0/\d+ answered"):
+        probes.seconds_until_availability(dead, str(payload), window_seconds=0.5, timeout=1)
+
+
+def test_predictions_lost_compares_answers_with_the_inference_log(
+    shared_server: LiveServer, workload: Callable[[str], Workload], tmp_path: Path
+) -> None:
+    load = workload(shared_server.url)
+    time.sleep(3.0)
+    load.stop.set()
+    time.sleep(3.0)  # flush interval 0.5 s
+    log = str(tmp_path / "traffic.jsonl")
+    lake = shared_server.env["SELFHEAL_LAKE_ROOT"]
+    assert probes.predictions_lost(log, lake, since="now", window_seconds=30, settle_seconds=1) == 0
+    TrafficLog(log).write(Outcome(time.time() - 5, True, "200", "primary", ("never-logged-1", "never-logged-2")))
+    assert probes.predictions_lost(log, lake, since="now", window_seconds=30, settle_seconds=1) == 2
+
+
+# -- availability from a traffic log (no server) ----------------------------------------------------
+def _log(path: Path, outcomes: list[tuple[float, bool]]) -> None:
+    log = TrafficLog(path)
+    for t, ok in outcomes:
+        log.write(Outcome(t, ok, "200" if ok else "ConnectError"))
+    log.close()
+
+
+def test_availability_counts_the_window_after_the_fault(tmp_path: Path, config: dict[str, Any]) -> None:
+    fault = time.time() - 3.0
+    with open(config["selfheal_ledger"], "a") as fh:
+        fh.write(json.dumps({"event": "fault", "at": fault, "fault": "x", "detail": {}}) + "\n")
+    path = tmp_path / "t.jsonl"
+    # Before the fault: failures (outside the window); in the 2.5 s after it: 19 of 20 answered.
+    _log(
+        path, [(fault - 1 + i / 100, False) for i in range(50)] + [(fault + 0.05 + 0.1 * i, i != 7) for i in range(20)]
+    )
+    started = time.time()
+    share = probes.availability(str(path), window_seconds=2.5, settle_seconds=0, min_requests=10, configuration=config)
+    assert share == pytest.approx(19 / 20)
+    assert time.time() - started < 1  # the window was already over: no wait
+
+
+def test_availability_without_traffic_fails(tmp_path: Path) -> None:
+    with pytest.raises(ActivityFailed, match="only 0 requests"):
+        probes.availability(str(tmp_path / "none.jsonl"), window_seconds=0.1, settle_seconds=0)

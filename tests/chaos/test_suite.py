@@ -1,0 +1,184 @@
+"""The suite's bookkeeping: reading journals into the SLA table, reports, the chaos_runs table, the order."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from checkpoints import Lake
+from flows import chaos_suite as suite
+
+SLAS = {"mttr_seconds": 60.0, "availability": 0.99, "rows_lost": 0}
+
+
+def _probe(func: str, output: Any, ok: bool = True, failed: str | None = None) -> dict[str, Any]:
+    run: dict[str, Any] = {
+        "activity": {"name": f"probe {func}", "type": "probe", "provider": {"func": func}, "tolerance": "${x}"},
+        "output": output,
+        "status": "failed" if failed else "succeeded",
+        "tolerance_met": ok and not failed,
+        "start": "2026-01-01T00:00:10+00:00",
+        "end": "2026-01-01T00:00:20+00:00",
+    }
+    if failed:
+        run["exception"] = ["Traceback", f"chaoslib.exceptions.ActivityFailed: {failed}\n"]
+    return run
+
+
+def _journal(after: list[dict[str, Any]], status: str = "completed", deviated: bool = False) -> dict[str, Any]:
+    return {
+        "experiment": {"title": "A fault"},
+        "status": status,
+        "deviated": deviated,
+        "start": "2026-01-01T00:00:00+00:00",
+        "end": "2026-01-01T00:01:00+00:00",
+        "duration": 60.0,
+        "steady_states": {"before": {"steady_state_met": True, "probes": []}, "after": {"probes": after}},
+        "run": [
+            {
+                "activity": {"name": "kill", "type": "action", "provider": {"func": "kill_worker"}},
+                "status": "succeeded",
+                "start": "2026-01-01T00:00:05+00:00",
+                "end": "2026-01-01T00:00:06+00:00",
+            }
+        ],
+        "rollbacks": [],
+    }
+
+
+def test_met_mttr_is_the_longest_recovery() -> None:
+    journal = _journal(
+        [
+            _probe("seconds_until_serving_answers", 2.5),
+            _probe("seconds_until_incident_resolved", 23.4),
+            _probe("availability", 0.995),
+            _probe("rows_lost", 0),
+        ]
+    )
+    row = suite.summarize("serving-kill-server", journal, SLAS, {"availability": 0.5, "rows_lost": 7})
+    assert row.verdict == "met" and row.failures == []
+    assert row.mttr_seconds == 23.4 and row.mttr_sla_seconds == 60
+    assert row.availability == 0.995 and row.rows_lost == 0  # the probes win over the measurements
+
+
+def test_missed_names_the_probe_and_why() -> None:
+    journal = _journal(
+        [
+            _probe("seconds_until_serving_answers", 1.0),
+            _probe("seconds_until_incident_resolved", None, failed="bad_deploy incident RESOLVED: not met within 60s"),
+        ],
+        status="failed",
+        deviated=True,
+    )
+    row = suite.summarize("registry-bad-model", journal, SLAS, {"availability": 0.97, "rows_lost": 0})
+    assert row.verdict == "missed" and row.mttr_seconds is None
+    assert row.failures == ["probe seconds_until_incident_resolved: bad_deploy incident RESOLVED: not met within 60s"]
+    assert row.availability == 0.97 and row.rows_lost == 0  # measured outside the journal
+
+
+def test_a_value_outside_its_tolerance_is_a_miss() -> None:
+    journal = _journal(
+        [_probe("seconds_until_serving_answers", 3.0), _probe("availability", 0.9, ok=False)], deviated=True
+    )
+    row = suite.summarize("serving-kill-worker", journal, SLAS)
+    assert row.verdict == "missed" and row.mttr_seconds == 3.0
+    assert row.failures == ["probe availability: 0.9 is outside '${x}'"]
+
+
+def test_a_broken_steady_state_before_the_fault_is_a_miss() -> None:
+    journal = _journal([], status="failed")
+    journal["steady_states"] = {
+        "before": {"steady_state_met": False, "probes": [_probe("seconds_until_serving_answers", None, failed="down")]},
+        "after": None,
+    }
+    row = suite.summarize("x", journal, SLAS)
+    assert row.verdict == "missed"
+    assert row.failures == ["before the fault: probe seconds_until_serving_answers: down"]
+
+
+def _result() -> suite.SuiteResult:
+    met = suite.summarize(
+        "serving-kill-worker",
+        _journal([_probe("seconds_until_workers", 0.4)]),
+        SLAS,
+        {"availability": 1.0, "rows_lost": 0},
+    )
+    missed = suite.summarize(
+        "serving-kill-server",
+        _journal([_probe("seconds_until_serving_answers", None, failed="not met within 60s")], status="failed"),
+        SLAS,
+    )
+    skipped = suite._skipped("network-cut-serving", "Cut", "needs root", SLAS)
+    return suite.SuiteResult("run-1", healing_enabled=False, results=[met, missed, skipped])
+
+
+def test_reports_name_what_missed() -> None:
+    result = _result()
+    assert result.missed == ["serving-kill-server"] and not result.passed
+    table = suite.render_table(result)
+    assert table.splitlines()[0].split() == [
+        "fault",
+        "MTTR",
+        "(s)",
+        "SLA",
+        "(s)",
+        "availability",
+        "SLA",
+        "rows",
+        "lost",
+        "verdict",
+    ]
+    assert "serving-kill-worker  0.4" in table and "MISSED" in table and "skipped" in table
+    markdown = suite.render_markdown(result)
+    assert "1 of 2 experiments missed their SLA (healing off): serving-kill-server." in markdown
+    assert "- probe seconds_until_serving_answers: not met within 60s" in markdown
+    page = suite.render_html(result)
+    assert page.startswith("<!doctype html>") and "serving-kill-server: missed" in page
+    assert json.loads(json.dumps(result.to_dict()))["missed"] == ["serving-kill-server"]
+
+
+def test_chaos_runs_are_recorded_once(tmp_path: Path) -> None:
+    lake = Lake(tmp_path / "lake")
+    result = _result()
+    journals = {"serving-kill-worker": {"status": "completed"}}
+    assert suite.record_runs(lake, result, journals) == 3
+    assert suite.record_runs(lake, result, journals) == 0  # the same suite run again: nothing doubles
+    rows = lake.read(suite.CHAOS_RUNS).to_pylist()
+    assert sorted(r["verdict"] for r in rows) == ["met", "missed", "skipped"]
+    kept = next(r for r in rows if r["experiment"] == "serving-kill-worker")
+    assert json.loads(kept["journal"]) == {"status": "completed"} and kept["healing_enabled"] is False
+
+
+def test_experiment_order_and_names() -> None:
+    names = [p.stem for p in suite.experiment_paths()]
+    assert names[:2] == ["serving-kill-worker", "serving-kill-server"]
+    assert names[-2:] == ["data-drift-covariate", "data-drift-concept"]
+    assert sorted(names) == sorted(p.stem for p in suite.EXPERIMENTS.glob("*.yaml"))
+    assert [p.stem for p in suite.experiment_paths(["data-drift-concept", "serving-kill-worker"])] == [
+        "serving-kill-worker",
+        "data-drift-concept",
+    ]
+    with pytest.raises(ValueError, match="no such experiment: nope"):
+        suite.experiment_paths(["nope"])
+
+
+def test_network_experiments_are_skipped_without_root(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("os.geteuid", lambda: 1000)
+    assert "needs root" in (suite.skip_reason({"tags": ["network", "needs-root"]}) or "")
+    assert suite.skip_reason({"tags": ["serving"]}) is None
+
+
+def test_the_sla_of_an_experiment(tmp_path: Path) -> None:
+    config = tmp_path / "selfheal.yaml"
+    config.write_text("slas: {availability: 0.995, mttr_seconds: {default: 90, serving_down: 30}}\n")
+    from chaoslib.loader import load_experiment
+
+    experiment = load_experiment(str(suite.EXPERIMENTS / "serving-kill-server.yaml"))
+    assert suite.service_levels(experiment, str(config)) == {
+        "mttr_seconds": 30.0,
+        "availability": 0.995,
+        "rows_lost": 0,
+    }
