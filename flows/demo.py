@@ -405,6 +405,7 @@ def cli_demo(args: argparse.Namespace) -> int:
     workdir = Path(args.workdir) if args.workdir else Path(base.home) / "demo"
     # The demo's Prefect runs use a local SQLite server under <home>, not ~/.prefect.
     os.environ.setdefault("PREFECT_HOME", str(Path(base.home) / "prefect"))
+    Path(os.environ["PREFECT_HOME"]).mkdir(parents=True, exist_ok=True)
     if not args.verbose:
         os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
     signal.signal(signal.SIGTERM, _interrupt)  # so the server and traffic are stopped on kill too
