@@ -57,12 +57,22 @@ def log_sklearn_model(
     info: ModelInfo = mlflow.sklearn.log_model(
         model,
         name=name,
+        # Named here: otherwise MLflow infers them by re-importing the model in a
+        # subprocess, several seconds on every training run (and every repair).
+        pip_requirements=pip_requirements(),
         signature=signature,
         input_example=input_example,
         registered_model_name=registered_model_name,
         skops_trusted_types=trusted_types(extra_trusted),
     )
     return info
+
+
+def pip_requirements() -> list[str]:
+    """The packages a logged model needs, pinned to the versions that trained it."""
+    from importlib.metadata import version
+
+    return [f"{name}=={version(name)}" for name in ("scikit-learn", "skops", "numpy", "pandas", "scipy")]
 
 
 def load_sklearn_model(model_uri: str) -> Any:
