@@ -13,7 +13,7 @@ export RUST_BACKTRACE := 0
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev,deploy]'
+	$(BIN)/pip install --quiet -e '.[dev,deploy,kubernetes]'
 	touch $@
 
 setup: $(BIN)/.installed
