@@ -217,7 +217,7 @@ class Demo:
         """
         from flows.incidents import State
 
-        before = self.champion_quality()
+        before = self.quality_before  # read before the fault: a locked store would block here
         deadline = time.monotonic() + timeout
         found = None
         while time.monotonic() < deadline:
@@ -250,6 +250,7 @@ class Demo:
 
     def step(self, title: str) -> datetime:
         _say(f"\n== {len(self.results) + 1}. {title}")
+        self.quality_before = self.champion_quality()
         return datetime.now(UTC)
 
     def play(self) -> None:
