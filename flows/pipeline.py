@@ -265,14 +265,20 @@ def _train_key(cfg: SelfhealConfig, silver_version: int) -> str:
     return hashlib.sha256(raw.encode()).hexdigest()[:24]
 
 
-def _use_experiment(cfg: SelfhealConfig) -> None:
-    """Select the project's experiment; a new one keeps artifacts under <home>, not ./mlruns."""
-    import mlflow
+def _experiment_id(cfg: SelfhealConfig) -> str:
+    """The project's experiment (created with artifacts under <home>, not ./mlruns).
 
-    if mlflow.get_experiment_by_name(cfg.project) is None:
-        artifacts = Path(cfg.home) / "artifacts" if "://" not in cfg.home else None
-        mlflow.create_experiment(cfg.project, artifact_location=artifacts.as_uri() if artifacts else None)
-    mlflow.set_experiment(cfg.project)
+    Passed to ``start_run`` explicitly: setting MLflow's process-wide active
+    experiment would leak into anything else in the process using another store.
+    """
+    from mlflow import MlflowClient
+
+    client = MlflowClient(cfg.tracking_uri)
+    experiment = client.get_experiment_by_name(cfg.project)
+    if experiment is not None:
+        return str(experiment.experiment_id)
+    artifacts = Path(cfg.home) / "artifacts" if "://" not in cfg.home else None
+    return str(client.create_experiment(cfg.project, artifact_location=artifacts.as_uri() if artifacts else None))
 
 
 @task(name="train", cache_policy=NO_CACHE)
@@ -305,7 +311,7 @@ def train_task(cfg: SelfhealConfig, silver_version: int) -> Challenger:
     )
     mlflow.set_tracking_uri(cfg.tracking_uri)
     mlflow.set_registry_uri(cfg.tracking_uri)
-    _use_experiment(cfg)
+    experiment_id = _experiment_id(cfg)
     lineage = {
         "selfheal.bronze_version": str(lake.version(BRONZE)),
         "selfheal.silver_version": str(silver_version),
@@ -316,7 +322,7 @@ def train_task(cfg: SelfhealConfig, silver_version: int) -> Challenger:
         "selfheal.holdout_rows": str(len(split.holdout)),
         "selfheal.train_rows": str(len(split.train)),
     }
-    with mlflow.start_run(run_name=f"train-silver-v{silver_version}") as run:
+    with mlflow.start_run(experiment_id=experiment_id, run_name=f"train-silver-v{silver_version}") as run:
         mlflow.log_params({"estimator": type(trained.model[-1]).__name__, **trained.params})
         mlflow.log_metrics(trained.metrics)
         mlflow.set_tags(lineage)

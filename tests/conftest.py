@@ -40,9 +40,12 @@ def lake(lake_root: Path):  # type: ignore[no-untyped-def]
 def tracking_uri(tmp_path: Path) -> Iterator[str]:
     """A real MLflow tracking store on SQLite, set as the current tracking URI."""
     import mlflow
+    import mlflow.tracking.fluent as fluent
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     previous = mlflow.get_tracking_uri()
+    # An experiment made active by an earlier test lives in another store: forget it.
+    fluent._active_experiment_id = None
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
     yield uri
