@@ -62,6 +62,18 @@ def cmdline(pid: int) -> list[str]:
     return [part.decode(errors="replace") for part in raw.split(b"\0") if part]
 
 
+def matching(words: list[str]) -> list[int]:
+    """Live processes (not this one) whose argument vector holds every one of ``words``."""
+    me = os.getpid()
+    found = []
+    for entry in _PROC.iterdir():
+        if entry.name.isdigit() and int(entry.name) != me:
+            argv = cmdline(int(entry.name))
+            if argv and all(word in argv for word in words) and alive(int(entry.name)):
+                found.append(int(entry.name))
+    return sorted(found)
+
+
 def signal_number(name: str) -> signal.Signals:
     """``"SIGKILL"`` or ``"KILL"`` -> ``signal.SIGKILL``."""
     key = name.upper()

@@ -366,6 +366,16 @@ class Sandbox:
             return None
         return healer
 
+    def pipeline_busy(self) -> str | None:
+        """Why the sandbox's pipeline is not idle: a run going, or work left for the schedule (None: idle)."""
+        state = self.state()
+        if state is None:
+            return None
+        going = _proc.matching(["pipeline", "run", state.config])
+        if going:
+            return f"pipeline run(s) {going} going"
+        return _landing.unfinished(state.landing, state.lake_root)
+
     # -- tear down ----------------------------------------------------------------
     def down(self, timeout: float = 30.0) -> list[int]:
         """Stop every process of the sandbox (and a server the healer restarted); the files stay for inspection."""

@@ -17,7 +17,6 @@ Stages, by what marks their start:
 # No ``from __future__ import annotations``: discovery reads these annotations at run time.
 
 import logging
-import os
 import signal
 import subprocess
 import time
@@ -58,19 +57,6 @@ def _kill_tree(pid: int) -> list[int]:
     return pids
 
 
-def _find_run(match: list[str], deadline: float) -> int:
-    """The pid of a process whose argument vector holds every word of ``match`` (waits until ``deadline``)."""
-    me = os.getpid()
-    while time.monotonic() < deadline:
-        for entry in os.listdir("/proc"):
-            if entry.isdigit() and int(entry) != me:
-                argv = _proc.cmdline(int(entry))
-                if argv and all(word in argv for word in match) and _proc.alive(int(entry)):
-                    return int(entry)
-        time.sleep(0.1)
-    raise ActivityFailed(f"no pipeline run matching {match} started in time")
-
-
 def kill_pipeline_run(
     lake_root: str,
     stage: str = "train",
@@ -84,51 +70,51 @@ def kill_pipeline_run(
 ) -> dict[str, Any]:
     """SIGKILL a pipeline run and everything it started while the given stage runs.
 
-    The run is either started here with ``command``, or found: the first process whose
-    arguments include every word of ``match`` (e.g. ``[pipeline, run, <config path>]``,
-    a run the schedule started). ``stage``: ``features`` (right after bronze is
-    written), ``train`` (``delay`` seconds after silver is written) or ``any``
-    (``delay`` seconds after the run was found). Fails if the run ends before reaching
-    the stage. Returns the pids killed and the seconds the run lived.
+    The run is either started here with ``command``, or whichever run is in the stage:
+    every process whose arguments include every word of ``match`` (e.g. ``[pipeline,
+    run, <config path>]``, a run the schedule started) alive when the stage starts; a run
+    that ends without reaching the stage is let be, and the next one is watched. ``stage``:
+    ``features`` (right after bronze is written), ``train`` (``delay`` seconds after
+    silver is written) or ``any`` (``delay`` seconds after a run is seen). Fails when no
+    run reaches the stage within the timeout (or the started one ends first). Returns
+    the pids killed and the seconds from the action's start to the kill.
     """
     if stage not in (*_MARKERS, "any"):
         raise ValueError(f"stage must be one of {', '.join([*_MARKERS, 'any'])}, got {stage!r}")
     if (command is None) == (match is None):
         raise ValueError("give exactly one of command (start a run) or match (find a running one)")
     marker = _MARKERS.get(stage)
-    before = _version(lake_root, marker) if marker else None
     started = time.monotonic()
+    before = _version(lake_root, marker) if marker else None
     proc = start_detached(command, cwd, log_file) if command else None
-    pid = proc.pid if proc is not None else _find_run(match or [], started + timeout)
-    reached_at: float | None = None if marker else time.monotonic()
+    reached_at: float | None = None
     while True:
         now = time.monotonic()
-        if (proc.poll() is not None) if proc is not None else not _proc.alive(pid):
-            raise ActivityFailed(f"the pipeline run {pid} ended after {now - started:.1f}s before reaching {stage!r}")
+        if proc is not None:
+            runs = [proc.pid] if proc.poll() is None else []
+            if not runs:
+                raise ActivityFailed(f"the pipeline run ended after {now - started:.1f}s before reaching {stage!r}")
+        else:
+            runs = _proc.matching(match or [])
         if now - started > timeout:
-            _kill_tree(pid)
-            raise ActivityFailed(f"the pipeline run {pid} did not reach {stage!r} within {timeout:g}s (killed it)")
-        if reached_at is None and marker and _version(lake_root, marker) != before:
+            if proc is not None:
+                _kill_tree(proc.pid)
+            raise ActivityFailed(f"no pipeline run reached {stage!r} within {timeout:g}s")
+        if reached_at is None and (_version(lake_root, marker) != before if marker else bool(runs)):
             reached_at = now
         if reached_at is not None and now - reached_at >= (0.0 if stage == "features" else delay):
-            break
+            if runs:
+                break
+            # The run that reached the stage finished (or died) before the kill: wait for the next one.
+            reached_at, before = None, _version(lake_root, marker) if marker else None
         time.sleep(0.05)
     lived = time.monotonic() - started
-    pids = _kill_tree(pid)
+    pids = [member for pid in runs for member in _kill_tree(pid)]
     if proc is not None:
         proc.wait(10)
     at = ledger.record(configuration, "fault", fault="kill_pipeline_run", detail={"stage": stage, "pids": pids})
-    logger.info("killed the pipeline run %d in stage %s after %.1fs", pid, stage, lived)
+    logger.info("killed pipeline run(s) %s in stage %s, %.1fs after the action started", runs, stage, lived)
     return {"stage": stage, "pids": pids, "lived_seconds": round(lived, 2), "at": at}
-
-
-def _running(match: list[str]) -> list[int]:
-    me = os.getpid()
-    return [
-        int(e)
-        for e in os.listdir("/proc")
-        if e.isdigit() and int(e) != me and (argv := _proc.cmdline(int(e))) and all(w in argv for w in match)
-    ]
 
 
 def run_pipeline_if_behind(
@@ -150,7 +136,7 @@ def run_pipeline_if_behind(
     whether it ran, why, its exit code and what is left unaccounted.
     """
     if match:  # a run is already going (the schedule's): let it finish rather than race it
-        going = _running(match)
+        going = _proc.matching(match)
         if _proc.wait_gone(going, timeout):
             raise ActivityFailed(f"the pipeline runs {going} did not finish within {timeout:g}s")
     reason = _landing.unfinished(landing_path, lake_root)

@@ -15,6 +15,7 @@ import logging
 import os
 import subprocess
 import sys
+from datetime import UTC, datetime
 from typing import Any
 
 from chaoslib.exceptions import ActivityFailed
@@ -33,6 +34,11 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 BAD_MODEL_TAG = "selfheal.chaos"
+#: When a version became champion: the registry's contract (``flows.registry.PROMOTED_AT_TAG``).
+PROMOTED_AT_TAG = "selfheal.promoted_at"
+#: Tags of the old champion the bad model does not copy: the pipeline's resume key (it would
+#: look already trained) and the old promotion time (it is promoted now).
+_NOT_CLAIMED = frozenset({"selfheal.train_key", PROMOTED_AT_TAG})
 
 
 def _register_inverted(
@@ -84,7 +90,8 @@ def promote_bad_model(
 ) -> dict[str, Any]:
     """Register a model that inverts the labels it learned and make it the champion (the old one becomes previous).
 
-    It claims the champion's metrics, as a bad deploy does. Given the server URL and
+    It claims the champion's metrics and lineage, as a bad deploy does, and is stamped
+    promoted now (``selfheal.promoted_at``), as every promotion is. Given the server URL and
     ``SELFHEAL_ADMIN_TOKEN``, the server is told to reload at once (else it polls).
     Undo with ``restore_champion``.
     """
@@ -100,11 +107,13 @@ def promote_bad_model(
         info = _register_inverted(client, version, model_name, champion, Lake(lake_root), silver_table, target, seed)
     bad = str(info.registered_model_version)
     for key, value in (version.tags or {}).items():
-        if key != "selfheal.train_key":
+        if key not in _NOT_CLAIMED:
             client.set_model_version_tag(model_name, bad, key, value)
     client.set_model_version_tag(model_name, bad, BAD_MODEL_TAG, "bad_model")
+    # Exactly what a promotion does: aliases moved, and the time it happened.
     client.set_registered_model_alias(model_name, "previous", champion)
     client.set_registered_model_alias(model_name, "champion", bad)
+    client.set_model_version_tag(model_name, bad, PROMOTED_AT_TAG, datetime.now(UTC).isoformat())
     at = ledger.record(
         configuration,
         "fault",
@@ -153,6 +162,7 @@ def restore_champion(
         outcome = {"restored": False, "detail": f"champion is v{champion}, not the bad v{detail['bad']}"}
     else:
         client.set_registered_model_alias(model_name, "champion", detail["champion"])
+        client.set_model_version_tag(model_name, detail["champion"], PROMOTED_AT_TAG, datetime.now(UTC).isoformat())
         if detail.get("previous"):
             client.set_registered_model_alias(model_name, "previous", detail["previous"])
         else:

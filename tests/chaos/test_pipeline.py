@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -62,24 +63,49 @@ def test_kill_in_training_leaves_no_manifest(fake_pipeline: Path, tmp_path: Path
 def test_kill_a_run_someone_else_started(fake_pipeline: Path, tmp_path: Path) -> None:
     lake = tmp_path / "lake"
     marker = f"marker-{time.time_ns()}"
-    run = subprocess.Popen([sys.executable, str(fake_pipeline), str(lake), "1.0", "30", marker], cwd=tmp_path)
+    runs: list[subprocess.Popen[bytes]] = []
+    argv = [sys.executable, str(fake_pipeline), str(lake), "1.0", "30", marker]
+    starter = threading.Timer(0.5, lambda: runs.append(subprocess.Popen(argv, cwd=tmp_path)))
+    starter.start()
     try:
         done = actions.kill_pipeline_run(str(lake), stage="features", match=[str(fake_pipeline), marker], timeout=60)
-        assert done["pids"][0] == run.pid
-        assert run.wait(10) == -9
+        assert done["pids"][0] == runs[0].pid
+        assert runs[0].wait(10) == -9
         assert Lake(lake).exists("bronze") and not Lake(lake).exists("silver")
     finally:
-        run.kill()
+        starter.join()
+        for run in runs:
+            run.kill()
+
+
+def test_a_run_that_ends_short_of_the_stage_is_let_be_and_the_next_one_killed(
+    fake_pipeline: Path, tmp_path: Path
+) -> None:
+    lake = tmp_path / "lake"
+    marker = f"marker-{time.time_ns()}"
+    # A run that has nothing to do (all quarantined, say) and ends, then the schedule's next one.
+    short = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(1)", marker])
+    later: list[subprocess.Popen[bytes]] = []
+    argv = [sys.executable, str(fake_pipeline), str(lake), "0.5", "30", marker]
+    threading.Timer(1.5, lambda: later.append(subprocess.Popen(argv))).start()
+    try:
+        done = actions.kill_pipeline_run(str(lake), stage="train", delay=0.2, match=[marker], timeout=60)
+        assert later and done["pids"][0] == later[0].pid
+        assert short.wait(5) == 0 and later[0].wait(10) == -9
+    finally:
+        short.kill()
+        for proc in later:
+            proc.kill()
+
+
+def test_no_run_reaching_the_stage_fails_after_the_timeout(tmp_path: Path) -> None:
+    with pytest.raises(ActivityFailed, match="no pipeline run reached 'train' within 0.5s"):
+        actions.kill_pipeline_run(str(tmp_path / "lake"), match=["no-such-program-anywhere"], timeout=0.5)
 
 
 def test_a_run_that_ends_before_the_stage_fails_the_action(tmp_path: Path) -> None:
     with pytest.raises(ActivityFailed, match="ended after .* before reaching 'train'"):
         actions.kill_pipeline_run(str(tmp_path / "lake"), command=[sys.executable, "-c", "pass"], timeout=30)
-
-
-def test_no_matching_run_fails_after_the_timeout(tmp_path: Path) -> None:
-    with pytest.raises(ActivityFailed, match="no pipeline run matching"):
-        actions.kill_pipeline_run(str(tmp_path / "lake"), match=["no-such-program-anywhere"], timeout=0.5)
 
 
 def test_arguments_are_checked(tmp_path: Path) -> None:
@@ -139,6 +165,10 @@ def test_run_pipeline_if_behind_waits_for_a_run_already_going(tmp_path: Path) ->
     landing.mkdir()
     marker = f"marker-{time.time_ns()}"
     going = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(1.5)", marker])
+    # Popen returns from vfork before execve has set up the new argument vector:
+    # wait until the run shows in /proc, as a run "already going" would.
+    while not _proc.matching([marker]):
+        time.sleep(0.01)
     started = time.monotonic()
     done = actions.run_pipeline_if_behind(str(landing), str(tmp_path / "lake"), ["false"], match=[marker])
     assert done["ran"] is False and time.monotonic() - started >= 1.0

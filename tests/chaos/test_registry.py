@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import mlflow
@@ -41,7 +42,12 @@ def test_bad_model_becomes_champion_then_restore_gives_it_back(
     assert probes.champion_version(uri, MODEL, alias="previous") == "1"
     assert _auc(fraud_store, "1") > 0.8 and _auc(fraud_store, "2") < 0.3  # confidently wrong
     client = fraud_store.client()
-    assert client.get_model_version(MODEL, "2").tags["selfheal.chaos"] == "bad_model"
+    tags = client.get_model_version(MODEL, "2").tags
+    assert tags["selfheal.chaos"] == "bad_model"
+    # Stamped as the registry stamps every promotion, so the healer sees a fresh deploy.
+    from flows.registry import PROMOTED_AT_TAG
+
+    assert datetime.now(UTC) - datetime.fromisoformat(tags[PROMOTED_AT_TAG]) < timedelta(minutes=1)
     assert ledger.last_event(config, "fault") == done["at"]
     with pytest.raises(ActivityFailed, match=r"@champion is v2 \(the bad model\)"):
         probes.seconds_until_champion_is_not_bad(uri, MODEL, timeout=1, configuration=config)

@@ -29,8 +29,9 @@ def _probe(func: str, output: Any, ok: bool = True, failed: str | None = None) -
 
 
 def _journal(after: list[dict[str, Any]], status: str = "completed", deviated: bool = False) -> dict[str, Any]:
+    hypothesis = {"probes": [{"provider": {"func": p["activity"]["provider"]["func"]}} for p in after]}
     return {
-        "experiment": {"title": "A fault"},
+        "experiment": {"title": "A fault", "steady-state-hypothesis": hypothesis},
         "status": status,
         "deviated": deviated,
         "start": "2026-01-01T00:00:00+00:00",
@@ -62,6 +63,7 @@ def test_met_mttr_is_the_longest_recovery() -> None:
     assert row.verdict == "met" and row.failures == []
     assert row.mttr_seconds == 23.4 and row.mttr_sla_seconds == 60
     assert row.availability == 0.995 and row.rows_lost == 0  # the probes win over the measurements
+    assert row.availability_sla == 0.99 and row.rows_lost_sla == 0  # both are held by this hypothesis
 
 
 def test_missed_names_the_probe_and_why() -> None:
@@ -77,6 +79,7 @@ def test_missed_names_the_probe_and_why() -> None:
     assert row.verdict == "missed" and row.mttr_seconds is None
     assert row.failures == ["probe seconds_until_incident_resolved: bad_deploy incident RESOLVED: not met within 60s"]
     assert row.availability == 0.97 and row.rows_lost == 0  # measured outside the journal
+    assert row.availability_sla is None and row.rows_lost_sla is None  # ...but not held to the SLA
 
 
 def test_a_value_outside_its_tolerance_is_a_miss() -> None:
@@ -86,6 +89,13 @@ def test_a_value_outside_its_tolerance_is_a_miss() -> None:
     row = suite.summarize("serving-kill-worker", journal, SLAS)
     assert row.verdict == "missed" and row.mttr_seconds == 3.0
     assert row.failures == ["probe availability: 0.9 is outside '${x}'"]
+
+
+def test_a_fault_that_could_not_be_injected_is_a_miss() -> None:
+    journal = _journal([_probe("seconds_until_serving_answers", 0.1)])
+    journal["run"][0].update(status="failed", exception=["chaoslib.exceptions.ActivityFailed: no worker answered\n"])
+    row = suite.summarize("serving-kill-worker", journal, SLAS)
+    assert row.verdict == "missed" and row.failures == ["method: kill: no worker answered"]
 
 
 def test_a_broken_steady_state_before_the_fault_is_a_miss() -> None:
@@ -119,19 +129,10 @@ def test_reports_name_what_missed() -> None:
     result = _result()
     assert result.missed == ["serving-kill-server"] and not result.passed
     table = suite.render_table(result)
-    assert table.splitlines()[0].split() == [
-        "fault",
-        "MTTR",
-        "(s)",
-        "SLA",
-        "(s)",
-        "availability",
-        "SLA",
-        "rows",
-        "lost",
-        "verdict",
-    ]
+    header = ["fault", "MTTR", "(s)", "SLA", "availability", "rows", "lost", "verdict"]
+    assert table.splitlines()[0].split() == header
     assert "serving-kill-worker  0.4" in table and "MISSED" in table and "skipped" in table
+    assert "MTTR <= 60 s  " in table
     markdown = suite.render_markdown(result)
     assert "1 of 2 experiments missed their SLA (healing off): serving-kill-server." in markdown
     assert "- probe seconds_until_serving_answers: not met within 60s" in markdown
