@@ -10,6 +10,7 @@ One folder per fault domain, each with ``actions.py`` (faults and their undo) an
 ``registry``   promote a bad model, lock the tracking store; champion, store up
 ``pipeline``   kill a run mid-stage; caught up after the fault
 ``incidents``  (probes) the healer's incident of a cause RESOLVED
+``release``    release a subtly worse model through a canary; rolled back in time
 =============  ==============================================================
 
 It imports ``checkpoints`` and ``serving`` but never ``flows``: it runs without
@@ -36,6 +37,8 @@ ACTIVITY_MODULES = (
     "chaos.pipeline.actions",
     "chaos.pipeline.probes",
     "chaos.incidents.probes",
+    "chaos.release.actions",
+    "chaos.release.probes",
 )
 
 

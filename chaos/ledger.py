@@ -65,9 +65,10 @@ def record(
     fault: str = "",
     experiment: str = "",
     detail: Mapping[str, Any] | None = None,
+    at: float | None = None,
 ) -> float:
-    """Append one entry (no-op without a ledger) and return its time."""
-    at = time.time()
+    """Append one entry (no-op without a ledger) and return its time (``at``: when it happened, default now)."""
+    at = time.time() if at is None else at
     path = ledger_path(configuration)
     if path is not None:
         _append(

@@ -18,7 +18,8 @@ pipeline schedule (runs ``selfheal pipeline run`` whenever a landing file has no
 been taken or a run left bronze ahead of the last complete manifest, as the
 deployments "pipeline on new data" and its schedule do) and the healer
 (``selfheal heal --interval 1``; with ``healing.enabled: false`` it detects and
-repairs nothing). Setup lands a few clean batches and trains the first champion.
+repairs nothing), and the release controller (``selfheal release watch``). Setup
+lands a few clean batches and trains the first champion.
 
 Example:
     >>> box = Sandbox(Path(".selfheal/chaos/sandbox"), project_config=Path("selfheal.yaml"))
@@ -56,9 +57,19 @@ from chaos.serving._server import feature_names, resolve_command, wait_http_ok
 logger = logging.getLogger(__name__)
 
 #: Sections of the project's config the sandbox keeps (the rest is the sandbox's own).
-_INHERITED = ("model_name", "data", "trainer", "gate", "thresholds", "healing", "slas")
+_INHERITED = ("model_name", "data", "trainer", "gate", "thresholds", "healing", "slas", "release")
+#: Monitor settings of the sandbox, under the project's own ``thresholds``. Its server flushes
+#: the inference log every second (not every few), so a 2 s ingest lag loses no row; and its
+#: faults are large (a 1.5-sigma covariate shift, a new concept, an inverted model), which a
+#: 300-row window finds with power ~1 (``flows.detectors.thresholds``: a 0.5-sigma shift is
+#: caught in every 500-row window). The demo uses the same values.
+SANDBOX_THRESHOLDS: dict[str, Any] = {
+    "min_window_rows": 300,
+    "ingest_lag_seconds": 2.0,
+    "prediction_reference_rows": 300,
+}
 #: The order processes are stopped in: clients and supervisors before what they supervise.
-_STOP_ORDER = ("healer", "schedule", "workload", "server", "prefect")
+_STOP_ORDER = ("healer", "release", "schedule", "workload", "server", "prefect")
 _MARKER = "# Written by chaos.sandbox"
 _QUIET_ENV = {
     "DO_NOT_TRACK": "1",
@@ -112,7 +123,7 @@ class Sandbox:
     batches: int = 3
     rows: int = 1000
     seed: int = 7
-    workload_rate: float = 20.0
+    workload_rate: float = 40.0
     heal_interval: float = 1.0
     schedule_interval: float = 3.0
     startup_timeout: float = 180.0
@@ -194,6 +205,7 @@ class Sandbox:
                 },
             }
         )
+        cfg["thresholds"] = {**SANDBOX_THRESHOLDS, **(cfg.get("thresholds") or {})}
         healing = dict(cfg.get("healing") or {})
         if self.healing_enabled is not None:
             healing["enabled"] = self.healing_enabled
@@ -317,6 +329,9 @@ class Sandbox:
         pids = {"prefect": prefect.pid, "server": server.pid, "workload": workload.pid, "schedule": schedule.pid}
         if healer is not None:
             pids["healer"] = healer.pid
+        # The release controller: analyses any shadow/canary release to its verdict.
+        watch = ["selfheal", "-c", str(self.config_path), "release", "watch", "--interval", "1"]
+        pids["release"] = self._start("release", watch, env).pid
         healing = cfg["healing"].get("enabled", True) if self.healing_enabled is None else self.healing_enabled
         state = SandboxState(
             root=str(self.root),

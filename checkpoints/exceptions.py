@@ -12,7 +12,8 @@ every other package (``flows``, ``serving``, ``chaos``) can import it::
     ├── PromotionRejected           the evaluation gate refused a model
     ├── RegistryUnavailable         the MLflow tracking store cannot be reached
     ├── ServingUnavailable          the model server does not answer
-    └── RemedyFailed                a healing remedy could not be applied
+    ├── RemedyFailed                a healing remedy could not be applied
+    └── ReleaseError                a release cannot start, move or end in its current state
 
 Third-party errors are translated once, at the boundary, with ``raise ... from exc``.
 """
@@ -85,3 +86,7 @@ class ServingUnavailable(SelfhealError):
 
 class RemedyFailed(SelfhealError):
     """A healing remedy could not be applied."""
+
+
+class ReleaseError(SelfhealError):
+    """A shadow/canary release cannot be started, promoted or aborted as asked (the message says why)."""

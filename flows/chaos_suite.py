@@ -71,8 +71,11 @@ ORDER = (
     "network-cut-serving",
     "network-cut-tracking",
     "registry-bad-model",
-    "data-drift-covariate",
+    "release-canary-worse",
+    # Concept before covariate: a model retrained on shifted inputs makes the clean stream
+    # put back by the covariate rollback a real shift, which would be the next experiment's.
     "data-drift-concept",
+    "data-drift-covariate",
 )
 SCHEMA = pa.schema(
     [
@@ -181,9 +184,23 @@ def skip_reason(experiment: Mapping[str, Any]) -> str | None:
     return None
 
 
+def _config_overrides() -> list[str]:
+    """The caller's ``SELFHEAL_<KEY>`` config overrides (bar ``slas`` and ``gate``, which ``chaos.sla`` reads).
+
+    Processes an experiment starts (a server in a network namespace) inherit this
+    environment; ``SELFHEAL_HOME=...`` there would point them at the caller's home, not
+    the sandbox's (its config file says where everything is).
+    """
+    keys = [f"SELFHEAL_{name.upper()}" for name in SelfhealConfig.model_fields if name not in ("slas", "gate")]
+    return [k for k in os.environ if any(k == key or k.startswith(f"{key}__") for key in keys)]
+
+
 @contextlib.contextmanager
 def _environment(values: Mapping[str, str]) -> Iterator[None]:
-    before = {k: os.environ.get(k) for k in values}
+    hidden = [k for k in _config_overrides() if k not in values]
+    before = {k: os.environ.get(k) for k in [*values, *hidden]}
+    for key in hidden:
+        del os.environ[key]
     os.environ.update(values)
     try:
         yield

@@ -226,6 +226,57 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--timeout", type=float, default=180.0, help="seconds to wait for everything to start")
     _add(sub, "down", "flows.stack:cli_down", "stop everything `selfheal up` started (no process is left behind)")
 
+    rel = sub.add_parser(
+        "release",
+        help="shadow and canary releases: start, status, promote, abort, watch",
+        description="Progressive delivery: a challenger beside the champion in shadow (sees a copy of the\n"
+        "traffic) or canary (answers a share of it, moving up release.steps); an analysis compares\n"
+        "both on the same traffic and promotes the challenger or rolls it back (a bad_release\n"
+        "incident with its MTTR). Settings: release: in selfheal.yaml.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    rel_sub = rel.add_subparsers(title="release commands", metavar="COMMAND", required=True)
+    rel_status = _add(
+        rel_sub,
+        "status",
+        "flows.release_cli:cli_status",
+        "show the current split, the release and its analysis (counts and the last measurement)",
+    )
+    rel_status.add_argument("--json", action="store_true", help="print it as JSON")
+    rel_start = _add(
+        rel_sub,
+        "start",
+        "flows.release_cli:cli_start",
+        "put a registered version beside the champion as @challenger",
+        "Start a release: the version becomes @challenger and every server worker routes to it\n"
+        "on its next registry poll (at once when serving.url and SELFHEAL_ADMIN_TOKEN are set).\n"
+        "canary: release.steps[0] of the requests are answered by it, one more step every\n"
+        "release.step_seconds; shadow: release.shadow_share of them are mirrored to it, the\n"
+        "champion answers. A running release of another version is superseded.",
+    )
+    rel_start.add_argument("--version", required=True, help="the registered version to release")
+    rel_start.add_argument("--mode", choices=["canary", "shadow"], default="canary", help="default canary")
+    rel_start.add_argument("--watch", action="store_true", help="then run the analysis until its verdict")
+    rel_promote = _add(
+        rel_sub, "promote", "flows.release_cli:cli_promote", "make the challenger champion now (ends the release)"
+    )
+    rel_promote.add_argument("--reason", default="promoted by hand", help="recorded with the release")
+    rel_abort = _add(
+        rel_sub, "abort", "flows.release_cli:cli_abort", "send all traffic back to the champion, withdraw @challenger"
+    )
+    rel_abort.add_argument("--reason", default="aborted by hand", help="recorded with the release")
+    rel_watch = _add(
+        rel_sub,
+        "watch",
+        "flows.release_cli:cli_watch",
+        "the release controller: run the analysis flow for every release that starts",
+        "Look for a running release every S seconds and run the analysis flow on it until its\n"
+        "verdict: promoted, rolled back (with a bad_release incident) or held as inconclusive.",
+    )
+    rel_watch.add_argument("--interval", type=float, default=2.0, metavar="S", help="seconds between looks (default 2)")
+    rel_watch.add_argument("--once", action="store_true", help="look once (analysing a running release), then exit")
+    rel_watch.add_argument("--max-seconds", type=float, default=None, help="stop analysing one release after this long")
+
     chaos = sub.add_parser("chaos", help="run the chaos suite", description="Fault injection with Chaos Toolkit.")
     chaos_sub = chaos.add_subparsers(title="chaos commands", metavar="COMMAND", required=True)
     chaos_run = _add(

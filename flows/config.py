@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from checkpoints.exceptions import ConfigError
@@ -132,6 +132,114 @@ class ServingConfig(_Section):
     breaker_reset_seconds: float = Field(default=10.0, gt=0)
 
 
+class PromoteConfig(_Section):
+    """What the pipeline's promote step does with a model that passed the gate."""
+
+    target: Literal["direct", "shadow", "canary"] = "direct"
+    """direct: it becomes champion at once; shadow/canary: it starts a release as challenger."""
+
+
+class AnalysisMetric(_Section):
+    """One metric of the release analysis, judged like an Argo Rollouts AnalysisRun metric.
+
+    A measurement is *successful* when ``success_condition`` holds, *failed* when
+    ``failure_condition`` holds, *inconclusive* when neither does (or an arm has fewer
+    than ``min_samples`` rows). Conditions are expressions over ``challenger``,
+    ``champion`` and ``result`` (see ``flows.release``), e.g. ``result <= 0.01``.
+
+    Example:
+        >>> AnalysisMetric(success_condition="result <= 0.01", failure_condition="result > 0.05", failure_limit=1)
+    """
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    success_condition: str | None = Field(
+        default=None, validation_alias=AliasChoices("success_condition", "successCondition")
+    )
+    failure_condition: str | None = Field(
+        default=None, validation_alias=AliasChoices("failure_condition", "failureCondition")
+    )
+    failure_limit: int = Field(default=0, ge=0, validation_alias=AliasChoices("failure_limit", "failureLimit"))
+    """Failed measurements tolerated; one more fails the release."""
+    inconclusive_limit: int = Field(
+        default=0, ge=0, validation_alias=AliasChoices("inconclusive_limit", "inconclusiveLimit")
+    )
+    """Inconclusive measurements tolerated; one more makes the release inconclusive."""
+    min_samples: int = Field(default=30, ge=1)
+    enabled: bool = True
+
+    @field_validator("success_condition", "failure_condition")
+    @classmethod
+    def _expression(cls, value: str | None) -> str | None:
+        if value is not None:
+            from flows.conditions import parse
+
+            parse(value)
+        return value
+
+
+def _default_metrics() -> dict[str, AnalysisMetric]:
+    return {
+        "error_rate": AnalysisMetric(
+            success_condition="result <= 0.01", failure_condition="result > 0.05", failure_limit=1, inconclusive_limit=3
+        ),
+        "latency_p99_ms": AnalysisMetric(
+            success_condition="challenger <= champion * 1.25 + 5",
+            failure_condition="challenger > champion * 2 + 50",
+            failure_limit=1,
+            inconclusive_limit=3,
+        ),
+        "prediction_distance": AnalysisMetric(
+            success_condition="result <= 0.2", failure_condition="result > 0.5", failure_limit=1, inconclusive_limit=3
+        ),
+        "quality": AnalysisMetric(
+            success_condition="result >= -0.01",
+            failure_condition="result < -0.05",
+            failure_limit=1,
+            inconclusive_limit=6,
+            min_samples=50,
+        ),
+    }
+
+
+METRIC_NAMES = ("error_rate", "latency_p99_ms", "prediction_distance", "quality")
+
+
+class ReleaseConfig(_Section):
+    """Shadow and canary releases and the analysis that promotes or rolls them back (``flows.release``)."""
+
+    shadow_share: float = Field(default=1.0, gt=0.0, le=1.0)
+    """Share of requests mirrored to a shadow challenger."""
+    steps: list[float] = Field(default_factory=lambda: [0.1, 0.25, 0.5])
+    """Canary shares, in order; the share moves one step every ``step_seconds``."""
+    step_seconds: float = Field(default=60.0, gt=0)
+    interval_seconds: float = Field(default=10.0, gt=0)
+    """Seconds between analysis measurements."""
+    count: int = Field(default=12, ge=1)
+    """Measurements after which a release that has not failed is promoted (or held when inconclusive)."""
+    on_inconclusive: Literal["hold", "promote", "abort"] = "hold"
+    """hold: keep the split and wait for `selfheal release promote|abort` (Argo pauses too)."""
+    quality_metric: str | None = None
+    """The metric on labels; None: the gate metric. ``brier`` suits a rare positive class."""
+    metrics: dict[str, AnalysisMetric] = Field(default_factory=_default_metrics)
+    """Metric name -> conditions; names left out keep their defaults."""
+
+    @field_validator("steps")
+    @classmethod
+    def _shares(cls, value: list[float]) -> list[float]:
+        if not value or any(not 0.0 < v <= 1.0 for v in value):
+            raise ValueError(f"expected a non-empty list of shares in (0, 1], got {value}")
+        return value
+
+    @model_validator(mode="after")
+    def _complete(self) -> ReleaseConfig:
+        unknown = sorted(set(self.metrics) - set(METRIC_NAMES))
+        if unknown:
+            raise ValueError(f"unknown analysis metric(s) {unknown}; have {list(METRIC_NAMES)}")
+        self.metrics = {**_default_metrics(), **self.metrics}
+        return self
+
+
 class SLAConfig(_Section):
     """Service levels the chaos suite holds recovery to."""
 
@@ -219,6 +327,8 @@ class SelfhealConfig(BaseSettings):
     """Monitor thresholds (see ``flows.detectors``); unset keys keep their defaults."""
     healing: HealingConfig = Field(default_factory=HealingConfig)
     slas: SLAConfig = Field(default_factory=SLAConfig)
+    promote: PromoteConfig = Field(default_factory=PromoteConfig)
+    release: ReleaseConfig = Field(default_factory=ReleaseConfig)
     source_path: str | None = Field(default=None, exclude=True)
 
     @classmethod

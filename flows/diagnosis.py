@@ -9,7 +9,7 @@ drop in quality right after a promotion is the deploy's fault, not drift's).
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any
@@ -39,6 +39,9 @@ class Context:
     healthy_since_promotion: bool = False
     """The champion had a labeled window at its baseline quality after it was promoted:
     a later drop is the world changing (drift), not the deploy."""
+    inputs_drifted: bool = False
+    """The inputs shifted: a drift signal, or a quality signal whose labeled predictions'
+    inputs the monitor found drifted (its ``inputs_drifted`` evidence). ``diagnose`` sets it."""
 
     @property
     def recently_promoted(self) -> bool:
@@ -70,6 +73,10 @@ def _when(*kinds: SignalKind) -> Callable[[set[SignalKind], Context], set[Signal
     return lambda present, ctx: present & wanted
 
 
+def _inputs_shifted(present: set[SignalKind], ctx: Context) -> bool:
+    return SignalKind.DATA_DRIFT in present or ctx.inputs_drifted
+
+
 def _after_promotion(present: set[SignalKind], ctx: Context) -> set[SignalKind]:
     symptoms = {
         SignalKind.PERFORMANCE_DROP,
@@ -77,7 +84,7 @@ def _after_promotion(present: set[SignalKind], ctx: Context) -> set[SignalKind]:
         SignalKind.BREAKER_OPEN,
         SignalKind.PREDICTION_DRIFT,
     }
-    if not ctx.recently_promoted or ctx.healthy_since_promotion or SignalKind.DATA_DRIFT in present:
+    if not ctx.recently_promoted or ctx.healthy_since_promotion or _inputs_shifted(present, ctx):
         return set()
     return present & symptoms
 
@@ -88,11 +95,11 @@ def _quality_issues(present: set[SignalKind], ctx: Context) -> set[SignalKind]:
 
 
 def _quality_without_input_shift(present: set[SignalKind], ctx: Context) -> set[SignalKind]:
-    if SignalKind.CONCEPT_DRIFT in present:
-        return present & {SignalKind.CONCEPT_DRIFT, SignalKind.PERFORMANCE_DROP}
-    if SignalKind.PERFORMANCE_DROP in present and SignalKind.DATA_DRIFT not in present:
-        return {SignalKind.PERFORMANCE_DROP}
-    return set()
+    # Concept drift is P(y|x) changing: errors rise while the inputs stay put. Errors that
+    # rise with shifted inputs are the covariate shift's symptom (the data-drift rule's).
+    if _inputs_shifted(present, ctx):
+        return set()
+    return present & {SignalKind.CONCEPT_DRIFT, SignalKind.PERFORMANCE_DROP}
 
 
 RULES: tuple[Rule, ...] = (
@@ -104,7 +111,13 @@ RULES: tuple[Rule, ...] = (
     (
         "input or output distributions shifted",
         Cause.DATA_DRIFT,
-        _when(SignalKind.DATA_DRIFT, SignalKind.PREDICTION_DRIFT, SignalKind.PERFORMANCE_DROP, SignalKind.DATA_QUALITY),
+        _when(
+            SignalKind.DATA_DRIFT,
+            SignalKind.PREDICTION_DRIFT,
+            SignalKind.PERFORMANCE_DROP,
+            SignalKind.CONCEPT_DRIFT,
+            SignalKind.DATA_QUALITY,
+        ),
     ),
     ("latency above its adaptive band", Cause.LATENCY, _when(SignalKind.LATENCY)),
     (
@@ -124,6 +137,8 @@ def diagnose(signals: Sequence[Signal], ctx: Context) -> list[Diagnosis]:
         [<Cause.DATA_DRIFT: 'data_drift'>]
     """
     actionable = [s for s in signals if s.severity.rank >= Severity.WARNING.rank]
+    if any(s.evidence.get("inputs_drifted") is True for s in actionable):
+        ctx = replace(ctx, inputs_drifted=True)
     remaining = {s.kind for s in actionable}
     found: dict[Cause, Diagnosis] = {}
     for rule, cause, match in RULES:

@@ -473,8 +473,8 @@ def make_context(cfg: SelfhealConfig, config_path: str | None) -> HealContext:
 
 
 def observe(ctx: HealContext, since: datetime, run_monitor: bool = True) -> Observation:
-    """One monitor pass plus the healer's probes."""
-    from flows.monitor import monitor_flow
+    """One monitor pass (plain calls, no flow run: see ``monitor_pass``) plus the healer's probes."""
+    from flows.monitor import monitor_pass
 
     cfg = ctx.cfg
     observation = Observation(started_at=datetime.now(UTC))
@@ -485,16 +485,7 @@ def observe(ctx: HealContext, since: datetime, run_monitor: bool = True) -> Obse
     observation.signals += probe_quarantine(ctx, since, now)
     if run_monitor and not upstream:
         try:
-            observation.signals += monitor_flow(
-                lake_root=cfg.lake.root,
-                thresholds=cfg.thresholds,
-                serving_url=cfg.serving.url,
-                model_name=cfg.model_name,
-                tracking_uri=cfg.tracking_uri,
-                ml_task=cfg.data.task,
-                target=cfg.data.target,
-                storage_options=cfg.lake.storage_options or None,
-            )
+            observation.signals += monitor_pass(cfg)
         except (RegistryUnavailable, OSError) as exc:
             logger.warning("monitor pass failed: %s", exc)
     return observation

@@ -28,7 +28,6 @@ from enum import StrEnum
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from checkpoints import Lake
 
@@ -189,13 +188,20 @@ class IncidentLog:
 
     def __init__(self, lake: Lake) -> None:
         self.lake = lake
+        self._read: tuple[int, list[Incident]] | None = None
 
     def incidents(self) -> list[Incident]:
-        """Every incident, oldest first."""
+        """Every incident, oldest first.
+
+        Read again only when the table has a new version: the healer asks several times
+        a tick, and parsing every transition's evidence grows with the log.
+        """
         if not self.lake.exists(INCIDENTS):
             return []
-        table = self.lake.read(INCIDENTS)
-        return self._group(table)
+        version = self.lake.version(INCIDENTS)
+        if self._read is None or self._read[0] != version:
+            self._read = (version, self._group(self.lake.read(INCIDENTS, version=version)))
+        return list(self._read[1])
 
     def _group(self, table: pa.Table) -> list[Incident]:
         rows = table.sort_by([("detected_at", "ascending"), ("incident_id", "ascending"), ("seq", "ascending")])
@@ -205,11 +211,7 @@ class IncidentLog:
         return [Incident(tuple(ts)) for ts in grouped.values()]
 
     def get(self, incident_id: str) -> Incident | None:
-        if not self.lake.exists(INCIDENTS):
-            return None
-        table = self.lake.read(INCIDENTS)
-        found = self._group(table.filter(pc.equal(table.column("incident_id"), incident_id)))
-        return found[0] if found else None
+        return next((i for i in self.incidents() if i.id == incident_id), None)
 
     def open_incidents(self) -> list[Incident]:
         return [i for i in self.incidents() if not i.state.closed]

@@ -59,13 +59,15 @@ class MonitorWindow:
         drift_start: start of the drift window (its own watermark).
         drift_rows: rows with ``drift_start < _ts <= end``, or None while fewer than ``min_window_rows``.
         labeled: feedback in ``(feedback watermark, end]`` joined with its predictions
-            (columns ``label``, ``_prediction``, ``_score``, ``_model_version``, ``ts``), oldest first.
+            (columns ``label``, ``_prediction``, ``_score``, ``_model_version``, ``ts`` and the
+            predictions' input features), oldest first.
         performance_start: start of the performance window (its own watermark).
         performance_rows: labeled rows in ``(performance_start, end]``, or None while fewer than ``min_labels``.
         serving: the ``/metrics`` scrape, if one was made and answered.
         serving_error: why the scrape failed (None: it answered, or no URL was given).
         last_commits: table -> time of its newest commit (None: never written), for freshness.
-        reference: the training distribution (silver), profiled; None if there is no silver yet.
+        reference: the training distribution (silver), profiled; None if there is no silver yet
+            (or nothing to compare with it this run).
         prediction_reference: the first predictions of the current model version, profiled.
         baseline_metrics: the champion's validation metrics by name.
         task: the model's task.
@@ -118,6 +120,20 @@ class _Collector:
         self.signals: list[Signal] = []
         self.rule = ConsecutiveWindows(dict(t.consecutive), 1, dict(state.streaks))
         self.history = SeriesHistory.from_dict(state.history, t.anomaly.history)
+        self.tested_drift: DriftReport | None = None
+        self._input_shift: dict[str, Any] | None = None
+
+    def input_shift(self) -> dict[str, Any]:
+        """Evidence for a quality verdict: did the inputs of the labeled predictions shift?
+
+        Concept drift is P(y|x) changing while the inputs stay put; a covariate shift also
+        makes errors rise, and its labels often arrive before a drift window has filled.
+        So a quality verdict carries the drift test of the very predictions it was judged
+        on (the labeled ones), or this run's drift window when that drifted. Computed once.
+        """
+        if self._input_shift is None:
+            self._input_shift = input_shift(self.w, self.t, self.tested_drift)
+        return self._input_shift
 
     def metric(
         self, name: str, value: float | None, labels: Mapping[str, Any] | None = None, start: datetime | None = None
@@ -191,6 +207,7 @@ def assess(window: MonitorWindow, state: MonitorState, thresholds: MonitorThresh
     _operations(c)
     _freshness(c)
     drift, prediction = _drift(c)
+    c.tested_drift = drift
     concept = _concept(c, state)
     _performance(c)
     c.metric("monitor.signals", float(len(c.signals)))
@@ -405,6 +422,33 @@ def _report_rows(c: _Collector, prefix: str, report: DriftReport, start: datetim
         c.metric(f"{prefix}.missing_share", f.missing_share_current, labels, start)
 
 
+def input_shift(window: MonitorWindow, t: MonitorThresholds, tested: DriftReport | None) -> dict[str, Any]:
+    """``inputs_drifted`` (and which features) for the predictions behind this run's labels.
+
+    ``tested`` is this run's drift-window report: when it drifted, the inputs shifted.
+    Otherwise the labeled predictions' own features are tested against the reference
+    (the performance window when it has enough labels, else the new labels).
+    """
+    if tested is not None and tested.drifted:
+        return {
+            "inputs_drifted": True,
+            "input_drifted_features": tested.drifted_features[:10],
+            "inputs_tested_on": "drift window",
+        }
+    rows = window.performance_rows if window.performance_rows is not None else window.labeled
+    if window.reference is None or rows is None:
+        return {"inputs_drifted": None, "inputs_tested_on": "nothing (no reference or no labeled inputs)"}
+    columns = [name for name in window.reference.columns if name in rows.column_names]
+    if not columns:
+        return {"inputs_drifted": None, "inputs_tested_on": "nothing (labeled rows carry no input features)"}
+    report = compare(window.reference, rows, t.drift, columns=columns)
+    return {
+        "inputs_drifted": report.drifted,
+        "input_drifted_features": report.drifted_features[:10],
+        "inputs_tested_on": f"{report.rows_current} labeled predictions",
+    }
+
+
 # -- labels -----------------------------------------------------------------------
 def _errors(labeled: pa.Table, task: Task) -> np.ndarray[Any, np.dtype[np.float64]]:
     y = np.asarray(labeled.column("label").to_numpy(zero_copy_only=False), dtype=np.float64)
@@ -454,6 +498,7 @@ def _concept(c: _Collector, state: MonitorState) -> dict[str, dict[str, Any]]:
                     "window_error": float(errors[mask].mean()),
                     "alarms": det.alarms,
                     "labels": int(mask.sum()),
+                    **(c.input_shift() if det.alarms > before else {}),
                 },
                 key=f"concept_drift:{version}",
             )
@@ -492,6 +537,7 @@ def _performance(c: _Collector) -> None:
             "worse_by": worst.worse_by,
             "standard_error": worst.standard_error,
             "labels": check.n,
+            **(c.input_shift() if check.dropped else {}),
         },
         start=w.performance_start,
     )

@@ -67,7 +67,7 @@ class PipelineResult:
     """The outcome of one pipeline run (also stored in its manifest's meta)."""
 
     outcome: str
-    """promoted | rejected | nothing-new | up-to-date"""
+    """promoted | released (shadow/canary) | rejected | nothing-new | up-to-date"""
     message: str
     bronze_version: int | None = None
     silver_version: int | None = None
@@ -386,9 +386,19 @@ def evaluate_task(cfg: SelfhealConfig, challenger: Challenger, silver_version: i
 
 @task(name="promote", cache_policy=NO_CACHE)
 def promote_task(cfg: SelfhealConfig, version: str) -> str | None:
-    """champion <- challenger, previous <- old champion. Returns the old champion's version."""
+    """champion <- challenger, previous <- old champion. Returns the old champion's version.
+
+    With ``promote.target`` shadow or canary (and a champion to compare with), the
+    version starts a release as challenger instead (``flows.release``); the champion stays.
+    """
     registry = Registry(cfg.tracking_uri, cfg.model_name)
     previous = registry.by_alias(PREVIOUS)
+    if cfg.promote.target != "direct" and registry.by_alias(CHAMPION) is not None:
+        from flows.release import start_release
+
+        state = start_release(cfg, version, cfg.promote.target, again=False)
+        _remember(release_started=state.release_id)
+        return state.champion
     old = registry.promote(version)
     _remember(old_champion=old.version if old else None, old_previous=previous.version if previous else None)
     return old.version if old else None
@@ -397,6 +407,13 @@ def promote_task(cfg: SelfhealConfig, version: str) -> str | None:
 @promote_task.on_rollback
 def _rollback_promotion(txn: Transaction) -> None:
     registry = Registry(txn.get("tracking_uri"), txn.get("model_name"))
+    if txn.get("release_started", None) is not None:
+        from flows.release import read_state, write_state
+
+        state = read_state(registry)
+        if state is not None and state.release_id == txn.get("release_started") and state.routing:
+            write_state(registry, state.evolve(status="aborted", share=0.0, detail="the pipeline run rolled back"))
+        return
     for alias, version in ((CHAMPION, txn.get("old_champion", None)), (PREVIOUS, txn.get("old_previous", None))):
         if version is not None:
             registry.set_alias(alias, version)
@@ -523,7 +540,11 @@ def _run_stages(
             txn.set("keep_bronze", True)
             txn.set("rejection", f"{decision.metric}={decision.challenger:.4f} < {decision.required:.4f}")
             decision.raise_if_rejected()
-        promote_task(cfg, challenger.version)
+        old = promote_task(cfg, challenger.version)
+        if cfg.promote.target != "direct" and old is not None:
+            result.outcome, result.champion = "released", old
+            result.message = f"v{challenger.version} passed the gate; {cfg.promote.target} release against v{old}"
+            return
         result.champion = challenger.version
         result.message = f"v{challenger.version} promoted: {decision.metric}={decision.challenger:.4f}" + (
             f" (champion had {decision.champion:.4f} on the same holdout)" if decision.champion is not None else ""

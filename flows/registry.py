@@ -145,6 +145,22 @@ class Registry:
             lambda: self.client.set_model_version_tag(self.model_name, version, key, value),
         )
 
+    def model_tag(self, key: str) -> str | None:
+        """A tag of the registered model itself (not of a version); None when unset or no such model."""
+
+        def get() -> str | None:
+            try:
+                return (self.client.get_registered_model(self.model_name).tags or {}).get(key)
+            except MlflowException as exc:
+                if getattr(exc, "error_code", "") == "RESOURCE_DOES_NOT_EXIST":
+                    return None
+                raise
+
+        return self._call(f"get model tag {key}", get)
+
+    def set_model_tag(self, key: str, value: str) -> None:
+        self._call(f"set model tag {key}", lambda: self.client.set_registered_model_tag(self.model_name, key, value))
+
     def delete_version(self, version: str) -> None:
         self._call(f"delete version {version}", lambda: self.client.delete_model_version(self.model_name, version))
 

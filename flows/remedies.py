@@ -31,6 +31,7 @@ from checkpoints.exceptions import RemedyFailed
 from flows.config import SelfhealConfig
 from flows.incidents import Incident
 from flows.registry import CHAMPION, LIGHT, PREVIOUS, Registry
+from flows.serving_metrics import http_client
 
 logger = logging.getLogger(__name__)
 
@@ -75,7 +76,7 @@ def _admin_headers() -> dict[str, str]:
 def server_ready(ctx: HealContext, timeout: float = 2.0) -> dict[str, Any] | None:
     """The server's /ready body when it is ready, else None."""
     try:
-        response = httpx.get(f"{ctx.serving_url}/ready", timeout=timeout)
+        response = http_client().get(f"{ctx.serving_url}/ready", timeout=timeout)
     except httpx.HTTPError:
         return None
     if response.status_code != 200:
@@ -87,7 +88,7 @@ def server_ready(ctx: HealContext, timeout: float = 2.0) -> dict[str, Any] | Non
 def server_reload(ctx: HealContext) -> bool:
     """Ask the server to reload its models now; False when it cannot be asked."""
     try:
-        response = httpx.post(f"{ctx.serving_url}/admin/reload", headers=_admin_headers(), timeout=30)
+        response = http_client().post(f"{ctx.serving_url}/admin/reload", headers=_admin_headers(), timeout=30)
     except httpx.HTTPError as exc:
         logger.warning("reload request to %s failed: %s", ctx.serving_url, exc)
         return False

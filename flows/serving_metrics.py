@@ -106,6 +106,22 @@ def parse_metrics(text: str) -> ServingSnapshot:
     return ServingSnapshot(counters, breaker_open)
 
 
+_CLIENT: httpx.Client | None = None
+
+
+def http_client() -> httpx.Client:
+    """One client for the healer's calls to the model server, made once per process.
+
+    ``httpx.get`` builds a client, and with it an SSL context (~70 ms of CA loading), on
+    every call; the healer makes several calls a second. No keep-alive: a pooled connection
+    to a worker that was just killed would fail the next probe and read as an outage.
+    """
+    global _CLIENT
+    if _CLIENT is None:
+        _CLIENT = httpx.Client(limits=httpx.Limits(max_keepalive_connections=0))
+    return _CLIENT
+
+
 def scrape(url: str, timeout: float = 2.0) -> ServingSnapshot:
     """GET ``<url>/metrics`` and parse it.
 
@@ -114,7 +130,7 @@ def scrape(url: str, timeout: float = 2.0) -> ServingSnapshot:
     """
     target = url.rstrip("/") + ("" if url.rstrip("/").endswith("/metrics") else "/metrics")
     try:
-        response = httpx.get(target, timeout=timeout)
+        response = http_client().get(target, timeout=timeout)
     except httpx.HTTPError as exc:
         raise ServingUnavailable(f"{target}: {type(exc).__name__}: {exc}") from exc
     if response.status_code != 200:

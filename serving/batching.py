@@ -29,6 +29,7 @@ from itertools import chain
 from typing import Any
 
 from serving.predictor import Outcome, Predictor
+from serving.release import Variant
 from serving.reload import ModelSet
 
 logger = logging.getLogger(__name__)
@@ -45,6 +46,8 @@ class PendingRequest:
         row_ids: the id of each row in the inference log.
         received_us: arrival time, microseconds since the epoch (UTC).
         started: arrival time on ``time.perf_counter``'s clock (latency).
+        variant: the release arm the request is routed to (a batch holds one arm only).
+        request_id: the request's id (what release routing hashes).
     """
 
     models: ModelSet
@@ -54,6 +57,8 @@ class PendingRequest:
     received_us: int = field(default_factory=lambda: time.time_ns() // 1000)
     started: float = field(default_factory=time.perf_counter)
     future: asyncio.Future[BatchAnswer] | None = None
+    variant: Variant = "champion"
+    request_id: str = ""
 
 
 @dataclass(frozen=True)
@@ -143,7 +148,7 @@ class MicroBatcher:
         batch, rows = [first], first.rows
         while self._queue:
             nxt = self._queue[0]
-            if nxt.models is not first.models or rows + nxt.rows > self.max_batch_rows:
+            if nxt.models is not first.models or nxt.variant != first.variant or rows + nxt.rows > self.max_batch_rows:
                 break
             batch.append(self._queue.popleft())
             rows += nxt.rows
@@ -156,7 +161,7 @@ class MicroBatcher:
             else:
                 names = batch[0].columns.keys()
                 columns = {name: list(chain.from_iterable(p.columns[name] for p in batch)) for name in names}
-            outcome = await self.predictor.predict(batch[0].models, columns)
+            outcome = await self.predictor.predict(batch[0].models, columns, batch[0].variant)
         except Exception as exc:
             for request in batch:
                 if request.future is not None and not request.future.done():

@@ -60,6 +60,7 @@ PREDICTION_FIELDS = [
     pa.field("_prediction", pa.float64()),
     pa.field("_score", pa.float64(), nullable=True),
     pa.field("_latency_ms", pa.float64()),
+    pa.field("_variant", pa.string(), nullable=True),
 ]
 FEEDBACK_SCHEMA = pa.schema(
     [pa.field("request_id", pa.string()), pa.field("label", pa.float64()), pa.field("ts", TIMESTAMP)]

@@ -98,6 +98,25 @@ class ServingMetrics:
             buckets=(-1e6, -1e3, -100, -10, -1, 0, 1, 10, 100, 1e3, 1e6),
             registry=r,
         )
+        self.release_rows = Counter(
+            "selfheal_release_rows",
+            "Rows answered during a release, by the arm they were routed to (champion|challenger)",
+            ["variant"],
+            registry=r,
+        )
+        self.shadow_rows = Counter(
+            "selfheal_shadow_rows",
+            "Rows mirrored to a shadow challenger, by outcome (predicted|failed|dropped)",
+            ["outcome"],
+            registry=r,
+        )
+        self.release_share = Gauge(
+            "selfheal_release_share",
+            "Share of requests a challenger answers (canary) or sees mirrored (shadow); per worker",
+            ["mode"],
+            multiprocess_mode="liveall",
+            registry=r,
+        )
         self.log_queue_rows = Gauge(
             "selfheal_log_queue_rows",
             "Inference/feedback rows waiting to be written",

@@ -6,6 +6,11 @@ fallback (``@previous``), or by the baseline as a last resort. While the
 breaker is open the primary is not called at all. Nothing here holds a lock
 while a model predicts (see ``serving.breaker``).
 
+A canary request routed to a release's challenger (``variant="challenger"``) is
+tried on the challenger first, behind a breaker of its own (its failures never
+open the champion's); when it fails, the champion's chain answers it as its
+fallback, and the outcome still says the request was the challenger's.
+
 Example:
     >>> predictor = Predictor(BreakerPolicy(fail_max=5, reset_seconds=10, timeout_seconds=1))
     >>> outcome = await predictor.predict(models, columns)
@@ -24,6 +29,7 @@ from typing import Any, Literal
 from checkpoints.exceptions import ServingUnavailable
 from serving.breaker import BreakerPolicy, ModelBreaker
 from serving.model import LoadedModel, Prediction
+from serving.release import Variant
 from serving.reload import ModelSet
 
 logger = logging.getLogger(__name__)
@@ -42,6 +48,8 @@ class Outcome:
     prediction: Prediction
     model_version: str
     served_by: ServedBy
+    variant: Variant = "champion"
+    """The release arm the batch was routed to (``served_by`` says whether that arm's own model answered)."""
 
 
 class Predictor:
@@ -56,15 +64,30 @@ class Predictor:
     ) -> None:
         self.policy = policy
         self.breaker = ModelBreaker(policy, on_state_change=on_breaker_change)
+        self.challenger_breaker = ModelBreaker(policy, name="challenger-model")
         self._on_model_error = on_model_error
         self._last_error_log = 0.0
 
-    async def predict(self, models: ModelSet, columns: dict[str, list[Any]]) -> Outcome:
-        """Answer one batch of validated columns.
+    async def predict(self, models: ModelSet, columns: dict[str, list[Any]], variant: Variant = "champion") -> Outcome:
+        """Answer one batch of validated columns (routed to the release's challenger when ``variant`` says so).
 
         Raises:
             ServingUnavailable: no model is loaded and there is no baseline.
         """
+        if variant == "challenger" and models.challenger is not None:
+            admission = self.challenger_breaker.admit()
+            if admission is not None:
+                try:
+                    prediction = await self._call(models.challenger, columns)
+                except Exception as exc:
+                    self.challenger_breaker.record(admission, exc)
+                    self._failed("challenger", models.challenger, exc)
+                else:
+                    self.challenger_breaker.record(admission, None)
+                    return Outcome(prediction, models.challenger.version, "primary", "challenger")
+            outcome = await self.predict(models, columns)
+            served_by: ServedBy = "fallback" if outcome.served_by == "primary" else outcome.served_by
+            return Outcome(outcome.prediction, outcome.model_version, served_by, "challenger")
         if models.primary is not None:
             admission = self.breaker.admit()
             if admission is not None:

@@ -153,6 +153,21 @@ class ModelRegistry:
                 return None
             raise
 
+    def model_tags(self) -> dict[str, str]:
+        """The registered model's own tags (the release state lives there); empty when the model does not exist."""
+
+        def call() -> dict[str, str]:
+            return dict(self._mlflow_client().get_registered_model(self.model_name).tags or {})
+
+        try:
+            return self._retrying("registered model tags", call)
+        except RegistryUnavailable:
+            raise
+        except Exception as exc:
+            if _is_not_found(exc):
+                return {}
+            raise
+
     def download(self, ref: ModelVersionRef, into: str) -> str:
         """Download the version's artifacts into the folder ``into`` and return the model's local path.
 

@@ -14,6 +14,10 @@ generation; the others see the bump within ``control_check_seconds``.
 A rollback pins the version that was ``@previous`` (or a named one) until a new
 champion is promoted in the registry or an admin reload clears the pin.
 
+The same poll reads the release state (``serving.release``): while a shadow or
+canary release routes traffic, the set also holds the challenger version (a
+rollback pin switches the release off on this server).
+
 Example:
     >>> watcher = ModelWatcher(registry, ControlFile(runtime_dir), WatchPolicy(poll_seconds=10))
     >>> watcher.refresh()            # initial load
@@ -36,6 +40,7 @@ from pathlib import Path
 from checkpoints.exceptions import RegistryUnavailable, SelfhealError
 from serving.model import Baseline, LoadedModel
 from serving.registry import ModelLoadFailed, ModelRegistry, ModelVersionRef
+from serving.release import RELEASE_TAG, ReleaseState
 from serving.schema import FeatureSchema
 
 logger = logging.getLogger(__name__)
@@ -104,6 +109,9 @@ class ModelSet:
     fallback: LoadedModel | None = None
     baseline: Baseline | None = None
     pin: Pin | None = None
+    challenger: LoadedModel | None = None
+    """The release's challenger, loaded only while the release routes traffic to it."""
+    release: ReleaseState | None = None
 
     @property
     def schema(self) -> FeatureSchema | None:
@@ -120,6 +128,13 @@ class ModelSet:
             self.primary.version if self.primary else None,
             self.fallback.version if self.fallback else None,
         )
+
+    @property
+    def routing(self) -> ReleaseState | None:
+        """The release whose challenger takes traffic now (None: the champion takes it all)."""
+        if self.challenger is None or self.release is None or not self.release.routing:
+            return None
+        return self.release
 
 
 @dataclass(frozen=True)
@@ -236,6 +251,7 @@ class ModelWatcher:
             current = self._models
             try:
                 champion, fallback_ref, pin = self._targets(control)
+                release = self._release(pin, champion)
             except RegistryUnavailable as exc:
                 self._report_error(str(exc))
                 if strict:
@@ -243,7 +259,7 @@ class ModelWatcher:
                 kept_primary, kept_fallback = current.versions()
                 return ReloadReport(kept_primary, kept_fallback, False, (str(exc),), current.pin, wanted=None)
             errors: list[str] = []
-            loaded = {m.version: m for m in (current.primary, current.fallback) if m is not None}
+            loaded = {m.version: m for m in (current.primary, current.fallback, current.challenger) if m is not None}
             primary, failed = self._get(champion, loaded, errors, force)
             if failed or primary is None:
                 primary = current.primary  # the old one keeps serving
@@ -257,16 +273,30 @@ class ModelWatcher:
                 baseline = self._baseline(primary) or baseline
             elif baseline is None and fallback is not None:
                 baseline = self._baseline(fallback)
-            new = ModelSet(primary, fallback, baseline, pin)
-            changed = new.versions() != current.versions() or new.pin != current.pin
+            challenger = None
+            if release is not None:
+                ref = ModelVersionRef(self.registry.model_name, release.challenger)
+                challenger, failed = self._get(ref, loaded, errors, force)
+                if failed:
+                    challenger = current.challenger if current.release == release else None
+            new = ModelSet(primary, fallback, baseline, pin, challenger, release if challenger else None)
+            changed = (
+                new.versions() != current.versions()
+                or new.pin != current.pin
+                or new.release != current.release
+                or new.challenger is not current.challenger
+            )
             if changed:
                 self._models = new
                 logger.info(
-                    "serving %s version %s (fallback %s%s)",
+                    "serving %s version %s (fallback %s%s%s)",
                     self.registry.model_name,
                     new.versions()[0],
                     new.versions()[1],
                     f", pinned by a rollback from {pin.champion_at_rollback}" if pin else "",
+                    f", {new.release.mode} challenger v{new.release.challenger} at {new.release.share:.0%}"
+                    if new.routing is not None and new.release is not None
+                    else "",
                 )
                 if self._on_swap is not None:
                     self._on_swap(current, new)
@@ -292,6 +322,17 @@ class ModelWatcher:
             return self.registry.by_version(pin.version), None, pin
         previous = self.registry.by_alias(self.policy.fallback_alias)
         return champion, previous, None
+
+    def _release(self, pin: Pin | None, champion: ModelVersionRef | None) -> ReleaseState | None:
+        """The release that routes traffic now, if any (never under a rollback pin, nor of the champion itself)."""
+        if pin is not None:
+            return None
+        state = ReleaseState.from_tag(self.registry.model_tags().get(RELEASE_TAG))
+        if state is None or not state.routing:
+            return None
+        if champion is not None and state.challenger == champion.version:
+            return None
+        return state
 
     def _get(
         self, ref: ModelVersionRef | None, loaded: dict[str, LoadedModel], errors: list[str], force: bool

@@ -1,4 +1,4 @@
-"""One worker's serving state: models, breaker, batcher, inference log, metrics.
+"""One worker's serving state: models, breaker, batcher, inference log, shadow mirror, metrics.
 
 Built in the app's lifespan, so each worker process (forked by gunicorn after
 the app was imported) builds its own threads, thread pools and registry client.
@@ -28,8 +28,10 @@ from serving.inference_log import (
     inference_schema,
 )
 from serving.metrics import ServingMetrics
+from serving.model import LoadedModel, Prediction
 from serving.predictor import Outcome, Predictor
 from serving.registry import ModelRegistry
+from serving.release import SHADOW_TABLE, ShadowItem, ShadowMirror, routes_to_challenger
 from serving.reload import ControlFile, ModelSet, ModelWatcher, WatchPolicy
 from serving.schema import FeatureSchema
 from serving.settings import ServerSettings
@@ -84,6 +86,7 @@ class ServingState:
                 metrics=m,
             )
         self.batcher: MicroBatcher | None = None
+        self.shadow = ShadowMirror(self._shadow_predicted)
         self._log_schemas: dict[tuple[tuple[str, str], ...], pa.Schema] = {}
 
     # -- lifecycle -----------------------------------------------------------------
@@ -99,6 +102,7 @@ class ServingState:
                 self.settings.model_name,
             )
         self.watcher.start()
+        self.shadow.start()
         if self.log is not None:
             self.log.start()
 
@@ -117,7 +121,9 @@ class ServingState:
         if self.batcher is not None:
             await self.batcher.close()
         self.watcher.stop()
-        for model in (self.watcher.models.primary, self.watcher.models.fallback):
+        self.shadow.stop()
+        models = self.watcher.models
+        for model in (models.primary, models.fallback, models.challenger):
             if model is not None:
                 model.close()
         if self.log is not None:
@@ -135,6 +141,12 @@ class ServingState:
             self.predictor.breaker.reset()  # a new primary starts with a clean record
         self.metrics.model_version.labels("primary").set(_version_number(primary))
         self.metrics.model_version.labels("fallback").set(_version_number(fallback))
+        release = new.routing
+        if new.challenger is not old.challenger:
+            self.predictor.challenger_breaker.reset()
+        for mode in ("shadow", "canary"):
+            share = release.share if release is not None and release.mode == mode else 0.0
+            self.metrics.release_share.labels(mode).set(share)
 
     def _answered(self, batch: list[PendingRequest], columns: dict[str, list[Any]], outcome: Outcome) -> None:
         rows = sum(p.rows for p in batch)
@@ -155,6 +167,11 @@ class ServingState:
             observe = m.prediction_value.observe
             for value in prediction.values.tolist():
                 observe(value)
+        release = batch[0].models.routing
+        if release is not None:
+            m.release_rows.labels(outcome.variant).inc(rows)
+            if release.mode == "shadow":
+                self._mirror(batch, release.share)
         if self.log is None:
             return
         schema = batch[0].models.schema
@@ -169,7 +186,38 @@ class ServingState:
         data["_prediction"] = prediction.values
         data["_score"] = prediction.scores
         data["_latency_ms"] = list(chain.from_iterable([(now - p.started) * 1000.0] * p.rows for p in batch))
+        data["_variant"] = [outcome.variant] * rows
         self.log.submit(LogBatch(INFERENCE_TABLE, self._log_schema(schema), data, rows))
+
+    def _mirror(self, batch: list[PendingRequest], share: float) -> None:
+        """Copy the sampled requests of a champion batch to the shadow challenger (never waits)."""
+        challenger = batch[0].models.challenger
+        if challenger is None:
+            return
+        for p in batch:
+            if routes_to_challenger(p.request_id, share):
+                item = ShadowItem(p.columns, p.rows, p.row_ids, [p.received_us] * p.rows)
+                if not self.shadow.offer(challenger, item):
+                    self.metrics.shadow_rows.labels("dropped").inc(p.rows)
+
+    def _shadow_predicted(
+        self, model: LoadedModel, items: list[ShadowItem], prediction: Prediction | None, elapsed_ms: float
+    ) -> None:
+        """The shadow thread's answer: into the ``shadow_log`` table, beside the champion's rows."""
+        rows = sum(i.rows for i in items)
+        self.metrics.shadow_rows.labels("predicted" if prediction is not None else "failed").inc(rows)
+        if self.log is None:
+            return
+        data: dict[str, Any] = {n: list(chain.from_iterable(i.columns[n] for i in items)) for n in model.schema.names}
+        data["_request_id"] = list(chain.from_iterable(i.row_ids for i in items))
+        data["_ts"] = list(chain.from_iterable(i.received_us for i in items))
+        data["_model_version"] = [model.version] * rows
+        data["_served_by"] = ["primary" if prediction is not None else "error"] * rows
+        data["_prediction"] = prediction.values if prediction is not None else None
+        data["_score"] = prediction.scores if prediction is not None else None
+        data["_latency_ms"] = [elapsed_ms] * rows
+        data["_variant"] = ["challenger"] * rows
+        self.log.submit(LogBatch(SHADOW_TABLE, self._log_schema(model.schema), data, rows))
 
     def _log_schema(self, schema: FeatureSchema) -> pa.Schema:
         cached = self._log_schemas.get(schema.key)

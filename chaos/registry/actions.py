@@ -28,6 +28,7 @@ __all__ = [
     "make_tracking_store_unreachable",
     "promote_bad_model",
     "restore_champion",
+    "restore_champion_before_fault",
     "restore_tracking_store",
 ]
 
@@ -42,9 +43,18 @@ _NOT_CLAIMED = frozenset({"selfheal.train_key", PROMOTED_AT_TAG})
 
 
 def _register_inverted(
-    client: Any, version: Any, model_name: str, champion: str, lake: Any, silver_table: str, target: str, seed: int
+    client: Any,
+    version: Any,
+    model_name: str,
+    champion: str,
+    lake: Any,
+    silver_table: str,
+    target: str,
+    seed: int,
+    flip: float = 1.0,
+    tag: str = "bad_model",
 ) -> Any:
-    """Fit the inverted model on silver and log it as a new version of the model (inside ``mlflow_uris``)."""
+    """Fit a model on silver with ``flip`` of its labels inverted; log it as a new version (inside ``mlflow_uris``)."""
     import mlflow
     from mlflow.models import get_model_info
 
@@ -55,15 +65,15 @@ def _register_inverted(
         raise ActivityFailed(f"{model_name} v{champion} has no signature to copy")
     features = list(signature.inputs.input_names())
     frame = lake.read(silver_table, columns=[*features, target]).to_pandas().dropna(subset=[target])
-    model = _fit_inverted(frame, features, target, seed)
+    model = _fit_inverted(frame, features, target, seed, flip)
     run = client.get_run(version.run_id) if version.run_id else None
-    with mlflow.start_run(experiment_id=run.info.experiment_id if run else None, run_name="chaos-bad-model"):
+    with mlflow.start_run(experiment_id=run.info.experiment_id if run else None, run_name=f"chaos-{tag}"):
         mlflow.log_metrics(dict(run.data.metrics) if run else {})
-        mlflow.set_tag(BAD_MODEL_TAG, "bad_model")
+        mlflow.set_tag(BAD_MODEL_TAG, tag)
         return log_sklearn_model(model, frame[features].head(5), registered_model_name=model_name)
 
 
-def _fit_inverted(frame: Any, features: list[str], target: str, seed: int) -> Any:
+def _fit_inverted(frame: Any, features: list[str], target: str, seed: int, flip: float = 1.0) -> Any:
     from sklearn.compose import ColumnTransformer
     from sklearn.ensemble import HistGradientBoostingClassifier
     from sklearn.pipeline import Pipeline
@@ -74,7 +84,14 @@ def _fit_inverted(frame: Any, features: list[str], target: str, seed: int) -> An
     encoder = OrdinalEncoder(handle_unknown="use_encoded_value", unknown_value=-1, encoded_missing_value=-1)
     prepare = ColumnTransformer([("text", encoder, text), ("numbers", "passthrough", numbers)])
     model = Pipeline([("prepare", prepare), ("model", HistGradientBoostingClassifier(max_iter=30, random_state=seed))])
-    labels = 1 - frame[target].astype("int64")
+    labels = frame[target].astype("int64")
+    if flip >= 1.0:
+        labels = 1 - labels
+    else:  # label noise: a random ``flip`` of the rows learn the wrong answer
+        import numpy as np
+
+        chosen = np.random.default_rng(seed).random(len(labels)) < flip
+        labels = labels.where(~chosen, 1 - labels)
     return model.fit(frame[features], labels)
 
 
@@ -172,6 +189,46 @@ def restore_champion(
     if server_url:
         outcome["server_reloaded"] = _notify(server_url)
     ledger.record(configuration, "restore", fault="restore_champion", detail=outcome)
+    return outcome
+
+
+def restore_champion_before_fault(
+    tracking_uri: str,
+    model_name: str,
+    server_url: str | None = None,
+    configuration: Configuration | None = None,
+) -> dict[str, Any]:
+    """Give @champion back to the version that was champion when this run's fault was injected.
+
+    For faults whose rollback puts the old world back (a drifted stream restored): a model
+    the healer trained for the fault's world is wrong for it again. The version promoted
+    last before the fault (``selfheal.promoted_at``) is the one; the current champion
+    becomes ``previous``. Nothing changes when it still is the champion.
+    """
+    fault_at = ledger.last_event(configuration, "fault")
+    if fault_at is None:
+        return {"restored": False, "detail": "no fault was injected in this run"}
+    client = _store.client(tracking_uri)
+    promoted = []
+    for mv in client.search_model_versions(f"name='{model_name}'"):
+        stamp = (mv.tags or {}).get(PROMOTED_AT_TAG)
+        if stamp and datetime.fromisoformat(stamp).timestamp() <= fault_at:
+            promoted.append((datetime.fromisoformat(stamp).timestamp(), str(mv.version)))
+    champion = _store.alias_version(client, model_name, "champion")
+    if not promoted:
+        outcome: dict[str, Any] = {"restored": False, "detail": "no version was promoted before the fault"}
+    elif max(promoted)[1] == champion:
+        outcome = {"restored": False, "detail": f"v{champion} was champion before the fault and still is"}
+    else:
+        before = max(promoted)[1]
+        client.set_registered_model_alias(model_name, "champion", before)
+        client.set_model_version_tag(model_name, before, PROMOTED_AT_TAG, datetime.now(UTC).isoformat())
+        if champion:
+            client.set_registered_model_alias(model_name, "previous", champion)
+        outcome = {"restored": True, "detail": f"champion v{champion} -> v{before} (champion before the fault)"}
+    if server_url:
+        outcome["server_reloaded"] = _notify(server_url)
+    ledger.record(configuration, "restore", fault="restore_champion_before_fault", detail=outcome)
     return outcome
 
 

@@ -6,6 +6,10 @@ this is the hot path). Each answer says which version answered and who
 (``primary``, ``fallback`` or ``baseline``), and carries a request id (the
 ``X-Request-ID`` header when the client sent a usable one). Rows of a list get
 ids ``<request id>:<index>``: those are the ids ``POST /feedback`` takes.
+
+While a canary release routes traffic, the request id decides (by hash, see
+``serving.release``) whether the challenger answers; ``variant`` in the answer
+says which arm the request was routed to (``champion`` or ``challenger``).
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from fastapi import APIRouter, HTTPException, Request, Response
 
 from checkpoints.exceptions import ServingUnavailable
 from serving.batching import PendingRequest
+from serving.release import Variant, routes_to_challenger
 from serving.routers.deps import State
 from serving.schema import RequestInvalid
 
@@ -61,6 +66,7 @@ RESPONSES: dict[int | str, dict[str, Any]] = {
                     "request_id": "5f0c...",
                     "model_version": "7",
                     "served_by": "primary",
+                    "variant": "champion",
                     "predictions": [1],
                     "scores": [0.93],
                     "ids": ["5f0c..."],
@@ -144,7 +150,13 @@ async def predict(request: Request, state: State) -> Response:
         raise HTTPException(422, exc.errors) from None
     request_id = _request_id(request)
     row_ids = [request_id] if single else [f"{request_id}:{i}" for i in range(rows)]
-    pending = PendingRequest(models, columns, rows, row_ids, received_us=received_us, started=started)
+    release = models.routing
+    variant: Variant = "champion"
+    if release is not None and release.mode == "canary" and routes_to_challenger(request_id, release.share):
+        variant = "challenger"
+    pending = PendingRequest(
+        models, columns, rows, row_ids, received_us=received_us, started=started, variant=variant, request_id=request_id
+    )
     try:
         answer = await state.batcher.submit(pending)
     except ServingUnavailable as exc:
@@ -156,6 +168,7 @@ async def predict(request: Request, state: State) -> Response:
             "request_id": request_id,
             "model_version": outcome.model_version,
             "served_by": outcome.served_by,
+            "variant": outcome.variant,
             "predictions": answer.labels(),
             "scores": answer.scores(),
             "ids": row_ids,

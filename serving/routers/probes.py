@@ -7,6 +7,7 @@ from typing import Any
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 
+from serving.reload import ModelSet
 from serving.routers.deps import State
 
 router = APIRouter(tags=["probes"])
@@ -31,6 +32,7 @@ async def ready(state: State) -> JSONResponse:
         if models.baseline is None
         else {"version": models.baseline.version, "source": models.baseline.source},
         "pinned": None if models.pin is None else models.pin.__dict__,
+        "release": _release(models),
         "breaker": state.predictor.breaker.state,
         "last_reload_error": state.watcher.last_error,
         "log_queue_rows": state.log.pending_rows if state.log is not None else None,
@@ -42,6 +44,14 @@ async def ready(state: State) -> JSONResponse:
             f"in the registry ({state.settings.tracking_uri or 'default tracking URI'})"
         )
     return JSONResponse(body, status_code=200 if models.ready else 503)
+
+
+def _release(models: ModelSet) -> dict[str, Any] | None:
+    """The release this worker routes now (None: the champion answers everything)."""
+    release = models.routing
+    if release is None:
+        return None
+    return {"mode": release.mode, "challenger": release.challenger, "share": release.share, "id": release.release_id}
 
 
 @router.get("/metrics", summary="Prometheus metrics (all workers)")

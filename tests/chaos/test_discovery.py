@@ -37,6 +37,7 @@ EXPECTED = {
         "make_tracking_store_unreachable",
         "promote_bad_model",
         "restore_champion",
+        "restore_champion_before_fault",
         "restore_tracking_store",
     ],
     "chaos.registry.probes": [
@@ -47,6 +48,8 @@ EXPECTED = {
     "chaos.pipeline.actions": ["kill_pipeline_run", "run_pipeline_if_behind"],
     "chaos.pipeline.probes": ["seconds_until_pipeline_caught_up"],
     "chaos.incidents.probes": ["open_incidents", "seconds_until_incident_resolved"],
+    "chaos.release.actions": ["end_release", "release_worse_model"],
+    "chaos.release.probes": ["release_state", "seconds_until_release_rolled_back"],
 }
 ACTIVITIES = [(module, name) for module, names in EXPECTED.items() for name in names]
 

@@ -31,6 +31,7 @@ LOCAL_NAMES = [
     "pipeline-kill-mid-stage",
     "registry-bad-model",
     "registry-tracking-store-unreachable",
+    "release-canary-worse",
     "serving-kill-server",
     "serving-kill-worker",
 ]

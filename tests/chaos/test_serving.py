@@ -170,3 +170,17 @@ def test_availability_counts_the_window_after_the_fault(tmp_path: Path, config: 
 def test_availability_without_traffic_fails(tmp_path: Path) -> None:
     with pytest.raises(ActivityFailed, match="only 0 requests"):
         probes.availability(str(tmp_path / "none.jsonl"), window_seconds=0.1, settle_seconds=0)
+
+
+def test_a_client_that_fell_behind_skips_its_missed_slots(tmp_path: Path) -> None:
+    """A slow second must not be followed by a burst: that would turn one refused second into several."""
+    load = Workload("http://127.0.0.1:9", None, TrafficLog(tmp_path / "t.jsonl"), rate=100.0, threads=1)  # type: ignore[arg-type]
+    ticks = load._ticks()
+    next(ticks)
+    time.sleep(0.5)  # 50 slots missed while one request hung
+    started, sent = time.monotonic(), 0
+    while time.monotonic() - started < 0.2:
+        next(ticks)
+        sent += 1
+    load.stop.set()
+    assert sent <= 25  # 20 at the rate, plus the one slot of slack; not 70

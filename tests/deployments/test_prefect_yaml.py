@@ -52,6 +52,7 @@ def test_each_flow_has_one_deployment_per_work_pool() -> None:
         "flows/monitor.py:monitor_flow",
         "flows/healer.py:healer_flow",
         "flows/chaos_suite.py:chaos_suite_flow",
+        "flows/release.py:release_analysis_flow",
     }
     for pool in ("local", "k8s"):
         found = sorted(e["entrypoint"] for e in ENTRIES if e["work_pool"]["name"] == pool and e["name"] == pool)
@@ -72,6 +73,9 @@ def test_how_each_deployment_starts(pool: str) -> None:
     chaos = _entry("flows/chaos_suite.py:chaos_suite_flow", pool)
     assert chaos["schedules"][0]["cron"] == "0 3 * * 1"  # Monday 03:00
     assert chaos["schedules"][0]["timezone"] == "{{ chaos_timezone.stdout }}"
+    release = _entry("flows/release.py:release_analysis_flow", pool)
+    assert "schedules" not in release
+    assert [t["expect"] for t in release["triggers"]] == [["selfheal.release.started"]]
 
 
 # -- against a real server -------------------------------------------------------------------

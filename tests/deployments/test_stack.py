@@ -160,4 +160,4 @@ def test_schedules_and_triggers_read_as_one_line() -> None:
 def test_up_deploys_the_local_pool_only() -> None:
     entries = local_deployments()
     assert {e["work_pool"]["name"] for e in entries} == {"local"}
-    assert len(entries) == 4
+    assert len(entries) == 5  # pipeline, monitor, healer, chaos suite, release analysis

@@ -55,6 +55,23 @@ def test_diagnosis_rules_in_order() -> None:
     assert [d.cause for d in diagnose([_signal(SignalKind.DATA_QUALITY)], ctx)] == [Cause.DATA_QUALITY]
 
 
+def test_errors_rising_on_shifted_inputs_are_data_drift_not_concept_drift() -> None:
+    """Concept drift is P(y|x) changing: the labels disagree while the inputs stay put."""
+    ctx = Context(now=datetime.now(UTC))
+    for kind in (SignalKind.CONCEPT_DRIFT, SignalKind.PERFORMANCE_DROP):
+        unchanged = _signal(kind, inputs_drifted=False, input_drifted_features=[])
+        assert [d.cause for d in diagnose([unchanged], ctx)] == [Cause.CONCEPT_DRIFT]
+        shifted = _signal(kind, inputs_drifted=True, input_drifted_features=["amount"])
+        assert [d.cause for d in diagnose([shifted], ctx)] == [Cause.DATA_DRIFT]
+        # One incident for one fault: the CUSUM alarm and the drift window agree on the cause.
+        both = diagnose([_signal(kind), _signal(SignalKind.DATA_DRIFT)], ctx)
+        assert [(d.cause, len(d.signals)) for d in both] == [(Cause.DATA_DRIFT, 2)]
+    # Shifted inputs are not a bad deploy either, even right after a promotion.
+    just_promoted = Context(now=ctx.now, promoted_at=ctx.now - timedelta(minutes=1))
+    shifted = _signal(SignalKind.PERFORMANCE_DROP, inputs_drifted=True)
+    assert [d.cause for d in diagnose([shifted], just_promoted)] == [Cause.DATA_DRIFT]
+
+
 # -- a champion to heal ------------------------------------------------------------------------
 @pytest.fixture
 def system(tmp_path: Path, prefect_harness: None) -> dict[str, Any]:

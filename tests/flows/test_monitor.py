@@ -16,6 +16,7 @@ import pytest
 
 from checkpoints import Lake
 from flows.detectors import MonitorThresholds
+from flows.diagnosis import Cause, Context, diagnose
 from flows.monitor import Champion, baseline_metrics, champion_context, monitor_flow, read_window
 from flows.monitor_state import MonitorState, commit_run, load_state
 from flows.monitor_window import MonitorWindow, assess
@@ -94,6 +95,29 @@ def test_concept_drift_raises_concept_and_performance_signals(silver_lake: Lake)
     assert "data_drift" not in kinds(signals)  # the features did not move
     concept = next(s for s in signals if s.kind == SignalKind.CONCEPT_DRIFT)
     assert concept.evidence["window_error"] > 0.2 > concept.evidence["baseline_error"]
+
+
+@pytest.mark.parametrize(
+    ("shift", "concept", "cause"), [(1.0, False, Cause.DATA_DRIFT), (0.0, True, Cause.CONCEPT_DRIFT)]
+)
+def test_a_quality_drop_is_concept_drift_only_when_its_inputs_did_not_shift(
+    silver_lake: Lake, shift: float, concept: bool, cause: Cause
+) -> None:
+    """Labels can arrive before a drift window fills: the quality signal tests its own predictions' inputs."""
+    rng = np.random.default_rng(8)
+    t = MonitorThresholds.from_mapping({"min_window_rows": 100_000, "concept": {"warmup": 500}})
+    _batch(silver_lake, rng, 2, "b0")
+    assert run_once(silver_lake, 2, t) == []
+    start = T0 + timedelta(minutes=4) - timedelta(seconds=100)
+    preds = write_predictions(silver_lake, rng, 1000, start, prefix="b1-", shift=shift)
+    # Under either fault the labels disagree with the model far more than before.
+    write_feedback(silver_lake, preds, start + timedelta(seconds=65), concept=concept, flip=0.3)
+    signals = run_once(silver_lake, 4, t)
+    assert "data_drift" not in kinds(signals)  # no drift window was full
+    drop = next(s for s in signals if s.kind == SignalKind.PERFORMANCE_DROP)
+    assert drop.evidence["inputs_drifted"] is (shift > 0)
+    assert ("amount" in drop.evidence["input_drifted_features"]) is (shift > 0)
+    assert [d.cause for d in diagnose(signals, Context(now=T0 + timedelta(minutes=4)))] == [cause]
 
 
 def test_prediction_reference_is_written_once_then_compared(silver_lake: Lake) -> None:
@@ -353,6 +377,22 @@ def test_monitor_flow_runs_end_to_end(silver_lake: Lake) -> None:
     )
     assert "data_drift" in kinds(signals)
     assert all(isinstance(s, Signal) for s in signals)
+    assert load_state(silver_lake).seq == 2
+
+
+@pytest.mark.usefixtures("prefect_harness")  # its signal events go to the session's server
+def test_the_healers_monitor_pass_commits_like_the_flow(silver_lake: Lake) -> None:
+    """No flow run: the same window read, signals and committed state as ``monitor_flow``."""
+    from flows.config import SelfhealConfig
+    from flows.monitor import monitor_pass
+
+    cfg = SelfhealConfig(lake={"root": str(silver_lake.root)}, data={"target": "is_fraud"})
+    cfg.model_name = ""  # no registry: no champion baseline
+    rng = np.random.default_rng(8)
+    _batch(silver_lake, rng, 2, "b0")
+    assert monitor_pass(cfg, now=T0 + timedelta(minutes=2)) == []
+    _batch(silver_lake, rng, 4, "b1", shift=1.0)
+    assert "data_drift" in kinds(monitor_pass(cfg, now=T0 + timedelta(minutes=4)))
     assert load_state(silver_lake).seq == 2
 
 

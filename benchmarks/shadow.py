@@ -1,0 +1,157 @@
+"""Shadow mirroring's cost to the champion: p99 with and without a shadow challenger, same server, same load.
+
+Registers the serving benchmark's model twice (champion and challenger: 100-tree
+histogram gradient boosting behind one-hot encoding), starts one ``python -m
+serving`` (inference log on) and drives it with ``wrk`` (one single-record body,
+16 connections by default). Runs alternate between *no release* and a *shadow
+release* mirroring ``--share`` of the requests (1.0: every request) to the
+challenger; the release is switched by writing the registered model's
+``selfheal.release`` tag, exactly as ``selfheal release start --mode shadow``
+does, and each run starts once every worker reports it.
+
+Usage::
+
+    .venv/bin/python benchmarks/shadow.py [--rounds 3] [--duration 15] [--share 1.0]
+
+Prints the champion's p50/p99 and throughput in both states and the p99 ratio
+(target: <= 1.10), plus how many mirrored rows the challenger predicted or dropped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import httpx
+import numpy as np
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+if sys.path and Path(sys.path[0] or ".").resolve() == Path(__file__).resolve().parent:
+    sys.path[0] = str(REPO_ROOT)  # run as a script: import the packages, not benchmarks/ siblings
+
+
+def _serving_benchmark() -> ModuleType:
+    """benchmarks/serving.py (its model, server start-up and wrk driver), loaded by path."""
+    spec = importlib.util.spec_from_file_location("bench_serving", Path(__file__).parent / "serving.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def set_release(tracking_uri: str, model: str, challenger: str | None, share: float) -> None:
+    """Start (challenger given) or end a shadow release by writing the release tag."""
+    from mlflow import MlflowClient
+
+    from serving.release import RELEASE_TAG, ReleaseState
+
+    client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+    champion = str(client.get_model_version_by_alias(model, "champion").version)
+    state = ReleaseState(
+        release_id=f"bench-{uuid.uuid4().hex[:6]}",
+        mode="shadow",
+        challenger=challenger or "0",
+        champion=champion,
+        share=share if challenger else 0.0,
+        status="running" if challenger else "aborted",
+    )
+    client.set_registered_model_tag(model, RELEASE_TAG, state.to_tag())
+
+
+def wait_release(base: str, shadow: bool, workers: int, timeout: float = 60.0) -> None:
+    """Until ``workers * 3`` fresh connections in a row all see (or all do not see) the release."""
+    deadline = time.monotonic() + timeout
+    seen = 0
+    with httpx.Client(timeout=5, limits=httpx.Limits(max_keepalive_connections=0)) as client:
+        while time.monotonic() < deadline and seen < workers * 3:
+            release = client.get(f"{base}/ready").json().get("release")
+            seen = seen + 1 if (release is not None) == shadow else 0
+            time.sleep(0.05)
+    if seen < workers * 3:
+        raise SystemExit(f"the workers did not {'start' if shadow else 'stop'} mirroring within {timeout:g}s")
+
+
+def shadow_counts(base: str) -> dict[str, float]:
+    counts: dict[str, float] = {}
+    for line in httpx.get(f"{base}/metrics", timeout=10).text.splitlines():
+        if line.startswith("selfheal_shadow_rows_total{"):
+            outcome = line.split('outcome="', 1)[1].split('"', 1)[0]
+            counts[outcome] = counts.get(outcome, 0.0) + float(line.rsplit(" ", 1)[1])
+    return counts
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--workers", type=int, default=2, help="server worker processes (default 2)")
+    parser.add_argument("--duration", type=int, default=15, help="seconds per measured run (default 15)")
+    parser.add_argument("--warmup", type=int, default=3, help="seconds of warm-up before each run (default 3)")
+    parser.add_argument("--rounds", type=int, default=3, help="alternating runs per state (median reported)")
+    parser.add_argument("--connections", type=int, default=16)
+    parser.add_argument("--threads", type=int, default=2, help="wrk threads (default 2)")
+    parser.add_argument("--share", type=float, default=1.0, help="share of requests mirrored (default 1.0)")
+    args = parser.parse_args()
+
+    bench = _serving_benchmark()
+    os.environ.setdefault("DO_NOT_TRACK", "1")
+    os.environ.setdefault("MLFLOW_ENABLE_TELEMETRY", "false")
+    wrk = bench.ensure_wrk()
+    workdir = Path(tempfile.mkdtemp(prefix="selfheal-bench-shadow-"))
+    tracking_uri = f"sqlite:///{workdir / 'mlflow.db'}"
+    print(f"scratch folder {workdir}; {os.cpu_count()} CPUs (load average {os.getloadavg()[0]:.1f})")
+    champion = bench.register_model(tracking_uri, workdir)
+    challenger = str(int(champion) - 1)  # the benchmark's @previous: same shape, another seed
+    record = json.loads(bench.make_data(rows=50, seed=9)[0].iloc[[7]].to_json(orient="records"))
+    body = json.dumps({"dataframe_records": record})
+    script = workdir / "post.lua"
+    script.write_text(
+        f'wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\nwrk.body = {json.dumps(body)}\n'
+    )
+    env = {**os.environ, "SELFHEAL_POLL_SECONDS": "1"}
+    proc, url = bench.start_selfheal(workdir, env, tracking_uri, args.workers)
+    base = url.removesuffix("/predict")
+    runs: dict[str, list[Any]] = {"none": [], "shadow": []}
+    try:
+        for round_ in range(args.rounds):
+            print(f"round {round_ + 1}/{args.rounds}", flush=True)
+            order = ["none", "shadow"] if round_ % 2 == 0 else ["shadow", "none"]
+            for state in order:
+                set_release(tracking_uri, bench.MODEL, challenger if state == "shadow" else None, args.share)
+                wait_release(base, state == "shadow", args.workers)
+                result = bench.measure(
+                    wrk, url, script, state, args.connections, args.duration, args.warmup, args.threads
+                )
+                runs[state].append(result)
+        mirrored = shadow_counts(base)
+    finally:
+        bench.stop(proc)
+
+    none, shadow = bench.median_result(runs["none"]), bench.median_result(runs["shadow"])
+    ratio = shadow.p99_ms / none.p99_ms
+    print()
+    print(f"median of {args.rounds} rounds of {args.duration}s, wrk -t{args.threads} -c{args.connections}, "
+          f"{args.workers} workers, shadow share {args.share:g}")  # fmt: skip
+    for name, r in (("no shadow", none), ("shadow", shadow)):
+        print(f"  {name:<10} {r.rps:>8.0f} req/s  p50 {r.p50_ms:7.2f} ms  p99 {r.p99_ms:7.2f} ms  "
+              f"(non-2xx {r.non_2xx}, socket errors {r.socket_errors})")  # fmt: skip
+    print(f"  mirrored rows: {json.dumps({k: int(v) for k, v in sorted(mirrored.items())})}")
+    p99s = {k: [float(r.p99_ms) for r in v] for k, v in runs.items()}
+    print(f"  p99 per round: {json.dumps({k: [round(x, 2) for x in v] for k, v in p99s.items()})}")
+    print(f"  p99 ratio shadow / none: {ratio:.3f} (spread of rounds: {np.ptp(p99s['none']):.2f} ms without)")
+    print(f"target champion p99 with shadow <= 1.10 x without: {'MET' if ratio <= 1.10 else 'MISSED'} ({ratio:.3f})")
+    shutil.rmtree(workdir, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

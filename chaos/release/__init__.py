@@ -1,0 +1,1 @@
+"""Release faults: a subtly worse model promoted through a canary; the analysis rolls it back."""

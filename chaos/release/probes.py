@@ -1,0 +1,62 @@
+"""Release probes: the state of the release on the registered model, and the time until it was rolled back."""
+
+# No ``from __future__ import annotations``: discovery reads these annotations at run time.
+
+from typing import Any
+
+from chaoslib.types import Configuration
+
+from chaos import ledger
+from chaos._polling import Check, poll_until
+from chaos.registry import _store
+
+__all__ = ["release_state", "seconds_until_release_rolled_back"]
+
+
+def release_state(tracking_uri: str, model_name: str) -> dict[str, Any]:
+    """The release state the server routes by (the registered model's ``selfheal.release`` tag); {} when none."""
+    from dataclasses import asdict
+
+    from serving.release import RELEASE_TAG, ReleaseState
+
+    tags = _store.client(tracking_uri).get_registered_model(model_name).tags or {}
+    state = ReleaseState.from_tag(tags.get(RELEASE_TAG))
+    return asdict(state) if state is not None else {}
+
+
+def seconds_until_release_rolled_back(
+    tracking_uri: str,
+    model_name: str,
+    max_share: float = 0.5,
+    timeout: float = 60.0,
+    interval: float = 0.5,
+    configuration: Configuration | None = None,
+) -> float:
+    """Poll until the release of the worse model is rolled back (not promoted); return the seconds from the fault.
+
+    Fails at once when the worse model was promoted, or when it was ever given more
+    than ``max_share`` of the traffic.
+    """
+    faults = [e for e in ledger.current_run(configuration) if e.fault == "release_worse_model"]
+    worse = faults[-1].detail["worse"] if faults else None
+
+    def look() -> Check:
+        state = release_state(tracking_uri, model_name)
+        if worse is None:
+            running = state.get("status") in ("running", "inconclusive")
+            return Check(not running, f"release {state.get('status', 'none')}")
+        if state.get("challenger") != worse:
+            return Check(False, f"the release is of v{state.get('challenger')}, not the worse v{worse}")
+        if state["max_share"] > max_share and state["status"] != "promoted":
+            return Check(False, f"v{worse} was given {state['max_share']:.0%} > {max_share:.0%}", fatal=True)
+        if state["status"] == "promoted":
+            return Check(False, f"the worse v{worse} was promoted: {state['detail']}", fatal=True)
+        return Check(state["status"] == "rolled_back", f"release {state['status']}: {state['detail']}")
+
+    return poll_until(
+        look,
+        timeout=timeout,
+        what=f"the canary of the worse {model_name} rolled back",
+        started_at=ledger.clock_start(configuration, "fault"),
+        interval=interval,
+    )

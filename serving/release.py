@@ -1,0 +1,237 @@
+"""Progressive delivery on the server: a challenger beside the champion, in shadow or canary.
+
+The release state is one small JSON document, the registered model's
+``selfheal.release`` tag, written by the release analysis (``flows.release``) and
+read by every worker on its registry poll (and at once after an admin reload).
+The registry is the right home for it: it is already the one place every worker
+polls for what to serve, it is reachable from every pod when the server scales
+out (a file under the selfheal home is not), and moving the aliases and the
+routing in the same store keeps them from disagreeing for longer than a poll.
+The analysis' measurements go to the lake (``release_analysis``), not here: a
+tag holds a few kilobytes at most.
+
+Routing is a pure function of the request id (``routes_to_challenger``): the same
+id always lands on the same side, the share of ids sent to the challenger is the
+configured share up to sampling noise, and anyone can recompute which requests
+the challenger could have seen.
+
+- **canary**: ``share`` of the requests are answered by the challenger (its own
+  breaker; when it fails, the champion answers the same request);
+- **shadow**: only the champion answers; ``share`` of the requests are copied to
+  a bounded queue that one background thread predicts with the challenger. A
+  full queue drops the copy; the champion's answer never waits for it.
+
+Example:
+    >>> state = ReleaseState.from_tag(tags.get(RELEASE_TAG))
+    >>> if state is not None and state.routing:
+    ...     routes_to_challenger(request_id, state.share)
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import queue
+import threading
+import time
+import zlib
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, replace
+from itertools import chain
+from typing import TYPE_CHECKING, Any, Literal
+
+if TYPE_CHECKING:
+    from serving.model import LoadedModel, Prediction
+
+logger = logging.getLogger(__name__)
+
+#: Registered-model tag holding the release state (JSON).
+RELEASE_TAG = "selfheal.release"
+#: Model-version tag set on a challenger when its release ends (``promoted`` or ``rolled_back``).
+OUTCOME_TAG = "selfheal.release.outcome"
+SHADOW_TABLE = "shadow_log"
+
+Mode = Literal["shadow", "canary"]
+Variant = Literal["champion", "challenger"]
+#: ``running``: the challenger gets traffic; ``inconclusive``: held at its share until a person decides.
+ROUTING_STATUSES = frozenset({"running", "inconclusive"})
+_BUCKETS = 10_000
+
+
+def routes_to_challenger(request_id: str, share: float) -> bool:
+    """Whether the request with this id goes to the challenger at ``share`` (deterministic, in [0, 1]).
+
+    A list request's rows (``<id>:<i>``) follow their request id.
+    """
+    if share <= 0.0:
+        return False
+    if share >= 1.0:
+        return True
+    return zlib.crc32(request_id.encode()) % _BUCKETS < share * _BUCKETS
+
+
+@dataclass(frozen=True)
+class ReleaseState:
+    """Where a release is (the ``selfheal.release`` tag).
+
+    Attributes:
+        release_id: unique per release (the analysis keys its measurements with it).
+        mode: ``shadow`` or ``canary``.
+        challenger: the version on trial.
+        champion: the champion when the release started.
+        share: the share of requests the challenger sees now (canary: answers; shadow: mirrored).
+        step: index of the current canary step.
+        status: running | inconclusive | promoted | rolled_back | aborted | superseded.
+        started_at: epoch seconds.
+        step_started_at: epoch seconds when the current share took effect.
+        updated_at: epoch seconds of the last change.
+        max_share: the largest share the challenger was ever given in this release.
+        measurements: how many analysis measurements were taken.
+        counts: per metric, [successful, failed, inconclusive] measurements.
+        detail: the last verdict in words.
+    """
+
+    release_id: str
+    mode: Mode
+    challenger: str
+    champion: str | None
+    share: float
+    step: int = 0
+    status: str = "running"
+    started_at: float = field(default_factory=time.time)
+    step_started_at: float = field(default_factory=time.time)
+    updated_at: float = field(default_factory=time.time)
+    max_share: float = 0.0
+    measurements: int = 0
+    counts: dict[str, list[int]] = field(default_factory=dict)
+    detail: str = ""
+
+    @property
+    def routing(self) -> bool:
+        """Whether the challenger gets traffic in this state."""
+        return self.status in ROUTING_STATUSES and self.share > 0.0
+
+    def to_tag(self) -> str:
+        return json.dumps(asdict(self), separators=(",", ":"), sort_keys=True)
+
+    @classmethod
+    def from_tag(cls, text: str | None) -> ReleaseState | None:
+        """The state in a tag value; None when unset or unreadable (a bad tag never stops serving)."""
+        if not text:
+            return None
+        try:
+            data = json.loads(text)
+            return cls(**data)
+        except (ValueError, TypeError) as exc:
+            logger.warning("ignoring unreadable %s tag: %s", RELEASE_TAG, exc)
+            return None
+
+    def evolve(self, **changes: Any) -> ReleaseState:
+        """A copy with ``changes`` and a fresh ``updated_at``."""
+        return replace(self, updated_at=time.time(), **changes)
+
+
+@dataclass(frozen=True)
+class ShadowItem:
+    """Rows a champion batch answered, to be predicted by the challenger off the request path."""
+
+    columns: dict[str, list[Any]]
+    rows: int
+    row_ids: list[str]
+    received_us: list[int]
+
+
+ShadowHook = Callable[["LoadedModel", list[ShadowItem], "Prediction | None", float], None]
+
+
+class ShadowMirror:
+    """One background thread predicting mirrored rows with the challenger (see the module docstring).
+
+    ``offer`` never blocks: when ``max_items`` copies are already waiting, the copy is
+    dropped and counted. The thread takes everything waiting (up to ``max_rows``) as one
+    model call, so under load the challenger costs one call per batch, not per request;
+    it runs at the lowest CPU priority so the champion's threads go first.
+
+    Example:
+        >>> mirror = ShadowMirror(on_predicted=log_rows)
+        >>> mirror.start()
+        >>> mirror.offer(challenger, ShadowItem(columns, 1, ["id"], [ts]))   # from the request path
+    """
+
+    def __init__(self, on_predicted: ShadowHook, *, max_items: int = 256, max_rows: int = 512) -> None:
+        self._on_predicted = on_predicted
+        self._queue: queue.Queue[tuple[LoadedModel, ShadowItem] | None] = queue.Queue(maxsize=max_items)
+        self.max_rows = max_rows
+        self.dropped = 0
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="shadow-mirror", daemon=True)
+        self._thread.start()
+
+    def offer(self, model: LoadedModel, item: ShadowItem) -> bool:
+        """Queue a copy for the challenger; False (dropped) when the queue is full."""
+        try:
+            self._queue.put_nowait((model, item))
+        except queue.Full:
+            self.dropped += item.rows
+            return False
+        return True
+
+    def stop(self, timeout: float = 5.0) -> None:
+        try:
+            self._queue.put_nowait(None)
+        except queue.Full:
+            pass
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def _run(self) -> None:
+        _lowest_priority()
+        while True:
+            first = self._queue.get()
+            if first is None:
+                return
+            model, items = first[0], [first[1]]
+            rows = first[1].rows
+            while rows < self.max_rows:
+                try:
+                    nxt = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if nxt is None:
+                    self._predict(model, items)
+                    return
+                if nxt[0] is not model:  # the challenger changed: finish the old one's batch first
+                    self._predict(model, items)
+                    model, items, rows = nxt[0], [], 0
+                items.append(nxt[1])
+                rows += nxt[1].rows
+            self._predict(model, items)
+
+    def _predict(self, model: LoadedModel, items: list[ShadowItem]) -> None:
+        if not items:
+            return
+        names = items[0].columns.keys()
+        columns = {n: list(chain.from_iterable(i.columns[n] for i in items)) for n in names}
+        started = time.perf_counter()
+        prediction: Prediction | None
+        try:
+            prediction = model.predict(columns)
+        except Exception as exc:  # noqa: BLE001 - a failing challenger is a measurement, not a crash
+            logger.debug("shadow challenger v%s failed: %s", model.version, exc)
+            prediction = None
+        elapsed_ms = (time.perf_counter() - started) * 1000.0
+        try:
+            self._on_predicted(model, items, prediction, elapsed_ms)
+        except Exception:
+            logger.exception("recording shadow predictions failed")
+
+
+def _lowest_priority() -> None:
+    """Nice this thread to 19 (Linux schedules threads separately); elsewhere, leave it."""
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
+    except (AttributeError, OSError):
+        pass
