@@ -15,23 +15,10 @@ from chaoslib.exceptions import ActivityFailed
 from chaos import ledger
 from chaos.incidents import probes
 from checkpoints import Lake
+from flows import incidents
 
-#: The contract (seq is optional: the healer's log has it, the contract does not require it).
-SCHEMA = pa.schema(
-    [
-        ("incident_id", pa.string()),
-        ("cause", pa.string()),
-        ("state", pa.string()),
-        ("ts", pa.timestamp("us", tz="UTC")),
-        ("detected_at", pa.timestamp("us", tz="UTC")),
-        ("remedy", pa.string()),
-        ("attempt", pa.int64()),
-        ("actor", pa.string()),
-        ("evidence", pa.string()),
-        ("detail", pa.string()),
-        ("mttr_seconds", pa.float64()),
-    ]
-)
+#: The contract: the healer's schema without ``seq`` (the log has it, the probe must not need it).
+SCHEMA = pa.schema([f for f in incidents.SCHEMA if f.name != "seq"])
 
 
 def _row(lake: Lake, incident: str, cause: str, state: str, detected: float, at: float | None = None) -> None:
