@@ -22,6 +22,8 @@ from typing import Any
 import httpx
 import pytest
 
+from tests import _serving_env
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 MODEL = "fraud-detector"
 TARGET = "is_fraud"
@@ -178,25 +180,10 @@ class LiveServer:
 
 
 def server_env(store: FraudStore, tmp_path: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SELFHEAL_")}
-    env.update(
-        {
-            "PYTHONPATH": str(REPO_ROOT),
-            "SELFHEAL_TRACKING_URI": store.tracking_uri,
-            "SELFHEAL_MODEL_NAME": MODEL,
-            "SELFHEAL_LAKE_ROOT": str(tmp_path / "serving-lake"),
-            "SELFHEAL_DEAD_LETTER_DIR": str(tmp_path / "dead-letter"),
-            "SELFHEAL_RUNTIME_DIR": str(tmp_path / "run"),
-            "SELFHEAL_ADMIN_TOKEN": ADMIN_TOKEN,
-            "SELFHEAL_POLL_SECONDS": "1",
-            "SELFHEAL_CONTROL_CHECK_SECONDS": "0.2",
-            "SELFHEAL_LOG_FLUSH_SECONDS": "0.5",
-            # MLflow 3.17 resolves models:/ downloads with the process-wide registry URI, whatever
-            # the server passes (mlflow/store/artifact/models_artifact_repo.py); see the report.
-            "MLFLOW_TRACKING_URI": store.tracking_uri,
-            "MLFLOW_REGISTRY_URI": store.tracking_uri,
-        }
-    )
+    env = _serving_env.server_env(store.tracking_uri, MODEL, ADMIN_TOKEN, tmp_path / "serving-lake", tmp_path)
+    # MLflow 3.17 resolves models:/ downloads with the process-wide registry URI, whatever
+    # the server passes (mlflow/store/artifact/models_artifact_repo.py); see the report.
+    env.update({"MLFLOW_TRACKING_URI": store.tracking_uri, "MLFLOW_REGISTRY_URI": store.tracking_uri})
     return env
 
 

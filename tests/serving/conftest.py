@@ -34,6 +34,8 @@ import orjson
 import pandas as pd
 import pytest
 
+from tests import _serving_env
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 #: One client for probes, with a new connection per request (so requests reach any worker) and
 #: without the CA-bundle loading that every ``httpx.get()`` pays.
@@ -218,25 +220,8 @@ class LiveServer:
 
 
 def server_env(store: ModelStore, tmp_path: Path, **overrides: Any) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SELFHEAL_")}
-    env.update(
-        {
-            "DO_NOT_TRACK": "1",
-            "MLFLOW_ENABLE_TELEMETRY": "false",
-            "PYTHONPATH": str(REPO_ROOT),
-            "SELFHEAL_TRACKING_URI": store.tracking_uri,
-            "SELFHEAL_MODEL_NAME": MODEL,
-            "SELFHEAL_LAKE_ROOT": str(tmp_path / "lake"),
-            "SELFHEAL_DEAD_LETTER_DIR": str(tmp_path / "dead-letter"),
-            "SELFHEAL_RUNTIME_DIR": str(tmp_path / "run"),
-            "SELFHEAL_ADMIN_TOKEN": ADMIN_TOKEN,
-            "SELFHEAL_POLL_SECONDS": "1",
-            "SELFHEAL_CONTROL_CHECK_SECONDS": "0.2",
-            "SELFHEAL_LOG_FLUSH_SECONDS": "0.5",
-        }
-    )
-    env.update({f"SELFHEAL_{k.upper()}": str(v) for k, v in overrides.items()})
-    return {k: v for k, v in env.items() if v != "None"}
+    lake_root = overrides.pop("lake_root", tmp_path / "lake")  # None: no lake
+    return _serving_env.server_env(store.tracking_uri, MODEL, ADMIN_TOKEN, lake_root, tmp_path, **overrides)
 
 
 def start_server(
