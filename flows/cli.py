@@ -29,13 +29,33 @@ SQLite, MLflow on SQLite, the Delta lake in a local folder (see selfheal.yaml).
 """
 
 
+#: Modules of the commands that run Prefect flows in this process.
+_RUNS_FLOWS = {
+    "flows.demo",
+    "flows.pipeline_cli",
+    "flows.healer_cli",
+    "flows.monitor",
+    "flows.release_cli",
+    "flows.chaos_suite",
+}
+
+
 def _handler(target: str) -> Handler:
-    """A handler that imports ``module:function`` only when the command runs."""
+    """A handler that imports ``module:function`` only when the command runs.
+
+    Commands that run flows get selfheal's in-process Prefect settings
+    (``flows.prefect_runs``); the others do not pay for importing Prefect.
+    """
 
     def run(args: argparse.Namespace) -> int | None:
         module, _, func = target.partition(":")
-        result: int | None = getattr(importlib.import_module(module), func)(args)
-        return result
+        handler = getattr(importlib.import_module(module), func)
+        if module not in _RUNS_FLOWS:
+            return handler(args)  # type: ignore[no-any-return]
+        from flows.prefect_runs import in_process_runs
+
+        with in_process_runs():
+            return handler(args)  # type: ignore[no-any-return]
 
     return run
 
