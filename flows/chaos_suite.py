@@ -148,6 +148,9 @@ class SuiteResult:
     results: list[ExperimentResult] = field(default_factory=list)
     report_markdown: str | None = None
     report_html: str | None = None
+    acknowledged: list[str] = field(default_factory=list)
+    """Escalated incidents the suite took over between experiments (as on-call would), so one
+    experiment's escalation does not hold back the next one's incidents of the same cause."""
 
     @property
     def missed(self) -> list[str]:
@@ -456,6 +459,9 @@ def render_markdown(result: SuiteResult) -> str:
         if r.failures:
             lines += ["", f"## {r.name}: {r.verdict}", "", f"{r.title}", ""]
             lines += [f"- {failure}" for failure in r.failures]
+    if result.acknowledged:
+        lines += ["", "## Escalations acknowledged by the suite between experiments", ""]
+        lines += [f"- {line}" for line in result.acknowledged]
     return "\n".join(lines) + "\n"
 
 
@@ -473,6 +479,9 @@ def render_html(result: SuiteResult) -> str:
         if r.failures:
             items = "".join(f"<li>{esc(f)}</li>" for f in r.failures)
             details.append(f"<h2>{esc(r.name)}: {esc(r.verdict)}</h2><p>{esc(r.title)}</p><ul>{items}</ul>")
+    if result.acknowledged:
+        items = "".join(f"<li>{esc(line)}</li>" for line in result.acknowledged)
+        details.append(f"<h2>Escalations acknowledged by the suite between experiments</h2><ul>{items}</ul>")
     return (
         "<!doctype html><html><head><meta charset='utf-8'>"
         f"<title>Chaos suite {esc(result.run_id)}</title>"
@@ -591,6 +600,8 @@ def run_suite(cfg: SelfhealConfig, names: Sequence[str] = (), sandbox_root: str 
                 continue
             if result.results:
                 _settle(Sandbox(Path(root)), env, log, incidents=cfg.healing.enabled)
+                last = result.results[-1].name
+                result.acknowledged += _acknowledge_escalations(env["SELFHEAL_CHAOS_LAKE"], last, log)
             journal = experiment_task(str(path), root)
             journals[path.stem] = journal
             outcome = summarize(path.stem, journal, slas, measure(journal, env))
@@ -629,6 +640,20 @@ def _settle(box: Any, env: Mapping[str, str], log: Any, incidents: bool, timeout
             return
         time.sleep(1.0)
     log.warning("still not settled after %.0fs (%s); going on", timeout, busy)
+
+
+def _acknowledge_escalations(lake_root: str, after: str, log: Any) -> list[str]:
+    """Acknowledge the sandbox's escalated incidents (the experiment that escalated is judged already)."""
+    from flows.incidents import IncidentLog, State
+
+    incidents = IncidentLog(Lake(lake_root))
+    taken = []
+    for incident in incidents.incidents():
+        if incident.state == State.ESCALATED and not incident.acknowledged:
+            incidents.acknowledge(incident, "the chaos suite", f"between experiments, after {after}")
+            taken.append(f"{incident.id} ({incident.cause}), escalated during or after {after}")
+            log.warning("acknowledged escalated incident %s (%s) after %s", incident.id, incident.cause, after)
+    return taken
 
 
 def _logger() -> Any:

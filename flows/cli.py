@@ -230,6 +230,19 @@ def build_parser() -> argparse.ArgumentParser:
     inc.add_argument(
         "--json", nargs="?", const="-", default=None, metavar="PATH", help="write JSON (to stdout without PATH)"
     )
+    inc_sub = inc.add_subparsers(title="incident commands", metavar="COMMAND")
+    ack = _add(
+        inc_sub,
+        "ack",
+        "flows.healer_cli:cli_ack",
+        "acknowledge an ESCALATED incident: you have it now",
+        "Record that a person has taken an escalated incident over. It stays ESCALATED;\n"
+        "its cause stops waiting out healing.escalation_hold_seconds, so the next fault of\n"
+        "that cause opens a new incident (and is healed) at once.",
+    )
+    ack.add_argument("incident", help="the incident id (see `selfheal incidents`)")
+    ack.add_argument("--by", default=None, help="who takes it (default: $USER)")
+    ack.add_argument("--note", default="", help="a line for the record, e.g. what you will do")
 
     up = _add(
         sub,

@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 from checkpoints import Lake
-from checkpoints.exceptions import RemedyFailed
+from checkpoints.exceptions import RemedyFailed, SelfhealError
 from flows.config import load_config
 from flows.healer import HealerLoop
 from flows.incidents import INCIDENTS, IncidentLog, summarize, to_report
@@ -71,4 +71,19 @@ def cli_incidents(args: argparse.Namespace) -> int:
             f"{s.cause:<16} {s.count:>5} {s.resolved:>8} {s.escalated:>9} "
             f"{_fmt_seconds(s.median_mttr):>12} {_fmt_seconds(s.max_mttr):>10}"
         )
+    return 0
+
+
+def cli_ack(args: argparse.Namespace) -> int:
+    """``selfheal incidents ack ID [--by NAME] [--note TEXT]``."""
+    cfg = load_config()
+    log = IncidentLog(Lake(cfg.lake.root, cfg.lake.storage_options or None))
+    incident = log.get(args.incident)
+    if incident is None:
+        raise SelfhealError(f"no incident {args.incident!r} (see `selfheal incidents`)")
+    try:
+        done = log.acknowledge(incident, args.by or os.environ.get("USER") or "someone", args.note)
+    except ValueError as exc:
+        raise SelfhealError(str(exc)) from exc
+    print(f"{incident.id} ({incident.cause}): " + (done.last.detail if done else "already acknowledged"))
     return 0

@@ -168,6 +168,11 @@ class Incident:
         return tried
 
     @property
+    def acknowledged(self) -> bool:
+        """A person (or the chaos suite, between experiments) has taken this escalation over."""
+        return any(t.evidence.get("acknowledged") for t in self.transitions if t.state == State.ESCALATED)
+
+    @property
     def failed_remedies(self) -> list[str]:
         """Remedies whose verification failed (or which could not be applied)."""
         return [
@@ -269,6 +274,20 @@ class IncidentLog:
         if not self._append(row):
             return None
         return Incident((*incident.transitions, row))
+
+    def acknowledge(self, incident: Incident, by: str, note: str = "") -> Incident | None:
+        """Record that ``by`` has taken an escalated incident over.
+
+        The incident stays ESCALATED (its record is unchanged); its cause no longer
+        waits out ``healing.escalation_hold_seconds``, so the next fault of that
+        cause opens a new incident at once. None when it was acknowledged already.
+        """
+        if incident.state != State.ESCALATED:
+            raise ValueError(f"{incident.id} is {incident.state.value}: only an ESCALATED incident is acknowledged")
+        if incident.acknowledged:
+            return None
+        detail = f"acknowledged by {by}" + (f": {note}" if note else "")
+        return self.advance(incident, State.ESCALATED, evidence={"acknowledged": True, "by": by}, detail=detail)
 
     def _append(self, row: Transition) -> bool:
         table = pa.Table.from_pylist([row.to_row()], schema=SCHEMA)

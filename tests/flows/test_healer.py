@@ -88,6 +88,16 @@ def _healer(config: Path) -> Healer:
     return Healer(ctx, IncidentLog(ctx.lake))
 
 
+def _tick_on_quarantine(healer: Healer, since: datetime, ticks: int = 3) -> None:
+    """A few healer ticks, each observing what the quarantine probe saw since the last."""
+    from flows.healer import probe_quarantine
+
+    for _ in range(ticks):
+        now = datetime.now(UTC)
+        healer.tick(Observation(now, probe_quarantine(healer.ctx, since, now)))
+        since = now
+
+
 def _rewrite(system: dict[str, Any], **overrides: Any) -> Path:
     return write_config(system["tmp"], "binary", system["target"], **overrides)
 
@@ -103,7 +113,7 @@ def test_healing_disabled_keeps_faults_open(system: dict[str, Any]) -> None:
     assert not any(t.state == State.HEALING for t in incidents[0].transitions)
 
 
-def test_failed_verification_moves_on_then_escalates(system: dict[str, Any]) -> None:
+def test_failed_verification_moves_on_then_escalates(system: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
     config = _rewrite(
         system,
         healing={"policy": {"data_drift": ["hold_fallback", "rollback"]}, "verify_timeout_seconds": 0.5},
@@ -124,6 +134,21 @@ def test_failed_verification_moves_on_then_escalates(system: dict[str, Any]) -> 
     # The safest state is kept: the champion did not move; the drift opens no new incident (no loop).
     assert healer.ctx.registry.by_alias(CHAMPION) == champion
     assert len(healer.log.incidents()) == 1
+
+    # Once someone acknowledges the escalation, the cause is healed again at once.
+    from flows.cli import main
+
+    monkeypatch.setenv("SELFHEAL_CONFIG", str(config))
+    assert main(["incidents", "ack", "inc-nope"]) == 1
+    assert main(["incidents", "ack", incident.id, "--by", "on-call", "--note", "checking the feed"]) == 0
+    assert main(["incidents", "ack", incident.id]) == 0  # already acknowledged: said, not an error
+    (acknowledged,) = healer.log.incidents()
+    assert acknowledged.state == State.ESCALATED and acknowledged.acknowledged
+    assert acknowledged.last.detail == "acknowledged by on-call: checking the feed"
+    healer.tick(_observe(drift))
+    assert len(healer.log.incidents()) == 2 and healer.log.open_for("data_drift") is not None
+    with pytest.raises(ValueError, match="only an ESCALATED incident"):
+        healer.log.acknowledge(healer.log.open_for("data_drift"), "on-call")  # type: ignore[arg-type]
 
 
 def test_budget_exhausted_defers_retrain_and_records_it(system: dict[str, Any]) -> None:
@@ -159,16 +184,56 @@ def test_quarantined_batch_backfilled_from_fallback_and_verified(system: dict[st
     before = datetime.now(UTC)
     assert pipeline_flow(str(config)).landing.quarantined  # the real pipeline quarantines it
     healer = _healer(config)
-    from flows.healer import probe_quarantine
-
-    for _ in range(3):
-        now = datetime.now(UTC)
-        healer.tick(Observation(now, probe_quarantine(healer.ctx, before, now)))
-        before = now
+    _tick_on_quarantine(healer, since=before)
     (incident,) = healer.log.incidents()
     assert incident.cause == "data_quality" and incident.state == State.RESOLVED, incident.last.detail
     assert incident.remedies_tried == ["quarantine_backfill"] and incident.mttr_seconds is not None
     assert healer.ctx.lake.read("bronze").num_rows == len(frame)
+
+
+def test_batch_with_nulls_imputed_from_last_good_values_keeps_the_distribution(system: dict[str, Any]) -> None:
+    import numpy as np
+    from scipy.stats import ks_2samp
+
+    tmp, frame = system["tmp"], system["frame"]
+    holey = frame.iloc[380:].copy()
+    hit = np.random.default_rng(5).random(len(holey)) < 0.6
+    holey.loc[hit, "mean_radius"] = np.nan
+    write_batches(holey, tmp / "landing", parts=1, start=2)
+    config = _rewrite(system, healing={"policy": {"data_quality": ["impute"]}})
+    before = datetime.now(UTC)
+    assert pipeline_flow(str(config)).landing.quarantined  # 60% nulls > max_null_fraction
+    healer = _healer(config)
+    _tick_on_quarantine(healer, since=before)
+    (incident,) = healer.log.incidents()
+    assert incident.state == State.RESOLVED and incident.remedies_tried == ["impute"], incident.last.detail
+
+    bronze = healer.ctx.lake.read("bronze").to_pandas()
+    assert len(bronze) == len(frame)  # nothing lost: every row of the batch landed
+    imputed = bronze[bronze["_source_file"].str.contains("quarantine")]
+    assert len(imputed) == len(holey) and imputed["mean_radius"].notna().all()
+    filled = imputed["mean_radius"].to_numpy()[hit]
+    last_good = frame.iloc[:380]["mean_radius"].to_numpy()
+    assert set(filled) <= set(last_good)  # drawn from observed values, nothing invented
+    # The filled values follow the last-good distribution; a median fill would be one value.
+    assert ks_2samp(filled, last_good).pvalue > 0.01
+    assert len(set(filled)) > 0.5 * len(filled)
+
+
+def test_imputation_draws_are_seeded_per_file() -> None:
+    import numpy as np
+    import pandas as pd
+
+    from flows.imputation import _seed, fill_missing
+
+    frame = pd.DataFrame({"x": [1.0, np.nan, np.inf, np.nan, 5.0], "c": ["a", None, "b", "a", None]})
+    donors = {"x": np.arange(100.0), "c": np.array(["a", "b", "c"], dtype=object)}
+    once, again = (fill_missing(frame, donors, _seed("/q/abc/batch.parquet")) for _ in range(2))
+    pd.testing.assert_frame_equal(once, again)  # a retried repair lands the same rows
+    assert once.notna().all().all() and np.isfinite(once["x"]).all()
+    assert once.loc[[0, 4], "x"].tolist() == [1.0, 5.0]  # present values are kept
+    other = fill_missing(frame, donors, _seed("/q/def/batch.parquet"))
+    assert not other.equals(once)
 
 
 def test_a_live_healer_holds_its_incident(system: dict[str, Any]) -> None:
