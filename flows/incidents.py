@@ -72,6 +72,11 @@ def actor() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
+def new_incident_id(now: datetime | None = None) -> str:
+    """A fresh incident id: time of detection plus a random suffix."""
+    return f"inc-{now or datetime.now(UTC):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:6]}"
+
+
 @dataclass(frozen=True)
 class Transition:
     """One row of the log."""
@@ -227,11 +232,17 @@ class IncidentLog:
                 return incident
         return None
 
-    def open(self, cause: str, evidence: dict[str, Any], detected_at: datetime | None = None) -> Incident:
-        """Start an incident (DETECTED)."""
+    def open(
+        self,
+        cause: str,
+        evidence: dict[str, Any],
+        detected_at: datetime | None = None,
+        incident_id: str | None = None,
+    ) -> Incident:
+        """Start an incident (DETECTED); ``incident_id`` from ``new_incident_id()`` when it was claimed first."""
         now = datetime.now(UTC)
         first = Transition(
-            incident_id=f"inc-{now:%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:6]}",
+            incident_id=incident_id or new_incident_id(now),
             seq=0,
             cause=cause,
             state=State.DETECTED,

@@ -42,7 +42,7 @@ from prefect.cache_policies import NO_CACHE
 from checkpoints import Lake
 from checkpoints.exceptions import ReleaseError
 from flows.config import SelfhealConfig, load_config
-from flows.incidents import IncidentLog, State
+from flows.incidents import IncidentLog, State, new_incident_id
 from flows.registry import CHALLENGER, CHAMPION, Registry
 from flows.release_analysis import Measurement, judge, measure, read_arms, tally
 from serving.release import OUTCOME_TAG, RELEASE_TAG, Mode, ReleaseState
@@ -362,8 +362,11 @@ def _record_incident(
         "failed": failed,
     }
     log = IncidentLog(lake)
-    incident = log.open(BAD_RELEASE, evidence, detected_at=detected_at)
-    claim(lake, incident.id, datetime.now(UTC))  # the healer has no remedy for this cause: keep it off
+    # Hold the incident before anyone can see it: a healer ticking between the two would take
+    # it, find no remedy for this cause and escalate it while the rollback is being verified.
+    incident_id = new_incident_id()
+    claim(lake, incident_id, datetime.now(UTC))
+    incident = log.open(BAD_RELEASE, evidence, detected_at=detected_at, incident_id=incident_id)
     step = log.advance(incident, State.DIAGNOSED, evidence=evidence, detail="release analysis failed")
     step = step and log.advance(
         step, State.HEALING, remedy="release_rollback", attempt=1, evidence={"plan": {"to": state.champion}}, detail=""

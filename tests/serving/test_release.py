@@ -10,6 +10,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ import yaml
 
 from checkpoints import Lake
 from flows.config import load_config
+from flows.healer import LEASE_SECONDS, LEASES
 from flows.incidents import IncidentLog, State
 from flows.registry import Registry
 from flows.release import BAD_RELEASE, read_state, release_analysis_flow, start_release
@@ -254,6 +256,10 @@ def test_a_worse_canary_is_rolled_back_and_never_saw_more_than_its_share(
     assert len(incidents) == 1 and incidents[0].state == State.RESOLVED
     assert incidents[0].mttr_seconds is not None and incidents[0].mttr_seconds > 0
     assert incidents[0].evidence["release_id"] == state.release_id
+    # The release held the incident before its first row was written, so no healer could take it.
+    leases = Lake(cfg.lake.root).read(LEASES).to_pylist()
+    (lease,) = [r for r in leases if r["incident_id"] == incidents[0].id]
+    assert lease["expires_at"] - timedelta(seconds=LEASE_SECONDS) <= incidents[0].transitions[0].ts
     failed = {m["metric"] for m in incidents[0].evidence["failed"]}
     # The metric the fault worsens failed; on a 2-s sample another may fail with it (CI saw
     # quality fail beside latency once), which still rolls back the same way.
