@@ -68,9 +68,6 @@ def test_chaos_toolkit_cli_runs_an_experiment_on_its_own(project: Path, tmp_path
     assert not _proc.alive(killed["master"])
 
 
-# Not in the default run: on 2026-11-27 it met every local SLA in 2 of 3 runs; the third
-# missed both drift experiments (a false data_drift after data-corrupt-nulls escalated and
-# its escalation hold kept the drift incidents from opening). Issue 7 stays open for it.
 @pytest.mark.suite
 @pytest.mark.timeout(2400)
 def test_whole_suite_with_healing_meets_every_local_sla(
