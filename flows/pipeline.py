@@ -173,14 +173,27 @@ def list_landing_task(path: str, fmt: str) -> list[str]:
 
 
 @task(
-    name="read-landing-file",
+    name="read-new-landing-files",
     cache_policy=NO_CACHE,
     retries=3,
     retry_delay_seconds=_RETRY_DELAYS,
     retry_jitter_factor=0.5,
 )
-def read_file_task(source: str) -> ingest.LandingFile:
-    return ingest.read_file(source)
+def read_new_files_task(cfg: SelfhealConfig, sources: list[str]) -> list[ingest.LandingFile]:
+    """Read and digest the listed files; keep those not yet in bronze or the quarantine.
+
+    One task run for the whole listing, not one per file, so a run's task count (and
+    Prefect's work) does not grow with the landing zone's history. A transient read
+    error fails the task and Prefect retries it.
+    """
+    lake = open_lake(cfg)
+    fresh = []
+    for source in sources:
+        file = ingest.read_file(source)
+        if not ingest.already_taken(lake, file.sha256):
+            fresh.append(file)
+    _log().info("%d landing file(s), %d new", len(sources), len(fresh))
+    return fresh
 
 
 @task(name="validate-and-land", cache_policy=NO_CACHE)
@@ -443,7 +456,8 @@ def notify_server(cfg: SelfhealConfig) -> None:
 
 
 # -- the flow --------------------------------------------------------------------------
-def _new_files(cfg: SelfhealConfig, lake: Lake) -> list[ingest.LandingFile]:
+def _new_files(cfg: SelfhealConfig) -> list[ingest.LandingFile]:
+    """The landing files not yet ingested (the fallback source's when the primary stays unreachable)."""
     log = _log()
     try:
         sources = list_landing_task(cfg.landing.path, cfg.landing.format)
@@ -454,12 +468,7 @@ def _new_files(cfg: SelfhealConfig, lake: Lake) -> list[ingest.LandingFile]:
             "primary landing zone unreachable after retries (%s); reading fallback %s", exc, cfg.landing.fallback
         )
         sources = list_landing_task(cfg.landing.fallback, cfg.landing.format)
-    fresh = []
-    for source in sources:
-        file = read_file_task(source)
-        if not ingest.already_taken(lake, file.sha256):
-            fresh.append(file)
-    return fresh
+    return read_new_files_task(cfg, sources)
 
 
 def _run_id() -> str:
@@ -487,7 +496,7 @@ def pipeline_flow(config_path: str | None = None, window_batches: int | None = N
     registry = Registry(cfg.tracking_uri, cfg.model_name)
     run_id = _run_id()
     last = lake.last_manifest()
-    files = _new_files(cfg, lake)
+    files = _new_files(cfg)
     bronze_before = lake.version(BRONZE) if lake.exists(BRONZE) else None
     if not files and last is not None and last.meta.get("outcome") == "rejected":
         if last.stages.get(BRONZE) == bronze_before:

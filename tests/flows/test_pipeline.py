@@ -226,12 +226,12 @@ def test_kill_9_after_train_resume_reuses_the_trained_model(tmp_path: Path) -> N
     from prefect import flow
     from prefect.transactions import transaction
 
-    from flows.pipeline import features_task, land_task, read_file_task, train_task
+    from flows.pipeline import features_task, land_task, read_new_files_task, train_task
 
     @flow
     def partial() -> str:
         with transaction():
-            files = [read_file_task(str(p)) for p in sorted((tmp_path / "landing").glob("*.parquet"))]
+            files = read_new_files_task(cfg, [str(p) for p in sorted((tmp_path / "landing").glob("*.parquet"))])
             land_task(cfg, files, 0)
             silver_v = features_task(cfg)
             assert silver_v is not None
