@@ -204,9 +204,8 @@ class Healer:
         files = {f["stored_at"] for s in diagnosis.signals for f in s.evidence.get("quarantined", [])}
         champion = None
         for i in incidents:
-            if i.cause != diagnosis.cause.value or i.state != State.ESCALATED or i.acknowledged:
-                continue
-            if now - i.last.ts >= hold:
+            held = i.state == State.ESCALATED and not i.acknowledged and now - i.last.ts < hold
+            if i.cause != diagnosis.cause.value or not held:
                 continue
             if champion is None:
                 record = self.ctx.registry.by_alias(CHAMPION)

@@ -87,6 +87,7 @@ def impute_quarantined(cfg: SelfhealConfig, lake: Lake, stored_paths: list[str])
     if schema is None or not lake.exists("silver"):
         return []
     donors = last_good_values(lake, schema, cfg.trainer.window_batches)
+    labels = known_labels(lake, cfg)  # a batch with an unseen class is refused, so it stays as is
     landed = []
     for stored_at in stored_paths:
         key = imputed_key(stored_at)
@@ -99,7 +100,7 @@ def impute_quarantined(cfg: SelfhealConfig, lake: Lake, stored_paths: list[str])
         except ValidationFailed:
             continue
         filled = fill_missing(frame, donors, _seed(stored_at))
-        outcome = validate_batch(filled, cfg, schema, known_labels=known_labels(lake, cfg))
+        outcome = validate_batch(filled, cfg, schema, known_labels=labels)
         if not outcome.accepted or outcome.data is None:
             logger.info("imputation did not repair %s: %s", stored_at, outcome.reason)
             continue

@@ -146,7 +146,8 @@ class Incident:
 
     @property
     def resolved_at(self) -> datetime | None:
-        return self.last.ts if self.state.closed else None
+        """When it closed (RESOLVED or ESCALATED; an acknowledgement later does not move it)."""
+        return next((t.ts for t in self.transitions if t.state.closed), None)
 
     @property
     def mttr_seconds(self) -> float | None:

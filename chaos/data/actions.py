@@ -12,7 +12,6 @@ wrote are recorded in the fault ledger, so ``remove_injected_batches`` can undo 
 
 import logging
 import shutil
-import subprocess
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -22,7 +21,7 @@ from chaoslib.exceptions import ActivityFailed
 from chaoslib.types import Configuration
 
 from chaos import _landing, ledger
-from chaos.serving._server import resolve_command
+from chaos.serving._server import run_command
 
 __all__ = ["corrupt_batch", "inject_drift", "land_batches", "remove_injected_batches"]
 
@@ -122,10 +121,8 @@ def _generate(
     argv = ["selfheal", *(["-c", config_path] if config_path else []), "data", "generate"]
     argv += ["--out", str(out), "--start", str(start), "--batches", str(batches), "--rows", str(rows)]
     argv += ["--seed", str(seed), "--drift", drift]
-    done = subprocess.run(resolve_command(argv), capture_output=True, text=True, timeout=300)
-    if done.returncode != 0:
-        raise ActivityFailed(f"{' '.join(argv)} failed ({done.returncode}): {done.stderr.strip()[-500:]}")
-    return [Path(line.strip()) for line in done.stdout.splitlines() if line.strip().endswith(_landing.SUFFIXES)]
+    out_lines = run_command(argv, timeout=300).splitlines()
+    return [Path(line.strip()) for line in out_lines if line.strip().endswith(_landing.SUFFIXES)]
 
 
 def _replace_stream(stream_file: str, start: int, rows: int, seed: int, drift: str, config_path: str | None) -> str:

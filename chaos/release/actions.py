@@ -11,7 +11,6 @@ well as the champion, which is what makes it subtle; its probabilities are off.
 
 import logging
 import os
-import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +21,7 @@ from chaos import ledger
 from chaos.registry import _store
 from chaos.registry.actions import _register_inverted
 from chaos.release.probes import release_state
-from chaos.serving._server import resolve_command
+from chaos.serving._server import run_command
 
 __all__ = ["end_release", "release_worse_model"]
 
@@ -40,14 +39,7 @@ def _selfheal(config_path: str, configuration: Configuration | None, *args: str,
     state = Sandbox(Path(str(root))).state() if root else None
     if state is not None:
         env["PREFECT_API_URL"] = state.prefect_api_url
-    argv = resolve_command(["selfheal", "-c", config_path, "release", *args])
-    try:
-        done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, env=env)
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        raise ActivityFailed(f"{' '.join(argv)}: {exc}") from exc
-    if done.returncode != 0:
-        raise ActivityFailed(f"{' '.join(argv)} failed ({done.returncode}): {done.stderr.strip()[-800:]}")
-    return done.stdout.strip()
+    return run_command(["selfheal", "-c", config_path, "release", *args], timeout, env).strip()
 
 
 def release_worse_model(

@@ -121,6 +121,18 @@ def resolve_command(command: Sequence[str]) -> list[str]:
     return [program, *command[1:]]
 
 
+def run_command(command: Sequence[str], timeout: float, env: dict[str, str] | None = None) -> str:
+    """Run ``command`` (found as ``resolve_command`` finds it) to its end; its stdout, or ActivityFailed."""
+    argv = resolve_command(command)
+    try:
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, env=env)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise ActivityFailed(f"{' '.join(command)}: {exc}") from exc
+    if done.returncode != 0:
+        raise ActivityFailed(f"{' '.join(command)} failed ({done.returncode}): {done.stderr.strip()[-800:]}")
+    return done.stdout
+
+
 def start_detached(
     command: Sequence[str], cwd: str, log_file: str | None, env: dict[str, str] | None = None
 ) -> subprocess.Popen[bytes]:

@@ -145,6 +145,7 @@ def test_failed_verification_moves_on_then_escalates(system: dict[str, Any], mon
     (acknowledged,) = healer.log.incidents()
     assert acknowledged.state == State.ESCALATED and acknowledged.acknowledged
     assert acknowledged.last.detail == "acknowledged by on-call: checking the feed"
+    assert acknowledged.resolved_at == incident.resolved_at  # closed when it escalated, not when acknowledged
     healer.tick(_observe(drift))
     assert len(healer.log.incidents()) == 2 and healer.log.open_for("data_drift") is not None
     with pytest.raises(ValueError, match="only an ESCALATED incident"):
