@@ -54,7 +54,7 @@ from sklearn.linear_model import LogisticRegression
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from drift_speed import ensure_peer_venv  # noqa: E402
 
-from flows.detectors import (  # noqa: E402
+from flows.monitor.detectors import (  # noqa: E402
     ErrorCusum,
     MonitorThresholds,
     ReferenceProfile,

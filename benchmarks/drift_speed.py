@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from flows.detectors import DriftThresholds, ReferenceProfile, compare
+from flows.monitor.detectors import DriftThresholds, ReferenceProfile, compare
 
 ROOT = Path(__file__).resolve().parents[1]
 PEER_VENV = ROOT / ".bench-venvs" / "evidently"

@@ -84,9 +84,9 @@ from prefect.client.orchestration import get_client  # noqa: E402
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId  # noqa: E402
 from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings  # noqa: E402
 
-from flows import pipeline as p  # noqa: E402
 from flows.config import load_config  # noqa: E402
-from flows.demo_data import write_batches  # noqa: E402
+from flows.demo.data import write_batches  # noqa: E402
+from flows.pipeline import flow as p  # noqa: E402
 from flows.prefect_runs import in_process_runs  # noqa: E402
 from flows.registry import CHAMPION, Registry  # noqa: E402
 

@@ -61,7 +61,7 @@ _INHERITED = ("model_name", "data", "trainer", "gate", "thresholds", "healing", 
 #: Monitor settings of the sandbox, under the project's own ``thresholds``. Its server flushes
 #: the inference log every second (not every few), so a 2 s ingest lag loses no row; and its
 #: faults are large (a 1.5-sigma covariate shift, a new concept, an inverted model), which a
-#: 300-row window finds with power ~1 (``flows.detectors.thresholds``: a 0.5-sigma shift is
+#: 300-row window finds with power ~1 (``flows.monitor.detectors.thresholds``: a 0.5-sigma shift is
 #: caught in every 500-row window). The demo uses the same values.
 SANDBOX_THRESHOLDS: dict[str, Any] = {
     "min_window_rows": 300,

@@ -18,7 +18,7 @@ import operator
 from collections.abc import Callable, Mapping
 from typing import Any
 
-#: The names a condition may use (see ``flows.release_analysis`` for what each holds).
+#: The names a condition may use (see ``flows.release.analysis`` for what each holds).
 NAMES = frozenset({"challenger", "champion", "result"})
 _FUNCTIONS: dict[str, Callable[..., float]] = {"abs": abs, "min": min, "max": max}
 _BINARY: dict[type[ast.operator], Callable[[Any, Any], Any]] = {

@@ -145,7 +145,7 @@ class AnalysisMetric(_Section):
     A measurement is *successful* when ``success_condition`` holds, *failed* when
     ``failure_condition`` holds, *inconclusive* when neither does (or an arm has fewer
     than ``min_samples`` rows). Conditions are expressions over ``challenger``,
-    ``champion`` and ``result`` (see ``flows.release``), e.g. ``result <= 0.01``.
+    ``champion`` and ``result`` (see ``flows.release.controller``), e.g. ``result <= 0.01``.
 
     Example:
         >>> AnalysisMetric(success_condition="result <= 0.01", failure_condition="result > 0.05", failure_limit=1)
@@ -206,7 +206,7 @@ METRIC_NAMES = ("error_rate", "latency_p99_ms", "prediction_distance", "quality"
 
 
 class ReleaseConfig(_Section):
-    """Shadow and canary releases and the analysis that promotes or rolls them back (``flows.release``)."""
+    """Shadow and canary releases and the analysis that promotes or rolls them back (``flows.release.controller``)."""
 
     shadow_share: float = Field(default=1.0, gt=0.0, le=1.0)
     """Share of requests mirrored to a shadow challenger."""
@@ -324,7 +324,7 @@ class SelfhealConfig(BaseSettings):
     gate: GateConfig = Field(default_factory=GateConfig)
     serving: ServingConfig = Field(default_factory=ServingConfig)
     thresholds: dict[str, Any] = Field(default_factory=dict)
-    """Monitor thresholds (see ``flows.detectors``); unset keys keep their defaults."""
+    """Monitor thresholds (see ``flows.monitor.detectors``); unset keys keep their defaults."""
     healing: HealingConfig = Field(default_factory=HealingConfig)
     slas: SLAConfig = Field(default_factory=SLAConfig)
     promote: PromoteConfig = Field(default_factory=PromoteConfig)

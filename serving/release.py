@@ -1,7 +1,7 @@
 """Progressive delivery on the server: a challenger beside the champion, in shadow or canary.
 
 The release state is one small JSON document, the registered model's
-``selfheal.release`` tag, written by the release analysis (``flows.release``) and
+``selfheal.release`` tag, written by the release analysis (``flows.release.controller``) and
 read by every worker on its registry poll (and at once after an admin reload).
 The registry is the right home for it: it is already the one place every worker
 polls for what to serve, it is reachable from every pod when the server scales

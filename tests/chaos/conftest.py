@@ -92,7 +92,7 @@ def build_store(root: Path) -> FraudStore:
     import pyarrow as pa
 
     from checkpoints import Lake
-    from flows.demo_data import CATEGORICAL_FEATURES, NUMERIC_FEATURES, generate_batch
+    from flows.demo.data import CATEGORICAL_FEATURES, NUMERIC_FEATURES, generate_batch
     from serving.modelio import log_sklearn_model
 
     root.mkdir(parents=True, exist_ok=True)

@@ -14,7 +14,7 @@ from chaoslib.exceptions import ActivityFailed
 from chaos import _landing, ledger
 from chaos.data import actions, probes
 from checkpoints import Lake
-from flows.demo_data import write_batches
+from flows.demo.data import write_batches
 
 
 @pytest.fixture

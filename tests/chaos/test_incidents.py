@@ -14,8 +14,7 @@ from chaoslib.exceptions import ActivityFailed
 
 from chaos import ledger
 from chaos.incidents import probes
-from checkpoints import Lake
-from flows import incidents
+from checkpoints import Lake, incidents
 
 #: The contract: the healer's schema without ``seq`` (the log has it, the probe must not need it).
 SCHEMA = pa.schema([f for f in incidents.SCHEMA if f.name != "seq"])

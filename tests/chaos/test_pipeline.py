@@ -17,7 +17,7 @@ from chaoslib.exceptions import ActivityFailed
 from chaos import _landing, _proc, ledger
 from chaos.pipeline import actions, probes
 from checkpoints import Lake
-from flows.demo_data import write_batches
+from flows.demo.data import write_batches
 
 #: A stand-in pipeline: it lands bronze, then silver, then "trains" (sleeps) and writes a manifest.
 FAKE_PIPELINE = textwrap.dedent(

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from checkpoints import Lake
-from flows import chaos_suite as suite
+from flows.chaos_suite import flow as suite
 
 SLAS = {"mttr_seconds": 60.0, "availability": 0.99, "rows_lost": 0}
 

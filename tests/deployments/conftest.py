@@ -16,7 +16,7 @@ import httpx
 import pytest
 import yaml
 
-from flows.stack import prefect_api, process_tree, terminate
+from flows.local.stack import prefect_api, process_tree, terminate
 
 PROJECT = Path(__file__).resolve().parents[2]
 DEPLOYMENTS = PROJECT / "deployments"

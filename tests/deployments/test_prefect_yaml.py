@@ -48,11 +48,11 @@ def _entry(entrypoint: str, pool: str) -> dict[str, Any]:
 # -- the file itself -------------------------------------------------------------------------
 def test_each_flow_has_one_deployment_per_work_pool() -> None:
     flows = {
-        "flows/pipeline.py:pipeline_flow",
-        "flows/monitor.py:monitor_flow",
-        "flows/healer.py:healer_flow",
-        "flows/chaos_suite.py:chaos_suite_flow",
-        "flows/release.py:release_analysis_flow",
+        "flows/pipeline/flow.py:pipeline_flow",
+        "flows/monitor/flow.py:monitor_flow",
+        "flows/healer/machine.py:healer_flow",
+        "flows/chaos_suite/flow.py:chaos_suite_flow",
+        "flows/release/controller.py:release_analysis_flow",
     }
     for pool in ("local", "k8s"):
         found = sorted(e["entrypoint"] for e in ENTRIES if e["work_pool"]["name"] == pool and e["name"] == pool)
@@ -61,19 +61,19 @@ def test_each_flow_has_one_deployment_per_work_pool() -> None:
 
 @pytest.mark.parametrize("pool", ["local", "k8s"])
 def test_how_each_deployment_starts(pool: str) -> None:
-    pipeline = _entry("flows/pipeline.py:pipeline_flow", pool)
+    pipeline = _entry("flows/pipeline/flow.py:pipeline_flow", pool)
     assert [t["expect"] for t in pipeline["triggers"]] == [["selfheal.landing.file.created"]]
     assert [s.get("interval") for s in pipeline["schedules"]] == [3600]
-    monitor = _entry("flows/monitor.py:monitor_flow", pool)
+    monitor = _entry("flows/monitor/flow.py:monitor_flow", pool)
     assert "triggers" not in monitor and monitor["schedules"][0]["interval"] <= 300
-    healer = _entry("flows/healer.py:healer_flow", pool)
+    healer = _entry("flows/healer/machine.py:healer_flow", pool)
     assert "schedules" not in healer
     assert healer["triggers"][0]["expect"] == ["selfheal.signal.*"]
     assert healer["triggers"][0]["match"]["selfheal.severity"] == ["warning", "critical"]
-    chaos = _entry("flows/chaos_suite.py:chaos_suite_flow", pool)
+    chaos = _entry("flows/chaos_suite/flow.py:chaos_suite_flow", pool)
     assert chaos["schedules"][0]["cron"] == "0 3 * * 1"  # Monday 03:00
     assert chaos["schedules"][0]["timezone"] == "{{ chaos_timezone.stdout }}"
-    release = _entry("flows/release.py:release_analysis_flow", pool)
+    release = _entry("flows/release/controller.py:release_analysis_flow", pool)
     assert "schedules" not in release
     assert [t["expect"] for t in release["triggers"]] == [["selfheal.release.started"]]
 
@@ -155,7 +155,7 @@ def _runs(srv: PrefectServer, deployment: dict[str, Any]) -> list[dict[str, Any]
 
 def _quiet_the_monitor(srv: PrefectServer, deployed: dict[tuple[str, str], dict[str, Any]]) -> None:
     """Pause the monitor: its parameters point at ./.selfheal, which a test must not write to."""
-    monitor = deployed[("flows/monitor.py:monitor_flow", "local")]
+    monitor = deployed[("flows/monitor/flow.py:monitor_flow", "local")]
     srv.api("PATCH", f"/deployments/{monitor['id']}", json={"paused": True})
     body = {"deployments": {"id": {"any_": [monitor["id"]]}}, "flow_runs": {"state": {"type": {"any_": ["SCHEDULED"]}}}}
     for run in srv.api("POST", "/flow_runs/filter", json=body):
@@ -178,10 +178,10 @@ def test_a_landed_file_runs_the_pipeline_deployment_through_a_process_worker(
     )
     watcher = srv.processes.start(
         "watcher",
-        [py, "-m", "flows.stack", "watch-landing", str(tmp_path / "state" / "landing"), "--interval", "0.5"],
+        [py, "-m", "flows.local.stack", "watch-landing", str(tmp_path / "state" / "landing"), "--interval", "0.5"],
         env=env,
     )
-    pipeline = deployed[("flows/pipeline.py:pipeline_flow", "local")]
+    pipeline = deployed[("flows/pipeline/flow.py:pipeline_flow", "local")]
     try:
         run = wait_until(lambda: _runs(srv, pipeline), 60, "the landing event to start a pipeline run")[0]
         assert run["created_by"]["display_value"] == "selfheal-pipeline/local on a new landing file"
@@ -205,8 +205,8 @@ def test_a_warning_or_critical_signal_event_starts_the_healer(
     prefect_server: PrefectServer, deployed: dict[tuple[str, str], dict[str, Any]]
 ) -> None:
     srv = prefect_server
-    assert _flow_file(_entry("flows/healer.py:healer_flow", "local")).exists()
-    healer = deployed[("flows/healer.py:healer_flow", "local")]
+    assert _flow_file(_entry("flows/healer/machine.py:healer_flow", "local")).exists()
+    healer = deployed[("flows/healer/machine.py:healer_flow", "local")]
     events = [
         {
             "id": str(uuid.uuid4()),

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from flows.stack import (
+from flows.local.stack import (
     SERVICES,
     LandingWatcher,
     PidFile,

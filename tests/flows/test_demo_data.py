@@ -16,8 +16,8 @@ import yaml
 from sklearn.ensemble import HistGradientBoostingClassifier
 from sklearn.metrics import roc_auc_score
 
-from flows import demo_data as dd
 from flows.cli import main
+from flows.demo import data as dd
 
 SEED = 11
 ROWS = 2000

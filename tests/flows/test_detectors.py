@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from scipy import stats
 
 from checkpoints.exceptions import ConfigError
-from flows.detectors import (
+from flows.monitor.detectors import (
     ConsecutiveWindows,
     DriftThresholds,
     ErrorCusum,

@@ -12,13 +12,13 @@ from typing import Any
 
 import pytest
 
+from checkpoints.incidents import IncidentLog, State
 from flows.config import load_config
-from flows.diagnosis import Cause, Context, diagnose
-from flows.healer import Healer, Observation, claim, make_context
-from flows.incidents import IncidentLog, State
-from flows.pipeline import pipeline_flow
+from flows.healer.diagnosis import Cause, Context, diagnose
+from flows.healer.machine import Healer, Observation, claim, make_context
+from flows.monitor.signals import Severity, Signal, SignalKind, Window
+from flows.pipeline.flow import pipeline_flow
 from flows.registry import CHAMPION
-from flows.signals import Severity, Signal, SignalKind, Window
 from tests.flows.pipeline_fixtures import dataset_frame, write_batches, write_config
 
 REPO = Path(__file__).resolve().parents[2]
@@ -90,7 +90,7 @@ def _healer(config: Path) -> Healer:
 
 def _tick_on_quarantine(healer: Healer, since: datetime, ticks: int = 3) -> None:
     """A few healer ticks, each observing what the quarantine probe saw since the last."""
-    from flows.healer import probe_quarantine
+    from flows.healer.machine import probe_quarantine
 
     for _ in range(ticks):
         now = datetime.now(UTC)
@@ -225,7 +225,7 @@ def test_imputation_draws_are_seeded_per_file() -> None:
     import numpy as np
     import pandas as pd
 
-    from flows.imputation import _seed, fill_missing
+    from flows.pipeline.imputation import _seed, fill_missing
 
     frame = pd.DataFrame({"x": [1.0, np.nan, np.inf, np.nan, 5.0], "c": ["a", None, "b", "a", None]})
     donors = {"x": np.arange(100.0), "c": np.array(["a", "b", "c"], dtype=object)}
@@ -247,7 +247,7 @@ def test_a_live_healer_holds_its_incident(system: dict[str, Any]) -> None:
 
         import pyarrow as pa
 
-        from flows.healer import _LEASE_SCHEMA, LEASES
+        from flows.healer.machine import _LEASE_SCHEMA, LEASES
 
         row = {
             "incident_id": incident.id,

@@ -15,13 +15,13 @@ import pyarrow as pa
 import pytest
 
 from checkpoints import Lake
-from flows.detectors import MonitorThresholds
-from flows.diagnosis import Cause, Context, diagnose
-from flows.monitor import Champion, baseline_metrics, champion_context, monitor_flow, read_window
-from flows.monitor_state import MonitorState, commit_run, load_state
-from flows.monitor_window import MonitorWindow, assess
-from flows.serving_metrics import parse_metrics
-from flows.signals import Signal, SignalKind
+from flows.healer.diagnosis import Cause, Context, diagnose
+from flows.monitor.detectors import MonitorThresholds
+from flows.monitor.flow import Champion, baseline_metrics, champion_context, monitor_flow, read_window
+from flows.monitor.scrape import parse_metrics
+from flows.monitor.signals import Signal, SignalKind
+from flows.monitor.state import MonitorState, commit_run, load_state
+from flows.monitor.window import MonitorWindow, assess
 from tests.flows.monitor_fixtures import T0, write_feedback, write_predictions, write_silver
 
 CHAMPION = Champion("1", None, {"roc_auc": 0.99, "accuracy": 0.97})
@@ -384,7 +384,7 @@ def test_monitor_flow_runs_end_to_end(silver_lake: Lake) -> None:
 def test_the_healers_monitor_pass_commits_like_the_flow(silver_lake: Lake) -> None:
     """No flow run: the same window read, signals and committed state as ``monitor_flow``."""
     from flows.config import SelfhealConfig
-    from flows.monitor import monitor_pass
+    from flows.monitor.flow import monitor_pass
 
     cfg = SelfhealConfig(lake={"root": str(silver_lake.root)}, data={"target": "is_fraud"})
     cfg.model_name = ""  # no registry: no champion baseline

@@ -12,7 +12,7 @@ import pytest
 
 from checkpoints import Lake
 from flows.config import load_config
-from flows.pipeline import pipeline_flow
+from flows.pipeline.flow import pipeline_flow
 from flows.registry import CHALLENGER, CHAMPION, PREVIOUS, Registry
 from tests.flows.pipeline_fixtures import dataset_frame, write_batches, write_config
 
@@ -226,7 +226,7 @@ def test_kill_9_after_train_resume_reuses_the_trained_model(tmp_path: Path) -> N
     from prefect import flow
     from prefect.transactions import transaction
 
-    from flows.pipeline import features_task, land_task, read_new_files_task, train_task
+    from flows.pipeline.flow import features_task, land_task, read_new_files_task, train_task
 
     @flow
     def partial() -> str:

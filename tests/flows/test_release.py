@@ -8,8 +8,8 @@ import pytest
 
 from flows.conditions import holds, parse
 from flows.config import ReleaseConfig, SelfhealConfig
-from flows.release import _next_share
-from flows.release_analysis import Measurement, judge, tally
+from flows.release.analysis import Measurement, judge, tally
+from flows.release.controller import _next_share
 from serving.release import ReleaseState, routes_to_challenger
 
 
@@ -89,9 +89,9 @@ def test_release_state_round_trips_through_its_tag() -> None:
 @pytest.mark.usefixtures("prefect_harness")
 def test_the_pipeline_releases_a_new_model_as_canary_instead_of_promoting_it(tmp_path: Path) -> None:
     from flows.config import load_config
-    from flows.pipeline import pipeline_flow
+    from flows.pipeline.flow import pipeline_flow
     from flows.registry import CHALLENGER, CHAMPION, Registry
-    from flows.release import read_state
+    from flows.release.controller import read_state
     from tests.flows.pipeline_fixtures import dataset_frame, write_batches, write_config
 
     frame, target = dataset_frame("binary")

@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 import numpy as np
 import pytest
 
-from flows.signals import Severity, Signal, SignalKind, Window
+from flows.monitor.signals import Severity, Signal, SignalKind, Window
 
 T0 = datetime(2025, 1, 1, tzinfo=UTC)
 

@@ -21,11 +21,11 @@ import pytest
 import yaml
 
 from checkpoints import Lake
+from checkpoints.incidents import IncidentLog, State
 from flows.config import load_config
-from flows.healer import LEASE_SECONDS, LEASES
-from flows.incidents import IncidentLog, State
+from flows.healer.machine import LEASE_SECONDS, LEASES
 from flows.registry import Registry
-from flows.release import BAD_RELEASE, read_state, release_analysis_flow, start_release
+from flows.release.controller import BAD_RELEASE, read_state, release_analysis_flow, start_release
 from serving.inference_log import INFERENCE_TABLE
 from serving.release import OUTCOME_TAG, RELEASE_TAG, SHADOW_TABLE, routes_to_challenger
 from tests.serving.conftest import ADMIN_TOKEN, MODEL, ModelStore, _training_frame, http, wait_until

@@ -22,11 +22,11 @@ import pytest
 
 from checkpoints import Lake
 from checkpoints.exceptions import ValidationFailed
-from flows import demo_data as dd
 from flows.config import DataConfig, Expectations, SelfhealConfig
-from flows.stages import validate as v
-from flows.stages.batch_io import read_batch
-from flows.stages.validate import MAX_FAILURE_RECORDS, ValidationOutcome, infer_schema, validate_batch
+from flows.demo import data as dd
+from flows.pipeline.stages import validate as v
+from flows.pipeline.stages.batch_io import read_batch
+from flows.pipeline.stages.validate import MAX_FAILURE_RECORDS, ValidationOutcome, infer_schema, validate_batch
 
 SEED = 5
 ROWS = 400

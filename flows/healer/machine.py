@@ -1,0 +1,523 @@
+"""The healer: an explicit state machine over the incident log.
+
+Each tick: observe (a monitor pass plus the healer's own probes of the
+tracking store, the landing zone, the quarantine and the server), diagnose
+signals into causes, open or join incidents, then move every open incident
+one or more steps::
+
+    DETECTED -> DIAGNOSED -> HEALING -> VERIFYING -> RESOLVED
+                    ^                       |
+                    +-- failed: next remedy-+        list exhausted -> ESCALATED
+
+The state lives in the ``incidents`` Delta table (``checkpoints.incidents``), so a
+healer killed mid-HEALING is resumed by the next tick with the *same* plan and
+idempotency key: the remedy changes things once. A lease per incident keeps
+two healers from repairing the same incident at once. An incident resolves only
+on fresh evidence: the remedy's own check (registry, lake, live server) AND a
+later observation in which its cause is quiet.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import httpx
+import pyarrow as pa
+import pyarrow.compute as pc
+from prefect import flow, get_run_logger
+
+from checkpoints import Lake
+from checkpoints.exceptions import RegistryUnavailable
+from checkpoints.incidents import Incident, IncidentLog, State, to_report
+from flows.config import SelfhealConfig, load_config
+from flows.healer.diagnosis import Cause, Context, Diagnosis, diagnose
+from flows.healer.remedies import HealContext, Outcome, get_remedy, server_ready, tracking_store_error
+from flows.monitor.signals import Severity, Signal, SignalKind, Window
+from flows.pipeline.stages.evaluate import LOWER_IS_BETTER
+from flows.registry import CHAMPION, Registry
+
+logger = logging.getLogger(__name__)
+
+LEASES = "_incident_leases"
+_PROMOTING_REMEDIES = {"retrain", "rollback", "light_model"}
+_QUALITY_KINDS = {SignalKind.PERFORMANCE_DROP, SignalKind.CONCEPT_DRIFT, SignalKind.PREDICTION_DRIFT}
+LEASE_SECONDS = 600.0
+#: Causes only the monitor's statistics reveal: verified on a window evaluated after the repair.
+_MONITOR_CAUSES = {Cause.DATA_DRIFT, Cause.CONCEPT_DRIFT, Cause.BAD_DEPLOY, Cause.LATENCY, Cause.STALE_DATA}
+
+
+# -- observation ------------------------------------------------------------------------
+@dataclass
+class Observation:
+    """What one tick saw."""
+
+    started_at: datetime
+    signals: list[Signal] = field(default_factory=list)
+
+
+def _probe_signal(kind: SignalKind, evidence: dict[str, Any], now: datetime) -> Signal:
+    return Signal(kind, Severity.CRITICAL, evidence, Window(now - timedelta(seconds=1), now), source="healer")
+
+
+def probe_upstream(ctx: HealContext, now: datetime) -> list[Signal]:
+    """The tracking store and the landing zone answer?"""
+    from flows.pipeline.stages.ingest import LandingUnreachable, list_landing
+
+    out = []
+    error = tracking_store_error(ctx)
+    if error is not None:
+        out.append(_probe_signal(SignalKind.UPSTREAM_OUTAGE, {"tracking_store": error}, now))
+    try:
+        list_landing(ctx.cfg.landing.path, ctx.cfg.landing.format)
+    except LandingUnreachable as exc:
+        out.append(_probe_signal(SignalKind.UPSTREAM_OUTAGE, {"landing_zone": str(exc)}, now))
+    return out
+
+
+def probe_serving(ctx: HealContext, now: datetime) -> list[Signal]:
+    """The configured server is ready?"""
+    if not ctx.cfg.serving.url:
+        return []
+    if server_ready(ctx) is None:
+        return [_probe_signal(SignalKind.SERVING_DOWN, {"url": ctx.serving_url, "probe": "/ready"}, now)]
+    return []
+
+
+def probe_quarantine(ctx: HealContext, since: datetime, now: datetime) -> list[Signal]:
+    """Batches quarantined since ``since``."""
+    fresh = [r for r in ctx.lake.quarantined() if r.quarantined_at > since]
+    if not fresh:
+        return []
+    files = [{"source": r.source, "stored_at": r.stored_at, "reason": r.reason} for r in fresh]
+    return [_probe_signal(SignalKind.DATA_QUALITY, {"quarantined": files}, now)]
+
+
+# -- leases --------------------------------------------------------------------------------
+_LEASE_SCHEMA = pa.schema(
+    [
+        ("incident_id", pa.string()),
+        ("n", pa.int64()),
+        ("host", pa.string()),
+        ("pid", pa.int64()),
+        ("expires_at", pa.timestamp("us", tz="UTC")),
+    ]
+)
+
+
+def _alive(host: str, pid: int) -> bool:
+    if host != socket.gethostname():
+        return True  # another machine: trust the expiry time
+    try:
+        os.kill(pid, 0)
+    except OSError:
+        return False
+    return True
+
+
+def claim(lake: Lake, incident_id: str, now: datetime) -> bool:
+    """Hold the incident for this process; False when a live healer holds it."""
+    latest: dict[str, Any] | None = None
+    if lake.exists(LEASES):
+        table = lake.read(LEASES)
+        mine = table.filter(pc.equal(table.column("incident_id"), incident_id)).to_pylist()
+        latest = max(mine, key=lambda r: r["n"]) if mine else None
+    if latest is not None:
+        if latest["host"] == socket.gethostname() and latest["pid"] == os.getpid() and latest["expires_at"] > now:
+            return True
+        if latest["expires_at"] > now and _alive(latest["host"], latest["pid"]):
+            return False
+    n = (latest["n"] + 1) if latest else 0
+    row = {
+        "incident_id": incident_id,
+        "n": n,
+        "host": socket.gethostname(),
+        "pid": os.getpid(),
+        "expires_at": now + timedelta(seconds=LEASE_SECONDS),
+    }
+    won = lake.append_once(LEASES, pa.Table.from_pylist([row], schema=_LEASE_SCHEMA), key=f"lease:{incident_id}:{n}")
+    return not won.duplicate
+
+
+# -- budget ------------------------------------------------------------------------------
+def spent(cfg: SelfhealConfig, incidents: list[Incident], now: datetime) -> float:
+    """What remedies started within the budget window cost."""
+    start = now - timedelta(seconds=cfg.healing.budget_window_seconds)
+    return sum(
+        cfg.healing.costs.get(t.remedy or "", 0.0)
+        for i in incidents
+        for t in i.transitions
+        if t.state == State.HEALING and t.ts >= start
+    )
+
+
+# -- the state machine ---------------------------------------------------------------------
+@dataclass
+class Healer:
+    """Moves incidents through their states. One instance per healer process."""
+
+    ctx: HealContext
+    log: IncidentLog
+
+    @property
+    def cfg(self) -> SelfhealConfig:
+        return self.ctx.cfg
+
+    def record(self, observation: Observation) -> list[Incident]:
+        """Open or join incidents for what was observed; returns the touched incidents."""
+        promoted_at = None
+        incidents = self.log.incidents()
+        # A promotion the healer made itself (retrain, rollback) is judged by that incident's
+        # verification, not blamed as a bad deploy while the repair is being verified.
+        own_promotion = any(
+            i.state in (State.HEALING, State.VERIFYING) and i.last.remedy in _PROMOTING_REMEDIES for i in incidents
+        )
+        if not own_promotion and not any(s.kind == SignalKind.UPSTREAM_OUTAGE for s in observation.signals):
+            promoted_at = self.ctx.registry.promoted_at()
+        signals = observation.signals
+        if own_promotion:
+            # Quality of the model the healer just promoted is that repair's verification,
+            # not a new incident (which would roll it back before it is judged).
+            signals = [s for s in signals if s.kind not in _QUALITY_KINDS]
+        context = Context(
+            now=observation.started_at,
+            promoted_at=promoted_at,
+            bad_deploy_window=timedelta(seconds=self.cfg.healing.bad_deploy_window_seconds),
+            healthy_since_promotion=promoted_at is not None and self.healthy_since(promoted_at),
+        )
+        touched = []
+        for diagnosis in diagnose(signals, context):
+            cause = diagnosis.cause.value
+            incident = next((i for i in incidents if i.cause == cause and not i.state.closed), None)
+            if incident is None and self._escalated_recently(incidents, diagnosis, observation.started_at):
+                continue  # a person has it now: do not loop on the same cause
+            touched.append(incident or self._open(diagnosis))
+        return touched
+
+    def _escalated_recently(self, incidents: list[Incident], diagnosis: Diagnosis, now: datetime) -> bool:
+        """The same fault escalated a moment ago (new quarantined files are a new fault)."""
+        hold = timedelta(seconds=self.cfg.healing.escalation_hold_seconds)
+        files = {f["stored_at"] for s in diagnosis.signals for f in s.evidence.get("quarantined", [])}
+        champion = None
+        for i in incidents:
+            held = i.state == State.ESCALATED and not i.acknowledged and now - i.last.ts < hold
+            if i.cause != diagnosis.cause.value or not held:
+                continue
+            if champion is None:
+                record = self.ctx.registry.by_alias(CHAMPION)
+                champion = record.version if record else ""
+            if i.last.evidence.get("champion", champion) != champion:
+                continue  # another model serves now: a new fault, not the escalated one
+            seen = {f["stored_at"] for f in i.evidence.get("quarantined", [])}
+            if not files or files <= seen:
+                return True
+        return False
+
+    def healthy_since(self, promoted_at: datetime) -> bool:
+        """Did the monitor measure baseline quality on labels after ``promoted_at``?"""
+        if not self.ctx.lake.exists("metrics"):
+            return False
+        metric = self.cfg.gate_metric
+        table = self.ctx.lake.read("metrics", columns=["ts", "name", "value"])
+        rows = table.filter(
+            pc.and_(
+                pc.equal(table.column("name"), f"performance.{metric}"), pc.greater(table.column("ts"), promoted_at)
+            )
+        )
+        return any(v is not None and self._healthy_value(metric, v) for v in rows.column("value").to_pylist())
+
+    def fresh_evidence(self, cause: str, applied_at: datetime) -> str | None:
+        """What a monitor pass measured on data that arrived after the repair, when it shows the cause gone.
+
+        Causes the monitor's statistics reveal need a window that *started* after the
+        repair and was actually evaluated (a quiet pass with too few rows proves nothing);
+        causes the healer's own probes reveal are settled by the probe in this tick.
+        """
+        if cause not in _MONITOR_CAUSES:
+            return "the probe that raised it answers healthy"
+        if not self.ctx.lake.exists("metrics"):
+            return None
+        table = self.ctx.lake.read("metrics", columns=["name", "value", "window_start"])
+        after = table.filter(pc.greater_equal(table.column("window_start"), applied_at))
+        if cause in (Cause.CONCEPT_DRIFT, Cause.BAD_DEPLOY):
+            metric = self.cfg.gate_metric
+            values = after.filter(pc.equal(after.column("name"), f"performance.{metric}")).column("value").to_pylist()
+            healthy = [v for v in values if v is not None and self._healthy_value(metric, v)]
+            return f"live {metric}={healthy[-1]:.3f} on labels after the repair" if healthy else None
+        if cause == Cause.DATA_DRIFT:
+            shares = after.filter(pc.equal(after.column("name"), "drift.share")).column("value").to_pylist()
+            return (
+                "a drift test on post-repair traffic found no drifted feature" if shares and shares[-1] == 0 else None
+            )
+        return "quiet in a monitor pass after the repair"
+
+    def _healthy_value(self, metric: str, value: float) -> bool:
+        from flows.monitor.detectors.thresholds import MonitorThresholds
+
+        champion = self.ctx.registry.by_alias(CHAMPION)
+        baseline = float(champion.tags.get(f"metric.{metric}", "nan")) if champion else float("nan")
+        if baseline != baseline:
+            return False
+        margin = MonitorThresholds.from_mapping(self.cfg.thresholds).performance.max_drop
+        return value <= baseline + margin if metric in LOWER_IS_BETTER else value >= baseline - margin
+
+    def _open(self, diagnosis: Diagnosis) -> Incident:
+        first = min(s.detected_at for s in diagnosis.signals)
+        evidence = {k: v for s in diagnosis.signals for k, v in s.evidence.items()}
+        incident = self.log.open(diagnosis.cause.value, evidence, detected_at=first)
+        _emit(incident, State.DETECTED)
+        diagnosed = self.log.advance(incident, State.DIAGNOSED, evidence=diagnosis.to_evidence(), detail=diagnosis.rule)
+        logger.warning("incident %s opened: %s (%s)", incident.id, diagnosis.cause.value, diagnosis.rule)
+        if diagnosed is not None:
+            _emit(diagnosed, State.DIAGNOSED)
+        return diagnosed or incident
+
+    def cause_quiet(self, incident: Incident, observation: Observation) -> bool:
+        for diagnosis in diagnose(observation.signals, Context(now=observation.started_at)):
+            if diagnosis.cause.value == incident.cause:
+                return False
+        return True
+
+    def tick(self, observation: Observation) -> list[Incident]:
+        """Record what was observed and, when healing is on, move every open incident."""
+        self.record(observation)
+        if not self.cfg.healing.enabled:
+            return self.log.open_incidents()
+        for incident in self.log.open_incidents():
+            if claim(self.ctx.lake, incident.id, datetime.now(UTC)):
+                self.advance(incident, observation)
+        return self.log.open_incidents()
+
+    def advance(self, incident: Incident, observation: Observation) -> Incident:
+        """Step ``incident`` as far as the evidence allows in this tick."""
+        for _ in range(8):  # bounded: a tick never loops on one incident
+            state = incident.state
+            if state in (State.DETECTED, State.DIAGNOSED):
+                step = self._start_next_remedy(incident)
+            elif state == State.HEALING:
+                step = self._apply(incident)
+            elif state == State.VERIFYING:
+                step = self._verify(incident, observation)
+            else:
+                return incident
+            if step is None:
+                return self.log.get(incident.id) or incident
+            incident = step
+        return incident
+
+    def _next_remedy(self, incident: Incident) -> str | None:
+        failed = incident.failed_remedies
+        for name in self.cfg.healing.policy.get(incident.cause, []):
+            if failed.count(name) < self.cfg.healing.max_attempts:
+                return name
+        return None
+
+    def _start_next_remedy(self, incident: Incident) -> Incident | None:
+        name = self._next_remedy(incident)
+        if name is None:
+            return self._escalate(incident)
+        if incident.last.detail.startswith("failed") and self.cfg.healing.cooldown_seconds:
+            if (datetime.now(UTC) - incident.last.ts).total_seconds() < self.cfg.healing.cooldown_seconds:
+                return None
+        name, note = self._within_budget(incident, name)
+        if name is None:
+            if incident.last.detail != note:
+                self.log.advance(incident, State.DIAGNOSED, detail=note)
+                logger.warning("incident %s: %s", incident.id, note)
+            return None
+        remedy = get_remedy(name)
+        attempt = incident.attempts(name) + 1
+        plan = remedy.plan(self.ctx, incident)
+        evidence = {"plan": plan, "key": f"{incident.id}:{name}:{attempt}"}
+        step = self.log.advance(incident, State.HEALING, remedy=name, attempt=attempt, evidence=evidence, detail=note)
+        if step is not None:
+            _emit(step, State.HEALING)
+        return step
+
+    def _within_budget(self, incident: Incident, name: str) -> tuple[str | None, str]:
+        """The remedy to run now: ``name``, a cheaper later one (downgrade), or None (deferred)."""
+        costs, limit = self.cfg.healing.costs, self.cfg.healing.budget_per_window
+        used = spent(self.cfg, self.log.incidents(), datetime.now(UTC))
+        if used + costs.get(name, 0.0) <= limit:
+            return name, ""
+        note = (
+            f"deferred {name}: cost {costs.get(name, 0.0):g} exceeds the {max(0.0, limit - used):g} left of "
+            f"{limit:g} per {self.cfg.healing.budget_window_seconds:g} s"
+        )
+        policy = self.cfg.healing.policy.get(incident.cause, [])
+        for cheaper in policy[policy.index(name) + 1 :]:
+            if used + costs.get(cheaper, 0.0) <= limit and cheaper not in incident.failed_remedies:
+                return cheaper, f"{note}; downgraded to {cheaper}"
+        return None, note
+
+    def _apply(self, incident: Incident) -> Incident | None:
+        healing = incident.last
+        remedy = get_remedy(healing.remedy or "")
+        plan, key = healing.evidence.get("plan", {}), healing.evidence.get("key", "")
+        try:
+            outcome = remedy.apply(self.ctx, incident, plan, key)
+        except Exception as exc:  # noqa: BLE001 - a remedy that blows up has failed, the healer goes on
+            logger.exception("remedy %s failed to apply", remedy.name)
+            outcome = Outcome(False, f"{type(exc).__name__}: {exc}")
+        if not outcome.ok:
+            return self.log.advance(
+                incident,
+                State.DIAGNOSED,
+                remedy=remedy.name,
+                attempt=healing.attempt,
+                evidence=outcome.evidence,
+                detail=f"failed to apply: {outcome.detail}",
+            )
+        evidence = {**outcome.evidence, "applied_at": datetime.now(UTC).isoformat()}
+        step = self.log.advance(
+            incident,
+            State.VERIFYING,
+            remedy=remedy.name,
+            attempt=healing.attempt,
+            evidence=evidence,
+            detail=outcome.detail,
+        )
+        if step is not None:
+            _emit(step, State.VERIFYING)
+        return step
+
+    def _verify(self, incident: Incident, observation: Observation) -> Incident | None:
+        verifying = incident.last
+        remedy = get_remedy(verifying.remedy or "")
+        healing = next(t for t in reversed(incident.transitions) if t.state == State.HEALING)
+        applied_at = datetime.fromisoformat(verifying.evidence.get("applied_at", verifying.ts.isoformat()))
+        try:
+            outcome = remedy.verify(self.ctx, incident, healing.evidence.get("plan", {}), applied_at)
+        except Exception as exc:  # noqa: BLE001
+            outcome = Outcome(False, f"{type(exc).__name__}: {exc}", pending=True)
+        if outcome.ok:
+            quiet = observation.started_at > applied_at and self.cause_quiet(incident, observation)
+            fresh = self.fresh_evidence(incident.cause, applied_at) if quiet else None
+            if quiet and fresh is not None:
+                detail = f"verified: {outcome.detail}; {fresh}"
+                resolved = self.log.advance(
+                    incident,
+                    State.RESOLVED,
+                    remedy=remedy.name,
+                    attempt=verifying.attempt,
+                    evidence=outcome.evidence,
+                    detail=detail,
+                )
+                if resolved is not None:
+                    _emit(resolved, State.RESOLVED)
+                    logger.warning(
+                        "incident %s RESOLVED by %s in %.1f s", incident.id, remedy.name, resolved.mttr_seconds or 0
+                    )
+                return resolved
+        waited = (datetime.now(UTC) - applied_at).total_seconds()
+        if waited < self.cfg.healing.verify_timeout_seconds and (outcome.ok or outcome.pending):
+            return None  # wait for fresh evidence
+        return self.log.advance(
+            incident,
+            State.DIAGNOSED,
+            remedy=remedy.name,
+            attempt=verifying.attempt,
+            evidence=outcome.evidence,
+            detail=f"failed verification after {waited:.0f} s: {outcome.detail}",
+        )
+
+    def _escalate(self, incident: Incident) -> Incident | None:
+        tried = ", ".join(incident.remedies_tried) or "none"
+        held = get_remedy("hold_fallback").apply(self.ctx, incident, {}, f"{incident.id}:escalation")
+        detail = f"escalated: remedies exhausted ({tried}); {held.detail}"
+        champion = self.ctx.registry.by_alias(CHAMPION)
+        evidence = {"champion": champion.version if champion else ""}
+        step = self.log.advance(incident, State.ESCALATED, detail=detail, evidence=evidence)
+        if step is not None:
+            _emit(step, State.ESCALATED)
+            _notify(self.cfg, step)
+            logger.error("incident %s ESCALATED: %s", incident.id, detail)
+        return step
+
+
+# -- events and notifications ----------------------------------------------------------------
+def _emit(incident: Incident, state: State) -> None:
+    """A Prefect event per transition (best effort: the log is the source of truth)."""
+    try:
+        from prefect.events import emit_event
+
+        emit_event(
+            event=f"selfheal.incident.{state.value.lower()}",
+            resource={"prefect.resource.id": f"selfheal.incident.{incident.id}", "selfheal.cause": incident.cause},
+            payload={
+                "remedy": incident.last.remedy,
+                "detail": incident.last.detail,
+                "mttr": incident.last.mttr_seconds,
+            },
+        )
+    except Exception as exc:  # noqa: BLE001
+        logger.debug("event not emitted: %s", exc)
+
+
+def _notify(cfg: SelfhealConfig, incident: Incident) -> None:
+    if not cfg.healing.webhook_url:
+        return
+    try:
+        httpx.post(cfg.healing.webhook_url, json=to_report(incident), timeout=10)
+    except httpx.HTTPError as exc:
+        logger.warning("escalation webhook %s failed: %s", cfg.healing.webhook_url, exc)
+
+
+# -- the flow --------------------------------------------------------------------------------
+def make_context(cfg: SelfhealConfig, config_path: str | None) -> HealContext:
+    lake = Lake(cfg.lake.root, cfg.lake.storage_options or None)
+    return HealContext(cfg, config_path, lake, Registry(cfg.tracking_uri, cfg.model_name))
+
+
+def observe(ctx: HealContext, since: datetime, run_monitor: bool = True) -> Observation:
+    """One monitor pass (plain calls, no flow run: see ``monitor_pass``) plus the healer's probes."""
+    from flows.monitor.flow import monitor_pass
+
+    cfg = ctx.cfg
+    observation = Observation(started_at=datetime.now(UTC))
+    now = observation.started_at
+    upstream = probe_upstream(ctx, now)
+    observation.signals += upstream
+    observation.signals += probe_serving(ctx, now)
+    observation.signals += probe_quarantine(ctx, since, now)
+    if run_monitor and not upstream:
+        try:
+            observation.signals += monitor_pass(cfg)
+        except (RegistryUnavailable, OSError) as exc:
+            logger.warning("monitor pass failed: %s", exc)
+    return observation
+
+
+@flow(name="selfheal-healer")
+def healer_flow(
+    config_path: str | None = None, run_monitor: bool = True, since: datetime | None = None
+) -> list[dict[str, Any]]:
+    """One healer tick: observe, diagnose, open/join incidents, move them. Returns the open ones."""
+    cfg = load_config(config_path)
+    ctx = make_context(cfg, config_path)
+    healer = Healer(ctx, IncidentLog(ctx.lake))
+    observation = observe(
+        ctx, since or datetime.now(UTC) - timedelta(seconds=cfg.healing.interval_seconds * 2), run_monitor
+    )
+    still_open = healer.tick(observation)
+    get_run_logger().info("healer tick: %d signal(s), %d open incident(s)", len(observation.signals), len(still_open))
+    return [to_report(i) for i in still_open]
+
+
+class HealerLoop:
+    """Ticks in one process, keeping verification state between ticks."""
+
+    def __init__(self, cfg: SelfhealConfig, config_path: str | None, run_monitor: bool = True) -> None:
+        self.ctx = make_context(cfg, config_path)
+        self.healer = Healer(self.ctx, IncidentLog(self.ctx.lake))
+        self.run_monitor = run_monitor
+        self.last_observed = datetime.now(UTC)
+
+    def tick(self) -> list[Incident]:
+        observation = observe(self.ctx, self.last_observed, self.run_monitor)
+        self.last_observed = observation.started_at
+        return self.healer.tick(observation)

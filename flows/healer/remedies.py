@@ -1,0 +1,430 @@
+"""Remedies: what the healer can do, each with plan, apply, verify, cost and an idempotency key.
+
+* ``plan`` decides the concrete change once (e.g. "champion 7 -> 6") and is
+  stored in the HEALING row, so a healer that resumes after a crash applies the
+  same change, never a new one computed from a half-changed world.
+* ``apply`` is idempotent for its key: run twice, it changes things once.
+* ``verify`` looks at fresh evidence (the registry, the lake, the live server),
+  never at what ``apply`` said. It may answer "pending" until evidence arrives.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from checkpoints import Lake
+from checkpoints.exceptions import RemedyFailed
+from checkpoints.incidents import Incident
+from flows.config import SelfhealConfig
+from flows.monitor.scrape import http_client
+from flows.registry import CHAMPION, LIGHT, PREVIOUS, Registry
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What apply or verify found.
+
+    Attributes:
+        ok: applied / verified.
+        detail: one line for the incident log.
+        evidence: numbers that back it.
+        pending: verify only: no verdict yet (wait for fresh evidence).
+    """
+
+    ok: bool
+    detail: str
+    evidence: dict[str, Any] = field(default_factory=dict)
+    pending: bool = False
+
+
+@dataclass
+class HealContext:
+    """Everything a remedy may touch."""
+
+    cfg: SelfhealConfig
+    config_path: str | None
+    lake: Lake
+    registry: Registry
+
+    @property
+    def serving_url(self) -> str:
+        return (self.cfg.serving.url or f"http://{self.cfg.serving.host}:{self.cfg.serving.port}").rstrip("/")
+
+
+# -- the model server, from the healer's side --------------------------------------------
+def _admin_headers() -> dict[str, str]:
+    token = os.environ.get("SELFHEAL_ADMIN_TOKEN")
+    return {"Authorization": f"Bearer {token}"} if token else {}
+
+
+def server_ready(ctx: HealContext, timeout: float = 2.0) -> dict[str, Any] | None:
+    """The server's /ready body when it is ready, else None."""
+    try:
+        response = http_client().get(f"{ctx.serving_url}/ready", timeout=timeout)
+    except httpx.HTTPError:
+        return None
+    if response.status_code != 200:
+        return None
+    body: dict[str, Any] = response.json()
+    return body
+
+
+def server_reload(ctx: HealContext) -> bool:
+    """Ask the server to reload its models now; False when it cannot be asked."""
+    try:
+        response = http_client().post(f"{ctx.serving_url}/admin/reload", headers=_admin_headers(), timeout=30)
+    except httpx.HTTPError as exc:
+        logger.warning("reload request to %s failed: %s", ctx.serving_url, exc)
+        return False
+    return response.status_code < 300
+
+
+def pid_file(cfg: SelfhealConfig) -> Path:
+    return Path(cfg.home) / "run" / f"serving-{cfg.serving.port}.pid"
+
+
+def server_pid(cfg: SelfhealConfig) -> int | None:
+    """The pid of the server the healer (or ``selfheal up``) started, if it is alive."""
+    path = pid_file(cfg)
+    try:
+        pid = int(path.read_text().strip())
+        os.kill(pid, 0)
+    except (OSError, ValueError):
+        return None
+    return pid
+
+
+def start_server(cfg: SelfhealConfig, config_path: str | None) -> int:
+    """Start ``selfheal serve`` detached (own session) and record its pid."""
+    log_dir = Path(cfg.home) / "run"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    argv = [sys.executable, "-m", "flows.cli", *(["--config", config_path] if config_path else []), "serve"]
+    with open(log_dir / f"serving-{cfg.serving.port}.log", "ab") as out:
+        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    pid_file(cfg).write_text(str(proc.pid))
+    return proc.pid
+
+
+def stop_server(cfg: SelfhealConfig, timeout: float = 15.0) -> None:
+    """SIGTERM the recorded server and wait for it (it flushes its inference log)."""
+    pid = server_pid(cfg)
+    if pid is None:
+        return
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except OSError:
+            return
+        try:
+            os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:
+            pass
+        time.sleep(0.1)
+    os.kill(pid, signal.SIGKILL)
+
+
+def tracking_store_error(ctx: HealContext, timeout: float = 3.0) -> str | None:
+    """None when the tracking store answers within ``timeout`` seconds, else what went wrong.
+
+    A locked or unreachable store can block a client call for a long time (SQLite's
+    busy timeout is 20 s); the healer must not stall behind it, so the call runs in a
+    daemon thread and is abandoned after ``timeout``.
+    """
+    result: list[str | None] = []
+
+    def call() -> None:
+        try:
+            ctx.registry.client.search_registered_models(max_results=1)
+            result.append(None)
+        except Exception as exc:  # noqa: BLE001 - any failure is "does not answer"
+            result.append(f"{type(exc).__name__}: {str(exc)[:200]}")
+
+    worker = threading.Thread(target=call, daemon=True)
+    worker.start()
+    worker.join(timeout)
+    if not result:
+        return f"no answer from {ctx.cfg.tracking_uri} within {timeout:g} s"
+    return result[0]
+
+
+# -- remedies ------------------------------------------------------------------------------
+class Remedy:
+    """Base: subclasses set ``name``/``cost`` and implement apply and verify."""
+
+    name = "remedy"
+    cost = 1.0
+
+    def plan(self, ctx: HealContext, incident: Incident) -> dict[str, Any]:
+        return {}
+
+    def apply(self, ctx: HealContext, incident: Incident, plan: dict[str, Any], key: str) -> Outcome:
+        raise NotImplementedError
+
+    def verify(self, ctx: HealContext, incident: Incident, plan: dict[str, Any], since: datetime) -> Outcome:
+        raise NotImplementedError
+
+
+def _serves(ctx: HealContext, version: str) -> Outcome:
+    """Fresh evidence from the live server that it answers with ``version``."""
+    ready = server_ready(ctx)
+    if ready is None:
+        return Outcome(False, f"server at {ctx.serving_url} is not ready", pending=True)
+    if str(ready.get("model_version")) != version:
+        server_reload(ctx)
+        return Outcome(False, f"server still serves v{ready.get('model_version')}, want v{version}", pending=True)
+    return Outcome(True, f"server answers with v{version}", {"model_version": version})
+
+
+class Retrain(Remedy):
+    """Run the pipeline, training on the newest batches only (a recent window)."""
+
+    name, cost = "retrain", 10.0
+
+    def plan(self, ctx: HealContext, incident: Incident) -> dict[str, Any]:
+        champion = ctx.registry.by_alias(CHAMPION)
+        return {
+            "from_version": champion.version if champion else None,
+            "window_batches": ctx.cfg.healing.retrain_window,
+        }
+
+    def apply(self, ctx: HealContext, incident: Incident, plan: dict[str, Any], key: str) -> Outcome:
+        from flows.pipeline.flow import pipeline_flow
+
+        # Idempotent: the pipeline skips landed files, built batches and models already
+        # trained on the same silver version with the same config (its train key).
+        result = pipeline_flow(ctx.config_path, window_batches=plan["window_batches"])
+        evidence = {"outcome": result.outcome, "metrics": result.metrics, "champion": result.champion}
+        ok = result.outcome in ("promoted", "up-to-date")
+        return Outcome(ok, f"pipeline {result.outcome}: {result.message}", evidence)
+
+    def verify(self, ctx: HealContext, incident: Incident, plan: dict[str, Any], since: datetime) -> Outcome:
+        champion = ctx.registry.by_alias(CHAMPION)
+        if champion is None or champion.version == plan.get("from_version"):
+            return Outcome(False, "no new champion after retraining")
+        metric = ctx.cfg.gate_metric
+        score = float(champion.tags.get(f"metric.{metric}", "nan"))
+        if not score >= ctx.cfg.gate.minimum:
+            return Outcome(False, f"new champion v{champion.version} {metric}={score:.4f} below the minimum")
+        served = _serves(ctx, champion.version) if ctx.cfg.serving.url else Outcome(True, "no server configured")
+        if not served.ok:
+            return served
+        return Outcome(True, f"v{champion.version} {metric}={score:.4f} holdout; {served.detail}", {metric: score})
+
+
+class Rollback(Remedy):
+    """champion <- previous (the bad champion becomes previous), then reload the server."""
+
+    name, cost = "rollback", 1.0
+
+    def plan(self, ctx: HealContext, incident: Incident) -> dict[str, Any]:
+        champion, previous = ctx.registry.by_alias(CHAMPION), ctx.registry.by_alias(PREVIOUS)
+        if champion is None or previous is None:
+            return {"to_version": None}
+        return {"from_version": champion.version, "to_version": previous.version}
+
+    def apply(self, ctx: HealContext, incident: Incident, plan: dict[str, Any], key: str) -> Outcome:
+        target = plan.get("to_version")
+        if target is None:
+            return Outcome(False, "no previous version to roll back to")
+        if ctx.registry.by_alias(CHAMPION) is None or ctx.registry.by_alias(CHAMPION).version != target:  # type: ignore[union-attr]
+            ctx.registry.set_alias(CHAMPION, target)
+            ctx.registry.set_alias(PREVIOUS, plan["from_version"])
+            ctx.registry.set_tag(target, "selfheal.promoted_at", datetime.now().astimezone().isoformat())
+            ctx.registry.set_tag(plan["from_version"], "selfheal.rolled_back_by", key)
+        server_reload(ctx)
+        return Outcome(True, f"champion v{plan['from_version']} -> v{target}")
+
+    def verify(self, ctx: HealContext, incident: Incident, plan: dict[str, Any], since: datetime) -> Outcome:
+        champion = ctx.registry.by_alias(CHAMPION)
+        if champion is None or champion.version != plan.get("to_version"):
+            return Outcome(
+                False, f"registry champion is {champion and champion.version}, not v{plan.get('to_version')}"
+            )
+        return _serves(ctx, champion.version) if ctx.cfg.serving.url else Outcome(True, "registry rolled back")
+
+
+class LightModel(Rollback):
+    """Switch the champion to the registered ``light`` model (fast, for latency)."""
+
+    name, cost = "light_model", 1.0
+
+    def plan(self, ctx: HealContext, incident: Incident) -> dict[str, Any]:
+        champion, light = ctx.registry.by_alias(CHAMPION), ctx.registry.by_alias(LIGHT)
+        if champion is None or light is None:
+            return {"to_version": None}
+        return {"from_version": champion.version, "to_version": light.version}
+
+
+class RestoreTables(Remedy):
+    """Restore every stage table to the last consistent manifest."""
+
+    name, cost = "restore_tables", 2.0
+
+    def plan(self, ctx: HealContext, incident: Incident) -> dict[str, Any]:
+        manifest = ctx.lake.last_manifest()
+        return {"manifest": manifest.run_id if manifest else None, "stages": manifest.stages if manifest else {}}
+
+    def apply(self, ctx: HealContext, incident: Incident, plan: dict[str, Any], key: str) -> Outcome:
+        if not plan["stages"]:
+            return Outcome(False, "no consistent manifest to restore to")
+        for table, version in plan["stages"].items():
+            try:
+                ctx.lake.restore(table, version, key=f"{key}:{table}")
+            except Exception:  # noqa: BLE001 - a corrupted log is recovered, then restored
+                ctx.lake.recover(table)
+                ctx.lake.restore(table, version, key=f"{key}:{table}")
+        return Outcome(True, f"tables restored to manifest {plan['manifest']}: {plan['stages']}")
+
+    def verify(self, ctx: HealContext, incident: Incident, plan: dict[str, Any], since: datetime) -> Outcome:
+        for table, version in plan["stages"].items():
+            now, then = ctx.lake.read(table), ctx.lake.read(table, version=version)
+            if now.num_rows != then.num_rows or now.schema != then.schema:
+                return Outcome(False, f"{table} does not match manifest version {version}")
+        return Outcome(True, "every table reads as in the manifest")
+
+
+class QuarantineBackfill(Remedy):
+    """Take the clean copy of each quarantined batch from the fallback source and land it."""
+
+    name, cost = "quarantine_backfill", 3.0
+
+    def plan(self, ctx: HealContext, incident: Incident) -> dict[str, Any]:
+        files = incident.evidence.get("quarantined", [])
+        return {"files": [f["source"] for f in files]}
+
+    def apply(self, ctx: HealContext, incident: Incident, plan: dict[str, Any], key: str) -> Outcome:
+        from flows.pipeline.flow import pipeline_flow
+
+        fallback = ctx.cfg.landing.fallback
+        if not fallback or not plan["files"]:
+            return Outcome(False, "no fallback source configured" if not fallback else "no quarantined files named")
+        copied = []
+        for source in plan["files"]:
+            name = Path(source).name
+            clean = Path(fallback) / name
+            if not clean.exists():
+                continue
+            target = Path(ctx.cfg.landing.path) / f"backfill-{name}"
+            if not target.exists():
+                shutil.copyfile(clean, target)
+            copied.append(str(target))
+        if not copied:
+            return Outcome(False, f"the fallback source {fallback} has none of the quarantined batches")
+        result = pipeline_flow(ctx.config_path)
+        return Outcome(True, f"backfilled {len(copied)} batch(es); pipeline {result.outcome}", {"backfilled": copied})
+
+    def verify(self, ctx: HealContext, incident: Incident, plan: dict[str, Any], since: datetime) -> Outcome:
+        from flows.pipeline.stages.ingest import read_file
+
+        backfilled = [Path(ctx.cfg.landing.path) / f"backfill-{Path(s).name}" for s in plan["files"]]
+        present = [p for p in backfilled if p.exists()]
+        landed = [p for p in present if ctx.lake.has_key("bronze", read_file(str(p)).sha256)]
+        if not present or len(landed) < len(present):
+            return Outcome(False, f"{len(landed)}/{len(present)} backfilled batch(es) in bronze")
+        return Outcome(True, f"{len(landed)} clean batch(es) in bronze in place of the quarantined ones")
+
+
+class Impute(Remedy):
+    """Re-land quarantined batches that failed only on missing values, filled with last-good statistics."""
+
+    name, cost = "impute", 2.0
+
+    def plan(self, ctx: HealContext, incident: Incident) -> dict[str, Any]:
+        return {"files": [f["stored_at"] for f in incident.evidence.get("quarantined", [])]}
+
+    def apply(self, ctx: HealContext, incident: Incident, plan: dict[str, Any], key: str) -> Outcome:
+        from flows.pipeline.imputation import impute_quarantined
+
+        landed = impute_quarantined(ctx.cfg, ctx.lake, plan["files"])
+        if not landed:
+            return Outcome(False, "no quarantined batch could be repaired by imputation")
+        return Outcome(True, f"imputed and landed {len(landed)} batch(es)", {"imputed": landed})
+
+    def verify(self, ctx: HealContext, incident: Incident, plan: dict[str, Any], since: datetime) -> Outcome:
+        from flows.pipeline.imputation import imputed_key
+
+        landed = [f for f in plan["files"] if ctx.lake.has_key("bronze", imputed_key(f))]
+        if not landed:
+            return Outcome(False, "no imputed batch in bronze")
+        return Outcome(True, f"{len(landed)} imputed batch(es) in bronze")
+
+
+class RestartServing(Remedy):
+    """Start the server again when its process is gone, else ask it to reload."""
+
+    name, cost = "restart_serving", 1.0
+
+    def apply(self, ctx: HealContext, incident: Incident, plan: dict[str, Any], key: str) -> Outcome:
+        if server_ready(ctx) is not None:
+            server_reload(ctx)
+            return Outcome(True, "server answered; asked it to reload")
+        if server_pid(ctx.cfg) is not None:
+            stop_server(ctx.cfg)
+        pid = start_server(ctx.cfg, ctx.config_path)
+        return Outcome(True, f"started the server again (pid {pid})", {"pid": pid})
+
+    def verify(self, ctx: HealContext, incident: Incident, plan: dict[str, Any], since: datetime) -> Outcome:
+        ready = server_ready(ctx)
+        if ready is None:
+            return Outcome(False, f"{ctx.serving_url}/ready does not answer yet", pending=True)
+        return Outcome(True, f"server ready with v{ready.get('model_version')}", {"ready": ready})
+
+
+class HoldFallback(Remedy):
+    """Keep the safest state: a champion in the registry and a server answering; wait out the outage."""
+
+    name, cost = "hold_fallback", 0.0
+
+    def apply(self, ctx: HealContext, incident: Incident, plan: dict[str, Any], key: str) -> Outcome:
+        return Outcome(True, "holding the current champion and the server's fallback; pipeline runs deferred")
+
+    def verify(self, ctx: HealContext, incident: Incident, plan: dict[str, Any], since: datetime) -> Outcome:
+        error = tracking_store_error(ctx)
+        if error is not None:
+            return Outcome(False, f"tracking store still unreachable: {error}", pending=True)
+        champion = ctx.registry.by_alias(CHAMPION)
+        from flows.pipeline.stages.ingest import LandingUnreachable, list_landing
+
+        try:
+            list_landing(ctx.cfg.landing.path, ctx.cfg.landing.format)
+        except LandingUnreachable as exc:
+            return Outcome(False, str(exc), pending=True)
+        if ctx.cfg.serving.url and server_ready(ctx) is None:
+            return Outcome(False, "server not ready", pending=True)
+        return Outcome(True, f"upstream answers again; champion v{champion.version if champion else '-'} held")
+
+
+REMEDIES: dict[str, Callable[[], Remedy]] = {
+    cls.name: cls
+    for cls in (Retrain, Rollback, LightModel, RestoreTables, QuarantineBackfill, Impute, RestartServing, HoldFallback)
+}
+
+
+def get_remedy(name: str) -> Remedy:
+    """A remedy by its policy name.
+
+    Raises:
+        RemedyFailed: no remedy has that name.
+    """
+    try:
+        return REMEDIES[name]()
+    except KeyError:
+        raise RemedyFailed(f"unknown remedy {name!r}; known: {', '.join(sorted(REMEDIES))}") from None

@@ -1,0 +1,599 @@
+"""``selfheal up`` / ``selfheal down``: the local stack, in the background, on one machine.
+
+``up`` starts, each in its own session (process group) with a pid file under
+``<home>/run/`` and its log beside it:
+
+- ``prefect-server``: ``prefect server start`` on 127.0.0.1, SQLite under ``<home>/prefect``;
+- ``serving``: ``selfheal serve`` (gunicorn's master and its workers);
+- ``landing-watcher``: emits a ``selfheal.landing.file.created`` Prefect event for each
+  file that lands (a local landing folder only; object stores send their own notifications);
+- ``prefect-worker``: a process worker for the ``local`` work pool;
+
+then registers the ``local`` deployments of ``deployments/prefect.yaml`` with
+``prefect deploy`` and prints the UI address and what is scheduled. ``down`` stops
+them newest first: SIGTERM to every process of the group and every descendant
+(flow runs start their own sessions), SIGKILL to whatever is left after a grace
+period, so nothing stays behind.
+
+Example:
+    >>> stack = Stack.from_config(load_config(), prefect_port=4200)
+    >>> stack.up()        # returns the summary to print
+    >>> stack.down()
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+import yaml
+from tenacity import retry, retry_if_exception, stop_after_attempt, wait_exponential_jitter
+
+from checkpoints.exceptions import SelfhealError
+from flows.config import SelfhealConfig, load_config
+
+logger = logging.getLogger(__name__)
+
+PROJECT_DIR = Path(__file__).resolve().parent.parent
+PREFECT_FILE = PROJECT_DIR / "deployments" / "prefect.yaml"
+WORK_POOL = "local"
+LANDING_EVENT = "selfheal.landing.file.created"
+LANDING_RESOURCE_PREFIX = "selfheal.landing.file."
+#: Started in this order, stopped in the reverse one.
+SERVICES = ("prefect-server", "serving", "landing-watcher", "prefect-worker")
+_STOP_GRACE_SECONDS = 15.0
+
+
+# -- processes ------------------------------------------------------------------------------
+def _start_ticks(pid: int) -> int | None:
+    """The process's start time in clock ticks since boot (tells a pid from its reuse)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # The command name (field 2) may hold spaces or parentheses: split after its last ")".
+    return int(stat.rsplit(")", 1)[1].split()[19])
+
+
+def _process_table() -> dict[int, tuple[int, int]]:
+    """Every live process: pid -> (parent pid, process group id)."""
+    table: dict[int, tuple[int, int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if fields[0] != "Z":
+            table[int(entry.name)] = (int(fields[1]), int(fields[2]))
+    return table
+
+
+def process_tree(pid: int) -> set[int]:
+    """``pid``, the members of its process group and all their descendants, alive now."""
+    table = _process_table()
+    found = {p for p, (_, group) in table.items() if group == pid}
+    if pid in table:
+        found.add(pid)
+    children: dict[int, list[int]] = {}
+    for p, (parent, _) in table.items():
+        children.setdefault(parent, []).append(p)
+    todo = list(found)
+    while todo:
+        for child in children.get(todo.pop(), []):
+            if child not in found:
+                found.add(child)
+                todo.append(child)
+    return found
+
+
+def group_members(pgid: int) -> set[int]:
+    """The live processes of process group ``pgid``."""
+    return {p for p, (_, group) in _process_table().items() if group == pgid}
+
+
+def _alive(pids: Iterable[int]) -> set[int]:
+    table = _process_table()
+    return {p for p in pids if p in table}
+
+
+def terminate(pids: set[int], grace: float = _STOP_GRACE_SECONDS) -> set[int]:
+    """SIGTERM ``pids``, wait up to ``grace`` seconds, SIGKILL the rest; returns those that were killed."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for pid in _alive(pids):
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+        deadline = time.monotonic() + (grace if sig == signal.SIGTERM else 5.0)
+        while _alive(pids) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        if not _alive(pids):
+            return set()
+    left = _alive(pids)
+    if left:
+        raise SelfhealError(f"processes {sorted(left)} survived SIGKILL")
+    return pids
+
+
+@dataclass(frozen=True)
+class PidFile:
+    """What ``up`` recorded about one background process.
+
+    Attributes:
+        name: the service (``prefect-server``, ``serving``, ...).
+        pid: its pid, also its process group id (it leads its own session).
+        start_ticks: its start time, so a reused pid is never signalled.
+        argv: the command line, for people reading the file.
+    """
+
+    name: str
+    pid: int
+    start_ticks: int | None
+    argv: list[str] = field(default_factory=list)
+
+    def running(self) -> bool:
+        return self.start_ticks is not None and _start_ticks(self.pid) == self.start_ticks
+
+    @classmethod
+    def read(cls, path: Path) -> PidFile | None:
+        try:
+            data = json.loads(path.read_text())
+            return cls(str(data["name"]), int(data["pid"]), data.get("start_ticks"), list(data.get("argv", [])))
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+
+    def write(self, path: Path) -> None:
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(
+            json.dumps({"name": self.name, "pid": self.pid, "start_ticks": self.start_ticks, "argv": self.argv})
+        )
+        tmp.replace(path)
+
+
+# -- the stack ------------------------------------------------------------------------------
+@dataclass
+class Stack:
+    """The local stack of one selfheal home.
+
+    Attributes:
+        cfg: the loaded configuration (its ``home`` holds ``run/`` and ``prefect/``).
+        config_path: the selfheal.yaml the services read (None: defaults).
+        prefect_port: port of the Prefect server on 127.0.0.1.
+    """
+
+    cfg: SelfhealConfig
+    config_path: str | None
+    prefect_port: int = 4200
+
+    @classmethod
+    def from_config(cls, cfg: SelfhealConfig, prefect_port: int = 4200) -> Stack:
+        return cls(cfg, cfg.source_path, prefect_port)
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.cfg.home) / "run"
+
+    @property
+    def api_url(self) -> str:
+        return f"http://127.0.0.1:{self.prefect_port}/api"
+
+    @property
+    def serving_url(self) -> str:
+        return f"http://{self.cfg.serving.host}:{self.cfg.serving.port}"
+
+    def environment(self) -> dict[str, str]:
+        """Every service's environment: an isolated Prefect home and API, the config, no telemetry."""
+        env = dict(os.environ)
+        env.update(
+            PREFECT_HOME=str(Path(self.cfg.home) / "prefect"),
+            PREFECT_API_URL=self.api_url,
+            PREFECT_SERVER_ANALYTICS_ENABLED="false",
+            DO_NOT_TRACK="1",
+            MLFLOW_ENABLE_TELEMETRY="false",
+            PYTHONUNBUFFERED="1",
+        )
+        env.pop("PREFECT_PROFILE", None)
+        if self.config_path:
+            env["SELFHEAL_CONFIG"] = self.config_path
+        return env
+
+    def pid_files(self) -> list[PidFile]:
+        found = [PidFile.read(self.run_dir / f"{name}.pid") for name in SERVICES]
+        return [p for p in found if p is not None]
+
+    # -- up --------------------------------------------------------------------------------
+    def up(self, timeout: float = 120.0) -> str:
+        """Start the stack and register the deployments; returns the summary to print.
+
+        Raises:
+            SelfhealError: part of the stack is already running, a port is taken, or a
+                service did not come up (what ``up`` had started is stopped again).
+        """
+        running = [p.name for p in self.pid_files() if p.running()]
+        if running:
+            raise SelfhealError(f"already running: {', '.join(running)} (run `selfheal down` first)")
+        for port, what in ((self.prefect_port, "the Prefect server"), (self.cfg.serving.port, "the model server")):
+            if _port_in_use(port):
+                raise SelfhealError(f"port {port} for {what} is already in use")
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        if self.config_path is None:
+            # No selfheal.yaml: the services run elsewhere (cwd, pull step), so they get the
+            # effective settings written out rather than looking for a file of their own.
+            effective = self.run_dir / "selfheal.yaml"
+            effective.write_text(yaml.safe_dump(self.cfg.model_dump(mode="json", by_alias=True)))
+            self.config_path = str(effective)
+        try:
+            return self._up(time.monotonic() + timeout)
+        except BaseException:
+            self.down()
+            raise
+
+    def _up(self, deadline: float) -> str:
+        py = sys.executable
+        self._spawn(
+            "prefect-server",
+            [py, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(self.prefect_port)],
+        )
+        self._spawn("serving", [py, "-m", "flows.cli", "serve"])
+        watching = "://" not in self.cfg.landing.path
+        if watching:
+            self._spawn("landing-watcher", [py, "-m", "flows.local.stack", "watch-landing", self.cfg.landing.path])
+        from prefect.workers.process import ProcessWorker  # while the server starts
+
+        template = ProcessWorker.get_default_base_job_template()
+        self._wait_http("prefect-server", f"{self.api_url}/health", deadline)
+        self._ensure_work_pool(template)
+        self._spawn(
+            "prefect-worker", [py, "-m", "prefect", "worker", "start", "--pool", WORK_POOL, "--type", "process"]
+        )
+        skipped = self._deploy()
+        self._set_monitor_parameters()
+        self._wait_http("serving", f"{self.serving_url}/health", deadline)
+        return self.summary(skipped, watching)
+
+    def _ensure_work_pool(self, template: dict[str, Any]) -> None:
+        body = {"name": WORK_POOL, "type": "process", "base_job_template": template}
+        if prefect_api("POST", f"{self.api_url}/work_pools/", body, ok=(409,)) is None:  # kept from an earlier `up`
+            prefect_api("PATCH", f"{self.api_url}/work_pools/{WORK_POOL}", {"base_job_template": template})
+
+    def _spawn(self, name: str, argv: list[str]) -> None:
+        log = (self.run_dir / f"{name}.log").open("ab")
+        try:
+            proc = subprocess.Popen(
+                argv,
+                cwd=PROJECT_DIR,
+                env=self.environment(),
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        finally:
+            log.close()
+        PidFile(name, proc.pid, _start_ticks(proc.pid), argv).write(self.run_dir / f"{name}.pid")
+        logger.info("started %s (pid %d)", name, proc.pid)
+
+    def _run(self, what: str, argv: list[str]) -> str:
+        done = subprocess.run(
+            argv, cwd=PROJECT_DIR, env=self.environment(), capture_output=True, text=True, stdin=subprocess.DEVNULL
+        )
+        if done.returncode != 0:
+            raise SelfhealError(f"{what} failed ({' '.join(argv[2:])}):\n{(done.stdout + done.stderr)[-3000:]}")
+        return done.stdout
+
+    def _wait_http(self, name: str, url: str, deadline: float) -> None:
+        pid = PidFile.read(self.run_dir / f"{name}.pid")
+        while time.monotonic() < deadline:
+            if pid is not None and not pid.running():
+                raise SelfhealError(
+                    f"{name} exited while starting; see {self.run_dir / (name + '.log')}:\n{self._tail(name)}"
+                )
+            try:
+                if httpx.get(url, timeout=2.0).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.25)
+        raise SelfhealError(f"{name} did not answer {url} in time; see {self.run_dir / (name + '.log')}")
+
+    def _tail(self, name: str, chars: int = 2000) -> str:
+        try:
+            return (self.run_dir / f"{name}.log").read_text(errors="replace")[-chars:]
+        except OSError:
+            return ""
+
+    def _deploy(self) -> list[str]:
+        """``prefect deploy`` every ``local`` deployment whose flow file is in this checkout.
+
+        Returns the entrypoints left out (their module is not written yet).
+        """
+        if not PREFECT_FILE.exists():
+            raise SelfhealError(f"{PREFECT_FILE} not found: `selfheal up` runs from a source checkout")
+        entries = [d for d in local_deployments() if (PROJECT_DIR / d["entrypoint"].split(":")[0]).exists()]
+        skipped = [d["entrypoint"] for d in local_deployments() if d not in entries]
+        names: list[str] = []
+        for entry in entries:
+            names += ["--name", f"{entry['entrypoint'].split(':')[1].replace('_', '-')}/{WORK_POOL}"]
+        py = sys.executable
+        self._run(
+            "prefect deploy",
+            [py, "-m", "prefect", "--no-prompt", "deploy", "--prefect-file", str(PREFECT_FILE), *names],
+        )
+        return skipped
+
+    def _set_monitor_parameters(self) -> None:
+        """The monitor deployment's parameters from the loaded config (prefect.yaml only mirrors the defaults)."""
+        cfg = self.cfg
+        parameters = {
+            "lake_root": cfg.lake.root,
+            "thresholds": cfg.thresholds,
+            "serving_url": cfg.serving.url or self.serving_url,
+            "model_name": cfg.model_name,
+            "tracking_uri": cfg.tracking_uri,
+            "ml_task": cfg.data.task,
+            "target": cfg.data.target,
+            "storage_options": cfg.lake.storage_options or None,
+        }
+        for deployment in self.deployments():
+            if deployment["flow_name"] == "selfheal-monitor":
+                prefect_api("PATCH", f"{self.api_url}/deployments/{deployment['id']}", {"parameters": parameters})
+
+    # -- what is there -------------------------------------------------------------------------
+    def deployments(self) -> list[dict[str, Any]]:
+        """The ``local`` pool's deployments, each with ``flow_name`` and the automations that run it."""
+        api = self.api_url
+        body = {"work_pools": {"name": {"any_": [WORK_POOL]}}, "sort": "NAME_ASC"}
+        found: list[dict[str, Any]] = prefect_api("POST", f"{api}/deployments/filter", body)
+        flows = {f["id"]: f["name"] for f in prefect_api("POST", f"{api}/flows/filter", {})}
+        automations = prefect_api("POST", f"{api}/automations/filter", {})
+        for d in found:
+            d["flow_name"] = flows.get(d["flow_id"], "?")
+            d["automations"] = [
+                a for a in automations if any(act.get("deployment_id") == d["id"] for act in a.get("actions", []))
+            ]
+        return found
+
+    def next_run(self, deployment_id: str) -> str | None:
+        body = {
+            "deployments": {"id": {"any_": [deployment_id]}},
+            "flow_runs": {"state": {"type": {"any_": ["SCHEDULED"]}}},
+            "sort": "EXPECTED_START_TIME_ASC",
+            "limit": 1,
+        }
+        runs = prefect_api("POST", f"{self.api_url}/flow_runs/filter", body)
+        return str(runs[0]["expected_start_time"]) if runs else None
+
+    def summary(self, skipped: list[str], watching: bool) -> str:
+        ui = self.api_url.removesuffix("/api")
+        lines = [
+            "selfheal is up",
+            f"  Prefect UI       {ui}   (export PREFECT_API_URL={self.api_url})",
+            f"  model server     {self.serving_url}   (/health /ready /metrics /predict)",
+            f"  worker           work pool '{WORK_POOL}' (process)",
+        ]
+        if watching:
+            lines.append(f"  landing watcher  {self.cfg.landing.path} -> {LANDING_EVENT}")
+        lines += [f"  logs             {self.run_dir}/*.log", "", "Deployments:"]
+        for d in self.deployments():
+            lines.append(f"  {d['flow_name']}/{d['name']}")
+            for s in d.get("schedules") or []:
+                nxt = self.next_run(d["id"])
+                lines.append(f"      {describe_schedule(s['schedule'])}" + (f"; next run {nxt}" if nxt else ""))
+            for a in d["automations"]:
+                lines.append(f"      {describe_trigger(a['trigger'])}")
+        for entrypoint in skipped:
+            lines.append(f"  not deployed: {entrypoint} (no such file in this checkout yet)")
+        lines += ["", "Stop everything with: selfheal down"]
+        return "\n".join(lines)
+
+    # -- down --------------------------------------------------------------------------------
+    def down(self) -> list[str]:
+        """Stop what ``up`` started, newest first; returns the services that were running."""
+        stopped: list[str] = []
+        for name in reversed(SERVICES):
+            path = self.run_dir / f"{name}.pid"
+            pid = PidFile.read(path)
+            if pid is not None:
+                # A dead leader's pid is not reused while its group lives on: its members are still ours.
+                targets = process_tree(pid.pid) if pid.running() else group_members(pid.pid)
+                if targets:
+                    terminate(targets)
+                    stopped.append(name)
+                    logger.info("stopped %s (pid %d)", name, pid.pid)
+            path.unlink(missing_ok=True)
+        return stopped
+
+
+def _transient(exc: BaseException) -> bool:
+    """A busy SQLite server answers 503 (database locked) or drops the connection; both pass."""
+    if isinstance(exc, httpx.HTTPStatusError):
+        return exc.response.status_code in (429, 503)
+    return isinstance(exc, httpx.TransportError)
+
+
+@retry(
+    retry=retry_if_exception(_transient),
+    stop=stop_after_attempt(8),
+    wait=wait_exponential_jitter(initial=0.25, max=4.0),
+    reraise=True,
+)
+def prefect_api(method: str, url: str, body: Any = None, ok: tuple[int, ...] = ()) -> Any:
+    """One Prefect REST call; the decoded answer (None for an empty one, or a status listed in ``ok``)."""
+    response = httpx.request(method, url, json=body, timeout=15.0)
+    if response.status_code in ok:
+        return None
+    response.raise_for_status()
+    return response.json() if response.content else None
+
+
+def _port_in_use(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.settimeout(0.5)
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+def local_deployments(prefect_file: Path = PREFECT_FILE) -> list[dict[str, Any]]:
+    """The deployments of ``prefect_file`` that target the ``local`` work pool."""
+    spec = yaml.safe_load(prefect_file.read_text())
+    return [d for d in spec.get("deployments", []) if (d.get("work_pool") or {}).get("name") == WORK_POOL]
+
+
+def describe_schedule(schedule: Mapping[str, Any]) -> str:
+    """One line for a Prefect schedule: ``every 60s``, ``cron 0 3 * * 1 (Europe/Berlin)``."""
+    if "cron" in schedule:
+        return f"cron {schedule['cron']} ({schedule.get('timezone') or 'UTC'})"
+    if "interval" in schedule:
+        seconds = float(schedule["interval"])
+        return f"every {seconds / 3600:g}h" if seconds >= 3600 and seconds % 3600 == 0 else f"every {seconds:g}s"
+    return f"rrule {schedule.get('rrule')}"
+
+
+def describe_trigger(trigger: Mapping[str, Any]) -> str:
+    """One line for an event trigger: ``on event selfheal.signal.* (selfheal.severity=warning|critical)``."""
+    expect = ", ".join(sorted(trigger.get("expect") or [])) or "any event"
+    labels = [
+        f"{key}={'|'.join(value) if isinstance(value, list) else value}"
+        for key, value in (trigger.get("match") or {}).items()
+        if key != "prefect.resource.id"
+    ]
+    return f"on event {expect}" + (f" ({', '.join(labels)})" if labels else "")
+
+
+# -- the landing watcher -----------------------------------------------------------------------
+@dataclass
+class LandingWatcher:
+    """Emits ``selfheal.landing.file.created`` once per landed file, after its size settles.
+
+    A file is announced when two polls in a row see the same size and mtime (a file
+    still being written is not announced half-way); what was announced is kept in
+    ``state_file`` so a restart does not announce it again.
+    """
+
+    landing: Path
+    state_file: Path
+    announced: dict[str, str] = field(default_factory=dict)
+    _pending: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        try:
+            self.announced = dict(json.loads(self.state_file.read_text()))
+        except (OSError, ValueError):
+            self.announced = {}
+
+    def poll(self) -> list[Path]:
+        """Files that became complete since the last poll (and are now counted as announced)."""
+        ready: list[Path] = []
+        seen: dict[str, str] = {}
+        for path in sorted(self.landing.iterdir()) if self.landing.is_dir() else []:
+            if not path.is_file() or path.name.startswith("."):
+                continue
+            stat = path.stat()
+            signature = f"{stat.st_size}:{stat.st_mtime_ns}"
+            seen[path.name] = signature
+            if self.announced.get(path.name) != signature and self._pending.get(path.name) == signature:
+                ready.append(path)
+        self._pending = seen
+        return ready
+
+    def forget_pending(self) -> None:
+        """Wait for two more polls before announcing what is pending (after a failed emit)."""
+        self._pending.clear()
+
+    def mark(self, files: list[Path]) -> None:
+        for path in files:
+            self.announced[path.name] = self._pending[path.name]
+        tmp = self.state_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.announced))
+        tmp.replace(self.state_file)
+
+
+async def emit_landing_events(files: list[Path]) -> None:
+    """One Prefect event per file, sent before returning."""
+    from prefect.events.clients import get_events_client
+    from prefect.events.schemas.events import Event, Resource
+
+    async with get_events_client() as client:
+        for path in files:
+            stat = path.stat()
+            await client.emit(
+                Event(
+                    event=LANDING_EVENT,
+                    resource=Resource.model_validate(
+                        {
+                            "prefect.resource.id": f"{LANDING_RESOURCE_PREFIX}{path.name}",
+                            "prefect.resource.name": path.name,
+                            "selfheal.landing.path": str(path),
+                        }
+                    ),
+                    payload={"size": stat.st_size, "mtime": datetime.fromtimestamp(stat.st_mtime, UTC).isoformat()},
+                )
+            )
+
+
+def watch_landing(landing: Path, state_file: Path, interval: float = 2.0, max_polls: int | None = None) -> None:
+    """Poll ``landing`` every ``interval`` seconds and announce new files (until killed or ``max_polls``)."""
+    watcher = LandingWatcher(landing, state_file)
+    polls = 0
+    while max_polls is None or polls < max_polls:
+        files = watcher.poll()
+        if files:
+            try:
+                asyncio.run(emit_landing_events(files))
+                watcher.mark(files)
+                logger.info("announced %s", ", ".join(p.name for p in files))
+            except Exception as exc:  # the server may be restarting: retry on the next poll
+                logger.warning("could not emit landing events (%s); retrying", exc)
+                watcher.forget_pending()
+        polls += 1
+        time.sleep(interval)
+
+
+# -- CLI ------------------------------------------------------------------------------------------
+def cli_up(args: argparse.Namespace) -> int:
+    """``selfheal up``."""
+    cfg = load_config()
+    print(Stack.from_config(cfg, args.prefect_port).up(timeout=args.timeout))  # noqa: T201
+    return 0
+
+
+def cli_down(args: argparse.Namespace) -> int:
+    """``selfheal down``."""
+    stopped = Stack.from_config(load_config()).down()
+    print(f"stopped: {', '.join(stopped)}" if stopped else "nothing was running")  # noqa: T201
+    return 0
+
+
+def _main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m flows.local.stack")
+    sub = parser.add_subparsers(dest="command", required=True)
+    watch = sub.add_parser("watch-landing", help="announce new landing files as Prefect events")
+    watch.add_argument("landing")
+    watch.add_argument("--interval", type=float, default=2.0)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    cfg = load_config()
+    state = Path(cfg.home) / "run" / "landing-announced.json"
+    state.parent.mkdir(parents=True, exist_ok=True)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    watch_landing(Path(args.landing), state, args.interval)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(_main())

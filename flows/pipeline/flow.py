@@ -1,0 +1,571 @@
+"""The training pipeline: ingest -> validate -> features -> train -> evaluate -> promote.
+
+The flow only wires stage functions (``flows.pipeline.stages``) as tasks. The run is one
+Prefect ``transaction()``; every task that writes has an ``on_rollback`` hook
+that puts its table (or the registry aliases) back at the last consistent
+manifest, so a failed stage or a refused gate leaves nothing half-done.
+
+Resume after a crash (Prefect never retries a Crashed run): every write is
+keyed, so the next run skips files already in bronze, batches already in
+silver, and a model already trained on the same silver version with the same
+config and code (found in the registry by its ``selfheal.train_key`` tag).
+Prefect's own result cache cannot do that last part here: inside a
+transaction, cached results are written only when the outermost transaction
+commits, so a ``kill -9`` loses them.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import importlib.metadata
+import json
+import logging
+import os
+import subprocess
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+from prefect import flow, get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+from prefect.context import get_run_context
+from prefect.exceptions import MissingContextError
+from prefect.tasks import exponential_backoff
+from prefect.transactions import Transaction, get_transaction, transaction
+
+from checkpoints import Lake
+from checkpoints.exceptions import PromotionRejected, ValidationFailed
+from flows.config import SelfhealConfig, load_config
+from flows.pipeline.stages import evaluate, features, ingest, train
+from flows.pipeline.stages.batch_io import read_batch
+from flows.pipeline.stages.validate import validate_batch
+from flows.registry import CHALLENGER, CHAMPION, PREVIOUS, Registry
+
+logger = logging.getLogger(__name__)
+
+BRONZE, SILVER = "bronze", "silver"
+TRAIN_KEY_TAG = "selfheal.train_key"
+
+
+@dataclass
+class LandingSummary:
+    """What the validate stage did with the new files."""
+
+    accepted: list[str] = field(default_factory=list)
+    quarantined: list[tuple[str, str]] = field(default_factory=list)
+    rows: int = 0
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class PipelineResult:
+    """The outcome of one pipeline run (also stored in its manifest's meta)."""
+
+    outcome: str
+    """promoted | released (shadow/canary) | rejected | nothing-new | up-to-date"""
+    message: str
+    bronze_version: int | None = None
+    silver_version: int | None = None
+    champion: str | None = None
+    metrics: dict[str, float] = field(default_factory=dict)
+    landing: LandingSummary = field(default_factory=LandingSummary)
+    resumed: bool = False
+
+
+@functools.cache
+def code_version() -> str:
+    """The package version plus the git commit when running from a checkout."""
+    version = importlib.metadata.version("selfheal")
+    try:
+        sha = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=Path(__file__).parent,
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return version
+    return f"{version}+{sha}" if sha else version
+
+
+def open_lake(cfg: SelfhealConfig) -> Lake:
+    return Lake(cfg.lake.root, cfg.lake.storage_options or None)
+
+
+def locked_schema(lake: Lake, cfg: SelfhealConfig) -> dict[str, str] | None:
+    """The feature schema: from config, else from bronze's columns once a batch landed."""
+    if cfg.data.schema_:
+        return dict(cfg.data.schema_)
+    if not lake.exists(BRONZE):
+        return None
+    arrow_schema = lake._open(BRONZE).schema().to_arrow()
+    out: dict[str, str] = {}
+    skip = {cfg.data.target, cfg.data.time_column, *cfg.data.id_columns}
+    for f in pa.schema(arrow_schema):
+        t = f.type
+        if f.name.startswith("_") or f.name in skip or pa.types.is_timestamp(t):
+            continue
+        if pa.types.is_floating(t):
+            out[f.name] = "float64"
+        elif pa.types.is_integer(t):
+            out[f.name] = "int64"
+        elif pa.types.is_boolean(t):
+            out[f.name] = "bool"
+        else:
+            out[f.name] = "string"
+    return out
+
+
+def known_labels(lake: Lake, cfg: SelfhealConfig) -> list[Any] | None:
+    """Label classes already in bronze (classification), so a batch with a new class is refused."""
+    if cfg.data.task == "regression" or not lake.exists(BRONZE):
+        return None
+    values = pc.unique(lake.read(BRONZE, columns=[cfg.data.target]).column(cfg.data.target)).to_pylist()
+    return sorted(v for v in values if v is not None) or None
+
+
+# -- rollback: back to the last consistent manifest ---------------------------------
+def _restore_to_manifest(lake: Lake, table: str) -> None:
+    manifest = lake.last_manifest()
+    if manifest is not None and table in manifest.stages:
+        lake.restore(table, manifest.stages[table])
+    elif lake.exists(table):
+        # The table was born in this run: nothing consistent came before it.
+        lake.restore(table, 0)
+        lake.overwrite(table, lake.read(table).slice(0, 0))
+
+
+def _remember(**values: Any) -> None:
+    """Keep values in the running task's transaction for its rollback hook.
+
+    Outside a transaction (a stage called plainly, e.g. ``train_task.fn`` in a
+    benchmark) there is nothing to roll back, so nothing is kept.
+    """
+    txn = get_transaction()
+    for name, value in values.items():
+        if txn is not None:
+            txn.set(name, value)
+
+
+def _log() -> logging.Logger | logging.LoggerAdapter[logging.Logger]:
+    """The run logger inside a Prefect run, this module's logger outside one."""
+    try:
+        return get_run_logger()
+    except MissingContextError:
+        return logger
+
+
+# -- tasks ---------------------------------------------------------------------------
+#: Transient read errors: Prefect task retries, exponential backoff with jitter.
+_RETRY_DELAYS = exponential_backoff(backoff_factor=0.5)
+
+
+@task(name="list-landing", cache_policy=NO_CACHE, retries=3, retry_delay_seconds=_RETRY_DELAYS, retry_jitter_factor=0.5)
+def list_landing_task(path: str, fmt: str) -> list[str]:
+    return ingest.list_landing(path, fmt)
+
+
+@task(
+    name="read-new-landing-files",
+    cache_policy=NO_CACHE,
+    retries=3,
+    retry_delay_seconds=_RETRY_DELAYS,
+    retry_jitter_factor=0.5,
+)
+def read_new_files_task(cfg: SelfhealConfig, sources: list[str]) -> list[ingest.LandingFile]:
+    """Read and digest the listed files; keep those not yet in bronze or the quarantine.
+
+    One task run for the whole listing, not one per file, so a run's task count (and
+    Prefect's work) does not grow with the landing zone's history. A transient read
+    error fails the task and Prefect retries it.
+    """
+    lake = open_lake(cfg)
+    fresh = []
+    for source in sources:
+        file = ingest.read_file(source)
+        if not ingest.already_taken(lake, file.sha256):
+            fresh.append(file)
+    _log().info("%d landing file(s), %d new", len(sources), len(fresh))
+    return fresh
+
+
+@task(name="validate-and-land", cache_policy=NO_CACHE)
+def land_task(cfg: SelfhealConfig, files: list[ingest.LandingFile], batch_offset: int) -> LandingSummary:
+    """Validate each file; good rows to bronze with lineage, bad files to quarantine."""
+    log = _log()
+    lake = open_lake(cfg)
+    summary = LandingSummary()
+    schema = locked_schema(lake, cfg)
+    labels = known_labels(lake, cfg)
+    for i, file in enumerate(files):
+        try:
+            frame = read_batch(file.raw, file.name, cfg.landing.format)
+            outcome = validate_batch(frame, cfg, schema, known_labels=labels)
+        except ValidationFailed as exc:
+            lake.quarantine(file.raw, file.source, str(exc), [{"check": "readable", "error": str(exc)}])
+            summary.quarantined.append((file.name, str(exc)))
+            log.warning("quarantined %s: %s", file.name, exc)
+            continue
+        if not outcome.accepted or outcome.data is None:
+            lake.quarantine(file.raw, file.source, outcome.reason, outcome.failures)
+            summary.quarantined.append((file.name, outcome.reason))
+            log.warning("quarantined %s: %s", file.name, outcome.reason)
+            continue
+        schema = schema or outcome.schema
+        labels = labels or outcome.labels
+        rows = outcome.data.copy()
+        rows["_source_file"] = file.source
+        rows["_sha256"] = file.sha256
+        rows["_row"] = range(len(rows))
+        rows["_ingested_at"] = pd.Timestamp(datetime.now(UTC))
+        rows["_batch_id"] = batch_offset + i
+        lake.append(BRONZE, rows, key=file.sha256)
+        summary.accepted.append(file.name)
+        summary.rows += len(rows)
+        summary.notes.extend(f"{file.name}: {note}" for note in outcome.notes)
+    return summary
+
+
+@land_task.on_rollback
+def _rollback_bronze(txn: Transaction) -> None:
+    if txn.get("keep_bronze", False):
+        return  # a refused gate keeps the valid data it was given
+    _restore_to_manifest(Lake(txn.get("lake_root"), txn.get("storage_options")), BRONZE)
+
+
+@task(name="build-features", cache_policy=NO_CACHE)
+def features_task(cfg: SelfhealConfig) -> int | None:
+    """Append silver rows for every bronze batch not yet in silver; return silver's version."""
+    lake = open_lake(cfg)
+    if not lake.exists(BRONZE):
+        return None
+    schema = locked_schema(lake, cfg)
+    assert schema is not None
+    done: set[str] = set()
+    if lake.exists(SILVER) and lake.read(SILVER).num_rows:
+        done = set(lake.read(SILVER, columns=["_sha256"]).column("_sha256").to_pylist())
+    bronze = lake.read(BRONZE).to_pandas()
+    for sha, rows in bronze[~bronze["_sha256"].isin(done)].groupby("_sha256", sort=False):
+        silver = features.to_silver(
+            rows, schema, cfg.data.target, [*cfg.data.id_columns, *filter(None, [cfg.data.time_column])]
+        )
+        lake.append(SILVER, silver, key=f"silver:{sha}")
+    return lake.version(SILVER) if lake.exists(SILVER) else None
+
+
+@features_task.on_rollback
+def _rollback_silver(txn: Transaction) -> None:
+    _restore_to_manifest(Lake(txn.get("lake_root"), txn.get("storage_options")), SILVER)
+
+
+@dataclass(frozen=True)
+class Challenger:
+    version: str
+    run_id: str
+    metrics: dict[str, float]
+    resumed: bool
+
+
+def _train_key(cfg: SelfhealConfig, silver_version: int) -> str:
+    raw = json.dumps([cfg.model_name, silver_version, cfg.config_hash, code_version()])
+    return hashlib.sha256(raw.encode()).hexdigest()[:24]
+
+
+def _experiment_id(cfg: SelfhealConfig) -> str:
+    """The project's experiment (created with artifacts under <home>, not ./mlruns).
+
+    Passed to ``start_run`` explicitly: setting MLflow's process-wide active
+    experiment would leak into anything else in the process using another store.
+    """
+    from mlflow import MlflowClient
+
+    client = MlflowClient(cfg.tracking_uri)
+    experiment = client.get_experiment_by_name(cfg.project)
+    if experiment is not None:
+        return str(experiment.experiment_id)
+    artifacts = Path(cfg.home) / "artifacts" if "://" not in cfg.home else None
+    return str(client.create_experiment(cfg.project, artifact_location=artifacts.as_uri() if artifacts else None))
+
+
+@task(name="train", cache_policy=NO_CACHE)
+def train_task(cfg: SelfhealConfig, silver_version: int) -> Challenger:
+    """Fit on silver at ``silver_version``, log to MLflow with lineage, register as challenger.
+
+    A model already registered for the same inputs (train key) is reused, not refitted.
+    """
+    import mlflow
+
+    from serving.modelio import log_sklearn_model
+
+    log = _log()
+    registry = Registry(cfg.tracking_uri, cfg.model_name)
+    key = _train_key(cfg, silver_version)
+    existing = registry.find_by_tag(TRAIN_KEY_TAG, key)
+    if existing is not None and existing.run_id:
+        metrics = mlflow.MlflowClient(cfg.tracking_uri).get_run(existing.run_id).data.metrics
+        log.info(
+            "resume: version %s was already trained on silver v%d; not refitting", existing.version, silver_version
+        )
+        _remember(challenger_version=existing.version, challenger_run_id=existing.run_id)
+        return Challenger(existing.version, existing.run_id, dict(metrics), resumed=True)
+    lake = open_lake(cfg)
+    schema = locked_schema(lake, cfg)
+    assert schema is not None
+    silver = train.recent(lake.read(SILVER, version=silver_version).to_pandas(), cfg.trainer.window_batches)
+    trained, split = train.fit(
+        silver, schema, cfg.data.target, cfg.data.task, cfg.trainer, cfg.data.id_columns, cfg.data.time_column
+    )
+    mlflow.set_tracking_uri(cfg.tracking_uri)
+    mlflow.set_registry_uri(cfg.tracking_uri)
+    experiment_id = _experiment_id(cfg)
+    lineage = {
+        "selfheal.bronze_version": str(lake.version(BRONZE)),
+        "selfheal.silver_version": str(silver_version),
+        "selfheal.window_batches": str(cfg.trainer.window_batches or "all"),
+        "selfheal.config_hash": cfg.config_hash,
+        "selfheal.code_version": code_version(),
+        TRAIN_KEY_TAG: key,
+        "selfheal.holdout_rows": str(len(split.holdout)),
+        "selfheal.train_rows": str(len(split.train)),
+    }
+    with mlflow.start_run(experiment_id=experiment_id, run_name=f"train-silver-v{silver_version}") as run:
+        mlflow.log_params({"estimator": type(trained.model[-1]).__name__, **trained.params})
+        mlflow.log_metrics(trained.metrics)
+        mlflow.set_tags(lineage)
+        info = log_sklearn_model(
+            trained.model,
+            split.train[trained.features].head(5),
+            registered_model_name=cfg.model_name,
+            extra_trusted=cfg.trainer.trusted_types,
+        )
+    version = str(info.registered_model_version)
+    for tag, value in {**lineage, **{f"metric.{k}": f"{v:.6f}" for k, v in trained.metrics.items()}}.items():
+        registry.set_tag(version, tag, value)
+    registry.set_alias(CHALLENGER, version)
+    _remember(challenger_version=version, challenger_run_id=run.info.run_id)
+    log.info("trained version %s on silver v%d: %s", version, silver_version, trained.metrics)
+    return Challenger(version, run.info.run_id, trained.metrics, resumed=False)
+
+
+@train_task.on_rollback
+def _rollback_challenger(txn: Transaction) -> None:
+    version = txn.get("challenger_version", None)
+    if version is None:
+        return
+    registry = Registry(txn.get("tracking_uri"), txn.get("model_name"))
+    rejection = txn.get("rejection", None)
+    run_id = txn.get("challenger_run_id", None)
+    if rejection and run_id:
+        # The MLflow run stays as the record of why; the registry goes back to how it was.
+        registry.client.set_tag(run_id, "selfheal.gate", f"rejected: {rejection}")
+    registry.delete_alias(CHALLENGER)
+    registry.delete_version(version)
+
+
+@task(name="evaluate", cache_policy=NO_CACHE)
+def evaluate_task(cfg: SelfhealConfig, challenger: Challenger, silver_version: int) -> evaluate.GateDecision:
+    """Score the champion on the challenger's holdout and apply the gate (the flow acts on the verdict)."""
+    from serving.modelio import load_sklearn_model
+
+    metric = cfg.gate_metric
+    if metric not in challenger.metrics:
+        # e.g. roc_auc on a holdout holding one class only: no evidence, so no promotion.
+        reason = f"{metric} could not be computed on this holdout (have {sorted(challenger.metrics)})"
+        return evaluate.GateDecision(metric, float("nan"), None, cfg.gate.minimum, False, reason)
+    registry = Registry(cfg.tracking_uri, cfg.model_name)
+    champion = registry.by_alias(CHAMPION)
+    champion_score: float | None = None
+    if champion is not None and champion.version != challenger.version:
+        lake = open_lake(cfg)
+        schema = locked_schema(lake, cfg)
+        assert schema is not None
+        silver = train.recent(lake.read(SILVER, version=silver_version).to_pandas(), cfg.trainer.window_batches)
+        labeled = silver[silver[cfg.data.target].notna()].reset_index(drop=True)
+        holdout = train.split_holdout(labeled, cfg.trainer, cfg.data.time_column).holdout.copy()
+        if cfg.data.task != "regression":
+            holdout[cfg.data.target] = holdout[cfg.data.target].astype("int64")
+        feats = features.feature_columns(schema, cfg.data.target, cfg.data.id_columns)
+        model = load_sklearn_model(champion.uri)
+        champion_score = train.score(model, holdout, feats, cfg.data.target, cfg.data.task).get(metric)
+    return evaluate.check(metric, challenger.metrics[metric], champion_score, cfg.gate.minimum, cfg.gate.tolerance)
+
+
+@task(name="promote", cache_policy=NO_CACHE)
+def promote_task(cfg: SelfhealConfig, version: str) -> str | None:
+    """champion <- challenger, previous <- old champion. Returns the old champion's version.
+
+    With ``promote.target`` shadow or canary (and a champion to compare with), the
+    version starts a release as challenger instead (``flows.release.controller``); the champion stays.
+    """
+    registry = Registry(cfg.tracking_uri, cfg.model_name)
+    previous = registry.by_alias(PREVIOUS)
+    if cfg.promote.target != "direct" and registry.by_alias(CHAMPION) is not None:
+        from flows.release.controller import start_release
+
+        state = start_release(cfg, version, cfg.promote.target, again=False)
+        _remember(release_started=state.release_id)
+        return state.champion
+    old = registry.promote(version)
+    _remember(old_champion=old.version if old else None, old_previous=previous.version if previous else None)
+    return old.version if old else None
+
+
+@promote_task.on_rollback
+def _rollback_promotion(txn: Transaction) -> None:
+    registry = Registry(txn.get("tracking_uri"), txn.get("model_name"))
+    if txn.get("release_started", None) is not None:
+        from flows.release.controller import read_state, write_state
+
+        state = read_state(registry)
+        if state is not None and state.release_id == txn.get("release_started") and state.routing:
+            write_state(registry, state.evolve(status="aborted", share=0.0, detail="the pipeline run rolled back"))
+        return
+    for alias, version in ((CHAMPION, txn.get("old_champion", None)), (PREVIOUS, txn.get("old_previous", None))):
+        if version is not None:
+            registry.set_alias(alias, version)
+        else:
+            registry.delete_alias(alias)
+
+
+def notify_server(cfg: SelfhealConfig) -> None:
+    """Ask a running model server to reload its champion (best effort, reported)."""
+    url = cfg.serving.url
+    if not url:
+        return
+    import httpx
+    from tenacity import retry, stop_after_attempt, wait_exponential_jitter
+
+    token = os.environ.get("SELFHEAL_ADMIN_TOKEN")
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+
+    @retry(stop=stop_after_attempt(3), wait=wait_exponential_jitter(initial=0.2, max=2.0), reraise=True)
+    def post() -> None:
+        httpx.post(f"{url.rstrip('/')}/admin/reload", headers=headers, timeout=10).raise_for_status()
+
+    try:
+        post()
+    except httpx.HTTPError as exc:
+        logger.warning("could not tell the server at %s to reload: %s", cfg.serving.url, exc)
+
+
+# -- the flow --------------------------------------------------------------------------
+def _new_files(cfg: SelfhealConfig) -> list[ingest.LandingFile]:
+    """The landing files not yet ingested (the fallback source's when the primary stays unreachable)."""
+    log = _log()
+    try:
+        sources = list_landing_task(cfg.landing.path, cfg.landing.format)
+    except ingest.LandingUnreachable as exc:
+        if not cfg.landing.fallback:
+            raise
+        log.warning(
+            "primary landing zone unreachable after retries (%s); reading fallback %s", exc, cfg.landing.fallback
+        )
+        sources = list_landing_task(cfg.landing.fallback, cfg.landing.format)
+    return read_new_files_task(cfg, sources)
+
+
+def _run_id() -> str:
+    try:
+        return str(get_run_context().flow_run.id)  # type: ignore[union-attr]
+    except Exception:  # noqa: BLE001 - outside a flow run context
+        return datetime.now(UTC).strftime("local-%Y%m%dT%H%M%S%f")
+
+
+@flow(name="selfheal-pipeline", log_prints=False)
+def pipeline_flow(config_path: str | None = None, window_batches: int | None = None) -> PipelineResult:
+    """One pipeline run over whatever landed since the last one.
+
+    Args:
+        config_path: the selfheal.yaml to use (default: $SELFHEAL_CONFIG or ./selfheal.yaml).
+        window_batches: train on the newest N batches only (the healer's retrain remedy);
+            None keeps ``trainer.window_batches`` from the config.
+    """
+    cfg = load_config(config_path)
+    if window_batches is not None:
+        cfg.trainer.window_batches = window_batches
+    log = _log()
+    Path(cfg.home).mkdir(parents=True, exist_ok=True)
+    lake = open_lake(cfg)
+    registry = Registry(cfg.tracking_uri, cfg.model_name)
+    run_id = _run_id()
+    last = lake.last_manifest()
+    files = _new_files(cfg)
+    bronze_before = lake.version(BRONZE) if lake.exists(BRONZE) else None
+    if not files and last is not None and last.meta.get("outcome") == "rejected":
+        if last.stages.get(BRONZE) == bronze_before:
+            msg = "no new landing files since the gate refused the last model; nothing to do"
+            log.info(msg)
+            return PipelineResult("nothing-new", msg, bronze_before, last.stages.get(SILVER))
+    result = PipelineResult("promoted", "")
+    try:
+        _run_stages(cfg, lake, registry, files, result)
+    except PromotionRejected as exc:
+        result.outcome, result.message = "rejected", str(exc)
+        log.warning("gate refused the challenger; champion, silver and registry left as they were: %s", exc)
+    return _finish(cfg, lake, run_id, result)
+
+
+def _next_batch_id(lake: Lake) -> int:
+    if not lake.exists(BRONZE):
+        return 0
+    ids = lake.read(BRONZE, columns=["_batch_id"]).column("_batch_id")
+    return int(pc.max(ids).as_py() or 0) + 1 if len(ids) else 0
+
+
+def _run_stages(
+    cfg: SelfhealConfig, lake: Lake, registry: Registry, files: list[ingest.LandingFile], result: PipelineResult
+) -> None:
+    """All writing stages inside one transaction (rolled back together on failure)."""
+    with transaction() as txn:
+        txn.set("lake_root", lake.root)
+        txn.set("storage_options", lake.storage_options)
+        txn.set("tracking_uri", cfg.tracking_uri)
+        txn.set("model_name", cfg.model_name)
+        result.landing = land_task(cfg, files, _next_batch_id(lake)) if files else LandingSummary()
+        silver_version = features_task(cfg)
+        result.bronze_version = lake.version(BRONZE) if lake.exists(BRONZE) else None
+        result.silver_version = silver_version
+        if silver_version is None:
+            result.outcome, result.message = "nothing-new", "no valid data has landed yet; nothing to train on"
+            return
+        champion = registry.by_alias(CHAMPION)
+        if champion is not None and champion.tags.get(TRAIN_KEY_TAG) == _train_key(cfg, silver_version):
+            result.outcome = "up-to-date"
+            result.message = f"no new data: champion v{champion.version} is already trained on silver v{silver_version}"
+            result.champion = champion.version
+            return
+        challenger = train_task(cfg, silver_version)
+        result.resumed, result.metrics = challenger.resumed, challenger.metrics
+        decision = evaluate_task(cfg, challenger, silver_version)
+        if not decision.passed:
+            # Raised here, not in the task, so the rollback hooks can see that bronze stays.
+            txn.set("keep_bronze", True)
+            txn.set("rejection", f"{decision.metric}={decision.challenger:.4f} < {decision.required:.4f}")
+            decision.raise_if_rejected()
+        old = promote_task(cfg, challenger.version)
+        if cfg.promote.target != "direct" and old is not None:
+            result.outcome, result.champion = "released", old
+            result.message = f"v{challenger.version} passed the gate; {cfg.promote.target} release against v{old}"
+            return
+        result.champion = challenger.version
+        result.message = f"v{challenger.version} promoted: {decision.metric}={decision.challenger:.4f}" + (
+            f" (champion had {decision.champion:.4f} on the same holdout)" if decision.champion is not None else ""
+        )
+
+
+def _finish(cfg: SelfhealConfig, lake: Lake, run_id: str, result: PipelineResult) -> PipelineResult:
+    stages = {t: lake.version(t) for t in (BRONZE, SILVER) if lake.exists(t)}
+    meta = {"outcome": result.outcome, "champion": result.champion, "metrics": result.metrics}
+    if stages:
+        lake.write_manifest(run_id, stages, meta=meta)
+    if result.outcome == "promoted":
+        notify_server(cfg)
+    _log().info("%s: %s", result.outcome, result.message)
+    return result

@@ -1,1 +1,0 @@
-"""Pipeline stages: plain functions, data in and data out; ``flows.pipeline`` wraps them as tasks."""
