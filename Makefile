@@ -1,5 +1,5 @@
 # The two commands of the README. `make demo` sets up .venv and runs the demo;
-# `make test` sets up .venv and runs lint, types and the whole test suite.
+# `make test` sets up .venv and runs lint, types, the import layering and the whole test suite.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -24,6 +24,7 @@ demo: setup
 lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 # Debian packages the tests use (prometheus/promtool, kubectl); installs only what is missing.
 deps:

@@ -37,8 +37,8 @@ from checkpoints.incidents import Incident, IncidentLog, State, to_report
 from flows.config import SelfhealConfig, load_config
 from flows.healer.diagnosis import Cause, Context, Diagnosis, diagnose
 from flows.healer.remedies import HealContext, Outcome, get_remedy, server_ready, tracking_store_error
+from flows.metrics import lower_is_better
 from flows.monitor.signals import Severity, Signal, SignalKind, Window
-from flows.pipeline.stages.evaluate import LOWER_IS_BETTER
 from flows.registry import CHAMPION, Registry
 
 logger = logging.getLogger(__name__)
@@ -263,7 +263,7 @@ class Healer:
         if baseline != baseline:
             return False
         margin = MonitorThresholds.from_mapping(self.cfg.thresholds).performance.max_drop
-        return value <= baseline + margin if metric in LOWER_IS_BETTER else value >= baseline - margin
+        return value <= baseline + margin if lower_is_better(metric) else value >= baseline - margin
 
     def _open(self, diagnosis: Diagnosis) -> Incident:
         first = min(s.detected_at for s in diagnosis.signals)

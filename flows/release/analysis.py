@@ -38,9 +38,9 @@ from checkpoints import Lake
 from checkpoints.exceptions import CheckpointError
 from flows.conditions import holds
 from flows.config import AnalysisMetric, ReleaseConfig
+from flows.metrics import lower_is_better
 from flows.monitor.detectors._stats import jensen_shannon, quantile_bin_counts
 from flows.monitor.detectors.performance import task_metrics
-from flows.pipeline.stages.evaluate import LOWER_IS_BETTER
 from serving.inference_log import FEEDBACK_TABLE, INFERENCE_TABLE
 from serving.release import SHADOW_TABLE, ReleaseState
 
@@ -49,7 +49,6 @@ logger = logging.getLogger(__name__)
 Phase = Literal["successful", "failed", "inconclusive"]
 Verdict = Literal["continue", "successful", "failed", "inconclusive"]
 _COLUMNS = ["_request_id", "_ts", "_served_by", "_prediction", "_score", "_latency_ms", "_variant"]
-_LOWER_IS_BETTER = LOWER_IS_BETTER | {"brier"}
 _DISTANCE_BINS = 10
 
 
@@ -217,7 +216,7 @@ def _quality(arms: Arms, spec: AnalysisMetric, metric: str, task: str) -> Measur
         return few
     if ch is None or cp is None:
         return Measurement("quality", "inconclusive", samples=samples, detail=f"{metric} cannot be computed yet")
-    better = cp - ch if metric in _LOWER_IS_BETTER else ch - cp
+    better = cp - ch if lower_is_better(metric) else ch - cp
     values = {"challenger": ch, "champion": cp, "result": better}
     return _decide("quality", spec, values, samples, f"{metric} on {n_ch}/{n_cp} labeled rows")
 

@@ -22,11 +22,10 @@ import numpy as np
 from numpy.typing import ArrayLike
 from sklearn.metrics import accuracy_score, f1_score, mean_absolute_error, r2_score, roc_auc_score
 
+from flows.metrics import lower_is_better
 from flows.monitor.detectors.thresholds import PerformanceThresholds
 
 Task = Literal["binary", "multiclass", "regression"]
-#: Metrics where lower is better; every other metric is higher-is-better.
-ERROR_METRICS = frozenset({"rmse", "mae"})
 
 
 @dataclass(frozen=True)
@@ -154,7 +153,7 @@ def check_performance(
         if name not in baseline or not math.isfinite(float(baseline[name])):
             continue
         base = float(baseline[name])
-        if name in ERROR_METRICS:
+        if lower_is_better(name):
             worse = value - base
             beyond = base > 0 and worse / base > t.max_error_increase
         else:

@@ -11,8 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from checkpoints.exceptions import PromotionRejected
-
-LOWER_IS_BETTER = frozenset({"rmse", "mae", "log_loss"})
+from flows.metrics import lower_is_better
 
 
 @dataclass(frozen=True)
@@ -49,7 +48,7 @@ def check(metric: str, challenger: float, champion: float | None, minimum: float
         minimum: the score every model must reach (a maximum for lower-is-better metrics; 0 = none).
         tolerance: how much worse than the champion a challenger may be.
     """
-    lower = metric in LOWER_IS_BETTER
+    lower = lower_is_better(metric)
     if lower and minimum > 0 and challenger > minimum:
         return GateDecision(metric, challenger, champion, minimum, False, "above the configured maximum")
     if not lower and challenger < minimum:

@@ -549,6 +549,21 @@ def _prepare(
     return pd.DataFrame(work, index=frame.index), uncoerced
 
 
+def _column_notes(columns: _Columns, data: DataConfig, *, inferred: bool) -> list[str]:
+    """What the batch's columns mean for this run, said once in the outcome's notes."""
+    notes: list[str] = []
+    if inferred:
+        notes.append(f"feature schema inferred from this batch ({len(columns.features)} columns); lock it")
+    for column in columns.times:
+        if column != data.time_column:
+            notes.append(f"{column}: holds timestamps, carried through, not a feature (set data.time_column)")
+    if columns.extra:
+        notes.append(f"dropped unexpected column(s): {', '.join(columns.extra)}")
+    if columns.target is None:
+        notes.append(f"no {data.target!r} column: accepted unlabeled (labels expected later)")
+    return notes
+
+
 def validate_batch(
     frame: pd.DataFrame,
     cfg: SelfhealConfig | DataConfig,
@@ -577,17 +592,7 @@ def validate_batch(
     data = cfg.data if isinstance(cfg, SelfhealConfig) else cfg
     frame = frame.rename(columns=str).reset_index(drop=True)
     columns = _sort_columns(frame, data, schema, require_label)
-    notes: list[str] = []
-    if schema is None:
-        notes.append(f"feature schema inferred from this batch ({len(columns.features)} columns); lock it")
-    for column in columns.times:
-        if column != data.time_column:
-            notes.append(f"{column}: holds timestamps, carried through, not a feature (set data.time_column)")
-    if columns.extra:
-        notes.append(f"dropped unexpected column(s): {', '.join(columns.extra)}")
-    if columns.target is None:
-        notes.append(f"no {data.target!r} column: accepted unlabeled (labels expected later)")
-
+    notes = _column_notes(columns, data, inferred=schema is None)
     work, uncoerced = _prepare(frame, data, columns, notes)
     duplicates = _duplicate_mask(work)
     observed: _Observed = {}
