@@ -45,6 +45,8 @@ def sha256(path: Path) -> str:
 
 def row_count(path: Path) -> int | None:
     """Rows in a parquet or CSV file; None when it cannot be read."""
+    import pyarrow as pa
+
     try:
         if path.suffix == ".csv":
             import pyarrow.csv as pacsv
@@ -53,7 +55,7 @@ def row_count(path: Path) -> int | None:
         import pyarrow.parquet as pq
 
         return int(pq.ParquetFile(str(path)).metadata.num_rows)
-    except Exception:  # noqa: BLE001 - a corrupt file has no row count
+    except (pa.ArrowException, OSError, ValueError):  # a corrupt (or vanished) file has no row count
         return None
 
 

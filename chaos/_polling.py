@@ -11,16 +11,20 @@ Example:
     >>> def answers() -> Check:
     ...     return Check(http_ok(url), f"GET {url}/ready")
     >>> seconds = poll_until(answers, timeout=60, what="serving answers", started_at=time.time())
+    >>> seconds = seconds_until(answers, "serving answers", 60, "fault", 0.5, configuration)  # from the fault
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from chaoslib.exceptions import ActivityFailed
+
+from chaos import ledger
 
 logger = logging.getLogger(__name__)
 
@@ -84,3 +88,20 @@ def poll_until(
                 f"{what}: not met within {timeout:g}s (looked {looks} times); last seen: {seen.detail or 'nothing'}"
             )
         time.sleep(min(interval, max(0.0, deadline - now)))
+
+
+def seconds_until(
+    check: Callable[[], Check],
+    what: str,
+    timeout: float,
+    since: str,
+    interval: float,
+    configuration: Mapping[str, Any] | None,
+) -> float:
+    """``poll_until`` with the clock at this experiment run's newest ``since`` event (what a recovery probe returns).
+
+    The arguments are the probe's own, in its order: ``since`` is ``fault``, ``restore`` or
+    ``now`` (see ``chaos.ledger.clock_start``), ``configuration`` the one Chaos Toolkit passed.
+    """
+    started_at = ledger.clock_start(configuration, since)
+    return poll_until(check, timeout=timeout, what=what, started_at=started_at, interval=interval)

@@ -294,6 +294,22 @@ class Sandbox:
         prefect = self._start(
             "prefect", ["prefect", "server", "start", "--host", "127.0.0.1", "--port", str(prefect_port)], env
         )
+        self._generate_data(env)  # while the Prefect server starts
+        wait_http_ok(f"{prefect_api}/health", prefect, self.startup_timeout)
+        logger.info("sandbox: training the first champion")
+        self._run("pipeline-initial", ["selfheal", "-c", str(self.config_path), "pipeline", "run"], env, timeout=600)
+        url = f"http://127.0.0.1:{port}"
+        server = self._start("server", ["selfheal", "-c", str(self.config_path), "serve"], env)
+        wait_http_ok(f"{url}/ready", server, self.startup_timeout)
+        self._write_payload(url, target)
+        pids = {"prefect": prefect.pid, "server": server.pid, **self._start_clients(url, target, env)}
+        state = self._state(cfg, url, prefect_api, target, pids)
+        self.state_path.write_text(json.dumps(asdict(state), indent=2))
+        logger.info("sandbox up under %s in %.0fs (server %s)", self.root, time.monotonic() - started, url)
+        return state
+
+    def _generate_data(self, env: dict[str, str]) -> None:
+        """The first landing batches, and the next batch as the stream the clients send."""
         gen = ["selfheal", "-c", str(self.config_path), "data", "generate", "--rows", str(self.rows)]
         gen += ["--seed", str(self.seed)]
         self._run("generate", [*gen, "--batches", str(self.batches)], env, timeout=120)
@@ -306,13 +322,9 @@ class Sandbox:
         )
         _landing.write_atomic(self.root / "stream.parquet", Path(out.strip().splitlines()[-1]).read_bytes())
         shutil.rmtree(stream_dir, ignore_errors=True)
-        wait_http_ok(f"{prefect_api}/health", prefect, self.startup_timeout)
-        logger.info("sandbox: training the first champion")
-        self._run("pipeline-initial", ["selfheal", "-c", str(self.config_path), "pipeline", "run"], env, timeout=600)
-        url = f"http://127.0.0.1:{port}"
-        server = self._start("server", ["selfheal", "-c", str(self.config_path), "serve"], env)
-        wait_http_ok(f"{url}/ready", server, self.startup_timeout)
-        self._write_payload(url, target)
+
+    def _start_clients(self, url: str, target: str, env: dict[str, str]) -> dict[str, int]:
+        """What runs around the server: the workload, the pipeline schedule, the healer, the release controller."""
         workload = self._start(
             "workload",
             [sys.executable, "-m", "chaos.workload", "--url", url, "--source", str(self.root / "stream.parquet")]
@@ -325,15 +337,20 @@ class Sandbox:
             + ["--every", str(self.schedule_interval)],
             env,
         )
+        pids = {"workload": workload.pid, "schedule": schedule.pid}
         healer = self._start_healer(env)
-        pids = {"prefect": prefect.pid, "server": server.pid, "workload": workload.pid, "schedule": schedule.pid}
         if healer is not None:
             pids["healer"] = healer.pid
         # The release controller: analyses any shadow/canary release to its verdict.
         watch = ["selfheal", "-c", str(self.config_path), "release", "watch", "--interval", "1"]
         pids["release"] = self._start("release", watch, env).pid
+        return pids
+
+    def _state(
+        self, cfg: dict[str, Any], url: str, prefect_api: str, target: str, pids: dict[str, int]
+    ) -> SandboxState:
         healing = cfg["healing"].get("enabled", True) if self.healing_enabled is None else self.healing_enabled
-        state = SandboxState(
+        return SandboxState(
             root=str(self.root),
             config=str(self.config_path),
             serving_url=url,
@@ -348,12 +365,9 @@ class Sandbox:
             model_name=str(cfg.get("model_name", "fraud-detector")),
             target=target,
             healing_enabled=bool(healing),
-            healer=healer is not None,
+            healer="healer" in pids,
             pids=pids,
         )
-        self.state_path.write_text(json.dumps(asdict(state), indent=2))
-        logger.info("sandbox up under %s in %.0fs (server %s)", self.root, time.monotonic() - started, url)
-        return state
 
     def _write_payload(self, url: str, target: str) -> None:
         from chaos.workload import read_records

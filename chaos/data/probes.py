@@ -9,8 +9,8 @@ or missing (its rows are lost, or not processed yet).
 
 from chaoslib.types import Configuration
 
-from chaos import _landing, ledger
-from chaos._polling import Check, poll_until
+from chaos import _landing
+from chaos._polling import Check, seconds_until
 
 __all__ = ["rows_lost", "seconds_until_no_rows_lost"]
 
@@ -38,10 +38,4 @@ def seconds_until_no_rows_lost(
         found = _landing.account(landing_path, lake_root, bronze_table)
         return Check(found.rows_lost == 0, found.summary())
 
-    return poll_until(
-        look,
-        timeout=timeout,
-        what=f"no rows lost from {landing_path}",
-        started_at=ledger.clock_start(configuration, since),
-        interval=interval,
-    )
+    return seconds_until(look, f"no rows lost from {landing_path}", timeout, since, interval, configuration)

@@ -7,8 +7,7 @@ from typing import Any
 
 from chaoslib.types import Configuration
 
-from chaos import ledger
-from chaos._polling import Check, poll_until
+from chaos._polling import Check, seconds_until
 from chaos.network import _link
 
 __all__ = ["link_status", "seconds_until_reachable"]
@@ -48,10 +47,4 @@ def seconds_until_reachable(
         except OSError as exc:
             return Check(False, f"{host}:{port}: {exc}")
 
-    return poll_until(
-        look,
-        timeout=timeout,
-        what=f"{host}:{port} reachable",
-        started_at=ledger.clock_start(configuration, since),
-        interval=interval,
-    )
+    return seconds_until(look, f"{host}:{port} reachable", timeout, since, interval, configuration)

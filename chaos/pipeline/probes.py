@@ -7,7 +7,7 @@ from datetime import datetime
 from chaoslib.types import Configuration
 
 from chaos import _landing, ledger
-from chaos._polling import Check, poll_until
+from chaos._polling import Check, seconds_until
 
 __all__ = ["seconds_until_pipeline_caught_up"]
 
@@ -30,7 +30,6 @@ def seconds_until_pipeline_caught_up(
     from checkpoints import Lake
 
     fault = None if since == "now" else ledger.last_event(configuration, since)
-    started = ledger.clock_start(configuration, since)
 
     def look() -> Check:
         manifest = Lake(lake_root).last_manifest()
@@ -40,10 +39,5 @@ def seconds_until_pipeline_caught_up(
         when = "none" if manifest is None else datetime.fromtimestamp(manifest.created_at.timestamp()).isoformat()
         return Check(fresh and found.rows_lost == 0, f"last complete manifest: {when}; {found.summary()}")
 
-    return poll_until(
-        look,
-        timeout=timeout,
-        what="a complete pipeline run after the fault with no rows lost",
-        started_at=started,
-        interval=interval,
-    )
+    what = "a complete pipeline run after the fault with no rows lost"
+    return seconds_until(look, what, timeout, since, interval, configuration)

@@ -158,6 +158,16 @@ def _notify(server_url: str) -> bool:
     return response.status_code == 200
 
 
+def _restored(
+    configuration: Configuration | None, fault: str, outcome: dict[str, Any], server_url: str | None
+) -> dict[str, Any]:
+    """Finish an undo: ask the server to reload (given one), record the restore in the ledger."""
+    if server_url:
+        outcome["server_reloaded"] = _notify(server_url)
+    ledger.record(configuration, "restore", fault=fault, detail=outcome)
+    return outcome
+
+
 def restore_champion(
     tracking_uri: str,
     model_name: str,
@@ -186,10 +196,7 @@ def restore_champion(
             client.delete_registered_model_alias(model_name, "previous")
         outcome = {"restored": True, "detail": f"champion back to v{detail['champion']}"}
     client.set_model_version_tag(model_name, detail["bad"], BAD_MODEL_TAG, "bad_model (rolled back)")
-    if server_url:
-        outcome["server_reloaded"] = _notify(server_url)
-    ledger.record(configuration, "restore", fault="restore_champion", detail=outcome)
-    return outcome
+    return _restored(configuration, "restore_champion", outcome, server_url)
 
 
 def restore_champion_before_fault(
@@ -226,10 +233,7 @@ def restore_champion_before_fault(
         if champion:
             client.set_registered_model_alias(model_name, "previous", champion)
         outcome = {"restored": True, "detail": f"champion v{champion} -> v{before} (champion before the fault)"}
-    if server_url:
-        outcome["server_reloaded"] = _notify(server_url)
-    ledger.record(configuration, "restore", fault="restore_champion_before_fault", detail=outcome)
-    return outcome
+    return _restored(configuration, "restore_champion_before_fault", outcome, server_url)
 
 
 def make_tracking_store_unreachable(

@@ -4,8 +4,7 @@
 
 from chaoslib.types import Configuration
 
-from chaos import ledger
-from chaos._polling import Check, poll_until
+from chaos._polling import Check, seconds_until
 from chaos.registry import _store
 from chaos.registry.actions import BAD_MODEL_TAG
 
@@ -36,13 +35,7 @@ def seconds_until_champion_is_not_bad(
         bad = tags.get(BAD_MODEL_TAG, "").startswith("bad_model")
         return Check(not bad, f"@champion is v{version}{' (the bad model)' if bad else ''}")
 
-    return poll_until(
-        look,
-        timeout=timeout,
-        what=f"{model_name}@champion is not a bad model",
-        started_at=ledger.clock_start(configuration, since),
-        interval=interval,
-    )
+    return seconds_until(look, f"{model_name}@champion is not a bad model", timeout, since, interval, configuration)
 
 
 def seconds_until_tracking_store_answers(
@@ -58,10 +51,4 @@ def seconds_until_tracking_store_answers(
         ok, seen = _store.answers(tracking_uri, timeout=1.0)
         return Check(ok, seen)
 
-    return poll_until(
-        look,
-        timeout=timeout,
-        what=f"tracking store {tracking_uri} answers",
-        started_at=ledger.clock_start(configuration, since),
-        interval=interval,
-    )
+    return seconds_until(look, f"tracking store {tracking_uri} answers", timeout, since, interval, configuration)

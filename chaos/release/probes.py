@@ -7,7 +7,7 @@ from typing import Any
 from chaoslib.types import Configuration
 
 from chaos import ledger
-from chaos._polling import Check, poll_until
+from chaos._polling import Check, seconds_until
 from chaos.registry import _store
 
 __all__ = ["release_state", "seconds_until_release_rolled_back"]
@@ -53,10 +53,5 @@ def seconds_until_release_rolled_back(
             return Check(False, f"the worse v{worse} was promoted: {state['detail']}", fatal=True)
         return Check(state["status"] == "rolled_back", f"release {state['status']}: {state['detail']}")
 
-    return poll_until(
-        look,
-        timeout=timeout,
-        what=f"the canary of the worse {model_name} rolled back",
-        started_at=ledger.clock_start(configuration, "fault"),
-        interval=interval,
-    )
+    what = f"the canary of the worse {model_name} rolled back"
+    return seconds_until(look, what, timeout, "fault", interval, configuration)

@@ -19,7 +19,7 @@ from chaoslib.exceptions import ActivityFailed
 from chaoslib.types import Configuration
 
 from chaos import ledger
-from chaos._polling import Check, poll_until
+from chaos._polling import Check, seconds_until
 from chaos.serving import _server
 from chaos.workload import read_outcomes, read_records
 
@@ -54,13 +54,7 @@ def seconds_until_serving_answers(
         answered, seen, _ = _server.predict(url, body, timeout=2.0)
         return Check(answered, seen)
 
-    return poll_until(
-        look,
-        timeout=timeout,
-        what=f"serving answers at {url}",
-        started_at=ledger.clock_start(configuration, since),
-        interval=interval,
-    )
+    return seconds_until(look, f"serving answers at {url}", timeout, since, interval, configuration)
 
 
 def seconds_until_workers(
@@ -81,13 +75,7 @@ def seconds_until_workers(
         server = _server.find_server(url, pid_file)
         return Check(len(server.workers) >= workers, f"master {server.master} has workers {list(server.workers)}")
 
-    return poll_until(
-        look,
-        timeout=timeout,
-        what=f"{workers} serving workers",
-        started_at=ledger.clock_start(configuration, since),
-        interval=interval,
-    )
+    return seconds_until(look, f"{workers} serving workers", timeout, since, interval, configuration)
 
 
 def _window_start(configuration: Configuration | None, since: str, window_seconds: float) -> float:
@@ -183,13 +171,8 @@ def seconds_until_availability(
         share = ok / total if total else 0.0
         return Check(total > 0 and share >= min_availability, f"{ok}/{total} answered ({share:.3f})")
 
-    return poll_until(
-        look,
-        timeout=timeout,
-        what=f"availability >= {min_availability} over {window_seconds:g}s at {url}",
-        started_at=ledger.clock_start(configuration, since),
-        interval=0.1,
-    )
+    what = f"availability >= {min_availability} over {window_seconds:g}s at {url}"
+    return seconds_until(look, what, timeout, since, 0.1, configuration)
 
 
 def _served_versions(url: str) -> dict[int, str]:
@@ -280,13 +263,7 @@ def seconds_until_model_quality(
         detail = ", ".join(f"v{v}: {metric}={q:.4f}" for v, q in scores.items())
         return Check(min(scores.values()) >= minimum, f"served {detail}")
 
-    return poll_until(
-        look,
-        timeout=timeout,
-        what=f"served model {metric} >= {minimum}",
-        started_at=ledger.clock_start(configuration, since),
-        interval=interval,
-    )
+    return seconds_until(look, f"served model {metric} >= {minimum}", timeout, since, interval, configuration)
 
 
 def predictions_lost(

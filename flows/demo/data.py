@@ -68,7 +68,7 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import numpy as np
 import pandas as pd
@@ -151,23 +151,7 @@ Fault = Literal[
     "all_null_column",
 ]
 #: Every fault the generator can inject (tests parametrize over this).
-FAULTS: tuple[str, ...] = (
-    "nulls",
-    "missing_column",
-    "extra_column",
-    "renamed_column",
-    "wrong_dtype",
-    "out_of_range",
-    "duplicates",
-    "truncated",
-    "garbage",
-    "empty",
-    "bom_csv",
-    "missing_label",
-    "unseen_label",
-    "inf_values",
-    "all_null_column",
-)
+FAULTS: tuple[str, ...] = tuple(f for f in get_args(Fault) if f != "none")
 #: Faults that change the label column (they cannot be combined with a label delay).
 LABEL_FAULTS = frozenset({"missing_label", "unseen_label"})
 

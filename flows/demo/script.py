@@ -248,12 +248,17 @@ class Demo:
         return datetime.now(UTC)
 
     def play(self) -> None:
-        from chaos.registry.actions import make_tracking_store_unreachable, promote_bad_model
-        from chaos.serving.actions import kill_server, kill_worker
+        """The script: each fault in turn, healed (or absorbed) before the next one goes in."""
+        self.steady_state()
+        self._data_faults()
+        self._bad_model()
+        self._worker_killed()
+        self._outages()
+
+    def _data_faults(self) -> None:
+        """Concept drift, covariate drift, then a corrupt batch with a clean copy in the fallback source."""
         from flows.pipeline.flow import pipeline_flow
 
-        url = str(self.cfg.serving.url)
-        self.steady_state()
         at = self.step("concept drift: same inputs, fraud follows a new pattern (labels arrive late)")
         self.world.become("concept:1")
         self.land(WINDOW_BATCHES, drift="concept:1")
@@ -269,6 +274,9 @@ class Demo:
         pipeline_flow(str(self.config_path))  # the landing trigger's pipeline run
         self.heal_until("corrupt batch", "data_quality", at)
 
+    def _bad_model(self) -> None:
+        from chaos.registry.actions import promote_bad_model
+
         at = self.step("a bad model is promoted (it learned inverted labels)")
         promote_bad_model(
             self.cfg.tracking_uri,
@@ -276,13 +284,17 @@ class Demo:
             self.cfg.lake.root,
             self.cfg.data.target,
             seed=self.seed,
-            server_url=url,
+            server_url=str(self.cfg.serving.url),
         )
         self.heal_until("bad model promoted", "bad_deploy", at)
 
+    def _worker_killed(self) -> None:
+        """A killed worker is the process manager's to replace: no incident expected; availability measured."""
+        from chaos.serving.actions import kill_worker
+
         at = self.step("one serving worker killed (SIGKILL) under load")
         window_start = time.time()
-        killed = kill_worker(url)
+        killed = kill_worker(str(self.cfg.serving.url))
         time.sleep(8.0)
         self.loop.tick()
         availability = self.availability(window_start, time.time())
@@ -300,8 +312,13 @@ class Demo:
         self.results.append(result)
         _say(f"   {note}; incidents opened: {len(opened)}")
 
+    def _outages(self) -> None:
+        """The whole server killed, then the tracking store unreachable."""
+        from chaos.registry.actions import make_tracking_store_unreachable
+        from chaos.serving.actions import kill_server
+
         at = self.step("the whole model server killed (SIGKILL)")
-        kill_server(url)
+        kill_server(str(self.cfg.serving.url))
         self.heal_until("server killed", "serving_down", at)
 
         # Long enough for a tick to see it: a tick already inside an MLflow call waits out

@@ -35,6 +35,7 @@ from checkpoints import Lake
 from checkpoints.exceptions import RegistryUnavailable
 from checkpoints.incidents import Incident, IncidentLog, State, to_report
 from flows.config import SelfhealConfig, load_config
+from flows.events import emit
 from flows.healer.diagnosis import Cause, Context, Diagnosis, diagnose
 from flows.healer.remedies import HealContext, Outcome, get_remedy, server_ready, tracking_store_error
 from flows.metrics import lower_is_better
@@ -442,20 +443,12 @@ class Healer:
 # -- events and notifications ----------------------------------------------------------------
 def _emit(incident: Incident, state: State) -> None:
     """A Prefect event per transition (best effort: the log is the source of truth)."""
-    try:
-        from prefect.events import emit_event
-
-        emit_event(
-            event=f"selfheal.incident.{state.value.lower()}",
-            resource={"prefect.resource.id": f"selfheal.incident.{incident.id}", "selfheal.cause": incident.cause},
-            payload={
-                "remedy": incident.last.remedy,
-                "detail": incident.last.detail,
-                "mttr": incident.last.mttr_seconds,
-            },
-        )
-    except Exception as exc:  # noqa: BLE001
-        logger.debug("event not emitted: %s", exc)
+    emit(
+        f"selfheal.incident.{state.value.lower()}",
+        f"selfheal.incident.{incident.id}",
+        {"remedy": incident.last.remedy, "detail": incident.last.detail, "mttr": incident.last.mttr_seconds},
+        labels={"selfheal.cause": incident.cause},
+    )
 
 
 def _notify(cfg: SelfhealConfig, incident: Incident) -> None:

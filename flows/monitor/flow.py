@@ -44,10 +44,10 @@ from deltalake.exceptions import DeltaError
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NONE
-from prefect.events import emit_event
 
 from checkpoints import Lake
 from checkpoints.exceptions import CheckpointError, ServingUnavailable
+from flows.events import emit
 from flows.monitor.detectors import MonitorThresholds, ReferenceProfile
 from flows.monitor.detectors.performance import Task
 from flows.monitor.scrape import ServingSnapshot, scrape
@@ -504,17 +504,8 @@ def monitor_pass(cfg: SelfhealConfig, now: datetime | None = None) -> list[Signa
 
 def _emit_signal(signal: Signal) -> None:
     """A ``selfheal.signal.<kind>`` Prefect event: what the healer deployment's trigger matches."""
-    try:
-        emit_event(
-            event=f"selfheal.signal.{signal.kind.value}",
-            resource={
-                "prefect.resource.id": f"selfheal.signal.{signal.kind.value}",
-                "selfheal.severity": signal.severity.value,
-            },
-            payload=signal.to_dict(),
-        )
-    except Exception as exc:  # noqa: BLE001 - events are a notification; the signal is returned regardless
-        logger.debug("signal event not emitted: %s", exc)
+    name = f"selfheal.signal.{signal.kind.value}"
+    emit(name, name, signal.to_dict(), labels={"selfheal.severity": signal.severity.value})
 
 
 # -- CLI -----------------------------------------------------------------------------

@@ -33,7 +33,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
-from prefect.context import get_run_context
+from prefect.context import FlowRunContext, get_run_context
 from prefect.exceptions import MissingContextError
 from prefect.tasks import exponential_backoff
 from prefect.transactions import Transaction, get_transaction, transaction
@@ -472,10 +472,14 @@ def _new_files(cfg: SelfhealConfig) -> list[ingest.LandingFile]:
 
 
 def _run_id() -> str:
+    """The flow run's id inside a Prefect flow run; a local, timestamped one outside."""
     try:
-        return str(get_run_context().flow_run.id)  # type: ignore[union-attr]
-    except Exception:  # noqa: BLE001 - outside a flow run context
-        return datetime.now(UTC).strftime("local-%Y%m%dT%H%M%S%f")
+        context = get_run_context()
+    except MissingContextError:  # called plainly (tests, benchmarks)
+        context = None
+    if isinstance(context, FlowRunContext) and context.flow_run is not None:
+        return str(context.flow_run.id)
+    return datetime.now(UTC).strftime("local-%Y%m%dT%H%M%S%f")
 
 
 @flow(name="selfheal-pipeline", log_prints=False)

@@ -43,6 +43,7 @@ from checkpoints import Lake
 from checkpoints.exceptions import ReleaseError
 from checkpoints.incidents import IncidentLog, State, new_incident_id
 from flows.config import SelfhealConfig, load_config
+from flows.events import emit
 from flows.registry import CHALLENGER, CHAMPION, Registry
 from flows.release.analysis import Measurement, judge, measure, read_arms, tally
 from serving.release import OUTCOME_TAG, RELEASE_TAG, Mode, ReleaseState
@@ -93,16 +94,9 @@ def notify_server(cfg: SelfhealConfig) -> bool:
 
 
 def _emit(state: ReleaseState, what: str) -> None:
-    try:
-        from prefect.events import emit_event
-
-        emit_event(
-            event=f"selfheal.release.{what}",
-            resource={"prefect.resource.id": f"selfheal.release.{state.release_id}"},
-            payload={"mode": state.mode, "challenger": state.challenger, "share": state.share, "detail": state.detail},
-        )
-    except Exception as exc:  # noqa: BLE001 - events are best effort; the registry holds the state
-        logger.debug("release event not emitted: %s", exc)
+    """A ``selfheal.release.<what>`` event (best effort: the registry holds the state)."""
+    payload = {"mode": state.mode, "challenger": state.challenger, "share": state.share, "detail": state.detail}
+    emit(f"selfheal.release.{what}", f"selfheal.release.{state.release_id}", payload)
 
 
 # -- starting and ending ---------------------------------------------------------------------

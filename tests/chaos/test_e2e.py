@@ -78,7 +78,8 @@ def test_whole_suite_with_healing_meets_every_local_sla(
     Network experiments need root, ``ip netns`` and tc; where they cannot run they are
     reported as skipped with the reason (never silently passed).
     """
-    from flows.chaos_suite.flow import SLAMissed, chaos_suite_flow, experiment_paths, render_table
+    from flows.chaos_suite.flow import SLAMissed, chaos_suite_flow, experiment_paths
+    from flows.chaos_suite.report import render_table
 
     try:
         result = chaos_suite_flow(config_path=str(project))
@@ -102,7 +103,8 @@ def test_suite_without_healing_fails_naming_the_experiments_that_missed(
     project: Path, tmp_path: Path, prefect_harness: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from checkpoints import Lake
-    from flows.chaos_suite.flow import CHAOS_RUNS, SLAMissed, chaos_suite_flow
+    from flows.chaos_suite.flow import SLAMissed, chaos_suite_flow
+    from flows.chaos_suite.report import CHAOS_RUNS
 
     monkeypatch.setenv("SELFHEAL_HEALING__ENABLED", "false")
     monkeypatch.setenv("SELFHEAL_SLAS__MTTR_SECONDS", '{"default": 20}')

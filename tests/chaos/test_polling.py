@@ -10,7 +10,7 @@ import pytest
 from chaoslib.exceptions import ActivityFailed
 
 from chaos import ledger
-from chaos._polling import Check, poll_until
+from chaos._polling import Check, poll_until, seconds_until
 
 
 def test_met_at_once_returns_about_zero() -> None:
@@ -91,6 +91,16 @@ def test_clock_starts_at_this_runs_fault_not_an_earlier_runs(tmp_path: Path) -> 
     assert ledger.clock_start(cfg, "restore") == restore
     assert [e.fault for e in ledger.current_run(cfg)] == ["", "cut_link", "restore_link"]
     assert ledger.current_run(cfg)[1].detail == {"namespace": "n"}
+
+
+def test_a_recovery_counts_from_this_runs_fault_or_from_now(tmp_path: Path) -> None:
+    cfg = {ledger.LEDGER_KEY: str(tmp_path / "l.jsonl")}
+    ledger.record(cfg, "run", experiment="x")
+    ledger.record(cfg, "fault", fault="kill_worker", at=time.time() - 3.0)
+    assert seconds_until(lambda: Check(True), "back", 10, "fault", 0.1, cfg) >= 3.0
+    assert seconds_until(lambda: Check(True), "back", 10, "now", 0.1, cfg) < 0.5
+    with pytest.raises(ActivityFailed, match=r"back: not met within 2s"):
+        seconds_until(lambda: Check(False), "back", 2, "fault", 0.1, cfg)  # the deadline passed with the fault
 
 
 def test_a_torn_line_is_skipped(tmp_path: Path) -> None:

@@ -10,6 +10,8 @@ import pytest
 
 from checkpoints import Lake
 from flows.chaos_suite import flow as suite
+from flows.chaos_suite import report
+from flows.chaos_suite.journal import SuiteResult, summarize
 
 SLAS = {"mttr_seconds": 60.0, "availability": 0.99, "rows_lost": 0}
 
@@ -59,7 +61,7 @@ def test_met_mttr_is_the_longest_recovery() -> None:
             _probe("rows_lost", 0),
         ]
     )
-    row = suite.summarize("serving-kill-server", journal, SLAS, {"availability": 0.5, "rows_lost": 7})
+    row = summarize("serving-kill-server", journal, SLAS, {"availability": 0.5, "rows_lost": 7})
     assert row.verdict == "met" and row.failures == []
     assert row.mttr_seconds == 23.4 and row.mttr_sla_seconds == 60
     assert row.availability == 0.995 and row.rows_lost == 0  # the probes win over the measurements
@@ -75,7 +77,7 @@ def test_missed_names_the_probe_and_why() -> None:
         status="failed",
         deviated=True,
     )
-    row = suite.summarize("registry-bad-model", journal, SLAS, {"availability": 0.97, "rows_lost": 0})
+    row = summarize("registry-bad-model", journal, SLAS, {"availability": 0.97, "rows_lost": 0})
     assert row.verdict == "missed" and row.mttr_seconds is None
     assert row.failures == ["probe seconds_until_incident_resolved: bad_deploy incident RESOLVED: not met within 60s"]
     assert row.availability == 0.97 and row.rows_lost == 0  # measured outside the journal
@@ -86,7 +88,7 @@ def test_a_value_outside_its_tolerance_is_a_miss() -> None:
     journal = _journal(
         [_probe("seconds_until_serving_answers", 3.0), _probe("availability", 0.9, ok=False)], deviated=True
     )
-    row = suite.summarize("serving-kill-worker", journal, SLAS)
+    row = summarize("serving-kill-worker", journal, SLAS)
     assert row.verdict == "missed" and row.mttr_seconds == 3.0
     assert row.failures == ["probe availability: 0.9 is outside '${x}'"]
 
@@ -94,7 +96,7 @@ def test_a_value_outside_its_tolerance_is_a_miss() -> None:
 def test_a_fault_that_could_not_be_injected_is_a_miss() -> None:
     journal = _journal([_probe("seconds_until_serving_answers", 0.1)])
     journal["run"][0].update(status="failed", exception=["chaoslib.exceptions.ActivityFailed: no worker answered\n"])
-    row = suite.summarize("serving-kill-worker", journal, SLAS)
+    row = summarize("serving-kill-worker", journal, SLAS)
     assert row.verdict == "missed" and row.failures == ["method: kill: no worker answered"]
 
 
@@ -104,39 +106,39 @@ def test_a_broken_steady_state_before_the_fault_is_a_miss() -> None:
         "before": {"steady_state_met": False, "probes": [_probe("seconds_until_serving_answers", None, failed="down")]},
         "after": None,
     }
-    row = suite.summarize("x", journal, SLAS)
+    row = summarize("x", journal, SLAS)
     assert row.verdict == "missed"
     assert row.failures == ["before the fault: probe seconds_until_serving_answers: down"]
 
 
-def _result() -> suite.SuiteResult:
-    met = suite.summarize(
+def _result() -> SuiteResult:
+    met = summarize(
         "serving-kill-worker",
         _journal([_probe("seconds_until_workers", 0.4)]),
         SLAS,
         {"availability": 1.0, "rows_lost": 0},
     )
-    missed = suite.summarize(
+    missed = summarize(
         "serving-kill-server",
         _journal([_probe("seconds_until_serving_answers", None, failed="not met within 60s")], status="failed"),
         SLAS,
     )
     skipped = suite._skipped("network-cut-serving", "Cut", "needs root", SLAS)
-    return suite.SuiteResult("run-1", healing_enabled=False, results=[met, missed, skipped])
+    return SuiteResult("run-1", healing_enabled=False, results=[met, missed, skipped])
 
 
 def test_reports_name_what_missed() -> None:
     result = _result()
     assert result.missed == ["serving-kill-server"] and not result.passed
-    table = suite.render_table(result)
+    table = report.render_table(result)
     header = ["fault", "MTTR", "(s)", "SLA", "availability", "rows", "lost", "verdict"]
     assert table.splitlines()[0].split() == header
     assert "serving-kill-worker  0.4" in table and "MISSED" in table and "skipped" in table
     assert "MTTR <= 60 s  " in table
-    markdown = suite.render_markdown(result)
+    markdown = report.render_markdown(result)
     assert "1 of 2 experiments missed their SLA (healing off): serving-kill-server." in markdown
     assert "- probe seconds_until_serving_answers: not met within 60s" in markdown
-    page = suite.render_html(result)
+    page = report.render_html(result)
     assert page.startswith("<!doctype html>") and "serving-kill-server: missed" in page
     assert json.loads(json.dumps(result.to_dict()))["missed"] == ["serving-kill-server"]
 
@@ -145,9 +147,9 @@ def test_chaos_runs_are_recorded_once(tmp_path: Path) -> None:
     lake = Lake(tmp_path / "lake")
     result = _result()
     journals = {"serving-kill-worker": {"status": "completed"}}
-    assert suite.record_runs(lake, result, journals) == 3
-    assert suite.record_runs(lake, result, journals) == 0  # the same suite run again: nothing doubles
-    rows = lake.read(suite.CHAOS_RUNS).to_pylist()
+    assert report.record_runs(lake, result, journals) == 3
+    assert report.record_runs(lake, result, journals) == 0  # the same suite run again: nothing doubles
+    rows = lake.read(report.CHAOS_RUNS).to_pylist()
     assert sorted(r["verdict"] for r in rows) == ["met", "missed", "skipped"]
     kept = next(r for r in rows if r["experiment"] == "serving-kill-worker")
     assert json.loads(kept["journal"]) == {"status": "completed"} and kept["healing_enabled"] is False
