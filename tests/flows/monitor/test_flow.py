@@ -22,7 +22,7 @@ from flows.monitor.scrape import parse_metrics
 from flows.monitor.signals import Signal, SignalKind
 from flows.monitor.state import MonitorState, commit_run, load_state
 from flows.monitor.window import MonitorWindow, assess
-from tests.flows.monitor_fixtures import T0, write_feedback, write_predictions, write_silver
+from tests.flows.monitor.fixtures import T0, write_feedback, write_predictions, write_silver
 
 CHAMPION = Champion("1", None, {"roc_auc": 0.99, "accuracy": 0.97})
 

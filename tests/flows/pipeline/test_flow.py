@@ -14,9 +14,9 @@ from checkpoints import Lake
 from flows.config import load_config
 from flows.pipeline.flow import pipeline_flow
 from flows.registry import CHALLENGER, CHAMPION, PREVIOUS, Registry
-from tests.flows.pipeline_fixtures import dataset_frame, write_batches, write_config
+from tests.flows.pipeline.fixtures import dataset_frame, write_batches, write_config
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 
 
@@ -104,7 +104,7 @@ def test_failing_stage_leaves_every_table_at_last_manifest(tmp_path: Path) -> No
         tmp_path,
         "binary",
         target,
-        trainer={"estimator": "tests.flows._estimators.BrokenClassifier", "params": {}, "seed": 3},
+        trainer={"estimator": "tests.flows.pipeline._estimators.BrokenClassifier", "params": {}, "seed": 3},
     )
     with pytest.raises(RuntimeError, match="training blew up"):
         pipeline_flow(str(broken))
@@ -170,10 +170,10 @@ def test_kill_9_during_train_then_resume_matches_uninterrupted(tmp_path: Path) -
 
     frame, target = dataset_frame("binary")
     slow = {
-        "estimator": "tests.flows._estimators.SlowHistGradientBoostingClassifier",
+        "estimator": "tests.flows.pipeline._estimators.SlowHistGradientBoostingClassifier",
         "params": {"max_iter": 30},
         "seed": 3,
-        "trusted_types": ["tests.flows._estimators.SlowHistGradientBoostingClassifier"],
+        "trusted_types": ["tests.flows.pipeline._estimators.SlowHistGradientBoostingClassifier"],
     }
     crashed, clean = tmp_path / "crashed", tmp_path / "clean"
     for root in (crashed, clean):

@@ -92,7 +92,7 @@ def test_the_pipeline_releases_a_new_model_as_canary_instead_of_promoting_it(tmp
     from flows.pipeline.flow import pipeline_flow
     from flows.registry import CHALLENGER, CHAMPION, Registry
     from flows.release.controller import read_state
-    from tests.flows.pipeline_fixtures import dataset_frame, write_batches, write_config
+    from tests.flows.pipeline.fixtures import dataset_frame, write_batches, write_config
 
     frame, target = dataset_frame("binary")
     write_batches(frame.iloc[:400], tmp_path / "landing", parts=2)

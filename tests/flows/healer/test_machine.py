@@ -19,9 +19,9 @@ from flows.healer.machine import Healer, Observation, claim, make_context
 from flows.monitor.signals import Severity, Signal, SignalKind, Window
 from flows.pipeline.flow import pipeline_flow
 from flows.registry import CHAMPION
-from tests.flows.pipeline_fixtures import dataset_frame, write_batches, write_config
+from tests.flows.pipeline.fixtures import dataset_frame, write_batches, write_config
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 
 
 def _signal(kind: SignalKind, severity: Severity = Severity.CRITICAL, **evidence: Any) -> Signal:
@@ -273,10 +273,10 @@ def test_healer_killed_mid_remedy_resumes_and_applies_it_once(system: dict[str, 
 
     tmp, frame = system["tmp"], system["frame"]
     slow = {
-        "estimator": "tests.flows._estimators.SlowHistGradientBoostingClassifier",
+        "estimator": "tests.flows.pipeline._estimators.SlowHistGradientBoostingClassifier",
         "params": {"max_iter": 30},
         "seed": 3,
-        "trusted_types": ["tests.flows._estimators.SlowHistGradientBoostingClassifier"],
+        "trusted_types": ["tests.flows.pipeline._estimators.SlowHistGradientBoostingClassifier"],
     }
     # The mechanism under test is resume-after-kill; the cause only picks the policy. A
     # data-quality incident is settled by the healer's own observation, so no monitor is needed.
