@@ -27,7 +27,7 @@ from flows.healer.machine import LEASE_SECONDS, LEASES
 from flows.registry import Registry
 from flows.release.controller import BAD_RELEASE, read_state, release_analysis_flow, start_release
 from serving.inference_log import INFERENCE_TABLE
-from serving.release import OUTCOME_TAG, RELEASE_TAG, SHADOW_TABLE, routes_to_challenger
+from serving.release import OUTCOME_TAG, RELEASE_TAG, SHADOW_TABLE, ReleaseState, routes_to_challenger
 from tests.serving.conftest import ADMIN_TOKEN, MODEL, ModelStore, _training_frame, http, wait_until
 
 pytestmark = pytest.mark.integration
@@ -333,3 +333,24 @@ def test_shadow_never_changes_an_answer(
     wait_until(lambda: len(mirrored() & set(with_shadow)) >= len(records) // 2, what="shadow rows")
     state = read_state(Registry(cfg.tracking_uri, MODEL))
     assert state is not None and state.mode == "shadow" and state.routing
+
+
+# -- routing and state, no server needed ------------------------------------------------
+
+
+def test_routing_is_deterministic_and_near_the_share() -> None:
+    ids = [f"req-{i}" for i in range(20_000)]
+    chosen = [i for i in ids if routes_to_challenger(i, 0.1)]
+    assert chosen == [i for i in ids if routes_to_challenger(i, 0.1)]
+    assert 0.09 < len(chosen) / len(ids) < 0.11
+    assert set(chosen) <= {i for i in ids if routes_to_challenger(i, 0.25)}  # a step up keeps who it had
+    assert not any(routes_to_challenger(i, 0.0) for i in ids[:100]) and all(
+        routes_to_challenger(i, 1.0) for i in ids[:100]
+    )
+
+
+def test_release_state_round_trips_through_its_tag() -> None:
+    state = ReleaseState("r", "shadow", "3", "2", 1.0, counts={"quality": [1, 0, 2]})
+    assert ReleaseState.from_tag(state.to_tag()) == state
+    assert ReleaseState.from_tag("{not json") is None and ReleaseState.from_tag(None) is None
+    assert state.routing and not state.evolve(status="rolled_back").routing
