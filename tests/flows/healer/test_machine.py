@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import time
@@ -19,8 +18,7 @@ from flows.monitor.signals import Severity, Signal, SignalKind, Window
 from flows.pipeline.flow import pipeline_flow
 from flows.registry import CHAMPION
 from tests.flows.pipeline.fixtures import dataset_frame, write_batches, write_config
-
-REPO = Path(__file__).resolve().parents[3]
+from tests.flows.pipeline.slow_fit import SLOW_TRAINER, kill_9_mid_fit, start_cli
 
 
 def _signal(kind: SignalKind, severity: Severity = Severity.CRITICAL, **evidence: Any) -> Signal:
@@ -213,45 +211,18 @@ def test_a_live_healer_holds_its_incident(system: dict[str, Any]) -> None:
 
 @pytest.mark.integration
 def test_healer_killed_mid_remedy_resumes_and_applies_it_once(system: dict[str, Any]) -> None:
-    from prefect.settings import PREFECT_API_URL
-
     tmp, frame = system["tmp"], system["frame"]
-    slow = {
-        "estimator": "tests.flows.pipeline._estimators.SlowHistGradientBoostingClassifier",
-        "params": {"max_iter": 30},
-        "seed": 3,
-        "trusted_types": ["tests.flows.pipeline._estimators.SlowHistGradientBoostingClassifier"],
-    }
     # The mechanism under test is resume-after-kill; the cause only picks the policy. A
     # data-quality incident is settled by the healer's own observation, so no monitor is needed.
-    config = _rewrite(system, trainer=slow, healing={"policy": {"data_quality": ["retrain"]}})
+    config = _rewrite(system, trainer=SLOW_TRAINER, healing={"policy": {"data_quality": ["retrain"]}})
     write_batches(frame.iloc[380:], tmp / "landing", parts=1, start=2)  # new data to retrain on
     healer = _healer(config)
     healer.record(_observe(_signal(SignalKind.DATA_QUALITY)))
     versions_before = len(healer.ctx.registry.client.search_model_versions(f"name='{healer.ctx.registry.model_name}'"))
 
     marker = tmp / "fitting"
-    env = {
-        **os.environ,
-        "PYTHONPATH": str(REPO),
-        "PREFECT_API_URL": str(PREFECT_API_URL.value()),
-        "SELFHEAL_TEST_FIT_MARKER": str(marker),
-        "SELFHEAL_TEST_FIT_SLEEP": "60",
-    }
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "flows.cli", "--config", str(config), "heal", "--once", "--no-monitor"],
-        cwd=REPO,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    deadline = time.time() + 180
-    while not marker.exists() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.2)
-    assert marker.exists(), proc.communicate()[0]
-    os.kill(proc.pid, 9)
-    proc.wait(timeout=30)
+    proc = start_cli(config, "heal", "--once", "--no-monitor", marker=marker)
+    kill_9_mid_fit(proc, marker)
     (incident,) = healer.log.incidents()
     assert incident.state == State.HEALING  # killed mid-remedy
 
