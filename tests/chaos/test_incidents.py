@@ -57,14 +57,37 @@ def test_resolved_after_the_fault_returns_seconds_from_the_fault(tmp_path: Path,
     assert seconds == pytest.approx(3.0, abs=0.01)
 
 
-def test_never_resolved_fails_after_the_timeout(tmp_path: Path, config: dict[str, Any]) -> None:
+@pytest.mark.parametrize(
+    "fault,cause,state,timeout,match",
+    [
+        pytest.param(
+            "promote_bad_model",
+            "bad_deploy",
+            "DIAGNOSED",
+            1,
+            "bad_deploy incident RESOLVED: not met within 1s.*inc-2 DIAGNOSED",
+            id="never-resolved-fails-after-the-timeout",
+        ),
+        pytest.param(
+            "inject_drift",
+            "concept_drift",
+            "ESCALATED",
+            30,
+            "cannot be met: inc-2 ESCALATED",
+            id="escalated-fails-at-once",
+        ),
+    ],
+)
+def test_an_unresolved_incident_fails_within_seconds(
+    tmp_path: Path, config: dict[str, Any], fault: str, cause: str, state: str, timeout: float, match: str
+) -> None:
     lake = Lake(tmp_path / "lake")
-    fault = ledger.record(config, "fault", fault="promote_bad_model")
-    _row(lake, "inc-2", "bad_deploy", "DIAGNOSED", fault + 0.5)
+    at = ledger.record(config, "fault", fault=fault)
+    _row(lake, "inc-2", cause, state, at + 0.5)
     started = time.time()
-    with pytest.raises(ActivityFailed, match="bad_deploy incident RESOLVED: not met within 1s.*inc-2 DIAGNOSED"):
+    with pytest.raises(ActivityFailed, match=match):
         probes.seconds_until_incident_resolved(
-            str(lake.root), "bad_deploy", timeout=1, interval=0.2, configuration=config
+            str(lake.root), cause, timeout=timeout, interval=0.2, configuration=config
         )
     assert time.time() - started < 5
 
@@ -73,16 +96,6 @@ def test_not_even_detected(tmp_path: Path, config: dict[str, Any]) -> None:
     ledger.record(config, "fault", fault="inject_drift")
     with pytest.raises(ActivityFailed, match="no data_drift incident detected since the fault"):
         probes.seconds_until_incident_resolved(str(tmp_path / "lake"), "data_drift", timeout=0.3, configuration=config)
-
-
-def test_escalated_fails_at_once(tmp_path: Path, config: dict[str, Any]) -> None:
-    lake = Lake(tmp_path / "lake")
-    fault = ledger.record(config, "fault", fault="inject_drift")
-    _row(lake, "inc-3", "concept_drift", "ESCALATED", fault + 0.2)
-    started = time.time()
-    with pytest.raises(ActivityFailed, match="cannot be met: inc-3 ESCALATED"):
-        probes.seconds_until_incident_resolved(str(lake.root), "concept_drift", timeout=30, configuration=config)
-    assert time.time() - started < 5
 
 
 def test_before_any_fault_it_waits_for_no_open_incident(tmp_path: Path, config: dict[str, Any]) -> None:

@@ -98,23 +98,6 @@ def test_recover_refuses_a_healthy_table(lake: Lake) -> None:
         lake.recover("t")
 
 
-def test_restore_and_rollback_to_manifest(lake: Lake) -> None:
-    lake.append("bronze", _table(10), key="f1")
-    lake.append("silver", _table(10))
-    manifest = lake.write_manifest("run-1", {"bronze": lake.version("bronze"), "silver": lake.version("silver")})
-    lake.append("bronze", _table(5, 10), key="f2")
-    lake.append("silver", _table(5, 10))
-    lake.append("silver", _table(5, 15))
-    lake.write_manifest("run-2", {"bronze": 1}, complete=False)
-    assert lake.last_manifest() == manifest
-    new_versions = lake.rollback_to(manifest)
-    assert lake.read("bronze").num_rows == 10 and lake.read("silver").num_rows == 10
-    assert new_versions == {"bronze": 2, "silver": 3}
-    # The rolled-back versions are still there to time-travel to.
-    assert lake.read("silver", version=2).num_rows == 20
-    assert lake.restore("bronze", 1) == 3 and lake.read("bronze").num_rows == 15
-
-
 def test_read_as_of_time_and_errors(lake: Lake) -> None:
     lake.append("t", _table(2))
     time.sleep(0.05)
@@ -132,29 +115,6 @@ def test_read_as_of_time_and_errors(lake: Lake) -> None:
         lake.append("t", pa.table({"other": ["x"]}))
     with pytest.raises(ValueError):
         lake.append("../escape", _table(1))
-
-
-def test_quarantine_keeps_raw_bytes_once(lake: Lake) -> None:
-    first = lake.quarantine(b"\x00garbage", "/landing/b1.parquet", "not parquet", [{"check": "readable"}])
-    lake.quarantine(b"\x00garbage", "/landing/b1.parquet", "not parquet")
-    records = lake.quarantined()
-    assert len(records) == 1 and records[0].reason == "not parquet"
-    assert records[0].failures == [{"check": "readable"}]
-    assert Path(first.stored_at).read_bytes() == b"\x00garbage"
-
-
-def test_maintain_keeps_every_version_a_kept_manifest_needs(lake: Lake) -> None:
-    lake.append("silver", _table(4))
-    lake.write_manifest("run-1", {"silver": 0})
-    lake.overwrite("silver", _table(2, 50))
-    lake.overwrite("silver", _table(3, 70))
-    report = lake.maintain("silver")
-    assert report.oldest_kept_version == 0
-    assert lake.read("silver", version=0).num_rows == 4
-    # Without any kept manifest the superseded files may go.
-    report = lake.maintain("silver", keep_manifests=0)
-    assert report.files_removed == 2
-    assert lake.read("silver").num_rows == 3
 
 
 def test_restore_releases_keys_whose_rows_it_removed(lake: Lake) -> None:

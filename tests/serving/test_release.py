@@ -7,8 +7,10 @@ so the ids the challenger could have answered are known in advance.
 
 from __future__ import annotations
 
+import functools
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -22,12 +24,12 @@ import yaml
 
 from checkpoints import Lake
 from checkpoints.incidents import IncidentLog, State
-from flows.config import load_config
+from flows.config import SelfhealConfig, load_config
 from flows.healer.machine import LEASE_SECONDS, LEASES
 from flows.registry import Registry
 from flows.release.controller import BAD_RELEASE, read_state, release_analysis_flow, start_release
 from serving.inference_log import INFERENCE_TABLE
-from serving.release import OUTCOME_TAG, RELEASE_TAG, SHADOW_TABLE, routes_to_challenger
+from serving.release import OUTCOME_TAG, RELEASE_TAG, SHADOW_TABLE, ReleaseState, routes_to_challenger
 from tests.serving.conftest import ADMIN_TOKEN, MODEL, ModelStore, _training_frame, http, wait_until
 
 pytestmark = pytest.mark.integration
@@ -190,6 +192,46 @@ def _traffic(store: ModelStore, url: str) -> Traffic:
     return Traffic(url, store.records(len(X)), [int(v) for v in y]).start()
 
 
+@dataclass
+class LiveRelease:
+    """A live server, the release config naming it, and clients sending traffic to it."""
+
+    url: str
+    lake_root: Path
+    config: str
+    cfg: SelfhealConfig
+    traffic: Traffic
+
+
+@contextmanager
+def _live_release(
+    store: ModelStore,
+    live_server: Any,
+    tmp_path: Path,
+    champion: str,
+    server_options: dict[str, Any] | None = None,
+    **release: Any,
+) -> Iterator[LiveRelease]:
+    """``champion`` (and ``lr`` as previous) served under traffic for the block; no client saw an error."""
+    store.set_aliases(champion=champion, previous=store.versions["lr"])
+    server = live_server(workers=2, **(server_options or {}))
+    config = _config(tmp_path, store, server.url, **release)
+    traffic = _traffic(store, server.url)
+    try:
+        yield LiveRelease(server.url, server.lake_root, config, load_config(config), traffic)
+    finally:
+        traffic.stop()
+    assert traffic.errors == []
+
+
+@pytest.fixture
+def live_release(
+    model_store: ModelStore, live_server: Any, tmp_path: Path, clean_release: None
+) -> Callable[..., AbstractContextManager[LiveRelease]]:
+    """``_live_release`` on this test's store, server factory and folder, with no release left over."""
+    return functools.partial(_live_release, model_store, live_server, tmp_path)
+
+
 def _wait_routing(url: str, mode: str) -> None:
     wait_until(
         lambda: all((http.get(f"{url}/ready").json()["release"] or {}).get("mode") == mode for _ in range(6)),
@@ -206,38 +248,26 @@ def _challenger_rows(lake_root: Path, version: str) -> list[str]:
 
 @pytest.mark.parametrize("fault", ["error", "latency", "labels"])
 def test_a_worse_canary_is_rolled_back_and_never_saw_more_than_its_share(
-    fault: str,
-    model_store: ModelStore,
-    noisy_versions: dict[str, str],
-    live_server: Any,
-    tmp_path: Path,
-    clean_release: None,
+    fault: str, model_store: ModelStore, noisy_versions: dict[str, str], live_release: Callable[..., Any]
 ) -> None:
     v = model_store.versions
     champion = v["hgb"]
     challenger = {"error": v["switch"], "latency": v["switch"], "labels": noisy_versions["inverted"]}[fault]
-    model_store.set_aliases(champion=champion, previous=v["lr"])
-    server = live_server(workers=2, predict_timeout_seconds=2)
-    config = _config(tmp_path, model_store, server.url)
-    cfg = load_config(config)
-    traffic = _traffic(model_store, server.url)
-    try:
+    with live_release(champion, {"predict_timeout_seconds": 2}) as live:
+        traffic, cfg = live.traffic, live.cfg
         state = start_release(cfg, challenger, "canary")
-        _wait_routing(server.url, "canary")
+        _wait_routing(live.url, "canary")
         # The switch model loads (and warms up) fine, then goes bad on live traffic.
         if fault == "error":
             model_store.switch.write_text("raise")
         elif fault == "latency":
             model_store.switch.write_text("sleep:0.5")
-        final = release_analysis_flow(config_path=config, max_seconds=90)
+        final = release_analysis_flow(config_path=live.config, max_seconds=90)
         assert final["status"] == "rolled_back", (final["detail"], final["counts"])
         assert final["max_share"] == SHARE
         # The rollback was verified on the server before the flow returned: from here on, champion only.
         after = traffic._next
         wait_until(lambda: len(traffic.answers) > after + 50, what="traffic after the rollback")
-    finally:
-        traffic.stop()
-    assert traffic.errors == []
     registry = Registry(cfg.tracking_uri, MODEL)
     assert registry.by_alias("challenger") is None and registry.by_alias("champion").version == champion  # type: ignore[union-attr]
     assert registry.version(challenger).tags[OUTCOME_TAG] == "rolled_back"
@@ -249,8 +279,8 @@ def test_a_worse_canary_is_rolled_back_and_never_saw_more_than_its_share(
     late = [rid for rid in routed if int(rid.split("-")[1]) >= after]
     assert late == [], "the challenger answered after the rollback was verified"
     # The inference log says the same.
-    wait_until(lambda: set(_challenger_rows(server.lake_root, challenger)) >= routed, what="the log to be written")
-    assert set(_challenger_rows(server.lake_root, challenger)) == routed
+    wait_until(lambda: set(_challenger_rows(live.lake_root, challenger)) >= routed, what="the log to be written")
+    assert set(_challenger_rows(live.lake_root, challenger)) == routed
     # An incident with its MTTR, recorded the way the healer records its own.
     incidents = [i for i in IncidentLog(Lake(cfg.lake.root)).incidents() if i.cause == BAD_RELEASE]
     assert len(incidents) == 1 and incidents[0].state == State.RESOLVED
@@ -267,26 +297,15 @@ def test_a_worse_canary_is_rolled_back_and_never_saw_more_than_its_share(
 
 
 def test_a_better_canary_is_promoted(
-    model_store: ModelStore,
-    noisy_versions: dict[str, str],
-    live_server: Any,
-    tmp_path: Path,
-    clean_release: None,
+    model_store: ModelStore, noisy_versions: dict[str, str], live_release: Callable[..., Any]
 ) -> None:
     v = model_store.versions
-    model_store.set_aliases(champion=noisy_versions["noisy"], previous=v["lr"])
-    server = live_server(workers=2)
-    config = _config(tmp_path, model_store, server.url, steps=[SHARE, 0.5], step_seconds=2.0)
-    cfg = load_config(config)
-    traffic = _traffic(model_store, server.url)
-    try:
-        start_release(cfg, v["hgb"], "canary")
-        final = release_analysis_flow(config_path=config, max_seconds=90)
+    with live_release(noisy_versions["noisy"], steps=[SHARE, 0.5], step_seconds=2.0) as live:
+        start_release(live.cfg, v["hgb"], "canary")
+        final = release_analysis_flow(config_path=live.config, max_seconds=90)
         assert final["status"] == "promoted", final
-        wait_until(lambda: http.get(f"{server.url}/ready").json()["model_version"] == v["hgb"], what="the promotion")
-    finally:
-        traffic.stop()
-    assert traffic.errors == []
+        wait_until(lambda: http.get(f"{live.url}/ready").json()["model_version"] == v["hgb"], what="the promotion")
+    cfg = live.cfg
     registry = Registry(cfg.tracking_uri, MODEL)
     assert registry.by_alias("champion").version == v["hgb"]  # type: ignore[union-attr]
     assert registry.by_alias("previous").version == noisy_versions["noisy"]  # type: ignore[union-attr]
@@ -333,3 +352,24 @@ def test_shadow_never_changes_an_answer(
     wait_until(lambda: len(mirrored() & set(with_shadow)) >= len(records) // 2, what="shadow rows")
     state = read_state(Registry(cfg.tracking_uri, MODEL))
     assert state is not None and state.mode == "shadow" and state.routing
+
+
+# -- routing and state, no server needed ------------------------------------------------
+
+
+def test_routing_is_deterministic_and_near_the_share() -> None:
+    ids = [f"req-{i}" for i in range(20_000)]
+    chosen = [i for i in ids if routes_to_challenger(i, 0.1)]
+    assert chosen == [i for i in ids if routes_to_challenger(i, 0.1)]
+    assert 0.09 < len(chosen) / len(ids) < 0.11
+    assert set(chosen) <= {i for i in ids if routes_to_challenger(i, 0.25)}  # a step up keeps who it had
+    assert not any(routes_to_challenger(i, 0.0) for i in ids[:100]) and all(
+        routes_to_challenger(i, 1.0) for i in ids[:100]
+    )
+
+
+def test_release_state_round_trips_through_its_tag() -> None:
+    state = ReleaseState("r", "shadow", "3", "2", 1.0, counts={"quality": [1, 0, 2]})
+    assert ReleaseState.from_tag(state.to_tag()) == state
+    assert ReleaseState.from_tag("{not json") is None and ReleaseState.from_tag(None) is None
+    assert state.routing and not state.evolve(status="rolled_back").routing

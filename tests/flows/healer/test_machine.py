@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import time
@@ -14,14 +13,12 @@ import pytest
 
 from checkpoints.incidents import IncidentLog, State
 from flows.config import load_config
-from flows.healer.diagnosis import Cause, Context, diagnose
 from flows.healer.machine import Healer, Observation, claim, make_context
 from flows.monitor.signals import Severity, Signal, SignalKind, Window
 from flows.pipeline.flow import pipeline_flow
 from flows.registry import CHAMPION
-from tests.flows.pipeline_fixtures import dataset_frame, write_batches, write_config
-
-REPO = Path(__file__).resolve().parents[2]
+from tests.flows.pipeline.fixtures import dataset_frame, write_batches, write_config
+from tests.flows.pipeline.slow_fit import SLOW_TRAINER, kill_9_mid_fit, start_cli
 
 
 def _signal(kind: SignalKind, severity: Severity = Severity.CRITICAL, **evidence: Any) -> Signal:
@@ -31,45 +28,6 @@ def _signal(kind: SignalKind, severity: Severity = Severity.CRITICAL, **evidence
 
 def _observe(*signals: Signal) -> Observation:
     return Observation(started_at=datetime.now(UTC), signals=list(signals))
-
-
-# -- diagnosis -------------------------------------------------------------------------------
-def test_diagnosis_rules_in_order() -> None:
-    now = datetime.now(UTC)
-    ctx = Context(now=now)
-    assert [d.cause for d in diagnose([_signal(SignalKind.DATA_DRIFT)], ctx)] == [Cause.DATA_DRIFT]
-    assert [d.cause for d in diagnose([_signal(SignalKind.PERFORMANCE_DROP)], ctx)] == [Cause.CONCEPT_DRIFT]
-    both = diagnose([_signal(SignalKind.PERFORMANCE_DROP), _signal(SignalKind.DATA_DRIFT)], ctx)
-    assert [d.cause for d in both] == [Cause.DATA_DRIFT]
-    just_promoted = Context(now=now, promoted_at=now - timedelta(minutes=2))
-    assert [d.cause for d in diagnose([_signal(SignalKind.PERFORMANCE_DROP)], just_promoted)] == [Cause.BAD_DEPLOY]
-    down = diagnose([_signal(SignalKind.SERVING_DOWN), _signal(SignalKind.LATENCY)], ctx)
-    assert [d.cause for d in down] == [Cause.SERVING_DOWN, Cause.LATENCY]
-    assert diagnose([_signal(SignalKind.DATA_DRIFT, Severity.INFO)], ctx) == []
-    # A model that was fine after its promotion and then degrades meets drift, not a bad deploy.
-    was_fine = Context(now=now, promoted_at=now - timedelta(minutes=2), healthy_since_promotion=True)
-    assert [d.cause for d in diagnose([_signal(SignalKind.PERFORMANCE_DROP)], was_fine)] == [Cause.CONCEPT_DRIFT]
-    # New categories alongside a shift are the shift's symptoms; alone they are a quality problem.
-    shifted = diagnose([_signal(SignalKind.DATA_QUALITY), _signal(SignalKind.DATA_DRIFT)], ctx)
-    assert [d.cause for d in shifted] == [Cause.DATA_DRIFT]
-    assert [d.cause for d in diagnose([_signal(SignalKind.DATA_QUALITY)], ctx)] == [Cause.DATA_QUALITY]
-
-
-def test_errors_rising_on_shifted_inputs_are_data_drift_not_concept_drift() -> None:
-    """Concept drift is P(y|x) changing: the labels disagree while the inputs stay put."""
-    ctx = Context(now=datetime.now(UTC))
-    for kind in (SignalKind.CONCEPT_DRIFT, SignalKind.PERFORMANCE_DROP):
-        unchanged = _signal(kind, inputs_drifted=False, input_drifted_features=[])
-        assert [d.cause for d in diagnose([unchanged], ctx)] == [Cause.CONCEPT_DRIFT]
-        shifted = _signal(kind, inputs_drifted=True, input_drifted_features=["amount"])
-        assert [d.cause for d in diagnose([shifted], ctx)] == [Cause.DATA_DRIFT]
-        # One incident for one fault: the CUSUM alarm and the drift window agree on the cause.
-        both = diagnose([_signal(kind), _signal(SignalKind.DATA_DRIFT)], ctx)
-        assert [(d.cause, len(d.signals)) for d in both] == [(Cause.DATA_DRIFT, 2)]
-    # Shifted inputs are not a bad deploy either, even right after a promotion.
-    just_promoted = Context(now=ctx.now, promoted_at=ctx.now - timedelta(minutes=1))
-    shifted = _signal(SignalKind.PERFORMANCE_DROP, inputs_drifted=True)
-    assert [d.cause for d in diagnose([shifted], just_promoted)] == [Cause.DATA_DRIFT]
 
 
 # -- a champion to heal ------------------------------------------------------------------------
@@ -221,22 +179,6 @@ def test_batch_with_nulls_imputed_from_last_good_values_keeps_the_distribution(s
     assert len(set(filled)) > 0.5 * len(filled)
 
 
-def test_imputation_draws_are_seeded_per_file() -> None:
-    import numpy as np
-    import pandas as pd
-
-    from flows.pipeline.imputation import _seed, fill_missing
-
-    frame = pd.DataFrame({"x": [1.0, np.nan, np.inf, np.nan, 5.0], "c": ["a", None, "b", "a", None]})
-    donors = {"x": np.arange(100.0), "c": np.array(["a", "b", "c"], dtype=object)}
-    once, again = (fill_missing(frame, donors, _seed("/q/abc/batch.parquet")) for _ in range(2))
-    pd.testing.assert_frame_equal(once, again)  # a retried repair lands the same rows
-    assert once.notna().all().all() and np.isfinite(once["x"]).all()
-    assert once.loc[[0, 4], "x"].tolist() == [1.0, 5.0]  # present values are kept
-    other = fill_missing(frame, donors, _seed("/q/def/batch.parquet"))
-    assert not other.equals(once)
-
-
 def test_a_live_healer_holds_its_incident(system: dict[str, Any]) -> None:
     healer = _healer(system["config"])
     healer.record(_observe(_signal(SignalKind.DATA_DRIFT)))
@@ -269,45 +211,18 @@ def test_a_live_healer_holds_its_incident(system: dict[str, Any]) -> None:
 
 @pytest.mark.integration
 def test_healer_killed_mid_remedy_resumes_and_applies_it_once(system: dict[str, Any]) -> None:
-    from prefect.settings import PREFECT_API_URL
-
     tmp, frame = system["tmp"], system["frame"]
-    slow = {
-        "estimator": "tests.flows._estimators.SlowHistGradientBoostingClassifier",
-        "params": {"max_iter": 30},
-        "seed": 3,
-        "trusted_types": ["tests.flows._estimators.SlowHistGradientBoostingClassifier"],
-    }
     # The mechanism under test is resume-after-kill; the cause only picks the policy. A
     # data-quality incident is settled by the healer's own observation, so no monitor is needed.
-    config = _rewrite(system, trainer=slow, healing={"policy": {"data_quality": ["retrain"]}})
+    config = _rewrite(system, trainer=SLOW_TRAINER, healing={"policy": {"data_quality": ["retrain"]}})
     write_batches(frame.iloc[380:], tmp / "landing", parts=1, start=2)  # new data to retrain on
     healer = _healer(config)
     healer.record(_observe(_signal(SignalKind.DATA_QUALITY)))
     versions_before = len(healer.ctx.registry.client.search_model_versions(f"name='{healer.ctx.registry.model_name}'"))
 
     marker = tmp / "fitting"
-    env = {
-        **os.environ,
-        "PYTHONPATH": str(REPO),
-        "PREFECT_API_URL": str(PREFECT_API_URL.value()),
-        "SELFHEAL_TEST_FIT_MARKER": str(marker),
-        "SELFHEAL_TEST_FIT_SLEEP": "60",
-    }
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "flows.cli", "--config", str(config), "heal", "--once", "--no-monitor"],
-        cwd=REPO,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    deadline = time.time() + 180
-    while not marker.exists() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.2)
-    assert marker.exists(), proc.communicate()[0]
-    os.kill(proc.pid, 9)
-    proc.wait(timeout=30)
+    proc = start_cli(config, "heal", "--once", "--no-monitor", marker=marker)
+    kill_9_mid_fit(proc, marker)
     (incident,) = healer.log.incidents()
     assert incident.state == State.HEALING  # killed mid-remedy
 

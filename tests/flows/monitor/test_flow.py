@@ -18,11 +18,10 @@ from checkpoints import Lake
 from flows.healer.diagnosis import Cause, Context, diagnose
 from flows.monitor.detectors import MonitorThresholds
 from flows.monitor.flow import Champion, baseline_metrics, champion_context, monitor_flow, read_window
-from flows.monitor.scrape import parse_metrics
 from flows.monitor.signals import Signal, SignalKind
-from flows.monitor.state import MonitorState, commit_run, load_state
-from flows.monitor.window import MonitorWindow, assess
-from tests.flows.monitor_fixtures import T0, write_feedback, write_predictions, write_silver
+from flows.monitor.state import commit_run, load_state
+from flows.monitor.window import assess
+from tests.flows.monitor.fixtures import T0, write_feedback, write_predictions, write_silver
 
 CHAMPION = Champion("1", None, {"roc_auc": 0.99, "accuracy": 0.97})
 
@@ -161,11 +160,6 @@ def test_state_survives_a_crash_between_state_file_and_commit(silver_lake: Lake)
     assert silver_lake.read("metrics").num_rows == rows
 
 
-def test_state_json_round_trip() -> None:
-    state = MonitorState(seq=3, inference_watermark=T0, concept={"1": {"seen": 5}}, streaks={"latency": 2})
-    assert MonitorState.from_json(state.to_json()) == state
-
-
 class _MetricsServer:
     def __init__(self) -> None:
         self.text = ""
@@ -243,96 +237,6 @@ def test_unreachable_server_is_serving_down_after_two_windows(silver_lake: Lake)
     signals = run_once(silver_lake, 4, t, url)
     down = next(s for s in signals if s.kind == SignalKind.SERVING_DOWN)
     assert "ConnectError" in down.evidence["error"]
-
-
-def test_parse_metrics_counts_requests_errors_and_breaker() -> None:
-    text = (
-        "# TYPE app_requests_total counter\n"
-        'app_requests_total{code="200"} 90\napp_requests_total{code="500"} 10\n'
-        "# TYPE app_fallback_total counter\napp_fallback_total 4\n"
-        "# TYPE app_breaker_state gauge\n"
-        'app_breaker_state{state="open"} 0\napp_breaker_state{state="closed"} 1\n'
-    )
-    snap = parse_metrics(text)
-    assert snap.counters == {"requests": 100.0, "server_errors": 10.0, "fallbacks": 4.0}
-    assert snap.breaker_open is False
-
-
-def test_parse_metrics_reads_the_servers_own_exposition() -> None:
-    from prometheus_client import generate_latest
-
-    from serving.metrics import ServingMetrics
-
-    m = ServingMetrics()
-    m.http_requests.labels(path="/predict", status="200").inc(95)
-    m.http_requests.labels(path="/predict", status="503").inc(5)
-    m.http_requests.labels(path="/metrics", status="200").inc(40)  # the monitor's own scrapes
-    m.predictions.labels(served_by="primary").inc(90)
-    m.predictions.labels(served_by="fallback").inc(5)
-    m.prediction_errors.labels(model="primary", reason="timeout").inc(3)
-    m.breaker_transitions.labels(state="open").inc()
-    m.breaker_state.set(2)
-    m.log_rows_dropped.inc(7)
-    snap = parse_metrics(generate_latest(m.registry).decode())
-    assert snap.counters == {
-        "requests": 100.0,
-        "server_errors": 5.0,
-        "fallbacks": 5.0,
-        "errors": 3.0,
-        "breaker_opens": 1.0,
-        "rows_dropped": 7.0,
-    }
-    assert snap.breaker_open is True
-
-
-# -- pure windows: latency, freshness, missing rows ------------------------------------
-
-
-def _window(minute: int, rows: int, latency: float, last_commit_minutes_ago: float = 1.0) -> MonitorWindow:
-    rng = np.random.default_rng(minute)
-    start, end = T0 + timedelta(minutes=minute - 1), T0 + timedelta(minutes=minute)
-    table = pa.table(
-        {
-            "amount": rng.normal(50, 10, rows),
-            "_latency_ms": rng.normal(latency, latency * 0.05, rows),
-            "_served_by": ["primary"] * rows,
-        }
-    )
-    return MonitorWindow(
-        start=start,
-        end=end,
-        now=end,
-        inference=table,
-        drift_start=start,
-        last_commits={"inference_log": end - timedelta(minutes=last_commit_minutes_ago)},
-    )
-
-
-def _assess_series(windows: list[MonitorWindow], t: MonitorThresholds) -> list[list[Signal]]:
-    state, out = MonitorState(), []
-    for w in windows:
-        result = assess(w, state, t)
-        state = result.state
-        out.append(result.signals)
-    return out
-
-
-def test_latency_spike_needs_three_windows_in_a_row() -> None:
-    t = MonitorThresholds()
-    windows = [_window(m, 1000, 20.0) for m in range(1, 11)]
-    windows += [_window(m, 1000, 200.0) for m in range(11, 14)]
-    out = _assess_series(windows, t)
-    assert all(not s for s in out[:12])
-    assert [s.kind.value for s in out[12]] == ["latency"]
-
-
-def test_row_drop_is_missing_rows_after_three_windows_and_old_table_is_stale() -> None:
-    t = MonitorThresholds()
-    windows = [_window(m, 1000, 20.0) for m in range(1, 10)]
-    windows += [_window(10, 800, 20.0), _window(11, 800, 20.0), _window(12, 800, 20.0, last_commit_minutes_ago=90)]
-    out = _assess_series(windows, t)
-    assert all(not s for s in out[:11])
-    assert kinds(out[11]) == {"missing_rows", "stale_data"}
 
 
 # -- registry ---------------------------------------------------------------------------

@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -14,9 +11,9 @@ from checkpoints import Lake
 from flows.config import load_config
 from flows.pipeline.flow import pipeline_flow
 from flows.registry import CHALLENGER, CHAMPION, PREVIOUS, Registry
-from tests.flows.pipeline_fixtures import dataset_frame, write_batches, write_config
+from tests.flows.pipeline.fixtures import dataset_frame, write_batches, write_config
+from tests.flows.pipeline.slow_fit import SLOW_TRAINER, kill_9_mid_fit, start_cli
 
-REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 
 
@@ -104,7 +101,7 @@ def test_failing_stage_leaves_every_table_at_last_manifest(tmp_path: Path) -> No
         tmp_path,
         "binary",
         target,
-        trainer={"estimator": "tests.flows._estimators.BrokenClassifier", "params": {}, "seed": 3},
+        trainer={"estimator": "tests.flows.pipeline._estimators.BrokenClassifier", "params": {}, "seed": 3},
     )
     with pytest.raises(RuntimeError, match="training blew up"):
         pipeline_flow(str(broken))
@@ -153,47 +150,16 @@ def test_fallback_source_when_primary_landing_is_unreachable(tmp_path: Path) -> 
     assert result.outcome == "promoted" and len(result.landing.accepted) == 2
 
 
-def _run_cli(config: Path, env: dict[str, str]) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "flows.cli", "--config", str(config), "pipeline", "run"],
-        cwd=REPO,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-
-
 @pytest.mark.integration
 def test_kill_9_during_train_then_resume_matches_uninterrupted(tmp_path: Path) -> None:
-    from prefect.settings import PREFECT_API_URL
-
     frame, target = dataset_frame("binary")
-    slow = {
-        "estimator": "tests.flows._estimators.SlowHistGradientBoostingClassifier",
-        "params": {"max_iter": 30},
-        "seed": 3,
-        "trusted_types": ["tests.flows._estimators.SlowHistGradientBoostingClassifier"],
-    }
     crashed, clean = tmp_path / "crashed", tmp_path / "clean"
     for root in (crashed, clean):
         write_batches(frame, root / "landing", parts=3)
-        write_config(root, "binary", target, trainer=slow)
+        write_config(root, "binary", target, trainer=SLOW_TRAINER)
     marker = tmp_path / "fitting"
-    env = {
-        **os.environ,
-        "PYTHONPATH": str(REPO),
-        "PREFECT_API_URL": str(PREFECT_API_URL.value()),
-        "SELFHEAL_TEST_FIT_MARKER": str(marker),
-        "SELFHEAL_TEST_FIT_SLEEP": "60",
-    }
-    proc = _run_cli(crashed / "selfheal.yaml", env)
-    deadline = time.time() + 180
-    while not marker.exists() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.2)
-    assert marker.exists(), proc.communicate()[0] if proc.poll() is not None else "fit never started"
-    os.kill(proc.pid, 9)
-    proc.wait(timeout=30)
+    proc = start_cli(crashed / "selfheal.yaml", "pipeline", "run", marker=marker)
+    kill_9_mid_fit(proc, marker)
 
     lake = Lake(crashed / "lake")
     bronze_v, silver_v = lake.version("bronze"), lake.version("silver")

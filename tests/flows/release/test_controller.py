@@ -1,0 +1,49 @@
+"""The release controller: canary steps, and the pipeline starting a release instead of promoting."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from flows.config import SelfhealConfig
+from flows.release.controller import _next_share
+from serving.release import ReleaseState
+
+
+def test_the_canary_moves_one_step_per_step_seconds() -> None:
+    cfg = SelfhealConfig(release={"steps": [0.1, 0.25, 0.5], "step_seconds": 30})  # type: ignore[arg-type]
+    state = ReleaseState("r", "canary", "2", "1", 0.1, started_at=0.0, step_started_at=0.0, max_share=0.1)
+    assert _next_share(cfg, state, 29.0) is None
+    moved = _next_share(cfg, state, 30.0)
+    assert moved is not None and (moved.step, moved.share, moved.max_share) == (1, 0.25, 0.25)
+    last = ReleaseState("r", "canary", "2", "1", 0.5, step=2, step_started_at=0.0)
+    assert _next_share(cfg, last, 999.0) is None
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_the_pipeline_releases_a_new_model_as_canary_instead_of_promoting_it(tmp_path: Path) -> None:
+    from flows.config import load_config
+    from flows.pipeline.flow import pipeline_flow
+    from flows.registry import CHALLENGER, CHAMPION, Registry
+    from flows.release.controller import read_state
+    from tests.flows.pipeline.fixtures import dataset_frame, write_batches, write_config
+
+    frame, target = dataset_frame("binary")
+    write_batches(frame.iloc[:400], tmp_path / "landing", parts=2)
+    config = write_config(tmp_path, "binary", target, promote__target="canary", release__steps=[0.2, 0.5])
+    first = pipeline_flow(str(config))
+    assert first.outcome == "promoted"  # nothing to compare with: the first model is promoted directly
+    write_batches(frame.iloc[400:], tmp_path / "landing", parts=2, start=2)
+    second = pipeline_flow(str(config))
+    assert second.outcome == "released", second.message
+    cfg = load_config(config)
+    registry = Registry(cfg.tracking_uri, cfg.model_name)
+    champion, challenger = registry.by_alias(CHAMPION), registry.by_alias(CHALLENGER)
+    assert champion is not None and champion.version == first.champion == second.champion
+    assert challenger is not None and challenger.version != champion.version
+    state = read_state(registry)
+    assert state is not None and (state.mode, state.challenger, state.share) == ("canary", challenger.version, 0.2)
+    assert pipeline_flow(str(config)).outcome in ("up-to-date", "released")  # no new data: no second release
+    again = read_state(registry)
+    assert again is not None and again.release_id == state.release_id
