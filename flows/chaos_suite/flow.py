@@ -26,12 +26,10 @@ From the command line: ``selfheal chaos run [NAME ...] [--json PATH]``.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 import logging
 import os
-import sys
 import threading
 import time
 import uuid
@@ -48,7 +46,7 @@ from prefect.exceptions import MissingContextError
 from checkpoints import Lake
 from checkpoints.exceptions import SelfhealError
 from flows.chaos_suite.journal import ExperimentResult, SuiteResult, measure, summarize
-from flows.chaos_suite.report import record_runs, render_html, render_markdown, render_table, verdict_line
+from flows.chaos_suite.report import record_runs, render_html, render_markdown, verdict_line
 from flows.config import SelfhealConfig, load_config
 
 logger = logging.getLogger(__name__)
@@ -342,33 +340,3 @@ def chaos_suite_flow(
     if not result.passed:
         raise SLAMissed(result)
     return result
-
-
-#: ``cli_chaos_run``'s name for it, until that handler moves to ``flows.cli``.
-_verdict_line = verdict_line
-
-
-# -- command line ----------------------------------------------------------------------------
-def cli_chaos_run(args: argparse.Namespace) -> int:
-    """``selfheal chaos run [NAME ...] [--json PATH]``: print the SLA table; exit 1 when an SLA is missed."""
-    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
-    logging.getLogger("chaostoolkit").setLevel(logging.DEBUG if getattr(args, "verbose", False) else logging.WARNING)
-    experiment_paths(args.names)  # unknown names fail before anything starts
-    state = chaos_suite_flow(names=list(args.names), return_state=True)
-    outcome = state.result(raise_on_failure=False)
-    if isinstance(outcome, SLAMissed):
-        result = outcome.result
-    elif isinstance(outcome, SuiteResult):
-        result = outcome
-    else:
-        raise outcome if isinstance(outcome, BaseException) else SelfhealError(f"chaos suite ended {state.type}")
-    out = sys.stdout
-    out.write(f"{render_table(result)}\n\n{_verdict_line(result)}\nreport: {result.report_markdown} (and .html)\n")
-    if args.json:
-        text = json.dumps(result.to_dict(), indent=2)
-        if args.json == "-":
-            out.write(text + "\n")
-        else:
-            Path(args.json).write_text(text + "\n")
-    sys.stdout.flush()
-    return 0 if result.passed else 1

@@ -1,4 +1,4 @@
-"""``selfheal heal`` and ``selfheal incidents``."""
+"""``selfheal heal``, ``selfheal incidents`` and ``selfheal incidents ack``."""
 
 from __future__ import annotations
 
@@ -8,16 +8,56 @@ import os
 import time
 from pathlib import Path
 
-from checkpoints import Lake
-from checkpoints.exceptions import RemedyFailed, SelfhealError
-from checkpoints.incidents import INCIDENTS, IncidentLog, summarize, to_report
-from flows.config import load_config
-from flows.healer.machine import HealerLoop
+from flows.cli.command import Commands, Subparsers, config
+from flows.cli.lake import open_lake
+
+_HEAL = """\
+Run the healer: each tick runs a monitor pass and probes the tracking store, landing
+zone, quarantine and server; diagnoses signals into causes; opens incidents and moves
+them DETECTED -> DIAGNOSED -> HEALING -> VERIFYING -> RESOLVED (or ESCALATED).
+State lives in the incidents table, so a restarted healer resumes where it stopped.
+With healing.enabled: false it detects and records but repairs nothing."""
+
+_ACK = """\
+Record that a person has taken an escalated incident over. It stays ESCALATED;
+its cause stops waiting out healing.escalation_hold_seconds, so the next fault of
+that cause opens a new incident (and is healed) at once."""
+
+
+def register(sub: Subparsers) -> None:
+    """Add ``heal`` and ``incidents [ack]`` (they run flows in this process)."""
+    commands = Commands(sub, runs_flows=True)
+    heal = commands.add(
+        "heal", cli_heal, "watch and repair: monitor pass -> diagnosis -> remedies -> verified recovery", _HEAL
+    )
+    mode = heal.add_mutually_exclusive_group()
+    mode.add_argument("--once", action="store_true", help="one tick, then exit")
+    mode.add_argument(
+        "--interval", type=float, default=None, help="seconds between ticks (default healing.interval_seconds)"
+    )
+    heal.add_argument("--no-monitor", action="store_true", help="skip the monitor pass (probes only)")
+
+    inc = commands.add(
+        "incidents", cli_incidents, "list incidents: cause, remedies tried, outcome, MTTR; summary per cause"
+    )
+    inc.add_argument(
+        "--json", nargs="?", const="-", default=None, metavar="PATH", help="write JSON (to stdout without PATH)"
+    )
+    ack = commands.below(inc, "incident commands", required=False).add(
+        "ack", cli_ack, "acknowledge an ESCALATED incident: you have it now", _ACK
+    )
+    ack.add_argument("incident", help="the incident id (see `selfheal incidents`)")
+    ack.add_argument("--by", default=None, help="who takes it (default: $USER)")
+    ack.add_argument("--note", default="", help="a line for the record, e.g. what you will do")
 
 
 def cli_heal(args: argparse.Namespace) -> int:
     """``selfheal heal --once | --interval S``."""
-    cfg = load_config()
+    # The healer (Prefect, MLflow, the remedies) and the lake load when the command runs, not on --help.
+    from checkpoints.exceptions import RemedyFailed
+    from flows.healer.machine import HealerLoop
+
+    cfg = config()
     config_path = os.environ.get("SELFHEAL_CONFIG")
     loop = HealerLoop(cfg, config_path, run_monitor=not args.no_monitor)
     interval = args.interval if args.interval is not None else cfg.healing.interval_seconds
@@ -43,8 +83,9 @@ def _fmt_seconds(value: float | None) -> str:
 
 def cli_incidents(args: argparse.Namespace) -> int:
     """``selfheal incidents [--json]``: every incident, then a summary per cause."""
-    cfg = load_config()
-    lake = Lake(cfg.lake.root, cfg.lake.storage_options or None)
+    from checkpoints.incidents import INCIDENTS, IncidentLog, summarize, to_report  # pandas: not on --help
+
+    lake = open_lake()
     incidents = IncidentLog(lake).incidents() if lake.exists(INCIDENTS) else []
     if args.json:
         report = {
@@ -76,8 +117,11 @@ def cli_incidents(args: argparse.Namespace) -> int:
 
 def cli_ack(args: argparse.Namespace) -> int:
     """``selfheal incidents ack ID [--by NAME] [--note TEXT]``."""
-    cfg = load_config()
-    log = IncidentLog(Lake(cfg.lake.root, cfg.lake.storage_options or None))
+    # The incident log and our errors live in checkpoints, which imports pandas: not on --help.
+    from checkpoints.exceptions import SelfhealError
+    from checkpoints.incidents import IncidentLog
+
+    log = IncidentLog(open_lake())
     incident = log.get(args.incident)
     if incident is None:
         raise SelfhealError(f"no incident {args.incident!r} (see `selfheal incidents`)")

@@ -1,22 +1,47 @@
-"""``selfheal lake ...``: look at and repair the Delta lake from the command line."""
+"""``selfheal lake status | recover | maintain | quarantine``: look at and repair the Delta lake."""
 
 from __future__ import annotations
 
 import argparse
 import json
+from typing import TYPE_CHECKING
 
-from checkpoints import CheckpointError, Lake
-from flows.config import SelfhealConfig, load_config
+from flows.cli.command import Commands, Subparsers, config
+
+if TYPE_CHECKING:
+    from checkpoints import Lake
+    from flows.config import SelfhealConfig
 
 
-def open_lake(cfg: SelfhealConfig) -> Lake:
-    """The lake the configuration points at."""
+def register(sub: Subparsers) -> None:
+    """Add the ``lake`` group."""
+    lake = Commands(sub).group("lake", "inspect and repair the Delta lake", "Lake tools.")
+    lake.add("status", cli_status, "list tables, versions and the last consistent manifest")
+    rec = lake.add(
+        "recover", cli_recover, "set aside a corrupted newest log entry so the table reads at its last good version"
+    )
+    rec.add_argument("table", help="table name")
+    mnt = lake.add(
+        "maintain", cli_maintain, "checkpoint and vacuum tables, keeping every version a kept manifest needs"
+    )
+    mnt.add_argument("tables", nargs="*", help="tables (default: all)")
+    mnt.add_argument("--keep-manifests", type=int, default=None, help="newest complete manifests to keep (default all)")
+    lake.add("quarantine", cli_quarantine, "list quarantined batches and why")
+
+
+def open_lake(cfg: SelfhealConfig | None = None) -> Lake:
+    """The lake the configuration (default: the command's) points at."""
+    from checkpoints import Lake  # imports pyarrow, pandas and deltalake: not on --help
+
+    cfg = cfg or config()
     return Lake(cfg.lake.root, cfg.lake.storage_options or None)
 
 
 def cli_status(args: argparse.Namespace) -> int:
-    cfg = load_config()
-    lake = open_lake(cfg)
+    """``selfheal lake status``."""
+    from checkpoints import CheckpointError  # the package imports the lake (pyarrow, pandas): not on --help
+
+    lake = open_lake()
     print(f"lake: {lake.root}")
     for table in lake.tables():
         try:
@@ -34,14 +59,15 @@ def cli_status(args: argparse.Namespace) -> int:
 
 
 def cli_recover(args: argparse.Namespace) -> int:
-    lake = open_lake(load_config())
-    version = lake.recover(args.table)
+    """``selfheal lake recover TABLE``."""
+    version = open_lake().recover(args.table)
     print(f"{args.table}: corrupted log entry set aside; table reads at version {version}")
     return 0
 
 
 def cli_maintain(args: argparse.Namespace) -> int:
-    lake = open_lake(load_config())
+    """``selfheal lake maintain [TABLE ...]``."""
+    lake = open_lake()
     for table in args.tables or [t for t in lake.tables() if not t.startswith("_")]:
         report = lake.maintain(table, args.keep_manifests)
         print(
@@ -52,8 +78,8 @@ def cli_maintain(args: argparse.Namespace) -> int:
 
 
 def cli_quarantine(args: argparse.Namespace) -> int:
-    lake = open_lake(load_config())
-    records = lake.quarantined()
+    """``selfheal lake quarantine``."""
+    records = open_lake().quarantined()
     if not records:
         print("no quarantined batches")
     for r in records:

@@ -1,17 +1,37 @@
-"""``selfheal pipeline run | status``."""
+"""``selfheal pipeline run | status``: the checkpointed training pipeline."""
 
 from __future__ import annotations
 
 import argparse
 import json
 
+from flows.cli.command import Commands, Subparsers, config
 from flows.cli.lake import open_lake
-from flows.config import load_config
-from flows.registry import Registry
+
+
+def register(sub: Subparsers) -> None:
+    """Add the ``pipeline`` group (its commands run flows in this process)."""
+    pipeline = Commands(sub, runs_flows=True).group(
+        "pipeline", "run or inspect the training pipeline", "The checkpointed training pipeline."
+    )
+    pipeline.add(
+        "run",
+        cli_run,
+        "ingest new landing files, validate, build features, train, gate and promote",
+        "Run the pipeline once as a Prefect flow over the files that landed since the last run.\n"
+        "A refused gate or a failing stage rolls back to the last consistent manifest; a run\n"
+        "killed mid-way is finished by the next one without redoing completed stages.",
+    )
+    pipeline.add(
+        "status",
+        cli_status,
+        "show the last manifests, table versions and champion/challenger/previous with metrics and lineage",
+    )
 
 
 def cli_run(args: argparse.Namespace) -> int:
-    from flows.pipeline.flow import pipeline_flow
+    """``selfheal pipeline run``: one pipeline flow run over the new landing files."""
+    from flows.pipeline.flow import pipeline_flow  # imports Prefect, MLflow and sklearn: not on --help
 
     result = pipeline_flow()
     print(f"{result.outcome}: {result.message}")
@@ -26,7 +46,10 @@ def cli_run(args: argparse.Namespace) -> int:
 
 
 def cli_status(args: argparse.Namespace) -> int:
-    cfg = load_config()
+    """``selfheal pipeline status``: the lake's last manifests, then the model's aliases."""
+    from flows.registry import Registry  # imports MLflow: not on --help
+
+    cfg = config()
     lake = open_lake(cfg)
     manifests = lake.manifests()
     print(f"lake {lake.root}")

@@ -1,4 +1,4 @@
-"""``selfheal release start | status | promote | abort | watch``."""
+"""``selfheal release start | status | promote | abort | watch``: shadow and canary releases."""
 
 from __future__ import annotations
 
@@ -6,17 +6,54 @@ import argparse
 import json
 import time
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from flows.config import SelfhealConfig, load_config
-from flows.release.controller import (
-    abort_release,
-    promote_release,
-    read_state,
-    release_analysis_flow,
-    release_status,
-    start_release,
-)
+from flows.cli.command import Commands, Subparsers, config
+
+if TYPE_CHECKING:
+    from flows.config import SelfhealConfig
+
+_RELEASE = """\
+Progressive delivery: a challenger beside the champion in shadow (sees a copy of the
+traffic) or canary (answers a share of it, moving up release.steps); an analysis compares
+both on the same traffic and promotes the challenger or rolls it back (a bad_release
+incident with its MTTR). Settings: release: in selfheal.yaml."""
+
+_START = """\
+Start a release: the version becomes @challenger and every server worker routes to it
+on its next registry poll (at once when serving.url and SELFHEAL_ADMIN_TOKEN are set).
+canary: release.steps[0] of the requests are answered by it, one more step every
+release.step_seconds; shadow: release.shadow_share of them are mirrored to it, the
+champion answers. A running release of another version is superseded."""
+
+_WATCH = """\
+Look for a running release every S seconds and run the analysis flow on it until its
+verdict: promoted, rolled back (with a bad_release incident) or held as inconclusive."""
+
+
+def register(sub: Subparsers) -> None:
+    """Add the ``release`` group (its commands run flows in this process)."""
+    release = Commands(sub, runs_flows=True).group(
+        "release", "shadow and canary releases: start, status, promote, abort, watch", _RELEASE
+    )
+    status = release.add(
+        "status", cli_status, "show the current split, the release and its analysis (counts and the last measurement)"
+    )
+    status.add_argument("--json", action="store_true", help="print it as JSON")
+    start = release.add("start", cli_start, "put a registered version beside the champion as @challenger", _START)
+    start.add_argument("--version", required=True, help="the registered version to release")
+    start.add_argument("--mode", choices=["canary", "shadow"], default="canary", help="default canary")
+    start.add_argument("--watch", action="store_true", help="then run the analysis until its verdict")
+    promote = release.add("promote", cli_promote, "make the challenger champion now (ends the release)")
+    promote.add_argument("--reason", default="promoted by hand", help="recorded with the release")
+    abort = release.add("abort", cli_abort, "send all traffic back to the champion, withdraw @challenger")
+    abort.add_argument("--reason", default="aborted by hand", help="recorded with the release")
+    watch = release.add(
+        "watch", cli_watch, "the release controller: run the analysis flow for every release that starts", _WATCH
+    )
+    watch.add_argument("--interval", type=float, default=2.0, metavar="S", help="seconds between looks (default 2)")
+    watch.add_argument("--once", action="store_true", help="look once (analysing a running release), then exit")
+    watch.add_argument("--max-seconds", type=float, default=None, help="stop analysing one release after this long")
 
 
 def _when(epoch: float) -> str:
@@ -55,7 +92,9 @@ def _print_state(cfg: SelfhealConfig, status: dict[str, Any]) -> None:
 
 def cli_status(args: argparse.Namespace) -> int:
     """Print the current split, the release and its analysis."""
-    cfg = load_config()
+    from flows.release.controller import release_status  # imports Prefect and MLflow: not on --help
+
+    cfg = config()
     status = release_status(cfg)
     if args.json:
         print(json.dumps(status, indent=2, default=str))
@@ -66,8 +105,9 @@ def cli_status(args: argparse.Namespace) -> int:
 
 def cli_start(args: argparse.Namespace) -> int:
     """Start a shadow or canary release of a registered version, optionally analysing it to its verdict."""
-    cfg = load_config()
-    state = start_release(cfg, args.version, args.mode)
+    from flows.release.controller import release_analysis_flow, start_release  # Prefect, MLflow: not on --help
+
+    state = start_release(config(), args.version, args.mode)
     print(f"release {state.release_id}: v{state.challenger} as {state.mode} challenger at {state.share:.0%}")
     if args.watch:
         final = release_analysis_flow()
@@ -77,24 +117,30 @@ def cli_start(args: argparse.Namespace) -> int:
 
 
 def cli_promote(args: argparse.Namespace) -> int:
-    cfg = load_config()
-    state = promote_release(cfg, args.reason)
+    """``selfheal release promote``."""
+    from flows.release.controller import promote_release  # imports Prefect and MLflow: not on --help
+
+    state = promote_release(config(), args.reason)
     print(f"v{state.challenger} promoted to champion; it answers every request")
     return 0
 
 
 def cli_abort(args: argparse.Namespace) -> int:
-    cfg = load_config()
-    state = abort_release(cfg, args.reason)
+    """``selfheal release abort``."""
+    from flows.release.controller import abort_release  # imports Prefect and MLflow: not on --help
+
+    state = abort_release(config(), args.reason)
     print(f"release {state.release_id} aborted: champion v{state.champion} answers every request")
     return 0
 
 
 def cli_watch(args: argparse.Namespace) -> int:
     """The release controller: analyse every release that runs, one flow run per release."""
-    cfg = load_config()
+    # The controller and the registry client import Prefect and MLflow: not on --help.
     from flows.registry import Registry
+    from flows.release.controller import read_state, release_analysis_flow
 
+    cfg = config()
     registry = Registry(cfg.tracking_uri, cfg.model_name)
     print(f"selfheal release watch: looking for a running release every {args.interval:g} s")
     while True:

@@ -13,8 +13,31 @@ import json
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from flows.config import SelfhealConfig, load_config
+from flows.cli.command import Commands, Subparsers, config
+
+if TYPE_CHECKING:
+    from flows.config import SelfhealConfig
+
+_DESCRIPTION = """\
+Start the model server (gunicorn + uvicorn workers) for the configured model:
+POST /predict, POST /feedback, GET /health, /ready, /metrics, POST /admin/reload|rollback
+(admin needs SELFHEAL_ADMIN_TOKEN). Settings come from selfheal.yaml (serving:, lake:,
+tracking_uri, model_name); other SELFHEAL_* server variables pass through."""
+
+
+def register(sub: Subparsers) -> None:
+    """Add ``serve``."""
+    srv = Commands(sub).add(
+        "serve",
+        cli_serve,
+        "serve @champion over HTTP with fallback, breaker, hot reload and an inference log",
+        _DESCRIPTION,
+    )
+    srv.add_argument("--workers", type=int, default=None, help="worker processes (default: serving.workers)")
+    srv.add_argument("--port", type=int, default=None, help="port (default: serving.port)")
+    srv.add_argument("--host", default=None, help="address to bind (default: serving.host)")
 
 
 def server_environment(cfg: SelfhealConfig, port: int, base: dict[str, str] | None = None) -> dict[str, str]:
@@ -51,7 +74,7 @@ def server_environment(cfg: SelfhealConfig, port: int, base: dict[str, str] | No
 
 def cli_serve(args: argparse.Namespace) -> int:
     """Exec the model server for the configured model (does not return on success)."""
-    cfg = load_config()
+    cfg = config()
     port = args.port if args.port is not None else cfg.serving.port
     workers = args.workers if args.workers is not None else cfg.serving.workers
     host = args.host or cfg.serving.host

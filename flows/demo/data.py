@@ -57,14 +57,12 @@ Example:
 
 from __future__ import annotations
 
-import argparse
 import codecs
 import functools
 import io
 import logging
 import math
 import os
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -75,7 +73,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from flows.config import DataConfig, Expectations, load_config
+from flows.config import DataConfig, Expectations
 
 logger = logging.getLogger(__name__)
 
@@ -706,31 +704,3 @@ def stream_data_config(**overrides: Any) -> DataConfig:
     }
     fields.update(overrides)
     return DataConfig.model_validate(fields)
-
-
-def cli_generate(args: argparse.Namespace) -> int:
-    """``selfheal data generate``: write batches and print one line per file."""
-    cfg = load_config()
-    out = args.out or cfg.landing.path
-    fmt = args.format or cfg.landing.format
-    if "://" in str(out):
-        print(f"selfheal: error: --out must be a local folder, got {out}", file=sys.stderr)  # noqa: T201
-        return 2
-    try:
-        paths = write_batches(
-            out,
-            batches=args.batches,
-            rows=args.rows,
-            seed=args.seed,
-            drift=DriftSpec.parse(args.drift),
-            fault=args.fault,
-            fmt=fmt,
-            start=args.start,
-            label_delay=args.label_delay,
-        )
-    except ValueError as exc:
-        print(f"selfheal: error: {exc}", file=sys.stderr)  # noqa: T201
-        return 2
-    for path in paths:
-        print(path)  # noqa: T201
-    return 0

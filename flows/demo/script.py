@@ -13,13 +13,9 @@ detection delay (from injection to detection) is printed beside it.
 
 from __future__ import annotations
 
-import argparse
-import json
-import logging
 import os
 import secrets
 import shutil
-import signal
 import socket
 import threading
 import time
@@ -406,30 +402,3 @@ def run_demo(workdir: Path, batches: int, rows: int, seed: int) -> dict[str, Any
     report = demo.report(started)
     _table(report)
     return report
-
-
-def _interrupt(signum: int, frame: Any) -> None:
-    raise KeyboardInterrupt
-
-
-def cli_demo(args: argparse.Namespace) -> int:
-    base = load_config()
-    workdir = Path(args.workdir) if args.workdir else Path(base.home) / "demo"
-    # The demo's Prefect runs use a local SQLite server under <home>, not ~/.prefect.
-    os.environ.setdefault("PREFECT_HOME", str(Path(base.home) / "prefect"))
-    Path(os.environ["PREFECT_HOME"]).mkdir(parents=True, exist_ok=True)
-    if not args.verbose:
-        os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
-        # The scripted tracking-store outage makes every MLflow call print a full SQL
-        # traceback; the healer's probe already reports it in one line.
-        logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
-    signal.signal(signal.SIGTERM, _interrupt)  # so the server and traffic are stopped on kill too
-    report = run_demo(workdir.resolve(), args.batches, args.rows, args.seed)
-    if args.json:
-        Path(args.json).write_text(json.dumps(report, indent=2, default=str))
-        _say(f"report written to {args.json}")
-    unresolved = [r["fault"] for r in report["faults"] if r["expected_cause"] and r["outcome"] != "RESOLVED"]
-    if unresolved:
-        _say(f"\nnot resolved: {', '.join(unresolved)}")
-        return 1
-    return 0

@@ -23,7 +23,6 @@ Example:
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 import logging
@@ -44,7 +43,7 @@ import yaml
 from tenacity import retry, retry_if_exception, stop_after_attempt, wait_exponential_jitter
 
 from checkpoints.exceptions import SelfhealError
-from flows.config import SelfhealConfig, load_config
+from flows.config import SelfhealConfig
 
 logger = logging.getLogger(__name__)
 
@@ -253,7 +252,7 @@ class Stack:
         self._spawn("serving", [py, "-m", "flows.cli", "serve"])
         watching = "://" not in self.cfg.landing.path
         if watching:
-            self._spawn("landing-watcher", [py, "-m", "flows.local.stack", "watch-landing", self.cfg.landing.path])
+            self._spawn("landing-watcher", [py, "-m", "flows.cli", "watch-landing", self.cfg.landing.path])
         from prefect.workers.process import ProcessWorker  # while the server starts
 
         template = ProcessWorker.get_default_base_job_template()
@@ -562,38 +561,3 @@ def watch_landing(landing: Path, state_file: Path, interval: float = 2.0, max_po
                 watcher.forget_pending()
         polls += 1
         time.sleep(interval)
-
-
-# -- CLI ------------------------------------------------------------------------------------------
-def cli_up(args: argparse.Namespace) -> int:
-    """``selfheal up``."""
-    cfg = load_config()
-    print(Stack.from_config(cfg, args.prefect_port).up(timeout=args.timeout))  # noqa: T201
-    return 0
-
-
-def cli_down(args: argparse.Namespace) -> int:
-    """``selfheal down``."""
-    stopped = Stack.from_config(load_config()).down()
-    print(f"stopped: {', '.join(stopped)}" if stopped else "nothing was running")  # noqa: T201
-    return 0
-
-
-def _main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m flows.local.stack")
-    sub = parser.add_subparsers(dest="command", required=True)
-    watch = sub.add_parser("watch-landing", help="announce new landing files as Prefect events")
-    watch.add_argument("landing")
-    watch.add_argument("--interval", type=float, default=2.0)
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    cfg = load_config()
-    state = Path(cfg.home) / "run" / "landing-announced.json"
-    state.parent.mkdir(parents=True, exist_ok=True)
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-    watch_landing(Path(args.landing), state, args.interval)
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(_main())

@@ -27,10 +27,8 @@ Example:
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
-import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -506,39 +504,3 @@ def _emit_signal(signal: Signal) -> None:
     """A ``selfheal.signal.<kind>`` Prefect event: what the healer deployment's trigger matches."""
     name = f"selfheal.signal.{signal.kind.value}"
     emit(name, name, signal.to_dict(), labels={"selfheal.severity": signal.severity.value})
-
-
-# -- CLI -----------------------------------------------------------------------------
-def cli_monitor(args: argparse.Namespace) -> int:
-    """``selfheal monitor --once | --interval S``."""
-    from flows.config import load_config
-
-    cfg = load_config()
-    MonitorThresholds.from_mapping(cfg.thresholds)  # fail fast, naming the bad key
-    url = None
-    if not args.no_serving:
-        url = args.serving_url or cfg.serving.url or f"http://{cfg.serving.host}:{cfg.serving.port}"
-    params: dict[str, Any] = {
-        "lake_root": cfg.lake.root,
-        "thresholds": cfg.thresholds,
-        "serving_url": url,
-        "model_name": cfg.model_name,
-        "tracking_uri": cfg.tracking_uri,
-        "ml_task": cfg.data.task,
-        "target": cfg.data.target,
-        "storage_options": cfg.lake.storage_options or None,
-    }
-    runs = 0
-    while True:
-        started = time.monotonic()
-        signals = monitor_flow(**params)
-        runs += 1
-        if args.json:
-            print(json.dumps([s.to_dict() for s in signals]))  # noqa: T201
-        else:
-            print(f"monitor run: {len(signals)} signal(s)")  # noqa: T201
-            for s in signals:
-                print(f"  {s.summary()}")  # noqa: T201
-        if args.interval is None or (args.max_runs is not None and runs >= args.max_runs):
-            return 0
-        time.sleep(max(0.0, args.interval - (time.monotonic() - started)))

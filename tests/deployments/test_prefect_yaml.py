@@ -178,7 +178,7 @@ def test_a_landed_file_runs_the_pipeline_deployment_through_a_process_worker(
     )
     watcher = srv.processes.start(
         "watcher",
-        [py, "-m", "flows.local.stack", "watch-landing", str(tmp_path / "state" / "landing"), "--interval", "0.5"],
+        [py, "-m", "flows.cli", "watch-landing", str(tmp_path / "state" / "landing"), "--interval", "0.5"],
         env=env,
     )
     pipeline = deployed[("flows/pipeline/flow.py:pipeline_flow", "local")]

@@ -1,0 +1,63 @@
+"""``selfheal chaos run``: the chaos suite against a sandboxed selfheal, held to the SLA."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+from flows.cli.command import Commands, Subparsers
+
+_RUN = """\
+Build a sandbox (its own config, lake, landing zone, MLflow store, model server, clients,
+pipeline schedule and healer) from selfheal.yaml, run the experiments of chaos/experiments
+one by one, and print the SLA table: fault, MTTR, SLA, availability, rows lost, verdict.
+Journals and verdicts go to the chaos_runs table, the report to <home>/reports.
+Exits 1 when an experiment missed its SLA. Network experiments need root."""
+
+
+def register(sub: Subparsers) -> None:
+    """Add the ``chaos`` group (the suite runs as a flow in this process)."""
+    run = (
+        Commands(sub, runs_flows=True)
+        .group("chaos", "run the chaos suite", "Fault injection with Chaos Toolkit.")
+        .add("run", cli_chaos_run, "inject each fault into a sandboxed selfheal and hold recovery to the SLA", _RUN)
+    )
+    run.add_argument("names", nargs="*", metavar="NAME", help="experiments to run (default: all)")
+    run.add_argument(
+        "--json", nargs="?", const="-", default=None, metavar="PATH", help="write the results as JSON (stdout: -)"
+    )
+
+
+def cli_chaos_run(args: argparse.Namespace) -> int:
+    """``selfheal chaos run [NAME ...] [--json PATH]``: print the SLA table; exit 1 when an SLA is missed."""
+    # The suite imports Prefect, Chaos Toolkit and the lake: not on --help.
+    from checkpoints.exceptions import SelfhealError
+    from flows.chaos_suite.flow import SLAMissed, chaos_suite_flow, experiment_paths
+    from flows.chaos_suite.journal import SuiteResult
+    from flows.chaos_suite.report import render_table, verdict_line
+
+    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+    logging.getLogger("chaostoolkit").setLevel(logging.DEBUG if getattr(args, "verbose", False) else logging.WARNING)
+    experiment_paths(args.names)  # unknown names fail before anything starts
+    state = chaos_suite_flow(names=list(args.names), return_state=True)
+    outcome = state.result(raise_on_failure=False)
+    if isinstance(outcome, SLAMissed):
+        result = outcome.result
+    elif isinstance(outcome, SuiteResult):
+        result = outcome
+    else:
+        raise outcome if isinstance(outcome, BaseException) else SelfhealError(f"chaos suite ended {state.type}")
+    out = sys.stdout
+    out.write(f"{render_table(result)}\n\n{verdict_line(result)}\nreport: {result.report_markdown} (and .html)\n")
+    if args.json:
+        text = json.dumps(result.to_dict(), indent=2)
+        if args.json == "-":
+            out.write(text + "\n")
+        else:
+            Path(args.json).write_text(text + "\n")
+    sys.stdout.flush()
+    return 0 if result.passed else 1

@@ -1,0 +1,67 @@
+"""``selfheal monitor``: one monitor pass (or one every S seconds), printing the signals raised."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from typing import Any
+
+from flows.cli.command import Commands, Subparsers, config
+
+
+def register(sub: Subparsers) -> None:
+    """Add ``monitor`` (it runs the monitor flow in this process)."""
+    mon = Commands(sub, runs_flows=True).add(
+        "monitor",
+        cli_monitor,
+        "watch predictions, labels, serving and table freshness; print the signals raised",
+        "Read everything new since the last run (inference log, feedback, the server's\n"
+        "/metrics, table freshness), run the drift, performance, concept-drift and anomaly\n"
+        "detectors, append the metric series to the lake's metrics table and print the\n"
+        "signals raised. Thresholds come from selfheal.yaml (thresholds:).",
+    )
+    when = mon.add_mutually_exclusive_group()
+    when.add_argument("--once", action="store_true", help="run once and exit (the default)")
+    when.add_argument("--interval", type=float, default=None, metavar="S", help="run every S seconds until stopped")
+    mon.add_argument("--max-runs", type=int, default=None, help="with --interval: stop after this many runs")
+    mon.add_argument("--serving-url", default=None, help="model server to scrape (default: serving.url or host:port)")
+    mon.add_argument("--no-serving", action="store_true", help="do not scrape the model server")
+    mon.add_argument("--json", action="store_true", help="print the signals as JSON")
+
+
+def cli_monitor(args: argparse.Namespace) -> int:
+    """``selfheal monitor --once | --interval S``."""
+    # Prefect and the detectors (scipy, pandas) load when the command runs, not on --help.
+    from flows.monitor.detectors import MonitorThresholds
+    from flows.monitor.flow import monitor_flow
+
+    cfg = config()
+    MonitorThresholds.from_mapping(cfg.thresholds)  # fail fast, naming the bad key
+    url = None
+    if not args.no_serving:
+        url = args.serving_url or cfg.serving.url or f"http://{cfg.serving.host}:{cfg.serving.port}"
+    params: dict[str, Any] = {
+        "lake_root": cfg.lake.root,
+        "thresholds": cfg.thresholds,
+        "serving_url": url,
+        "model_name": cfg.model_name,
+        "tracking_uri": cfg.tracking_uri,
+        "ml_task": cfg.data.task,
+        "target": cfg.data.target,
+        "storage_options": cfg.lake.storage_options or None,
+    }
+    runs = 0
+    while True:
+        started = time.monotonic()
+        signals = monitor_flow(**params)
+        runs += 1
+        if args.json:
+            print(json.dumps([s.to_dict() for s in signals]))
+        else:
+            print(f"monitor run: {len(signals)} signal(s)")
+            for s in signals:
+                print(f"  {s.summary()}")
+        if args.interval is None or (args.max_runs is not None and runs >= args.max_runs):
+            return 0
+        time.sleep(max(0.0, args.interval - (time.monotonic() - started)))
