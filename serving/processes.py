@@ -41,7 +41,8 @@ def wait_until(condition: Callable[[], T], timeout: float, what: str, interval: 
         condition: one look; its truthy result ends the wait.
         timeout: seconds to keep looking.
         what: the awaited thing in words, for the error.
-        interval: seconds between looks.
+        interval: seconds from the start of one look to the start of the next (a slow look
+            is followed by the next one at once).
 
     Raises:
         TimeoutError: nothing truthy within ``timeout``; the message names ``what`` and the last value seen.
@@ -50,13 +51,14 @@ def wait_until(condition: Callable[[], T], timeout: float, what: str, interval: 
         raise ValueError(f"interval must be > 0, got {interval}")
     deadline = time.monotonic() + timeout
     while True:
+        looked_at = time.monotonic()
         value = condition()
         if value:
             return value
         now = time.monotonic()
         if now >= deadline:
             raise TimeoutError(f"timed out after {timeout:g}s waiting for {what} (last seen: {value!r})")
-        time.sleep(min(interval, deadline - now))
+        time.sleep(max(0.0, min(looked_at + interval, deadline) - now))
 
 
 def http_ok(url: str, timeout: float = 2.0) -> bool:
@@ -166,6 +168,14 @@ def process_group(pgid: int) -> list[int]:
     return sorted(found)
 
 
+def descendants(pid: int) -> list[int]:
+    """Live children, grandchildren, ... of ``pid``, sorted."""
+    try:
+        return sorted(c.pid for c in psutil.Process(pid).children(recursive=True) if _running(c))
+    except psutil.Error:
+        return []
+
+
 def process_tree(pid: int) -> list[int]:
     """``pid``, the members of its process group and all their descendants, alive now, sorted.
 
@@ -175,13 +185,7 @@ def process_tree(pid: int) -> list[int]:
     roots = set(process_group(pid))
     if alive(pid):
         roots.add(pid)
-    found = set(roots)
-    for root in roots:
-        try:
-            found.update(c.pid for c in psutil.Process(root).children(recursive=True) if _running(c))
-        except psutil.Error:
-            continue
-    return sorted(found)
+    return sorted(roots.union(*(descendants(root) for root in roots)))
 
 
 # -- stopping ---------------------------------------------------------------------------------
@@ -200,8 +204,9 @@ def _wait(procs: list[psutil.Process], timeout: float) -> list[psutil.Process]:
 
     def settled() -> bool:
         nonlocal left
-        # wait_procs with no timeout only looks, and reaps those that are our children.
-        left = [p for p in psutil.wait_procs(left, timeout=0)[1] if _running(p)]
+        # Not psutil.wait_procs: it waits for a zombie whose parent is not us until the timeout,
+        # and reaps our own children, so their Popen objects would never learn the exit code.
+        left = [p for p in left if _running(p)]
         return not left
 
     try:

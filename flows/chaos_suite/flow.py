@@ -50,6 +50,7 @@ from prefect.cache_policies import NONE
 from checkpoints import Lake
 from checkpoints.exceptions import SelfhealError
 from flows.config import SelfhealConfig, load_config
+from serving import processes
 
 logger = logging.getLogger(__name__)
 
@@ -631,15 +632,19 @@ def _settle(box: Any, env: Mapping[str, str], log: Any, incidents: bool, timeout
     """
     from chaos.incidents.probes import open_incidents
 
-    deadline, busy = time.monotonic() + timeout, None
-    while time.monotonic() < deadline:
+    busy: str | None = None
+
+    def settled() -> bool:
+        nonlocal busy
         busy = box.pipeline_busy() or (
             f"{n} incident(s) open" if incidents and (n := open_incidents(env["SELFHEAL_CHAOS_LAKE"])) else None
         )
-        if busy is None:
-            return
-        time.sleep(1.0)
-    log.warning("still not settled after %.0fs (%s); going on", timeout, busy)
+        return busy is None
+
+    try:
+        processes.wait_until(settled, timeout, "the sandbox to settle", interval=1.0)
+    except TimeoutError:
+        log.warning("still not settled after %.0fs (%s); going on", timeout, busy)
 
 
 def _acknowledge_escalations(lake_root: str, after: str, log: Any) -> list[str]:

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import subprocess
 import time
 from pathlib import Path
 from typing import Any
 
 from sklearn.ensemble import HistGradientBoostingClassifier
+
+from serving.processes import wait_until
 
 
 class SlowHistGradientBoostingClassifier(HistGradientBoostingClassifier):
@@ -19,6 +23,15 @@ class SlowHistGradientBoostingClassifier(HistGradientBoostingClassifier):
             Path(marker).write_text(str(os.getpid()))
             time.sleep(float(os.environ.get("SELFHEAL_TEST_FIT_SLEEP", "0")))
         return super().fit(X, y, sample_weight=sample_weight)
+
+
+def kill_once_fitting(proc: subprocess.Popen[str], marker: Path, timeout: float = 180.0) -> None:
+    """SIGKILL ``proc`` (a CLI run) once its slow fit has started, i.e. mid-stage."""
+    with contextlib.suppress(TimeoutError):  # the assert below says why
+        wait_until(lambda: marker.exists() or proc.poll() is not None, timeout, "the fit to start", interval=0.2)
+    assert marker.exists(), proc.communicate()[0] if proc.poll() is not None else "fit never started"
+    proc.kill()
+    proc.wait(timeout=30)
 
 
 class BrokenClassifier(HistGradientBoostingClassifier):

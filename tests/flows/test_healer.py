@@ -19,6 +19,7 @@ from flows.healer.machine import Healer, Observation, claim, make_context
 from flows.monitor.signals import Severity, Signal, SignalKind, Window
 from flows.pipeline.flow import pipeline_flow
 from flows.registry import CHAMPION
+from tests.flows._estimators import kill_once_fitting
 from tests.flows.pipeline_fixtures import dataset_frame, write_batches, write_config
 
 REPO = Path(__file__).resolve().parents[2]
@@ -302,12 +303,7 @@ def test_healer_killed_mid_remedy_resumes_and_applies_it_once(system: dict[str, 
         stderr=subprocess.STDOUT,
         text=True,
     )
-    deadline = time.time() + 180
-    while not marker.exists() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.2)
-    assert marker.exists(), proc.communicate()[0]
-    os.kill(proc.pid, 9)
-    proc.wait(timeout=30)
+    kill_once_fitting(proc, marker)
     (incident,) = healer.log.incidents()
     assert incident.state == State.HEALING  # killed mid-remedy
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -14,6 +13,7 @@ from checkpoints import Lake
 from flows.config import load_config
 from flows.pipeline.flow import pipeline_flow
 from flows.registry import CHALLENGER, CHAMPION, PREVIOUS, Registry
+from tests.flows._estimators import kill_once_fitting
 from tests.flows.pipeline_fixtures import dataset_frame, write_batches, write_config
 
 REPO = Path(__file__).resolve().parents[2]
@@ -188,12 +188,7 @@ def test_kill_9_during_train_then_resume_matches_uninterrupted(tmp_path: Path) -
         "SELFHEAL_TEST_FIT_SLEEP": "60",
     }
     proc = _run_cli(crashed / "selfheal.yaml", env)
-    deadline = time.time() + 180
-    while not marker.exists() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.2)
-    assert marker.exists(), proc.communicate()[0] if proc.poll() is not None else "fit never started"
-    os.kill(proc.pid, 9)
-    proc.wait(timeout=30)
+    kill_once_fitting(proc, marker)
 
     lake = Lake(crashed / "lake")
     bronze_v, silver_v = lake.version("bronze"), lake.version("silver")
