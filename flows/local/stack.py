@@ -49,7 +49,7 @@ from serving import processes
 
 logger = logging.getLogger(__name__)
 
-PROJECT_DIR = Path(__file__).resolve().parent.parent
+PROJECT_DIR = Path(__file__).resolve().parents[2]
 PREFECT_FILE = PROJECT_DIR / "deployments" / "prefect.yaml"
 WORK_POOL = "local"
 LANDING_EVENT = "selfheal.landing.file.created"

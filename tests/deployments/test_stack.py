@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -20,7 +19,7 @@ from flows.local.stack import (
     local_deployments,
     terminate,
 )
-from serving.processes import alive, free_port, http_ok, port_in_use, process_tree, wait_until
+from serving.processes import alive, free_port, http_ok, kill, port_in_use, process_tree, wait_until
 from tests.deployments.conftest import PROJECT, base_env, write_config
 
 
@@ -96,8 +95,7 @@ def test_terminate_reaches_descendants_in_other_sessions() -> None:
         leader.wait(timeout=5)
         assert not any(alive(p) for p in tree)
     finally:
-        if leader.poll() is None:
-            os.killpg(leader.pid, signal.SIGKILL)
+        kill(process_tree(leader.pid))
 
 
 def test_a_reused_pid_is_not_ours(tmp_path: Path) -> None:
