@@ -25,6 +25,19 @@ class SlowHistGradientBoostingClassifier(HistGradientBoostingClassifier):
         return super().fit(X, y, sample_weight=sample_weight)
 
 
+def slow_fit_env(marker: Path) -> dict[str, str]:
+    """The environment of a CLI run whose fit writes ``marker`` when it starts, then sleeps a minute."""
+    from prefect.settings import PREFECT_API_URL  # the CLI run's trainer imports this module: keep it light
+
+    return {
+        **os.environ,
+        "PYTHONPATH": str(Path(__file__).resolve().parents[2]),
+        "PREFECT_API_URL": str(PREFECT_API_URL.value()),
+        "SELFHEAL_TEST_FIT_MARKER": str(marker),
+        "SELFHEAL_TEST_FIT_SLEEP": "60",
+    }
+
+
 def kill_once_fitting(proc: subprocess.Popen[str], marker: Path, timeout: float = 180.0) -> None:
     """SIGKILL ``proc`` (a CLI run) once its slow fit has started, i.e. mid-stage."""
     with contextlib.suppress(TimeoutError):  # the assert below says why

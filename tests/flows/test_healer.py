@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import time
@@ -19,7 +18,7 @@ from flows.healer.machine import Healer, Observation, claim, make_context
 from flows.monitor.signals import Severity, Signal, SignalKind, Window
 from flows.pipeline.flow import pipeline_flow
 from flows.registry import CHAMPION
-from tests.flows._estimators import kill_once_fitting
+from tests.flows._estimators import kill_once_fitting, slow_fit_env
 from tests.flows.pipeline_fixtures import dataset_frame, write_batches, write_config
 
 REPO = Path(__file__).resolve().parents[2]
@@ -270,8 +269,6 @@ def test_a_live_healer_holds_its_incident(system: dict[str, Any]) -> None:
 
 @pytest.mark.integration
 def test_healer_killed_mid_remedy_resumes_and_applies_it_once(system: dict[str, Any]) -> None:
-    from prefect.settings import PREFECT_API_URL
-
     tmp, frame = system["tmp"], system["frame"]
     slow = {
         "estimator": "tests.flows._estimators.SlowHistGradientBoostingClassifier",
@@ -288,13 +285,7 @@ def test_healer_killed_mid_remedy_resumes_and_applies_it_once(system: dict[str, 
     versions_before = len(healer.ctx.registry.client.search_model_versions(f"name='{healer.ctx.registry.model_name}'"))
 
     marker = tmp / "fitting"
-    env = {
-        **os.environ,
-        "PYTHONPATH": str(REPO),
-        "PREFECT_API_URL": str(PREFECT_API_URL.value()),
-        "SELFHEAL_TEST_FIT_MARKER": str(marker),
-        "SELFHEAL_TEST_FIT_SLEEP": "60",
-    }
+    env = slow_fit_env(marker)
     proc = subprocess.Popen(
         [sys.executable, "-m", "flows.cli", "--config", str(config), "heal", "--once", "--no-monitor"],
         cwd=REPO,

@@ -13,7 +13,7 @@ from checkpoints import Lake
 from flows.config import load_config
 from flows.pipeline.flow import pipeline_flow
 from flows.registry import CHALLENGER, CHAMPION, PREVIOUS, Registry
-from tests.flows._estimators import kill_once_fitting
+from tests.flows._estimators import kill_once_fitting, slow_fit_env
 from tests.flows.pipeline_fixtures import dataset_frame, write_batches, write_config
 
 REPO = Path(__file__).resolve().parents[2]
@@ -166,8 +166,6 @@ def _run_cli(config: Path, env: dict[str, str]) -> subprocess.Popen[str]:
 
 @pytest.mark.integration
 def test_kill_9_during_train_then_resume_matches_uninterrupted(tmp_path: Path) -> None:
-    from prefect.settings import PREFECT_API_URL
-
     frame, target = dataset_frame("binary")
     slow = {
         "estimator": "tests.flows._estimators.SlowHistGradientBoostingClassifier",
@@ -180,13 +178,7 @@ def test_kill_9_during_train_then_resume_matches_uninterrupted(tmp_path: Path) -
         write_batches(frame, root / "landing", parts=3)
         write_config(root, "binary", target, trainer=slow)
     marker = tmp_path / "fitting"
-    env = {
-        **os.environ,
-        "PYTHONPATH": str(REPO),
-        "PREFECT_API_URL": str(PREFECT_API_URL.value()),
-        "SELFHEAL_TEST_FIT_MARKER": str(marker),
-        "SELFHEAL_TEST_FIT_SLEEP": "60",
-    }
+    env = slow_fit_env(marker)
     proc = _run_cli(crashed / "selfheal.yaml", env)
     kill_once_fitting(proc, marker)
 
