@@ -78,6 +78,7 @@ os.environ.setdefault("PREFECT_LOGGING_LEVEL", "ERROR")
 os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "ERROR")
 os.environ.setdefault("RUST_BACKTRACE", "0")
 
+import psutil  # noqa: E402
 import yaml  # noqa: E402
 from prefect import flow  # noqa: E402
 from prefect.client.orchestration import get_client  # noqa: E402
@@ -89,6 +90,7 @@ from flows.demo.data import write_batches  # noqa: E402
 from flows.pipeline import flow as p  # noqa: E402
 from flows.prefect_runs import in_process_runs  # noqa: E402
 from flows.registry import CHAMPION, Registry  # noqa: E402
+from serving import processes  # noqa: E402
 
 STAGES = ["ingest", "validate-and-land", "build-features", "train", "evaluate", "promote"]
 #: Prefect task names per stage (ingest lists the landing zone, then reads the new files).
@@ -219,23 +221,16 @@ def task_durations(flow_run_id: Any, expected: int) -> dict[str, float]:
 
 
 def _server_pids() -> list[int]:
-    """This process's children (the ephemeral Prefect server), from /proc (Linux only)."""
-    pids = []
-    for entry in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            if int(entry.read_text().rsplit(")", 1)[1].split()[1]) == os.getpid():
-                pids.append(int(entry.parent.name))
-        except (OSError, IndexError, ValueError):
-            continue
-    return pids
+    """This process's children (the ephemeral Prefect server)."""
+    return processes.children(os.getpid())
 
 
 def _cpu_seconds(pid: int) -> float:
     try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
+        cpu = psutil.Process(pid).cpu_times()
+    except psutil.Error:
         return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return float(cpu.user + cpu.system)
 
 
 @contextmanager

@@ -22,16 +22,14 @@ Installs ``wrk`` (Debian package) when it is missing.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,6 +40,10 @@ import pandas as pd
 REPO_ROOT = Path(__file__).resolve().parents[1]
 if sys.path and Path(sys.path[0] or ".").resolve() == Path(__file__).resolve().parent:
     sys.path[0] = str(REPO_ROOT)  # this file is called serving.py: it must not shadow the package
+
+from serving.processes import free_port, http_ok, process_group, wait_until  # noqa: E402 - after the path fix
+from serving.processes import stop as stop_processes  # noqa: E402
+
 MODEL = "bench-gbm"
 _UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 60e3}
 
@@ -71,12 +73,6 @@ def ensure_wrk() -> str:
     if not found:
         raise SystemExit("could not install wrk")
     return found
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def make_data(rows: int = 20_000, seed: int = 0) -> tuple[pd.DataFrame, np.ndarray]:
@@ -118,27 +114,37 @@ def register_model(tracking_uri: str, workdir: Path) -> str:
 
 
 def wait_http(url: str, proc: subprocess.Popen[bytes], timeout: float = 180.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"server exited with {proc.returncode} before answering {url}")
-        try:
-            if httpx.get(url, timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    raise SystemExit(f"{url} did not answer within {timeout}s")
+    try:
+        wait_until(lambda: proc.poll() is not None or http_ok(url), timeout, url, interval=0.5)
+    except TimeoutError:
+        raise SystemExit(f"{url} did not answer within {timeout}s") from None
+    if proc.poll() is not None:
+        raise SystemExit(f"server exited with {proc.returncode} before answering {url}")
 
 
 def stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(60)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(10)
+    """Stop the server's process group (its leader waits for its workers), SIGKILL after 60 s."""
+    stop_processes(process_group(proc.pid), grace=60.0)
+    proc.wait(10)
+
+
+def loaded_workers(url: str) -> int:
+    """Workers that report a loaded primary model in the shared metrics."""
+    text = httpx.get(f"{url}/metrics").text
+    return sum(
+        1
+        for line in text.splitlines()
+        if line.startswith("selfheal_model_version{") and 'role="primary"' in line and not line.endswith(" 0.0")
+    )
+
+
+def load_arguments(parser: argparse.ArgumentParser, rounds: str) -> None:
+    """The options of a wrk benchmark against the model server (this one's and benchmarks/shadow.py's)."""
+    parser.add_argument("--workers", type=int, default=2, help="server worker processes (default 2)")
+    parser.add_argument("--duration", type=int, default=15, help="seconds per measured run (default 15)")
+    parser.add_argument("--warmup", type=int, default=3, help="seconds of warm-up before each run (default 3)")
+    parser.add_argument("--rounds", type=int, default=3, help=f"alternating runs per {rounds} (median reported)")
+    parser.add_argument("--threads", type=int, default=2, help="wrk threads (default 2)")
 
 
 def parse_wrk(server: str, connections: int, text: str) -> Result:
@@ -213,19 +219,8 @@ def start_selfheal(
             cmd, env=env, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
         )
     wait_http(f"http://127.0.0.1:{port}/ready", proc)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:  # every worker reports its loaded model in the shared metrics
-        text = httpx.get(f"http://127.0.0.1:{port}/metrics").text
-        if (
-            sum(
-                1
-                for line in text.splitlines()
-                if line.startswith("selfheal_model_version{") and 'role="primary"' in line and not line.endswith(" 0.0")
-            )
-            >= workers
-        ):
-            break
-        time.sleep(0.5)
+    with contextlib.suppress(TimeoutError):  # measured anyway: a worker still loading shows in the figures
+        wait_until(lambda: loaded_workers(f"http://127.0.0.1:{port}") >= workers, 60, "every worker's model", 0.5)
     return proc, f"http://127.0.0.1:{port}/predict"
 
 
@@ -248,12 +243,8 @@ def median_result(runs: list[Result]) -> Result:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--workers", type=int, default=2, help="worker processes for both servers (default 2)")
-    parser.add_argument("--duration", type=int, default=15, help="seconds per measured run (default 15)")
-    parser.add_argument("--warmup", type=int, default=3, help="seconds of warm-up before each run (default 3)")
-    parser.add_argument("--rounds", type=int, default=3, help="alternating runs per server and load (median reported)")
+    load_arguments(parser, rounds="server and load")
     parser.add_argument("--connections", type=int, nargs="+", default=[16, 64])
-    parser.add_argument("--threads", type=int, default=2, help="wrk threads (default 2)")
     parser.add_argument("--keep", action="store_true", help="keep the scratch folder")
     args = parser.parse_args()
 

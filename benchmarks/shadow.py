@@ -26,7 +26,6 @@ import os
 import shutil
 import sys
 import tempfile
-import time
 import uuid
 from pathlib import Path
 from types import ModuleType
@@ -38,6 +37,8 @@ import numpy as np
 REPO_ROOT = Path(__file__).resolve().parents[1]
 if sys.path and Path(sys.path[0] or ".").resolve() == Path(__file__).resolve().parent:
     sys.path[0] = str(REPO_ROOT)  # run as a script: import the packages, not benchmarks/ siblings
+
+from serving.processes import wait_until  # noqa: E402 - after the path fix
 
 
 def _serving_benchmark() -> ModuleType:
@@ -71,15 +72,20 @@ def set_release(tracking_uri: str, model: str, challenger: str | None, share: fl
 
 def wait_release(base: str, shadow: bool, workers: int, timeout: float = 60.0) -> None:
     """Until ``workers * 3`` fresh connections in a row all see (or all do not see) the release."""
-    deadline = time.monotonic() + timeout
     seen = 0
+
+    def steady() -> bool:
+        nonlocal seen
+        release = client.get(f"{base}/ready").json().get("release")
+        seen = seen + 1 if (release is not None) == shadow else 0
+        return seen >= workers * 3
+
     with httpx.Client(timeout=5, limits=httpx.Limits(max_keepalive_connections=0)) as client:
-        while time.monotonic() < deadline and seen < workers * 3:
-            release = client.get(f"{base}/ready").json().get("release")
-            seen = seen + 1 if (release is not None) == shadow else 0
-            time.sleep(0.05)
-    if seen < workers * 3:
-        raise SystemExit(f"the workers did not {'start' if shadow else 'stop'} mirroring within {timeout:g}s")
+        try:
+            wait_until(steady, timeout, "every worker to see the release", interval=0.05)
+        except TimeoutError:
+            verb = "start" if shadow else "stop"
+            raise SystemExit(f"the workers did not {verb} mirroring within {timeout:g}s") from None
 
 
 def shadow_counts(base: str) -> dict[str, float]:
@@ -92,17 +98,13 @@ def shadow_counts(base: str) -> dict[str, float]:
 
 
 def main() -> int:
+    bench = _serving_benchmark()
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--workers", type=int, default=2, help="server worker processes (default 2)")
-    parser.add_argument("--duration", type=int, default=15, help="seconds per measured run (default 15)")
-    parser.add_argument("--warmup", type=int, default=3, help="seconds of warm-up before each run (default 3)")
-    parser.add_argument("--rounds", type=int, default=3, help="alternating runs per state (median reported)")
+    bench.load_arguments(parser, rounds="state")
     parser.add_argument("--connections", type=int, default=16)
-    parser.add_argument("--threads", type=int, default=2, help="wrk threads (default 2)")
     parser.add_argument("--share", type=float, default=1.0, help="share of requests mirrored (default 1.0)")
     args = parser.parse_args()
 
-    bench = _serving_benchmark()
     os.environ.setdefault("DO_NOT_TRACK", "1")
     os.environ.setdefault("MLFLOW_ENABLE_TELEMETRY", "false")
     wrk = bench.ensure_wrk()

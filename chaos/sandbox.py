@@ -39,7 +39,6 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -51,8 +50,9 @@ from typing import Any
 import httpx
 import yaml
 
-from chaos import _landing, _proc
+from chaos import _landing
 from chaos.serving._server import feature_names, resolve_command, wait_http_ok
+from serving import processes
 
 logger = logging.getLogger(__name__)
 
@@ -82,12 +82,6 @@ _QUIET_ENV = {
 
 class SandboxError(RuntimeError):
     """The sandbox could not be brought up (the message says which step and where its log is)."""
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @dataclass
@@ -286,7 +280,7 @@ class Sandbox:
 
     def _up(self) -> SandboxState:
         started = time.monotonic()
-        port, prefect_port = free_port(), free_port()
+        port, prefect_port = processes.free_port(), processes.free_port()
         cfg = self._write_config(port)
         target = str((cfg.get("data") or {}).get("target", "is_fraud"))
         prefect_api = f"http://127.0.0.1:{prefect_port}/api"
@@ -400,7 +394,7 @@ class Sandbox:
         state = self.state()
         if state is None:
             return None
-        going = _proc.matching(["pipeline", "run", state.config])
+        going = processes.find(["pipeline", "run", state.config])
         if going:
             return f"pipeline run(s) {going} going"
         return _landing.unfinished(state.landing, state.lake_root)
@@ -415,7 +409,7 @@ class Sandbox:
         # Ours in order, then any other pid file there (a server the healer started, say).
         others = sorted(p.stem for p in run.glob("*.pid") if p.stem not in names) if run.is_dir() else []
         for name in [*names, *others]:
-            pid = _proc.read_pid_file(run / f"{name}.pid")
+            pid = processes.read_pid_file(run / f"{name}.pid")
             if pid is not None:
                 stopped += _stop_tree(pid, timeout)
             (run / f"{name}.pid").unlink(missing_ok=True)
@@ -438,16 +432,8 @@ class Sandbox:
 
 def _stop_tree(pid: int, timeout: float) -> list[int]:
     """SIGTERM ``pid``, its process group and its descendants; SIGKILL what is left after ``timeout``."""
-    tree = [pid, *_proc.descendants(pid)]
-    try:
-        os.killpg(pid, signal.SIGTERM)
-    except (ProcessLookupError, PermissionError):
-        pass
-    for member in tree:
-        _proc.send(member, signal.SIGTERM)
-    for member in _proc.wait_gone(tree, timeout):
-        _proc.send(member, signal.SIGKILL)
-    _proc.wait_gone(tree, 5.0)
+    tree = processes.process_tree(pid)
+    processes.stop(tree, grace=timeout)
     return tree
 
 

@@ -38,6 +38,8 @@ from typing import Any
 
 import httpx
 
+from serving import processes
+
 logger = logging.getLogger(__name__)
 
 
@@ -236,13 +238,10 @@ class Workload:
 def _features(url: str, wait: float) -> list[str] | None:
     from chaos.serving._server import feature_names
 
-    deadline = time.monotonic() + wait
-    while time.monotonic() < deadline:
-        names = feature_names(url)
-        if names:
-            return names
-        time.sleep(1.0)
-    return None
+    try:
+        return processes.wait_until(lambda: feature_names(url), wait, f"the feature names of {url}", interval=1.0)
+    except TimeoutError:
+        return None
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -17,16 +17,16 @@ the namespace end down instead, so the host keeps its route and packets die on t
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import os
 import shutil
 import subprocess
-import time
 from dataclasses import dataclass
 
 from chaoslib.exceptions import ActivityFailed
 
-from chaos import _proc
+from serving import processes
 
 _GUARD_METRIC = "4242"
 
@@ -116,7 +116,8 @@ def guard_routes(link: Link) -> list[str]:
     return nets
 
 
-def processes(link: Link) -> list[int]:
+def members(link: Link) -> list[int]:
+    """Pids of the processes running in the namespace."""
     out = run("ip", "netns", "pids", link.namespace, check=False).stdout
     return [int(p) for p in out.split() if p.isdigit()]
 
@@ -126,21 +127,20 @@ def remove(link: Link) -> list[int]:
 
     Returns the pids that were stopped. Safe to call when parts are already gone.
     """
-    stopped = processes(link) if exists(link) else []
-    for pid in stopped:
-        _proc.send(pid, _proc.signal_number("SIGTERM"))
-    for pid in _proc.wait_gone(stopped, timeout=10.0):
-        _proc.send(pid, _proc.signal_number("SIGKILL"))
-    _proc.wait_gone(stopped, timeout=5.0)
+    stopped = members(link) if exists(link) else []
+    processes.stop(stopped, grace=10.0)
     for net in guard_routes(link):
         run("ip", "route", "del", "blackhole", net, "metric", _GUARD_METRIC, check=False)
     run("ip", "link", "del", link.host_interface, check=False)
     if exists(link):
         run("ip", "netns", "del", link.namespace)
-    deadline = time.monotonic() + 5.0
-    while time.monotonic() < deadline and run("ip", "link", "show", link.host_interface, check=False).returncode == 0:
-        time.sleep(0.05)
+    with contextlib.suppress(TimeoutError):  # the kernel drops the peer asynchronously; best effort
+        processes.wait_until(lambda: not _listed(link.host_interface), 5.0, link.host_interface, interval=0.05)
     return stopped
+
+
+def _listed(interface: str) -> bool:
+    return run("ip", "link", "show", interface, check=False).returncode == 0
 
 
 def qdiscs(link: Link) -> dict[str, str]:

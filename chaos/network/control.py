@@ -31,9 +31,9 @@ from typing import Any
 
 from chaoslib.exceptions import ActivityFailed, InterruptExecution
 
-from chaos import _proc
 from chaos.network import _link
 from chaos.serving import _server
+from serving import processes
 
 logger = logging.getLogger(__name__)
 
@@ -99,11 +99,7 @@ def cleanup_control() -> None:
 def _teardown() -> None:
     while _started_hosts:
         proc = _started_hosts.pop()
-        tree = [proc.pid, *_proc.descendants(proc.pid)]
-        for pid in tree:
-            _proc.send(pid, _proc.signal_number("SIGTERM"))
-        for pid in _proc.wait_gone(tree, timeout=15.0):
-            _proc.send(pid, _proc.signal_number("SIGKILL"))
+        processes.stop([proc.pid, *processes.descendants(proc.pid)], grace=15.0)
         try:
             proc.wait(5.0)
         except subprocess.TimeoutExpired:

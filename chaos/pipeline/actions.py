@@ -17,7 +17,6 @@ Stages, by what marks their start:
 # No ``from __future__ import annotations``: discovery reads these annotations at run time.
 
 import logging
-import signal
 import subprocess
 import time
 from typing import Any
@@ -25,8 +24,9 @@ from typing import Any
 from chaoslib.exceptions import ActivityFailed
 from chaoslib.types import Configuration
 
-from chaos import _landing, _proc, ledger
+from chaos import _landing, ledger
 from chaos.serving._server import start_detached
+from serving import processes
 
 __all__ = ["kill_pipeline_run", "run_pipeline_if_behind"]
 
@@ -48,10 +48,8 @@ def _version(lake_root: str, table: str) -> int | None:
 
 def _kill_tree(pid: int) -> list[int]:
     """SIGKILL ``pid`` and its descendants (the master first, so nothing is re-spawned)."""
-    pids = [pid, *_proc.descendants(pid)]
-    for member in pids:
-        _proc.send(member, signal.SIGKILL)
-    left = _proc.wait_gone(pids, timeout=10.0)
+    pids = [pid, *processes.descendants(pid)]
+    left = processes.kill(pids, timeout=10.0)
     if left:
         raise ActivityFailed(f"processes {left} of the pipeline run still alive after SIGKILL")
     return pids
@@ -95,7 +93,7 @@ def kill_pipeline_run(
             if not runs:
                 raise ActivityFailed(f"the pipeline run ended after {now - started:.1f}s before reaching {stage!r}")
         else:
-            runs = _proc.matching(match or [])
+            runs = processes.find(match or [])
         if now - started > timeout:
             if proc is not None:
                 _kill_tree(proc.pid)
@@ -136,8 +134,8 @@ def run_pipeline_if_behind(
     whether it ran, why, its exit code and what is left unaccounted.
     """
     if match:  # a run is already going (the schedule's): let it finish rather than race it
-        going = _proc.matching(match)
-        if _proc.wait_gone(going, timeout):
+        going = processes.find(match)
+        if processes.wait_gone(going, timeout):
             raise ActivityFailed(f"the pipeline runs {going} did not finish within {timeout:g}s")
     reason = _landing.unfinished(landing_path, lake_root)
     if reason is None:

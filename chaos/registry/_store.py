@@ -10,7 +10,7 @@ from typing import Any
 
 import httpx
 
-from chaos import _proc
+from serving import processes
 
 LOCKER_MODULE = "chaos.registry._lock"
 
@@ -49,13 +49,7 @@ def answers(tracking_uri: str, timeout: float = 1.0) -> tuple[bool, str]:
 
 def lockers(db: Path) -> list[int]:
     """Pids of lock holders started by ``make_tracking_store_unreachable`` for this database."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            argv = _proc.cmdline(int(entry.name))
-            if LOCKER_MODULE in argv and str(db) in argv:
-                found.append(int(entry.name))
-    return found
+    return processes.find([LOCKER_MODULE, str(db)])
 
 
 def client(tracking_uri: str) -> Any:

@@ -21,8 +21,9 @@ from typing import Any
 from chaoslib.exceptions import ActivityFailed
 from chaoslib.types import Configuration
 
-from chaos import _proc, ledger
+from chaos import ledger
 from chaos.registry import _store
+from serving import processes
 
 __all__ = [
     "make_tracking_store_unreachable",
@@ -285,9 +286,7 @@ def restore_tracking_store(tracking_uri: str, configuration: Configuration | Non
     if db is None:
         raise ActivityFailed(f"{tracking_uri}: only a sqlite:/// store is locked by this extension")
     holders = _store.lockers(db)
-    for pid in holders:
-        _proc.send(pid, _proc.signal_number("SIGKILL"))
-    left = _proc.wait_gone(holders, timeout=5.0)
+    left = processes.kill(holders, timeout=5.0)
     if left:
         raise ActivityFailed(f"lock holders {left} of {db} still alive")
     ok, seen = _store.answers(tracking_uri, timeout=5.0)

@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 from chaoslib.exceptions import ActivityFailed
 
-from chaos import _proc
+from serving import processes
 
 #: Words one of which the master's command line holds (``python -m serving``, gunicorn's title).
 _SERVER_MARKERS = ("serving", "gunicorn", "selfheal")
@@ -31,7 +31,7 @@ class ServerProcesses:
 
 
 def _looks_like_server(pid: int) -> bool:
-    line = " ".join(_proc.cmdline(pid))
+    line = " ".join(processes.argv(pid))
     return any(marker in line for marker in _SERVER_MARKERS)
 
 
@@ -54,15 +54,15 @@ def find_server(url: str, pid_file: str | None = None) -> ServerProcesses:
     Raises:
         ActivityFailed: nothing answers, or the process found is not a model server.
     """
-    master = _proc.read_pid_file(pid_file) if pid_file else None
+    master = processes.read_pid_file(pid_file) if pid_file else None
     if master is None:
         worker = worker_answering(url)
-        master = _proc.parent(worker)
+        master = processes.parent(worker)
         if master is None or master <= 1:
             raise ActivityFailed(f"worker {worker} of {url} has no live master (parent {master})")
     if not _looks_like_server(master):
-        raise ActivityFailed(f"process {master} ({' '.join(_proc.cmdline(master))[:120]!r}) is not a model server")
-    return ServerProcesses(master, tuple(_proc.children(master)))
+        raise ActivityFailed(f"process {master} ({' '.join(processes.argv(master))[:120]!r}) is not a model server")
+    return ServerProcesses(master, tuple(processes.children(master)))
 
 
 def ready(url: str, timeout: float) -> tuple[bool, str]:
@@ -163,18 +163,24 @@ def wait_http_ok(url: str, proc: subprocess.Popen[bytes] | None, timeout: float)
     """Seconds until ``GET url`` answers 200; ActivityFailed if ``proc`` exits or time runs out."""
     started = time.monotonic()
     seen = ""
-    while time.monotonic() - started < timeout:
+
+    def answered() -> bool:
+        nonlocal seen
         if proc is not None and proc.poll() is not None:
             raise ActivityFailed(f"process {proc.args!r} exited with {proc.returncode} before {url} answered 200")
         try:
             response = httpx.get(url, timeout=2.0)
-            if response.status_code == 200:
-                return time.monotonic() - started
-            seen = f"{response.status_code} {response.text[:200]}"
         except httpx.HTTPError as exc:
             seen = f"{type(exc).__name__}: {exc}"
-        time.sleep(0.3)
-    raise ActivityFailed(f"{url} did not answer 200 within {timeout:g}s: {seen}")
+            return False
+        seen = f"{response.status_code} {response.text[:200]}"
+        return response.status_code == 200
+
+    try:
+        processes.wait_until(answered, timeout, url, interval=0.3)
+    except TimeoutError:
+        raise ActivityFailed(f"{url} did not answer 200 within {timeout:g}s: {seen}") from None
+    return time.monotonic() - started
 
 
 def wait_ready(url: str, proc: subprocess.Popen[bytes] | None, timeout: float) -> float:

@@ -10,18 +10,30 @@ real; nothing is mocked.
 
 import logging
 import os
+import signal
 from pathlib import Path
 from typing import Any
 
 from chaoslib.exceptions import ActivityFailed
 from chaoslib.types import Configuration
 
-from chaos import _proc, ledger
+from chaos import ledger
 from chaos.serving import _server
+from serving import processes
 
 __all__ = ["kill_server", "kill_worker", "start_server_if_down"]
 
 logger = logging.getLogger(__name__)
+
+
+def _signal_number(name: str) -> signal.Signals:
+    """``"SIGKILL"`` or ``"KILL"`` -> ``signal.SIGKILL``."""
+    key = name.upper()
+    key = key if key.startswith("SIG") else f"SIG{key}"
+    try:
+        return signal.Signals[key]
+    except KeyError:
+        raise ValueError(f"unknown signal {name!r}") from None
 
 
 def kill_worker(
@@ -35,14 +47,14 @@ def kill_worker(
     The master should replace it while the other workers keep serving.
     Returns the killed pid, the master and the workers before the kill.
     """
-    sig = _proc.signal_number(signal_name)
+    sig = _signal_number(signal_name)
     server = _server.find_server(url, pid_file)
     victim = _server.worker_answering(url)
     if victim not in server.workers:
         raise ActivityFailed(f"worker {victim} is not a child of master {server.master} ({list(server.workers)})")
-    _proc.send(victim, sig)
+    processes.kill([victim], sig, timeout=0)
     at = ledger.record(configuration, "fault", fault="kill_worker", detail={"pid": victim, "signal": sig.name})
-    left = _proc.wait_gone([victim], timeout=10.0)
+    left = processes.wait_gone([victim], timeout=10.0)
     if left:
         raise ActivityFailed(f"worker {victim} still alive 10s after {sig.name}")
     logger.info("killed worker %d of master %d with %s", victim, server.master, sig.name)
@@ -65,12 +77,11 @@ def kill_server(
     Nothing restarts it but a supervisor (the healer). Returns the pids killed.
     """
     server = _server.find_server(url, pid_file)
-    tree = [server.master, *_proc.descendants(server.master)]
+    tree = [server.master, *processes.descendants(server.master)]
     # The master first, so it cannot fork replacements for the workers killed after it.
-    for pid in tree:
-        _proc.send(pid, _proc.signal_number("SIGKILL"))
+    processes.kill(tree, timeout=0)
     at = ledger.record(configuration, "fault", fault="kill_server", detail={"master": server.master, "pids": tree})
-    left = _proc.wait_gone(tree, timeout=10.0)
+    left = processes.wait_gone(tree, timeout=10.0)
     if left:
         raise ActivityFailed(f"processes {left} of the server still alive 10s after SIGKILL")
     logger.info("killed server %d and its %d descendants", server.master, len(tree) - 1)

@@ -48,6 +48,7 @@ from checkpoints.exceptions import SelfhealError
 from flows.chaos_suite.journal import ExperimentResult, SuiteResult, measure, summarize
 from flows.chaos_suite.report import record_runs, render_html, render_markdown, verdict_line
 from flows.config import SelfhealConfig, load_config
+from serving import processes
 
 logger = logging.getLogger(__name__)
 
@@ -297,15 +298,19 @@ def _settle(box: Any, env: Mapping[str, str], log: Any, incidents: bool, timeout
     """
     from chaos.incidents.probes import open_incidents
 
-    deadline, busy = time.monotonic() + timeout, None
-    while time.monotonic() < deadline:
+    busy: str | None = None
+
+    def settled() -> bool:
+        nonlocal busy
         busy = box.pipeline_busy() or (
             f"{n} incident(s) open" if incidents and (n := open_incidents(env["SELFHEAL_CHAOS_LAKE"])) else None
         )
-        if busy is None:
-            return
-        time.sleep(1.0)
-    log.warning("still not settled after %.0fs (%s); going on", timeout, busy)
+        return busy is None
+
+    try:
+        processes.wait_until(settled, timeout, "the sandbox to settle", interval=1.0)
+    except TimeoutError:
+        log.warning("still not settled after %.0fs (%s); going on", timeout, busy)
 
 
 def _acknowledge_escalations(lake_root: str, after: str, log: Any) -> list[str]:

@@ -13,10 +13,10 @@ detection delay (from injection to detection) is printed beside it.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import shutil
-import socket
 import threading
 import time
 from dataclasses import asdict, dataclass, field
@@ -27,6 +27,7 @@ from typing import Any
 import yaml
 
 from flows.config import SelfhealConfig, load_config
+from serving import processes
 
 #: Monitor settings for a demo that must finish in minutes: small windows, short lag.
 DEMO_THRESHOLDS: dict[str, Any] = {
@@ -44,12 +45,6 @@ BATCH_ROWS_WORLD = 4000
 
 def _say(text: str = "") -> None:
     print(text, flush=True)  # noqa: T201 - the demo talks to a person
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def demo_config(base: SelfhealConfig, workdir: Path, port: int) -> Path:
@@ -127,7 +122,7 @@ class Demo:
         self.workdir.mkdir(parents=True)
         os.environ.setdefault("SELFHEAL_ADMIN_TOKEN", secrets.token_urlsafe(32))
         os.environ.setdefault("SELFHEAL_LOG_FLUSH_SECONDS", "1")
-        self.config_path = demo_config(load_config(), self.workdir, _free_port())
+        self.config_path = demo_config(load_config(), self.workdir, processes.free_port())
         self.cfg = load_config(self.config_path)
         _say(f"selfheal demo: scratch folder {self.workdir}")
         self.land(self.batches, drift="none")
@@ -209,16 +204,17 @@ class Demo:
         from checkpoints.incidents import State
 
         before = self.quality_before  # read before the fault: a locked store would block here
-        deadline = time.monotonic() + timeout
         found = None
-        while time.monotonic() < deadline:
-            started = time.monotonic()
+
+        def closed() -> bool:
+            nonlocal found
             self.loop.tick()
             fresh = [i for i in self.loop.healer.log.incidents() if i.detected_at >= injected and i.cause == cause]
             found = fresh[-1] if fresh else None
-            if found is not None and found.state.closed:
-                break
-            time.sleep(max(0.0, self.cfg.healing.interval_seconds - (time.monotonic() - started)))
+            return found is not None and found.state.closed
+
+        with contextlib.suppress(TimeoutError):  # reported below as "not detected" or "still <state>"
+            processes.wait_until(closed, timeout, f"a {cause} incident to close", self.cfg.healing.interval_seconds)
         result = FaultResult(fault, cause, injected.isoformat(), "not detected", quality_before=before)
         if found is not None:
             result.incident_id, result.cause = found.id, found.cause

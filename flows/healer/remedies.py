@@ -13,11 +13,9 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -32,6 +30,7 @@ from checkpoints.incidents import Incident
 from flows.config import SelfhealConfig
 from flows.monitor.scrape import http_client
 from flows.registry import CHAMPION, LIGHT, PREVIOUS, Registry
+from serving import processes
 
 logger = logging.getLogger(__name__)
 
@@ -101,13 +100,7 @@ def pid_file(cfg: SelfhealConfig) -> Path:
 
 def server_pid(cfg: SelfhealConfig) -> int | None:
     """The pid of the server the healer (or ``selfheal up``) started, if it is alive."""
-    path = pid_file(cfg)
-    try:
-        pid = int(path.read_text().strip())
-        os.kill(pid, 0)
-    except (OSError, ValueError):
-        return None
-    return pid
+    return processes.read_pid_file(pid_file(cfg))
 
 
 def start_server(cfg: SelfhealConfig, config_path: str | None) -> int:
@@ -122,23 +115,10 @@ def start_server(cfg: SelfhealConfig, config_path: str | None) -> int:
 
 
 def stop_server(cfg: SelfhealConfig, timeout: float = 15.0) -> None:
-    """SIGTERM the recorded server and wait for it (it flushes its inference log)."""
+    """SIGTERM the recorded server and wait for it (it flushes its inference log); SIGKILL it after ``timeout``."""
     pid = server_pid(cfg)
-    if pid is None:
-        return
-    os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            os.kill(pid, 0)
-        except OSError:
-            return
-        try:
-            os.waitpid(pid, os.WNOHANG)
-        except ChildProcessError:
-            pass
-        time.sleep(0.1)
-    os.kill(pid, signal.SIGKILL)
+    if pid is not None:
+        processes.stop([pid], grace=timeout)
 
 
 def tracking_store_error(ctx: HealContext, timeout: float = 3.0) -> str | None:

@@ -27,8 +27,6 @@ import asyncio
 import json
 import logging
 import os
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -39,11 +37,13 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import psutil
 import yaml
 from tenacity import retry, retry_if_exception, stop_after_attempt, wait_exponential_jitter
 
 from checkpoints.exceptions import SelfhealError
 from flows.config import SelfhealConfig
+from serving import processes
 
 logger = logging.getLogger(__name__)
 
@@ -58,76 +58,23 @@ _STOP_GRACE_SECONDS = 15.0
 
 
 # -- processes ------------------------------------------------------------------------------
-def _start_ticks(pid: int) -> int | None:
-    """The process's start time in clock ticks since boot (tells a pid from its reuse)."""
+def _started_at(pid: int) -> float | None:
+    """The process's start time (tells a pid from its reuse); None if it is gone."""
     try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
+        return psutil.Process(pid).create_time()
+    except psutil.Error:
         return None
-    # The command name (field 2) may hold spaces or parentheses: split after its last ")".
-    return int(stat.rsplit(")", 1)[1].split()[19])
 
 
-def _process_table() -> dict[int, tuple[int, int]]:
-    """Every live process: pid -> (parent pid, process group id)."""
-    table: dict[int, tuple[int, int]] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if fields[0] != "Z":
-            table[int(entry.name)] = (int(fields[1]), int(fields[2]))
-    return table
+def terminate(pids: Iterable[int], grace: float = _STOP_GRACE_SECONDS) -> None:
+    """SIGTERM ``pids``, wait up to ``grace`` seconds, SIGKILL the rest.
 
-
-def process_tree(pid: int) -> set[int]:
-    """``pid``, the members of its process group and all their descendants, alive now."""
-    table = _process_table()
-    found = {p for p, (_, group) in table.items() if group == pid}
-    if pid in table:
-        found.add(pid)
-    children: dict[int, list[int]] = {}
-    for p, (parent, _) in table.items():
-        children.setdefault(parent, []).append(p)
-    todo = list(found)
-    while todo:
-        for child in children.get(todo.pop(), []):
-            if child not in found:
-                found.add(child)
-                todo.append(child)
-    return found
-
-
-def group_members(pgid: int) -> set[int]:
-    """The live processes of process group ``pgid``."""
-    return {p for p, (_, group) in _process_table().items() if group == pgid}
-
-
-def _alive(pids: Iterable[int]) -> set[int]:
-    table = _process_table()
-    return {p for p in pids if p in table}
-
-
-def terminate(pids: set[int], grace: float = _STOP_GRACE_SECONDS) -> set[int]:
-    """SIGTERM ``pids``, wait up to ``grace`` seconds, SIGKILL the rest; returns those that were killed."""
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        for pid in _alive(pids):
-            try:
-                os.kill(pid, sig)
-            except ProcessLookupError:
-                pass
-        deadline = time.monotonic() + (grace if sig == signal.SIGTERM else 5.0)
-        while _alive(pids) and time.monotonic() < deadline:
-            time.sleep(0.1)
-        if not _alive(pids):
-            return set()
-    left = _alive(pids)
+    Raises:
+        SelfhealError: some survived SIGKILL.
+    """
+    left = processes.stop(pids, grace=grace)
     if left:
-        raise SelfhealError(f"processes {sorted(left)} survived SIGKILL")
-    return pids
+        raise SelfhealError(f"processes {left} survived SIGKILL")
 
 
 @dataclass(frozen=True)
@@ -137,30 +84,32 @@ class PidFile:
     Attributes:
         name: the service (``prefect-server``, ``serving``, ...).
         pid: its pid, also its process group id (it leads its own session).
-        start_ticks: its start time, so a reused pid is never signalled.
+        started_at: its start time (epoch seconds), so a reused pid is never signalled.
         argv: the command line, for people reading the file.
     """
 
     name: str
     pid: int
-    start_ticks: int | None
+    started_at: float | None
     argv: list[str] = field(default_factory=list)
 
     def running(self) -> bool:
-        return self.start_ticks is not None and _start_ticks(self.pid) == self.start_ticks
+        now = _started_at(self.pid)
+        # A start time is derived from boot time, which the clock's adjustments move a little.
+        return self.started_at is not None and now is not None and abs(now - self.started_at) < 1.0
 
     @classmethod
     def read(cls, path: Path) -> PidFile | None:
         try:
             data = json.loads(path.read_text())
-            return cls(str(data["name"]), int(data["pid"]), data.get("start_ticks"), list(data.get("argv", [])))
+            return cls(str(data["name"]), int(data["pid"]), data.get("started_at"), list(data.get("argv", [])))
         except (OSError, ValueError, KeyError, TypeError):
             return None
 
     def write(self, path: Path) -> None:
         tmp = path.with_suffix(".tmp")
         tmp.write_text(
-            json.dumps({"name": self.name, "pid": self.pid, "start_ticks": self.start_ticks, "argv": self.argv})
+            json.dumps({"name": self.name, "pid": self.pid, "started_at": self.started_at, "argv": self.argv})
         )
         tmp.replace(path)
 
@@ -228,7 +177,7 @@ class Stack:
         if running:
             raise SelfhealError(f"already running: {', '.join(running)} (run `selfheal down` first)")
         for port, what in ((self.prefect_port, "the Prefect server"), (self.cfg.serving.port, "the model server")):
-            if _port_in_use(port):
+            if processes.port_in_use(port):
                 raise SelfhealError(f"port {port} for {what} is already in use")
         self.run_dir.mkdir(parents=True, exist_ok=True)
         if self.config_path is None:
@@ -285,7 +234,7 @@ class Stack:
             )
         finally:
             log.close()
-        PidFile(name, proc.pid, _start_ticks(proc.pid), argv).write(self.run_dir / f"{name}.pid")
+        PidFile(name, proc.pid, _started_at(proc.pid), argv).write(self.run_dir / f"{name}.pid")
         logger.info("started %s (pid %d)", name, proc.pid)
 
     def _run(self, what: str, argv: list[str]) -> str:
@@ -298,18 +247,18 @@ class Stack:
 
     def _wait_http(self, name: str, url: str, deadline: float) -> None:
         pid = PidFile.read(self.run_dir / f"{name}.pid")
-        while time.monotonic() < deadline:
+
+        def answers() -> bool:
             if pid is not None and not pid.running():
                 raise SelfhealError(
                     f"{name} exited while starting; see {self.run_dir / (name + '.log')}:\n{self._tail(name)}"
                 )
-            try:
-                if httpx.get(url, timeout=2.0).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.25)
-        raise SelfhealError(f"{name} did not answer {url} in time; see {self.run_dir / (name + '.log')}")
+            return processes.http_ok(url)
+
+        try:
+            processes.wait_until(answers, deadline - time.monotonic(), f"{name} at {url}", interval=0.25)
+        except TimeoutError:
+            raise SelfhealError(f"{name} did not answer {url} in time; see {self.run_dir / (name + '.log')}") from None
 
     def _tail(self, name: str, chars: int = 2000) -> str:
         try:
@@ -410,7 +359,7 @@ class Stack:
             pid = PidFile.read(path)
             if pid is not None:
                 # A dead leader's pid is not reused while its group lives on: its members are still ours.
-                targets = process_tree(pid.pid) if pid.running() else group_members(pid.pid)
+                targets = processes.process_tree(pid.pid) if pid.running() else processes.process_group(pid.pid)
                 if targets:
                     terminate(targets)
                     stopped.append(name)
@@ -439,12 +388,6 @@ def prefect_api(method: str, url: str, body: Any = None, ok: tuple[int, ...] = (
         return None
     response.raise_for_status()
     return response.json() if response.content else None
-
-
-def _port_in_use(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.settimeout(0.5)
-        return sock.connect_ex(("127.0.0.1", port)) == 0
 
 
 def local_deployments(prefect_file: Path = PREFECT_FILE) -> list[dict[str, Any]]:

@@ -46,6 +46,7 @@ from flows.config import SelfhealConfig, load_config
 from flows.events import emit
 from flows.registry import CHALLENGER, CHAMPION, Registry
 from flows.release.analysis import Measurement, judge, measure, read_arms, tally
+from serving import processes
 from serving.release import OUTCOME_TAG, RELEASE_TAG, Mode, ReleaseState
 
 logger = logging.getLogger(__name__)
@@ -318,23 +319,27 @@ def _server_without_challenger(cfg: SelfhealConfig, challenger: str, timeout: fl
         return "no server configured: the registry no longer routes to the challenger"
     import httpx
 
-    deadline = time.monotonic() + timeout
-    seen = "no answer"
-    clean = 0
+    url = f"{cfg.serving.url.rstrip('/')}/ready"
+    seen, clean = "no answer", 0
+
+    def clean_everywhere() -> bool:
+        nonlocal seen, clean
+        try:
+            ready = client.get(url).json()
+        except (httpx.HTTPError, ValueError) as exc:
+            seen, clean = f"{type(exc).__name__}: {exc}", 0
+            return False
+        release = ready.get("release")
+        clean = clean + 1 if release is None or release.get("challenger") != challenger else 0
+        seen = f"worker {ready.get('pid')} serves v{ready.get('model_version')} with release {release}"
+        return clean >= 2 * max(1, cfg.serving.workers)  # new connections land on every worker
+
     with httpx.Client(timeout=5.0, limits=httpx.Limits(max_keepalive_connections=0)) as client:
-        while time.monotonic() < deadline:
-            try:
-                ready = client.get(f"{cfg.serving.url.rstrip('/')}/ready").json()
-            except (httpx.HTTPError, ValueError) as exc:
-                seen, clean = f"{type(exc).__name__}: {exc}", 0
-            else:
-                release = ready.get("release")
-                clean = clean + 1 if release is None or release.get("challenger") != challenger else 0
-                seen = f"worker {ready.get('pid')} serves v{ready.get('model_version')} with release {release}"
-                if clean >= 2 * max(1, cfg.serving.workers):  # new connections land on every worker
-                    return f"server answers without v{challenger} ({seen})"
-            time.sleep(0.1)
-    raise ReleaseError(f"the server still routes to v{challenger} after {timeout:g}s: {seen}")
+        try:
+            processes.wait_until(clean_everywhere, timeout, f"the server to drop v{challenger}", interval=0.1)
+        except TimeoutError:
+            raise ReleaseError(f"the server still routes to v{challenger} after {timeout:g}s: {seen}") from None
+    return f"server answers without v{challenger} ({seen})"
 
 
 def _record_incident(

@@ -9,19 +9,16 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 
+from serving import processes
 from tests import _serving_env
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -43,12 +40,6 @@ def config(tmp_path: Path) -> dict[str, Any]:
     cfg: dict[str, Any] = {"selfheal_ledger": str(tmp_path / "ledger.jsonl")}
     ledger.record(cfg, "run", experiment="test")
     return cfg
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 # -- a model store ------------------------------------------------------------------
@@ -166,13 +157,7 @@ class LiveServer:
         return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
 
     def stop(self) -> None:
-        from chaos import _proc
-
-        tree = [self.proc.pid, *_proc.descendants(self.proc.pid)]
-        for pid in tree:
-            _proc.send(pid, signal.SIGTERM)
-        for pid in _proc.wait_gone(tree, 30.0):
-            _proc.send(pid, signal.SIGKILL)
+        processes.stop([self.proc.pid, *processes.descendants(self.proc.pid)], grace=30.0)
         try:
             self.proc.wait(10)
         except subprocess.TimeoutExpired:
@@ -188,21 +173,19 @@ def server_env(store: FraudStore, tmp_path: Path) -> dict[str, str]:
 
 
 def wait_ready(url: str, proc: subprocess.Popen[bytes], log: Path, timeout: float = 120.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise AssertionError(f"server exited with {proc.returncode}:\n{log.read_text(errors='replace')[-3000:]}")
-        try:
-            if httpx.get(f"{url}/ready", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    raise AssertionError(f"server not ready after {timeout}s:\n{log.read_text(errors='replace')[-3000:]}")
+    def ready_or_exited() -> bool:
+        return processes.http_ok(f"{url}/ready") or proc.poll() is not None
+
+    try:
+        processes.wait_until(ready_or_exited, timeout, "the server to be ready", interval=0.2)
+    except TimeoutError:
+        raise AssertionError(f"server not ready after {timeout}s:\n{log.read_text(errors='replace')[-3000:]}") from None
+    if proc.poll() is not None:
+        raise AssertionError(f"server exited with {proc.returncode}:\n{log.read_text(errors='replace')[-3000:]}")
 
 
 def start_server(store: FraudStore, folder: Path, workers: int = 2) -> LiveServer:
-    port = free_port()
+    port = processes.free_port()
     log = folder / f"server-{port}.log"
     command = [sys.executable, "-m", "serving", "--port", str(port), "--workers", str(workers)]
     env = server_env(store, folder)

@@ -12,46 +12,50 @@ import pytest
 
 import chaos
 
-EXPECTED = {
-    "chaos.serving.actions": ["kill_server", "kill_worker", "start_server_if_down"],
-    "chaos.serving.probes": [
-        "availability",
-        "predictions_lost",
-        "seconds_until_availability",
-        "seconds_until_model_quality",
-        "seconds_until_serving_answers",
-        "seconds_until_workers",
-    ],
-    "chaos.network.actions": [
-        "create_link",
-        "cut_link",
-        "remove_link",
-        "restore_link",
-        "start_in_namespace",
-        "throttle_link",
-    ],
-    "chaos.network.probes": ["link_status", "seconds_until_reachable"],
-    "chaos.data.actions": ["corrupt_batch", "inject_drift", "land_batches", "remove_injected_batches"],
-    "chaos.data.probes": ["rows_lost", "seconds_until_no_rows_lost"],
-    "chaos.registry.actions": [
-        "make_tracking_store_unreachable",
-        "promote_bad_model",
-        "restore_champion",
-        "restore_champion_before_fault",
-        "restore_tracking_store",
-    ],
-    "chaos.registry.probes": [
-        "champion_version",
-        "seconds_until_champion_is_not_bad",
-        "seconds_until_tracking_store_answers",
-    ],
-    "chaos.pipeline.actions": ["kill_pipeline_run", "run_pipeline_if_behind"],
-    "chaos.pipeline.probes": ["seconds_until_pipeline_caught_up"],
-    "chaos.incidents.probes": ["open_incidents", "seconds_until_incident_resolved"],
-    "chaos.release.actions": ["end_release", "release_worse_model"],
-    "chaos.release.probes": ["release_state", "seconds_until_release_rolled_back"],
-}
-ACTIVITIES = [(module, name) for module, names in EXPECTED.items() for name in names]
+#: (module, activity): exactly what discovery must show, one row per activity.
+ACTIVITIES = [
+    ("chaos.serving.actions", "kill_server"),
+    ("chaos.serving.actions", "kill_worker"),
+    ("chaos.serving.actions", "start_server_if_down"),
+    ("chaos.serving.probes", "availability"),
+    ("chaos.serving.probes", "predictions_lost"),
+    ("chaos.serving.probes", "seconds_until_availability"),
+    ("chaos.serving.probes", "seconds_until_model_quality"),
+    ("chaos.serving.probes", "seconds_until_serving_answers"),
+    ("chaos.serving.probes", "seconds_until_workers"),
+    ("chaos.network.actions", "create_link"),
+    ("chaos.network.actions", "cut_link"),
+    ("chaos.network.actions", "remove_link"),
+    ("chaos.network.actions", "restore_link"),
+    ("chaos.network.actions", "start_in_namespace"),
+    ("chaos.network.actions", "throttle_link"),
+    ("chaos.network.probes", "link_status"),
+    ("chaos.network.probes", "seconds_until_reachable"),
+    ("chaos.data.actions", "corrupt_batch"),
+    ("chaos.data.actions", "inject_drift"),
+    ("chaos.data.actions", "land_batches"),
+    ("chaos.data.actions", "remove_injected_batches"),
+    ("chaos.data.probes", "rows_lost"),
+    ("chaos.data.probes", "seconds_until_no_rows_lost"),
+    ("chaos.registry.actions", "make_tracking_store_unreachable"),
+    ("chaos.registry.actions", "promote_bad_model"),
+    ("chaos.registry.actions", "restore_champion"),
+    ("chaos.registry.actions", "restore_champion_before_fault"),
+    ("chaos.registry.actions", "restore_tracking_store"),
+    ("chaos.registry.probes", "champion_version"),
+    ("chaos.registry.probes", "seconds_until_champion_is_not_bad"),
+    ("chaos.registry.probes", "seconds_until_tracking_store_answers"),
+    ("chaos.pipeline.actions", "kill_pipeline_run"),
+    ("chaos.pipeline.actions", "run_pipeline_if_behind"),
+    ("chaos.pipeline.probes", "seconds_until_pipeline_caught_up"),
+    ("chaos.incidents.probes", "open_incidents"),
+    ("chaos.incidents.probes", "seconds_until_incident_resolved"),
+    ("chaos.release.actions", "end_release"),
+    ("chaos.release.actions", "release_worse_model"),
+    ("chaos.release.probes", "release_state"),
+    ("chaos.release.probes", "seconds_until_release_rolled_back"),
+]
+EXPECTED = {module: [name for m, name in ACTIVITIES if m == module] for module, _ in ACTIVITIES}
 
 
 def test_discovery_lists_exactly_these_activities() -> None:

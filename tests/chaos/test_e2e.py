@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from chaos import _proc
 from chaos.sandbox import Sandbox
+from serving import processes
 from tests.chaos.conftest import REPO_ROOT
 
 pytestmark = [pytest.mark.chaos, pytest.mark.slow, pytest.mark.integration]
@@ -61,11 +61,11 @@ def test_chaos_toolkit_cli_runs_an_experiment_on_its_own(project: Path, tmp_path
     assert result["status"] == "completed" and not result["deviated"]
     assert [r["status"] for r in result["rollbacks"]] == ["succeeded"]
     killed = result["run"][0]["output"]
-    assert not _proc.alive(killed["pid"])
+    assert not processes.alive(killed["pid"])
     # The control stopped the sandbox it started: no process of it is left.
     assert Sandbox(root).state() is None
     assert not any((root / "run").glob("*.pid"))
-    assert not _proc.alive(killed["master"])
+    assert not processes.alive(killed["master"])
 
 
 @pytest.mark.suite

@@ -14,8 +14,9 @@ import httpx
 import pytest
 from chaoslib.exceptions import ActivityFailed, InterruptExecution
 
-from chaos import _proc, ledger
+from chaos import ledger
 from chaos.network import _link, actions, control, probes
+from serving import processes
 from tests.chaos.conftest import needs_root
 
 pytestmark = [needs_root, pytest.mark.integration]
@@ -114,7 +115,7 @@ def test_remove_link_leaves_nothing_behind(tmp_path: Path) -> None:
         actions.create_link(name, "10.231.251.1/30", "10.231.251.2/30")
     removed = actions.remove_link(name)
     assert removed["removed"] and started["pid"] in removed["stopped"]
-    assert not _proc.alive(started["pid"])
+    assert not processes.alive(started["pid"])
     assert name not in _link.namespaces()
     assert subprocess.run(["ip", "link", "show", f"vh-{name}"], capture_output=True).returncode != 0
     routes = subprocess.run(["ip", "route", "show", "type", "blackhole"], capture_output=True, text=True).stdout

@@ -14,10 +14,11 @@ import pyarrow as pa
 import pytest
 from chaoslib.exceptions import ActivityFailed
 
-from chaos import _landing, _proc, ledger
+from chaos import _landing, ledger
 from chaos.pipeline import actions, probes
 from checkpoints import Lake
 from flows.demo.data import write_batches
+from serving import processes
 
 #: A stand-in pipeline: it lands bronze, then silver, then "trains" (sleeps) and writes a manifest.
 FAKE_PIPELINE = textwrap.dedent(
@@ -50,7 +51,7 @@ def test_kill_in_training_leaves_no_manifest(fake_pipeline: Path, tmp_path: Path
         str(lake), stage="train", delay=0.5, command=command, timeout=60, configuration=config
     )
     assert done["stage"] == "train" and 1.0 < done["lived_seconds"] < 30
-    assert all(not _proc.alive(pid) for pid in done["pids"])
+    assert all(not processes.alive(pid) for pid in done["pids"])
     assert Lake(lake).version("silver") == 0 and Lake(lake).last_manifest() is None
     assert ledger.last_event(config, "fault") == done["at"]
     (tmp_path / "landing").mkdir()
@@ -165,10 +166,6 @@ def test_run_pipeline_if_behind_waits_for_a_run_already_going(tmp_path: Path) ->
     landing.mkdir()
     marker = f"marker-{time.time_ns()}"
     going = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(1.5)", marker])
-    # Popen returns from vfork before execve has set up the new argument vector:
-    # wait until the run shows in /proc, as a run "already going" would.
-    while not _proc.matching([marker]):
-        time.sleep(0.01)
     started = time.monotonic()
     done = actions.run_pipeline_if_behind(str(landing), str(tmp_path / "lake"), ["false"], match=[marker])
     assert done["ran"] is False and time.monotonic() - started >= 1.0

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -10,9 +9,10 @@ import mlflow
 import pytest
 from chaoslib.exceptions import ActivityFailed
 
-from chaos import _proc, ledger
+from chaos import ledger
 from chaos.registry import _store, actions, probes
 from chaos.workload import read_records
+from serving import processes
 from tests.chaos.conftest import MODEL, TARGET, FraudStore
 
 
@@ -78,7 +78,7 @@ def test_locked_store_does_not_answer_until_restored(fraud_store: FraudStore, co
     assert probes.seconds_until_tracking_store_answers(uri, timeout=5, configuration=config) < 5
     done = actions.make_tracking_store_unreachable(uri, duration=60, configuration=config)
     try:
-        assert _proc.alive(done["pid"]) and "locked" in done["seen"]
+        assert processes.alive(done["pid"]) and "locked" in done["seen"]
         ok, seen = _store.answers(uri, timeout=0.5)
         assert not ok and "database is locked" in seen
         with pytest.raises(ActivityFailed, match="database is locked"):
@@ -93,11 +93,8 @@ def test_locked_store_does_not_answer_until_restored(fraud_store: FraudStore, co
 def test_the_lock_lets_go_by_itself(fraud_store: FraudStore) -> None:
     done = actions.make_tracking_store_unreachable(fraud_store.tracking_uri, duration=1.0)
     assert not _store.answers(fraud_store.tracking_uri, timeout=0.2)[0]
-    assert _proc.wait_gone([done["pid"]], timeout=10) == []
-    deadline = time.monotonic() + 10
-    while not _store.answers(fraud_store.tracking_uri)[0] and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert _store.answers(fraud_store.tracking_uri)[0]
+    assert processes.wait_gone([done["pid"]], timeout=10) == []
+    processes.wait_until(lambda: _store.answers(fraud_store.tracking_uri)[0], 10, "the store to answer")
 
 
 def test_only_sqlite_stores_can_be_locked() -> None:

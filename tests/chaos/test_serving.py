@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import signal
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -12,10 +13,12 @@ from typing import Any
 import pytest
 from chaoslib.exceptions import ActivityFailed
 
-from chaos import _proc, ledger
+from chaos import ledger
 from chaos.serving import actions, probes
 from chaos.workload import Outcome, RecordSource, TrafficLog, Workload, read_outcomes
-from tests.chaos.conftest import MODEL, TARGET, FraudStore, LiveServer, free_port
+from serving import processes
+from serving.processes import free_port
+from tests.chaos.conftest import MODEL, TARGET, FraudStore, LiveServer
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -60,17 +63,17 @@ def test_kill_worker_is_replaced_while_the_other_keeps_answering(
     server = live_server()
     workload(server.url)
     time.sleep(2.0)
-    before = _proc.children(server.proc.pid)
+    before = processes.children(server.proc.pid)
     killed = actions.kill_worker(server.url, configuration=config)
     assert killed["pid"] in before and killed["master"] == server.proc.pid
-    assert not _proc.alive(killed["pid"])
+    assert not processes.alive(killed["pid"])
     assert ledger.last_event(config, "fault") == killed["at"]
     replaced = probes.seconds_until_workers(server.url, workers=2, timeout=30, configuration=config)
     answers = probes.seconds_until_serving_answers(
         server.url, timeout=30, payload_file=str(payload), configuration=config
     )
     assert replaced < 30 and answers < 30
-    assert killed["pid"] not in _proc.children(server.proc.pid)
+    assert killed["pid"] not in processes.children(server.proc.pid)
     share = probes.availability(str(tmp_path / "traffic.jsonl"), window_seconds=4, configuration=config)
     assert share >= 0.99, read_outcomes(tmp_path / "traffic.jsonl", start=killed["at"])[:20]
 
@@ -81,7 +84,7 @@ def test_kill_server_then_answers_never_until_restarted(
     server = live_server()
     killed = actions.kill_server(server.url, configuration=config)
     assert server.proc.pid in killed["pids"] and len(killed["pids"]) == 3
-    assert all(not _proc.alive(pid) for pid in killed["pids"])
+    assert all(not processes.alive(pid) for pid in killed["pids"])
     with pytest.raises(ActivityFailed, match="serving answers .* not met within 1s"):
         probes.seconds_until_serving_answers(server.url, timeout=1, configuration=config)
     pid_file = tmp_path / "restarted.pid"
@@ -102,9 +105,7 @@ def test_kill_server_then_answers_never_until_restarted(
         assert seconds >= started["seconds"] * 0.5  # measured from the kill, not from the probe
         assert actions.start_server_if_down(server.url, server.command)["started"] is False
     finally:
-        for pid in [started["pid"], *_proc.descendants(started["pid"])]:
-            _proc.send(pid, _proc.signal_number("SIGTERM"))
-        _proc.wait_gone([started["pid"]], 30)
+        processes.kill([started["pid"], *processes.descendants(started["pid"])], signal.SIGTERM, timeout=30)
 
 
 def test_kill_worker_refuses_what_is_not_a_server(tmp_path: Path) -> None:

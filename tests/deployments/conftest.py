@@ -3,48 +3,22 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 import yaml
 
-from flows.local.stack import prefect_api, process_tree, terminate
+from flows.local.stack import prefect_api
+from serving.processes import free_port, http_ok, process_tree, stop, wait_until
 
 PROJECT = Path(__file__).resolve().parents[2]
 DEPLOYMENTS = PROJECT / "deployments"
 PREFECT_FILE = DEPLOYMENTS / "prefect.yaml"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def wait_until(condition: Callable[[], Any], timeout: float, what: str, interval: float = 0.25) -> Any:
-    """Poll ``condition`` until it returns something truthy; that value is returned."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
-
-
-def http_ok(url: str) -> bool:
-    try:
-        return httpx.get(url, timeout=2.0).status_code == 200
-    except httpx.HTTPError:
-        return False
 
 
 @dataclass
@@ -59,7 +33,7 @@ class Background:
         return self.log.read_text(errors="replace")[-chars:] if self.log.exists() else ""
 
     def stop(self) -> None:
-        terminate(process_tree(self.proc.pid), grace=10.0)
+        stop(process_tree(self.proc.pid), grace=10.0)
         self.proc.wait(timeout=10)
 
 

@@ -13,13 +13,12 @@ from typing import Any
 import pytest
 import yaml
 
+from serving.processes import free_port, wait_until
 from tests.deployments.conftest import (
     DEPLOYMENTS,
     PREFECT_FILE,
     PROJECT,
     PrefectServer,
-    free_port,
-    wait_until,
     write_config,
 )
 

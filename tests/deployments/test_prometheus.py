@@ -17,7 +17,8 @@ import yaml
 from prometheus_client import CollectorRegistry
 
 from serving.metrics import ServingMetrics
-from tests.deployments.conftest import DEPLOYMENTS, Processes, base_env, free_port, http_ok, wait_until, write_config
+from serving.processes import free_port, http_ok, wait_until
+from tests.deployments.conftest import DEPLOYMENTS, Processes, base_env, write_config
 
 PROMETHEUS = DEPLOYMENTS / "prometheus"
 RULES = PROMETHEUS / "rules" / "selfheal.rules.yml"

@@ -3,41 +3,35 @@
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
+import psutil
 import pytest
 
 from flows.local.stack import (
     SERVICES,
     LandingWatcher,
     PidFile,
-    _port_in_use,
     describe_schedule,
     describe_trigger,
     local_deployments,
-    process_tree,
     terminate,
 )
-from tests.deployments.conftest import PROJECT, base_env, free_port, http_ok, write_config
+from serving.processes import alive, free_port, http_ok, kill, port_in_use, process_tree, wait_until
+from tests.deployments.conftest import PROJECT, base_env, write_config
 
 
-def _processes_with_env(marker: str) -> set[int]:
-    """Live processes whose environment holds ``marker`` (everything the stack started inherits it)."""
+def _processes_with_env(name: str, value: str) -> set[int]:
+    """Live processes whose environment has ``name=value`` (everything the stack started inherits it)."""
     found: set[int] = set()
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
-            continue
+    for proc in psutil.process_iter():
         try:
-            environ = (entry / "environ").read_bytes()
-            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
-        except OSError:
+            if proc.pid != os.getpid() and proc.environ().get(name) == value and alive(proc.pid):
+                found.add(proc.pid)
+        except psutil.Error:
             continue
-        if marker.encode() in environ and state != "Z":
-            found.add(int(entry.name))
     return found
 
 
@@ -83,10 +77,10 @@ def test_up_then_down_from_a_fresh_home_leaves_no_process_behind(tmp_path: Path)
         down = subprocess.run([*selfheal, "down"], env=env, capture_output=True, text=True, timeout=120)
     assert down.returncode == 0, down.stdout + down.stderr
     assert "stopped: prefect-worker, landing-watcher, serving, prefect-server" in down.stdout
-    assert not _processes_with_env(f"PREFECT_HOME={tmp_path / 'state' / 'prefect'}")
-    assert all(_state(pid) in ("gone", "Z") for pid in started)  # a zombie waits for init to reap it
+    assert not _processes_with_env("PREFECT_HOME", str(tmp_path / "state" / "prefect"))
+    assert not any(alive(pid) for pid in started)  # a zombie (waiting for init to reap it) is not alive
     assert not list(run_dir.glob("*.pid"))
-    assert not _port_in_use(prefect_port) and not _port_in_use(serving_port)
+    assert not port_in_use(prefect_port) and not port_in_use(serving_port)
     twice = subprocess.run([*selfheal, "down"], env=env, capture_output=True, text=True)
     assert twice.returncode == 0 and "nothing was running" in twice.stdout
 
@@ -96,25 +90,12 @@ def test_terminate_reaches_descendants_in_other_sessions() -> None:
     script = "setsid sleep 300 & sleep 300"
     leader = subprocess.Popen(["bash", "-c", script], start_new_session=True)
     try:
-        tree: set[int] = set()
-        deadline = time.monotonic() + 10
-        while len(tree) < 3 and time.monotonic() < deadline:
-            tree = process_tree(leader.pid)
-            time.sleep(0.05)
-        assert len(tree) == 3
+        tree = wait_until(lambda: len(t := process_tree(leader.pid)) == 3 and t, 10, "bash and its two sleeps", 0.05)
         terminate(tree, grace=5.0)
         leader.wait(timeout=5)
-        assert not any(Path("/proc", str(p)).exists() and _state(p) != "Z" for p in tree)
+        assert not any(alive(p) for p in tree)
     finally:
-        if leader.poll() is None:
-            os.killpg(leader.pid, signal.SIGKILL)
-
-
-def _state(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return "gone"
+        kill(process_tree(leader.pid))
 
 
 def test_a_reused_pid_is_not_ours(tmp_path: Path) -> None:

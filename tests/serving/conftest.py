@@ -14,10 +14,9 @@ Tests set the aliases they need (``@champion``, ``@previous``) at their start.
 
 from __future__ import annotations
 
+import contextlib
 import json
-import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -34,6 +33,8 @@ import orjson
 import pandas as pd
 import pytest
 
+from serving import processes
+from serving.processes import wait_until
 from tests import _serving_env
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -143,29 +144,6 @@ def model_store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ModelStore
 
 
 # -- live servers ------------------------------------------------------------------
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def child_pids(pid: int) -> list[int]:
-    """Direct children of ``pid`` (the gunicorn workers), from /proc."""
-    children = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as fh:
-                stat = fh.read()
-        except OSError:
-            continue
-        fields = stat[stat.rindex(")") + 2 :].split()
-        if int(fields[1]) == pid and fields[0] != "Z":
-            children.append(int(entry))
-    return sorted(children)
-
-
 @dataclass
 class LiveServer:
     proc: subprocess.Popen[bytes]
@@ -179,7 +157,7 @@ class LiveServer:
         return f"http://127.0.0.1:{self.port}"
 
     def worker_pids(self) -> list[int]:
-        return child_pids(self.proc.pid)
+        return processes.children(self.proc.pid)
 
     def ready_pids(self) -> set[int]:
         """Workers that report a loaded primary model in the (multiprocess) metrics."""
@@ -195,15 +173,16 @@ class LiveServer:
         return pids & set(self.worker_pids())
 
     def wait_ready(self, timeout: float = 90.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+        def ready() -> bool:
             if self.proc.poll() is not None:
                 raise AssertionError(f"server exited with {self.proc.returncode}:\n{self.tail()}")
             pids = self.worker_pids()
-            if len(pids) == self.workers and set(pids) <= self.ready_pids():
-                return
-            time.sleep(0.2)
-        raise AssertionError(f"server not ready after {timeout}s:\n{self.tail()}")
+            return len(pids) == self.workers and set(pids) <= self.ready_pids()
+
+        try:
+            wait_until(ready, timeout, "every worker to load its model", interval=0.2)
+        except TimeoutError:
+            raise AssertionError(f"server not ready after {timeout}s:\n{self.tail()}") from None
 
     def tail(self, lines: int = 60) -> str:
         return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
@@ -227,7 +206,7 @@ def server_env(store: ModelStore, tmp_path: Path, **overrides: Any) -> dict[str,
 def start_server(
     store: ModelStore, tmp_path: Path, *, workers: int = 2, argv: list[str] | None = None, **overrides: Any
 ) -> LiveServer:
-    port = free_port()
+    port = processes.free_port()
     log = tmp_path / f"server-{port}.log"
     cmd = [*(argv or [sys.executable, "-m", "serving", "--log-level", "info"]), "--port", str(port)]
     cmd += ["--workers", str(workers)]
@@ -264,15 +243,6 @@ def predict_bodies(store: ModelStore, n: int = 20) -> list[bytes]:
     """Request bodies for load: single records and one list of three."""
     records = store.records(n)
     return [orjson.dumps(r) for r in records] + [orjson.dumps(records[:3])]
-
-
-def wait_until(condition: Any, timeout: float = 60.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 @dataclass
@@ -329,10 +299,10 @@ class Load:
                         self.served_by[answer["served_by"]] += 1
 
     def wait_for(self, requests: int, timeout: float = 60.0) -> None:
-        deadline = time.monotonic() + timeout
+        """Wait for ``requests`` more answers (at most ``timeout`` s: the test's asserts say what was missing)."""
         target = self.total + requests
-        while self.total < target and time.monotonic() < deadline:
-            time.sleep(0.02)
+        with contextlib.suppress(TimeoutError):
+            wait_until(lambda: self.total >= target, timeout, f"{requests} more requests", interval=0.02)
 
     def stop(self) -> Load:
         self._stop.set()

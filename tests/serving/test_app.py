@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -15,8 +14,9 @@ from fastapi import FastAPI
 
 from checkpoints import Lake
 from serving.app import create_app
+from serving.processes import free_port, wait_until
 from serving.settings import ServerSettings
-from tests.serving.conftest import ADMIN_TOKEN, MODEL, ModelStore, free_port
+from tests.serving.conftest import ADMIN_TOKEN, MODEL, ModelStore
 
 AUTH = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 
@@ -44,11 +44,12 @@ class AppClient(httpx.Client):
         self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
         self.thread = threading.Thread(target=self.server.run, daemon=True)
         self.thread.start()
-        deadline = time.monotonic() + 60
-        while not self.server.started:
-            assert self.thread.is_alive() and time.monotonic() < deadline, "in-process server did not start"
-            time.sleep(0.05)
+        wait_until(self._started, 60, "the in-process server to start", interval=0.05)
         super().__init__(base_url=f"http://127.0.0.1:{port}", timeout=30)
+
+    def _started(self) -> bool:
+        assert self.thread.is_alive(), "in-process server did not start"
+        return bool(self.server.started)
 
     def shutdown(self) -> None:
         self.close()

@@ -235,6 +235,7 @@ def live_release(
 def _wait_routing(url: str, mode: str) -> None:
     wait_until(
         lambda: all((http.get(f"{url}/ready").json()["release"] or {}).get("mode") == mode for _ in range(6)),
+        timeout=60,
         what=f"every worker to route the {mode} release",
     )
 
@@ -267,7 +268,7 @@ def test_a_worse_canary_is_rolled_back_and_never_saw_more_than_its_share(
         assert final["max_share"] == SHARE
         # The rollback was verified on the server before the flow returned: from here on, champion only.
         after = traffic._next
-        wait_until(lambda: len(traffic.answers) > after + 50, what="traffic after the rollback")
+        wait_until(lambda: len(traffic.answers) > after + 50, timeout=60, what="traffic after the rollback")
     registry = Registry(cfg.tracking_uri, MODEL)
     assert registry.by_alias("challenger") is None and registry.by_alias("champion").version == champion  # type: ignore[union-attr]
     assert registry.version(challenger).tags[OUTCOME_TAG] == "rolled_back"
@@ -279,7 +280,7 @@ def test_a_worse_canary_is_rolled_back_and_never_saw_more_than_its_share(
     late = [rid for rid in routed if int(rid.split("-")[1]) >= after]
     assert late == [], "the challenger answered after the rollback was verified"
     # The inference log says the same.
-    wait_until(lambda: set(_challenger_rows(live.lake_root, challenger)) >= routed, what="the log to be written")
+    wait_until(lambda: set(_challenger_rows(live.lake_root, challenger)) >= routed, timeout=60, what="the log to be written")
     assert set(_challenger_rows(live.lake_root, challenger)) == routed
     # An incident with its MTTR, recorded the way the healer records its own.
     incidents = [i for i in IncidentLog(Lake(cfg.lake.root)).incidents() if i.cause == BAD_RELEASE]
@@ -304,7 +305,7 @@ def test_a_better_canary_is_promoted(
         start_release(live.cfg, v["hgb"], "canary")
         final = release_analysis_flow(config_path=live.config, max_seconds=90)
         assert final["status"] == "promoted", final
-        wait_until(lambda: http.get(f"{live.url}/ready").json()["model_version"] == v["hgb"], what="the promotion")
+        wait_until(lambda: http.get(f"{live.url}/ready").json()["model_version"] == v["hgb"], timeout=60, what="the promotion")
     cfg = live.cfg
     registry = Registry(cfg.tracking_uri, MODEL)
     assert registry.by_alias("champion").version == v["hgb"]  # type: ignore[union-attr]
@@ -349,7 +350,7 @@ def test_shadow_never_changes_an_answer(
             return set()
         return set(lake.read(SHADOW_TABLE, columns=["_request_id"]).column("_request_id").to_pylist())
 
-    wait_until(lambda: len(mirrored() & set(with_shadow)) >= len(records) // 2, what="shadow rows")
+    wait_until(lambda: len(mirrored() & set(with_shadow)) >= len(records) // 2, timeout=60, what="shadow rows")
     state = read_state(Registry(cfg.tracking_uri, MODEL))
     assert state is not None and state.mode == "shadow" and state.routing
 

@@ -37,7 +37,7 @@ def test_reload_under_load_fails_no_request_and_a_broken_version_keeps_the_old_o
             probes = [http.get(f"{server.url}/ready", timeout=5).json() for _ in range(8)]
             return all(p["model_version"] == version for p in probes)
 
-        wait_until(lambda: every_worker_serves(v["lr"]), what="every worker to serve the new version")
+        wait_until(lambda: every_worker_serves(v["lr"]), timeout=60, what="every worker to serve the new version")
         load.wait_for(200)
         switched = load.versions[v["lr"]]
 
@@ -49,6 +49,7 @@ def test_reload_under_load_fails_no_request_and_a_broken_version_keeps_the_old_o
         assert f"still serving version {v['lr']}" in refused.json()["detail"]
         wait_until(
             lambda: f"version {v['broken']}" in (http.get(f"{server.url}/ready").json()["last_reload_error"] or ""),
+            timeout=60,
             what="the failure to be reported",
         )
         load.wait_for(200)
@@ -75,18 +76,21 @@ def test_breaker_opens_on_a_failing_model_and_the_fallback_answers(model_store: 
             # The client's connections may all land on one worker: any worker's breaker opening counts.
             return any(line.endswith(" 2.0") for line in _breaker_lines(http.get(f"{server.url}/metrics").text))
 
-        wait_until(a_breaker_opened, what="a worker's breaker to open")
+        wait_until(a_breaker_opened, timeout=60, what="a worker's breaker to open")
         answer = http.post(f"{server.url}/predict", json=record).json()
         assert answer["served_by"] == "fallback" and answer["model_version"] == v["hgb"]
         # A hung primary times out and is answered by the fallback too.
         model_store.switch.write_text("sleep:3")
-        wait_until(lambda: 'reason="timeout"' in http.get(f"{server.url}/metrics").text, what="a probe to time out")
+        wait_until(
+            lambda: 'reason="timeout"' in http.get(f"{server.url}/metrics").text, timeout=60, what="a probe to time out"
+        )
         load.wait_for(50)
         model_store.switch.unlink()
         wait_until(
             lambda: all(
                 http.post(f"{server.url}/predict", json=record).json()["served_by"] == "primary" for _ in range(6)
             ),
+            timeout=60,
             what="half-open probes to close the breakers",
         )
     finally:

@@ -33,10 +33,12 @@ def test_kill_9_of_a_worker_under_load_keeps_answering(model_store: ModelStore, 
     victim = before[0]
     os.kill(victim, signal.SIGKILL)
     wait_until(
-        lambda: len(server.worker_pids()) == 2 and victim not in server.worker_pids(), what="a replacement worker"
+        lambda: len(server.worker_pids()) == 2 and victim not in server.worker_pids(),
+        timeout=60,
+        what="a replacement worker",
     )
     replacement = (set(server.worker_pids()) - set(before)).pop()
-    wait_until(lambda: replacement in server.ready_pids(), what="the replacement to load its model")
+    wait_until(lambda: replacement in server.ready_pids(), timeout=60, what="the replacement to load its model")
     load.wait_for(500)
     load.stop()
     assert load.total >= 650  # at most one in-flight request per client thread can die with the worker

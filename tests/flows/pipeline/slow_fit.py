@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 from prefect.settings import PREFECT_API_URL
+
+from serving.processes import wait_until
 
 REPO = Path(__file__).resolve().parents[3]
 
@@ -43,9 +45,8 @@ def start_cli(config: Path, *command: str, marker: Path) -> subprocess.Popen[str
 
 def kill_9_mid_fit(proc: subprocess.Popen[str], marker: Path, timeout: float = 180.0) -> None:
     """Wait until the child's fit has started (``marker`` exists), then kill -9 it."""
-    deadline = time.time() + timeout
-    while not marker.exists() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.2)
+    with contextlib.suppress(TimeoutError):  # the assert below says why
+        wait_until(lambda: marker.exists() or proc.poll() is not None, timeout, "the fit to start", interval=0.2)
     assert marker.exists(), proc.communicate()[0] if proc.poll() is not None else "fit never started"
-    os.kill(proc.pid, 9)
+    proc.kill()
     proc.wait(timeout=30)
