@@ -280,7 +280,9 @@ def test_a_worse_canary_is_rolled_back_and_never_saw_more_than_its_share(
     late = [rid for rid in routed if int(rid.split("-")[1]) >= after]
     assert late == [], "the challenger answered after the rollback was verified"
     # The inference log says the same.
-    wait_until(lambda: set(_challenger_rows(live.lake_root, challenger)) >= routed, timeout=60, what="the log to be written")
+    wait_until(
+        lambda: set(_challenger_rows(live.lake_root, challenger)) >= routed, timeout=60, what="the log to be written"
+    )
     assert set(_challenger_rows(live.lake_root, challenger)) == routed
     # An incident with its MTTR, recorded the way the healer records its own.
     incidents = [i for i in IncidentLog(Lake(cfg.lake.root)).incidents() if i.cause == BAD_RELEASE]
@@ -305,7 +307,9 @@ def test_a_better_canary_is_promoted(
         start_release(live.cfg, v["hgb"], "canary")
         final = release_analysis_flow(config_path=live.config, max_seconds=90)
         assert final["status"] == "promoted", final
-        wait_until(lambda: http.get(f"{live.url}/ready").json()["model_version"] == v["hgb"], timeout=60, what="the promotion")
+        wait_until(
+            lambda: http.get(f"{live.url}/ready").json()["model_version"] == v["hgb"], timeout=60, what="the promotion"
+        )
     cfg = live.cfg
     registry = Registry(cfg.tracking_uri, MODEL)
     assert registry.by_alias("champion").version == v["hgb"]  # type: ignore[union-attr]
