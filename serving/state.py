@@ -17,7 +17,7 @@ from typing import Any
 import pyarrow as pa
 
 from checkpoints import Lake
-from serving.batching import MicroBatcher, PendingRequest
+from serving.batching import BatchPolicy, MicroBatcher, PendingRequest
 from serving.breaker import STATE_CODES
 from serving.inference_log import (
     FEEDBACK_SCHEMA,
@@ -107,13 +107,12 @@ class ServingState:
             self.log.start()
 
     def start_batcher(self) -> None:
-        self.batcher = MicroBatcher(
-            self.predictor,
+        policy = BatchPolicy(
             max_batch_rows=self.settings.max_batch_rows,
             max_inflight=self.settings.max_inflight_batches,
             stall_seconds=self.settings.batch_stall_seconds,
-            on_answered=self._answered,
         )
+        self.batcher = MicroBatcher(self.predictor, policy, on_answered=self._answered)
         self.batcher.start()
 
     async def stop(self) -> None:
