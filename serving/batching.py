@@ -174,7 +174,7 @@ class MicroBatcher:
                 names = batch[0].columns.keys()
                 columns = {name: list(chain.from_iterable(p.columns[name] for p in batch)) for name in names}
             outcome = await self.predictor.predict(batch[0].models, columns, batch[0].variant)
-        except Exception as exc:
+        except Exception as exc:  # each request re-raises it (503 or a bug's 500); the dispatcher goes on
             for request in batch:
                 if request.future is not None and not request.future.done():
                     request.future.set_exception(exc)
@@ -190,5 +190,5 @@ class MicroBatcher:
         if self._on_answered is not None:
             try:
                 self._on_answered(batch, columns, outcome)
-            except Exception:
+            except Exception:  # the requests are answered already: a bug in recording them must not fail them
                 logger.exception("recording a batch's predictions failed")
