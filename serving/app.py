@@ -20,6 +20,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from serving.routers import admin, feedback, predict, probes
@@ -76,8 +77,6 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
 def _openapi_with_model(app: FastAPI) -> dict[str, Any]:
     """The OpenAPI document, with the loaded model's record schema in ``/predict``'s body."""
     if app.openapi_schema is None:
-        from fastapi.openapi.utils import get_openapi
-
         app.openapi_schema = get_openapi(title=app.title, version=app.version, routes=app.routes)
     document = copy.deepcopy(app.openapi_schema)
     state: ServingState | None = getattr(app.state, "serving", None)

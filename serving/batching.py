@@ -12,7 +12,7 @@ are started only when the batch in flight is slow (``stall_seconds``), so a
 model that hangs until its timeout does not hold every request of the worker.
 
 Example:
-    >>> batcher = MicroBatcher(predictor, max_batch_rows=256, max_inflight=2, on_answered=log_rows)
+    >>> batcher = MicroBatcher(predictor, BatchPolicy(max_batch_rows=256, max_inflight=2), on_answered=log_rows)
     >>> batcher.start()
     >>> answer = await batcher.submit(PendingRequest(models, columns, rows=1, row_ids=["r1"]))
 """
@@ -77,29 +77,37 @@ class BatchAnswer:
         return None if scores is None else list(scores[self.offset : self.offset + self.rows].tolist())
 
 
+@dataclass(frozen=True)
+class BatchPolicy:
+    """How a worker groups its concurrent requests into model calls.
+
+    Attributes:
+        max_batch_rows: rows of concurrent requests predicted in one model call.
+        max_inflight: batches predicting at once.
+        stall_seconds: a batch predicting longer than this lets the next one start (up to ``max_inflight``).
+
+    Example:
+        >>> BatchPolicy(max_batch_rows=256, max_inflight=2, stall_seconds=0.05)
+    """
+
+    max_batch_rows: int = 256
+    max_inflight: int = 2
+    stall_seconds: float = 0.05
+
+
 AnsweredHook = Callable[[list[PendingRequest], dict[str, list[Any]], Outcome], None]
 
 
 class MicroBatcher:
     """Groups concurrent requests into model calls (see the module docstring)."""
 
-    def __init__(
-        self,
-        predictor: Predictor,
-        *,
-        max_batch_rows: int = 256,
-        max_inflight: int = 2,
-        stall_seconds: float = 0.05,
-        on_answered: AnsweredHook | None = None,
-    ) -> None:
+    def __init__(self, predictor: Predictor, policy: BatchPolicy, *, on_answered: AnsweredHook | None = None) -> None:
         self.predictor = predictor
-        self.max_batch_rows = max_batch_rows
-        self.max_inflight = max_inflight
-        self.stall_seconds = stall_seconds
+        self.policy = policy
         self._on_answered = on_answered
         self._queue: deque[PendingRequest] = deque()
         self._wake = asyncio.Event()
-        self._slots = asyncio.Semaphore(max_inflight)
+        self._slots = asyncio.Semaphore(self.policy.max_inflight)
         self._answered = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
         self._dispatcher: asyncio.Task[None] | None = None
@@ -135,7 +143,7 @@ class MicroBatcher:
             if self._tasks:  # a batch is predicting: let more requests queue unless it is slow
                 self._answered.clear()
                 try:
-                    await asyncio.wait_for(self._answered.wait(), self.stall_seconds)
+                    await asyncio.wait_for(self._answered.wait(), self.policy.stall_seconds)
                 except TimeoutError:
                     pass
             batch = self._take()
@@ -148,7 +156,11 @@ class MicroBatcher:
         batch, rows = [first], first.rows
         while self._queue:
             nxt = self._queue[0]
-            if nxt.models is not first.models or nxt.variant != first.variant or rows + nxt.rows > self.max_batch_rows:
+            if (
+                nxt.models is not first.models
+                or nxt.variant != first.variant
+                or rows + nxt.rows > self.policy.max_batch_rows
+            ):
                 break
             batch.append(self._queue.popleft())
             rows += nxt.rows
@@ -162,7 +174,7 @@ class MicroBatcher:
                 names = batch[0].columns.keys()
                 columns = {name: list(chain.from_iterable(p.columns[name] for p in batch)) for name in names}
             outcome = await self.predictor.predict(batch[0].models, columns, batch[0].variant)
-        except Exception as exc:
+        except Exception as exc:  # each request re-raises it (503 or a bug's 500); the dispatcher goes on
             for request in batch:
                 if request.future is not None and not request.future.done():
                     request.future.set_exception(exc)
@@ -178,5 +190,5 @@ class MicroBatcher:
         if self._on_answered is not None:
             try:
                 self._on_answered(batch, columns, outcome)
-            except Exception:
+            except Exception:  # the requests are answered already: a bug in recording them must not fail them
                 logger.exception("recording a batch's predictions failed")

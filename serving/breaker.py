@@ -9,6 +9,11 @@ through ``pybreaker`` (a no-op function that returns or raises), so pybreaker
 still owns the counting and the state machine and its lock is held for
 microseconds only.
 
+Time is the breaker's own ``clock`` (a constructor argument, ``time.monotonic``
+by default; tests pass a fake one): when the open breaker is due, ``admit()``
+moves pybreaker to half-open itself (``CircuitBreaker.half_open()``), so
+pybreaker's wall-clock reset timer is never what decides.
+
 Example:
     >>> breaker = ModelBreaker(BreakerPolicy(fail_max=5, reset_seconds=10, timeout_seconds=1))
     >>> admission = breaker.admit()
@@ -98,8 +103,10 @@ class ModelBreaker:
         *,
         name: str = "primary-model",
         on_state_change: Callable[[str], None] | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.policy = policy
+        self._clock = clock
         self._on_change = on_state_change
         self._lock = threading.Lock()
         self._opened_at: float | None = None
@@ -129,9 +136,10 @@ class ModelBreaker:
         with self._lock:
             if self._probe_in_flight:
                 return None
-            if state == OPEN and self._opened_at is not None:
-                if time.monotonic() - self._opened_at < self.policy.reset_seconds:
+            if state == OPEN:
+                if self._opened_at is not None and self._clock() - self._opened_at < self.policy.reset_seconds:
                     return None
+                self._breaker.half_open()  # our clock, not pybreaker's, decides that the probe is due
             self._probe_in_flight = True
             return Admission.PROBE
 
@@ -161,7 +169,7 @@ class ModelBreaker:
 
     def _on_state_change(self, old: str | None, new: str) -> None:
         if new == OPEN:
-            self._opened_at = time.monotonic()
+            self._opened_at = self._clock()
             logger.warning(
                 "primary model breaker opened after %d failures; answering from the fallback for %.1fs",
                 self.policy.fail_max,

@@ -40,8 +40,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from checkpoints import Lake
+from checkpoints.exceptions import CheckpointError
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # types only: flows.release imports this module for its table names, not prometheus_client
     from serving.metrics import ServingMetrics
 
 logger = logging.getLogger(__name__)
@@ -201,7 +202,7 @@ class InferenceLog:
                 if not closing and time.monotonic() >= next_replay:
                     self.replay()
                     next_replay = time.monotonic() + self.replay_seconds
-            except Exception:
+            except Exception:  # the writer thread must outlive any one bad batch, or every later row is lost
                 logger.exception("inference log writer error; continuing")
             with self._cond:
                 if not self._pending:
@@ -221,21 +222,24 @@ class InferenceLog:
             rows = sum(b.rows for b in group)
             try:
                 data = _to_arrow(schema, group)
-            except Exception:
+            except Exception:  # rows passed validation, so this is a bug: drop (and count) them, keep the others
                 logger.exception("cannot convert %d %s rows to Arrow; dropping them", rows, table)
                 self._dropped(rows)
                 continue
             key = self._key(table)
             try:
                 self.lake.append(table, data, key=key, schema_mode="merge")
-            except Exception as exc:
+            except (CheckpointError, OSError) as exc:
                 logger.warning("lake refused %d %s rows (%s); writing them to the dead-letter folder", rows, table, exc)
-                if self.metrics is not None:
-                    self.metrics.log_write_failures.labels(table).inc()
-                self._spill(table, key, data)
+            except Exception:  # not an outage but a bug: say so loudly, and still keep the rows for the replay
+                logger.exception("appending %d %s rows failed; writing them to the dead-letter folder", rows, table)
             else:
                 if self.metrics is not None:
                     self.metrics.log_rows_written.labels(table).inc(rows)
+                continue
+            if self.metrics is not None:
+                self.metrics.log_write_failures.labels(table).inc()
+            self._spill(table, key, data)
 
     def _key(self, table: str) -> str:
         self._seq += 1
@@ -279,13 +283,13 @@ class InferenceLog:
                 data = pq.read_table(path)
             except FileNotFoundError:
                 continue  # another worker replayed it
-            except Exception as exc:
+            except (pa.ArrowException, OSError) as exc:
                 logger.error("dead-letter file %s is unreadable (%s); set aside as .unreadable", path, exc)
                 path.rename(path.with_suffix(".unreadable"))
                 continue
             try:
                 result = self.lake.append_once(table, data, key=key, schema_mode="merge")
-            except Exception as exc:
+            except (CheckpointError, OSError) as exc:
                 logger.info("lake still refuses writes (%s); %s waits for the next replay", exc, path.name)
                 break
             path.unlink(missing_ok=True)

@@ -14,6 +14,8 @@ Example:
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
+from typing import Literal
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client import multiprocess as prom_multiprocess
@@ -21,6 +23,8 @@ from prometheus_client import multiprocess as prom_multiprocess
 #: Request latency buckets (seconds): sub-millisecond to a few seconds.
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.0075, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 SCORE_BUCKETS = tuple(round(0.1 * i, 1) for i in range(1, 11))
+BATCH_ROW_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
+VALUE_BUCKETS = (-1e6, -1e3, -100, -10, -1, 0, 1, 10, 100, 1e3, 1e6)
 
 
 def multiprocess_dir() -> str | None:
@@ -28,116 +32,117 @@ def multiprocess_dir() -> str | None:
 
 
 class ServingMetrics:
-    """Every metric the server exports, registered on one registry (one per app)."""
+    """Every metric the server exports, registered on one registry (one per app).
+
+    Gauges are per worker (``liveall``: a ``pid`` label, dropped when the worker
+    dies) except the log queue, which is summed over the live workers.
+    """
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry(auto_describe=True)
-        r = self.registry
-        self.http_requests = Counter(
-            "selfheal_http_requests", "HTTP requests answered, by route and status code", ["path", "status"], registry=r
+        self._define_http()
+        self._define_predictions()
+        self._define_models()
+        self._define_release()
+        self._define_log()
+
+    # Factories: every metric is registered on this app's registry (full names kept greppable).
+    def _counter(self, name: str, doc: str, *labels: str) -> Counter:
+        return Counter(name, doc, labels, registry=self.registry)
+
+    def _histogram(self, name: str, doc: str, buckets: Sequence[float], *labels: str) -> Histogram:
+        return Histogram(name, doc, labels, buckets=buckets, registry=self.registry)
+
+    def _gauge(self, name: str, doc: str, *labels: str, mode: Literal["liveall", "livesum"] = "liveall") -> Gauge:
+        return Gauge(name, doc, labels, multiprocess_mode=mode, registry=self.registry)
+
+    def _define_http(self) -> None:
+        self.http_requests = self._counter(
+            "selfheal_http_requests", "HTTP requests answered, by route and status code", "path", "status"
         )
-        self.http_latency = Histogram(
+        self.http_latency = self._histogram(
             "selfheal_http_request_duration_seconds",
             "Time to answer an HTTP request, by route",
-            ["path"],
-            buckets=LATENCY_BUCKETS,
-            registry=r,
+            LATENCY_BUCKETS,
+            "path",
         )
-        self.predictions = Counter(
-            "selfheal_predictions",
-            "Rows predicted, by who answered: primary, fallback or baseline",
-            ["served_by"],
-            registry=r,
+
+    def _define_predictions(self) -> None:
+        self.predictions = self._counter(
+            "selfheal_predictions", "Rows predicted, by who answered: primary, fallback or baseline", "served_by"
         )
-        self.batch_rows = Histogram(
-            "selfheal_batch_rows",
-            "Rows per model call (micro-batches of concurrent requests)",
-            buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512),
-            registry=r,
+        self.batch_rows = self._histogram(
+            "selfheal_batch_rows", "Rows per model call (micro-batches of concurrent requests)", BATCH_ROW_BUCKETS
         )
-        self.prediction_errors = Counter(
+        self.prediction_errors = self._counter(
             "selfheal_prediction_errors",
             "Model calls that failed, by model role (primary|fallback) and reason (error|timeout)",
-            ["model", "reason"],
-            registry=r,
+            "model",
+            "reason",
         )
-        self.unavailable = Counter(
-            "selfheal_prediction_unavailable", "Requests refused because no model could answer (503)", registry=r
+        self.unavailable = self._counter(
+            "selfheal_prediction_unavailable", "Requests refused because no model could answer (503)"
         )
-        self.breaker_state = Gauge(
-            "selfheal_breaker_state",
-            "Circuit breaker around the primary model: 0 closed, 1 half-open, 2 open (per worker)",
-            multiprocess_mode="liveall",
-            registry=r,
-        )
-        self.breaker_transitions = Counter(
-            "selfheal_breaker_transitions", "Breaker state changes, by the state entered", ["state"], registry=r
-        )
-        self.model_version = Gauge(
-            "selfheal_model_version",
-            "Model version loaded, by role (primary|fallback); 0 when none (per worker)",
-            ["role"],
-            multiprocess_mode="liveall",
-            registry=r,
-        )
-        self.model_reloads = Counter(
-            "selfheal_model_reloads", "Model version loads, by outcome (success|failure)", ["outcome"], registry=r
-        )
-        self.prediction_score = Histogram(
+        self.prediction_score = self._histogram(
             "selfheal_prediction_score",
             "Distribution of scores (positive-class or top-class probability)",
-            buckets=SCORE_BUCKETS,
-            registry=r,
+            SCORE_BUCKETS,
         )
-        self.predicted_class = Counter(
-            "selfheal_predicted_class", "Rows predicted per class label (classifiers)", ["label"], registry=r
+        self.predicted_class = self._counter(
+            "selfheal_predicted_class", "Rows predicted per class label (classifiers)", "label"
         )
-        self.prediction_value = Histogram(
-            "selfheal_prediction_value",
-            "Distribution of predicted values (regressors)",
-            buckets=(-1e6, -1e3, -100, -10, -1, 0, 1, 10, 100, 1e3, 1e6),
-            registry=r,
+        self.prediction_value = self._histogram(
+            "selfheal_prediction_value", "Distribution of predicted values (regressors)", VALUE_BUCKETS
         )
-        self.release_rows = Counter(
+
+    def _define_models(self) -> None:
+        self.breaker_state = self._gauge(
+            "selfheal_breaker_state",
+            "Circuit breaker around the primary model: 0 closed, 1 half-open, 2 open (per worker)",
+        )
+        self.breaker_transitions = self._counter(
+            "selfheal_breaker_transitions", "Breaker state changes, by the state entered", "state"
+        )
+        self.model_version = self._gauge(
+            "selfheal_model_version",
+            "Model version loaded, by role (primary|fallback); 0 when none (per worker)",
+            "role",
+        )
+        self.model_reloads = self._counter(
+            "selfheal_model_reloads", "Model version loads, by outcome (success|failure)", "outcome"
+        )
+
+    def _define_release(self) -> None:
+        self.release_rows = self._counter(
             "selfheal_release_rows",
             "Rows answered during a release, by the arm they were routed to (champion|challenger)",
-            ["variant"],
-            registry=r,
+            "variant",
         )
-        self.shadow_rows = Counter(
+        self.shadow_rows = self._counter(
             "selfheal_shadow_rows",
             "Rows mirrored to a shadow challenger, by outcome (predicted|failed|dropped)",
-            ["outcome"],
-            registry=r,
+            "outcome",
         )
-        self.release_share = Gauge(
+        self.release_share = self._gauge(
             "selfheal_release_share",
             "Share of requests a challenger answers (canary) or sees mirrored (shadow); per worker",
-            ["mode"],
-            multiprocess_mode="liveall",
-            registry=r,
+            "mode",
         )
-        self.log_queue_rows = Gauge(
-            "selfheal_log_queue_rows",
-            "Inference/feedback rows waiting to be written",
-            multiprocess_mode="livesum",
-            registry=r,
+
+    def _define_log(self) -> None:
+        self.log_queue_rows = self._gauge(
+            "selfheal_log_queue_rows", "Inference/feedback rows waiting to be written", mode="livesum"
         )
-        self.log_rows_written = Counter("selfheal_log_rows_written", "Rows appended to the lake", ["table"], registry=r)
-        self.log_rows_dead_lettered = Counter(
-            "selfheal_log_rows_dead_lettered",
-            "Rows the lake refused, kept in the dead-letter folder",
-            ["table"],
-            registry=r,
+        self.log_rows_written = self._counter("selfheal_log_rows_written", "Rows appended to the lake", "table")
+        self.log_rows_dead_lettered = self._counter(
+            "selfheal_log_rows_dead_lettered", "Rows the lake refused, kept in the dead-letter folder", "table"
         )
-        self.log_rows_replayed = Counter(
-            "selfheal_log_rows_replayed", "Dead-letter rows later written to the lake", ["table"], registry=r
+        self.log_rows_replayed = self._counter(
+            "selfheal_log_rows_replayed", "Dead-letter rows later written to the lake", "table"
         )
-        self.log_write_failures = Counter(
-            "selfheal_log_write_failures", "Lake appends that failed", ["table"], registry=r
-        )
-        self.log_rows_dropped = Counter(
-            "selfheal_log_rows_dropped", "Rows dropped because the log queue was full or unwritable", registry=r
+        self.log_write_failures = self._counter("selfheal_log_write_failures", "Lake appends that failed", "table")
+        self.log_rows_dropped = self._counter(
+            "selfheal_log_rows_dropped", "Rows dropped because the log queue was full or unwritable"
         )
 
     def render(self) -> tuple[bytes, str]:

@@ -5,7 +5,7 @@ DataFrame per micro-batch and, for classifiers, one ``predict_proba`` from which
 the label (argmax) and the score come, so each batch is one model call.
 
 Example:
-    >>> model = LoadedModel.load(registry, ref, threads=1)
+    >>> model = LoadedModel.load(registry, ref, ModelThreads(per_call=1, pool=2))
     >>> result = model.predict(columns)          # columns from FeatureSchema.validate
     >>> result.labels, result.values, result.scores
 """
@@ -22,7 +22,10 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
+from mlflow.models import Model
+from threadpoolctl import threadpool_limits
 
+from serving.modelio import load_sklearn_model
 from serving.registry import ModelLoadFailed, ModelRegistry, ModelVersionRef
 from serving.schema import FeatureSchema, UnsupportedSignature
 
@@ -54,8 +57,6 @@ class Prediction:
 
 
 def _set_threads(threads: int) -> None:
-    from threadpoolctl import threadpool_limits
-
     threadpool_limits(threads)
 
 
@@ -65,6 +66,22 @@ def _numeric_values(labels: np.ndarray[Any, Any], classes: np.ndarray[Any, Any] 
     if classes is not None:
         return np.searchsorted(classes, labels).astype(np.float64)
     return np.full(len(labels), np.nan)
+
+
+@dataclass(frozen=True)
+class ModelThreads:
+    """The threads of one loaded model version.
+
+    Attributes:
+        per_call: OpenMP/BLAS threads per prediction call (several workers already share the cores).
+        pool: prediction threads (one per batch that may predict at once); a hung model blocks only these.
+
+    Example:
+        >>> ModelThreads(per_call=1, pool=2)
+    """
+
+    per_call: int = 1
+    pool: int = 2
 
 
 class LoadedModel:
@@ -80,9 +97,7 @@ class LoadedModel:
         model: Any,
         schema: FeatureSchema,
         example: Any = None,
-        *,
-        threads: int = 1,
-        pool_size: int = 2,
+        threads: ModelThreads | None = None,
     ) -> None:
         self.ref = ref
         self.version = ref.version
@@ -96,30 +111,25 @@ class LoadedModel:
             self.task = "binary" if len(self.classes) == 2 else "multiclass"
         # A threshold-tuned classifier's predict is not the argmax of its probabilities.
         self._argmax_is_predict = self.task != "regression" and not _has_threshold(model)
+        threads = threads or ModelThreads()
         self.pool = ThreadPoolExecutor(
-            max_workers=pool_size,
+            max_workers=threads.pool,
             thread_name_prefix=f"model-v{ref.version}",
             initializer=_set_threads,
-            initargs=(threads,),
+            initargs=(threads.per_call,),
         )
 
     def __repr__(self) -> str:
         return f"LoadedModel({self.ref.name!r}, version={self.version!r}, task={self.task!r})"
 
     @classmethod
-    def load(
-        cls, registry: ModelRegistry, ref: ModelVersionRef, *, threads: int = 1, pool_size: int = 2
-    ) -> LoadedModel:
+    def load(cls, registry: ModelRegistry, ref: ModelVersionRef, threads: ModelThreads | None = None) -> LoadedModel:
         """Download, load and warm up ``ref``.
 
         Raises:
             ModelLoadFailed: the artifacts are missing or corrupt, the signature
                 cannot be served, or the model fails on its own input example.
         """
-        from mlflow.models import Model
-
-        from serving.modelio import load_sklearn_model
-
         folder = tempfile.mkdtemp(prefix=f"selfheal-model-{ref.version}-")
         try:
             path = registry.download(ref, into=folder)
@@ -130,11 +140,11 @@ class LoadedModel:
                 example = meta.load_input_example(path)
             except UnsupportedSignature as exc:
                 raise ModelLoadFailed(ref.name, ref.version, str(exc)) from exc
-            except Exception as exc:
+            except Exception as exc:  # unpickling/loading foreign artifacts can raise anything; the cause is chained
                 raise ModelLoadFailed(ref.name, ref.version, f"{type(exc).__name__}: {exc}") from exc
         finally:
             shutil.rmtree(folder, ignore_errors=True)
-        loaded = cls(ref, model, schema, example, threads=threads, pool_size=pool_size)
+        loaded = cls(ref, model, schema, example, threads)
         loaded.warm_up()
         return loaded
 
@@ -150,7 +160,7 @@ class LoadedModel:
             frame = self.example[list(self.schema.names)]
             columns = {name: frame[name].tolist() for name in self.schema.names}
             self.pool.submit(self.predict, columns).result(timeout=60)
-        except Exception as exc:
+        except Exception as exc:  # the model's own code may raise anything: any failure keeps it from going live
             self.pool.shutdown(wait=False)
             raise ModelLoadFailed(
                 self.ref.name, self.version, f"it fails on its own input example: {type(exc).__name__}: {exc}"

@@ -12,6 +12,7 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Iterable
+from importlib.metadata import version
 from typing import Any
 
 import mlflow
@@ -70,8 +71,6 @@ def log_sklearn_model(
 
 def pip_requirements() -> list[str]:
     """The packages a logged model needs, pinned to the versions that trained it."""
-    from importlib.metadata import version
-
     return [f"{name}=={version(name)}" for name in ("scikit-learn", "skops", "numpy", "pandas", "scipy")]
 
 

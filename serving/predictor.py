@@ -75,34 +75,20 @@ class Predictor:
             ServingUnavailable: no model is loaded and there is no baseline.
         """
         if variant == "challenger" and models.challenger is not None:
-            admission = self.challenger_breaker.admit()
-            if admission is not None:
-                try:
-                    prediction = await self._call(models.challenger, columns)
-                except Exception as exc:
-                    self.challenger_breaker.record(admission, exc)
-                    self._failed("challenger", models.challenger, exc)
-                else:
-                    self.challenger_breaker.record(admission, None)
-                    return Outcome(prediction, models.challenger.version, "primary", "challenger")
+            prediction = await self._guarded(self.challenger_breaker, "challenger", models.challenger, columns)
+            if prediction is not None:
+                return Outcome(prediction, models.challenger.version, "primary", "challenger")
             outcome = await self.predict(models, columns)
             served_by: ServedBy = "fallback" if outcome.served_by == "primary" else outcome.served_by
             return Outcome(outcome.prediction, outcome.model_version, served_by, "challenger")
         if models.primary is not None:
-            admission = self.breaker.admit()
-            if admission is not None:
-                try:
-                    prediction = await self._call(models.primary, columns)
-                except Exception as exc:
-                    self.breaker.record(admission, exc)
-                    self._failed("primary", models.primary, exc)
-                else:
-                    self.breaker.record(admission, None)
-                    return Outcome(prediction, models.primary.version, "primary")
+            prediction = await self._guarded(self.breaker, "primary", models.primary, columns)
+            if prediction is not None:
+                return Outcome(prediction, models.primary.version, "primary")
         if models.fallback is not None:
             try:
                 prediction = await self._call(models.fallback, columns)
-            except Exception as exc:
+            except Exception as exc:  # any failure of the model's code: the baseline answers instead
                 self._failed("fallback", models.fallback, exc)
             else:
                 return Outcome(prediction, models.fallback.version, "fallback")
@@ -110,6 +96,22 @@ class Predictor:
             rows = len(next(iter(columns.values())))
             return Outcome(models.baseline.predict(rows), models.baseline.version, "baseline")
         raise ServingUnavailable("no model could answer: none is loaded yet (see GET /ready for the last load error)")
+
+    async def _guarded(
+        self, breaker: ModelBreaker, role: str, model: LoadedModel, columns: dict[str, list[Any]]
+    ) -> Prediction | None:
+        """The model's prediction when its breaker admits the call and it succeeds; None: the next in line answers."""
+        admission = breaker.admit()
+        if admission is None:
+            return None
+        try:
+            prediction = await self._call(model, columns)
+        except Exception as exc:  # any failure of the model's code counts against its breaker, then falls back
+            breaker.record(admission, exc)
+            self._failed(role, model, exc)
+            return None
+        breaker.record(admission, None)
+        return prediction
 
     async def _call(self, model: LoadedModel, columns: dict[str, list[Any]]) -> Prediction:
         loop = asyncio.get_running_loop()

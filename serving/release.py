@@ -41,7 +41,7 @@ from dataclasses import asdict, dataclass, field, replace
 from itertools import chain
 from typing import TYPE_CHECKING, Any, Literal
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # types only: flows.release imports this module, and serving.model pulls in MLflow
     from serving.model import LoadedModel, Prediction
 
 logger = logging.getLogger(__name__)
@@ -165,6 +165,7 @@ class ShadowMirror:
         self.max_rows = max_rows
         self.dropped = 0
         self._thread: threading.Thread | None = None
+        self._failing: set[str] = set()  # challenger versions whose failure was logged at warning once
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="shadow-mirror", daemon=True)
@@ -219,13 +220,16 @@ class ShadowMirror:
         prediction: Prediction | None
         try:
             prediction = model.predict(columns)
-        except Exception as exc:  # noqa: BLE001 - a failing challenger is a measurement, not a crash
-            logger.debug("shadow challenger v%s failed: %s", model.version, exc)
+        except Exception as exc:  # noqa: BLE001 - a failing challenger is a measurement (counted), not a crash
+            # One warning per version says it fails; shadow_rows{outcome="failed"} counts every batch.
+            level = logging.DEBUG if model.version in self._failing else logging.WARNING
+            self._failing.add(model.version)
+            logger.log(level, "shadow challenger v%s failed: %s: %s", model.version, type(exc).__name__, exc)
             prediction = None
         elapsed_ms = (time.perf_counter() - started) * 1000.0
         try:
             self._on_predicted(model, items, prediction, elapsed_ms)
-        except Exception:
+        except Exception:  # the shadow thread must outlive a bug in the recording hook
             logger.exception("recording shadow predictions failed")
 
 

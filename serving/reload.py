@@ -34,11 +34,11 @@ import os
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from checkpoints.exceptions import RegistryUnavailable, SelfhealError
-from serving.model import Baseline, LoadedModel
+from serving.model import Baseline, LoadedModel, ModelThreads
 from serving.registry import ModelLoadFailed, ModelRegistry, ModelVersionRef
 from serving.release import RELEASE_TAG, ReleaseState
 from serving.schema import FeatureSchema
@@ -164,6 +164,16 @@ class ReloadReport:
 
 
 @dataclass(frozen=True)
+class _Targets:
+    """What the registry aliases (and any rollback pin) say a worker should serve."""
+
+    champion: ModelVersionRef | None
+    fallback: ModelVersionRef | None
+    pin: Pin | None
+    release: ReleaseState | None
+
+
+@dataclass(frozen=True)
 class WatchPolicy:
     """How a worker follows the registry.
 
@@ -172,13 +182,17 @@ class WatchPolicy:
     """
 
     champion_alias: str = "champion"
+    """The alias of the version to serve."""
     fallback_alias: str = "previous"
+    """The alias of the version that answers when the primary fails (and that a rollback serves)."""
     poll_seconds: float = 10.0
+    """How often the aliases are looked up."""
     control_check_seconds: float = 0.5
-    model_threads: int = 1
-    pool_size: int = 2
+    """How often the control file is read for an admin action taken on another worker."""
     failed_retry_seconds: float = 60.0
     """A version that failed to load is tried again by the poll after this long (at once by an admin reload)."""
+    threads: ModelThreads = field(default_factory=ModelThreads)
+    """The threads each loaded version gets."""
 
 
 class ModelWatcher:
@@ -259,47 +273,8 @@ class ModelWatcher:
                 kept_primary, kept_fallback = current.versions()
                 return ReloadReport(kept_primary, kept_fallback, False, (str(exc),), current.pin, wanted=None)
             errors: list[str] = []
-            loaded = {m.version: m for m in (current.primary, current.fallback, current.challenger) if m is not None}
-            primary, failed = self._get(champion, loaded, errors, force)
-            if failed or primary is None:
-                primary = current.primary  # the old one keeps serving
-            fallback, failed = self._get(fallback_ref, loaded, errors, force)
-            if failed:
-                fallback = current.fallback
-            if fallback is not None and primary is not None and fallback.version == primary.version:
-                fallback = None
-            baseline = current.baseline
-            if primary is not None and (current.primary is None or primary.version != current.primary.version):
-                baseline = self._baseline(primary) or baseline
-            elif baseline is None and fallback is not None:
-                baseline = self._baseline(fallback)
-            challenger = None
-            if release is not None:
-                ref = ModelVersionRef(self.registry.model_name, release.challenger)
-                challenger, failed = self._get(ref, loaded, errors, force)
-                if failed:
-                    challenger = current.challenger if current.release == release else None
-            new = ModelSet(primary, fallback, baseline, pin, challenger, release if challenger else None)
-            changed = (
-                new.versions() != current.versions()
-                or new.pin != current.pin
-                or new.release != current.release
-                or new.challenger is not current.challenger
-            )
-            if changed:
-                self._models = new
-                logger.info(
-                    "serving %s version %s (fallback %s%s%s)",
-                    self.registry.model_name,
-                    new.versions()[0],
-                    new.versions()[1],
-                    f", pinned by a rollback from {pin.champion_at_rollback}" if pin else "",
-                    f", {new.release.mode} challenger v{new.release.challenger} at {new.release.share:.0%}"
-                    if new.routing is not None and new.release is not None
-                    else "",
-                )
-                if self._on_swap is not None:
-                    self._on_swap(current, new)
+            new = self._assemble(current, _Targets(champion, fallback_ref, pin, release), errors, force)
+            changed = self._swap(current, new)
             self.last_refresh = time.time()
             if errors:
                 self._report_error("; ".join(errors))
@@ -307,6 +282,57 @@ class ModelWatcher:
                 self.last_error = None
             wanted = champion.version if champion is not None else None
             return ReloadReport(*new.versions(), changed, tuple(errors), pin, wanted)
+
+    def _assemble(self, current: ModelSet, targets: _Targets, errors: list[str], force: bool) -> ModelSet:
+        """The set to serve: the targets, loaded (or reused), with what serves now kept where a load failed."""
+        loaded = {m.version: m for m in (current.primary, current.fallback, current.challenger) if m is not None}
+        primary, failed = self._get(targets.champion, loaded, errors, force)
+        if failed or primary is None:
+            primary = current.primary  # the old one keeps serving
+        fallback, failed = self._get(targets.fallback, loaded, errors, force)
+        if failed:
+            fallback = current.fallback
+        if fallback is not None and primary is not None and fallback.version == primary.version:
+            fallback = None
+        baseline = current.baseline
+        if primary is not None and (current.primary is None or primary.version != current.primary.version):
+            baseline = self._baseline(primary) or baseline
+        elif baseline is None and fallback is not None:
+            baseline = self._baseline(fallback)
+        release = targets.release
+        challenger = None
+        if release is not None:
+            ref = ModelVersionRef(self.registry.model_name, release.challenger)
+            challenger, failed = self._get(ref, loaded, errors, force)
+            if failed:
+                challenger = current.challenger if current.release == release else None
+        return ModelSet(primary, fallback, baseline, targets.pin, challenger, release if challenger else None)
+
+    def _swap(self, current: ModelSet, new: ModelSet) -> bool:
+        """Serve ``new`` if it differs from ``current``; whether it did."""
+        changed = (
+            new.versions() != current.versions()
+            or new.pin != current.pin
+            or new.release != current.release
+            or new.challenger is not current.challenger
+        )
+        if not changed:
+            return False
+        self._models = new
+        pin = new.pin
+        logger.info(
+            "serving %s version %s (fallback %s%s%s)",
+            self.registry.model_name,
+            new.versions()[0],
+            new.versions()[1],
+            f", pinned by a rollback from {pin.champion_at_rollback}" if pin else "",
+            f", {new.release.mode} challenger v{new.release.challenger} at {new.release.share:.0%}"
+            if new.routing is not None and new.release is not None
+            else "",
+        )
+        if self._on_swap is not None:
+            self._on_swap(current, new)
+        return True
 
     def _targets(self, control: ControlState) -> tuple[ModelVersionRef | None, ModelVersionRef | None, Pin | None]:
         champion = self.registry.by_alias(self.policy.champion_alias)
@@ -345,9 +371,7 @@ class ModelWatcher:
         if not force and time.monotonic() < self._failed.get(ref.version, 0.0):
             return None, True
         try:
-            model = LoadedModel.load(
-                self.registry, ref, threads=self.policy.model_threads, pool_size=self.policy.pool_size
-            )
+            model = LoadedModel.load(self.registry, ref, self.policy.threads)
         except (ModelLoadFailed, RegistryUnavailable) as exc:
             self._failed[ref.version] = time.monotonic() + self.policy.failed_retry_seconds
             errors.append(str(exc))
@@ -364,8 +388,8 @@ class ModelWatcher:
     def _baseline(self, model: LoadedModel) -> Baseline | None:
         try:
             return Baseline.from_model(model)
-        except Exception as exc:  # a baseline is a nicety; never let it block a reload
-            logger.warning("version %s: no baseline could be derived: %s", model.version, exc)
+        except Exception as exc:  # it runs the model's own code; a baseline is a nicety, never block a reload
+            logger.warning("version %s: no baseline could be derived: %s: %s", model.version, type(exc).__name__, exc)
             return None
 
     def _report_error(self, message: str) -> None:
@@ -390,7 +414,7 @@ class ModelWatcher:
                     self.refresh(force=True)
                 elif time.monotonic() >= next_poll:
                     self.refresh()
-            except Exception:
+            except Exception:  # the watcher thread must survive a bug, or the worker never reloads again
                 logger.exception("model refresh failed; the current models keep serving")
             if time.monotonic() >= next_poll:
                 next_poll = time.monotonic() + self.policy.poll_seconds

@@ -221,40 +221,7 @@ class FeatureSchema:
         Raises:
             RequestInvalid: naming each bad field with the type it should have.
         """
-        single = False
-        prefix: tuple[Any, ...] = ("body",)
-        if isinstance(payload, dict):
-            if "dataframe_records" in payload and len(payload) == 1 and "dataframe_records" not in self._name_set:
-                records = payload["dataframe_records"]
-                prefix = ("body", "dataframe_records")
-                if not isinstance(records, list):
-                    raise RequestInvalid([_err(prefix, "expected an array of records", "list_type")])
-            else:
-                records, single = [payload], True
-        elif isinstance(payload, list):
-            records = payload
-        else:
-            raise RequestInvalid(
-                [
-                    _err(
-                        prefix,
-                        f"expected a JSON object (one record) or an array of records, got {_describe(payload)}",
-                        "body_type",
-                    )
-                ]
-            )
-        if not records:
-            raise RequestInvalid([_err(prefix, "expected at least one record, got an empty array", "too_short")])
-        if len(records) > max_rows:
-            raise RequestInvalid(
-                [
-                    _err(
-                        prefix,
-                        f"at most {max_rows} records per request, got {len(records)}; split the request",
-                        "too_long",
-                    )
-                ]
-            )
+        records, prefix, single = _records(payload, self._name_set, max_rows)
         columns: dict[str, list[Any]] = {name: [] for name in self.names}
         appenders = [
             (name, check, required, kind, columns[name].append) for name, check, required, kind in self._checks
@@ -266,37 +233,36 @@ class FeatureSchema:
                 errors.append(
                     _err(loc, f"expected an object with the model's fields, got {_describe(record)}", "dict_type")
                 )
-                if len(errors) >= _MAX_ERRORS:
-                    break
-                continue
-            if len(record) > len(self.names) or not self._name_set.issuperset(record):
-                for extra in [k for k in record if k not in self._name_set][:_MAX_ERRORS]:
-                    errors.append(
-                        _err(
-                            (*loc, extra),
-                            f"unexpected field; the model takes: {', '.join(self.names)}",
-                            "extra_forbidden",
-                        )
-                    )
-            for name, check, required, kind, append in appenders:
-                value = record.get(name, _MISSING)
-                if value is None or value is _MISSING:
-                    if required:
-                        what = "field required" if value is _MISSING else "must not be null"
-                        errors.append(_err((*loc, name), f"{what}: expected {_TYPE_WORDS[kind]}", "missing", kind))
-                    append(None)
-                    continue
-                try:
-                    append(check(value))
-                except _Bad as bad:
-                    msg = f"value {bad}" if str(bad) else f"expected {_TYPE_WORDS[kind]}, got {_describe(value)}"
-                    errors.append(_err((*loc, name), msg, f"{kind}_type", kind))
-                    append(None)
+            else:
+                self._check_record(record, loc, appenders, errors)
             if len(errors) >= _MAX_ERRORS:
                 break
         if errors:
             raise RequestInvalid(errors[:_MAX_ERRORS])
         return columns, len(records), single
+
+    def _check_record(
+        self, record: dict[str, Any], loc: tuple[Any, ...], appenders: list[_Appender], errors: list[dict[str, Any]]
+    ) -> None:
+        """Append one record's checked values to the columns (None where bad), and its errors to ``errors``."""
+        if len(record) > len(self.names) or not self._name_set.issuperset(record):
+            msg = f"unexpected field; the model takes: {', '.join(self.names)}"
+            for extra in [k for k in record if k not in self._name_set][:_MAX_ERRORS]:
+                errors.append(_err((*loc, extra), msg, "extra_forbidden"))
+        for name, check, required, kind, append in appenders:
+            value = record.get(name, _MISSING)
+            if value is None or value is _MISSING:
+                if required:
+                    what = "field required" if value is _MISSING else "must not be null"
+                    errors.append(_err((*loc, name), f"{what}: expected {_TYPE_WORDS[kind]}", "missing", kind))
+                append(None)
+                continue
+            try:
+                append(check(value))
+            except _Bad as bad:
+                msg = f"value {bad}" if str(bad) else f"expected {_TYPE_WORDS[kind]}, got {_describe(value)}"
+                errors.append(_err((*loc, name), msg, f"{kind}_type", kind))
+                append(None)
 
     # -- conversion --------------------------------------------------------
     def frame(self, columns: dict[str, list[Any]]) -> pd.DataFrame:
@@ -339,3 +305,36 @@ def _err(loc: tuple[Any, ...], msg: str, kind: str, expected: str | None = None)
     if expected is not None:
         error["expected"] = expected
     return error
+
+
+#: (name, checker, required, MLflow type, the column's append) for each column of a request.
+_Appender = tuple[str, Callable[[Any], Any], bool, str, Callable[[Any], None]]
+
+
+def _records(payload: Any, names: frozenset[str], max_rows: int) -> tuple[list[Any], tuple[Any, ...], bool]:
+    """The records of a body, where errors about them point, and whether the body was one record.
+
+    Raises:
+        RequestInvalid: the body is not a record or a non-empty array of at most ``max_rows`` records.
+    """
+    single = False
+    prefix: tuple[Any, ...] = ("body",)
+    if isinstance(payload, dict):
+        if "dataframe_records" in payload and len(payload) == 1 and "dataframe_records" not in names:
+            records = payload["dataframe_records"]
+            prefix = ("body", "dataframe_records")
+            if not isinstance(records, list):
+                raise RequestInvalid([_err(prefix, "expected an array of records", "list_type")])
+        else:
+            records, single = [payload], True
+    elif isinstance(payload, list):
+        records = payload
+    else:
+        msg = f"expected a JSON object (one record) or an array of records, got {_describe(payload)}"
+        raise RequestInvalid([_err(prefix, msg, "body_type")])
+    if not records:
+        raise RequestInvalid([_err(prefix, "expected at least one record, got an empty array", "too_short")])
+    if len(records) > max_rows:
+        msg = f"at most {max_rows} records per request, got {len(records)}; split the request"
+        raise RequestInvalid([_err(prefix, msg, "too_long")])
+    return records, prefix, single

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import importlib
 import logging
 import os
 import shutil
@@ -37,6 +38,7 @@ logger = logging.getLogger(__name__)
 
 
 def _child_exit(server: Any, worker: Any) -> None:
+    # prometheus_client picks its multiprocess mode at import: only after prepare_runtime() set it.
     from serving.metrics import mark_worker_dead
 
     mark_worker_dead(worker.pid)
@@ -54,6 +56,8 @@ class ModelServerApplication(BaseApplication):  # type: ignore[misc]
             self.cfg.set(key, value)
 
     def load(self) -> Any:
+        # After main() set OMP_NUM_THREADS and PROMETHEUS_MULTIPROC_DIR, which numpy and prometheus_client
+        # read at import; and `python -m serving --help` stays instant.
         from serving.app import create_app
 
         _import_heavy_modules()
@@ -83,8 +87,6 @@ _HEAVY_MODULES = (
 
 
 def _import_heavy_modules() -> None:
-    import importlib
-
     for name in _HEAVY_MODULES:
         try:
             importlib.import_module(name)

@@ -17,7 +17,7 @@ from typing import Any
 import pyarrow as pa
 
 from checkpoints import Lake
-from serving.batching import MicroBatcher, PendingRequest
+from serving.batching import BatchPolicy, MicroBatcher, PendingRequest
 from serving.breaker import STATE_CODES
 from serving.inference_log import (
     FEEDBACK_SCHEMA,
@@ -28,7 +28,7 @@ from serving.inference_log import (
     inference_schema,
 )
 from serving.metrics import ServingMetrics
-from serving.model import LoadedModel, Prediction
+from serving.model import LoadedModel, ModelThreads, Prediction
 from serving.predictor import Outcome, Predictor
 from serving.registry import ModelRegistry
 from serving.release import SHADOW_TABLE, ShadowItem, ShadowMirror, routes_to_challenger
@@ -68,8 +68,7 @@ class ServingState:
                 fallback_alias=settings.fallback_alias,
                 poll_seconds=settings.poll_seconds,
                 control_check_seconds=settings.control_check_seconds,
-                model_threads=settings.model_threads,
-                pool_size=settings.max_inflight_batches,
+                threads=ModelThreads(per_call=settings.model_threads, pool=settings.max_inflight_batches),
             ),
             on_swap=self._swapped,
             on_reload=lambda outcome: m.model_reloads.labels(outcome).inc(),
@@ -107,13 +106,12 @@ class ServingState:
             self.log.start()
 
     def start_batcher(self) -> None:
-        self.batcher = MicroBatcher(
-            self.predictor,
+        policy = BatchPolicy(
             max_batch_rows=self.settings.max_batch_rows,
             max_inflight=self.settings.max_inflight_batches,
             stall_seconds=self.settings.batch_stall_seconds,
-            on_answered=self._answered,
         )
+        self.batcher = MicroBatcher(self.predictor, policy, on_answered=self._answered)
         self.batcher.start()
 
     async def stop(self) -> None:

@@ -3,12 +3,24 @@
 from __future__ import annotations
 
 import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
 from serving.breaker import CLOSED, HALF_OPEN, OPEN, Admission, BreakerPolicy, ModelBreaker
+
+
+class FakeClock:
+    """A monotonic clock the test moves by hand."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
 
 
 def fail(breaker: ModelBreaker, times: int) -> None:
@@ -31,20 +43,24 @@ def test_opens_after_fail_max_consecutive_failures() -> None:
 
 
 def test_half_open_lets_one_probe_through_then_closes_or_reopens() -> None:
-    breaker = ModelBreaker(BreakerPolicy(fail_max=1, reset_seconds=0.05))
+    clock = FakeClock()
+    states: list[str] = []
+    breaker = ModelBreaker(BreakerPolicy(fail_max=1, reset_seconds=0.05), on_state_change=states.append, clock=clock)
     fail(breaker, 1)
-    assert breaker.admit() is None
-    time.sleep(0.06)
+    clock.advance(0.04)
+    assert breaker.admit() is None  # not due yet
+    clock.advance(0.02)
     probe = breaker.admit()
     assert probe is Admission.PROBE
     assert breaker.admit() is None  # only one probe at a time
     breaker.record(probe, RuntimeError("still down"))
     assert breaker.state == OPEN and breaker.admit() is None  # reopened, timer restarted
-    time.sleep(0.06)
+    clock.advance(0.06)
     probe = breaker.admit()
     assert probe is Admission.PROBE
     breaker.record(probe, None)
     assert breaker.state == CLOSED and breaker.admit() is Admission.NORMAL
+    assert states == [OPEN, HALF_OPEN, OPEN, HALF_OPEN, CLOSED]
 
 
 def test_a_late_result_from_before_the_breaker_opened_is_not_counted() -> None:
