@@ -21,10 +21,14 @@ import yaml
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
-from checkpoints.exceptions import ConfigError
+from checkpoints.exceptions import SelfhealError
 
 DEFAULT_CONFIG_FILE = "selfheal.yaml"
 Task = Literal["binary", "multiclass", "regression"]
+
+
+class ConfigError(SelfhealError):
+    """The configuration is invalid; the message names the key path."""
 
 
 class _Section(BaseModel):

@@ -9,10 +9,11 @@ import time
 from pathlib import Path
 
 from checkpoints import Lake
-from checkpoints.exceptions import RemedyFailed, SelfhealError
+from checkpoints.exceptions import SelfhealError
 from checkpoints.incidents import INCIDENTS, IncidentLog, summarize, to_report
 from flows.config import load_config
 from flows.healer.machine import HealerLoop
+from flows.healer.remedies import RemedyFailed
 
 
 def cli_heal(args: argparse.Namespace) -> int:

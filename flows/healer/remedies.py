@@ -27,13 +27,17 @@ from typing import Any
 import httpx
 
 from checkpoints import Lake
-from checkpoints.exceptions import RemedyFailed
+from checkpoints.exceptions import SelfhealError
 from checkpoints.incidents import Incident
 from flows.config import SelfhealConfig
 from flows.monitor.scrape import http_client
 from flows.registry import CHAMPION, LIGHT, PREVIOUS, Registry
 
 logger = logging.getLogger(__name__)
+
+
+class RemedyFailed(SelfhealError):
+    """A healing remedy could not be applied."""
 
 
 @dataclass(frozen=True)

@@ -40,7 +40,7 @@ from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
 from checkpoints import Lake
-from checkpoints.exceptions import ReleaseError
+from checkpoints.exceptions import SelfhealError
 from checkpoints.incidents import IncidentLog, State, new_incident_id
 from flows.config import SelfhealConfig, load_config
 from flows.registry import CHALLENGER, CHAMPION, Registry
@@ -70,6 +70,10 @@ _ANALYSIS_SCHEMA = pa.schema(
         ("verdict", pa.string()),
     ]
 )
+
+
+class ReleaseError(SelfhealError):
+    """A shadow/canary release cannot be started, promoted or aborted as asked (the message says why)."""
 
 
 # -- the state in the registry -------------------------------------------------------------

@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy import stats
 
-from checkpoints.exceptions import ConfigError
+from flows.config import ConfigError
 from flows.monitor.detectors import (
     ConsecutiveWindows,
     DriftThresholds,

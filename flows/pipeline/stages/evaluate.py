@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from checkpoints.exceptions import PromotionRejected
+from flows.pipeline.exceptions import PromotionRejected
 
 LOWER_IS_BETTER = frozenset({"rmse", "mae", "log_loss"})
 
