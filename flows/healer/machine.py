@@ -20,20 +20,18 @@ later observation in which its cause is quiet.
 from __future__ import annotations
 
 import logging
-import os
-import socket
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
-import pyarrow as pa
 import pyarrow.compute as pc
 from prefect import flow, get_run_logger
 
 from checkpoints import Lake
 from checkpoints.exceptions import RegistryUnavailable
 from checkpoints.incidents import Incident, IncidentLog, State, to_report
+from checkpoints.leases import claim
 from flows.config import SelfhealConfig, load_config
 from flows.healer.diagnosis import Cause, Context, Diagnosis, diagnose
 from flows.healer.remedies import HealContext, Outcome, get_remedy, server_ready, tracking_store_error
@@ -43,10 +41,8 @@ from flows.registry import CHAMPION, Registry
 
 logger = logging.getLogger(__name__)
 
-LEASES = "_incident_leases"
 _PROMOTING_REMEDIES = {"retrain", "rollback", "light_model"}
 _QUALITY_KINDS = {SignalKind.PERFORMANCE_DROP, SignalKind.CONCEPT_DRIFT, SignalKind.PREDICTION_DRIFT}
-LEASE_SECONDS = 600.0
 #: Causes only the monitor's statistics reveal: verified on a window evaluated after the repair.
 _MONITOR_CAUSES = {Cause.DATA_DRIFT, Cause.CONCEPT_DRIFT, Cause.BAD_DEPLOY, Cause.LATENCY, Cause.STALE_DATA}
 
@@ -95,52 +91,6 @@ def probe_quarantine(ctx: HealContext, since: datetime, now: datetime) -> list[S
         return []
     files = [{"source": r.source, "stored_at": r.stored_at, "reason": r.reason} for r in fresh]
     return [_probe_signal(SignalKind.DATA_QUALITY, {"quarantined": files}, now)]
-
-
-# -- leases --------------------------------------------------------------------------------
-_LEASE_SCHEMA = pa.schema(
-    [
-        ("incident_id", pa.string()),
-        ("n", pa.int64()),
-        ("host", pa.string()),
-        ("pid", pa.int64()),
-        ("expires_at", pa.timestamp("us", tz="UTC")),
-    ]
-)
-
-
-def _alive(host: str, pid: int) -> bool:
-    if host != socket.gethostname():
-        return True  # another machine: trust the expiry time
-    try:
-        os.kill(pid, 0)
-    except OSError:
-        return False
-    return True
-
-
-def claim(lake: Lake, incident_id: str, now: datetime) -> bool:
-    """Hold the incident for this process; False when a live healer holds it."""
-    latest: dict[str, Any] | None = None
-    if lake.exists(LEASES):
-        table = lake.read(LEASES)
-        mine = table.filter(pc.equal(table.column("incident_id"), incident_id)).to_pylist()
-        latest = max(mine, key=lambda r: r["n"]) if mine else None
-    if latest is not None:
-        if latest["host"] == socket.gethostname() and latest["pid"] == os.getpid() and latest["expires_at"] > now:
-            return True
-        if latest["expires_at"] > now and _alive(latest["host"], latest["pid"]):
-            return False
-    n = (latest["n"] + 1) if latest else 0
-    row = {
-        "incident_id": incident_id,
-        "n": n,
-        "host": socket.gethostname(),
-        "pid": os.getpid(),
-        "expires_at": now + timedelta(seconds=LEASE_SECONDS),
-    }
-    won = lake.append_once(LEASES, pa.Table.from_pylist([row], schema=_LEASE_SCHEMA), key=f"lease:{incident_id}:{n}")
-    return not won.duplicate
 
 
 # -- budget ------------------------------------------------------------------------------
