@@ -63,7 +63,7 @@ class _Round:
     measurement: int
     ts: datetime
     challenger_version: str
-    champion_version: str
+    champion_version: str | None
     mode: str
     share: float
 
