@@ -25,7 +25,7 @@ from datetime import datetime
 from typing import Any, Literal
 
 import pyarrow as pa
-import pyarrow.dataset as ds
+import pyarrow.compute as pc
 from deltalake import CommitProperties, DeltaTable, Transaction, write_deltalake
 from deltalake.exceptions import CommitFailedError, DeltaError, SchemaMismatchError, TableNotFoundError
 
@@ -34,6 +34,7 @@ from checkpoints.exceptions import CheckpointCorrupted, CheckpointError, Checkpo
 from checkpoints.maintenance import MaintenanceReport, maintain
 from checkpoints.manifests import Manifest, last_complete, list_manifests, rollback_to, write_manifest
 from checkpoints.quarantine import QuarantineRecord, list_quarantined, quarantine
+from checkpoints.scan import last_commit, scan, snapshot_rows, window
 
 logger = logging.getLogger(__name__)
 
@@ -188,20 +189,29 @@ class Lake:
         if version is not None and as_of is not None:
             raise ValueError("give version or as_of, not both")
         dt = self._open(table, version if version is not None else as_of)
-        try:
-            if not self.storage.local:
-                return dt.to_pyarrow_table(columns=columns)
-            # Local tables: read the snapshot's files with pyarrow's own filesystem. Going
-            # through delta-rs's filesystem bridge intermittently aborts the interpreter at
-            # exit ("terminate called without an active exception"; delta-rs#2184).
-            schema = pa.schema(dt.schema().to_arrow())
-            files = [uri.removeprefix("file://") for uri in dt.file_uris()]
-        except DeltaError as exc:
-            raise CheckpointError(f"table {table!r}: cannot read: {exc}") from exc
-        if not files:
-            empty = schema.empty_table()
-            return empty.select(columns) if columns else empty
-        return ds.dataset(files, schema=schema, format="parquet").to_table(columns=columns)
+        return snapshot_rows(self, dt, table, columns=columns)
+
+    def scan(
+        self,
+        table: str,
+        where: pc.Expression | None = None,
+        *,
+        version: int | None = None,
+        columns: list[str] | None = None,
+        after: tuple[str, datetime] | None = None,
+    ) -> pa.Table | None:
+        """Rows of ``table`` matching ``where``, None if there is no such table (see ``checkpoints.scan``)."""
+        return scan(self, table, where, version=version, columns=columns, after=after)
+
+    def window(
+        self, table: str, column: str, start: datetime | None, end: datetime, columns: list[str] | None = None
+    ) -> pa.Table | None:
+        """Rows with ``start < column <= end``, opening only files that may hold them (None: no such table)."""
+        return window(self, table, column, start, end, columns)
+
+    def last_commit(self, table: str) -> datetime | None:
+        """When ``table`` was last written (None if never)."""
+        return last_commit(self, table)
 
     def has_key(self, table: str, key: str) -> bool:
         """Whether an append with idempotency ``key`` was committed to ``table``."""
