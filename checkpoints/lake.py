@@ -34,7 +34,7 @@ from checkpoints.exceptions import CheckpointCorrupted, CheckpointError, Checkpo
 from checkpoints.maintenance import MaintenanceReport, maintain
 from checkpoints.manifests import Manifest, last_complete, list_manifests, rollback_to, write_manifest
 from checkpoints.quarantine import QuarantineRecord, list_quarantined, quarantine
-from checkpoints.scan import last_commit, scan, snapshot_rows, window
+from checkpoints.scan import last_commit, snapshot_rows, window
 
 logger = logging.getLogger(__name__)
 
@@ -200,8 +200,19 @@ class Lake:
         columns: list[str] | None = None,
         after: tuple[str, datetime] | None = None,
     ) -> pa.Table | None:
-        """Rows of ``table`` matching ``where``, None if there is no such table (see ``checkpoints.scan``)."""
-        return scan(self, table, where, version=version, columns=columns, after=after)
+        """Rows of ``table`` (at ``version``, default newest) matching ``where``; None if no such table.
+
+        For tables other processes append to: no emptiness check of the newest log entry
+        (that is ``read``'s); a delta-rs error becomes ``CheckpointError``. ``after`` skips
+        files by their statistics (see ``checkpoints.scan.snapshot_rows``).
+        """
+        if not self.exists(table):
+            return None
+        try:
+            dt = DeltaTable(self.uri(table), version=version, storage_options=self.storage_options)
+        except DeltaError as exc:
+            raise CheckpointError(f"table {table!r}: cannot read: {exc}") from exc
+        return snapshot_rows(self, dt, table, where, columns, after)
 
     def window(
         self, table: str, column: str, start: datetime | None, end: datetime, columns: list[str] | None = None

@@ -73,29 +73,6 @@ def _newer_files(dt: DeltaTable, files: list[str], root: str, column: str, bound
     return [f for f in files if f not in skip] if skip else files
 
 
-def scan(
-    lake: Lake,
-    table: str,
-    where: pc.Expression | None = None,
-    *,
-    version: int | None = None,
-    columns: list[str] | None = None,
-    after: tuple[str, datetime] | None = None,
-) -> pa.Table | None:
-    """Rows of ``table`` (at ``version``, default newest) matching ``where``; None if no such table.
-
-    A reader of tables other processes append to: no emptiness check of the newest
-    log entry (that is ``Lake.read``'s), a delta-rs error becomes ``CheckpointError``.
-    """
-    if not lake.exists(table):
-        return None
-    try:
-        dt = DeltaTable(lake.uri(table), version=version, storage_options=lake.storage_options)
-    except DeltaError as exc:
-        raise CheckpointError(f"table {table!r}: cannot read: {exc}") from exc
-    return snapshot_rows(lake, dt, table, where, columns, after)
-
-
 def window(
     lake: Lake,
     table: str,
@@ -111,7 +88,7 @@ def window(
     where = pc.field(column) <= utc(end)
     if start is not None:
         where = (pc.field(column) > utc(start)) & where
-    return scan(lake, table, where, columns=columns, after=(column, start) if start is not None else None)
+    return lake.scan(table, where, columns=columns, after=(column, start) if start is not None else None)
 
 
 def last_commit(lake: Lake, table: str) -> datetime | None:
@@ -134,7 +111,7 @@ def read_labeled(
     labels = window(lake, feedback, "ts", start, end)
     if labels is None or labels.num_rows == 0:
         return None
-    preds = scan(lake, predictions, pc.field("_request_id").isin(pc.unique(labels.column("request_id"))))
+    preds = lake.scan(predictions, pc.field("_request_id").isin(pc.unique(labels.column("request_id"))))
     if preds is None or preds.num_rows == 0:
         return None
     keep = [c for c in ("_request_id", "_prediction", "_score", "_model_version") if c in preds.column_names]

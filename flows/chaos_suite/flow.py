@@ -42,13 +42,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NONE
 
 from checkpoints import Lake
 from checkpoints.exceptions import SelfhealError
-from checkpoints.rows import arrow_schema, to_table
 from flows.config import SelfhealConfig, load_config
 
 logger = logging.getLogger(__name__)
@@ -77,32 +77,27 @@ ORDER = (
     "data-drift-concept",
     "data-drift-covariate",
 )
-
-
-@dataclass(frozen=True)
-class ChaosRun:
-    """One row of the ``chaos_runs`` table: one experiment of one suite run."""
-
-    suite_run: str
-    experiment: str
-    title: str
-    started_at: datetime | None
-    ended_at: datetime | None
-    status: str
-    deviated: bool
-    verdict: str
-    mttr_seconds: float | None
-    mttr_sla_seconds: float
-    availability: float | None
-    availability_sla: float | None
-    rows_lost: int | None
-    rows_lost_sla: int | None
-    healing_enabled: bool
-    failures: list[str]
-    journal: Mapping[str, Any]
-
-
-SCHEMA = arrow_schema(ChaosRun)
+SCHEMA = pa.schema(
+    [
+        ("suite_run", pa.string()),
+        ("experiment", pa.string()),
+        ("title", pa.string()),
+        ("started_at", pa.timestamp("us", tz="UTC")),
+        ("ended_at", pa.timestamp("us", tz="UTC")),
+        ("status", pa.string()),
+        ("deviated", pa.bool_()),
+        ("verdict", pa.string()),
+        ("mttr_seconds", pa.float64()),
+        ("mttr_sla_seconds", pa.float64()),
+        ("availability", pa.float64()),
+        ("availability_sla", pa.float64()),
+        ("rows_lost", pa.int64()),
+        ("rows_lost_sla", pa.int64()),
+        ("healing_enabled", pa.bool_()),
+        ("failures", pa.string()),
+        ("journal", pa.string()),
+    ]
+)
 
 
 class SLAMissed(SelfhealError):
@@ -506,26 +501,26 @@ def record_runs(lake: Lake, result: SuiteResult, journals: Mapping[str, Mapping[
 
     written = 0
     for r in result.results:
-        row = ChaosRun(
-            result.run_id,
-            r.name,
-            r.title,
-            ts(r.started_at),
-            ts(r.ended_at),
-            r.status,
-            r.deviated,
-            r.verdict,
-            r.mttr_seconds,
-            r.mttr_sla_seconds,
-            r.availability,
-            r.availability_sla,
-            r.rows_lost,
-            r.rows_lost_sla,
-            result.healing_enabled,
-            r.failures,
-            journals.get(r.name, {}),
-        )
-        table = to_table([row])
+        row = {
+            "suite_run": result.run_id,
+            "experiment": r.name,
+            "title": r.title,
+            "started_at": ts(r.started_at),
+            "ended_at": ts(r.ended_at),
+            "status": r.status,
+            "deviated": r.deviated,
+            "verdict": r.verdict,
+            "mttr_seconds": r.mttr_seconds,
+            "mttr_sla_seconds": r.mttr_sla_seconds,
+            "availability": r.availability,
+            "availability_sla": r.availability_sla,
+            "rows_lost": r.rows_lost,
+            "rows_lost_sla": r.rows_lost_sla,
+            "healing_enabled": result.healing_enabled,
+            "failures": json.dumps(r.failures),
+            "journal": json.dumps(journals.get(r.name, {}), default=str),
+        }
+        table = pa.Table.from_pylist([row], schema=SCHEMA)
         written += lake.append_once(CHAOS_RUNS, table, key=f"chaos:{result.run_id}:{r.name}").rows
     return written
 
