@@ -33,7 +33,7 @@ from checkpoints._storage import Storage
 from checkpoints.exceptions import CheckpointCorrupted, CheckpointError, CheckpointNotFound
 from checkpoints.maintenance import MaintenanceReport, maintain
 from checkpoints.manifests import Manifest, last_complete, list_manifests, rollback_to, write_manifest
-from checkpoints.quarantine import QuarantineRecord, list_quarantined, quarantine
+from checkpoints.quarantine import QuarantineRecord, is_quarantined, list_quarantined, quarantine
 from checkpoints.scan import last_commit, snapshot_rows, window
 
 logger = logging.getLogger(__name__)
@@ -410,6 +410,10 @@ class Lake:
     ) -> QuarantineRecord:
         """Keep a refused batch's raw bytes and record the reason."""
         return quarantine(self, raw, source, reason, failures)
+
+    def is_quarantined(self, sha256: str) -> bool:
+        """Whether a batch with this content digest was quarantined."""
+        return is_quarantined(self, sha256)
 
     def quarantined(self) -> list[QuarantineRecord]:
         """Every quarantined batch, oldest first."""

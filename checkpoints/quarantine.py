@@ -51,8 +51,17 @@ def quarantine(
     if not lake.storage.exists(stored_at):
         lake.storage.write_bytes(stored_at, raw)
     record = QuarantineRecord(digest, source, reason, list(failures or []), stored_at=stored_at, size_bytes=len(raw))
-    lake.append(QUARANTINE_TABLE, to_table([record]), key=f"quarantine:{digest}")
+    lake.append(QUARANTINE_TABLE, to_table([record]), key=_key(digest))
     return record
+
+
+def _key(sha256: str) -> str:
+    return f"quarantine:{sha256}"
+
+
+def is_quarantined(lake: Lake, sha256: str) -> bool:
+    """Whether a batch with this content digest was quarantined."""
+    return lake.has_key(QUARANTINE_TABLE, _key(sha256))
 
 
 def list_quarantined(lake: Lake) -> list[QuarantineRecord]:
