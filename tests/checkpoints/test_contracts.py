@@ -36,18 +36,10 @@ class _Row:
 
 
 def test_a_row_dataclass_declares_its_schema_and_round_trips(lake: Lake) -> None:
-    assert arrow_schema(_Row) == pa.schema(
-        [
-            ("name", pa.string()),
-            ("n", pa.int64()),
-            ("at", pa.timestamp("us", tz="UTC")),
-            ("color", pa.string()),
-            ("phase", pa.string()),
-            ("score", pa.float64()),
-            ("tags", pa.string()),
-            ("note", pa.string()),
-        ]
-    )
+    schema = arrow_schema(_Row)
+    assert schema.names == ["name", "n", "at", "color", "phase", "score", "tags", "note"]
+    utc = "timestamp[us, tz=UTC]"
+    assert [str(t) for t in schema.types] == ["string", "int64", utc, "string", "string", "double", "string", "string"]
     row = _Row("x", 1, T0, Color.RED, "b", tags={"k": [1, 2]})
     assert to_row(row)["tags"] == '{"k": [1, 2]}' and to_row(row)["color"] == "red"
     lake.append("rows", to_table([row]))
