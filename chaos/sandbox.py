@@ -52,6 +52,7 @@ import yaml
 
 from chaos import _landing
 from chaos.serving._server import feature_names, resolve_command, wait_http_ok
+from checkpoints.exceptions import SelfhealError
 from serving import processes
 
 logger = logging.getLogger(__name__)
@@ -80,7 +81,7 @@ _QUIET_ENV = {
 }
 
 
-class SandboxError(RuntimeError):
+class SandboxError(SelfhealError, RuntimeError):
     """The sandbox could not be brought up (the message says which step and where its log is)."""
 
 

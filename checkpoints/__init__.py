@@ -1,5 +1,7 @@
 """Delta Lake checkpoint store: stage tables, exactly-once appends, manifests, quarantine.
 
+It also holds the storage contracts the other packages share (the incident log,
+the incident leases, the monitor's metric rows) and the project's exception root.
 This package imports nothing else of selfheal's, so the model server and the
 chaos extension can use it without Prefect in their process.
 """
@@ -8,13 +10,9 @@ from checkpoints.exceptions import (
     CheckpointCorrupted,
     CheckpointError,
     CheckpointNotFound,
-    ConfigError,
-    PromotionRejected,
     RegistryUnavailable,
-    RemedyFailed,
     SelfhealError,
     ServingUnavailable,
-    ValidationFailed,
 )
 from checkpoints.lake import AppendResult, Lake
 from checkpoints.maintenance import MaintenanceReport
@@ -26,15 +24,11 @@ __all__ = [
     "CheckpointCorrupted",
     "CheckpointError",
     "CheckpointNotFound",
-    "ConfigError",
     "Lake",
     "MaintenanceReport",
     "Manifest",
-    "PromotionRejected",
     "QuarantineRecord",
     "RegistryUnavailable",
-    "RemedyFailed",
     "SelfhealError",
     "ServingUnavailable",
-    "ValidationFailed",
 ]

@@ -1,21 +1,33 @@
-"""The project's exception hierarchy.
+"""The project's exception root, and the errors the storage layer and its users share.
 
-It lives in ``checkpoints`` because that package imports nothing of ours, so
-every other package (``flows``, ``serving``, ``chaos``) can import it::
+The root lives in ``checkpoints`` because that package imports nothing of ours, so
+every other package (``flows``, ``serving``, ``chaos``) can derive from it. Each
+subclass lives in the package that raises it; only the root, the store's own errors
+and the two outages both ``serving`` and ``flows`` raise stay here::
 
-    SelfhealError
-    ├── ConfigError                 selfheal.yaml or SELFHEAL_* is invalid
-    ├── CheckpointError             anything the Delta store refuses
-    │   ├── CheckpointNotFound      no such table, version or manifest
-    │   └── CheckpointCorrupted     a torn or garbled Delta log entry
-    ├── ValidationFailed            a batch broke its data expectations
-    ├── PromotionRejected           the evaluation gate refused a model
-    ├── RegistryUnavailable         the MLflow tracking store cannot be reached
-    ├── ServingUnavailable          the model server does not answer
-    ├── RemedyFailed                a healing remedy could not be applied
-    └── ReleaseError                a release cannot start, move or end in its current state
+    SelfhealError                                checkpoints.exceptions
+    ├── CheckpointError                          checkpoints.exceptions: anything the Delta store refuses
+    │   ├── CheckpointNotFound                   checkpoints.exceptions: no such table, version or manifest
+    │   └── CheckpointCorrupted                  checkpoints.exceptions: a torn or garbled Delta log entry
+    ├── RegistryUnavailable                      checkpoints.exceptions: the MLflow tracking store cannot be reached
+    ├── ServingUnavailable                       checkpoints.exceptions: the model server does not answer
+    ├── ConfigError                              flows.config: selfheal.yaml or SELFHEAL_* is invalid
+    ├── LandingUnreachable                       flows.pipeline.stages.ingest: the landing zone cannot be listed
+    ├── ValidationFailed                         flows.pipeline.exceptions: a batch broke its data expectations
+    ├── PromotionRejected                        flows.pipeline.exceptions: the evaluation gate refused a model
+    ├── RemedyFailed                             flows.healer.remedies: a healing remedy could not be applied
+    ├── ReleaseError                             flows.release.controller: a release cannot start, move or end
+    ├── SLAMissed                                flows.chaos_suite.flow: an experiment missed its SLA
+    ├── ModelLoadFailed                          serving.registry: a version could not be loaded
+    ├── RollbackImpossible                       serving.reload: no version to roll back to
+    ├── UnsupportedSignature                     serving.schema: the model's signature cannot be served
+    ├── RequestInvalid                           serving.schema: a request broke the input contract
+    ├── _Bad                                     serving.schema: one value broke its column's type (internal)
+    ├── PredictTimeout (also TimeoutError)       serving.predictor: a model call took too long
+    └── SandboxError (also RuntimeError)         chaos.sandbox: the chaos sandbox could not be brought up
 
-Third-party errors are translated once, at the boundary, with ``raise ... from exc``.
+Third-party errors are translated once, at the boundary, with ``raise ... from exc``;
+the CLI and the HTTP app turn a ``SelfhealError`` into a message a person can act on.
 """
 
 from __future__ import annotations
@@ -23,10 +35,6 @@ from __future__ import annotations
 
 class SelfhealError(Exception):
     """Root of every error selfheal raises on purpose."""
-
-
-class ConfigError(SelfhealError):
-    """The configuration is invalid; the message names the key path."""
 
 
 class CheckpointError(SelfhealError):
@@ -56,37 +64,9 @@ class CheckpointCorrupted(CheckpointError):
         )
 
 
-class ValidationFailed(SelfhealError):
-    """A batch broke one or more data expectations."""
-
-
-class PromotionRejected(SelfhealError):
-    """The evaluation gate refused a challenger.
-
-    Attributes:
-        metric: the gate's metric name.
-        challenger: the challenger's score.
-        required: the score it needed (the minimum, or champion minus tolerance).
-    """
-
-    def __init__(self, metric: str, challenger: float, required: float, reason: str) -> None:
-        self.metric = metric
-        self.challenger = challenger
-        self.required = required
-        super().__init__(f"promotion rejected: {metric}={challenger:.4f}, needed >= {required:.4f} ({reason})")
-
-
 class RegistryUnavailable(SelfhealError):
     """The MLflow tracking store could not be reached."""
 
 
 class ServingUnavailable(SelfhealError):
     """The model server did not answer."""
-
-
-class RemedyFailed(SelfhealError):
-    """A healing remedy could not be applied."""
-
-
-class ReleaseError(SelfhealError):
-    """A shadow/canary release cannot be started, promoted or aborted as asked (the message says why)."""

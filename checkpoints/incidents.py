@@ -17,7 +17,6 @@ arrived, not when the fault happened; the chaos suite reports from injection).
 
 from __future__ import annotations
 
-import json
 import os
 import socket
 import statistics
@@ -29,7 +28,8 @@ from typing import Any
 
 import pyarrow as pa
 
-from checkpoints import Lake
+from checkpoints.lake import Lake
+from checkpoints.rows import arrow_schema, from_row, to_row, to_table
 
 INCIDENTS = "incidents"
 
@@ -47,24 +47,6 @@ class State(StrEnum):
     @property
     def closed(self) -> bool:
         return self in (State.RESOLVED, State.ESCALATED)
-
-
-SCHEMA = pa.schema(
-    [
-        ("incident_id", pa.string()),
-        ("seq", pa.int64()),
-        ("cause", pa.string()),
-        ("state", pa.string()),
-        ("ts", pa.timestamp("us", tz="UTC")),
-        ("detected_at", pa.timestamp("us", tz="UTC")),
-        ("remedy", pa.string()),
-        ("attempt", pa.int64()),
-        ("actor", pa.string()),
-        ("evidence", pa.string()),
-        ("detail", pa.string()),
-        ("mttr_seconds", pa.float64()),
-    ]
-)
 
 
 def actor() -> str:
@@ -95,27 +77,14 @@ class Transition:
     mttr_seconds: float | None = None
 
     def to_row(self) -> dict[str, Any]:
-        row = {name: getattr(self, name) for name in SCHEMA.names}
-        row["state"] = self.state.value
-        row["evidence"] = json.dumps(self.evidence, sort_keys=True, default=str)
-        return row
+        return to_row(self)
 
     @classmethod
     def from_row(cls, row: dict[str, Any]) -> Transition:
-        return cls(
-            incident_id=row["incident_id"],
-            seq=int(row["seq"]),
-            cause=row["cause"],
-            state=State(row["state"]),
-            ts=row["ts"],
-            detected_at=row["detected_at"],
-            remedy=row["remedy"],
-            attempt=int(row["attempt"] or 0),
-            actor=row["actor"] or "",
-            evidence=json.loads(row["evidence"] or "{}"),
-            detail=row["detail"] or "",
-            mttr_seconds=row["mttr_seconds"],
-        )
+        return from_row(cls, row)
+
+
+SCHEMA = arrow_schema(Transition)
 
 
 @dataclass(frozen=True)
@@ -197,8 +166,9 @@ class IncidentLog:
         >>> log.advance(inc, State.DIAGNOSED, evidence={...})
     """
 
-    def __init__(self, lake: Lake) -> None:
+    def __init__(self, lake: Lake, table: str = INCIDENTS) -> None:
         self.lake = lake
+        self.table = table
         self._read: tuple[int, list[Incident]] | None = None
 
     def incidents(self) -> list[Incident]:
@@ -207,14 +177,18 @@ class IncidentLog:
         Read again only when the table has a new version: the healer asks several times
         a tick, and parsing every transition's evidence grows with the log.
         """
-        if not self.lake.exists(INCIDENTS):
+        if not self.lake.exists(self.table):
             return []
-        version = self.lake.version(INCIDENTS)
+        version = self.lake.version(self.table)
         if self._read is None or self._read[0] != version:
-            self._read = (version, self._group(self.lake.read(INCIDENTS, version=version)))
+            self._read = (version, self._group(self.lake.read(self.table, version=version)))
         return list(self._read[1])
 
-    def _group(self, table: pa.Table) -> list[Incident]:
+    @staticmethod
+    def _group(table: pa.Table) -> list[Incident]:
+        if "seq" not in table.column_names:  # a writer that keeps no sequence number: time orders the steps
+            table = table.sort_by("ts")
+            table = table.append_column("seq", pa.array(range(table.num_rows), pa.int64()))
         rows = table.sort_by([("detected_at", "ascending"), ("incident_id", "ascending"), ("seq", "ascending")])
         grouped: dict[str, list[Transition]] = {}
         for row in rows.to_pylist():
@@ -302,8 +276,8 @@ class IncidentLog:
         return self.advance(incident, State.ESCALATED, evidence={"acknowledged": True, "by": by}, detail=detail)
 
     def _append(self, row: Transition) -> bool:
-        table = pa.Table.from_pylist([row.to_row()], schema=SCHEMA)
-        return not self.lake.append_once(INCIDENTS, table, key=f"incident:{row.incident_id}:{row.seq}").duplicate
+        table = to_table([row])
+        return not self.lake.append_once(self.table, table, key=f"incident:{row.incident_id}:{row.seq}").duplicate
 
 
 @dataclass(frozen=True)

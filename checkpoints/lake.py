@@ -25,7 +25,7 @@ from datetime import datetime
 from typing import Any, Literal
 
 import pyarrow as pa
-import pyarrow.dataset as ds
+import pyarrow.compute as pc
 from deltalake import CommitProperties, DeltaTable, Transaction, write_deltalake
 from deltalake.exceptions import CommitFailedError, DeltaError, SchemaMismatchError, TableNotFoundError
 
@@ -33,7 +33,8 @@ from checkpoints._storage import Storage
 from checkpoints.exceptions import CheckpointCorrupted, CheckpointError, CheckpointNotFound
 from checkpoints.maintenance import MaintenanceReport, maintain
 from checkpoints.manifests import Manifest, last_complete, list_manifests, rollback_to, write_manifest
-from checkpoints.quarantine import QuarantineRecord, list_quarantined, quarantine
+from checkpoints.quarantine import QuarantineRecord, is_quarantined, list_quarantined, quarantine
+from checkpoints.scan import last_commit, snapshot_rows, window
 
 logger = logging.getLogger(__name__)
 
@@ -188,20 +189,40 @@ class Lake:
         if version is not None and as_of is not None:
             raise ValueError("give version or as_of, not both")
         dt = self._open(table, version if version is not None else as_of)
+        return snapshot_rows(self, dt, table, columns=columns)
+
+    def scan(
+        self,
+        table: str,
+        where: pc.Expression | None = None,
+        *,
+        version: int | None = None,
+        columns: list[str] | None = None,
+        after: tuple[str, datetime] | None = None,
+    ) -> pa.Table | None:
+        """Rows of ``table`` (at ``version``, default newest) matching ``where``; None if no such table.
+
+        For tables other processes append to: no emptiness check of the newest log entry
+        (that is ``read``'s); a delta-rs error becomes ``CheckpointError``. ``after`` skips
+        files by their statistics (see ``checkpoints.scan.snapshot_rows``).
+        """
+        if not self.exists(table):
+            return None
         try:
-            if not self.storage.local:
-                return dt.to_pyarrow_table(columns=columns)
-            # Local tables: read the snapshot's files with pyarrow's own filesystem. Going
-            # through delta-rs's filesystem bridge intermittently aborts the interpreter at
-            # exit ("terminate called without an active exception"; delta-rs#2184).
-            schema = pa.schema(dt.schema().to_arrow())
-            files = [uri.removeprefix("file://") for uri in dt.file_uris()]
+            dt = DeltaTable(self.uri(table), version=version, storage_options=self.storage_options)
         except DeltaError as exc:
             raise CheckpointError(f"table {table!r}: cannot read: {exc}") from exc
-        if not files:
-            empty = schema.empty_table()
-            return empty.select(columns) if columns else empty
-        return ds.dataset(files, schema=schema, format="parquet").to_table(columns=columns)
+        return snapshot_rows(self, dt, table, where, columns, after)
+
+    def window(
+        self, table: str, column: str, start: datetime | None, end: datetime, columns: list[str] | None = None
+    ) -> pa.Table | None:
+        """Rows with ``start < column <= end``, opening only files that may hold them (None: no such table)."""
+        return window(self, table, column, start, end, columns)
+
+    def last_commit(self, table: str) -> datetime | None:
+        """When ``table`` was last written (None if never)."""
+        return last_commit(self, table)
 
     def has_key(self, table: str, key: str) -> bool:
         """Whether an append with idempotency ``key`` was committed to ``table``."""
@@ -389,6 +410,10 @@ class Lake:
     ) -> QuarantineRecord:
         """Keep a refused batch's raw bytes and record the reason."""
         return quarantine(self, raw, source, reason, failures)
+
+    def is_quarantined(self, sha256: str) -> bool:
+        """Whether a batch with this content digest was quarantined."""
+        return is_quarantined(self, sha256)
 
     def quarantined(self) -> list[QuarantineRecord]:
         """Every quarantined batch, oldest first."""

@@ -3,30 +3,17 @@
 from __future__ import annotations
 
 import hashlib
-import json
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-import pyarrow as pa
+from checkpoints.rows import from_row, to_table
 
 if TYPE_CHECKING:
     from checkpoints.lake import Lake
 
 QUARANTINE_TABLE = "_quarantine"
 _FILES = "_quarantine_files"
-
-_SCHEMA = pa.schema(
-    [
-        ("sha256", pa.string()),
-        ("source", pa.string()),
-        ("reason", pa.string()),
-        ("failures", pa.string()),
-        ("quarantined_at", pa.timestamp("us", tz="UTC")),
-        ("stored_at", pa.string()),
-        ("size_bytes", pa.int64()),
-    ]
-)
 
 
 @dataclass(frozen=True)
@@ -64,17 +51,17 @@ def quarantine(
     if not lake.storage.exists(stored_at):
         lake.storage.write_bytes(stored_at, raw)
     record = QuarantineRecord(digest, source, reason, list(failures or []), stored_at=stored_at, size_bytes=len(raw))
-    row = {
-        "sha256": record.sha256,
-        "source": record.source,
-        "reason": record.reason,
-        "failures": json.dumps(record.failures, default=str),
-        "quarantined_at": record.quarantined_at,
-        "stored_at": record.stored_at,
-        "size_bytes": record.size_bytes,
-    }
-    lake.append(QUARANTINE_TABLE, pa.Table.from_pylist([row], schema=_SCHEMA), key=f"quarantine:{digest}")
+    lake.append(QUARANTINE_TABLE, to_table([record]), key=_key(digest))
     return record
+
+
+def _key(sha256: str) -> str:
+    return f"quarantine:{sha256}"
+
+
+def is_quarantined(lake: Lake, sha256: str) -> bool:
+    """Whether a batch with this content digest was quarantined."""
+    return lake.has_key(QUARANTINE_TABLE, _key(sha256))
 
 
 def list_quarantined(lake: Lake) -> list[QuarantineRecord]:
@@ -82,15 +69,4 @@ def list_quarantined(lake: Lake) -> list[QuarantineRecord]:
     if not lake.exists(QUARANTINE_TABLE):
         return []
     rows = lake.read(QUARANTINE_TABLE).sort_by("quarantined_at").to_pylist()
-    return [
-        QuarantineRecord(
-            sha256=r["sha256"],
-            source=r["source"],
-            reason=r["reason"],
-            failures=json.loads(r["failures"] or "[]"),
-            quarantined_at=r["quarantined_at"],
-            stored_at=r["stored_at"],
-            size_bytes=int(r["size_bytes"]),
-        )
-        for r in rows
-    ]
+    return [from_row(QuarantineRecord, r) for r in rows]

@@ -21,10 +21,14 @@ import yaml
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
-from checkpoints.exceptions import ConfigError
+from checkpoints.exceptions import SelfhealError
 
 DEFAULT_CONFIG_FILE = "selfheal.yaml"
 Task = Literal["binary", "multiclass", "regression"]
+
+
+class ConfigError(SelfhealError):
+    """The configuration is invalid; the message names the key path."""
 
 
 class _Section(BaseModel):
@@ -179,26 +183,16 @@ class AnalysisMetric(_Section):
 
 
 def _default_metrics() -> dict[str, AnalysisMetric]:
+    def fails_at_once(success: str, failure: str, **limits: int) -> AnalysisMetric:
+        """A default metric: one failed measurement fails the release, a fourth inconclusive one holds it."""
+        conditions = {"success_condition": success, "failure_condition": failure}
+        return AnalysisMetric.model_validate({**conditions, "failure_limit": 1, "inconclusive_limit": 3, **limits})
+
     return {
-        "error_rate": AnalysisMetric(
-            success_condition="result <= 0.01", failure_condition="result > 0.05", failure_limit=1, inconclusive_limit=3
-        ),
-        "latency_p99_ms": AnalysisMetric(
-            success_condition="challenger <= champion * 1.25 + 5",
-            failure_condition="challenger > champion * 2 + 50",
-            failure_limit=1,
-            inconclusive_limit=3,
-        ),
-        "prediction_distance": AnalysisMetric(
-            success_condition="result <= 0.2", failure_condition="result > 0.5", failure_limit=1, inconclusive_limit=3
-        ),
-        "quality": AnalysisMetric(
-            success_condition="result >= -0.01",
-            failure_condition="result < -0.05",
-            failure_limit=1,
-            inconclusive_limit=6,
-            min_samples=50,
-        ),
+        "error_rate": fails_at_once("result <= 0.01", "result > 0.05"),
+        "latency_p99_ms": fails_at_once("challenger <= champion * 1.25 + 5", "challenger > champion * 2 + 50"),
+        "prediction_distance": fails_at_once("result <= 0.2", "result > 0.5"),
+        "quality": fails_at_once("result >= -0.01", "result < -0.05", inconclusive_limit=6, min_samples=50),
     }
 
 

@@ -26,7 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from checkpoints.exceptions import ServingUnavailable
+from checkpoints.exceptions import SelfhealError, ServingUnavailable
 from serving.breaker import BreakerPolicy, ModelBreaker
 from serving.model import LoadedModel, Prediction
 from serving.release import Variant
@@ -37,7 +37,7 @@ logger = logging.getLogger(__name__)
 ServedBy = Literal["primary", "fallback", "baseline"]
 
 
-class PredictTimeout(TimeoutError):
+class PredictTimeout(SelfhealError, TimeoutError):
     """A model call took longer than the policy's timeout."""
 
 

@@ -65,7 +65,7 @@ class UnsupportedSignature(SelfhealError):
 
 
 @dataclass
-class RequestInvalid(Exception):
+class RequestInvalid(SelfhealError):
     """A request body broke the model's input contract.
 
     Attributes:
@@ -89,7 +89,7 @@ def _describe(value: Any) -> str:
 
 
 # Each checker returns the value to store, or raises _Bad with a message.
-class _Bad(Exception):
+class _Bad(SelfhealError):
     pass
 
 

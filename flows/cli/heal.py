@@ -54,8 +54,8 @@ def register(sub: Subparsers) -> None:
 def cli_heal(args: argparse.Namespace) -> int:
     """``selfheal heal --once | --interval S``."""
     # The healer (Prefect, MLflow, the remedies) and the lake load when the command runs, not on --help.
-    from checkpoints.exceptions import RemedyFailed
     from flows.healer.machine import HealerLoop
+    from flows.healer.remedies import RemedyFailed
 
     cfg = config()
     config_path = os.environ.get("SELFHEAL_CONFIG")

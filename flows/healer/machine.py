@@ -20,20 +20,18 @@ later observation in which its cause is quiet.
 from __future__ import annotations
 
 import logging
-import os
-import socket
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
-import pyarrow as pa
-import pyarrow.compute as pc
 from prefect import flow, get_run_logger
 
 from checkpoints import Lake
 from checkpoints.exceptions import RegistryUnavailable
-from checkpoints.incidents import Incident, IncidentLog, State, to_report
+from checkpoints.incidents import Incident, IncidentLog, State, Transition, to_report
+from checkpoints.leases import claim
+from checkpoints.metrics import METRICS_TABLE, metric_values
 from flows.config import SelfhealConfig, load_config
 from flows.events import emit
 from flows.healer.diagnosis import Cause, Context, Diagnosis, diagnose
@@ -44,10 +42,8 @@ from flows.registry import CHAMPION, Registry
 
 logger = logging.getLogger(__name__)
 
-LEASES = "_incident_leases"
 _PROMOTING_REMEDIES = {"retrain", "rollback", "light_model"}
 _QUALITY_KINDS = {SignalKind.PERFORMANCE_DROP, SignalKind.CONCEPT_DRIFT, SignalKind.PREDICTION_DRIFT}
-LEASE_SECONDS = 600.0
 #: Causes only the monitor's statistics reveal: verified on a window evaluated after the repair.
 _MONITOR_CAUSES = {Cause.DATA_DRIFT, Cause.CONCEPT_DRIFT, Cause.BAD_DEPLOY, Cause.LATENCY, Cause.STALE_DATA}
 
@@ -96,52 +92,6 @@ def probe_quarantine(ctx: HealContext, since: datetime, now: datetime) -> list[S
         return []
     files = [{"source": r.source, "stored_at": r.stored_at, "reason": r.reason} for r in fresh]
     return [_probe_signal(SignalKind.DATA_QUALITY, {"quarantined": files}, now)]
-
-
-# -- leases --------------------------------------------------------------------------------
-_LEASE_SCHEMA = pa.schema(
-    [
-        ("incident_id", pa.string()),
-        ("n", pa.int64()),
-        ("host", pa.string()),
-        ("pid", pa.int64()),
-        ("expires_at", pa.timestamp("us", tz="UTC")),
-    ]
-)
-
-
-def _alive(host: str, pid: int) -> bool:
-    if host != socket.gethostname():
-        return True  # another machine: trust the expiry time
-    try:
-        os.kill(pid, 0)
-    except OSError:
-        return False
-    return True
-
-
-def claim(lake: Lake, incident_id: str, now: datetime) -> bool:
-    """Hold the incident for this process; False when a live healer holds it."""
-    latest: dict[str, Any] | None = None
-    if lake.exists(LEASES):
-        table = lake.read(LEASES)
-        mine = table.filter(pc.equal(table.column("incident_id"), incident_id)).to_pylist()
-        latest = max(mine, key=lambda r: r["n"]) if mine else None
-    if latest is not None:
-        if latest["host"] == socket.gethostname() and latest["pid"] == os.getpid() and latest["expires_at"] > now:
-            return True
-        if latest["expires_at"] > now and _alive(latest["host"], latest["pid"]):
-            return False
-    n = (latest["n"] + 1) if latest else 0
-    row = {
-        "incident_id": incident_id,
-        "n": n,
-        "host": socket.gethostname(),
-        "pid": os.getpid(),
-        "expires_at": now + timedelta(seconds=LEASE_SECONDS),
-    }
-    won = lake.append_once(LEASES, pa.Table.from_pylist([row], schema=_LEASE_SCHEMA), key=f"lease:{incident_id}:{n}")
-    return not won.duplicate
 
 
 # -- budget ------------------------------------------------------------------------------
@@ -220,16 +170,9 @@ class Healer:
 
     def healthy_since(self, promoted_at: datetime) -> bool:
         """Did the monitor measure baseline quality on labels after ``promoted_at``?"""
-        if not self.ctx.lake.exists("metrics"):
-            return False
         metric = self.cfg.gate_metric
-        table = self.ctx.lake.read("metrics", columns=["ts", "name", "value"])
-        rows = table.filter(
-            pc.and_(
-                pc.equal(table.column("name"), f"performance.{metric}"), pc.greater(table.column("ts"), promoted_at)
-            )
-        )
-        return any(v is not None and self._healthy_value(metric, v) for v in rows.column("value").to_pylist())
+        values = metric_values(self.ctx.lake, f"performance.{metric}", after=promoted_at)
+        return any(v is not None and self._healthy_value(metric, v) for v in values)
 
     def fresh_evidence(self, cause: str, applied_at: datetime) -> str | None:
         """What a monitor pass measured on data that arrived after the repair, when it shows the cause gone.
@@ -240,17 +183,18 @@ class Healer:
         """
         if cause not in _MONITOR_CAUSES:
             return "the probe that raised it answers healthy"
-        if not self.ctx.lake.exists("metrics"):
+        if not self.ctx.lake.exists(METRICS_TABLE):
             return None
-        table = self.ctx.lake.read("metrics", columns=["name", "value", "window_start"])
-        after = table.filter(pc.greater_equal(table.column("window_start"), applied_at))
+
+        def after(name: str) -> list[float | None]:
+            return metric_values(self.ctx.lake, name, after=applied_at, column="window_start", inclusive=True)
+
         if cause in (Cause.CONCEPT_DRIFT, Cause.BAD_DEPLOY):
             metric = self.cfg.gate_metric
-            values = after.filter(pc.equal(after.column("name"), f"performance.{metric}")).column("value").to_pylist()
-            healthy = [v for v in values if v is not None and self._healthy_value(metric, v)]
+            healthy = [v for v in after(f"performance.{metric}") if v is not None and self._healthy_value(metric, v)]
             return f"live {metric}={healthy[-1]:.3f} on labels after the repair" if healthy else None
         if cause == Cause.DATA_DRIFT:
-            shares = after.filter(pc.equal(after.column("name"), "drift.share")).column("value").to_pylist()
+            shares = after("drift.share")
             return (
                 "a drift test on post-repair traffic found no drifted feature" if shares and shares[-1] == 0 else None
             )
@@ -365,25 +309,20 @@ class Healer:
             logger.exception("remedy %s failed to apply", remedy.name)
             outcome = Outcome(False, f"{type(exc).__name__}: {exc}")
         if not outcome.ok:
-            return self.log.advance(
-                incident,
-                State.DIAGNOSED,
-                remedy=remedy.name,
-                attempt=healing.attempt,
-                evidence=outcome.evidence,
-                detail=f"failed to apply: {outcome.detail}",
-            )
+            detail = f"failed to apply: {outcome.detail}"
+            return self._step(incident, State.DIAGNOSED, healing, outcome.evidence, detail)
         evidence = {**outcome.evidence, "applied_at": datetime.now(UTC).isoformat()}
+        return self._step(incident, State.VERIFYING, healing, evidence, outcome.detail)
+
+    def _step(
+        self, incident: Incident, state: State, last: Transition, evidence: dict[str, Any], detail: str
+    ) -> Incident | None:
+        """The next step of the remedy attempt ``last`` records (back to DIAGNOSED: it failed, no event)."""
         step = self.log.advance(
-            incident,
-            State.VERIFYING,
-            remedy=remedy.name,
-            attempt=healing.attempt,
-            evidence=evidence,
-            detail=outcome.detail,
+            incident, state, remedy=last.remedy, attempt=last.attempt, evidence=evidence, detail=detail
         )
-        if step is not None:
-            _emit(step, State.VERIFYING)
+        if step is not None and state != State.DIAGNOSED:
+            _emit(step, state)
         return step
 
     def _verify(self, incident: Incident, observation: Observation) -> Incident | None:
@@ -400,16 +339,8 @@ class Healer:
             fresh = self.fresh_evidence(incident.cause, applied_at) if quiet else None
             if quiet and fresh is not None:
                 detail = f"verified: {outcome.detail}; {fresh}"
-                resolved = self.log.advance(
-                    incident,
-                    State.RESOLVED,
-                    remedy=remedy.name,
-                    attempt=verifying.attempt,
-                    evidence=outcome.evidence,
-                    detail=detail,
-                )
+                resolved = self._step(incident, State.RESOLVED, verifying, outcome.evidence, detail)
                 if resolved is not None:
-                    _emit(resolved, State.RESOLVED)
                     logger.warning(
                         "incident %s RESOLVED by %s in %.1f s", incident.id, remedy.name, resolved.mttr_seconds or 0
                     )
@@ -417,14 +348,8 @@ class Healer:
         waited = (datetime.now(UTC) - applied_at).total_seconds()
         if waited < self.cfg.healing.verify_timeout_seconds and (outcome.ok or outcome.pending):
             return None  # wait for fresh evidence
-        return self.log.advance(
-            incident,
-            State.DIAGNOSED,
-            remedy=remedy.name,
-            attempt=verifying.attempt,
-            evidence=outcome.evidence,
-            detail=f"failed verification after {waited:.0f} s: {outcome.detail}",
-        )
+        detail = f"failed verification after {waited:.0f} s: {outcome.detail}"
+        return self._step(incident, State.DIAGNOSED, verifying, outcome.evidence, detail)
 
     def _escalate(self, incident: Incident) -> Incident | None:
         tried = ", ".join(incident.remedies_tried) or "none"

@@ -25,7 +25,7 @@ from typing import Any
 import httpx
 
 from checkpoints import Lake
-from checkpoints.exceptions import RemedyFailed
+from checkpoints.exceptions import CheckpointCorrupted, SelfhealError
 from checkpoints.incidents import Incident
 from flows.config import SelfhealConfig
 from flows.monitor.scrape import http_client
@@ -33,6 +33,10 @@ from flows.registry import CHAMPION, LIGHT, PREVIOUS, Registry
 from serving import processes
 
 logger = logging.getLogger(__name__)
+
+
+class RemedyFailed(SelfhealError):
+    """A healing remedy could not be applied."""
 
 
 @dataclass(frozen=True)
@@ -213,12 +217,14 @@ class Rollback(Remedy):
     """champion <- previous (the bad champion becomes previous), then reload the server."""
 
     name, cost = "rollback", 1.0
+    #: The alias whose version becomes champion.
+    target_alias = PREVIOUS
 
     def plan(self, ctx: HealContext, incident: Incident) -> dict[str, Any]:
-        champion, previous = ctx.registry.by_alias(CHAMPION), ctx.registry.by_alias(PREVIOUS)
-        if champion is None or previous is None:
+        champion, target = ctx.registry.by_alias(CHAMPION), ctx.registry.by_alias(self.target_alias)
+        if champion is None or target is None:
             return {"to_version": None}
-        return {"from_version": champion.version, "to_version": previous.version}
+        return {"from_version": champion.version, "to_version": target.version}
 
     def apply(self, ctx: HealContext, incident: Incident, plan: dict[str, Any], key: str) -> Outcome:
         target = plan.get("to_version")
@@ -245,12 +251,7 @@ class LightModel(Rollback):
     """Switch the champion to the registered ``light`` model (fast, for latency)."""
 
     name, cost = "light_model", 1.0
-
-    def plan(self, ctx: HealContext, incident: Incident) -> dict[str, Any]:
-        champion, light = ctx.registry.by_alias(CHAMPION), ctx.registry.by_alias(LIGHT)
-        if champion is None or light is None:
-            return {"to_version": None}
-        return {"from_version": champion.version, "to_version": light.version}
+    target_alias = LIGHT
 
 
 class RestoreTables(Remedy):
@@ -268,7 +269,7 @@ class RestoreTables(Remedy):
         for table, version in plan["stages"].items():
             try:
                 ctx.lake.restore(table, version, key=f"{key}:{table}")
-            except Exception:  # noqa: BLE001 - a corrupted log is recovered, then restored
+            except CheckpointCorrupted:  # a torn log entry is set aside, then the table restored
                 ctx.lake.recover(table)
                 ctx.lake.restore(table, version, key=f"{key}:{table}")
         return Outcome(True, f"tables restored to manifest {plan['manifest']}: {plan['stages']}")

@@ -36,15 +36,13 @@ from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.dataset as ds
-from deltalake import DeltaTable
-from deltalake.exceptions import DeltaError
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NONE
 
 from checkpoints import Lake
-from checkpoints.exceptions import CheckpointError, ServingUnavailable
+from checkpoints.exceptions import RegistryUnavailable, ServingUnavailable
+from checkpoints.scan import read_labeled, utc
 from flows.events import emit
 from flows.monitor.detectors import MonitorThresholds, ReferenceProfile
 from flows.monitor.detectors.performance import Task
@@ -52,14 +50,14 @@ from flows.monitor.scrape import ServingSnapshot, scrape
 from flows.monitor.signals import Signal
 from flows.monitor.state import MonitorState, commit_run, load_state
 from flows.monitor.window import PREDICTION_COLUMNS, Assessment, MonitorWindow, assess
+from serving.inference_log import FEEDBACK_TABLE as FEEDBACK
+from serving.inference_log import INFERENCE_TABLE as INFERENCE_LOG
 
 if TYPE_CHECKING:
     from flows.config import SelfhealConfig
 
 logger = logging.getLogger(__name__)
 
-INFERENCE_LOG = "inference_log"
-FEEDBACK = "feedback"
 SILVER = "silver"
 PREDICTION_REFERENCE = "prediction_reference"
 SILVER_VERSION_TAG = "selfheal.silver_version"
@@ -111,6 +109,10 @@ def baseline_metrics(raw: Mapping[str, Any]) -> dict[str, float]:
     return {k: v for k, (_, v) in found.items()}
 
 
+def _int_tag(value: str | None) -> int | None:
+    return int(value) if value and value.isdigit() else None
+
+
 def champion_context(model_name: str | None, tracking_uri: str | None) -> Champion:
     """The champion's version, silver version and validation metrics.
 
@@ -118,94 +120,31 @@ def champion_context(model_name: str | None, tracking_uri: str | None) -> Champi
     """
     if not model_name:
         return Champion()
-    try:
-        from mlflow import MlflowClient
-        from mlflow.exceptions import MlflowException
+    # why local: mlflow takes seconds to import and only a monitor with a registry needs it
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
 
+    try:
         client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
         try:
             mv = client.get_model_version_by_alias(model_name, "champion")
         except MlflowException:
-            return Champion()
-        tags = dict(mv.tags or {})
-        raw: dict[str, Any] = {}
-        if mv.run_id:
-            raw.update(client.get_run(mv.run_id).data.metrics)
-        raw.update(tags)
-        silver = tags.get(SILVER_VERSION_TAG)
-        window = tags.get(WINDOW_TAG, "")
-        return Champion(
-            str(mv.version),
-            int(silver) if silver not in (None, "") else None,
-            baseline_metrics(raw),
-            int(window) if window.isdigit() else None,
-        )
-    except Exception as exc:  # the monitor must keep watching when the registry is away
+            return Champion()  # no such model or alias (or a store that answers errors)
+        raw: dict[str, Any] = dict(client.get_run(mv.run_id).data.metrics) if mv.run_id else {}
+    except (MlflowException, RegistryUnavailable, OSError) as exc:  # requests' errors are OSErrors
         logger.warning("model registry unavailable (%s: %s); no champion baseline this run", type(exc).__name__, exc)
         return Champion()
+    tags = dict(mv.tags or {})
+    raw.update(tags)
+    return Champion(
+        str(mv.version),
+        _int_tag(tags.get(SILVER_VERSION_TAG)),
+        baseline_metrics(raw),
+        _int_tag(tags.get(WINDOW_TAG)),
+    )
 
 
 # -- reading ---------------------------------------------------------------------
-def _ts(value: datetime) -> pa.Scalar:
-    return pa.scalar(value, type=pa.timestamp("us", tz="UTC"))
-
-
-def scan(
-    lake: Lake,
-    table: str,
-    predicate: pc.Expression | None = None,
-    version: int | None = None,
-    after: tuple[str, datetime] | None = None,
-) -> pa.Table | None:
-    """Rows of ``table`` (at ``version``, default newest) matching ``predicate``; None if no such table.
-
-    On a local lake the table's current files are read with pyarrow's own
-    filesystem: reading through delta-rs's filesystem bridge intermittently
-    aborts the interpreter at exit ("terminate called without an active
-    exception", delta-rs#2184, arrow#34314), which would fail a CI run whose
-    tests all passed. Object-store lakes go through delta-rs.
-
-    ``after=(column, t)`` (the predicate must imply ``column > t``): files whose Delta
-    statistics say every value of ``column`` is at most ``t`` are skipped unopened. The
-    server appends a small file per flush, so without it each monitor pass would open
-    every file the log ever had.
-    """
-    if not lake.exists(table):
-        return None
-    try:
-        dt = DeltaTable(lake.uri(table), version=version, storage_options=lake.storage_options)
-        if not lake.storage.local:
-            return dt.to_pyarrow_table(filters=predicate)
-        schema = pa.schema(dt.schema().to_arrow())
-        files = [uri.removeprefix("file://") for uri in dt.file_uris()]
-        if after is not None:
-            files = _newer_files(dt, files, lake.uri(table), *after)
-    except DeltaError as exc:
-        raise CheckpointError(f"table {table!r}: cannot read: {exc}") from exc
-    if not files:
-        return schema.empty_table()
-    return ds.dataset(files, schema=schema, format="parquet").to_table(filter=predicate)
-
-
-def _newer_files(dt: DeltaTable, files: list[str], root: str, column: str, bound: datetime) -> list[str]:
-    """``files`` that may hold a ``column`` value above ``bound`` (by their Delta max statistic)."""
-    actions = pa.table(dt.get_add_actions(flatten=True))
-    if f"max.{column}" not in actions.column_names:
-        return files  # no statistics: every file may
-    maxima = actions.column(f"max.{column}").cast(pa.timestamp("us", tz="UTC"))
-    old = pc.and_kleene(pc.is_valid(maxima), pc.less_equal(maxima, _ts(bound)))
-    skip = {f"{root.rstrip('/')}/{path}" for path in actions.filter(old).column("path").to_pylist()}
-    return [f for f in files if f not in skip] if skip else files
-
-
-def last_commit(lake: Lake, table: str) -> datetime | None:
-    """When ``table`` was last written (None if never)."""
-    if not lake.exists(table):
-        return None
-    history = lake.history(table, limit=1)
-    return datetime.fromtimestamp(int(history[0]["timestamp"]) / 1000, UTC) if history else None
-
-
 _REFERENCE_CACHE: dict[tuple[str, int, str], ReferenceProfile] = {}
 
 
@@ -229,7 +168,7 @@ def reference_profile(
     resolved = version if version is not None else lake.version(SILVER)
     key = (lake.uri(SILVER), resolved, f"{target}:{served}:{window_batches}:{thresholds.drift.model_dump_json()}")
     if key not in _REFERENCE_CACHE:
-        silver = scan(lake, SILVER, version=resolved)
+        silver = lake.scan(SILVER, version=resolved)
         assert silver is not None
         if window_batches and "_batch_id" in silver.column_names:
             newest = sorted(set(silver.column("_batch_id").to_pylist()))[-window_batches:]
@@ -256,7 +195,7 @@ def prediction_reference(
         return None
     version = str(drift_rows.column("_model_version")[-1].as_py())
     cols = [c for c in PREDICTION_COLUMNS if c in drift_rows.column_names]
-    stored = scan(lake, PREDICTION_REFERENCE, pc.field("model_version") == version)
+    stored = lake.scan(PREDICTION_REFERENCE, pc.field("model_version") == version)
     if stored is None or stored.num_rows == 0:
         own = drift_rows.filter(pc.equal(drift_rows.column("_model_version"), version))
         first = own.sort_by("_ts").slice(0, thresholds.prediction_reference_rows).select(cols)
@@ -266,33 +205,38 @@ def prediction_reference(
     return ReferenceProfile.from_data(stored, thresholds.prediction_drift, columns=cols)
 
 
-def read_labeled(lake: Lake, start: datetime | None, end: datetime) -> pa.Table | None:
-    """Feedback in ``(start, end]`` joined with its predictions, oldest label first."""
-    predicate = pc.field("ts") <= _ts(end)
-    if start is not None:
-        predicate = predicate & (pc.field("ts") > _ts(start))
-    fb = scan(lake, FEEDBACK, predicate, after=("ts", start) if start is not None else None)
-    if fb is None or fb.num_rows == 0:
-        return None
-    ids = pc.unique(fb.column("request_id"))
-    preds = scan(lake, INFERENCE_LOG, pc.field("_request_id").isin(ids))
-    if preds is None or preds.num_rows == 0:
-        return None
-    keep = [c for c in ("_request_id", "_prediction", "_score", "_model_version") if c in preds.column_names]
-    # The inputs of the labeled predictions come along: a quality drop is only concept drift
-    # when those inputs did not shift (see ``flows.monitor.window.input_shift``).
-    keep += [c for c in preds.column_names if not c.startswith("_") and c not in ("request_id", "label", "ts")]
-    joined = fb.select(["request_id", "label", "ts"]).join(
-        preds.select(keep), keys="request_id", right_keys="_request_id", join_type="inner"
-    )
-    return joined.sort_by("ts")
-
-
 def _labels_after(labeled: pa.Table | None, start: datetime) -> pa.Table | None:
     if labeled is None:
         return None
-    later = labeled.filter(pc.greater(labeled.column("ts"), _ts(start)))
+    later = labeled.filter(pc.greater(labeled.column("ts"), utc(start)))
     return later if later.num_rows else None
+
+
+def _labels(
+    lake: Lake, state: MonitorState, thresholds: MonitorThresholds, champion: Champion, start: datetime, end: datetime
+) -> tuple[pa.Table | None, datetime, pa.Table | None]:
+    """The new labels (concept drift), and the performance window's start and labels (when enough)."""
+    feedback_start = state.feedback_watermark or start
+    perf_start = state.performance_watermark or start
+    # One look-up of the labeled predictions serves both windows (it reads every log file).
+    both = read_labeled(lake, min(feedback_start, perf_start), end, feedback=FEEDBACK, predictions=INFERENCE_LOG)
+    all_labels = _labels_after(both, perf_start)
+    if all_labels is not None and champion.version is not None and "_model_version" in all_labels.column_names:
+        # Quality is the champion's: labels of predictions an older version made right
+        # before a swap must not count against (or for) the new one.
+        all_labels = all_labels.filter(pc.equal(all_labels.column("_model_version"), champion.version))
+    enough = all_labels is not None and all_labels.num_rows >= thresholds.performance.min_labels
+    return _labels_after(both, feedback_start), perf_start, all_labels if enough else None
+
+
+def _scrape(serving_url: str | None, timeout: float) -> tuple[ServingSnapshot | None, str | None]:
+    """The server's ``/metrics`` snapshot, or why there is none."""
+    if not serving_url:
+        return None, None
+    try:
+        return scrape(serving_url, timeout), None
+    except ServingUnavailable as exc:
+        return None, str(exc)
 
 
 def read_window(
@@ -309,38 +253,18 @@ def read_window(
     end = now - timedelta(seconds=thresholds.ingest_lag_seconds)
     start = state.inference_watermark or end - INITIAL_LOOKBACK
     drift_start = state.drift_watermark or start
-    perf_start = state.performance_watermark or start
-    lo = min(start, drift_start)
-    rows = scan(lake, INFERENCE_LOG, (pc.field("_ts") > _ts(lo)) & (pc.field("_ts") <= _ts(end)), after=("_ts", lo))
+    rows = lake.window(INFERENCE_LOG, "_ts", min(start, drift_start), end)
     rows = rows.sort_by("_ts") if rows is not None else pa.table({"_ts": pa.array([], pa.timestamp("us", tz="UTC"))})
-    inference = rows.filter(pc.greater(rows.column("_ts"), _ts(start)))
-    drift_rows = rows.filter(pc.greater(rows.column("_ts"), _ts(drift_start)))
+    drift_rows = rows.filter(pc.greater(rows.column("_ts"), utc(drift_start)))
     enough = drift_rows.num_rows >= thresholds.min_window_rows
-    # One look-up of the labeled predictions serves both windows (it reads every log file).
-    feedback_start = state.feedback_watermark or start
-    both = read_labeled(lake, min(feedback_start, perf_start), end)
-    labeled = _labels_after(both, feedback_start)
-    all_labels = _labels_after(both, perf_start)
-    if all_labels is not None and champion.version is not None and "_model_version" in all_labels.column_names:
-        # Quality is the champion's: labels of predictions an older version made right
-        # before a swap must not count against (or for) the new one.
-        all_labels = all_labels.filter(pc.equal(all_labels.column("_model_version"), champion.version))
-    performance_rows = (
-        all_labels if all_labels is not None and all_labels.num_rows >= thresholds.performance.min_labels else None
-    )
+    labeled, perf_start, performance_rows = _labels(lake, state, thresholds, champion, start, end)
     served = [c for c in rows.column_names if not c.startswith("_")]
-    serving: ServingSnapshot | None = None
-    serving_error: str | None = None
-    if serving_url:
-        try:
-            serving = scrape(serving_url, thresholds.scrape_timeout_seconds)
-        except ServingUnavailable as exc:
-            serving_error = str(exc)
+    serving, serving_error = _scrape(serving_url, thresholds.scrape_timeout_seconds)
     return MonitorWindow(
         start=start,
         end=end,
         now=now,
-        inference=inference,
+        inference=rows.filter(pc.greater(rows.column("_ts"), utc(start))),
         drift_start=drift_start,
         drift_rows=drift_rows if enough else None,
         labeled=labeled,
@@ -348,7 +272,7 @@ def read_window(
         performance_rows=performance_rows,
         serving=serving,
         serving_error=serving_error,
-        last_commits={t: last_commit(lake, t) for t in thresholds.freshness_seconds},
+        last_commits={t: lake.last_commit(t) for t in thresholds.freshness_seconds},
         reference=reference_profile(lake, champion.silver_version, thresholds, target, served, champion.window_batches)
         if served and (enough or performance_rows is not None or labeled is not None)
         else None,
@@ -393,33 +317,11 @@ def render_markdown(result: Assessment, window: MonitorWindow) -> str:
 
 
 # -- tasks and flow -----------------------------------------------------------------
-@task(name="monitor-load-state", cache_policy=NONE)
-def load_state_task(lake: Lake) -> MonitorState:
-    return load_state(lake)
-
-
-@task(name="monitor-champion", cache_policy=NONE)
-def champion_task(model_name: str | None, tracking_uri: str | None) -> Champion:
-    return champion_context(model_name, tracking_uri)
-
-
-@task(name="monitor-read", cache_policy=NONE)
-def read_task(
-    lake: Lake,
-    state: MonitorState,
-    thresholds: MonitorThresholds,
-    champion: Champion,
-    serving_url: str | None,
-    ml_task: Task,
-    now: datetime,
-    target: str | None,
-) -> MonitorWindow:
-    return read_window(lake, state, thresholds, champion, serving_url, ml_task, now, target)
-
-
-@task(name="monitor-assess", cache_policy=NONE)
-def assess_task(window: MonitorWindow, state: MonitorState, thresholds: MonitorThresholds) -> Assessment:
-    return assess(window, state, thresholds)
+# The flow's steps are the plain functions ``monitor_pass`` calls, as Prefect tasks.
+load_state_task = task(name="monitor-load-state", cache_policy=NONE)(load_state)
+champion_task = task(name="monitor-champion", cache_policy=NONE)(champion_context)
+read_task = task(name="monitor-read", cache_policy=NONE)(read_window)
+assess_task = task(name="monitor-assess", cache_policy=NONE)(assess)
 
 
 @task(name="monitor-commit", cache_policy=NONE)

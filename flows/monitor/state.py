@@ -26,29 +26,15 @@ from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
-import pyarrow as pa
-
 from checkpoints import Lake
 from checkpoints.exceptions import CheckpointError
 from checkpoints.lake import KEY_METADATA
+from checkpoints.metrics import METRICS_TABLE, append_metric_rows
 
 logger = logging.getLogger(__name__)
 
-METRICS_TABLE = "metrics"
 KEY_PREFIX = "monitor:"
 STATE_DIR = ("_monitor", "state")
-
-METRICS_SCHEMA = pa.schema(
-    [
-        pa.field("ts", pa.timestamp("us", tz="UTC"), nullable=False),
-        pa.field("name", pa.string(), nullable=False),
-        pa.field("value", pa.float64()),
-        pa.field("labels", pa.string()),
-        pa.field("window_start", pa.timestamp("us", tz="UTC")),
-        pa.field("window_end", pa.timestamp("us", tz="UTC")),
-        pa.field("run", pa.int64()),
-    ]
-)
 
 
 def _iso(value: datetime | None) -> str | None:
@@ -135,25 +121,6 @@ def load_state(lake: Lake) -> MonitorState:
     return MonitorState.from_json(lake.storage.read_bytes(path).decode())
 
 
-def metric_rows_table(rows: Sequence[Mapping[str, Any]]) -> pa.Table:
-    """Metric rows (dicts with the ``METRICS_SCHEMA`` fields; labels as a mapping) as a table."""
-    cooked = []
-    for row in rows:
-        labels = row.get("labels") or {}
-        cooked.append(
-            {
-                "ts": row["ts"],
-                "name": row["name"],
-                "value": None if row.get("value") is None else float(row["value"]),
-                "labels": json.dumps(labels, sort_keys=True, default=str) if not isinstance(labels, str) else labels,
-                "window_start": row.get("window_start"),
-                "window_end": row.get("window_end"),
-                "run": row.get("run"),
-            }
-        )
-    return pa.Table.from_pylist(cooked, schema=METRICS_SCHEMA)
-
-
 def commit_run(lake: Lake, state: MonitorState, rows: Sequence[Mapping[str, Any]]) -> bool:
     """Persist ``state`` and append ``rows`` to ``metrics`` as run ``state.seq``, atomically.
 
@@ -164,7 +131,7 @@ def commit_run(lake: Lake, state: MonitorState, rows: Sequence[Mapping[str, Any]
         raise ValueError("a monitor run commits at least one metric row (its heartbeat)")
     lake.storage.write_bytes(_state_path(lake, state.seq), state.to_json().encode())
     try:
-        result = lake.append_once(METRICS_TABLE, metric_rows_table(rows), key=f"{KEY_PREFIX}{state.seq}")
+        result = append_metric_rows(lake, rows, key=f"{KEY_PREFIX}{state.seq}")
     except CheckpointError:
         logger.exception("monitor run %d: could not append metrics", state.seq)
         raise

@@ -357,14 +357,7 @@ def _drift(c: _Collector) -> tuple[DriftReport | None, DriftReport | None]:
     report = None
     if w.reference is not None:
         report = compare(w.reference, w.drift_rows, t.drift)
-        _report_rows(c, "drift", report, w.drift_start)
-        c.judge(
-            SignalKind.DATA_DRIFT,
-            report.drifted,
-            Severity(report.severity) if report.drifted else Severity.INFO,
-            _drift_evidence(report),
-            start=w.drift_start,
-        )
+        _drift_signal(c, "drift", SignalKind.DATA_DRIFT, report)
         issues = [
             {"feature": q.feature, "issue": q.issue, "value": q.value, "threshold": q.threshold}
             for q in report.quality_issues
@@ -382,15 +375,15 @@ def _drift(c: _Collector) -> tuple[DriftReport | None, DriftReport | None]:
     if w.prediction_reference is not None:
         cols = [col for col in PREDICTION_COLUMNS if col in w.prediction_reference.columns]
         prediction = compare(w.prediction_reference, w.drift_rows, t.prediction_drift, columns=cols)
-        _report_rows(c, "prediction_drift", prediction, w.drift_start)
-        c.judge(
-            SignalKind.PREDICTION_DRIFT,
-            prediction.drifted,
-            Severity(prediction.severity) if prediction.drifted else Severity.INFO,
-            _drift_evidence(prediction),
-            start=w.drift_start,
-        )
+        _drift_signal(c, "prediction_drift", SignalKind.PREDICTION_DRIFT, prediction)
     return report, prediction
+
+
+def _drift_signal(c: _Collector, prefix: str, kind: SignalKind, report: DriftReport) -> None:
+    """Record a drift report's metric rows and judge its signal on the drift window."""
+    _report_rows(c, prefix, report, c.w.drift_start)
+    severity = Severity(report.severity) if report.drifted else Severity.INFO
+    c.judge(kind, report.drifted, severity, _drift_evidence(report), start=c.w.drift_start)
 
 
 def _drift_evidence(report: DriftReport) -> dict[str, Any]:

@@ -39,8 +39,8 @@ from prefect.tasks import exponential_backoff
 from prefect.transactions import Transaction, get_transaction, transaction
 
 from checkpoints import Lake
-from checkpoints.exceptions import PromotionRejected, ValidationFailed
 from flows.config import SelfhealConfig, load_config
+from flows.pipeline.exceptions import PromotionRejected, ValidationFailed
 from flows.pipeline.stages import evaluate, features, ingest, train
 from flows.pipeline.stages.batch_io import read_batch
 from flows.pipeline.stages.validate import validate_batch

@@ -20,8 +20,8 @@ import numpy as np
 import pandas as pd
 
 from checkpoints import Lake
-from checkpoints.exceptions import ValidationFailed
 from flows.config import SelfhealConfig
+from flows.pipeline.exceptions import ValidationFailed
 
 logger = logging.getLogger(__name__)
 

@@ -40,8 +40,10 @@ from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
 from checkpoints import Lake
-from checkpoints.exceptions import ReleaseError
+from checkpoints.exceptions import SelfhealError
 from checkpoints.incidents import IncidentLog, State, new_incident_id
+from checkpoints.leases import claim
+from checkpoints.rows import arrow_schema, to_row
 from flows.config import SelfhealConfig, load_config
 from flows.events import emit
 from flows.registry import CHALLENGER, CHAMPION, Registry
@@ -53,25 +55,26 @@ logger = logging.getLogger(__name__)
 
 ANALYSIS_TABLE = "release_analysis"
 BAD_RELEASE = "bad_release"
-_ANALYSIS_SCHEMA = pa.schema(
-    [
-        ("release_id", pa.string()),
-        ("measurement", pa.int64()),
-        ("ts", pa.timestamp("us", tz="UTC")),
-        ("challenger_version", pa.string()),
-        ("champion_version", pa.string()),
-        ("mode", pa.string()),
-        ("share", pa.float64()),
-        ("metric", pa.string()),
-        ("phase", pa.string()),
-        ("challenger", pa.float64()),
-        ("champion", pa.float64()),
-        ("result", pa.float64()),
-        ("samples", pa.int64()),
-        ("detail", pa.string()),
-        ("verdict", pa.string()),
-    ]
-)
+
+
+@dataclass(frozen=True)
+class _Round:
+    """The release's columns of a ``release_analysis`` row: the measurement's follow, then the verdict."""
+
+    release_id: str
+    measurement: int
+    ts: datetime
+    challenger_version: str
+    champion_version: str | None
+    mode: str
+    share: float
+
+
+_ANALYSIS_SCHEMA = pa.schema([*arrow_schema(_Round), *arrow_schema(Measurement), ("verdict", pa.string())])
+
+
+class ReleaseError(SelfhealError):
+    """A shadow/canary release cannot be started, promoted or aborted as asked (the message says why)."""
 
 
 # -- the state in the registry -------------------------------------------------------------
@@ -220,21 +223,10 @@ class TickResult:
 
 def _record(lake: Lake, state: ReleaseState, index: int, measurements: list[Measurement], verdict: str) -> bool:
     """Append one measurement round; False when another analysis already recorded this round."""
-    now = datetime.now(UTC)
-    rows = [
-        {
-            "release_id": state.release_id,
-            "measurement": index,
-            "ts": now,
-            "challenger_version": state.challenger,
-            "champion_version": state.champion,
-            "mode": state.mode,
-            "share": state.share,
-            "verdict": verdict,
-            **{k: v for k, v in asdict(m).items()},
-        }
-        for m in measurements
-    ]
+    round_ = _Round(
+        state.release_id, index, datetime.now(UTC), state.challenger, state.champion, state.mode, state.share
+    )
+    rows = [{**to_row(round_), **to_row(m), "verdict": verdict} for m in measurements]
     table = pa.Table.from_pylist(rows, schema=_ANALYSIS_SCHEMA)
     return not lake.append_once(ANALYSIS_TABLE, table, key=f"release:{state.release_id}:{index}").duplicate
 
@@ -351,8 +343,6 @@ def _record_incident(
     steps complete, with the detection time of the failing measurement, so the MTTR is
     computed by ``checkpoints.incidents`` exactly as the healer's.
     """
-    from flows.healer.machine import claim
-
     failed = [asdict(m) for m in measurements if m.phase == "failed"]
     evidence = {
         "release_id": state.release_id,

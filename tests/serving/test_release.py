@@ -24,8 +24,8 @@ import yaml
 
 from checkpoints import Lake
 from checkpoints.incidents import IncidentLog, State
+from checkpoints.leases import LEASE_SECONDS, LEASES
 from flows.config import SelfhealConfig, load_config
-from flows.healer.machine import LEASE_SECONDS, LEASES
 from flows.registry import Registry
 from flows.release.controller import BAD_RELEASE, read_state, release_analysis_flow, start_release
 from serving.inference_log import INFERENCE_TABLE

@@ -24,7 +24,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from checkpoints.exceptions import ConfigError
+from flows.config import ConfigError
 
 Correction = Literal["holm", "bonferroni", "fdr_bh", "none"]
 _CONSECUTIVE = {"latency": 3, "error_rate": 2, "missing_rows": 3, "serving_down": 2}

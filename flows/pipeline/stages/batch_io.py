@@ -23,7 +23,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from checkpoints.exceptions import ValidationFailed
+from flows.pipeline.exceptions import ValidationFailed
 
 logger = logging.getLogger(__name__)
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from checkpoints.exceptions import PromotionRejected
 from flows.metrics import lower_is_better
+from flows.pipeline.exceptions import PromotionRejected
 
 
 @dataclass(frozen=True)

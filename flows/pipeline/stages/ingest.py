@@ -75,4 +75,4 @@ def read_file(source: str) -> LandingFile:
 
 def already_taken(lake: Lake, sha256: str) -> bool:
     """Whether a file with this content already landed in bronze or was quarantined."""
-    return lake.has_key(BRONZE, sha256) or lake.has_key("_quarantine", f"quarantine:{sha256}")
+    return lake.has_key(BRONZE, sha256) or lake.is_quarantined(sha256)

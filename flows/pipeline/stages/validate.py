@@ -69,8 +69,8 @@ import pandera.pandas as pa
 from pandas.api import types as ptypes
 from pandera.errors import SchemaErrors
 
-from checkpoints.exceptions import ValidationFailed
 from flows.config import DataConfig, Expectations, SelfhealConfig
+from flows.pipeline.exceptions import ValidationFailed
 
 logger = logging.getLogger(__name__)
 

@@ -12,8 +12,9 @@ from typing import Any
 import pytest
 
 from checkpoints.incidents import IncidentLog, State
+from checkpoints.leases import Lease, claim, take
 from flows.config import load_config
-from flows.healer.machine import Healer, Observation, claim, make_context
+from flows.healer.machine import Healer, Observation, make_context
 from flows.monitor.signals import Severity, Signal, SignalKind, Window
 from flows.pipeline.flow import pipeline_flow
 from flows.registry import CHAMPION
@@ -187,19 +188,9 @@ def test_a_live_healer_holds_its_incident(system: dict[str, Any]) -> None:
     try:
         import socket
 
-        import pyarrow as pa
-
-        from flows.healer.machine import _LEASE_SCHEMA, LEASES
-
-        row = {
-            "incident_id": incident.id,
-            "n": 0,
-            "host": socket.gethostname(),
-            "pid": other.pid,
-            "expires_at": datetime.now(UTC) + timedelta(minutes=5),
-        }
-        healer.ctx.lake.append_once(
-            LEASES, pa.Table.from_pylist([row], schema=_LEASE_SCHEMA), key=f"lease:{incident.id}:0"
+        assert take(
+            healer.ctx.lake,
+            Lease(incident.id, 0, socket.gethostname(), other.pid, datetime.now(UTC) + timedelta(minutes=5)),
         )
         assert not claim(healer.ctx.lake, incident.id, datetime.now(UTC))
     finally:

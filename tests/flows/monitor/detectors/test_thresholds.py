@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from checkpoints.exceptions import ConfigError
+from flows.config import ConfigError
 from flows.monitor.detectors import MonitorThresholds
 
 

@@ -19,9 +19,9 @@ import pyarrow as pa
 import pytest
 
 from checkpoints import Lake
-from checkpoints.exceptions import ValidationFailed
 from flows.config import DataConfig, Expectations, SelfhealConfig
 from flows.demo import data as dd
+from flows.pipeline.exceptions import ValidationFailed
 from flows.pipeline.stages import validate as v
 from flows.pipeline.stages.batch_io import read_batch
 from flows.pipeline.stages.validate import MAX_FAILURE_RECORDS, ValidationOutcome, infer_schema, validate_batch
