@@ -9,8 +9,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from checkpoints.exceptions import ValidationFailed
 from flows.demo import data as dd
+from flows.pipeline.exceptions import ValidationFailed
 from flows.pipeline.stages.batch_io import read_batch
 
 SEED = 5

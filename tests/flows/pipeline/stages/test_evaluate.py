@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from checkpoints.exceptions import PromotionRejected
+from flows.pipeline.exceptions import PromotionRejected
 from flows.pipeline.stages.evaluate import check, gate
 
 
