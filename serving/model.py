@@ -23,15 +23,12 @@ from typing import Any, Literal
 
 import numpy as np
 
-from serving.registry import ModelLoadFailed, ModelRegistry, ModelVersionRef
+from serving.registry import BASELINE_TAG, ModelLoadFailed, ModelRegistry, ModelVersionRef
 from serving.schema import FeatureSchema, UnsupportedSignature
 
 logger = logging.getLogger(__name__)
 
 Task = Literal["binary", "multiclass", "regression"]
-
-#: Version tag the pipeline may set: ``{"prediction": 0, "score": 0.03}`` from the training labels.
-BASELINE_TAG = "selfheal.baseline"
 
 
 @dataclass(frozen=True)

@@ -47,13 +47,14 @@ from prefect.cache_policies import NONE
 from prefect.events import emit_event
 
 from checkpoints import Lake
-from checkpoints.exceptions import CheckpointError, ServingUnavailable
+from checkpoints.exceptions import CheckpointError, RegistryUnavailable, ServingUnavailable
 from flows.monitor.detectors import MonitorThresholds, ReferenceProfile
 from flows.monitor.detectors.performance import Task
 from flows.monitor.scrape import ServingSnapshot, scrape
 from flows.monitor.signals import Signal
 from flows.monitor.state import MonitorState, commit_run, load_state
 from flows.monitor.window import PREDICTION_COLUMNS, Assessment, MonitorWindow, assess
+from serving.registry import CHAMPION, SILVER_VERSION_TAG, WINDOW_TAG, ModelRegistry
 
 if TYPE_CHECKING:
     from flows.config import SelfhealConfig
@@ -64,8 +65,6 @@ INFERENCE_LOG = "inference_log"
 FEEDBACK = "feedback"
 SILVER = "silver"
 PREDICTION_REFERENCE = "prediction_reference"
-SILVER_VERSION_TAG = "selfheal.silver_version"
-WINDOW_TAG = "selfheal.window_batches"
 INITIAL_LOOKBACK = timedelta(hours=1)
 _METRIC_NAMES = ("roc_auc", "accuracy", "f1_macro", "f1", "r2", "rmse", "mae")
 _METRIC_PREFIXES = ("holdout_", "holdout.", "val_", "validation_", "eval_", "test_", "metrics.", "selfheal.metric.")
@@ -120,31 +119,29 @@ def champion_context(model_name: str | None, tracking_uri: str | None) -> Champi
     """
     if not model_name:
         return Champion()
+    # One try: a locked store blocks each call for its busy timeout, and the monitor must not stall.
+    registry = ModelRegistry(model_name, tracking_uri=tracking_uri, attempts=1)
     try:
-        from mlflow import MlflowClient
-        from mlflow.exceptions import MlflowException
-
-        client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
-        try:
-            mv = client.get_model_version_by_alias(model_name, "champion")
-        except MlflowException:
+        champion = registry.by_alias(CHAMPION)
+        if champion is None:
             return Champion()
-        tags = dict(mv.tags or {})
+        run_id = champion.run_id
         raw: dict[str, Any] = {}
-        if mv.run_id:
-            raw.update(client.get_run(mv.run_id).data.metrics)
-        raw.update(tags)
-        silver = tags.get(SILVER_VERSION_TAG)
-        window = tags.get(WINDOW_TAG, "")
-        return Champion(
-            str(mv.version),
-            int(silver) if silver not in (None, "") else None,
-            baseline_metrics(raw),
-            int(window) if window.isdigit() else None,
-        )
-    except Exception as exc:  # the monitor must keep watching when the registry is away
-        logger.warning("model registry unavailable (%s: %s); no champion baseline this run", type(exc).__name__, exc)
+        if run_id:
+            raw.update(registry.call(f"read run {run_id}", lambda c: c.get_run(run_id)).data.metrics)
+    except RegistryUnavailable as exc:  # the monitor must keep watching when the registry is away
+        logger.warning("model registry unavailable (%s); no champion baseline this run", exc)
         return Champion()
+    tags = dict(champion.tags)
+    raw.update(tags)
+    silver = tags.get(SILVER_VERSION_TAG)
+    window = tags.get(WINDOW_TAG, "")
+    return Champion(
+        champion.version,
+        int(silver) if silver not in (None, "") else None,
+        baseline_metrics(raw),
+        int(window) if window.isdigit() else None,
+    )
 
 
 # -- reading ---------------------------------------------------------------------
