@@ -48,10 +48,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import httpx
 import yaml
 
 from chaos import _landing, _proc
+from chaos.serving import _server
 from chaos.serving._server import feature_names, resolve_command, wait_http_ok
 
 logger = logging.getLogger(__name__)
@@ -155,10 +155,7 @@ class Sandbox:
         state = self.state()
         if state is None:
             return False
-        try:
-            return httpx.get(f"{state.serving_url}/ready", timeout=2.0).status_code == 200
-        except httpx.HTTPError:
-            return False
+        return _server.ready(state.serving_url, timeout=2.0)[0]
 
     def environment(self) -> dict[str, str]:
         """The variables the experiments' configuration reads (``SELFHEAL_CHAOS_*``)."""
@@ -311,7 +308,7 @@ class Sandbox:
         self._run("pipeline-initial", ["selfheal", "-c", str(self.config_path), "pipeline", "run"], env, timeout=600)
         url = f"http://127.0.0.1:{port}"
         server = self._start("server", ["selfheal", "-c", str(self.config_path), "serve"], env)
-        wait_http_ok(f"{url}/ready", server, self.startup_timeout)
+        _server.wait_ready(url, server, self.startup_timeout)
         self._write_payload(url, target)
         workload = self._start(
             "workload",

@@ -17,6 +17,8 @@ import httpx
 from chaoslib.exceptions import ActivityFailed
 
 from chaos import _proc
+from checkpoints.exceptions import ServingUnavailable
+from serving.client import ServingClient
 
 #: Words one of which the master's command line holds (``python -m serving``, gunicorn's title).
 _SERVER_MARKERS = ("serving", "gunicorn", "selfheal")
@@ -38,10 +40,9 @@ def _looks_like_server(pid: int) -> bool:
 def worker_answering(url: str, timeout: float = 5.0) -> int:
     """The pid of the worker that answers ``GET /health`` at ``url``."""
     try:
-        response = httpx.get(f"{url.rstrip('/')}/health", timeout=timeout)
-        response.raise_for_status()
-        pid = response.json().get("pid")
-    except (httpx.HTTPError, ValueError) as exc:
+        with ServingClient(url) as server:
+            pid = server.health(timeout).get("pid")
+    except ServingUnavailable as exc:
         raise ActivityFailed(f"model server at {url} does not answer GET /health: {exc}") from exc
     if not isinstance(pid, int):
         raise ActivityFailed(f"model server at {url}: GET /health did not report a worker pid")
@@ -68,12 +69,11 @@ def find_server(url: str, pid_file: str | None = None) -> ServerProcesses:
 def ready(url: str, timeout: float) -> tuple[bool, str]:
     """Whether ``GET /ready`` answers 200, and what was seen."""
     try:
-        response = httpx.get(f"{url.rstrip('/')}/ready", timeout=timeout)
-    except httpx.HTTPError as exc:
-        return False, f"GET /ready: {type(exc).__name__}: {exc}"
-    if response.status_code != 200:
-        return False, f"GET /ready: {response.status_code} {response.text[:200]}"
-    return True, f"ready, model version {response.json().get('model_version')}"
+        with ServingClient(url) as server:
+            body = server.ready(timeout)
+    except ServingUnavailable as exc:
+        return False, str(exc)
+    return True, f"ready, model version {body.get('model_version')}"
 
 
 def predict(url: str, body: Any, timeout: float) -> tuple[bool, str, dict[str, Any] | None]:
@@ -178,5 +178,12 @@ def wait_http_ok(url: str, proc: subprocess.Popen[bytes] | None, timeout: float)
 
 
 def wait_ready(url: str, proc: subprocess.Popen[bytes] | None, timeout: float) -> float:
-    """Seconds until the server's ``/ready`` answers 200."""
-    return wait_http_ok(f"{url.rstrip('/')}/ready", proc, timeout)
+    """Seconds until the server's ``/ready`` answers 200; ActivityFailed if ``proc`` exits or time runs out."""
+    started = time.monotonic()
+    alive = (lambda: proc.poll() is None) if proc is not None else None
+    try:
+        with ServingClient(url) as server:
+            server.wait_ready(timeout, interval=0.3, alive=alive)
+    except ServingUnavailable as exc:
+        raise ActivityFailed(str(exc)) from exc
+    return time.monotonic() - started
