@@ -91,13 +91,13 @@ def make_data(rows: int = 20_000, seed: int = 0) -> tuple[pd.DataFrame, np.ndarr
 def register_model(tracking_uri: str, workdir: Path) -> str:
     """Train and register two versions (@previous, @champion); return the champion's version."""
     import mlflow
-    from mlflow import MlflowClient
     from sklearn.compose import ColumnTransformer
     from sklearn.ensemble import HistGradientBoostingClassifier
     from sklearn.pipeline import Pipeline
     from sklearn.preprocessing import OneHotEncoder
 
     from serving.modelio import log_sklearn_model
+    from serving.registry import CHAMPION, PREVIOUS, ModelRegistry
 
     mlflow.set_tracking_uri(tracking_uri)
     mlflow.set_registry_uri(tracking_uri)
@@ -111,9 +111,9 @@ def register_model(tracking_uri: str, workdir: Path) -> str:
         with mlflow.start_run(experiment_id=experiment):
             info = log_sklearn_model(model, frame.head(5), registered_model_name=MODEL)
         versions.append(str(info.registered_model_version))
-    client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
-    client.set_registered_model_alias(MODEL, "previous", versions[0])
-    client.set_registered_model_alias(MODEL, "champion", versions[1])
+    registry = ModelRegistry(MODEL, tracking_uri=tracking_uri)
+    registry.set_alias(PREVIOUS, versions[0])
+    registry.set_alias(CHAMPION, versions[1])
     return versions[1]
 
 
@@ -196,6 +196,9 @@ def start_mlflow(workdir: Path, env: dict[str, str], version: str, workers: int)
 def start_selfheal(
     workdir: Path, env: dict[str, str], tracking_uri: str, workers: int
 ) -> tuple[subprocess.Popen[bytes], str]:
+    from checkpoints.exceptions import ServingUnavailable  # why: after the sys.path fix above (serving.py)
+    from serving.client import ServingClient
+
     port = free_port()
     env = {
         **env,
@@ -212,10 +215,14 @@ def start_selfheal(
         proc = subprocess.Popen(
             cmd, env=env, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
         )
-    wait_http(f"http://127.0.0.1:{port}/ready", proc)
+    server = ServingClient(f"http://127.0.0.1:{port}")
+    try:
+        server.wait_ready(180.0, alive=lambda: proc.poll() is None)
+    except ServingUnavailable as exc:
+        raise SystemExit(f"the server did not become ready: {exc}") from exc
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:  # every worker reports its loaded model in the shared metrics
-        text = httpx.get(f"http://127.0.0.1:{port}/metrics").text
+        text = server.metrics(timeout=5.0)
         if (
             sum(
                 1
