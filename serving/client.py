@@ -63,13 +63,21 @@ class ServingClient:
         base_url: e.g. ``http://127.0.0.1:8080`` (a trailing ``/`` or ``/metrics`` is dropped).
         admin_token: the bearer token for /admin; by default ``SELFHEAL_ADMIN_TOKEN``.
         reload_attempts: how many times ``reload`` asks before giving up.
+        transport: an httpx transport in place of the network (tests: ``httpx.MockTransport``).
     """
 
-    def __init__(self, base_url: str, *, admin_token: str | None = None, reload_attempts: int = 3) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        admin_token: str | None = None,
+        reload_attempts: int = 3,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
         self.base_url = base_url.rstrip("/").removesuffix("/metrics")
         self.admin_token = admin_token if admin_token is not None else os.environ.get(ADMIN_TOKEN_ENV)
         self._reload_attempts = reload_attempts
-        self._http = httpx.Client(limits=httpx.Limits(max_keepalive_connections=0))
+        self._http = httpx.Client(limits=httpx.Limits(max_keepalive_connections=0), transport=transport)
 
     def close(self) -> None:
         self._http.close()
