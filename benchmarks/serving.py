@@ -87,13 +87,13 @@ def make_data(rows: int = 20_000, seed: int = 0) -> tuple[pd.DataFrame, np.ndarr
 def register_model(tracking_uri: str, workdir: Path) -> str:
     """Train and register two versions (@previous, @champion); return the champion's version."""
     import mlflow
-    from mlflow import MlflowClient
     from sklearn.compose import ColumnTransformer
     from sklearn.ensemble import HistGradientBoostingClassifier
     from sklearn.pipeline import Pipeline
     from sklearn.preprocessing import OneHotEncoder
 
     from serving.modelio import log_sklearn_model
+    from serving.registry import CHAMPION, PREVIOUS, ModelRegistry
 
     mlflow.set_tracking_uri(tracking_uri)
     mlflow.set_registry_uri(tracking_uri)
@@ -107,9 +107,9 @@ def register_model(tracking_uri: str, workdir: Path) -> str:
         with mlflow.start_run(experiment_id=experiment):
             info = log_sklearn_model(model, frame.head(5), registered_model_name=MODEL)
         versions.append(str(info.registered_model_version))
-    client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
-    client.set_registered_model_alias(MODEL, "previous", versions[0])
-    client.set_registered_model_alias(MODEL, "champion", versions[1])
+    registry = ModelRegistry(MODEL, tracking_uri=tracking_uri)
+    registry.set_alias(PREVIOUS, versions[0])
+    registry.set_alias(CHAMPION, versions[1])
     return versions[1]
 
 
@@ -202,6 +202,7 @@ def start_mlflow(workdir: Path, env: dict[str, str], version: str, workers: int)
 def start_selfheal(
     workdir: Path, env: dict[str, str], tracking_uri: str, workers: int
 ) -> tuple[subprocess.Popen[bytes], str]:
+
     port = free_port()
     env = {
         **env,

@@ -53,12 +53,13 @@ def _serving_benchmark() -> ModuleType:
 
 def set_release(tracking_uri: str, model: str, challenger: str | None, share: float) -> None:
     """Start (challenger given) or end a shadow release by writing the release tag."""
-    from mlflow import MlflowClient
+    from serving.registry import CHAMPION, RELEASE_TAG, ModelRegistry
+    from serving.release import ReleaseState
 
-    from serving.release import RELEASE_TAG, ReleaseState
-
-    client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
-    champion = str(client.get_model_version_by_alias(model, "champion").version)
+    registry = ModelRegistry(model, tracking_uri=tracking_uri)
+    current = registry.by_alias(CHAMPION)
+    assert current is not None, f"{model} has no @{CHAMPION}"
+    champion = current.version
     state = ReleaseState(
         release_id=f"bench-{uuid.uuid4().hex[:6]}",
         mode="shadow",
@@ -67,7 +68,7 @@ def set_release(tracking_uri: str, model: str, challenger: str | None, share: fl
         share=share if challenger else 0.0,
         status="running" if challenger else "aborted",
     )
-    client.set_registered_model_tag(model, RELEASE_TAG, state.to_tag())
+    registry.set_model_tag(RELEASE_TAG, state.to_tag())
 
 
 def wait_release(base: str, shadow: bool, workers: int, timeout: float = 60.0) -> None:
@@ -90,7 +91,11 @@ def wait_release(base: str, shadow: bool, workers: int, timeout: float = 60.0) -
 
 def shadow_counts(base: str) -> dict[str, float]:
     counts: dict[str, float] = {}
-    for line in httpx.get(f"{base}/metrics", timeout=10).text.splitlines():
+    from serving.client import ServingClient
+
+    with ServingClient(base) as server:
+        text = server.metrics(timeout=10)
+    for line in text.splitlines():
         if line.startswith("selfheal_shadow_rows_total{"):
             outcome = line.split('outcome="', 1)[1].split('"', 1)[0]
             counts[outcome] = counts.get(outcome, 0.0) + float(line.rsplit(" ", 1)[1])

@@ -47,11 +47,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import httpx
 import yaml
 
 from chaos import _landing
-from chaos.serving._server import feature_names, resolve_command, wait_http_ok
+from chaos.serving import _server
+from chaos.serving._server import resolve_command, wait_http_ok
 from checkpoints.exceptions import SelfhealError
 from serving import processes
 
@@ -150,10 +150,7 @@ class Sandbox:
         state = self.state()
         if state is None:
             return False
-        try:
-            return httpx.get(f"{state.serving_url}/ready", timeout=2.0).status_code == 200
-        except httpx.HTTPError:
-            return False
+        return _server.ready(state.serving_url, timeout=2.0)[0]
 
     def environment(self) -> dict[str, str]:
         """The variables the experiments' configuration reads (``SELFHEAL_CHAOS_*``)."""
@@ -365,7 +362,7 @@ class Sandbox:
         )
 
     def _write_payload(self, url: str, target: str) -> None:
-        from chaos.workload import read_records
+        from chaos.workload import feature_names, read_records
 
         names = feature_names(url) or []
         record = read_records(self.root / "stream.parquet")[0]

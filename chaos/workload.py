@@ -38,7 +38,9 @@ from typing import Any
 
 import httpx
 
+from checkpoints.exceptions import ServingUnavailable
 from serving import processes
+from serving.client import ServingClient
 
 logger = logging.getLogger(__name__)
 
@@ -235,9 +237,16 @@ class Workload:
                         pass  # a lost label is the monitor's problem, not availability's
 
 
-def _features(url: str, wait: float) -> list[str] | None:
-    from chaos.serving._server import feature_names
+def feature_names(url: str, timeout: float = 10.0) -> list[str] | None:
+    """The model's input columns from the server's OpenAPI document (None: it does not say yet)."""
+    try:
+        with ServingClient(url) as server:
+            return server.feature_names(timeout)
+    except ServingUnavailable:
+        return None
 
+
+def _features(url: str, wait: float) -> list[str] | None:
     try:
         return processes.wait_until(lambda: feature_names(url), wait, f"the feature names of {url}", interval=1.0)
     except TimeoutError:

@@ -26,15 +26,12 @@ from mlflow.models import Model
 from threadpoolctl import threadpool_limits
 
 from serving.modelio import load_sklearn_model
-from serving.registry import ModelLoadFailed, ModelRegistry, ModelVersionRef
+from serving.registry import BASELINE_TAG, ModelLoadFailed, ModelRegistry, ModelVersionRef
 from serving.schema import FeatureSchema, UnsupportedSignature
 
 logger = logging.getLogger(__name__)
 
 Task = Literal["binary", "multiclass", "regression"]
-
-#: Version tag the pipeline may set: ``{"prediction": 0, "score": 0.03}`` from the training labels.
-BASELINE_TAG = "selfheal.baseline"
 
 
 @dataclass(frozen=True)

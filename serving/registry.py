@@ -1,13 +1,15 @@
-"""The MLflow model registry as the server sees it: aliases, versions, downloads.
+"""The MLflow model registry: the one client every package uses, and the names of its aliases and tags.
 
-Retries live here, inside the client (tenacity), never around it: a transient
-registry error (database locked, connection refused) is retried a few times,
-then translated once into ``RegistryUnavailable``. "No such alias / model" is an
-answer (None), not an error.
+One rule for errors, here at the boundary: a transient failure (connection
+refused, a 5xx, SQLite's "database is locked") is retried a few times by
+tenacity, inside the client and never around it, then translated into
+``RegistryUnavailable``; a missing model, version or alias is ``ModelNotFound``
+(or None from the look-ups, where "not there" is an answer). Any other error is
+a bug and surfaces as itself.
 
 Example:
     >>> registry = ModelRegistry("fraud-detector", tracking_uri="sqlite:///mlflow.db")
-    >>> ref = registry.by_alias("champion")
+    >>> ref = registry.by_alias(CHAMPION)
     >>> path = registry.download(ref, into="/tmp/x")
 """
 
@@ -16,18 +18,48 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_exponential
+from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_exponential_jitter
 
 from checkpoints.exceptions import RegistryUnavailable, SelfhealError
+
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
 
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-#: MLflow error codes that are answers ("not there"), not outages.
+# -- the registry's vocabulary (declared once; flows and chaos import these) ---------------
+#: Aliases: ``champion`` serves, ``previous`` is the fallback and rollback target,
+#: ``challenger`` waits on the gate, ``light`` is the small model for degraded serving.
+CHAMPION, CHALLENGER, PREVIOUS, LIGHT = "champion", "challenger", "previous", "light"
+#: Version tag: when a version last became champion (ISO 8601); diagnosis uses it to spot bad deploys.
+PROMOTED_AT_TAG = "selfheal.promoted_at"
+#: Version tag: the healer's idempotency key of the rollback that demoted the version.
+ROLLED_BACK_BY_TAG = "selfheal.rolled_back_by"
+#: Version tag: the pipeline's resume key (the inputs a version was trained on).
+TRAIN_KEY_TAG = "selfheal.train_key"
+#: Lineage version tags the pipeline writes and the monitor reads.
+BRONZE_VERSION_TAG = "selfheal.bronze_version"
+SILVER_VERSION_TAG = "selfheal.silver_version"
+WINDOW_TAG = "selfheal.window_batches"
+#: Version tag: ``{"prediction": 0, "score": 0.03}`` from the training labels (the monitor's baseline).
+BASELINE_TAG = "selfheal.baseline"
+#: Registered-model tag holding the release state (JSON).
+RELEASE_TAG = "selfheal.release"
+#: Model-version tag set on a challenger when its release ends (``promoted`` or ``rolled_back``).
+OUTCOME_TAG = "selfheal.release.outcome"
+#: Version tag on a model a chaos experiment registered (``bad_model``, ``worse_model``).
+CHAOS_TAG = "selfheal.chaos"
+
+#: MLflow error codes that mean "no such model, version or alias" (a missing alias is a bad parameter).
 _NOT_FOUND = frozenset({"RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"})
+
+
+class ModelNotFound(SelfhealError):
+    """The registered model, version or alias asked for does not exist."""
 
 
 class ModelLoadFailed(SelfhealError):
@@ -50,11 +82,15 @@ class ModelVersionRef:
         name: registered model name.
         version: version number, as MLflow spells it (a string).
         tags: the version's tags (lineage, ``selfheal.baseline``).
+        run_id: the MLflow run that logged it, when known.
+        aliases: the aliases that name it, when known.
     """
 
     name: str
     version: str
     tags: Mapping[str, str] = field(default_factory=dict)
+    run_id: str | None = None
+    aliases: tuple[str, ...] = ()
 
     @property
     def uri(self) -> str:
@@ -62,15 +98,33 @@ class ModelVersionRef:
 
 
 def _is_not_found(exc: BaseException) -> bool:
-    return getattr(exc, "error_code", None) in _NOT_FOUND
+    from mlflow.exceptions import MlflowException
+
+    return isinstance(exc, MlflowException) and exc.error_code in _NOT_FOUND
 
 
-def _is_transient(exc: BaseException) -> bool:
-    return not _is_not_found(exc) and not isinstance(exc, (ValueError, TypeError))
+def is_transient(exc: BaseException) -> bool:
+    """Whether a registry call that raised ``exc`` may succeed if tried again.
+
+    Connection and OS errors, MLflow's 5xx and rate-limit answers (its SQL store reports
+    a locked database as ``TEMPORARILY_UNAVAILABLE``), and "database is locked" however
+    it is wrapped.
+    """
+    from mlflow.exceptions import ERROR_CODE_TO_HTTP_STATUS, MlflowException
+
+    if isinstance(exc, MlflowException):
+        status: int = ERROR_CODE_TO_HTTP_STATUS.get(exc.error_code, 500)
+        return status >= 500 or exc.error_code == "REQUEST_LIMIT_EXCEEDED"
+    return isinstance(exc, OSError) or "database is locked" in str(exc)
 
 
 class ModelRegistry:
-    """Registry look-ups and downloads for one registered model name."""
+    """The registry, through one MLflow client, for one registered model name.
+
+    Every call goes through ``call``: the one retry rule and the one translation of
+    MLflow's errors. ``client`` is the raw MLflow client for the rare call not wrapped
+    here (pass it to ``call`` so the rule still applies).
+    """
 
     def __init__(
         self,
@@ -86,20 +140,30 @@ class ModelRegistry:
         self.registry_uri = registry_uri or tracking_uri
         self._attempts = attempts
         self._wait_max = wait_max_seconds
-        self._client: Any = None
+        self._client: MlflowClient | None = None
 
-    def _mlflow_client(self) -> Any:
+    @property
+    def client(self) -> MlflowClient:
+        """The MLflow client, made on first use (importing mlflow is slow)."""
         if self._client is None:
-            from mlflow import MlflowClient
+            from mlflow import MlflowClient  # why: mlflow takes seconds to import; not at module import
 
             self._client = MlflowClient(tracking_uri=self.tracking_uri, registry_uri=self.registry_uri)
         return self._client
 
-    def _retrying(self, what: str, call: Callable[[], T]) -> T:
+    def call(self, what: str, fn: Callable[[MlflowClient], T]) -> T:
+        """``fn(client)``, retried while it fails transiently; MLflow's errors translated.
+
+        Raises:
+            RegistryUnavailable: the store did not answer after the retries, or refused the call.
+            ModelNotFound: the model, version or alias does not exist.
+        """
+        from mlflow.exceptions import MlflowException
+
         retrying = Retrying(
-            retry=retry_if_exception(_is_transient),
+            retry=retry_if_exception(is_transient),
             stop=stop_after_attempt(self._attempts),
-            wait=wait_exponential(multiplier=0.2, max=self._wait_max),
+            wait=wait_exponential_jitter(initial=0.2, max=self._wait_max),
             reraise=True,
             before_sleep=lambda state: logger.warning(
                 "registry %s failed (attempt %d), retrying: %s",
@@ -109,82 +173,118 @@ class ModelRegistry:
             ),
         )
         try:
-            return retrying(call)
-        except Exception as exc:
+            return retrying(fn, self.client)
+        except MlflowException as exc:
             if _is_not_found(exc):
-                raise
-            raise RegistryUnavailable(
-                f"MLflow registry at {self.registry_uri or 'the default URI'} did not answer ({what}): {exc}"
-            ) from exc
+                raise ModelNotFound(f"model {self.model_name!r}: {what}: {exc.message}") from exc
+            raise self._unavailable(what, exc) from exc
+        except Exception as exc:
+            if is_transient(exc):
+                raise self._unavailable(what, exc) from exc
+            raise
 
+    def _unavailable(self, what: str, exc: Exception) -> RegistryUnavailable:
+        where = self.registry_uri or "the default URI"
+        return RegistryUnavailable(f"MLflow registry at {where} did not answer ({what}): {exc}")
+
+    def _ref(self, mv: Any) -> ModelVersionRef:
+        return ModelVersionRef(
+            name=str(mv.name),
+            version=str(mv.version),
+            tags=dict(mv.tags or {}),
+            run_id=mv.run_id,
+            aliases=tuple(getattr(mv, "aliases", ()) or ()),
+        )
+
+    # -- reads -------------------------------------------------------------------------
     def by_alias(self, alias: str) -> ModelVersionRef | None:
         """The version holding ``alias``, or None when the model or the alias does not exist.
 
         Raises:
             RegistryUnavailable: the registry could not be reached after retries.
         """
-
-        def call() -> ModelVersionRef:
-            mv = self._mlflow_client().get_model_version_by_alias(self.model_name, alias)
-            return ModelVersionRef(self.model_name, str(mv.version), dict(mv.tags or {}))
-
         try:
-            return self._retrying(f"alias {alias!r}", call)
-        except RegistryUnavailable:
-            raise
-        except Exception as exc:
-            if _is_not_found(exc):
-                return None
-            raise
+            return self.call(
+                f"alias {alias!r}", lambda c: self._ref(c.get_model_version_by_alias(self.model_name, alias))
+            )
+        except ModelNotFound:
+            return None
 
     def by_version(self, version: str) -> ModelVersionRef | None:
         """Version ``version`` of the model, or None when it does not exist."""
-
-        def call() -> ModelVersionRef:
-            mv = self._mlflow_client().get_model_version(self.model_name, version)
-            return ModelVersionRef(self.model_name, str(mv.version), dict(mv.tags or {}))
-
         try:
-            return self._retrying(f"version {version}", call)
-        except RegistryUnavailable:
-            raise
-        except Exception as exc:
-            if _is_not_found(exc):
-                return None
-            raise
+            return self.version(version)
+        except ModelNotFound:
+            return None
+
+    def version(self, version: str) -> ModelVersionRef:
+        """Version ``version`` of the model.
+
+        Raises:
+            ModelNotFound: no such version.
+        """
+        return self.call(f"version {version}", lambda c: self._ref(c.get_model_version(self.model_name, version)))
+
+    def versions(self, where: str = "") -> list[ModelVersionRef]:
+        """Every version of the model (matching the MLflow filter ``where``, e.g. ``tags.`k` = 'v'``)."""
+        query = f"name = '{self.model_name}'" + (f" and {where}" if where else "")
+        try:
+            found = self.call("search versions", lambda c: list(c.search_model_versions(query)))
+        except ModelNotFound:
+            return []
+        return [self._ref(mv) for mv in found]
 
     def model_tags(self) -> dict[str, str]:
         """The registered model's own tags (the release state lives there); empty when the model does not exist."""
-
-        def call() -> dict[str, str]:
-            return dict(self._mlflow_client().get_registered_model(self.model_name).tags or {})
-
         try:
-            return self._retrying("registered model tags", call)
-        except RegistryUnavailable:
-            raise
-        except Exception as exc:
-            if _is_not_found(exc):
-                return {}
-            raise
+            model = self.call("registered model tags", lambda c: c.get_registered_model(self.model_name))
+        except ModelNotFound:
+            return {}
+        return dict(model.tags or {})
+
+    def model_tag(self, key: str) -> str | None:
+        """A tag of the registered model itself (not of a version); None when unset or no such model."""
+        return self.model_tags().get(key)
+
+    # -- writes ------------------------------------------------------------------------
+    def set_alias(self, alias: str, version: str) -> None:
+        self.call(f"set alias {alias}", lambda c: c.set_registered_model_alias(self.model_name, alias, version))
+
+    def delete_alias(self, alias: str) -> None:
+        """Remove ``alias``; nothing happens when it (or the model) does not exist."""
+        try:
+            self.call(f"delete alias {alias}", lambda c: c.delete_registered_model_alias(self.model_name, alias))
+        except ModelNotFound:
+            pass
+
+    def set_tag(self, version: str, key: str, value: str) -> None:
+        """Tag one version of the model."""
+        self.call(f"tag version {version}", lambda c: c.set_model_version_tag(self.model_name, version, key, value))
+
+    def set_model_tag(self, key: str, value: str) -> None:
+        self.call(f"set model tag {key}", lambda c: c.set_registered_model_tag(self.model_name, key, value))
+
+    def delete_version(self, version: str) -> None:
+        self.call(f"delete version {version}", lambda c: c.delete_model_version(self.model_name, version))
 
     def download(self, ref: ModelVersionRef, into: str) -> str:
         """Download the version's artifacts into the folder ``into`` and return the model's local path.
 
         Raises:
             ModelLoadFailed: the artifacts are missing or unreadable.
+            RegistryUnavailable: the registry could not be reached after retries.
         """
-        import mlflow.artifacts
+        import mlflow.artifacts  # why: mlflow takes seconds to import; not at module import
 
-        def call() -> str:
+        def fetch(client: MlflowClient) -> str:
             # The version's own artifact location: resolving a models:/ URI would go through the
             # process-wide registry URI, which this client must not change.
-            source = self._mlflow_client().get_model_version_download_uri(ref.name, ref.version)
+            source = client.get_model_version_download_uri(ref.name, ref.version)
             return str(
                 mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=into, tracking_uri=self.tracking_uri)
             )
 
         try:
-            return self._retrying(f"download of version {ref.version}", call)
-        except Exception as exc:
+            return self.call(f"download of version {ref.version}", fetch)
+        except (ModelNotFound, RegistryUnavailable) as exc:
             raise ModelLoadFailed(ref.name, ref.version, f"artifacts could not be downloaded: {exc}") from exc

@@ -41,15 +41,15 @@ from dataclasses import asdict, dataclass, field, replace
 from itertools import chain
 from typing import TYPE_CHECKING, Any, Literal
 
+# The tag names are the registry's; re-exported for the release's readers.
+from serving.registry import OUTCOME_TAG as OUTCOME_TAG
+from serving.registry import RELEASE_TAG as RELEASE_TAG
+
 if TYPE_CHECKING:  # types only: flows.release imports this module, and serving.model pulls in MLflow
     from serving.model import LoadedModel, Prediction
 
 logger = logging.getLogger(__name__)
 
-#: Registered-model tag holding the release state (JSON).
-RELEASE_TAG = "selfheal.release"
-#: Model-version tag set on a challenger when its release ends (``promoted`` or ``rolled_back``).
-OUTCOME_TAG = "selfheal.release.outcome"
 SHADOW_TABLE = "shadow_log"
 
 Mode = Literal["shadow", "canary"]

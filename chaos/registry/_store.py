@@ -6,11 +6,11 @@ import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
 
 import httpx
 
 from serving import processes
+from serving.registry import ModelRegistry
 
 LOCKER_MODULE = "chaos.registry._lock"
 
@@ -52,21 +52,9 @@ def lockers(db: Path) -> list[int]:
     return processes.find([LOCKER_MODULE, str(db)])
 
 
-def client(tracking_uri: str) -> Any:
-    """An MLflow client whose tracking and registry store are ``tracking_uri``."""
-    from mlflow import MlflowClient
-
-    return MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
-
-
-def alias_version(mlflow_client: Any, model_name: str, alias: str) -> str | None:
-    """The version ``alias`` names, or None when the model or the alias does not exist."""
-    from mlflow.exceptions import MlflowException
-
-    try:
-        return str(mlflow_client.get_model_version_by_alias(model_name, alias).version)
-    except MlflowException:
-        return None
+def registry(tracking_uri: str, model_name: str) -> ModelRegistry:
+    """The registry client (``serving.registry``: one retry rule, outages as ``RegistryUnavailable``) for one model."""
+    return ModelRegistry(model_name, tracking_uri=tracking_uri)
 
 
 @contextmanager

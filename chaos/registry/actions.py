@@ -12,9 +12,9 @@ time so a forgotten fault ends by itself.
 # No ``from __future__ import annotations``: discovery reads these annotations at run time.
 
 import logging
-import os
 import subprocess
 import sys
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -24,6 +24,16 @@ from chaoslib.types import Configuration
 from chaos import ledger
 from chaos.registry import _store
 from serving import processes
+from serving.client import ServingClient
+from serving.registry import (
+    CHAMPION,
+    CHAOS_TAG,
+    PREVIOUS,
+    PROMOTED_AT_TAG,
+    TRAIN_KEY_TAG,
+    ModelRegistry,
+    ModelVersionRef,
+)
 
 __all__ = [
     "make_tracking_store_unreachable",
@@ -35,43 +45,49 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-BAD_MODEL_TAG = "selfheal.chaos"
-#: When a version became champion: the registry's contract (``flows.registry.PROMOTED_AT_TAG``).
-PROMOTED_AT_TAG = "selfheal.promoted_at"
+BAD_MODEL = "bad_model"
 #: Tags of the old champion the bad model does not copy: the pipeline's resume key (it would
 #: look already trained) and the old promotion time (it is promoted now).
-_NOT_CLAIMED = frozenset({"selfheal.train_key", PROMOTED_AT_TAG})
+_NOT_CLAIMED = frozenset({TRAIN_KEY_TAG, PROMOTED_AT_TAG})
+
+
+@dataclass(frozen=True)
+class Training:
+    """What a chaos model learns from: the lake's silver table, its label column, a seed."""
+
+    lake_root: str
+    silver_table: str
+    target: str
+    seed: int
 
 
 def _register_inverted(
-    client: Any,
-    version: Any,
-    model_name: str,
-    champion: str,
-    lake: Any,
-    silver_table: str,
-    target: str,
-    seed: int,
-    flip: float = 1.0,
-    tag: str = "bad_model",
-) -> Any:
-    """Fit a model on silver with ``flip`` of its labels inverted; log it as a new version (inside ``mlflow_uris``)."""
+    registry: ModelRegistry, champion: ModelVersionRef, training: Training, flip: float = 1.0, tag: str = BAD_MODEL
+) -> str:
+    """Fit a model on silver with ``flip`` of its labels inverted; log it as a new version of the model; its version."""
     import mlflow
     from mlflow.models import get_model_info
 
+    from checkpoints import Lake
     from serving.modelio import log_sklearn_model
 
-    signature = get_model_info(f"models:/{model_name}/{champion}").signature
-    if signature is None:
-        raise ActivityFailed(f"{model_name} v{champion} has no signature to copy")
-    features = list(signature.inputs.input_names())
-    frame = lake.read(silver_table, columns=[*features, target]).to_pandas().dropna(subset=[target])
-    model = _fit_inverted(frame, features, target, seed, flip)
-    run = client.get_run(version.run_id) if version.run_id else None
-    with mlflow.start_run(experiment_id=run.info.experiment_id if run else None, run_name=f"chaos-{tag}"):
-        mlflow.log_metrics(dict(run.data.metrics) if run else {})
-        mlflow.set_tag(BAD_MODEL_TAG, tag)
-        return log_sklearn_model(model, frame[features].head(5), registered_model_name=model_name)
+    assert registry.tracking_uri is not None
+    with _store.mlflow_uris(registry.tracking_uri):
+        signature = get_model_info(champion.uri).signature
+        if signature is None:
+            raise ActivityFailed(f"{champion.name} v{champion.version} has no signature to copy")
+        features = list(signature.inputs.input_names())
+        columns = [*features, training.target]
+        frame = Lake(training.lake_root).read(training.silver_table, columns=columns).to_pandas()
+        frame = frame.dropna(subset=[training.target])
+        model = _fit_inverted(frame, features, training.target, training.seed, flip)
+        run_id = champion.run_id
+        run = registry.call(f"run {run_id}", lambda c: c.get_run(run_id)) if run_id else None
+        with mlflow.start_run(experiment_id=run.info.experiment_id if run else None, run_name=f"chaos-{tag}"):
+            mlflow.log_metrics(dict(run.data.metrics) if run else {})
+            mlflow.set_tag(CHAOS_TAG, tag)
+            info = log_sklearn_model(model, frame[features].head(5), registered_model_name=champion.name)
+    return str(info.registered_model_version)
 
 
 def _fit_inverted(frame: Any, features: list[str], target: str, seed: int, flip: float = 1.0) -> Any:
@@ -96,6 +112,27 @@ def _fit_inverted(frame: Any, features: list[str], target: str, seed: int, flip:
     return model.fit(frame[features], labels)
 
 
+def _champion(registry: ModelRegistry) -> ModelVersionRef:
+    champion = registry.by_alias(CHAMPION)
+    if champion is None:
+        raise ActivityFailed(
+            f"model {registry.model_name!r} has no @{CHAMPION} in {registry.tracking_uri}: nothing to replace"
+        )
+    return champion
+
+
+def _version(ref: ModelVersionRef | None) -> str | None:
+    return ref.version if ref is not None else None
+
+
+def _make_champion(registry: ModelRegistry, version: str, previous: str | None) -> None:
+    """Exactly what a promotion does: the aliases moved (``previous`` kept when None), and the time it happened."""
+    if previous:
+        registry.set_alias(PREVIOUS, previous)
+    registry.set_alias(CHAMPION, version)
+    registry.set_tag(version, PROMOTED_AT_TAG, datetime.now(UTC).isoformat())
+
+
 def promote_bad_model(
     tracking_uri: str,
     model_name: str,
@@ -113,58 +150,48 @@ def promote_bad_model(
     ``SELFHEAL_ADMIN_TOKEN``, the server is told to reload at once (else it polls).
     Undo with ``restore_champion``.
     """
-    from checkpoints import Lake
-
-    client = _store.client(tracking_uri)
-    champion = _store.alias_version(client, model_name, "champion")
-    if champion is None:
-        raise ActivityFailed(f"model {model_name!r} has no @champion in {tracking_uri}: nothing to replace")
-    previous = _store.alias_version(client, model_name, "previous")
-    version = client.get_model_version(model_name, champion)
-    with _store.mlflow_uris(tracking_uri):
-        info = _register_inverted(client, version, model_name, champion, Lake(lake_root), silver_table, target, seed)
-    bad = str(info.registered_model_version)
-    for key, value in (version.tags or {}).items():
+    registry = _store.registry(tracking_uri, model_name)
+    champion = _champion(registry)
+    previous = _version(registry.by_alias(PREVIOUS))
+    bad = _register_inverted(registry, champion, Training(lake_root, silver_table, target, seed))
+    for key, value in champion.tags.items():
         if key not in _NOT_CLAIMED:
-            client.set_model_version_tag(model_name, bad, key, value)
-    client.set_model_version_tag(model_name, bad, BAD_MODEL_TAG, "bad_model")
-    # Exactly what a promotion does: aliases moved, and the time it happened.
-    client.set_registered_model_alias(model_name, "previous", champion)
-    client.set_registered_model_alias(model_name, "champion", bad)
-    client.set_model_version_tag(model_name, bad, PROMOTED_AT_TAG, datetime.now(UTC).isoformat())
+            registry.set_tag(bad, key, value)
+    registry.set_tag(bad, CHAOS_TAG, BAD_MODEL)
+    _make_champion(registry, bad, previous=champion.version)
     at = ledger.record(
         configuration,
         "fault",
         fault="promote_bad_model",
-        detail={"model": model_name, "bad": bad, "champion": champion, "previous": previous},
+        detail={
+            "model": model_name,
+            "bad": bad,
+            "champion": champion.version,
+            "previous": previous,
+        },
     )
-    reloaded = _notify(server_url) if server_url else None
-    logger.info("promoted bad model %s v%s over v%s", model_name, bad, champion)
-    return {"bad_version": bad, "replaced": champion, "previous": previous, "server_reloaded": reloaded, "at": at}
+    reloaded = _reload(server_url) if server_url else None
+    logger.info("promoted bad model %s v%s over v%s", model_name, bad, champion.version)
+    return {
+        "bad_version": bad,
+        "replaced": champion.version,
+        "previous": previous,
+        "server_reloaded": reloaded,
+        "at": at,
+    }
 
 
-def _notify(server_url: str) -> bool:
-    import httpx
-
-    token = os.environ.get("SELFHEAL_ADMIN_TOKEN")
-    if not token:
-        return False
-    try:
-        response = httpx.post(
-            f"{server_url.rstrip('/')}/admin/reload", headers={"Authorization": f"Bearer {token}"}, timeout=30
-        )
-    except httpx.HTTPError as exc:
-        logger.warning("could not ask %s to reload: %s", server_url, exc)
-        return False
-    return response.status_code == 200
+def _reload(server_url: str) -> bool:
+    with ServingClient(server_url) as server:
+        return server.reload()
 
 
 def _restored(
-    configuration: Configuration | None, fault: str, outcome: dict[str, Any], server_url: str | None
+    outcome: dict[str, Any], fault: str, server_url: str | None, configuration: Configuration | None
 ) -> dict[str, Any]:
-    """Finish an undo: ask the server to reload (given one), record the restore in the ledger."""
+    """Tell the server (if any), record the restore in the ledger, and return the outcome."""
     if server_url:
-        outcome["server_reloaded"] = _notify(server_url)
+        outcome["server_reloaded"] = _reload(server_url)
     ledger.record(configuration, "restore", fault=fault, detail=outcome)
     return outcome
 
@@ -180,24 +207,22 @@ def restore_champion(
     If the healer already rolled back (champion is no longer the bad version), nothing
     changes. Needs the fault ledger to know which version was bad.
     """
-    client = _store.client(tracking_uri)
     faults = [e for e in ledger.current_run(configuration) if e.fault == "promote_bad_model"]
     if not faults:
         return {"restored": False, "detail": "no bad model was promoted in this run"}
     detail = faults[-1].detail
-    champion = _store.alias_version(client, model_name, "champion")
-    if champion != detail["bad"]:
-        outcome = {"restored": False, "detail": f"champion is v{champion}, not the bad v{detail['bad']}"}
+    registry = _store.registry(tracking_uri, model_name)
+    champion = registry.by_alias(CHAMPION)
+    version = _version(champion)
+    if version != detail["bad"]:
+        outcome = {"restored": False, "detail": f"champion is v{version}, not the bad v{detail['bad']}"}
     else:
-        client.set_registered_model_alias(model_name, "champion", detail["champion"])
-        client.set_model_version_tag(model_name, detail["champion"], PROMOTED_AT_TAG, datetime.now(UTC).isoformat())
-        if detail.get("previous"):
-            client.set_registered_model_alias(model_name, "previous", detail["previous"])
-        else:
-            client.delete_registered_model_alias(model_name, "previous")
+        _make_champion(registry, detail["champion"], previous=detail.get("previous"))
+        if not detail.get("previous"):
+            registry.delete_alias(PREVIOUS)
         outcome = {"restored": True, "detail": f"champion back to v{detail['champion']}"}
-    client.set_model_version_tag(model_name, detail["bad"], BAD_MODEL_TAG, "bad_model (rolled back)")
-    return _restored(configuration, "restore_champion", outcome, server_url)
+    registry.set_tag(detail["bad"], CHAOS_TAG, f"{BAD_MODEL} (rolled back)")
+    return _restored(outcome, "restore_champion", server_url, configuration)
 
 
 def restore_champion_before_fault(
@@ -216,25 +241,22 @@ def restore_champion_before_fault(
     fault_at = ledger.last_event(configuration, "fault")
     if fault_at is None:
         return {"restored": False, "detail": "no fault was injected in this run"}
-    client = _store.client(tracking_uri)
+    registry = _store.registry(tracking_uri, model_name)
     promoted = []
-    for mv in client.search_model_versions(f"name='{model_name}'"):
-        stamp = (mv.tags or {}).get(PROMOTED_AT_TAG)
+    for mv in registry.versions():
+        stamp = mv.tags.get(PROMOTED_AT_TAG)
         if stamp and datetime.fromisoformat(stamp).timestamp() <= fault_at:
-            promoted.append((datetime.fromisoformat(stamp).timestamp(), str(mv.version)))
-    champion = _store.alias_version(client, model_name, "champion")
+            promoted.append((datetime.fromisoformat(stamp).timestamp(), mv.version))
+    champion = _version(registry.by_alias(CHAMPION))
     if not promoted:
         outcome: dict[str, Any] = {"restored": False, "detail": "no version was promoted before the fault"}
     elif max(promoted)[1] == champion:
         outcome = {"restored": False, "detail": f"v{champion} was champion before the fault and still is"}
     else:
         before = max(promoted)[1]
-        client.set_registered_model_alias(model_name, "champion", before)
-        client.set_model_version_tag(model_name, before, PROMOTED_AT_TAG, datetime.now(UTC).isoformat())
-        if champion:
-            client.set_registered_model_alias(model_name, "previous", champion)
+        _make_champion(registry, before, previous=champion)
         outcome = {"restored": True, "detail": f"champion v{champion} -> v{before} (champion before the fault)"}
-    return _restored(configuration, "restore_champion_before_fault", outcome, server_url)
+    return _restored(outcome, "restore_champion_before_fault", server_url, configuration)
 
 
 def make_tracking_store_unreachable(

@@ -6,14 +6,16 @@ from chaoslib.types import Configuration
 
 from chaos._polling import Check, seconds_until
 from chaos.registry import _store
-from chaos.registry.actions import BAD_MODEL_TAG
+from chaos.registry.actions import BAD_MODEL
+from serving.registry import CHAMPION, CHAOS_TAG
 
 __all__ = ["champion_version", "seconds_until_champion_is_not_bad", "seconds_until_tracking_store_answers"]
 
 
 def champion_version(tracking_uri: str, model_name: str, alias: str = "champion") -> str:
-    """The version the alias names ("" when the model has no such alias)."""
-    return _store.alias_version(_store.client(tracking_uri), model_name, alias) or ""
+    """The version the alias names ("" when the model has no such alias; an outage raises RegistryUnavailable)."""
+    found = _store.registry(tracking_uri, model_name).by_alias(alias)
+    return found.version if found is not None else ""
 
 
 def seconds_until_champion_is_not_bad(
@@ -25,15 +27,14 @@ def seconds_until_champion_is_not_bad(
     configuration: Configuration | None = None,
 ) -> float:
     """Poll until @champion names a version that promote_bad_model did not make; return the seconds it took."""
-    client = _store.client(tracking_uri)
+    registry = _store.registry(tracking_uri, model_name)
 
     def look() -> Check:
-        version = _store.alias_version(client, model_name, "champion")
-        if version is None:
+        champion = registry.by_alias(CHAMPION)
+        if champion is None:
             return Check(False, f"{model_name} has no @champion")
-        tags = client.get_model_version(model_name, version).tags or {}
-        bad = tags.get(BAD_MODEL_TAG, "").startswith("bad_model")
-        return Check(not bad, f"@champion is v{version}{' (the bad model)' if bad else ''}")
+        bad = champion.tags.get(CHAOS_TAG, "").startswith(BAD_MODEL)
+        return Check(not bad, f"@champion is v{champion.version}{' (the bad model)' if bad else ''}")
 
     return seconds_until(look, f"{model_name}@champion is not a bad model", timeout, since, interval, configuration)
 

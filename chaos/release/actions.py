@@ -19,9 +19,10 @@ from chaoslib.types import Configuration
 
 from chaos import ledger
 from chaos.registry import _store
-from chaos.registry.actions import _register_inverted
+from chaos.registry.actions import Training, _register_inverted
 from chaos.release.probes import release_state
 from chaos.serving._server import run_command
+from serving.registry import CHAMPION, CHAOS_TAG
 
 __all__ = ["end_release", "release_worse_model"]
 
@@ -60,21 +61,15 @@ def release_worse_model(
     release state records it, not when the command line got round to it. Undo with
     ``end_release``.
     """
-    from checkpoints import Lake
-
     if not 0.0 < flip < 1.0:
         raise ValueError(f"flip must be in (0, 1) for a subtly worse model, got {flip}")
-    client = _store.client(tracking_uri)
-    champion = _store.alias_version(client, model_name, "champion")
-    if champion is None:
+    registry = _store.registry(tracking_uri, model_name)
+    current = registry.by_alias(CHAMPION)
+    if current is None:
         raise ActivityFailed(f"model {model_name!r} has no @champion in {tracking_uri}: nothing to compare with")
-    version = client.get_model_version(model_name, champion)
-    with _store.mlflow_uris(tracking_uri):
-        info = _register_inverted(
-            client, version, model_name, champion, Lake(lake_root), silver_table, target, seed, flip, WORSE_MODEL
-        )
-    worse = str(info.registered_model_version)
-    client.set_model_version_tag(model_name, worse, "selfheal.chaos", WORSE_MODEL)
+    champion = current.version
+    worse = _register_inverted(registry, current, Training(lake_root, silver_table, target, seed), flip, WORSE_MODEL)
+    registry.set_tag(worse, CHAOS_TAG, WORSE_MODEL)
     out = _selfheal(config_path, configuration, "start", "--version", worse, "--mode", "canary")
     state = release_state(tracking_uri, model_name)
     if state.get("challenger") != worse:

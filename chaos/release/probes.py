@@ -17,10 +17,10 @@ def release_state(tracking_uri: str, model_name: str) -> dict[str, Any]:
     """The release state the server routes by (the registered model's ``selfheal.release`` tag); {} when none."""
     from dataclasses import asdict
 
-    from serving.release import RELEASE_TAG, ReleaseState
+    from serving.registry import RELEASE_TAG
+    from serving.release import ReleaseState
 
-    tags = _store.client(tracking_uri).get_registered_model(model_name).tags or {}
-    state = ReleaseState.from_tag(tags.get(RELEASE_TAG))
+    state = ReleaseState.from_tag(_store.registry(tracking_uri, model_name).model_tag(RELEASE_TAG))
     return asdict(state) if state is not None else {}
 
 

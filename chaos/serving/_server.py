@@ -16,7 +16,9 @@ from typing import Any
 import httpx
 from chaoslib.exceptions import ActivityFailed
 
+from checkpoints.exceptions import ServingUnavailable
 from serving import processes
+from serving.client import ServingClient
 
 #: Words one of which the master's command line holds (``python -m serving``, gunicorn's title).
 _SERVER_MARKERS = ("serving", "gunicorn", "selfheal")
@@ -38,10 +40,9 @@ def _looks_like_server(pid: int) -> bool:
 def worker_answering(url: str, timeout: float = 5.0) -> int:
     """The pid of the worker that answers ``GET /health`` at ``url``."""
     try:
-        response = httpx.get(f"{url.rstrip('/')}/health", timeout=timeout)
-        response.raise_for_status()
-        pid = response.json().get("pid")
-    except (httpx.HTTPError, ValueError) as exc:
+        with ServingClient(url) as server:
+            pid = server.health(timeout).get("pid")
+    except ServingUnavailable as exc:
         raise ActivityFailed(f"model server at {url} does not answer GET /health: {exc}") from exc
     if not isinstance(pid, int):
         raise ActivityFailed(f"model server at {url}: GET /health did not report a worker pid")
@@ -68,12 +69,11 @@ def find_server(url: str, pid_file: str | None = None) -> ServerProcesses:
 def ready(url: str, timeout: float) -> tuple[bool, str]:
     """Whether ``GET /ready`` answers 200, and what was seen."""
     try:
-        response = httpx.get(f"{url.rstrip('/')}/ready", timeout=timeout)
-    except httpx.HTTPError as exc:
-        return False, f"GET /ready: {type(exc).__name__}: {exc}"
-    if response.status_code != 200:
-        return False, f"GET /ready: {response.status_code} {response.text[:200]}"
-    return True, f"ready, model version {response.json().get('model_version')}"
+        with ServingClient(url) as server:
+            body = server.ready(timeout)
+    except ServingUnavailable as exc:
+        return False, str(exc)
+    return True, f"ready, model version {body.get('model_version')}"
 
 
 def predict(url: str, body: Any, timeout: float) -> tuple[bool, str, dict[str, Any] | None]:
@@ -88,17 +88,6 @@ def predict(url: str, body: Any, timeout: float) -> tuple[bool, str, dict[str, A
     if not answer.get("predictions"):
         return False, "POST /predict: 200 without predictions", answer
     return True, f"200 from {answer.get('served_by')} v{answer.get('model_version')}", answer
-
-
-def feature_names(url: str, timeout: float = 10.0) -> list[str] | None:
-    """The model's input columns, from the record schema in the server's OpenAPI document."""
-    try:
-        doc = httpx.get(f"{url.rstrip('/')}/openapi.json", timeout=timeout).json()
-    except (httpx.HTTPError, ValueError):
-        return None
-    record = doc.get("components", {}).get("schemas", {}).get("Record", {})
-    properties = record.get("properties")
-    return list(properties) if isinstance(properties, dict) and properties else None
 
 
 def load_payload(path: str) -> Any:
@@ -184,5 +173,12 @@ def wait_http_ok(url: str, proc: subprocess.Popen[bytes] | None, timeout: float)
 
 
 def wait_ready(url: str, proc: subprocess.Popen[bytes] | None, timeout: float) -> float:
-    """Seconds until the server's ``/ready`` answers 200."""
-    return wait_http_ok(f"{url.rstrip('/')}/ready", proc, timeout)
+    """Seconds until the server's ``/ready`` answers 200; ActivityFailed if ``proc`` exits or time runs out."""
+    started = time.monotonic()
+    alive = (lambda: proc.poll() is None) if proc is not None else None
+    try:
+        with ServingClient(url) as server:
+            server.wait_ready(timeout, interval=0.3, alive=alive)
+    except ServingUnavailable as exc:
+        raise ActivityFailed(str(exc)) from exc
+    return time.monotonic() - started

@@ -22,6 +22,7 @@ from chaos import ledger
 from chaos._polling import Check, seconds_until
 from chaos.serving import _server
 from chaos.workload import read_outcomes, read_records
+from serving.client import ServingClient
 
 __all__ = [
     "availability",
@@ -178,7 +179,8 @@ def seconds_until_availability(
 def _served_versions(url: str) -> dict[int, str]:
     """The primary model version each live worker reports in /metrics (pid -> version)."""
     server = _server.find_server(url)
-    text = httpx.get(f"{url.rstrip('/')}/metrics", timeout=5.0).text
+    with ServingClient(url) as client:
+        text = client.metrics(timeout=5.0)
     versions: dict[int, str] = {}
     for line in text.splitlines():
         if line.startswith("selfheal_model_version{") and 'role="primary"' in line:

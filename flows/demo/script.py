@@ -26,6 +26,7 @@ from typing import Any
 
 import yaml
 
+from checkpoints.exceptions import ServingUnavailable
 from flows.config import SelfhealConfig, load_config
 from serving import processes
 
@@ -164,14 +165,14 @@ class Demo:
         return paths
 
     def start_server(self) -> None:
-        from flows.healer.remedies import server_ready, start_server
+        from flows.healer.remedies import start_server
 
         pid = start_server(self.cfg, str(self.config_path))
         started = time.perf_counter()
-        while server_ready(self.loop_ctx()) is None:
-            if time.perf_counter() - started > 120:
-                raise RuntimeError(f"the model server did not become ready; see {self.workdir / 'run'}")
-            time.sleep(0.5)
+        try:
+            self.loop_ctx().server.wait_ready(timeout=120)
+        except ServingUnavailable as exc:
+            raise RuntimeError(f"the model server did not become ready; see {self.workdir / 'run'}") from exc
         _say(f"   model server ready at {self.cfg.serving.url} (pid {pid}) in {time.perf_counter() - started:.1f} s")
 
     def loop_ctx(self) -> Any:
@@ -180,8 +181,7 @@ class Demo:
         return make_context(self.cfg, str(self.config_path))
 
     def start_traffic(self) -> None:
-        from chaos.serving._server import feature_names
-        from chaos.workload import RecordSource, TrafficLog, Workload
+        from chaos.workload import RecordSource, TrafficLog, Workload, feature_names
 
         url = str(self.cfg.serving.url)
         source = RecordSource(self.world.path, feature_names(url), self.cfg.data.target)

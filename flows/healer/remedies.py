@@ -10,8 +10,8 @@
 
 from __future__ import annotations
 
+import functools
 import logging
-import os
 import shutil
 import subprocess
 import sys
@@ -22,15 +22,14 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import httpx
-
 from checkpoints import Lake
-from checkpoints.exceptions import CheckpointCorrupted, SelfhealError
+from checkpoints.exceptions import CheckpointCorrupted, SelfhealError, ServingUnavailable
 from checkpoints.incidents import Incident
 from flows.config import SelfhealConfig
-from flows.monitor.scrape import http_client
-from flows.registry import CHAMPION, LIGHT, PREVIOUS, Registry
+from flows.registry import CHAMPION, LIGHT, PREVIOUS, PROMOTED_AT_TAG, Registry
 from serving import processes
+from serving.client import ServingClient
+from serving.registry import ROLLED_BACK_BY_TAG
 
 logger = logging.getLogger(__name__)
 
@@ -69,33 +68,24 @@ class HealContext:
     def serving_url(self) -> str:
         return (self.cfg.serving.url or f"http://{self.cfg.serving.host}:{self.cfg.serving.port}").rstrip("/")
 
+    @functools.cached_property
+    def server(self) -> ServingClient:
+        """The model server's client, made once: the healer asks it several times a second."""
+        return ServingClient(self.serving_url)
+
 
 # -- the model server, from the healer's side --------------------------------------------
-def _admin_headers() -> dict[str, str]:
-    token = os.environ.get("SELFHEAL_ADMIN_TOKEN")
-    return {"Authorization": f"Bearer {token}"} if token else {}
-
-
 def server_ready(ctx: HealContext, timeout: float = 2.0) -> dict[str, Any] | None:
     """The server's /ready body when it is ready, else None."""
     try:
-        response = http_client().get(f"{ctx.serving_url}/ready", timeout=timeout)
-    except httpx.HTTPError:
+        return ctx.server.ready(timeout)
+    except ServingUnavailable:
         return None
-    if response.status_code != 200:
-        return None
-    body: dict[str, Any] = response.json()
-    return body
 
 
 def server_reload(ctx: HealContext) -> bool:
-    """Ask the server to reload its models now; False when it cannot be asked."""
-    try:
-        response = http_client().post(f"{ctx.serving_url}/admin/reload", headers=_admin_headers(), timeout=30)
-    except httpx.HTTPError as exc:
-        logger.warning("reload request to %s failed: %s", ctx.serving_url, exc)
-        return False
-    return response.status_code < 300
+    """Ask the server to reload its models now; False (logged) when it cannot be asked."""
+    return ctx.server.reload()
 
 
 def pid_file(cfg: SelfhealConfig) -> Path:
@@ -233,8 +223,8 @@ class Rollback(Remedy):
         if ctx.registry.by_alias(CHAMPION) is None or ctx.registry.by_alias(CHAMPION).version != target:  # type: ignore[union-attr]
             ctx.registry.set_alias(CHAMPION, target)
             ctx.registry.set_alias(PREVIOUS, plan["from_version"])
-            ctx.registry.set_tag(target, "selfheal.promoted_at", datetime.now().astimezone().isoformat())
-            ctx.registry.set_tag(plan["from_version"], "selfheal.rolled_back_by", key)
+            ctx.registry.set_tag(target, PROMOTED_AT_TAG, datetime.now().astimezone().isoformat())
+            ctx.registry.set_tag(plan["from_version"], ROLLED_BACK_BY_TAG, key)
         server_reload(ctx)
         return Outcome(True, f"champion v{plan['from_version']} -> v{target}")
 

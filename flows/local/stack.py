@@ -41,9 +41,10 @@ import psutil
 import yaml
 from tenacity import retry, retry_if_exception, stop_after_attempt, wait_exponential_jitter
 
-from checkpoints.exceptions import SelfhealError
+from checkpoints.exceptions import SelfhealError, ServingUnavailable
 from flows.config import SelfhealConfig
 from serving import processes
+from serving.client import ServingClient
 
 logger = logging.getLogger(__name__)
 
@@ -212,7 +213,7 @@ class Stack:
         )
         skipped = self._deploy()
         self._set_monitor_parameters()
-        self._wait_http("serving", f"{self.serving_url}/health", deadline)
+        self._wait_serving(deadline)
         return self.summary(skipped, watching)
 
     def _ensure_work_pool(self, template: dict[str, Any]) -> None:
@@ -259,6 +260,18 @@ class Stack:
             processes.wait_until(answers, deadline - time.monotonic(), f"{name} at {url}", interval=0.25)
         except TimeoutError:
             raise SelfhealError(f"{name} did not answer {url} in time; see {self.run_dir / (name + '.log')}") from None
+
+    def _wait_serving(self, deadline: float) -> None:
+        """Wait until the model server is up (/health: a model may not be trained yet)."""
+        pid = PidFile.read(self.run_dir / "serving.pid")
+        log = self.run_dir / "serving.log"
+        try:
+            with ServingClient(self.serving_url) as server:
+                server.wait_healthy(deadline - time.monotonic(), alive=pid.running if pid is not None else None)
+        except ServingUnavailable as exc:
+            if pid is not None and not pid.running():
+                raise SelfhealError(f"serving exited while starting; see {log}:\n{self._tail('serving')}") from exc
+            raise SelfhealError(f"serving did not answer {self.serving_url}/health in time; see {log}") from exc
 
     def _tail(self, name: str, chars: int = 2000) -> str:
         try:

@@ -52,6 +52,7 @@ from flows.monitor.state import MonitorState, commit_run, load_state
 from flows.monitor.window import PREDICTION_COLUMNS, Assessment, MonitorWindow, assess
 from serving.inference_log import FEEDBACK_TABLE as FEEDBACK
 from serving.inference_log import INFERENCE_TABLE as INFERENCE_LOG
+from serving.registry import CHAMPION, SILVER_VERSION_TAG, WINDOW_TAG, ModelRegistry
 
 if TYPE_CHECKING:
     from flows.config import SelfhealConfig
@@ -60,8 +61,6 @@ logger = logging.getLogger(__name__)
 
 SILVER = "silver"
 PREDICTION_REFERENCE = "prediction_reference"
-SILVER_VERSION_TAG = "selfheal.silver_version"
-WINDOW_TAG = "selfheal.window_batches"
 INITIAL_LOOKBACK = timedelta(hours=1)
 _METRIC_NAMES = ("roc_auc", "accuracy", "f1_macro", "f1", "r2", "rmse", "mae")
 _METRIC_PREFIXES = ("holdout_", "holdout.", "val_", "validation_", "eval_", "test_", "metrics.", "selfheal.metric.")
@@ -120,24 +119,23 @@ def champion_context(model_name: str | None, tracking_uri: str | None) -> Champi
     """
     if not model_name:
         return Champion()
-    # why local: mlflow takes seconds to import and only a monitor with a registry needs it
-    from mlflow import MlflowClient
-    from mlflow.exceptions import MlflowException
-
+    # One try: a locked store blocks each call for its busy timeout, and the monitor must not stall.
+    registry = ModelRegistry(model_name, tracking_uri=tracking_uri, attempts=1)
     try:
-        client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
-        try:
-            mv = client.get_model_version_by_alias(model_name, "champion")
-        except MlflowException:
-            return Champion()  # no such model or alias (or a store that answers errors)
-        raw: dict[str, Any] = dict(client.get_run(mv.run_id).data.metrics) if mv.run_id else {}
-    except (MlflowException, RegistryUnavailable, OSError) as exc:  # requests' errors are OSErrors
-        logger.warning("model registry unavailable (%s: %s); no champion baseline this run", type(exc).__name__, exc)
+        champion = registry.by_alias(CHAMPION)
+        if champion is None:
+            return Champion()
+        run_id = champion.run_id
+        raw: dict[str, Any] = {}
+        if run_id:
+            raw.update(registry.call(f"read run {run_id}", lambda c: c.get_run(run_id)).data.metrics)
+    except RegistryUnavailable as exc:  # the monitor must keep watching when the registry is away
+        logger.warning("model registry unavailable (%s); no champion baseline this run", exc)
         return Champion()
-    tags = dict(mv.tags or {})
+    tags = dict(champion.tags)
     raw.update(tags)
     return Champion(
-        str(mv.version),
+        champion.version,
         _int_tag(tags.get(SILVER_VERSION_TAG)),
         baseline_metrics(raw),
         _int_tag(tags.get(WINDOW_TAG)),

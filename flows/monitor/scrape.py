@@ -27,14 +27,14 @@ Example:
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-from checkpoints.exceptions import ServingUnavailable
+from serving.client import ServingClient
 
 logger = logging.getLogger(__name__)
 
@@ -106,20 +106,10 @@ def parse_metrics(text: str) -> ServingSnapshot:
     return ServingSnapshot(counters, breaker_open)
 
 
-_CLIENT: httpx.Client | None = None
-
-
-def http_client() -> httpx.Client:
-    """One client for the healer's calls to the model server, made once per process.
-
-    ``httpx.get`` builds a client, and with it an SSL context (~70 ms of CA loading), on
-    every call; the healer makes several calls a second. No keep-alive: a pooled connection
-    to a worker that was just killed would fail the next probe and read as an outage.
-    """
-    global _CLIENT
-    if _CLIENT is None:
-        _CLIENT = httpx.Client(limits=httpx.Limits(max_keepalive_connections=0))
-    return _CLIENT
+@functools.lru_cache(maxsize=8)
+def _server(url: str) -> ServingClient:
+    """One client per server URL and process: the monitor scrapes every run, a client costs ~70 ms to make."""
+    return ServingClient(url)
 
 
 def scrape(url: str, timeout: float = 2.0) -> ServingSnapshot:
@@ -128,14 +118,7 @@ def scrape(url: str, timeout: float = 2.0) -> ServingSnapshot:
     Raises:
         ServingUnavailable: the server did not answer, or answered non-200.
     """
-    target = url.rstrip("/") + ("" if url.rstrip("/").endswith("/metrics") else "/metrics")
-    try:
-        response = http_client().get(target, timeout=timeout)
-    except httpx.HTTPError as exc:
-        raise ServingUnavailable(f"{target}: {type(exc).__name__}: {exc}") from exc
-    if response.status_code != 200:
-        raise ServingUnavailable(f"{target}: HTTP {response.status_code}")
-    return parse_metrics(response.text)
+    return parse_metrics(_server(url).metrics(timeout))
 
 
 def deltas(current: Mapping[str, float], previous: Mapping[str, float]) -> dict[str, float]:

@@ -21,7 +21,6 @@ import hashlib
 import importlib.metadata
 import json
 import logging
-import os
 import subprocess
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -45,11 +44,12 @@ from flows.pipeline.stages import evaluate, features, ingest, train
 from flows.pipeline.stages.batch_io import read_batch
 from flows.pipeline.stages.validate import validate_batch
 from flows.registry import CHALLENGER, CHAMPION, PREVIOUS, Registry
+from serving.client import ServingClient
+from serving.registry import BRONZE_VERSION_TAG, SILVER_VERSION_TAG, TRAIN_KEY_TAG, WINDOW_TAG
 
 logger = logging.getLogger(__name__)
 
 BRONZE, SILVER = "bronze", "silver"
-TRAIN_KEY_TAG = "selfheal.train_key"
 
 
 @dataclass
@@ -284,14 +284,15 @@ def _experiment_id(cfg: SelfhealConfig) -> str:
     Passed to ``start_run`` explicitly: setting MLflow's process-wide active
     experiment would leak into anything else in the process using another store.
     """
-    from mlflow import MlflowClient
-
-    client = MlflowClient(cfg.tracking_uri)
-    experiment = client.get_experiment_by_name(cfg.project)
+    registry = Registry(cfg.tracking_uri, cfg.model_name)
+    experiment = registry.call("find the experiment", lambda c: c.get_experiment_by_name(cfg.project))
     if experiment is not None:
         return str(experiment.experiment_id)
     artifacts = Path(cfg.home) / "artifacts" if "://" not in cfg.home else None
-    return str(client.create_experiment(cfg.project, artifact_location=artifacts.as_uri() if artifacts else None))
+    location = artifacts.as_uri() if artifacts else None
+    return str(
+        registry.call("create the experiment", lambda c: c.create_experiment(cfg.project, artifact_location=location))
+    )
 
 
 @task(name="train", cache_policy=NO_CACHE)
@@ -309,7 +310,8 @@ def train_task(cfg: SelfhealConfig, silver_version: int) -> Challenger:
     key = _train_key(cfg, silver_version)
     existing = registry.find_by_tag(TRAIN_KEY_TAG, key)
     if existing is not None and existing.run_id:
-        metrics = mlflow.MlflowClient(cfg.tracking_uri).get_run(existing.run_id).data.metrics
+        run_id = existing.run_id
+        metrics = registry.call(f"read run {run_id}", lambda c: c.get_run(run_id)).data.metrics
         log.info(
             "resume: version %s was already trained on silver v%d; not refitting", existing.version, silver_version
         )
@@ -326,9 +328,9 @@ def train_task(cfg: SelfhealConfig, silver_version: int) -> Challenger:
     mlflow.set_registry_uri(cfg.tracking_uri)
     experiment_id = _experiment_id(cfg)
     lineage = {
-        "selfheal.bronze_version": str(lake.version(BRONZE)),
-        "selfheal.silver_version": str(silver_version),
-        "selfheal.window_batches": str(cfg.trainer.window_batches or "all"),
+        BRONZE_VERSION_TAG: str(lake.version(BRONZE)),
+        SILVER_VERSION_TAG: str(silver_version),
+        WINDOW_TAG: str(cfg.trainer.window_batches or "all"),
         "selfheal.config_hash": cfg.config_hash,
         "selfheal.code_version": code_version(),
         TRAIN_KEY_TAG: key,
@@ -364,7 +366,7 @@ def _rollback_challenger(txn: Transaction) -> None:
     run_id = txn.get("challenger_run_id", None)
     if rejection and run_id:
         # The MLflow run stays as the record of why; the registry goes back to how it was.
-        registry.client.set_tag(run_id, "selfheal.gate", f"rejected: {rejection}")
+        registry.call(f"tag run {run_id}", lambda c: c.set_tag(run_id, "selfheal.gate", f"rejected: {rejection}"))
     registry.delete_alias(CHALLENGER)
     registry.delete_version(version)
 
@@ -435,24 +437,10 @@ def _rollback_promotion(txn: Transaction) -> None:
 
 
 def notify_server(cfg: SelfhealConfig) -> None:
-    """Ask a running model server to reload its champion (best effort, reported)."""
-    url = cfg.serving.url
-    if not url:
-        return
-    import httpx
-    from tenacity import retry, stop_after_attempt, wait_exponential_jitter
-
-    token = os.environ.get("SELFHEAL_ADMIN_TOKEN")
-    headers = {"Authorization": f"Bearer {token}"} if token else {}
-
-    @retry(stop=stop_after_attempt(3), wait=wait_exponential_jitter(initial=0.2, max=2.0), reraise=True)
-    def post() -> None:
-        httpx.post(f"{url.rstrip('/')}/admin/reload", headers=headers, timeout=10).raise_for_status()
-
-    try:
-        post()
-    except httpx.HTTPError as exc:
-        logger.warning("could not tell the server at %s to reload: %s", cfg.serving.url, exc)
+    """Ask a running model server to reload its champion (best effort: a failure is logged, the poll catches up)."""
+    if cfg.serving.url:
+        with ServingClient(cfg.serving.url) as server:
+            server.reload()
 
 
 # -- the flow --------------------------------------------------------------------------

@@ -49,7 +49,9 @@ from flows.events import emit
 from flows.registry import CHALLENGER, CHAMPION, Registry
 from flows.release.analysis import Measurement, judge, measure, read_arms, tally
 from serving import processes
-from serving.release import OUTCOME_TAG, RELEASE_TAG, Mode, ReleaseState
+from serving.client import ServingClient
+from serving.registry import OUTCOME_TAG, RELEASE_TAG
+from serving.release import Mode, ReleaseState
 
 logger = logging.getLogger(__name__)
 
@@ -88,12 +90,15 @@ def write_state(registry: Registry, state: ReleaseState) -> None:
 
 
 def notify_server(cfg: SelfhealConfig) -> bool:
-    """Tell a running server to re-read the registry now (every worker follows within a control check)."""
-    from flows.pipeline.flow import notify_server as reload_server
+    """Tell a running server to re-read the registry now (every worker follows within a control check).
 
+    Returns whether a server is configured to tell; a failed request is logged, and the
+    server's registry poll catches up.
+    """
     if not cfg.serving.url:
         return False
-    reload_server(cfg)
+    with ServingClient(cfg.serving.url) as server:
+        server.reload()
     return True
 
 

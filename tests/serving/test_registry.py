@@ -1,0 +1,75 @@
+"""ModelRegistry's one rule for errors: transient ones retried then an outage, "not there" an answer, bugs as is."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from mlflow.exceptions import MlflowException
+from mlflow.protos.databricks_pb2 import (
+    BAD_REQUEST,
+    REQUEST_LIMIT_EXCEEDED,
+    RESOURCE_DOES_NOT_EXIST,
+    TEMPORARILY_UNAVAILABLE,
+)
+
+from checkpoints.exceptions import RegistryUnavailable
+from serving.registry import ModelNotFound, ModelRegistry, is_transient
+
+
+def failing(exc: BaseException, calls: list[int]) -> Callable[[Any], Any]:
+    def fn(_client: Any) -> Any:
+        calls.append(1)
+        raise exc
+
+    return fn
+
+
+@pytest.fixture
+def registry(tmp_path: Path) -> ModelRegistry:
+    return ModelRegistry("m", tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}", attempts=3, wait_max_seconds=0.01)
+
+
+@pytest.mark.parametrize(
+    ("exc", "transient"),
+    [
+        (MlflowException("database is locked", error_code=TEMPORARILY_UNAVAILABLE), True),
+        (MlflowException("API request failed"), True),  # MLflow's default code is INTERNAL_ERROR (500)
+        (MlflowException("slow down", error_code=REQUEST_LIMIT_EXCEEDED), True),
+        (ConnectionRefusedError("refused"), True),
+        (RuntimeError("(sqlite3.OperationalError) database is locked"), True),
+        (MlflowException("no such model", error_code=RESOURCE_DOES_NOT_EXIST), False),
+        (MlflowException("bad filter", error_code=BAD_REQUEST), False),
+        (KeyError("a bug"), False),
+    ],
+)
+def test_which_errors_are_transient(exc: BaseException, transient: bool) -> None:
+    assert is_transient(exc) is transient
+
+
+def test_a_transient_error_is_retried_then_reported_as_an_outage(registry: ModelRegistry) -> None:
+    calls: list[int] = []
+    with pytest.raises(RegistryUnavailable, match="did not answer"):
+        registry.call("look", failing(MlflowException("locked", error_code=TEMPORARILY_UNAVAILABLE), calls))
+    assert len(calls) == 3
+
+
+def test_not_found_is_its_own_error_and_a_bug_is_not_an_outage(registry: ModelRegistry) -> None:
+    calls: list[int] = []
+    with pytest.raises(ModelNotFound):
+        registry.call("look", failing(MlflowException("gone", error_code=RESOURCE_DOES_NOT_EXIST), calls))
+    with pytest.raises(KeyError):
+        registry.call("look", failing(KeyError("a bug"), calls))
+    assert len(calls) == 2
+
+
+def test_missing_model_alias_and_version_are_answers(registry: ModelRegistry) -> None:
+    assert registry.by_alias("champion") is None
+    assert registry.by_version("1") is None
+    assert registry.model_tags() == {}
+    assert registry.versions() == []
+    registry.call("create", lambda c: c.create_registered_model("m"))
+    assert registry.by_alias("champion") is None
+    registry.delete_alias("champion")  # nothing to delete: no error
