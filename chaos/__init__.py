@@ -44,6 +44,7 @@ ACTIVITY_MODULES = (
 
 def load_exported_activities() -> list[dict[str, Any]]:
     """Every action and probe the extension exports, as Chaos Toolkit discovery describes them."""
+    # why local: only `chaos discover` needs chaoslib's discovery; every activity imports this package
     from chaoslib.discovery.discover import discover_actions, discover_probes
 
     activities: list[dict[str, Any]] = []
@@ -55,7 +56,7 @@ def load_exported_activities() -> list[dict[str, Any]]:
 
 def discover(discover_system: bool = True) -> dict[str, Any]:
     """What ``chaos discover selfheal`` reports: this extension and its activities."""
-    from chaoslib.discovery.discover import initialize_discovery_result
+    from chaoslib.discovery.discover import initialize_discovery_result  # why local: as above
 
     discovery: dict[str, Any] = initialize_discovery_result("selfheal-chaos", __version__, "selfheal")
     discovery["activities"].extend(load_exported_activities())

@@ -8,6 +8,10 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+
 from checkpoints import Lake
 
 BATCH_NAME = re.compile(r"^batch-(\d+)\.(parquet|csv)$")
@@ -45,14 +49,11 @@ def sha256(path: Path) -> str:
 
 def row_count(path: Path) -> int | None:
     """Rows in a parquet or CSV file; None when it cannot be read."""
-    import pyarrow as pa
 
     try:
         if path.suffix == ".csv":
-            import pyarrow.csv as pacsv
 
             return int(pacsv.read_csv(str(path)).num_rows)
-        import pyarrow.parquet as pq
 
         return int(pq.ParquetFile(str(path)).metadata.num_rows)
     except (pa.ArrowException, OSError, ValueError):  # a corrupt (or vanished) file has no row count

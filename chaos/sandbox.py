@@ -48,10 +48,12 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from chaoslib.exceptions import ActivityFailed
 
 from chaos import _landing
 from chaos.serving import _server
-from chaos.serving._server import resolve_command, wait_http_ok
+from chaos.serving._server import find_server, resolve_command, wait_http_ok
+from chaos.workload import feature_names, read_records
 from checkpoints.exceptions import SelfhealError
 from serving import processes
 
@@ -362,7 +364,6 @@ class Sandbox:
         )
 
     def _write_payload(self, url: str, target: str) -> None:
-        from chaos.workload import feature_names, read_records
 
         names = feature_names(url) or []
         record = read_records(self.root / "stream.parquet")[0]
@@ -417,9 +418,7 @@ class Sandbox:
         return stopped
 
     def _stop_server_at(self, url: str, timeout: float) -> list[int]:
-        from chaoslib.exceptions import ActivityFailed
 
-        from chaos.serving._server import find_server
 
         try:
             master = find_server(url).master

@@ -37,6 +37,8 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
 
 from checkpoints.exceptions import ServingUnavailable
 from serving import processes
@@ -82,8 +84,6 @@ def read_outcomes(path: str | os.PathLike[str], start: float | None = None, end:
 
 def read_records(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
     """Rows of a parquet or CSV batch as plain Python values (nulls as None)."""
-    import pyarrow.csv as pacsv
-    import pyarrow.parquet as pq
 
     text = str(path)
     table = pacsv.read_csv(text) if text.endswith(".csv") else pq.read_table(text)

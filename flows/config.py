@@ -22,6 +22,7 @@ from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from checkpoints.exceptions import SelfhealError
+from flows.conditions import parse
 
 DEFAULT_CONFIG_FILE = "selfheal.yaml"
 Task = Literal["binary", "multiclass", "regression"]
@@ -176,7 +177,6 @@ class AnalysisMetric(_Section):
     @classmethod
     def _expression(cls, value: str | None) -> str | None:
         if value is not None:
-            from flows.conditions import parse
 
             parse(value)
         return value

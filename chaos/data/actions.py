@@ -10,6 +10,7 @@ wrote are recorded in the fault ledger, so ``remove_injected_batches`` can undo 
 
 # No ``from __future__ import annotations``: discovery reads these annotations at run time.
 
+import io
 import logging
 import shutil
 import tempfile
@@ -17,6 +18,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
 from chaoslib.exceptions import ActivityFailed
 from chaoslib.types import Configuration
 
@@ -33,7 +37,6 @@ _STREAM_BACKUP = ".chaos-backup"
 
 
 def _pick_column(table: Any, column: str | None) -> str:
-    import pyarrow as pa
 
     if column is not None:
         if column not in table.column_names:
@@ -46,11 +49,7 @@ def _pick_column(table: Any, column: str | None) -> str:
 
 
 def _corrupt(raw: bytes, suffix: str, mode: str, column: str | None, fraction: float, seed: int) -> tuple[bytes, str]:
-    import io
 
-    import pyarrow as pa
-    import pyarrow.csv as pacsv
-    import pyarrow.parquet as pq
 
     rng = np.random.default_rng(seed)
     if mode == "truncate":

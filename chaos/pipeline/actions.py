@@ -26,6 +26,8 @@ from chaoslib.types import Configuration
 
 from chaos import _landing, ledger
 from chaos.serving._server import start_detached
+from checkpoints import Lake
+from checkpoints.exceptions import CheckpointError
 from serving import processes
 
 __all__ = ["kill_pipeline_run", "run_pipeline_if_behind"]
@@ -36,8 +38,6 @@ _MARKERS = {"features": "bronze", "train": "silver"}
 
 
 def _version(lake_root: str, table: str) -> int | None:
-    from checkpoints import Lake
-    from checkpoints.exceptions import CheckpointError
 
     lake = Lake(lake_root)
     try:

@@ -8,6 +8,7 @@ from chaoslib.types import Configuration
 
 from chaos import _landing, ledger
 from chaos._polling import Check, seconds_until
+from checkpoints import Lake
 
 __all__ = ["seconds_until_pipeline_caught_up"]
 
@@ -27,7 +28,6 @@ def seconds_until_pipeline_caught_up(
     rows lost (before any fault in this run: some complete run and zero rows lost).
     Returns the seconds it took; fails after the timeout with what is missing.
     """
-    from checkpoints import Lake
 
     fault = None if since == "now" else ledger.last_event(configuration, since)
 

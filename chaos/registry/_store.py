@@ -8,6 +8,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
+import mlflow
 
 from serving import processes
 from serving.registry import ModelRegistry
@@ -63,7 +64,6 @@ def mlflow_uris(tracking_uri: str) -> Iterator[None]:
 
     Some MLflow calls (``get_model_info``, ``log_model``) take no client and use these.
     """
-    import mlflow
 
     before = (mlflow.get_tracking_uri(), mlflow.get_registry_uri())
     mlflow.set_tracking_uri(tracking_uri)

@@ -21,6 +21,7 @@ from chaos import ledger
 from chaos.registry import _store
 from chaos.registry.actions import Training, _register_inverted
 from chaos.release.probes import release_state
+from chaos.sandbox import Sandbox
 from chaos.serving._server import run_command
 from serving.registry import CHAMPION, CHAOS_TAG
 
@@ -33,7 +34,6 @@ WORSE_MODEL = "worse_model"
 
 def _selfheal(config_path: str, configuration: Configuration | None, *args: str, timeout: float = 120.0) -> str:
     """Run ``selfheal release ...`` against the sandbox (its Prefect server: events and flow runs go there)."""
-    from chaos.sandbox import Sandbox
 
     env = dict(os.environ)
     root = (configuration or {}).get("sandbox")

@@ -2,6 +2,7 @@
 
 # No ``from __future__ import annotations``: discovery reads these annotations at run time.
 
+from dataclasses import asdict
 from typing import Any
 
 from chaoslib.types import Configuration
@@ -9,16 +10,15 @@ from chaoslib.types import Configuration
 from chaos import ledger
 from chaos._polling import Check, seconds_until
 from chaos.registry import _store
+from serving.registry import RELEASE_TAG
+from serving.release import ReleaseState
 
 __all__ = ["release_state", "seconds_until_release_rolled_back"]
 
 
 def release_state(tracking_uri: str, model_name: str) -> dict[str, Any]:
     """The release state the server routes by (the registered model's ``selfheal.release`` tag); {} when none."""
-    from dataclasses import asdict
 
-    from serving.registry import RELEASE_TAG
-    from serving.release import ReleaseState
 
     state = ReleaseState.from_tag(_store.registry(tracking_uri, model_name).model_tag(RELEASE_TAG))
     return asdict(state) if state is not None else {}

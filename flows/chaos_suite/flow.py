@@ -38,13 +38,20 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import chaoslib.run
+from chaoslib.experiment import ensure_experiment_is_valid, run_experiment
+from chaoslib.loader import load_experiment
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NONE
 from prefect.exceptions import MissingContextError
 
+from chaos import sla
+from chaos.incidents.probes import open_incidents
+from chaos.sandbox import Sandbox
 from checkpoints import Lake
 from checkpoints.exceptions import SelfhealError
+from checkpoints.incidents import IncidentLog, State
 from flows.chaos_suite.journal import ExperimentResult, SuiteResult, measure, summarize
 from flows.chaos_suite.report import record_runs, render_html, render_markdown, verdict_line
 from flows.config import SelfhealConfig, load_config
@@ -146,7 +153,6 @@ def _signals_allowed() -> Iterator[None]:
     if threading.current_thread() is threading.main_thread():
         yield
         return
-    import chaoslib.run
 
     original = chaoslib.run.exit_signals
     chaoslib.run.exit_signals = contextlib.nullcontext
@@ -158,8 +164,6 @@ def _signals_allowed() -> Iterator[None]:
 
 def run_one(path: Path, env: Mapping[str, str]) -> dict[str, Any]:
     """Run one experiment with chaoslib (as ``chaos run`` does) and return its journal."""
-    from chaoslib.experiment import ensure_experiment_is_valid, run_experiment
-    from chaoslib.loader import load_experiment
 
     with _environment(env):
         experiment = load_experiment(str(path))
@@ -178,7 +182,6 @@ def _sla_config(experiment: Mapping[str, Any], key: str) -> Any:
 
 def service_levels(experiment: Mapping[str, Any], config_path: str) -> dict[str, Any]:
     """The bounds an experiment is held to (its MTTR by name, then cause, then default)."""
-    from chaos import sla
 
     names = _sla_config(experiment, "mttr_seconds").get("names") or []
     levels = sla.service_levels(config_path)
@@ -195,7 +198,6 @@ def sandbox_environment(root: str) -> dict[str, str]:
 
     Built where it is used, so the token never travels as a Prefect parameter.
     """
-    from chaos.sandbox import Sandbox
 
     box = Sandbox(Path(root))
     return {**box.environment(), "SELFHEAL_CHAOS_PROJECT_CONFIG": str(box.config_path)}
@@ -204,7 +206,6 @@ def sandbox_environment(root: str) -> dict[str, str]:
 @task(name="chaos-sandbox-up", cache_policy=NONE)
 def sandbox_up_task(cfg: SelfhealConfig, root: str) -> str:
     """Build and start the sandbox (stopping one left there first); return its folder."""
-    from chaos.sandbox import Sandbox
 
     box = Sandbox(Path(root), project_config=Path(cfg.source_path) if cfg.source_path else None)
     box.healing_enabled = cfg.healing.enabled
@@ -238,9 +239,7 @@ def _skipped(name: str, title: str, reason: str, slas: Mapping[str, Any]) -> Exp
 
 def run_suite(cfg: SelfhealConfig, names: Sequence[str] = (), sandbox_root: str | None = None) -> SuiteResult:
     """Sandbox up, every experiment, reports, sandbox down (see the module docstring)."""
-    from chaoslib.loader import load_experiment
 
-    from chaos.sandbox import Sandbox
 
     paths = experiment_paths(names)
     run_id = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:6]
@@ -296,7 +295,6 @@ def _settle(box: Any, env: Mapping[str, str], log: Any, incidents: bool, timeout
     Until no pipeline run is going or due, and (with healing on: nothing would close them
     otherwise) until the healer has closed every incident.
     """
-    from chaos.incidents.probes import open_incidents
 
     busy: str | None = None
 
@@ -315,7 +313,6 @@ def _settle(box: Any, env: Mapping[str, str], log: Any, incidents: bool, timeout
 
 def _acknowledge_escalations(lake_root: str, after: str, log: Any) -> list[str]:
     """Acknowledge the sandbox's escalated incidents (the experiment that escalated is judged already)."""
-    from checkpoints.incidents import IncidentLog, State
 
     incidents = IncidentLog(Lake(lake_root))
     taken = []

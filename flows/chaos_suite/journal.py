@@ -19,6 +19,8 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any
 
+from chaos.data.probes import rows_lost
+from chaos.workload import read_outcomes
 from checkpoints.exceptions import CheckpointError
 
 logger = logging.getLogger(__name__)
@@ -210,8 +212,6 @@ def _fault_window(journal: Mapping[str, Any]) -> tuple[float, float] | None:
 
 def measure(journal: Mapping[str, Any], env: Mapping[str, str]) -> dict[str, Any]:
     """Availability of the sandbox's clients during the experiment, and rows lost from its landing zone now."""
-    from chaos.data.probes import rows_lost
-    from chaos.workload import read_outcomes
 
     out: dict[str, Any] = {}
     window = _fault_window(journal)

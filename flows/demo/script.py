@@ -26,8 +26,16 @@ from typing import Any
 
 import yaml
 
+from chaos.registry.actions import make_tracking_store_unreachable, promote_bad_model
+from chaos.serving.actions import kill_server, kill_worker
+from chaos.workload import RecordSource, TrafficLog, Workload, feature_names, read_outcomes
 from checkpoints.exceptions import ServingUnavailable
+from checkpoints.incidents import State
 from flows.config import SelfhealConfig, load_config
+from flows.demo.data import encode, generate_batch, write_batches
+from flows.healer.machine import HealerLoop, make_context
+from flows.healer.remedies import start_server, stop_server
+from flows.pipeline.flow import pipeline_flow
 from serving import processes
 
 #: Monitor settings for a demo that must finish in minutes: small windows, short lag.
@@ -95,7 +103,6 @@ class World:
         self.index = 10_000
 
     def become(self, drift: str) -> None:
-        from flows.demo.data import encode, generate_batch
 
         self.drift, self.index = drift, self.index + 1
         raw = encode(generate_batch(self.index, BATCH_ROWS_WORLD, self.seed, drift=drift), "parquet")
@@ -115,8 +122,6 @@ class Demo:
 
     # -- set-up ---------------------------------------------------------------------------
     def setup(self) -> None:
-        from flows.healer.machine import HealerLoop
-        from flows.pipeline.flow import pipeline_flow
 
         if self.workdir.exists():
             shutil.rmtree(self.workdir)
@@ -137,7 +142,6 @@ class Demo:
         self.loop = HealerLoop(self.cfg, str(self.config_path))
 
     def land(self, count: int, drift: str, fault: str = "none", fallback: bool = False) -> list[Path]:
-        from flows.demo.data import write_batches
 
         paths = write_batches(
             self.cfg.landing.path,
@@ -165,7 +169,6 @@ class Demo:
         return paths
 
     def start_server(self) -> None:
-        from flows.healer.remedies import start_server
 
         pid = start_server(self.cfg, str(self.config_path))
         started = time.perf_counter()
@@ -176,12 +179,10 @@ class Demo:
         _say(f"   model server ready at {self.cfg.serving.url} (pid {pid}) in {time.perf_counter() - started:.1f} s")
 
     def loop_ctx(self) -> Any:
-        from flows.healer.machine import make_context
 
         return make_context(self.cfg, str(self.config_path))
 
     def start_traffic(self) -> None:
-        from chaos.workload import RecordSource, TrafficLog, Workload, feature_names
 
         url = str(self.cfg.serving.url)
         source = RecordSource(self.world.path, feature_names(url), self.cfg.data.target)
@@ -201,7 +202,6 @@ class Demo:
 
     def heal_until(self, fault: str, cause: str | None, injected: datetime, timeout: float = 150.0) -> FaultResult:
         """Tick the healer until an incident of ``cause`` opened after ``injected`` closes."""
-        from checkpoints.incidents import State
 
         before = self.quality_before  # read before the fault: a locked store would block here
         found = None
@@ -249,7 +249,6 @@ class Demo:
 
     def _data_faults(self) -> None:
         """Concept drift, covariate drift, then a corrupt batch with a clean copy in the fallback source."""
-        from flows.pipeline.flow import pipeline_flow
 
         at = self.step("concept drift: same inputs, fraud follows a new pattern (labels arrive late)")
         self.world.become("concept:1")
@@ -267,7 +266,6 @@ class Demo:
         self.heal_until("corrupt batch", "data_quality", at)
 
     def _bad_model(self) -> None:
-        from chaos.registry.actions import promote_bad_model
 
         at = self.step("a bad model is promoted (it learned inverted labels)")
         promote_bad_model(
@@ -282,7 +280,6 @@ class Demo:
 
     def _worker_killed(self) -> None:
         """A killed worker is the process manager's to replace: no incident expected; availability measured."""
-        from chaos.serving.actions import kill_worker
 
         at = self.step("one serving worker killed (SIGKILL) under load")
         window_start = time.time()
@@ -306,8 +303,6 @@ class Demo:
 
     def _outages(self) -> None:
         """The whole server killed, then the tracking store unreachable."""
-        from chaos.registry.actions import make_tracking_store_unreachable
-        from chaos.serving.actions import kill_server
 
         at = self.step("the whole model server killed (SIGKILL)")
         kill_server(str(self.cfg.serving.url))
@@ -338,13 +333,11 @@ class Demo:
         )
 
     def availability(self, start: float, end: float) -> float:
-        from chaos.workload import read_outcomes
 
         outcomes = read_outcomes(self.traffic_log, start, end)
         return sum(o.ok for o in outcomes) / len(outcomes) if outcomes else 0.0
 
     def teardown(self) -> None:
-        from flows.healer.remedies import stop_server
 
         self.stop.set()
         if hasattr(self, "traffic"):
@@ -353,7 +346,6 @@ class Demo:
             stop_server(self.cfg)
 
     def report(self, started: float) -> dict[str, Any]:
-        from chaos.workload import read_outcomes
 
         outcomes = read_outcomes(self.traffic_log) if hasattr(self, "traffic_log") else []
         served = [o for o in outcomes if o.ok]

@@ -37,7 +37,10 @@ from flows.events import emit
 from flows.healer.diagnosis import Cause, Context, Diagnosis, diagnose
 from flows.healer.remedies import HealContext, Outcome, get_remedy, server_ready, tracking_store_error
 from flows.metrics import lower_is_better
+from flows.monitor.detectors.thresholds import MonitorThresholds
+from flows.monitor.flow import monitor_pass
 from flows.monitor.signals import Severity, Signal, SignalKind, Window
+from flows.pipeline.stages.ingest import LandingUnreachable, list_landing
 from flows.registry import CHAMPION, Registry
 
 logger = logging.getLogger(__name__)
@@ -63,7 +66,6 @@ def _probe_signal(kind: SignalKind, evidence: dict[str, Any], now: datetime) -> 
 
 def probe_upstream(ctx: HealContext, now: datetime) -> list[Signal]:
     """The tracking store and the landing zone answer?"""
-    from flows.pipeline.stages.ingest import LandingUnreachable, list_landing
 
     out = []
     error = tracking_store_error(ctx)
@@ -201,7 +203,6 @@ class Healer:
         return "quiet in a monitor pass after the repair"
 
     def _healthy_value(self, metric: str, value: float) -> bool:
-        from flows.monitor.detectors.thresholds import MonitorThresholds
 
         champion = self.ctx.registry.by_alias(CHAMPION)
         baseline = float(champion.tags.get(f"metric.{metric}", "nan")) if champion else float("nan")
@@ -393,7 +394,6 @@ def make_context(cfg: SelfhealConfig, config_path: str | None) -> HealContext:
 
 def observe(ctx: HealContext, since: datetime, run_monitor: bool = True) -> Observation:
     """One monitor pass (plain calls, no flow run: see ``monitor_pass``) plus the healer's probes."""
-    from flows.monitor.flow import monitor_pass
 
     cfg = ctx.cfg
     observation = Observation(started_at=datetime.now(UTC))

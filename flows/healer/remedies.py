@@ -26,6 +26,9 @@ from checkpoints import Lake
 from checkpoints.exceptions import CheckpointCorrupted, SelfhealError, ServingUnavailable
 from checkpoints.incidents import Incident
 from flows.config import SelfhealConfig
+from flows.pipeline.flow import pipeline_flow
+from flows.pipeline.imputation import impute_quarantined, imputed_key
+from flows.pipeline.stages.ingest import LandingUnreachable, list_landing, read_file
 from flows.registry import CHAMPION, LIGHT, PREVIOUS, PROMOTED_AT_TAG, Registry
 from serving import processes
 from serving.client import ServingClient
@@ -180,7 +183,6 @@ class Retrain(Remedy):
         }
 
     def apply(self, ctx: HealContext, incident: Incident, plan: dict[str, Any], key: str) -> Outcome:
-        from flows.pipeline.flow import pipeline_flow
 
         # Idempotent: the pipeline skips landed files, built batches and models already
         # trained on the same silver version with the same config (its train key).
@@ -282,7 +284,6 @@ class QuarantineBackfill(Remedy):
         return {"files": [f["source"] for f in files]}
 
     def apply(self, ctx: HealContext, incident: Incident, plan: dict[str, Any], key: str) -> Outcome:
-        from flows.pipeline.flow import pipeline_flow
 
         fallback = ctx.cfg.landing.fallback
         if not fallback or not plan["files"]:
@@ -303,7 +304,6 @@ class QuarantineBackfill(Remedy):
         return Outcome(True, f"backfilled {len(copied)} batch(es); pipeline {result.outcome}", {"backfilled": copied})
 
     def verify(self, ctx: HealContext, incident: Incident, plan: dict[str, Any], since: datetime) -> Outcome:
-        from flows.pipeline.stages.ingest import read_file
 
         backfilled = [Path(ctx.cfg.landing.path) / f"backfill-{Path(s).name}" for s in plan["files"]]
         present = [p for p in backfilled if p.exists()]
@@ -322,7 +322,6 @@ class Impute(Remedy):
         return {"files": [f["stored_at"] for f in incident.evidence.get("quarantined", [])]}
 
     def apply(self, ctx: HealContext, incident: Incident, plan: dict[str, Any], key: str) -> Outcome:
-        from flows.pipeline.imputation import impute_quarantined
 
         landed = impute_quarantined(ctx.cfg, ctx.lake, plan["files"])
         if not landed:
@@ -330,7 +329,6 @@ class Impute(Remedy):
         return Outcome(True, f"imputed and landed {len(landed)} batch(es)", {"imputed": landed})
 
     def verify(self, ctx: HealContext, incident: Incident, plan: dict[str, Any], since: datetime) -> Outcome:
-        from flows.pipeline.imputation import imputed_key
 
         landed = [f for f in plan["files"] if ctx.lake.has_key("bronze", imputed_key(f))]
         if not landed:
@@ -372,7 +370,6 @@ class HoldFallback(Remedy):
         if error is not None:
             return Outcome(False, f"tracking store still unreachable: {error}", pending=True)
         champion = ctx.registry.by_alias(CHAMPION)
-        from flows.pipeline.stages.ingest import LandingUnreachable, list_landing
 
         try:
             list_landing(ctx.cfg.landing.path, ctx.cfg.landing.format)

@@ -39,6 +39,8 @@ from typing import Any
 import httpx
 import psutil
 import yaml
+from prefect.events.clients import get_events_client
+from prefect.events.schemas.events import Event, Resource
 from tenacity import retry, retry_if_exception, stop_after_attempt, wait_exponential_jitter
 
 from checkpoints.exceptions import SelfhealError, ServingUnavailable
@@ -480,8 +482,6 @@ class LandingWatcher:
 
 async def emit_landing_events(files: list[Path]) -> None:
     """One Prefect event per file, sent before returning."""
-    from prefect.events.clients import get_events_client
-    from prefect.events.schemas.events import Event, Resource
 
     async with get_events_client() as client:
         for path in files:

@@ -27,6 +27,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import mlflow
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -44,7 +45,9 @@ from flows.pipeline.stages import evaluate, features, ingest, train
 from flows.pipeline.stages.batch_io import read_batch
 from flows.pipeline.stages.validate import validate_batch
 from flows.registry import CHALLENGER, CHAMPION, PREVIOUS, Registry
+from flows.release.controller import read_state, start_release, write_state
 from serving.client import ServingClient
+from serving.modelio import load_sklearn_model, log_sklearn_model
 from serving.registry import BRONZE_VERSION_TAG, SILVER_VERSION_TAG, TRAIN_KEY_TAG, WINDOW_TAG
 
 logger = logging.getLogger(__name__)
@@ -301,9 +304,7 @@ def train_task(cfg: SelfhealConfig, silver_version: int) -> Challenger:
 
     A model already registered for the same inputs (train key) is reused, not refitted.
     """
-    import mlflow
 
-    from serving.modelio import log_sklearn_model
 
     log = _log()
     registry = Registry(cfg.tracking_uri, cfg.model_name)
@@ -374,7 +375,6 @@ def _rollback_challenger(txn: Transaction) -> None:
 @task(name="evaluate", cache_policy=NO_CACHE)
 def evaluate_task(cfg: SelfhealConfig, challenger: Challenger, silver_version: int) -> evaluate.GateDecision:
     """Score the champion on the challenger's holdout and apply the gate (the flow acts on the verdict)."""
-    from serving.modelio import load_sklearn_model
 
     metric = cfg.gate_metric
     if metric not in challenger.metrics:
@@ -409,7 +409,6 @@ def promote_task(cfg: SelfhealConfig, version: str) -> str | None:
     registry = Registry(cfg.tracking_uri, cfg.model_name)
     previous = registry.by_alias(PREVIOUS)
     if cfg.promote.target != "direct" and registry.by_alias(CHAMPION) is not None:
-        from flows.release.controller import start_release
 
         state = start_release(cfg, version, cfg.promote.target, again=False)
         _remember(release_started=state.release_id)
@@ -423,7 +422,6 @@ def promote_task(cfg: SelfhealConfig, version: str) -> str | None:
 def _rollback_promotion(txn: Transaction) -> None:
     registry = Registry(txn.get("tracking_uri"), txn.get("model_name"))
     if txn.get("release_started", None) is not None:
-        from flows.release.controller import read_state, write_state
 
         state = read_state(registry)
         if state is not None and state.release_id == txn.get("release_started") and state.routing:

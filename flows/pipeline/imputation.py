@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +23,10 @@ import pandas as pd
 from checkpoints import Lake
 from flows.config import SelfhealConfig
 from flows.pipeline.exceptions import ValidationFailed
+from flows.pipeline.flow import BRONZE, _next_batch_id, known_labels, locked_schema
+from flows.pipeline.stages.batch_io import read_batch
+from flows.pipeline.stages.train import recent
+from flows.pipeline.stages.validate import validate_batch
 
 logger = logging.getLogger(__name__)
 
@@ -41,7 +46,6 @@ def last_good_values(
 
     (All of silver when None; a seeded sample when there are more than ``DONOR_SAMPLE``.)
     """
-    from flows.pipeline.stages.train import recent
 
     columns = [*schema, "_batch_id"] if window_batches else list(schema)
     silver = recent(lake.read("silver", columns=columns).to_pandas(), window_batches)
@@ -77,11 +81,7 @@ def _seed(stored_at: str) -> int:
 
 def impute_quarantined(cfg: SelfhealConfig, lake: Lake, stored_paths: list[str]) -> list[str]:
     """Fill, re-validate and land each quarantined batch; return the ones that landed."""
-    from datetime import UTC, datetime
 
-    from flows.pipeline.flow import BRONZE, _next_batch_id, known_labels, locked_schema
-    from flows.pipeline.stages.batch_io import read_batch
-    from flows.pipeline.stages.validate import validate_batch
 
     schema = locked_schema(lake, cfg)
     if schema is None or not lake.exists("silver"):

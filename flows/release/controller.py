@@ -35,7 +35,9 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+import httpx
 import pyarrow as pa
+import pyarrow.compute as pc
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
@@ -314,7 +316,6 @@ def _server_without_challenger(cfg: SelfhealConfig, challenger: str, timeout: fl
     """Wait until the server's workers answer without the challenger; what was verified."""
     if not cfg.serving.url:
         return "no server configured: the registry no longer routes to the challenger"
-    import httpx
 
     url = f"{cfg.serving.url.rstrip('/')}/ready"
     seen, clean = "no answer", 0
@@ -415,7 +416,6 @@ def release_status(cfg: SelfhealConfig) -> dict[str, Any]:
     latest: list[dict[str, Any]] = []
     lake = Lake(cfg.lake.root, cfg.lake.storage_options or None)
     if state is not None and lake.exists(ANALYSIS_TABLE):
-        import pyarrow.compute as pc
 
         rows = lake.read(ANALYSIS_TABLE)
         mine = rows.filter(pc.equal(rows.column("release_id"), state.release_id)).to_pylist()

@@ -26,6 +26,7 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Literal, TypeVar
 
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -314,7 +315,6 @@ class _Table:
             if pa.types.is_integer(typ) or pa.types.is_floating(typ) or pa.types.is_decimal(typ):
                 return "numeric"
             return None
-        import pandas as pd
 
         series = self._frame[name]
         if pd.api.types.is_bool_dtype(series.dtype):

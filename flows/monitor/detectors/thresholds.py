@@ -25,6 +25,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from flows.config import ConfigError
+from flows.monitor.signals import SignalKind
 
 Correction = Literal["holm", "bonferroni", "fdr_bh", "none"]
 _CONSECUTIVE = {"latency": 3, "error_rate": 2, "missing_rows": 3, "serving_down": 2}
@@ -222,7 +223,6 @@ class MonitorThresholds(_Thresholds):
 
     @model_validator(mode="after")
     def _known_kinds(self) -> MonitorThresholds:
-        from flows.monitor.signals import SignalKind
 
         known = {k.value for k in SignalKind}
         for key, n in self.consecutive.items():
