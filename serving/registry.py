@@ -98,7 +98,7 @@ class ModelVersionRef:
 
 
 def _is_not_found(exc: BaseException) -> bool:
-    from mlflow.exceptions import MlflowException  # why local: mlflow takes seconds to import; the CLI imports this module
+    from mlflow.exceptions import MlflowException  # why local: mlflow is slow to import
 
     return isinstance(exc, MlflowException) and exc.error_code in _NOT_FOUND
 
@@ -110,7 +110,7 @@ def is_transient(exc: BaseException) -> bool:
     a locked database as ``TEMPORARILY_UNAVAILABLE``), and "database is locked" however
     it is wrapped.
     """
-    from mlflow.exceptions import ERROR_CODE_TO_HTTP_STATUS, MlflowException  # why local: mlflow takes seconds to import; the CLI imports this module
+    from mlflow.exceptions import ERROR_CODE_TO_HTTP_STATUS, MlflowException  # why local: mlflow is slow to import
 
     if isinstance(exc, MlflowException):
         status: int = ERROR_CODE_TO_HTTP_STATUS.get(exc.error_code, 500)
@@ -158,7 +158,7 @@ class ModelRegistry:
             RegistryUnavailable: the store did not answer after the retries, or refused the call.
             ModelNotFound: the model, version or alias does not exist.
         """
-        from mlflow.exceptions import MlflowException  # why local: mlflow takes seconds to import; the CLI imports this module
+        from mlflow.exceptions import MlflowException  # why local: mlflow is slow to import
 
         retrying = Retrying(
             retry=retry_if_exception(is_transient),
