@@ -31,7 +31,7 @@ deps:
 	bash deployments/install-test-deps.sh
 
 test: lint deps
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest --durations=15
 
 clean:
 	rm -rf $(VENV) .selfheal .mypy_cache .pytest_cache .ruff_cache
