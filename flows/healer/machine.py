@@ -333,7 +333,8 @@ class Healer:
         applied_at = datetime.fromisoformat(verifying.evidence.get("applied_at", verifying.ts.isoformat()))
         try:
             outcome = remedy.verify(self.ctx, incident, healing.evidence.get("plan", {}), applied_at)
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:  # noqa: BLE001 - a check that blows up proves nothing yet: look again next tick
+            logger.exception("verifying %s for %s failed", remedy.name, incident.id)
             outcome = Outcome(False, f"{type(exc).__name__}: {exc}", pending=True)
         if outcome.ok:
             quiet = observation.started_at > applied_at and self.cause_quiet(incident, observation)

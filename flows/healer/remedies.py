@@ -22,6 +22,9 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from mlflow.exceptions import MlflowException
+from sqlalchemy.exc import SQLAlchemyError
+
 from checkpoints import Lake
 from checkpoints.exceptions import CheckpointCorrupted, SelfhealError, ServingUnavailable
 from checkpoints.incidents import Incident
@@ -126,17 +129,22 @@ def tracking_store_error(ctx: HealContext, timeout: float = 3.0) -> str | None:
     daemon thread and is abandoned after ``timeout``.
     """
     result: list[str | None] = []
+    bugs: list[Exception] = []
 
     def call() -> None:
         try:
             ctx.registry.client.search_registered_models(max_results=1)
             result.append(None)
-        except Exception as exc:  # noqa: BLE001 - any failure is "does not answer"
+        except (MlflowException, SQLAlchemyError, OSError) as exc:  # requests' errors are OSErrors
             result.append(f"{type(exc).__name__}: {str(exc)[:200]}")
+        except Exception as exc:  # noqa: BLE001 - not an outage: re-raised in the healer's thread below
+            bugs.append(exc)
 
     worker = threading.Thread(target=call, daemon=True)
     worker.start()
     worker.join(timeout)
+    if bugs:
+        raise bugs[0]
     if not result:
         return f"no answer from {ctx.cfg.tracking_uri} within {timeout:g} s"
     return result[0]
