@@ -23,6 +23,7 @@ demo: setup
 
 lint: setup
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check flows serving checkpoints chaos tests benchmarks
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 

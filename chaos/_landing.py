@@ -52,7 +52,6 @@ def row_count(path: Path) -> int | None:
 
     try:
         if path.suffix == ".csv":
-
             return int(pacsv.read_csv(str(path)).num_rows)
 
         return int(pq.ParquetFile(str(path)).metadata.num_rows)

@@ -419,7 +419,6 @@ class Sandbox:
 
     def _stop_server_at(self, url: str, timeout: float) -> list[int]:
 
-
         try:
             master = find_server(url).master
         except ActivityFailed:

@@ -177,7 +177,6 @@ class AnalysisMetric(_Section):
     @classmethod
     def _expression(cls, value: str | None) -> str | None:
         if value is not None:
-
             parse(value)
         return value
 

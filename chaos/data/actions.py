@@ -50,7 +50,6 @@ def _pick_column(table: Any, column: str | None) -> str:
 
 def _corrupt(raw: bytes, suffix: str, mode: str, column: str | None, fraction: float, seed: int) -> tuple[bytes, str]:
 
-
     rng = np.random.default_rng(seed)
     if mode == "truncate":
         return raw[: int(len(raw) * 0.6)], "cut at 60% of its bytes"

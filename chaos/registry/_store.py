@@ -8,7 +8,6 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
-import mlflow
 
 from serving import processes
 from serving.registry import ModelRegistry
@@ -64,6 +63,7 @@ def mlflow_uris(tracking_uri: str) -> Iterator[None]:
 
     Some MLflow calls (``get_model_info``, ``log_model``) take no client and use these.
     """
+    import mlflow  # why local: chaos discovery imports every activity module; mlflow is slow to import
 
     before = (mlflow.get_tracking_uri(), mlflow.get_registry_uri())
     mlflow.set_tracking_uri(tracking_uri)

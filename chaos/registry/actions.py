@@ -18,22 +18,14 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-import mlflow
-import numpy as np
 from chaoslib.exceptions import ActivityFailed
 from chaoslib.types import Configuration
-from mlflow.models import get_model_info
-from sklearn.compose import ColumnTransformer
-from sklearn.ensemble import HistGradientBoostingClassifier
-from sklearn.pipeline import Pipeline
-from sklearn.preprocessing import OrdinalEncoder
 
 from chaos import ledger
 from chaos.registry import _store
 from checkpoints import Lake
 from serving import processes
 from serving.client import ServingClient
-from serving.modelio import log_sklearn_model
 from serving.registry import (
     CHAMPION,
     CHAOS_TAG,
@@ -74,7 +66,11 @@ def _register_inverted(
     registry: ModelRegistry, champion: ModelVersionRef, training: Training, flip: float = 1.0, tag: str = BAD_MODEL
 ) -> str:
     """Fit a model on silver with ``flip`` of its labels inverted; log it as a new version of the model; its version."""
+    # why local: chaos discovery imports every activity module; mlflow (also under serving.modelio) is slow
+    import mlflow
+    from mlflow.models import get_model_info
 
+    from serving.modelio import log_sklearn_model
 
     assert registry.tracking_uri is not None
     with _store.mlflow_uris(registry.tracking_uri):
@@ -96,6 +92,11 @@ def _register_inverted(
 
 
 def _fit_inverted(frame: Any, features: list[str], target: str, seed: int, flip: float = 1.0) -> Any:
+    # why local: sklearn is slow to import, and chaos discovery imports every activity module
+    from sklearn.compose import ColumnTransformer
+    from sklearn.ensemble import HistGradientBoostingClassifier
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import OrdinalEncoder
 
     text = [c for c in features if frame[c].dtype == object or str(frame[c].dtype).startswith("str")]
     numbers = [c for c in features if c not in text]
@@ -106,6 +107,7 @@ def _fit_inverted(frame: Any, features: list[str], target: str, seed: int, flip:
     if flip >= 1.0:
         labels = 1 - labels
     else:  # label noise: a random ``flip`` of the rows learn the wrong answer
+        import numpy as np  # why local: as the sklearn imports above
 
         chosen = np.random.default_rng(seed).random(len(labels)) < flip
         labels = labels.where(~chosen, 1 - labels)

@@ -19,7 +19,6 @@ __all__ = ["release_state", "seconds_until_release_rolled_back"]
 def release_state(tracking_uri: str, model_name: str) -> dict[str, Any]:
     """The release state the server routes by (the registered model's ``selfheal.release`` tag); {} when none."""
 
-
     state = ReleaseState.from_tag(_store.registry(tracking_uri, model_name).model_tag(RELEASE_TAG))
     return asdict(state) if state is not None else {}
 

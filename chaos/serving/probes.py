@@ -17,8 +17,6 @@ import httpx
 import pandas as pd
 from chaoslib.exceptions import ActivityFailed
 from chaoslib.types import Configuration
-from mlflow.models import get_model_info
-from sklearn.metrics import roc_auc_score
 
 from chaos import ledger
 from chaos._polling import Check, seconds_until
@@ -27,7 +25,6 @@ from chaos.serving import _server
 from chaos.workload import read_outcomes, read_records
 from checkpoints import Lake
 from serving.client import ServingClient
-from serving.modelio import load_sklearn_model
 
 __all__ = [
     "availability",
@@ -212,7 +209,10 @@ class _Scorer:
 
     def scores(self, version: str) -> Any:
         if version not in self._scores:
+            # why local: chaos discovery imports every activity module; mlflow (also under serving.modelio) is slow
+            from mlflow.models import get_model_info
 
+            from serving.modelio import load_sklearn_model
 
             uri = f"models:/{self.model_name}/{version}"
             with mlflow_uris(self.tracking_uri):
@@ -228,6 +228,7 @@ class _Scorer:
     def quality(self, version: str, metric: str) -> float:
         scores = self.scores(version)
         if metric == "roc_auc":
+            from sklearn.metrics import roc_auc_score  # why local: sklearn is slow to import
 
             return float(roc_auc_score(self.labels, scores))
         if metric == "accuracy":
@@ -284,7 +285,6 @@ def predictions_lost(
     a worker when it died) to ``settle_seconds`` ago (rows a live worker has not flushed
     yet are not lost).
     """
-
     start = _window_start(configuration, since, window_seconds) - lookback_seconds
     answered = {i for o in read_outcomes(traffic_log, start=start, end=time.time() - settle_seconds) for i in o.ids}
     if not answered:

@@ -240,7 +240,6 @@ def _skipped(name: str, title: str, reason: str, slas: Mapping[str, Any]) -> Exp
 def run_suite(cfg: SelfhealConfig, names: Sequence[str] = (), sandbox_root: str | None = None) -> SuiteResult:
     """Sandbox up, every experiment, reports, sandbox down (see the module docstring)."""
 
-
     paths = experiment_paths(names)
     run_id = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:6]
     root = sandbox_root or str(Path(cfg.home) / "chaos" / "sandbox")

@@ -138,6 +138,7 @@ def tracking_store_error(ctx: HealContext, timeout: float = 3.0) -> str | None:
         except (MlflowException, SQLAlchemyError, OSError) as exc:  # requests' errors are OSErrors
             result.append(f"{type(exc).__name__}: {str(exc)[:200]}")
         except Exception as exc:  # noqa: BLE001 - not an outage: re-raised in the healer's thread below
+            logger.exception("the tracking-store probe failed with a bug, not an outage")
             bugs.append(exc)
 
     worker = threading.Thread(target=call, daemon=True)

@@ -52,7 +52,7 @@ from flows.monitor.state import MonitorState, commit_run, load_state
 from flows.monitor.window import PREDICTION_COLUMNS, Assessment, MonitorWindow, assess
 from serving.inference_log import FEEDBACK_TABLE as FEEDBACK
 from serving.inference_log import INFERENCE_TABLE as INFERENCE_LOG
-from serving.registry import CHAMPION, SILVER_VERSION_TAG, WINDOW_TAG, ModelRegistry
+from serving.registry import CHAMPION, SILVER_VERSION_TAG, WINDOW_TAG, ModelNotFound, ModelRegistry
 
 if TYPE_CHECKING:
     from flows.config import SelfhealConfig
@@ -128,7 +128,10 @@ def champion_context(model_name: str | None, tracking_uri: str | None) -> Champi
         run_id = champion.run_id
         raw: dict[str, Any] = {}
         if run_id:
-            raw.update(registry.call(f"read run {run_id}", lambda c: c.get_run(run_id)).data.metrics)
+            try:
+                raw.update(registry.call(f"read run {run_id}", lambda c: c.get_run(run_id)).data.metrics)
+            except ModelNotFound:  # the champion's run was deleted: its tags still carry the baseline
+                logger.warning("the champion's run %s is gone; baseline from its tags only", run_id)
     except RegistryUnavailable as exc:  # the monitor must keep watching when the registry is away
         logger.warning("model registry unavailable (%s); no champion baseline this run", exc)
         return Champion()

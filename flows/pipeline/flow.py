@@ -45,8 +45,7 @@ from flows.pipeline.stages import evaluate, features, ingest, train
 from flows.pipeline.stages.batch_io import read_batch
 from flows.pipeline.stages.validate import validate_batch
 from flows.registry import CHALLENGER, CHAMPION, PREVIOUS, Registry
-from flows.release.controller import read_state, start_release, write_state
-from serving.client import ServingClient
+from flows.release.controller import notify_server, read_state, start_release, write_state
 from serving.modelio import load_sklearn_model, log_sklearn_model
 from serving.registry import BRONZE_VERSION_TAG, SILVER_VERSION_TAG, TRAIN_KEY_TAG, WINDOW_TAG
 
@@ -305,7 +304,6 @@ def train_task(cfg: SelfhealConfig, silver_version: int) -> Challenger:
     A model already registered for the same inputs (train key) is reused, not refitted.
     """
 
-
     log = _log()
     registry = Registry(cfg.tracking_uri, cfg.model_name)
     key = _train_key(cfg, silver_version)
@@ -409,7 +407,6 @@ def promote_task(cfg: SelfhealConfig, version: str) -> str | None:
     registry = Registry(cfg.tracking_uri, cfg.model_name)
     previous = registry.by_alias(PREVIOUS)
     if cfg.promote.target != "direct" and registry.by_alias(CHAMPION) is not None:
-
         state = start_release(cfg, version, cfg.promote.target, again=False)
         _remember(release_started=state.release_id)
         return state.champion
@@ -422,7 +419,6 @@ def promote_task(cfg: SelfhealConfig, version: str) -> str | None:
 def _rollback_promotion(txn: Transaction) -> None:
     registry = Registry(txn.get("tracking_uri"), txn.get("model_name"))
     if txn.get("release_started", None) is not None:
-
         state = read_state(registry)
         if state is not None and state.release_id == txn.get("release_started") and state.routing:
             write_state(registry, state.evolve(status="aborted", share=0.0, detail="the pipeline run rolled back"))
@@ -432,13 +428,6 @@ def _rollback_promotion(txn: Transaction) -> None:
             registry.set_alias(alias, version)
         else:
             registry.delete_alias(alias)
-
-
-def notify_server(cfg: SelfhealConfig) -> None:
-    """Ask a running model server to reload its champion (best effort: a failure is logged, the poll catches up)."""
-    if cfg.serving.url:
-        with ServingClient(cfg.serving.url) as server:
-            server.reload()
 
 
 # -- the flow --------------------------------------------------------------------------

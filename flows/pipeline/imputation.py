@@ -82,7 +82,6 @@ def _seed(stored_at: str) -> int:
 def impute_quarantined(cfg: SelfhealConfig, lake: Lake, stored_paths: list[str]) -> list[str]:
     """Fill, re-validate and land each quarantined batch; return the ones that landed."""
 
-
     schema = locked_schema(lake, cfg)
     if schema is None or not lake.exists("silver"):
         return []

@@ -100,7 +100,7 @@ def notify_server(cfg: SelfhealConfig) -> bool:
     if not cfg.serving.url:
         return False
     with ServingClient(cfg.serving.url) as server:
-        server.reload()
+        server.reload(timeout=10.0)  # the server answers once its workers were told; its poll covers a miss
     return True
 
 
@@ -416,7 +416,6 @@ def release_status(cfg: SelfhealConfig) -> dict[str, Any]:
     latest: list[dict[str, Any]] = []
     lake = Lake(cfg.lake.root, cfg.lake.storage_options or None)
     if state is not None and lake.exists(ANALYSIS_TABLE):
-
         rows = lake.read(ANALYSIS_TABLE)
         mine = rows.filter(pc.equal(rows.column("release_id"), state.release_id)).to_pylist()
         last = max((r["measurement"] for r in mine), default=None)
