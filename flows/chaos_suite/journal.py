@@ -27,6 +27,25 @@ logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
+class Timeline:
+    """What the sandbox's clients saw and what happened, from the fault's injection (``t = 0``) to the verdict.
+
+    ``series`` has one point per second of the fault window: ``(t, availability, p99_ms)``,
+    availability the share of that second's requests answered (None: no request came
+    back in it) and p99 their 99th-percentile latency in milliseconds. ``events`` are
+    ``(t, what)``: the fault injected, each incident opened (detected), each remedy the
+    healer applied, the repair verified or the incident resolved/escalated, the fault removed.
+    """
+
+    fault_at: float
+    """Epoch seconds of the injection."""
+    end_at: float
+    """Epoch seconds of the verdict (the end of the hypothesis after the method)."""
+    series: list[tuple[float, float | None, float | None]] = field(default_factory=list)
+    events: list[tuple[float, str]] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
 class ExperimentResult:
     """What one experiment showed, as the SLA table reports it.
 
@@ -51,6 +70,13 @@ class ExperimentResult:
     started_at: str = ""
     ended_at: str = ""
     duration_seconds: float = 0.0
+    proves: str = ""
+    """``healed`` (the healer must act: with healing off it must miss) or ``absorbed`` (the design rides it out)."""
+    p99_ms: float | None = None
+    """99th-percentile latency of the clients' requests over the fault window."""
+    unexpected_incidents: list[str] = field(default_factory=list)
+    """Incidents of a cause other than the fault's own that opened during the experiment, with their reason."""
+    timeline: Timeline | None = None
 
 
 @dataclass
