@@ -13,6 +13,8 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from checkpoints import Lake
+from checkpoints.incidents import IncidentLog, State
+from checkpoints.quarantine import imputed_key
 
 BATCH_NAME = re.compile(r"^batch-(\d+)\.(parquet|csv)$")
 SUFFIXES = (".parquet", ".pq", ".csv")
@@ -63,41 +65,81 @@ def row_count(path: Path) -> int | None:
 class Accounting:
     """What became of the landing files.
 
+    A quarantined file is not lost only when a repair re-landed it (imputed, or a clean
+    copy backfilled from the fallback source) or an ESCALATED incident names it (a person
+    must act: its rows are awaiting that person, which the table says, not "0 lost").
+
     Attributes:
         landed: files whose rows are in bronze.
-        quarantined: files kept whole in quarantine (refused on purpose: not lost).
-        missing: files that are in neither place: their rows are lost (so far).
-        rows_lost: rows of the missing files (at least 1 per unreadable file).
+        repaired: quarantined files a repair re-landed.
+        escalated: quarantined files an escalated incident names.
+        quarantined: quarantined files with neither: counted as lost.
+        missing: files in neither bronze nor quarantine: lost (so far).
+        rows_lost: rows of the ``quarantined`` and ``missing`` files (at least 1 per unreadable file).
+        rows_escalated: rows of the ``escalated`` files.
     """
 
     landed: tuple[str, ...]
     quarantined: tuple[str, ...]
     missing: tuple[str, ...]
     rows_lost: int
+    repaired: tuple[str, ...] = ()
+    escalated: tuple[str, ...] = ()
+    rows_escalated: int = 0
 
     def summary(self) -> str:
-        text = f"{len(self.landed)} landed, {len(self.quarantined)} quarantined, {len(self.missing)} missing"
-        if self.missing:
-            text += f" ({', '.join(self.missing[:5])}{', ...' if len(self.missing) > 5 else ''})"
-        return f"{text}; rows lost: {self.rows_lost}"
+        text = (
+            f"{len(self.landed)} landed, {len(self.repaired)} repaired, {len(self.escalated)} escalated, "
+            f"{len(self.quarantined)} quarantined unrepaired, {len(self.missing)} missing"
+        )
+        lost = [*self.quarantined, *self.missing]
+        if lost:
+            text += f" ({', '.join(lost[:5])}{', ...' if len(lost) > 5 else ''})"
+        text += f"; rows lost: {self.rows_lost}"
+        if self.escalated:
+            text += f"; escalated, {self.rows_escalated} rows awaiting a person"
+        return text
+
+
+def _escalated_sources(lake: Lake) -> set[str]:
+    """Landing files named by an ESCALATED incident's quarantine evidence (their full paths and names)."""
+    named: set[str] = set()
+    for incident in IncidentLog(lake).incidents():
+        if incident.state is State.ESCALATED:
+            for entry in incident.evidence.get("quarantined") or []:
+                source = str(entry.get("source", ""))
+                named |= {source, Path(source).name}
+    return named
 
 
 def account(landing: str, lake_root: str, bronze: str = "bronze") -> Accounting:
     """Match every landing file (by content digest) with bronze's and the quarantine's idempotency keys."""
     lake = Lake(lake_root)
-    landed, quarantined, missing = [], [], []
-    lost = 0
-    kept = {record.sha256 for record in lake.quarantined()}
-    for path in batch_files(landing):
+    landed, repaired, escalated, quarantined, missing = [], [], [], [], []
+    lost = awaiting = 0
+    kept = {record.sha256: record for record in lake.quarantined()}
+    files = batch_files(landing)
+    backfilled = {p.name.removeprefix("backfill-") for p in files if p.name.startswith("backfill-")}
+    named = _escalated_sources(lake) if kept else set()
+    for path in files:
         digest = sha256(path)
+        record = kept.get(digest)
         if lake.has_key(bronze, digest):
             landed.append(path.name)
-        elif digest in kept:
-            quarantined.append(path.name)
-        else:
+        elif record is None:
             missing.append(path.name)
             lost += max(1, row_count(path) or 0)
-    return Accounting(tuple(landed), tuple(quarantined), tuple(missing), lost)
+        elif path.name in backfilled or lake.has_key(bronze, imputed_key(record.stored_at)):
+            repaired.append(path.name)
+        elif path.name in named or str(path) in named:
+            escalated.append(path.name)
+            awaiting += max(1, row_count(path) or 0)
+        else:
+            quarantined.append(path.name)
+            lost += max(1, row_count(path) or 0)
+    return Accounting(
+        tuple(landed), tuple(quarantined), tuple(missing), lost, tuple(repaired), tuple(escalated), awaiting
+    )
 
 
 def unfinished(landing: str, lake_root: str, bronze: str = "bronze") -> str | None:

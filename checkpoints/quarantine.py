@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import PurePosixPath
 from typing import TYPE_CHECKING, Any
 
 from checkpoints.rows import from_row, to_table
@@ -57,6 +58,14 @@ def quarantine(
 
 def _key(sha256: str) -> str:
     return f"quarantine:{sha256}"
+
+
+def imputed_key(stored_at: str) -> str:
+    """The bronze idempotency key of a quarantined batch re-landed by imputation (one per quarantined file).
+
+    ``stored_at`` is ``<lake>/_quarantine_files/<sha256>/<name>``: the key names the digest.
+    """
+    return f"imputed:{PurePosixPath(stored_at).parent.name}"
 
 
 def is_quarantined(lake: Lake, sha256: str) -> bool:

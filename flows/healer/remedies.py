@@ -28,9 +28,10 @@ from sqlalchemy.exc import SQLAlchemyError
 from checkpoints import Lake
 from checkpoints.exceptions import CheckpointCorrupted, SelfhealError, ServingUnavailable
 from checkpoints.incidents import Incident
+from checkpoints.quarantine import imputed_key
 from flows.config import SelfhealConfig
 from flows.pipeline.flow import pipeline_flow
-from flows.pipeline.imputation import impute_quarantined, imputed_key
+from flows.pipeline.imputation import impute_quarantined
 from flows.pipeline.stages.ingest import LandingUnreachable, list_landing, read_file
 from flows.registry import CHAMPION, LIGHT, PREVIOUS, PROMOTED_AT_TAG, Registry
 from serving import processes

@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 
 from checkpoints import Lake
+from checkpoints.quarantine import imputed_key
 from flows.config import SelfhealConfig
 from flows.pipeline.exceptions import ValidationFailed
 from flows.pipeline.flow import BRONZE, _next_batch_id, known_labels, locked_schema
@@ -32,11 +33,6 @@ logger = logging.getLogger(__name__)
 
 #: At most this many last-good values are kept per feature to draw from.
 DONOR_SAMPLE = 50_000
-
-
-def imputed_key(stored_at: str) -> str:
-    """The bronze idempotency key of an imputed batch (one per quarantined file)."""
-    return f"imputed:{Path(stored_at).parent.name}"
 
 
 def last_good_values(

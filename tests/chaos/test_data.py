@@ -14,6 +14,7 @@ from chaoslib.exceptions import ActivityFailed
 from chaos import _landing, ledger
 from chaos.data import actions, probes
 from checkpoints import Lake
+from checkpoints.incidents import IncidentLog, State
 from flows.demo.data import write_batches
 
 
@@ -122,14 +123,38 @@ def test_rows_lost_both_ways(landing: Path, tmp_path: Path, config: dict[str, An
     _land(lake, first)
     bad = actions.corrupt_batch(str(landing), "garbage")
     lake.quarantine(Path(bad["path"]).read_bytes(), bad["path"], "unreadable")
-    assert probes.rows_lost(str(landing), str(lake.root)) == 300  # the second batch is in neither place
-    with pytest.raises(
-        ActivityFailed, match=r"1 landed, 1 quarantined, 1 missing \(batch-00001\.parquet\); rows lost: 300"
-    ):
+    # The second batch is in neither place; the quarantined one was repaired by nobody: both lost.
+    assert probes.rows_lost(str(landing), str(lake.root)) == 300 + 1
+    with pytest.raises(ActivityFailed, match=r"1 landed, 0 repaired, 0 escalated, 1 quarantined unrepaired, 1 missing"):
         probes.seconds_until_no_rows_lost(str(landing), str(lake.root), timeout=0.5, interval=0.1, configuration=config)
     _land(lake, second)
+    assert probes.rows_lost(str(landing), str(lake.root)) == 1  # quarantine alone is not "not lost"
+    clean = landing / f"backfill-{Path(bad['path']).name}"  # the fallback source's clean copy
+    pq.write_table(pq.read_table(second), clean, compression="gzip")
+    # Backfilled but not landed yet: the clean copy is the missing file now (its 300 rows).
+    assert probes.rows_lost(str(landing), str(lake.root)) == 300
+    _land(lake, clean)
     assert probes.rows_lost(str(landing), str(lake.root)) == 0
+    found = _landing.account(str(landing), str(lake.root))
+    assert found.repaired == (Path(bad["path"]).name,) and found.quarantined == ()
     assert probes.seconds_until_no_rows_lost(str(landing), str(lake.root), timeout=5, configuration=config) < 5
+
+
+def test_a_quarantined_file_an_escalation_names_is_awaiting_a_person(landing: Path, tmp_path: Path) -> None:
+    lake = Lake(tmp_path / "lake")
+    for path in _landing.batch_files(landing):
+        _land(lake, path)
+    bad = actions.corrupt_batch(str(landing), "truncate")
+    record = lake.quarantine(Path(bad["path"]).read_bytes(), bad["path"], "torn")
+    assert probes.rows_lost(str(landing), str(lake.root)) >= 1
+    incidents = IncidentLog(lake)
+    evidence = {"quarantined": [{"source": bad["path"], "stored_at": record.stored_at, "reason": "torn"}]}
+    incident = incidents.open("data_quality", evidence)
+    assert probes.rows_lost(str(landing), str(lake.root)) >= 1  # open is not escalated: a person was not told
+    incidents.advance(incident, State.ESCALATED, detail="no remedy left")
+    found = _landing.account(str(landing), str(lake.root))
+    assert found.rows_lost == 0 and found.escalated == (Path(bad["path"]).name,)
+    assert "escalated, " in found.summary() and "rows awaiting a person" in found.summary()
 
 
 def test_an_unreadable_missing_file_still_counts(landing: Path, tmp_path: Path) -> None:
