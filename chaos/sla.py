@@ -12,9 +12,10 @@ as Chaos Toolkit *dynamic configuration* (a probe run before the experiment)::
 
 The chaos extension does not import ``flows`` (its config loader), so the file is
 read here with the same precedence for these keys: ``SELFHEAL_SLAS__AVAILABILITY``,
-``SELFHEAL_SLAS__ROWS_LOST`` and ``SELFHEAL_SLAS__MTTR_SECONDS`` (a JSON object)
-override the file, whose values override the defaults below (the same as
-``flows.config.SLAConfig``'s; ``tests/chaos`` checks they agree).
+``SELFHEAL_SLAS__ROWS_LOST``, ``SELFHEAL_SLAS__HEALING_OFF_MTTR_SECONDS`` and
+``SELFHEAL_SLAS__MTTR_SECONDS`` (a JSON object) override the file, whose values
+override the defaults below (the same as ``flows.config.SLAConfig``'s; ``tests/chaos``
+checks they agree).
 """
 
 from __future__ import annotations
@@ -39,7 +40,8 @@ __all__ = [
 
 DEFAULT_AVAILABILITY = 0.99
 DEFAULT_ROWS_LOST = 0
-DEFAULT_MTTR_SECONDS = 60.0
+DEFAULT_MTTR_SECONDS: dict[str, float] = {"default": 60.0, "data_drift": 120.0, "concept_drift": 120.0}
+DEFAULT_HEALING_OFF_MTTR_SECONDS = 20.0
 
 
 def service_levels(config_path: str | None = None) -> dict[str, Any]:
@@ -51,16 +53,19 @@ def service_levels(config_path: str | None = None) -> dict[str, Any]:
         if not isinstance(loaded, dict):
             raise ValueError(f"{file}: expected a mapping at the top level")
         slas = dict(loaded.get("slas") or {})
-    mttr = {"default": DEFAULT_MTTR_SECONDS, **{str(k): float(v) for k, v in (slas.get("mttr_seconds") or {}).items()}}
+    mttr = {**DEFAULT_MTTR_SECONDS, **{str(k): float(v) for k, v in (slas.get("mttr_seconds") or {}).items()}}
     out: dict[str, Any] = {
         "availability": float(slas.get("availability", DEFAULT_AVAILABILITY)),
         "rows_lost": int(slas.get("rows_lost", DEFAULT_ROWS_LOST)),
         "mttr_seconds": mttr,
+        "healing_off_mttr_seconds": float(slas.get("healing_off_mttr_seconds", DEFAULT_HEALING_OFF_MTTR_SECONDS)),
     }
     if "SELFHEAL_SLAS__AVAILABILITY" in os.environ:
         out["availability"] = float(os.environ["SELFHEAL_SLAS__AVAILABILITY"])
     if "SELFHEAL_SLAS__ROWS_LOST" in os.environ:
         out["rows_lost"] = int(os.environ["SELFHEAL_SLAS__ROWS_LOST"])
+    if "SELFHEAL_SLAS__HEALING_OFF_MTTR_SECONDS" in os.environ:
+        out["healing_off_mttr_seconds"] = float(os.environ["SELFHEAL_SLAS__HEALING_OFF_MTTR_SECONDS"])
     if "SELFHEAL_SLAS__MTTR_SECONDS" in os.environ:
         out["mttr_seconds"] = {**mttr, **json.loads(os.environ["SELFHEAL_SLAS__MTTR_SECONDS"])}
     if not 0.0 <= out["availability"] <= 1.0:

@@ -1,8 +1,9 @@
-"""Data probes: is every landing file accounted for (in bronze or in quarantine), i.e. were rows lost.
+"""Data probes: is every landing file accounted for, i.e. were rows lost.
 
 A file is matched with the lake by its content digest, the pipeline's idempotency
-key: landed (its rows are in bronze), quarantined (refused on purpose and kept whole)
-or missing (its rows are lost, or not processed yet).
+key: landed (its rows are in bronze), repaired (quarantined, then re-landed by a
+repair: imputed or backfilled), escalated (quarantined and named by an escalated
+incident: awaiting a person), or lost (quarantined with neither, or missing).
 """
 
 # No ``from __future__ import annotations``: discovery reads these annotations at run time.
@@ -12,12 +13,17 @@ from chaoslib.types import Configuration
 from chaos import _landing
 from chaos._polling import Check, seconds_until
 
-__all__ = ["rows_lost", "seconds_until_no_rows_lost"]
+__all__ = ["rows_awaiting_a_person", "rows_lost", "seconds_until_no_rows_lost"]
 
 
 def rows_lost(landing_path: str, lake_root: str, bronze_table: str = "bronze") -> int:
     """Rows of landing files that are neither in bronze nor quarantined (at least 1 per unreadable file)."""
     return _landing.account(landing_path, lake_root, bronze_table).rows_lost
+
+
+def rows_awaiting_a_person(landing_path: str, lake_root: str, bronze_table: str = "bronze") -> int:
+    """Rows of quarantined landing files an escalated incident names: not lost, but a person must act."""
+    return _landing.account(landing_path, lake_root, bronze_table).rows_escalated
 
 
 def seconds_until_no_rows_lost(

@@ -19,6 +19,9 @@ runs even when the experiment was interrupted). Declared in an experiment::
 
 ``host_command`` optionally starts a second process on the host after the target is
 ready (a model server whose tracking store is the target, say); it is stopped too.
+``workload`` (``{url, source, log}``) starts clients (``chaos.workload``, no feedback)
+that keep calling the server behind the link for the whole experiment, so availability
+and latency are measured continuously over the fault, outage included.
 Without root the control interrupts the experiment with that reason.
 """
 
@@ -27,6 +30,7 @@ from __future__ import annotations
 import logging
 import os
 import subprocess
+import sys
 from typing import Any
 
 from chaoslib.exceptions import ActivityFailed, InterruptExecution
@@ -56,6 +60,7 @@ def before_experiment_control(
     host_ready_url: str | None = None,
     host_log_file: str | None = None,
     host_env: dict[str, str] | None = None,
+    workload: dict[str, str] | None = None,
     timeout: float = 120.0,
     **kwargs: Any,
 ) -> None:
@@ -80,10 +85,19 @@ def before_experiment_control(
             _started_hosts.append(host)
             if host_ready_url:
                 _server.wait_http_ok(host_ready_url, host, timeout)
+        if workload:
+            _started_hosts.append(_start_workload(workload, cwd))
     except (ActivityFailed, OSError, ValueError) as exc:
         _teardown()
         raise InterruptExecution(f"could not put the target behind namespace {namespace}: {exc}") from exc
     logger.info("target running behind namespace %s", namespace)
+
+
+def _start_workload(workload: dict[str, str], cwd: str) -> subprocess.Popen[bytes]:
+    """Clients for the server behind the link, logging every request's outcome (see ``chaos.workload``)."""
+    argv = [sys.executable, "-m", "chaos.workload", "--url", workload["url"], "--source", workload["source"]]
+    argv += ["--log", workload["log"], "--no-feedback", "--rate", str(workload.get("rate", 20))]
+    return _server.start_detached(argv, cwd, workload.get("log_file"), env=dict(os.environ))
 
 
 def after_experiment_control(context: Any, state: Any = None, **kwargs: Any) -> None:

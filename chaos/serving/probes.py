@@ -28,6 +28,7 @@ from serving.client import ServingClient
 
 __all__ = [
     "availability",
+    "availability_during_fault",
     "predictions_lost",
     "seconds_until_availability",
     "seconds_until_model_quality",
@@ -122,6 +123,43 @@ def availability(
         )
     ok = sum(o.ok for o in outcomes)
     return ok / len(outcomes)
+
+
+def availability_during_fault(
+    traffic_log: str,
+    outage_seconds: float = 0.0,
+    min_requests: int = 20,
+    settle_seconds: float = 2.0,
+    configuration: Configuration | None = None,
+) -> float:
+    """The share of the clients' requests answered from the fault to now: measured over the whole fault.
+
+    Put it last in the hypothesis after the method: its window then runs from the
+    injection through detection, repair and verification (a continuous steady-state
+    probe, as Litmus or Chaos Mesh run them), so the outage counts. ``outage_seconds``
+    is an ``absorbed`` experiment's declared bounded outage (a link cut for 5 s that the
+    experiment restores): requests answered in it are left out of the share held here
+    (the suite's table still reports availability with them). Before the fault (no
+    fault in this run yet) the window is the trailing 10 s. Fails when fewer than
+    ``min_requests`` came back: no traffic proves nothing.
+    """
+    if outage_seconds < 0:
+        raise ValueError(f"outage_seconds must be >= 0, got {outage_seconds}")
+    fault = ledger.last_event(configuration, "fault")
+    time.sleep(settle_seconds)  # requests still in flight when the verdict is asked for
+    if fault is None:  # the steady state: clients started with the experiment may need a few seconds
+        deadline = time.time() + 10.0
+        while len(read_outcomes(traffic_log, start=time.time() - 10.0)) < min_requests and time.time() < deadline:
+            time.sleep(0.5)
+    end = time.time() - settle_seconds
+    start = (fault + outage_seconds) if fault is not None else end - 10.0
+    outcomes = read_outcomes(traffic_log, start=start, end=end)
+    if len(outcomes) < min_requests:
+        raise ActivityFailed(
+            f"only {len(outcomes)} requests in {traffic_log} over {end - start:.0f}s (need {min_requests}); "
+            "is the workload running?"
+        )
+    return sum(o.ok for o in outcomes) / len(outcomes)
 
 
 def _measure_window(url: str, body: Any, seconds: float, concurrency: int, request_timeout: float) -> tuple[int, int]:

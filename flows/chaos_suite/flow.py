@@ -53,7 +53,14 @@ from checkpoints import Lake
 from checkpoints.exceptions import SelfhealError
 from checkpoints.incidents import IncidentLog, State
 from flows.chaos_suite.journal import ExperimentResult, SuiteResult, measure, summarize
-from flows.chaos_suite.report import record_runs, render_html, render_markdown, verdict_line
+from flows.chaos_suite.matrix import ExperimentSpec, MatrixResult, experiment_spec
+from flows.chaos_suite.report import (
+    record_runs,
+    render_html,
+    render_markdown,
+    render_matrix_markdown,
+    verdict_line,
+)
 from flows.config import SelfhealConfig, load_config
 from serving import processes
 
@@ -215,13 +222,25 @@ def sandbox_up_task(cfg: SelfhealConfig, root: str) -> str:
 
 
 @task(name="chaos-experiment", cache_policy=NONE)
-def experiment_task(path: str, root: str) -> dict[str, Any]:
-    """Run one experiment against the sandbox under ``root``; its journal."""
-    return run_one(Path(path), sandbox_environment(root))
+def experiment_task(path: str, root: str, overrides: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """Run one experiment against the sandbox under ``root`` (with ``overrides`` in its environment); its journal."""
+    return run_one(Path(path), {**sandbox_environment(root), **(overrides or {})})
 
 
-def _skipped(name: str, title: str, reason: str, slas: Mapping[str, Any]) -> ExperimentResult:
+def healing_off_overrides(experiment: Mapping[str, Any], spec: ExperimentSpec, off_seconds: float) -> dict[str, str]:
+    """The healing-off pass's shorter MTTR bound for a ``healed`` experiment (it must miss; no need to wait long).
+
+    An ``absorbed`` experiment keeps its own bound: it must meet it without the healer.
+    """
+    if spec.proves != "healed":
+        return {}
+    names = [*(_sla_config(experiment, "mttr_seconds").get("names") or []), "default"]
+    return {"SELFHEAL_SLAS__MTTR_SECONDS": json.dumps(dict.fromkeys(names, off_seconds))}
+
+
+def _skipped(name: str, title: str, reason: str, slas: Mapping[str, Any], proves: str) -> ExperimentResult:
     return ExperimentResult(
+        proves=proves,
         name=name,
         title=title,
         verdict="skipped",
@@ -237,10 +256,17 @@ def _skipped(name: str, title: str, reason: str, slas: Mapping[str, Any]) -> Exp
     )
 
 
-def run_suite(cfg: SelfhealConfig, names: Sequence[str] = (), sandbox_root: str | None = None) -> SuiteResult:
-    """Sandbox up, every experiment, reports, sandbox down (see the module docstring)."""
+def run_suite(
+    cfg: SelfhealConfig, names: Sequence[str] = (), sandbox_root: str | None = None, healing: bool | None = None
+) -> SuiteResult:
+    """Sandbox up, every experiment, reports, sandbox down (see the module docstring).
 
+    ``healing`` overrides ``cfg.healing.enabled`` for the sandbox (the matrix's two passes).
+    """
+    if healing is not None:
+        cfg = cfg.model_copy(update={"healing": cfg.healing.model_copy(update={"enabled": healing})})
     paths = experiment_paths(names)
+    specs = {p.stem: experiment_spec(load_experiment(str(p))) for p in paths}  # a missing class fails first
     run_id = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:6]
     root = sandbox_root or str(Path(cfg.home) / "chaos" / "sandbox")
     log = _logger()
@@ -252,28 +278,60 @@ def run_suite(cfg: SelfhealConfig, names: Sequence[str] = (), sandbox_root: str 
     try:
         log.info("sandbox up in %.0fs; running %d experiments", time.monotonic() - started, len(paths))
         for path in paths:
-            experiment = load_experiment(str(path))
-            slas = service_levels(experiment, env["SELFHEAL_CHAOS_PROJECT_CONFIG"])
-            reason = skip_reason(experiment)
-            if reason:
-                result.results.append(_skipped(path.stem, experiment["title"], reason, slas))
-                log.warning("%s: skipped: %s", path.stem, reason)
-                continue
-            if result.results:
-                _settle(Sandbox(Path(root)), env, log, incidents=cfg.healing.enabled)
-                last = result.results[-1].name
-                result.acknowledged += _acknowledge_escalations(env["SELFHEAL_CHAOS_LAKE"], last, log)
-            journal = experiment_task(str(path), root)
-            journals[path.stem] = journal
-            outcome = summarize(path.stem, journal, slas, measure(journal, env))
-            result.results.append(outcome)
-            log.info("%s: %s (MTTR %s s)", path.stem, outcome.verdict, outcome.mttr_seconds)
+            _run_experiment(path, specs[path.stem], cfg, root, env, result, journals, log)
     finally:
         Sandbox(Path(root)).down()
     _write_reports(result, journals, Path(cfg.home) / "reports")
     record_runs(Lake(cfg.lake.root, cfg.lake.storage_options or None), result, journals)
     log.info("chaos suite %s done in %.0fs: %s", run_id, time.monotonic() - started, verdict_line(result))
     return result
+
+
+def _run_experiment(
+    path: Path,
+    spec: ExperimentSpec,
+    cfg: SelfhealConfig,
+    root: str,
+    env: Mapping[str, str],
+    result: SuiteResult,
+    journals: dict[str, dict[str, Any]],
+    log: Any,
+) -> None:
+    """Run one experiment of the suite (after the last one's aftermath settled) and add its row to ``result``."""
+    experiment = load_experiment(str(path))
+    overrides = (
+        {} if cfg.healing.enabled else healing_off_overrides(experiment, spec, cfg.slas.healing_off_mttr_seconds)
+    )
+    with _environment(overrides):
+        slas = service_levels(experiment, env["SELFHEAL_CHAOS_PROJECT_CONFIG"])
+    reason = skip_reason(experiment)
+    if reason:
+        result.results.append(_skipped(path.stem, experiment["title"], reason, slas, spec.proves))
+        log.warning("%s: skipped: %s", path.stem, reason)
+        return
+    if result.results:
+        _settle(Sandbox(Path(root)), env, log, incidents=cfg.healing.enabled)
+        last = result.results[-1].name
+        result.acknowledged += _acknowledge_escalations(env["SELFHEAL_CHAOS_LAKE"], last, log)
+    journal = experiment_task(str(path), root, overrides)
+    journals[path.stem] = journal
+    measured = measure(journal, env, spec.expected_incidents)
+    outcome = summarize(path.stem, journal, slas, measured, proves=spec.proves)
+    result.results.append(outcome)
+    log.info("%s (%s): %s (MTTR %s s)", path.stem, spec.proves, outcome.verdict, outcome.mttr_seconds)
+
+
+def run_matrix(cfg: SelfhealConfig, names: Sequence[str] = (), sandbox_root: str | None = None) -> MatrixResult:
+    """The suite with healing on, then with healing off (each on a fresh sandbox); one report of both."""
+    on = run_suite(cfg, names, sandbox_root, healing=True)
+    off = run_suite(cfg, names, sandbox_root, healing=False)
+    matrix = MatrixResult(on, off)
+    reports = Path(cfg.home) / "reports"
+    matrix.report_markdown = str(reports / f"chaos-matrix-{on.run_id}.md")
+    matrix.report_html = str(reports / f"chaos-matrix-{on.run_id}.html")
+    Path(matrix.report_markdown).write_text(render_matrix_markdown(matrix))
+    Path(matrix.report_html).write_text(render_html(on, off))
+    return matrix
 
 
 def _write_reports(result: SuiteResult, journals: Mapping[str, Mapping[str, Any]], reports: Path) -> None:
@@ -330,12 +388,37 @@ def _logger() -> Any:
         return logger
 
 
+class MatrixFailed(SelfhealError):
+    """An experiment's verdicts with healing on and off are not the ones its class calls for.
+
+    Attributes:
+        result: the whole matrix (both passes).
+    """
+
+    def __init__(self, result: MatrixResult) -> None:
+        self.result = result
+        super().__init__("chaos matrix: " + "; ".join(result.problems))
+
+
 @flow(name="selfheal-chaos-suite", log_prints=False)
 def chaos_suite_flow(
-    names: list[str] | None = None, config_path: str | None = None, sandbox_root: str | None = None
-) -> SuiteResult:
-    """Run the chaos suite against a fresh sandbox; fail when an experiment misses its SLA."""
+    names: list[str] | None = None,
+    config_path: str | None = None,
+    sandbox_root: str | None = None,
+    matrix: bool = False,
+) -> SuiteResult | MatrixResult:
+    """Run the chaos suite against a fresh sandbox; fail when an experiment misses its SLA.
+
+    With ``matrix``: run it with healing on and with healing off, and fail when an
+    experiment's verdicts are not the ones its class calls for (``MatrixFailed``).
+    """
     cfg = load_config(config_path)
+    if matrix:
+        both = run_matrix(cfg, names or (), sandbox_root)
+        create_markdown_artifact(key="chaos-matrix", markdown=render_matrix_markdown(both))
+        if not both.passed:
+            raise MatrixFailed(both)
+        return both
     result = run_suite(cfg, names or (), sandbox_root)
     create_markdown_artifact(key="chaos-suite", markdown=render_markdown(result), description=verdict_line(result))
     if not result.passed:

@@ -13,15 +13,20 @@ Example:
 
 from __future__ import annotations
 
+import json
 import logging
-from collections.abc import Mapping
+import math
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any
 
-from chaos.data.probes import rows_lost
-from chaos.workload import read_outcomes
+from chaos import ledger
+from chaos.data.probes import rows_awaiting_a_person, rows_lost
+from chaos.workload import Outcome, read_outcomes
+from checkpoints import Lake
 from checkpoints.exceptions import CheckpointError
+from checkpoints.incidents import Incident, IncidentLog, State
 
 logger = logging.getLogger(__name__)
 
@@ -77,6 +82,8 @@ class ExperimentResult:
     unexpected_incidents: list[str] = field(default_factory=list)
     """Incidents of a cause other than the fault's own that opened during the experiment, with their reason."""
     timeline: Timeline | None = None
+    rows_awaiting: int = 0
+    """Rows of quarantined files an escalated incident names: not lost, awaiting a person."""
 
 
 @dataclass
@@ -138,7 +145,7 @@ def _failures(journal: Mapping[str, Any]) -> list[str]:
     return failures
 
 
-_AVAILABILITY_PROBES = frozenset({"availability", "seconds_until_availability"})
+_AVAILABILITY_PROBES = frozenset({"availability", "availability_during_fault", "seconds_until_availability"})
 _ROWS_PROBES = frozenset({"rows_lost", "seconds_until_no_rows_lost", "seconds_until_pipeline_caught_up"})
 
 
@@ -188,6 +195,7 @@ def summarize(
     journal: Mapping[str, Any],
     slas: Mapping[str, Any],
     measured: Mapping[str, Any] | None = None,
+    proves: str = "",
 ) -> ExperimentResult:
     """The SLA table row of one journal.
 
@@ -195,14 +203,20 @@ def summarize(
         name: the experiment's file name.
         journal: chaoslib's journal.
         slas: ``mttr_seconds``, ``availability``, ``rows_lost`` (the bounds that applied).
-        measured: ``availability`` and ``rows_lost`` measured outside the journal, used when
-            the experiment has no probe for them.
+        measured: what ``measure`` found outside the journal: ``availability`` and
+            ``rows_lost`` (used when the experiment has no probe for them), ``p99_ms``,
+            ``timeline`` and ``unexpected_incidents`` (each one fails the experiment).
+        proves: the experiment's class (``healed`` or ``absorbed``).
     """
     measured = measured or {}
     probes = _after_probes(journal)
-    availability, rows_lost = _output(probes, "availability"), _output(probes, "rows_lost")
-    status, deviated, met = str(journal.get("status")), bool(journal.get("deviated")), _met(journal)
-    failures = _failures(journal)
+    availability = _output(probes, "availability_during_fault")
+    availability = availability if availability is not None else _output(probes, "availability")
+    rows_lost = _output(probes, "rows_lost")
+    status, deviated = str(journal.get("status")), bool(journal.get("deviated"))
+    unexpected = list(measured.get("unexpected_incidents") or [])
+    met = _met(journal) and not unexpected
+    failures = _failures(journal) + [f"an incident the fault does not explain opened: {u}" for u in unexpected]
     if not met and not failures:
         failures.append(f"experiment {status}{' (deviated)' if deviated else ''}")
     held = _held(journal)
@@ -222,31 +236,125 @@ def summarize(
         started_at=str(journal.get("start", "")),
         ended_at=str(journal.get("end", "")),
         duration_seconds=round(float(journal.get("duration") or 0.0), 1),
+        proves=proves,
+        p99_ms=measured.get("p99_ms"),
+        unexpected_incidents=unexpected,
+        timeline=measured.get("timeline"),
+        rows_awaiting=int(measured.get("rows_awaiting") or 0),
     )
 
 
-def _fault_window(journal: Mapping[str, Any]) -> tuple[float, float] | None:
-    """From the first action of the method to the end of the hypothesis after it (epoch seconds)."""
+def _fault_window(journal: Mapping[str, Any], env: Mapping[str, str]) -> tuple[float, float] | None:
+    """From the fault's injection (the ledger's first ``fault`` of this run, else the method's first
+    action) to the end of the hypothesis after the method (epoch seconds)."""
     actions = [r for r in journal.get("run") or [] if r["activity"].get("type") == "action"]
     after = _after_probes(journal)
     if not actions or not after:
         return None
-    start = datetime.fromisoformat(actions[0]["start"]).timestamp()
+    faults = [e.at for e in _ledger_run(env) if e.event == "fault"]
+    start = min(faults) if faults else datetime.fromisoformat(actions[0]["start"]).timestamp()
     end = max(datetime.fromisoformat(p["end"]).timestamp() for p in after)
     return start, end
 
 
-def measure(journal: Mapping[str, Any], env: Mapping[str, str]) -> dict[str, Any]:
-    """Availability of the sandbox's clients during the experiment, and rows lost from its landing zone now."""
+def _ledger_run(env: Mapping[str, str]) -> list[ledger.Entry]:
+    """The fault ledger's entries for the experiment that just ran (none without a ledger)."""
+    path = env.get("SELFHEAL_CHAOS_LEDGER")
+    return ledger.current_run({ledger.LEDGER_KEY: path}) if path else []
 
+
+def _traffic_log(journal: Mapping[str, Any], env: Mapping[str, str]) -> str:
+    """The clients' log the hypothesis holds availability on (a server behind a link has its own)."""
+    for p in _after_probes(journal):
+        if _func(p) == "availability_during_fault":
+            path = str(p["activity"].get("provider", {}).get("arguments", {}).get("traffic_log", ""))
+            path = path.replace("${sandbox}", env.get("SELFHEAL_CHAOS_SANDBOX", "")).replace(
+                "${traffic_log}", env["SELFHEAL_CHAOS_TRAFFIC_LOG"]
+            )
+            if path and "${" not in path:
+                return path
+    return env["SELFHEAL_CHAOS_TRAFFIC_LOG"]
+
+
+def p99(values: list[float]) -> float | None:
+    """The 99th percentile (nearest rank) of ``values``; None when there are none."""
+    if not values:
+        return None
+    ranked = sorted(values)
+    return round(ranked[max(0, math.ceil(0.99 * len(ranked)) - 1)], 1)
+
+
+def traffic_series(outcomes: list[Outcome], start: float, end: float) -> list[tuple[float, float | None, float | None]]:
+    """One point per second from ``start`` to ``end``: ``(t, availability, p99_ms)`` of the requests back in it."""
+    buckets: dict[int, list[Outcome]] = {}
+    for o in outcomes:
+        buckets.setdefault(int(o.t - start), []).append(o)
+    series = []
+    for second in range(int(end - start) + 1):
+        got = buckets.get(second, [])
+        share = round(sum(o.ok for o in got) / len(got), 4) if got else None
+        series.append((float(second), share, p99([o.ms for o in got])))
+    return series
+
+
+def incident_events(incidents: list[Incident], start: float, end: float) -> list[tuple[float, str]]:
+    """``(t, what)`` for each incident transition in the window: detected, each remedy, resolved or escalated."""
+    events = []
+    for incident in incidents:
+        for t in incident.transitions:
+            at = t.ts.timestamp()
+            if not start <= at <= end:
+                continue
+            if t.state == State.DETECTED:
+                events.append((at - start, f"{incident.cause} detected"))
+            elif t.state == State.HEALING and t.remedy:
+                events.append((at - start, f"remedy {t.remedy}"))
+            elif t.state in (State.RESOLVED, State.ESCALATED):
+                events.append((at - start, f"{incident.cause} {t.state.value.lower()}"))
+    return events
+
+
+def unexpected_incidents(incidents: list[Incident], start: float, end: float, expected: Sequence[str]) -> list[str]:
+    """Incidents detected in ``[start, end]`` whose cause is not one the fault may open, with their evidence."""
+    out = []
+    for incident in incidents:
+        opened = incident.detected_at.timestamp()
+        if start <= opened <= end and incident.cause not in expected:
+            first = incident.transitions[0]
+            why = first.detail or json.dumps(first.evidence, default=str)[:200]
+            out.append(f"{incident.id} ({incident.cause}, {incident.state.value}): {why}")
+    return out
+
+
+def measure(
+    journal: Mapping[str, Any], env: Mapping[str, str], expected_incidents: Sequence[str] = ()
+) -> dict[str, Any]:
+    """What the clients saw and what opened over the fault window, and rows lost from the landing zone now.
+
+    Availability and p99 count every request back from the injection to the verdict,
+    outage included; the timeline has them per second with the fault, the restores and
+    the incidents' transitions.
+    """
     out: dict[str, Any] = {}
-    window = _fault_window(journal)
+    window = _fault_window(journal, env)
     if window is not None:
-        outcomes = read_outcomes(env["SELFHEAL_CHAOS_TRAFFIC_LOG"], start=window[0], end=window[1])
+        start, end = window
+        outcomes = read_outcomes(_traffic_log(journal, env), start=start, end=end)
         if outcomes:
             out["availability"] = round(sum(o.ok for o in outcomes) / len(outcomes), 4)
+            out["p99_ms"] = p99([o.ms for o in outcomes])
+        events = [(e.at - start, f"{e.event} {e.fault}".strip()) for e in _ledger_run(env) if e.event != "run"]
+        try:
+            incidents = IncidentLog(Lake(env["SELFHEAL_CHAOS_LAKE"])).incidents()
+        except (CheckpointError, OSError) as exc:
+            logger.warning("incidents not read: %s", exc)
+            incidents = []
+        out["unexpected_incidents"] = unexpected_incidents(incidents, start, end, expected_incidents)
+        events += incident_events(incidents, start, end)
+        out["timeline"] = Timeline(start, end, traffic_series(outcomes, start, end), sorted(events))
     try:
         out["rows_lost"] = rows_lost(env["SELFHEAL_CHAOS_LANDING"], env["SELFHEAL_CHAOS_LAKE"])
+        out["rows_awaiting"] = rows_awaiting_a_person(env["SELFHEAL_CHAOS_LANDING"], env["SELFHEAL_CHAOS_LAKE"])
     except (CheckpointError, OSError) as exc:  # a lake mid-repair, a file going: no number rather than a wrong one
         logger.warning("rows lost not measured: %s", exc)
     return out

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import html
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -17,6 +17,7 @@ import pyarrow as pa
 
 from checkpoints import Lake
 from flows.chaos_suite.journal import ExperimentResult, SuiteResult
+from flows.chaos_suite.matrix import MatrixResult, as_expected
 
 CHAOS_RUNS = "chaos_runs"
 SCHEMA = pa.schema(
@@ -40,11 +41,28 @@ SCHEMA = pa.schema(
         ("journal", pa.string()),
     ]
 )
-COLUMNS = ("fault", "MTTR (s)", "SLA", "availability", "rows lost", "verdict")
+COLUMNS = ("fault", "class", "MTTR (s)", "SLA", "availability", "p99 (ms)", "rows lost", "verdict")
+MATRIX_COLUMNS = (
+    "fault",
+    "class",
+    "MTTR on (s)",
+    "availability on",
+    "p99 on (ms)",
+    "rows lost on",
+    "verdict on",
+    "verdict off",
+    "as its class says",
+)
+_VERDICT = {"met": "MET", "missed": "MISSED", "skipped": "skipped"}
 
 
 def _fmt(value: float | int | None, spec: str) -> str:
     return "—" if value is None else format(value, spec)
+
+
+def _rows_text(r: ExperimentResult) -> str:
+    text = _fmt(r.rows_lost, "d")
+    return f"{text} (escalated, {r.rows_awaiting} rows awaiting a person)" if r.rows_awaiting else text
 
 
 def _sla_text(r: ExperimentResult) -> str:
@@ -61,23 +79,97 @@ def table_rows(result: SuiteResult) -> list[list[str]]:
     return [
         [
             r.name,
+            r.proves or "—",
             _fmt(r.mttr_seconds, ".1f"),
             _sla_text(r),
             _fmt(r.availability, ".4f"),
-            _fmt(r.rows_lost, "d"),
-            {"met": "MET", "missed": "MISSED", "skipped": "skipped"}[r.verdict],
+            _fmt(r.p99_ms, ".1f"),
+            _rows_text(r),
+            _VERDICT[r.verdict],
         ]
         for r in result.results
     ]
 
 
-def render_table(result: SuiteResult) -> str:
-    """The SLA table as fixed-width text (what the command line prints)."""
-    rows = [list(COLUMNS), *table_rows(result)]
-    widths = [max(len(row[i]) for row in rows) for i in range(len(COLUMNS))]
+def matrix_rows(matrix: MatrixResult) -> list[list[str]]:
+    """One row per experiment: the healing-on measurements, both verdicts, and whether they fit the class."""
+    offs = {r.name: r for r in matrix.off.results}
+    rows = []
+    for r in matrix.on.results:
+        off = offs.get(r.name)
+        fits = (
+            "—"
+            if r.verdict == "skipped" or off is None or off.verdict == "skipped"
+            else ("yes" if r.verdict == "met" and as_expected(off, healing=False) else "NO")
+        )
+        rows.append(
+            [
+                r.name,
+                r.proves or "—",
+                _fmt(r.mttr_seconds, ".1f"),
+                _fmt(r.availability, ".4f"),
+                _fmt(r.p99_ms, ".1f"),
+                _rows_text(r),
+                _VERDICT[r.verdict],
+                _VERDICT[off.verdict] if off is not None else "—",
+                fits,
+            ]
+        )
+    return rows
+
+
+def fixed_width(columns: Sequence[str], rows: list[list[str]]) -> str:
+    """A table as fixed-width text (what the command line prints)."""
+    rows = [list(columns), *rows]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(columns))]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)
+
+
+def render_table(result: SuiteResult) -> str:
+    """The SLA table as fixed-width text (what the command line prints)."""
+    return fixed_width(COLUMNS, table_rows(result))
+
+
+def render_matrix_table(matrix: MatrixResult) -> str:
+    """The matrix (healing on and off side by side) as fixed-width text."""
+    return fixed_width(MATRIX_COLUMNS, matrix_rows(matrix))
+
+
+def matrix_verdict_line(matrix: MatrixResult) -> str:
+    """One sentence: did every experiment get the verdicts its class calls for."""
+    ran = [r for r in matrix.on.results if r.verdict != "skipped"]
+    healed = sum(r.proves == "healed" for r in ran)
+    if matrix.passed:
+        return (
+            f"All {len(ran)} experiments as their class says: {healed} healed (met with healing on, missed "
+            f"without), {len(ran) - healed} absorbed (met both ways)."
+        )
+    return f"{len(matrix.problems)} experiment(s) not as their class says: " + "; ".join(matrix.problems) + "."
+
+
+def render_matrix_markdown(matrix: MatrixResult) -> str:
+    """The matrix report: both columns, then each pass's failures and unexpected incidents."""
+    lines = [
+        f"# Chaos matrix {matrix.on.run_id} (healing on) / {matrix.off.run_id} (healing off)",
+        "",
+        matrix_verdict_line(matrix),
+        "",
+        "`healed`: the healer must act (met with healing on, missed with healing off). `absorbed`: the design",
+        "rides it out (met both ways). Availability and p99: every client request from the fault's injection",
+        "to the verdict, outage included (healing on).",
+        "",
+        "| " + " | ".join(MATRIX_COLUMNS) + " |",
+        "|" + "|".join("---" for _ in MATRIX_COLUMNS) + "|",
+        *("| " + " | ".join(row) + " |" for row in matrix_rows(matrix)),
+    ]
+    for label, result in (("healing on", matrix.on), ("healing off", matrix.off)):
+        for r in result.results:
+            if r.failures and r.verdict != "skipped":
+                lines += ["", f"## {r.name} ({label}): {r.verdict}", ""]
+                lines += [f"- {failure}" for failure in r.failures]
+    return "\n".join(lines) + "\n"
 
 
 def verdict_line(result: SuiteResult) -> str:
@@ -116,8 +208,8 @@ def render_markdown(result: SuiteResult) -> str:
     return "\n".join(lines) + "\n"
 
 
-def render_html(result: SuiteResult) -> str:
-    """The same report as a standalone HTML page."""
+def render_html(result: SuiteResult, off: SuiteResult | None = None) -> str:
+    """The same report as a standalone HTML page (``off``: the healing-off pass of a matrix run)."""
     esc = html.escape
     head = "".join(f"<th>{esc(c)}</th>" for c in COLUMNS)
     body = []

@@ -16,7 +16,13 @@ Build a sandbox (its own config, lake, landing zone, MLflow store, model server,
 pipeline schedule and healer) from selfheal.yaml, run the experiments of chaos/experiments
 one by one, and print the SLA table: fault, MTTR, SLA, availability, rows lost, verdict.
 Journals and verdicts go to the chaos_runs table, the report to <home>/reports.
-Exits 1 when an experiment missed its SLA. Network experiments need root."""
+Exits 1 when an experiment missed its SLA. Network experiments need root.
+
+With --matrix the suite runs twice, on two fresh sandboxes: healing on, then healing
+off. Every experiment declares what it proves: `healed` ones must meet their SLA with
+healing on and miss it with healing off (slas.healing_off_mttr_seconds bounds that
+pass), `absorbed` ones must meet it both ways. Exits 1 when a verdict is not the one
+the experiment's class calls for."""
 
 
 def register(sub: Subparsers) -> None:
@@ -28,33 +34,41 @@ def register(sub: Subparsers) -> None:
     )
     run.add_argument("names", nargs="*", metavar="NAME", help="experiments to run (default: all)")
     run.add_argument(
+        "--matrix", action="store_true", help="run with healing on, then off; hold each experiment to its class"
+    )
+    run.add_argument(
         "--json", nargs="?", const="-", default=None, metavar="PATH", help="write the results as JSON (stdout: -)"
     )
 
 
 def cli_chaos_run(args: argparse.Namespace) -> int:
-    """``selfheal chaos run [NAME ...] [--json PATH]``: print the SLA table; exit 1 when an SLA is missed."""
+    """``selfheal chaos run [NAME ...] [--matrix] [--json PATH]``: print the table; exit 1 on a miss."""
     # The suite imports Prefect, Chaos Toolkit and the lake: not on --help.
     from checkpoints.exceptions import SelfhealError
-    from flows.chaos_suite.flow import SLAMissed, chaos_suite_flow, experiment_paths
+    from flows.chaos_suite.flow import MatrixFailed, SLAMissed, chaos_suite_flow, experiment_paths
     from flows.chaos_suite.journal import SuiteResult
-    from flows.chaos_suite.report import render_table, verdict_line
+    from flows.chaos_suite.matrix import MatrixResult
+    from flows.chaos_suite.report import matrix_verdict_line, render_matrix_table, render_table, verdict_line
 
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
     logging.getLogger("chaostoolkit").setLevel(logging.DEBUG if getattr(args, "verbose", False) else logging.WARNING)
     experiment_paths(args.names)  # unknown names fail before anything starts
-    state = chaos_suite_flow(names=list(args.names), return_state=True)
+    state = chaos_suite_flow(names=list(args.names), matrix=bool(getattr(args, "matrix", False)), return_state=True)
     outcome = state.result(raise_on_failure=False)
-    if isinstance(outcome, SLAMissed):
-        result = outcome.result
+    if isinstance(outcome, SLAMissed | MatrixFailed):
+        outcome = outcome.result
+    out = sys.stdout
+    if isinstance(outcome, MatrixResult):
+        result: SuiteResult | MatrixResult = outcome
+        out.write(f"{render_matrix_table(outcome)}\n\n{matrix_verdict_line(outcome)}\n")
     elif isinstance(outcome, SuiteResult):
         result = outcome
+        out.write(f"{render_table(outcome)}\n\n{verdict_line(outcome)}\n")
     else:
         raise outcome if isinstance(outcome, BaseException) else SelfhealError(f"chaos suite ended {state.type}")
-    out = sys.stdout
-    out.write(f"{render_table(result)}\n\n{verdict_line(result)}\nreport: {result.report_markdown} (and .html)\n")
+    out.write(f"report: {result.report_markdown} (and .html)\n")
     if args.json:
-        text = json.dumps(result.to_dict(), indent=2)
+        text = json.dumps(result.to_dict(), indent=2, default=str)
         if args.json == "-":
             out.write(text + "\n")
         else:

@@ -17,6 +17,7 @@ def test_defaults_agree_with_the_config_model(tmp_path: Path) -> None:
         "availability": defaults.availability,
         "rows_lost": defaults.rows_lost,
         "mttr_seconds": defaults.mttr_seconds,
+        "healing_off_mttr_seconds": defaults.healing_off_mttr_seconds,
     }
     assert sla.quality_minimum(missing) == GateConfig().minimum
 
@@ -34,7 +35,10 @@ def test_file_values_and_the_lookup_order(tmp_path: Path) -> None:
     assert sla.rows_lost_tolerance(str(path)) == [0, 0]
     assert sla.mttr_seconds(str(path), ["serving-kill-worker", "serving_down"]) == 5
     assert sla.mttr_seconds(str(path), ["serving-kill-server", "serving_down"]) == 30
-    assert sla.mttr_tolerance(str(path), ["data-drift-concept", "concept_drift"]) == [0.0, 90.0]
+    assert sla.mttr_seconds(str(path), ["registry-bad-model", "bad_deploy"]) == 90
+    # A cause the file does not name keeps its shipped default (a drift repair is a retrain).
+    assert sla.mttr_tolerance(str(path), ["data-drift-concept", "concept_drift"]) == [0.0, 120.0]
+    assert cfg.slas.mttr_seconds["concept_drift"] == 120 and cfg.slas.mttr_seconds["default"] == 90
     assert sla.quality_minimum(str(path)) == cfg.gate.minimum == 0.8
 
 

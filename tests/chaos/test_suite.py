@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 import json
+import re
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
+from chaoslib.loader import load_experiment
 
+from chaos.workload import Outcome
 from checkpoints import Lake
 from flows.chaos_suite import flow as suite
 from flows.chaos_suite import report
-from flows.chaos_suite.journal import SuiteResult, summarize
+from flows.chaos_suite.journal import ExperimentResult, SuiteResult, p99, summarize, traffic_series
+from flows.chaos_suite.matrix import ExperimentSpec, MatrixResult, experiment_spec
 
 SLAS = {"mttr_seconds": 60.0, "availability": 0.99, "rows_lost": 0}
 
@@ -123,7 +128,7 @@ def _result() -> SuiteResult:
         _journal([_probe("seconds_until_serving_answers", None, failed="not met within 60s")], status="failed"),
         SLAS,
     )
-    skipped = suite._skipped("network-cut-serving", "Cut", "needs root", SLAS)
+    skipped = suite._skipped("network-cut-serving", "Cut", "needs root", SLAS, "absorbed")
     return SuiteResult("run-1", healing_enabled=False, results=[met, missed, skipped])
 
 
@@ -131,9 +136,9 @@ def test_reports_name_what_missed() -> None:
     result = _result()
     assert result.missed == ["serving-kill-server"] and not result.passed
     table = report.render_table(result)
-    header = ["fault", "MTTR", "(s)", "SLA", "availability", "rows", "lost", "verdict"]
+    header = ["fault", "class", "MTTR", "(s)", "SLA", "availability", "p99", "(ms)", "rows", "lost", "verdict"]
     assert table.splitlines()[0].split() == header
-    assert "serving-kill-worker  0.4" in table and "MISSED" in table and "skipped" in table
+    assert re.search(r"serving-kill-worker +— +0\.4 ", table) and "MISSED" in table and "skipped" in table
     assert "MTTR <= 60 s  " in table
     markdown = report.render_markdown(result)
     assert "1 of 2 experiments missed their SLA (healing off): serving-kill-server." in markdown
@@ -187,3 +192,58 @@ def test_the_sla_of_an_experiment(tmp_path: Path) -> None:
         "availability": 0.995,
         "rows_lost": 0,
     }
+
+
+def _row(name: str, proves: str, verdict: str) -> ExperimentResult:
+    journal = _journal([_probe("seconds_until_workers", 1.0)]) if verdict == "met" else _journal([], status="failed")
+    return replace(summarize(name, journal, SLAS, proves=proves), verdict=verdict)
+
+
+def test_the_matrix_holds_each_class_to_its_verdicts() -> None:
+    on = SuiteResult("on", True, [_row("a", "healed", "met"), _row("b", "absorbed", "met"), _row("c", "healed", "met")])
+    off = SuiteResult(
+        "off", False, [_row("a", "healed", "missed"), _row("b", "absorbed", "met"), _row("c", "healed", "met")]
+    )
+    matrix = MatrixResult(on, off)
+    # c met its SLA without the healer: the suite does not prove what it claims.
+    assert matrix.problems == ["c (healed): met its SLA with healing off: it does not prove the healer acts"]
+    table = report.render_matrix_table(matrix)
+    assert [line.split()[-1] for line in table.splitlines()[2:]] == ["yes", "yes", "NO"]
+    off.results[2] = _row("c", "healed", "missed")
+    off.results[1] = _row("b", "absorbed", "missed")
+    assert MatrixResult(on, off).problems == [
+        "b (absorbed): missed its SLA with healing off: the design did not ride it out"
+    ]
+    off.results[1] = _row("b", "absorbed", "met")
+    assert report.matrix_verdict_line(MatrixResult(on, off)).startswith(
+        "All 3 experiments as their class says: 2 healed"
+    )
+
+
+def test_every_experiment_declares_what_it_proves() -> None:
+    specs = {p.stem: experiment_spec(load_experiment(str(p))) for p in suite.experiment_paths()}
+    assert all(spec.why for spec in specs.values())
+    assert specs["serving-kill-server"].proves == "healed" and specs["serving-kill-worker"].proves == "absorbed"
+    with pytest.raises(ValueError, match="no `selfheal` extension"):
+        experiment_spec({"title": "t"})
+    with pytest.raises(ValueError, match="only fits an absorbed"):
+        experiment_spec({"title": "t", "extensions": [{"name": "selfheal", "proves": "healed", "fault_seconds": 5}]})
+
+
+def test_healing_off_shortens_only_what_must_miss() -> None:
+    experiment = {"configuration": {"mttr_seconds": {"provider": {"arguments": {"names": ["x", "serving_down"]}}}}}
+    healed, absorbed = ExperimentSpec("healed", "w"), ExperimentSpec("absorbed", "w")
+    env = suite.healing_off_overrides(experiment, healed, 15.0)
+    assert json.loads(env["SELFHEAL_SLAS__MTTR_SECONDS"]) == {"x": 15.0, "serving_down": 15.0, "default": 15.0}
+    assert suite.healing_off_overrides(experiment, absorbed, 15.0) == {}
+
+
+def test_the_timeline_counts_the_outage_second_by_second() -> None:
+    outcomes = [
+        Outcome(100.2, True, "200", ms=4.0),
+        Outcome(101.5, False, "refused"),
+        Outcome(101.7, True, "200", ms=9.0),
+    ]
+    series = traffic_series(outcomes, 100.0, 103.0)
+    assert series == [(0.0, 1.0, 4.0), (1.0, 0.5, 9.0), (2.0, None, None), (3.0, None, None)]
+    assert p99([float(v) for v in range(1, 101)]) == 99.0
