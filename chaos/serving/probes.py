@@ -146,13 +146,14 @@ def availability_during_fault(
     if outage_seconds < 0:
         raise ValueError(f"outage_seconds must be >= 0, got {outage_seconds}")
     fault = ledger.last_event(configuration, "fault")
-    time.sleep(settle_seconds)  # requests still in flight when the verdict is asked for
     if fault is None:  # the steady state: clients started with the experiment may need a few seconds
         deadline = time.time() + 10.0
         while len(read_outcomes(traffic_log, start=time.time() - 10.0)) < min_requests and time.time() < deadline:
             time.sleep(0.5)
-    end = time.time() - settle_seconds
-    start = (fault + outage_seconds) if fault is not None else end - 10.0
+        start, end = time.time() - 10.0, time.time()
+    else:
+        time.sleep(settle_seconds)  # requests still in flight when the verdict is asked for
+        start, end = fault + outage_seconds, time.time() - settle_seconds
     outcomes = read_outcomes(traffic_log, start=start, end=end)
     if len(outcomes) < min_requests:
         raise ActivityFailed(
