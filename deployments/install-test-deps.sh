@@ -2,10 +2,12 @@
 # Debian packages the deployment tests use, installed once (idempotent):
 #   prometheus  -> prometheus, promtool (alert rules, a real scrape of `selfheal serve`)
 #   kubectl     -> `kubectl kustomize` (the manifests; no cluster needed)
+#   chromium    -> headless rendering of the chaos suite's HTML report (its charts are drawn)
 set -euo pipefail
 need=()
 command -v promtool >/dev/null && command -v prometheus >/dev/null || need+=(prometheus)
 command -v kubectl >/dev/null || need+=(kubectl)
+command -v chromium >/dev/null || need+=(chromium)
 [ ${#need[@]} -eq 0 ] && exit 0
 sudo=""
 [ "$(id -u)" -eq 0 ] || sudo="sudo"

@@ -1,7 +1,8 @@
-"""The suite's reports: the SLA table (text, markdown, HTML) and the ``chaos_runs`` Delta table.
+"""The suite's reports: the SLA table (text, markdown, HTML with charts) and the ``chaos_runs`` Delta table.
 
 Example:
     >>> print(render_table(result))
+    >>> Path("chaos.html").write_text(render_html(on, off))  # off: the healing-off pass, optional
     >>> record_runs(Lake(cfg.lake.root), result, journals)
 """
 
@@ -16,8 +17,9 @@ from typing import Any
 import pyarrow as pa
 
 from checkpoints import Lake
+from flows.chaos_suite.charts import mttr_svg, timeline_svg
 from flows.chaos_suite.journal import ExperimentResult, SuiteResult
-from flows.chaos_suite.matrix import MatrixResult, as_expected
+from flows.chaos_suite.matrix import CLASSES, MatrixResult, as_expected, expected_verdict
 
 CHAOS_RUNS = "chaos_runs"
 SCHEMA = pa.schema(
@@ -208,31 +210,128 @@ def render_markdown(result: SuiteResult) -> str:
     return "\n".join(lines) + "\n"
 
 
-def render_html(result: SuiteResult, off: SuiteResult | None = None) -> str:
-    """The same report as a standalone HTML page (``off``: the healing-off pass of a matrix run)."""
+_VERDICT_COLOURS = {"met": "#e6f4ea", "missed": "#fce8e6", "skipped": "#f1f3f4"}
+_STYLE = (
+    "body{font-family:sans-serif;margin:2em;max-width:60em}table{border-collapse:collapse}"
+    "td,th{border:1px solid #ccc;padding:4px 8px;text-align:left}svg{display:block;margin:.5em 0}h3{font-size:1em}"
+    "section{border-top:1px solid #ccc;margin-top:1.5em}.bad{color:#d93025}.note{color:#5f6368}"
+)
+
+
+def _pass_label(result: SuiteResult) -> str:
+    return f"healing {'on' if result.healing_enabled else 'off'}"
+
+
+def _off_cell(r: ExperimentResult, off: ExperimentResult | None) -> str:
+    """The healing-off verdict, green when it is what the experiment's class requires, red when not."""
+    if off is None:
+        return "<td>—</td>"
+    proves = r.proves or off.proves
+    must = expected_verdict(proves, healing=False) if proves in CLASSES else None
+    verdict = _VERDICT[off.verdict]
+    if must is None or off.verdict == "skipped":
+        return f"<td>{verdict}</td>"
+    ok = off.verdict == must
+    why = f"{r.proves or off.proves}: with healing off it must be {must}"
+    colour = _VERDICT_COLOURS["met" if ok else "missed"]
+    return f'<td style="background:{colour}" title="{html.escape(why)}">{verdict}</td>'
+
+
+def _html_table(result: SuiteResult, off: SuiteResult | None) -> str:
     esc = html.escape
-    head = "".join(f"<th>{esc(c)}</th>" for c in COLUMNS)
+    columns = [*COLUMNS, f"verdict, {_pass_label(off)}"] if off is not None else list(COLUMNS)
+    head = "".join(f"<th>{esc(c)}</th>" for c in columns)
+    off_by_name = {r.name: r for r in off.results} if off is not None else {}
     body = []
     for r, row in zip(result.results, table_rows(result), strict=True):
-        colour = {"met": "#e6f4ea", "missed": "#fce8e6", "skipped": "#f1f3f4"}[r.verdict]
         cells = "".join(f"<td>{esc(cell)}</td>" for cell in row)
-        body.append(f'<tr style="background:{colour}" title="{esc(r.title)}">{cells}</tr>')
-    details = []
-    for r in result.results:
-        if r.failures:
-            items = "".join(f"<li>{esc(f)}</li>" for f in r.failures)
-            details.append(f"<h2>{esc(r.name)}: {esc(r.verdict)}</h2><p>{esc(r.title)}</p><ul>{items}</ul>")
-    if result.acknowledged:
-        items = "".join(f"<li>{esc(line)}</li>" for line in result.acknowledged)
-        details.append(f"<h2>Escalations acknowledged by the suite between experiments</h2><ul>{items}</ul>")
+        if off is not None:
+            cells += _off_cell(r, off_by_name.get(r.name))
+        link = f'<a href="#{esc(_anchor(r.name))}">{esc(r.name)}</a>'
+        cells = cells.replace(f"<td>{esc(r.name)}</td>", f"<td>{link}</td>", 1)
+        body.append(f'<tr style="background:{_VERDICT_COLOURS[r.verdict]}" title="{esc(r.title)}">{cells}</tr>')
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+
+
+def _anchor(name: str) -> str:
+    return "x-" + "".join(c if c.isalnum() or c in "-_" else "_" for c in name)
+
+
+def _facts(r: ExperimentResult) -> str:
+    """One line of what the experiment measured in one pass."""
+    mttr = "—" if r.mttr_seconds is None else f"{r.mttr_seconds:.1f} s"
+    parts = [r.verdict, f"MTTR {mttr} (SLA {r.mttr_sla_seconds:g} s)"]
+    parts.append(f"availability {_fmt(r.availability, '.4f')}")
+    if r.availability_sla is not None:
+        parts[-1] += f" (SLA {r.availability_sla:g})"
+    parts.append(f"p99 {_fmt(r.p99_ms, '.0f')} ms")
+    parts.append(f"rows lost {_fmt(r.rows_lost, 'd')}")
+    return ", ".join(parts)
+
+
+def _timeline_html(r: ExperimentResult, label: str, chart_id: str) -> str:
+    esc = html.escape
+    out = [f"<h3>{esc(label)}: {esc(_facts(r))}</h3>"]
+    if r.unexpected_incidents:
+        items = "".join(f"<li>{esc(i)}</li>" for i in r.unexpected_incidents)
+        out.append(f'<p class="bad">Incidents of another cause opened during the experiment:</p><ul>{items}</ul>')
+    if r.failures:
+        out.append("<ul>" + "".join(f"<li>{esc(f)}</li>" for f in r.failures) + "</ul>")
+    if r.timeline is None:
+        why = "it was skipped" if r.verdict == "skipped" else "no timeline recorded"
+        out.append(f'<p class="note no-timeline">No timeline: {esc(why)}.</p>')
+    else:
+        title = f"{r.name}, {label}: client availability and p99 latency from the fault, with the healer's events"
+        out.append(timeline_svg(r.timeline, chart_id=chart_id, title=title, availability_sla=r.availability_sla))
+    return "".join(out)
+
+
+def _section(index: int, passes: list[tuple[str, ExperimentResult | None]]) -> str:
+    """One experiment: its class and title, then per pass what it measured and its timeline."""
+    esc = html.escape
+    first = next(r for _, r in passes if r is not None)
+    verdicts = ", ".join(f"{r.verdict} ({label})" for label, r in passes if r is not None)
+    heading = f"{first.name}: {first.verdict}" if len(passes) == 1 else f"{first.name}: {verdicts}"
+    proves = f"proves: {first.proves}. " if first.proves else ""
+    out = [f'<section id="{esc(_anchor(first.name))}"><h2>{esc(heading)}</h2><p>{esc(proves)}{esc(first.title)}</p>']
+    for j, (label, r) in enumerate(passes):
+        if r is None:
+            out.append(f'<p class="note">{esc(label)}: not run.</p>')
+        else:
+            out.append(_timeline_html(r, label, f"timeline-{index}-{j}"))
+    return "".join(out) + "</section>"
+
+
+def render_html(result: SuiteResult, off: SuiteResult | None = None) -> str:
+    """The report as one standalone HTML page: the table, the MTTR chart, a timeline per experiment.
+
+    The charts are inline SVG drawn here (no script, nothing fetched when the page is viewed).
+
+    Args:
+        result: the suite's run (with healing on, when ``off`` is given).
+        off: the same experiments run with healing off: a second verdict column, and each
+            experiment's healing-off timeline under its healing-on one.
+    """
+    esc = html.escape
+    runs = [result, off] if off is not None else [result]
+    labels = [_pass_label(run) for run in runs]
+    by_name = [{r.name: r for r in run.results} for run in runs]
+    names = list(dict.fromkeys(r.name for run in runs for r in run.results))
+    sections = [
+        _section(i, [(label, lookup.get(name)) for label, lookup in zip(labels, by_name, strict=True)])
+        for i, name in enumerate(names)
+    ]
+    chart = mttr_svg([(label, run.results) for label, run in zip(labels, runs, strict=True)], chart_id="mttr")
+    acknowledged = [f"{label}: {line}" for label, run in zip(labels, runs, strict=True) for line in run.acknowledged]
+    if acknowledged:
+        items = "".join(f"<li>{esc(line)}</li>" for line in acknowledged)
+        sections.append(f"<h2>Escalations acknowledged by the suite between experiments</h2><ul>{items}</ul>")
+    verdicts = "".join(f"<p>{esc(verdict_line(run))}</p>" for run in runs)
     return (
-        "<!doctype html><html><head><meta charset='utf-8'>"
-        f"<title>Chaos suite {esc(result.run_id)}</title>"
-        "<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}"
-        "td,th{border:1px solid #ccc;padding:4px 8px;text-align:left}</style></head><body>"
-        f"<h1>Chaos suite {esc(result.run_id)}</h1><p>{esc(verdict_line(result))}</p>"
-        f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
-        f"{''.join(details)}</body></html>\n"
+        "<!doctype html><html lang='en'><head><meta charset='utf-8'>"
+        f"<title>Chaos suite {esc(result.run_id)}</title><style>{_STYLE}</style></head><body>"
+        f"<h1>Chaos suite {esc(result.run_id)}</h1>{verdicts}{_html_table(result, off)}"
+        f"<h2>MTTR against the SLA</h2>{chart}{''.join(sections)}</body></html>\n"
     )
 
 
