@@ -69,56 +69,53 @@ def test_chaos_toolkit_cli_runs_an_experiment_on_its_own(project: Path, tmp_path
 
 
 @pytest.mark.suite
-@pytest.mark.timeout(2400)
-def test_whole_suite_with_healing_meets_every_local_sla(
+@pytest.mark.timeout(3600)
+def test_the_matrix_every_experiment_as_its_class_says(
     project: Path, tmp_path: Path, prefect_harness: None, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """`selfheal chaos run` as CI runs it: every local experiment, one sandbox, healing on, the project's SLAs.
+    """`selfheal chaos run --matrix` as CI runs it: every local experiment with healing on, then off.
 
-    Network experiments need root, ``ip netns`` and tc; where they cannot run they are
-    reported as skipped with the reason (never silently passed).
+    ``healed`` experiments must meet their SLA with healing on and miss it with healing
+    off; ``absorbed`` ones must meet it both ways. Network experiments need root, ``ip
+    netns`` and tc; where they cannot run they are reported as skipped with the reason
+    (never silently passed).
     """
-    from flows.chaos_suite.flow import SLAMissed, chaos_suite_flow, experiment_paths
-    from flows.chaos_suite.report import render_table
+    from flows.chaos_suite.flow import MatrixFailed, chaos_suite_flow, experiment_paths
+    from flows.chaos_suite.matrix import MatrixResult
+    from flows.chaos_suite.report import render_matrix_table
 
     try:
-        result = chaos_suite_flow(config_path=str(project))
-    except SLAMissed as missed:
-        result = missed.result
-        details = [f"{r.name}: {f}" for r in result.results for f in r.failures if r.verdict == "missed"]
-        pytest.fail(f"SLA missed:\n{render_table(result)}\n" + "\n".join(details))
-    with capsys.disabled():  # the SLA table in the CI log, passed or not
-        print(f"\n{render_table(result)}")  # noqa: T201
-    assert result.healing_enabled is True
-    assert [r.name for r in result.results] == [p.stem for p in experiment_paths()]
-    for r in result.results:
+        result = chaos_suite_flow(config_path=str(project), matrix=True)
+    except MatrixFailed as failed:
+        matrix = failed.result
+        details = [
+            f"{r.name} (healing {label}): {f}"
+            for label, run in (("on", matrix.on), ("off", matrix.off))
+            for r in run.results
+            for f in r.failures
+        ]
+        pytest.fail(f"{render_matrix_table(matrix)}\n" + "\n".join(matrix.problems + details))
+    assert isinstance(result, MatrixResult)
+    with capsys.disabled():  # the matrix in the CI log, passed or not
+        print(f"\n{render_matrix_table(result)}")  # noqa: T201
+    assert result.on.healing_enabled is True and result.off.healing_enabled is False
+    names = [p.stem for p in experiment_paths()]
+    assert [r.name for r in result.on.results] == [r.name for r in result.off.results] == names
+    ran = [r for r in result.on.results if r.verdict != "skipped"]
+    for r in result.on.results:
         if r.verdict == "skipped":
             assert r.name.startswith("network-") and r.failures[0].startswith("needs root"), r
         else:
             assert r.verdict == "met" and r.mttr_seconds is not None and r.mttr_seconds <= r.mttr_sla_seconds, r
-    assert Sandbox(tmp_path / "home" / "chaos" / "sandbox").state() is None
-
-
-def test_suite_without_healing_fails_naming_the_experiments_that_missed(
-    project: Path, tmp_path: Path, prefect_harness: None, monkeypatch: pytest.MonkeyPatch
-) -> None:
+            assert r.timeline is not None and r.timeline.series, r.name
+    expected_off = {r.name: "missed" if r.proves == "healed" else "met" for r in ran}
+    assert {r.name: r.verdict for r in result.off.results if r.name in expected_off} == expected_off
+    assert Path(result.report_html or "").read_text().count("<svg") > len(ran)
     from checkpoints import Lake
-    from flows.chaos_suite.flow import SLAMissed, chaos_suite_flow
     from flows.chaos_suite.report import CHAOS_RUNS
 
-    monkeypatch.setenv("SELFHEAL_HEALING__ENABLED", "false")
-    monkeypatch.setenv("SELFHEAL_SLAS__MTTR_SECONDS", '{"default": 20}')
-    with pytest.raises(SLAMissed, match="SLA missed by serving-kill-server$") as missed:
-        chaos_suite_flow(names=["serving-kill-worker", "serving-kill-server"], config_path=str(project))
-    result = missed.value.result
-    assert result.healing_enabled is False
-    verdicts = {r.name: r.verdict for r in result.results}
-    assert verdicts == {"serving-kill-worker": "met", "serving-kill-server": "missed"}
-    server = next(r for r in result.results if r.name == "serving-kill-server")
-    assert server.mttr_sla_seconds == 20 and server.mttr_seconds is None
-    assert any("not met within 20s" in f for f in server.failures), server.failures
     rows = Lake(tmp_path / "home" / "lake").read(CHAOS_RUNS).to_pylist()
-    assert {(r["experiment"], r["verdict"]) for r in rows} == set(verdicts.items())
-    assert Path(result.report_markdown or "").read_text().count("MISSED") == 1
-    assert Path(result.report_html or "").exists()
+    assert sorted((r["experiment"], r["healing_enabled"]) for r in rows) == sorted(
+        (n, healing) for n in names for healing in (True, False)
+    )
     assert Sandbox(tmp_path / "home" / "chaos" / "sandbox").state() is None
