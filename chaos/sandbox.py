@@ -17,8 +17,8 @@ server (``selfheal serve``), the workload (``python -m chaos.workload``), the
 pipeline schedule (runs ``selfheal pipeline run`` whenever a landing file has not
 been taken or a run left bronze ahead of the last complete manifest, as the
 deployments "pipeline on new data" and its schedule do) and the healer
-(``selfheal heal --interval 1``; with ``healing.enabled: false`` it detects and
-repairs nothing), and the release controller (``selfheal release watch``). Setup
+(``selfheal heal --interval 1``; with ``healing.enabled: false`` it detects, opens
+incidents and repairs nothing), and the release controller (``selfheal release watch``). Setup
 lands a few clean batches and trains the first champion.
 
 Example:

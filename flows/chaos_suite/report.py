@@ -129,6 +129,15 @@ def fixed_width(columns: Sequence[str], rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
+def markdown_table(columns: Sequence[str], rows: list[list[str]]) -> list[str]:
+    """A table as markdown lines."""
+    return [
+        "| " + " | ".join(columns) + " |",
+        "|" + "|".join("---" for _ in columns) + "|",
+        *("| " + " | ".join(row) + " |" for row in rows),
+    ]
+
+
 def render_table(result: SuiteResult) -> str:
     """The SLA table as fixed-width text (what the command line prints)."""
     return fixed_width(COLUMNS, table_rows(result))
@@ -151,20 +160,20 @@ def matrix_verdict_line(matrix: MatrixResult) -> str:
     return f"{len(matrix.problems)} experiment(s) not as their class says: " + "; ".join(matrix.problems) + "."
 
 
+def _head(title: str, verdict: str) -> list[str]:
+    return [f"# {title}", "", verdict, ""]
+
+
 def render_matrix_markdown(matrix: MatrixResult) -> str:
     """The matrix report: both columns, then each pass's failures and unexpected incidents."""
+    title = f"Chaos matrix {matrix.on.run_id} (healing on) / {matrix.off.run_id} (healing off)"
     lines = [
-        f"# Chaos matrix {matrix.on.run_id} (healing on) / {matrix.off.run_id} (healing off)",
-        "",
-        matrix_verdict_line(matrix),
-        "",
+        *_head(title, matrix_verdict_line(matrix)),
         "`healed`: the healer must act (met with healing on, missed with healing off). `absorbed`: the design",
         "rides it out (met both ways). Availability and p99: every client request from the fault's injection",
         "to the verdict, outage included (healing on).",
         "",
-        "| " + " | ".join(MATRIX_COLUMNS) + " |",
-        "|" + "|".join("---" for _ in MATRIX_COLUMNS) + "|",
-        *("| " + " | ".join(row) + " |" for row in matrix_rows(matrix)),
+        *markdown_table(MATRIX_COLUMNS, matrix_rows(matrix)),
     ]
     for label, result in (("healing on", matrix.on), ("healing off", matrix.off)):
         for r in result.results:
@@ -188,17 +197,12 @@ def verdict_line(result: SuiteResult) -> str:
 def render_markdown(result: SuiteResult) -> str:
     """The report: the SLA table, then what went wrong where."""
     lines = [
-        f"# Chaos suite {result.run_id}",
-        "",
-        verdict_line(result),
-        "",
+        *_head(f"Chaos suite {result.run_id}", verdict_line(result)),
         "MTTR counts from the fault's injection to the moment every recovery condition held.",
-        "Availability: share of the sandbox clients' predictions answered from the fault to the check",
+        "Availability and p99: the sandbox clients' predictions from the fault to the verdict, outage included",
         "(held to the SLA only where the experiment says so; a killed server is down until restarted).",
         "",
-        "| " + " | ".join(COLUMNS) + " |",
-        "|" + "|".join("---" for _ in COLUMNS) + "|",
-        *("| " + " | ".join(row) + " |" for row in table_rows(result)),
+        *markdown_table(COLUMNS, table_rows(result)),
     ]
     for r in result.results:
         if r.failures:
