@@ -129,6 +129,7 @@ def availability_during_fault(
     traffic_log: str,
     outage_seconds: float = 0.0,
     min_requests: int = 20,
+    min_seconds: float = 10.0,
     settle_seconds: float = 2.0,
     configuration: Configuration | None = None,
 ) -> float:
@@ -139,7 +140,8 @@ def availability_during_fault(
     probe, as Litmus or Chaos Mesh run them), so the outage counts. ``outage_seconds``
     is an ``absorbed`` experiment's declared bounded outage (a link cut for 5 s that the
     experiment restores): requests answered in it are left out of the share held here
-    (the suite's table still reports availability with them). Before the fault (no
+    (the suite's table still reports availability with them). The window is at least
+    ``min_seconds`` long, so a fast recovery is still watched for a while. Before the fault (no
     fault in this run yet) the window is the trailing 10 s. Fails when fewer than
     ``min_requests`` came back: no traffic proves nothing.
     """
@@ -152,7 +154,9 @@ def availability_during_fault(
             time.sleep(0.5)
         start, end = time.time() - 10.0, time.time()
     else:
-        time.sleep(settle_seconds)  # requests still in flight when the verdict is asked for
+        # At least ``min_seconds`` of the fault are observed, however fast the recovery
+        # probes before this one were; then the requests still in flight come back.
+        time.sleep(max(settle_seconds, fault + min_seconds + settle_seconds - time.time()))
         start, end = fault + outage_seconds, time.time() - settle_seconds
     outcomes = read_outcomes(traffic_log, start=start, end=end)
     if len(outcomes) < min_requests:
