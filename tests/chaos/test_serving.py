@@ -168,6 +168,21 @@ def test_availability_counts_the_window_after_the_fault(tmp_path: Path, config: 
     assert time.time() - started < 1  # the window was already over: no wait
 
 
+def test_availability_during_fault_counts_the_outage(tmp_path: Path, config: dict[str, Any]) -> None:
+    fault = time.time() - 4.0
+    with open(config["selfheal_ledger"], "a") as fh:
+        fh.write(json.dumps({"event": "fault", "at": fault, "fault": "x", "detail": {}}) + "\n")
+    path = tmp_path / "t.jsonl"
+    # A 1 s outage right after the fault (10 refused), then 30 answered: the outage counts.
+    _log(path, [(fault + 0.1 * i, False) for i in range(10)] + [(fault + 1.05 + 0.1 * i, True) for i in range(30)])
+    args = {"min_requests": 10, "min_seconds": 0.0, "settle_seconds": 0.0, "configuration": config}
+    assert probes.availability_during_fault(str(path), **args) == pytest.approx(30 / 40)
+    # A declared bounded outage is left out of the share held to the SLA.
+    assert probes.availability_during_fault(str(path), outage_seconds=1.0, **args) == 1.0
+    with pytest.raises(ActivityFailed, match="only 0 requests"):
+        probes.availability_during_fault(str(tmp_path / "none.jsonl"), **args)
+
+
 def test_availability_without_traffic_fails(tmp_path: Path) -> None:
     with pytest.raises(ActivityFailed, match="only 0 requests"):
         probes.availability(str(tmp_path / "none.jsonl"), window_seconds=0.1, settle_seconds=0)
