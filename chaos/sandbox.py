@@ -60,6 +60,10 @@ from serving import processes
 logger = logging.getLogger(__name__)
 
 #: Sections of the project's config the sandbox keeps (the rest is the sandbox's own).
+#: The ``data`` section of the stream the sandbox generates (``selfheal data generate``), used
+#: when the project has none (the suite run in an empty folder): without its id column, every
+#: new transaction id reads as a new category and opens false data-quality and drift incidents.
+STREAM_DATA = {"target": "is_fraud", "task": "binary", "time_column": "event_time", "id_columns": ["transaction_id"]}
 _INHERITED = ("model_name", "data", "trainer", "gate", "thresholds", "healing", "slas", "release")
 #: Monitor settings of the sandbox, under the project's own ``thresholds``. Its server flushes
 #: the inference log every second (not every few), so a 2 s ingest lag loses no row; and its
@@ -185,6 +189,7 @@ class Sandbox:
 
     def _write_config(self, port: int) -> dict[str, Any]:
         cfg: dict[str, Any] = {"project": "selfheal-chaos-sandbox", "model_name": "fraud-detector", **self._project()}
+        cfg.setdefault("data", dict(STREAM_DATA))
         cfg.update(
             {
                 "home": ".",

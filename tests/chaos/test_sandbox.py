@@ -1,0 +1,20 @@
+"""The sandbox's own config (no processes started here: the e2e tests run whole sandboxes)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from chaos.sandbox import STREAM_DATA, Sandbox
+from flows.config import load_config
+
+
+def test_a_sandbox_without_a_project_config_describes_its_own_stream(tmp_path: Path) -> None:
+    """Run in an empty folder, the sandbox's config still names the stream's id column (else ids read as features)."""
+    box = Sandbox(tmp_path / "box", project_config=tmp_path / "missing.yaml")
+    box.root.mkdir(parents=True)
+    cfg = box._write_config(port=1)
+    assert cfg["data"] == STREAM_DATA
+    assert load_config(box.config_path).data.id_columns == ["transaction_id"]
+    project = tmp_path / "selfheal.yaml"
+    project.write_text("data: {target: is_fraud, id_columns: [txn]}\n")
+    assert Sandbox(tmp_path / "box", project_config=project)._write_config(port=1)["data"]["id_columns"] == ["txn"]
