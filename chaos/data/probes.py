@@ -35,7 +35,7 @@ def seconds_until_no_rows_lost(
     interval: float = 1.0,
     configuration: Configuration | None = None,
 ) -> float:
-    """Poll until every landing file is in bronze or in quarantine (zero rows lost); return the seconds it took.
+    """Poll until no rows are lost (every landing file landed, repaired or escalated); return the seconds it took.
 
     Fails after the timeout naming the files still unaccounted for.
     """
