@@ -41,7 +41,7 @@ __all__ = [
 DEFAULT_AVAILABILITY = 0.99
 DEFAULT_ROWS_LOST = 0
 DEFAULT_MTTR_SECONDS: dict[str, float] = {"default": 60.0, "data_drift": 120.0, "concept_drift": 120.0}
-DEFAULT_HEALING_OFF_MTTR_SECONDS = 20.0
+DEFAULT_HEALING_OFF_MTTR_SECONDS = 30.0
 
 
 def service_levels(config_path: str | None = None) -> dict[str, Any]:

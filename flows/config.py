@@ -250,7 +250,7 @@ class SLAConfig(_Section):
     mttr_seconds: dict[str, float] = Field(default_factory=lambda: dict(DEFAULT_MTTR_SECONDS))
     availability: float = Field(default=0.99, ge=0.0, le=1.0)
     rows_lost: int = Field(default=0, ge=0)
-    healing_off_mttr_seconds: float = Field(default=20.0, gt=0.0)
+    healing_off_mttr_seconds: float = Field(default=30.0, gt=0.0)
 
     @field_validator("mttr_seconds")
     @classmethod

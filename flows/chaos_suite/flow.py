@@ -323,8 +323,11 @@ def _run_experiment(
 
 def run_matrix(cfg: SelfhealConfig, names: Sequence[str] = (), sandbox_root: str | None = None) -> MatrixResult:
     """The suite with healing on, then with healing off (each on a fresh sandbox); one report of both."""
-    on = run_suite(cfg, names, sandbox_root, healing=True)
-    off = run_suite(cfg, names, sandbox_root, healing=False)
+    root = sandbox_root or str(Path(cfg.home) / "chaos" / "sandbox")
+    on = run_suite(cfg, names, root, healing=True)
+    # A folder of its own: MLflow keeps SQLite engines per URI in this process, and one on a
+    # rebuilt mlflow.db at the same path would still read the deleted file of the first pass.
+    off = run_suite(cfg, names, f"{root}-healing-off", healing=False)
     matrix = MatrixResult(on, off)
     reports = Path(cfg.home) / "reports"
     matrix.report_markdown = str(reports / f"chaos-matrix-{on.run_id}.md")

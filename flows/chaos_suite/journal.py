@@ -84,6 +84,8 @@ class ExperimentResult:
     timeline: Timeline | None = None
     rows_awaiting: int = 0
     """Rows of quarantined files an escalated incident names: not lost, awaiting a person."""
+    tested: bool = False
+    """Steady before the fault, the fault injected, the hypothesis after it checked: a miss is about recovery."""
 
 
 @dataclass
@@ -175,19 +177,21 @@ def _mttr(probes: list[dict[str, Any]]) -> float | None:
     return round(max(seconds), 2) if recovered else None
 
 
+def _tested(journal: Mapping[str, Any]) -> bool:
+    """Steady before the fault, the fault went in, and the hypothesis after it was checked.
+
+    A miss without all three says nothing about recovery (with healing off it must not
+    pass for "the healer was needed").
+    """
+    before = (journal.get("steady_states") or {}).get("before") or {}
+    actions = [r for r in journal.get("run") or [] if r["activity"]["type"] == "action"]
+    injected = bool(actions) and all(r.get("status") == "succeeded" for r in actions)
+    return bool(before.get("steady_state_met", False)) and injected and bool(_after_probes(journal))
+
+
 def _met(journal: Mapping[str, Any]) -> bool:
     """Completed without deviating, steady before the fault, a hypothesis after it, and the fault went in."""
-    before = (journal.get("steady_states") or {}).get("before") or {}
-    injected = all(
-        r.get("status") == "succeeded" for r in journal.get("run") or [] if r["activity"]["type"] == "action"
-    )
-    return (
-        str(journal.get("status")) == "completed"
-        and not journal.get("deviated")
-        and bool(before.get("steady_state_met", False))
-        and bool(_after_probes(journal))
-        and injected
-    )
+    return str(journal.get("status")) == "completed" and not journal.get("deviated") and _tested(journal)
 
 
 def summarize(
@@ -241,6 +245,7 @@ def summarize(
         unexpected_incidents=unexpected,
         timeline=measured.get("timeline"),
         rows_awaiting=int(measured.get("rows_awaiting") or 0),
+        tested=_tested(journal),
     )
 
 

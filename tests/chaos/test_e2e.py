@@ -108,6 +108,8 @@ def test_the_matrix_every_experiment_as_its_class_says(
         else:
             assert r.verdict == "met" and r.mttr_seconds is not None and r.mttr_seconds <= r.mttr_sla_seconds, r
             assert r.timeline is not None and r.timeline.series, r.name
+    # Every healing-off miss is about recovery: steady before, the fault injected, the hypothesis checked.
+    assert all(r.tested for r in result.off.results if r.verdict != "skipped")
     expected_off = {r.name: "missed" if r.proves == "healed" else "met" for r in ran}
     assert {r.name: r.verdict for r in result.off.results if r.name in expected_off} == expected_off
     assert Path(result.report_html or "").read_text().count("<svg") > len(ran)

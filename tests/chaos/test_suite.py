@@ -194,9 +194,9 @@ def test_the_sla_of_an_experiment(tmp_path: Path) -> None:
     }
 
 
-def _row(name: str, proves: str, verdict: str) -> ExperimentResult:
+def _row(name: str, proves: str, verdict: str, tested: bool = True) -> ExperimentResult:
     journal = _journal([_probe("seconds_until_workers", 1.0)]) if verdict == "met" else _journal([], status="failed")
-    return replace(summarize(name, journal, SLAS, proves=proves), verdict=verdict)
+    return replace(summarize(name, journal, SLAS, proves=proves), verdict=verdict, tested=tested)
 
 
 def test_the_matrix_holds_each_class_to_its_verdicts() -> None:
