@@ -32,6 +32,7 @@ def project(tmp_path: Path) -> Iterator[Path]:
     path.write_text(yaml.safe_dump(cfg))
     yield path
     Sandbox(tmp_path / "home" / "chaos" / "sandbox").down()
+    Sandbox(tmp_path / "home" / "chaos" / "sandbox-healing-off").down()
 
 
 def test_chaos_toolkit_cli_runs_an_experiment_on_its_own(project: Path, tmp_path: Path) -> None:
