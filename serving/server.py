@@ -1,7 +1,8 @@
 """Run the model server: gunicorn's master with uvicorn workers.
 
 gunicorn supervises the workers: a worker that dies (even ``kill -9``) is
-replaced while the others keep serving from the shared listening socket.
+replaced while the others keep serving from the shared listening socket, and so
+is one that hangs (its heartbeat stops: ``--timeout``, 10 s).
 The app is imported once in the master (``preload_app``), so a replacement
 worker is a fork that only has to load its model, not import MLflow again.
 

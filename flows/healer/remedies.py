@@ -121,7 +121,11 @@ def stop_server(cfg: SelfhealConfig, timeout: float = 15.0) -> None:
         processes.stop([pid], grace=timeout)
 
 
-def tracking_store_error(ctx: HealContext, timeout: float = 3.0) -> str | None:
+#: How long the healer waits for the tracking store to answer a read before it calls it down.
+STORE_ANSWER_SECONDS = 3.0
+
+
+def tracking_store_error(ctx: HealContext, timeout: float = STORE_ANSWER_SECONDS) -> str | None:
     """None when the tracking store answers within ``timeout`` seconds, else what went wrong.
 
     A locked or unreachable store can block a client call for a long time (SQLite's
