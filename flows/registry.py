@@ -10,7 +10,10 @@ extension; pipeline steps are retried by Prefect, never both on one call.
 from __future__ import annotations
 
 import logging
+import threading
+from collections.abc import Callable
 from datetime import UTC, datetime
+from typing import TypeVar
 
 from checkpoints.exceptions import RegistryUnavailable
 from serving.registry import (
@@ -33,9 +36,40 @@ __all__ = [
     "ModelNotFound",
     "ModelRecord",
     "Registry",
+    "answer_within",
 ]
 
 logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+def answer_within(seconds: float, what: str, read: Callable[[], T]) -> T:
+    """``read()``, or RegistryUnavailable when it has not answered within ``seconds``.
+
+    A locked SQLite store blocks every call for MLflow's busy timeout (20 s), once per
+    retry: a caller that must keep going (the healer's tick) abandons the call, which
+    ends on its own in a daemon thread. Reads only: an abandoned write could still land.
+    """
+    answer: list[tuple[bool, object]] = []
+
+    def call() -> None:
+        try:
+            answer.append((True, read()))
+        except Exception as exc:  # noqa: BLE001 - handed back to the caller's thread below
+            answer.append((False, exc))
+
+    worker = threading.Thread(target=call, name=f"registry-read-{what}", daemon=True)
+    worker.start()
+    worker.join(seconds)
+    if not answer:
+        raise RegistryUnavailable(f"{what}: no answer from the registry within {seconds:g} s")
+    ok, value = answer[0]
+    if not ok:
+        assert isinstance(value, Exception)
+        raise value
+    return value  # type: ignore[return-value]
+
 
 #: One registered model version as the pipeline sees it.
 ModelRecord = ModelVersionRef

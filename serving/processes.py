@@ -99,6 +99,22 @@ def alive(pid: int) -> bool:
         return False
 
 
+def stopped(pid: int) -> bool:
+    """Whether ``pid`` exists and is stopped (SIGSTOP, SIGTSTP): alive, but runs nothing."""
+    try:
+        return psutil.Process(pid).status() in (psutil.STATUS_STOPPED, psutil.STATUS_TRACING_STOP)
+    except psutil.Error:
+        return False
+
+
+def started_at(pid: int) -> float | None:
+    """When ``pid`` started (epoch seconds; None if it is gone): with the pid, names one process even after reuse."""
+    try:
+        return psutil.Process(pid).create_time()
+    except psutil.Error:
+        return None
+
+
 def parent(pid: int) -> int | None:
     """The parent pid of ``pid`` (None if it is gone)."""
     try:

@@ -1,7 +1,8 @@
 """Run the model server: gunicorn's master with uvicorn workers.
 
 gunicorn supervises the workers: a worker that dies (even ``kill -9``) is
-replaced while the others keep serving from the shared listening socket.
+replaced while the others keep serving from the shared listening socket, and so
+is one that hangs (its heartbeat stops: ``--timeout``, 10 s).
 The app is imported once in the master (``preload_app``), so a replacement
 worker is a fork that only has to load its model, not import MLflow again.
 
@@ -102,7 +103,14 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=8765, help="port (default 8765; 0 picks a free one)")
     parser.add_argument("--workers", type=int, default=2, help="worker processes (default 2)")
-    parser.add_argument("--timeout", type=int, default=60, help="seconds before a silent worker is replaced")
+    # A worker whose event loop is wedged (or stopped) still counts as alive: only this heartbeat
+    # notices it, and meanwhile every request on a connection it holds hangs. 60 s (gunicorn's
+    # usual) outlasts the serving MTTR SLA; uvicorn's loop beats every timeout/2 even under load
+    # (predictions and model loads run in threads), and a booting worker is not timed until its
+    # first beat, so a slow model load is not cut short.
+    parser.add_argument(
+        "--timeout", type=int, default=10, help="seconds without a heartbeat before a worker is replaced (default 10)"
+    )
     parser.add_argument("--graceful-timeout", type=int, default=30, help="seconds a stopping worker gets to flush")
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     return parser

@@ -6,6 +6,9 @@ the log is read here through its one definition, ``checkpoints.incidents``.
 
 # No ``from __future__ import annotations``: discovery reads these annotations at run time.
 
+import time
+
+from chaoslib.exceptions import ActivityFailed
 from chaoslib.types import Configuration
 
 from chaos import ledger
@@ -13,7 +16,12 @@ from chaos._polling import Check, poll_until
 from checkpoints.incidents import INCIDENTS, Incident, IncidentLog, State
 from checkpoints.lake import Lake
 
-__all__ = ["open_incidents", "seconds_until_incident_resolved"]
+__all__ = [
+    "open_incidents",
+    "seconds_incident_stays_open",
+    "seconds_until_incident_resolved",
+    "seconds_until_incident_resolved_after_restore",
+]
 
 #: Clock skew allowed between the chaos process and the healer when matching an incident to a fault.
 _SKEW_SECONDS = 1.0
@@ -75,3 +83,100 @@ def seconds_until_incident_resolved(
         interval=interval,
     )
     return max(0.0, resolved_at[-1] - fault_at)
+
+
+def _closed_at(incident: Incident) -> float | None:
+    closed = incident.resolved_at
+    return closed.timestamp() if closed is not None else None
+
+
+def _mine(lake_root: str, table: str, cause: str, fault_at: float) -> list[Incident]:
+    since = fault_at - _SKEW_SECONDS
+    return [i for i in _incidents(lake_root, table) if i.cause == cause and i.detected_at.timestamp() >= since]
+
+
+def seconds_incident_stays_open(
+    lake_root: str,
+    cause: str,
+    hold_seconds: float,
+    detect_seconds: float = 20.0,
+    table: str = INCIDENTS,
+    interval: float = 1.0,
+    configuration: Configuration | None = None,
+) -> float:
+    """While a fault persists: an incident of the cause opens and stays open until ``hold_seconds`` after the fault.
+
+    Fails as soon as none opened within ``detect_seconds`` of the fault, or one closed
+    (RESOLVED or ESCALATED) while the fault was still there: a repair verified against a
+    fault that is still in place is a false verification. Returns the seconds the
+    incident was seen open (from its detection to the end of the hold).
+    """
+    fault_at = ledger.last_event(configuration, "fault")
+    if fault_at is None:
+        raise ActivityFailed("no fault recorded in this run: nothing to stay open for")
+    hold_until = fault_at + hold_seconds
+    opened: list[float] = []
+
+    def look() -> Check:
+        mine = _mine(lake_root, table, cause, fault_at)
+        closed = [i for i in mine if i.state.closed]
+        if closed:
+            return Check(False, f"{closed[0].id} {closed[0].state.value} while the fault persists", fatal=True)
+        if not mine:
+            late = time.time() - fault_at > detect_seconds
+            return Check(False, f"no {cause} incident within {detect_seconds:g} s of the fault", fatal=late)
+        opened[:] = [min(i.detected_at.timestamp() for i in mine)]
+        if time.time() < hold_until:
+            return Check(False, "; ".join(f"{i.id} {i.state.value}" for i in mine))
+        return Check(True, "; ".join(f"{i.id} {i.state.value}" for i in mine))
+
+    what = f"{cause} incident open for {hold_seconds:g} s of fault"
+    poll_until(look, timeout=hold_seconds + interval * 3, what=what, started_at=fault_at, interval=interval)
+    return round(time.time() - opened[0], 2)
+
+
+def seconds_until_incident_resolved_after_restore(
+    lake_root: str,
+    cause: str,
+    timeout: float = 60.0,
+    remedy: str | None = None,
+    table: str = INCIDENTS,
+    interval: float = 1.0,
+    configuration: Configuration | None = None,
+) -> float:
+    """Poll until the incident of the cause opened during the fault is RESOLVED after the fault was undone.
+
+    For a fault the scenario itself takes back (an outage that ends): the incident must
+    have opened after the fault, stayed open until this run's ``restore`` (closing before
+    it fails at once), then be RESOLVED (by ``remedy``, if given). Returns the seconds
+    from the restore to RESOLVED; ESCALATED fails at once. Before any fault in this run
+    it waits until no incident of the cause is open and returns 0.
+    """
+    fault_at, restored_at = ledger.last_event(configuration, "fault"), ledger.last_event(configuration, "restore")
+    if fault_at is None:
+        return seconds_until_incident_resolved(lake_root, cause, timeout, table, interval, configuration)
+    if restored_at is None or restored_at < fault_at:
+        raise ActivityFailed(f"the fault of this run was not undone: no {cause} resolution after a restore to measure")
+    resolved_at: list[float] = []
+
+    def look() -> Check:
+        mine = _mine(lake_root, table, cause, fault_at)
+        during = [i for i in mine if i.detected_at.timestamp() <= restored_at]
+        if not during:
+            return Check(False, f"no {cause} incident detected between the fault and the restore", fatal=True)
+        early = [i for i in during if (_closed_at(i) or restored_at) < restored_at]
+        if early:
+            return Check(False, f"{early[0].id} {early[0].state.value} before the fault was undone", fatal=True)
+        for incident in during:
+            if incident.state == State.ESCALATED:
+                return Check(False, f"{incident.id} ESCALATED: {incident.last.detail}", fatal=True)
+            if incident.state == State.RESOLVED and remedy not in (None, incident.last.remedy):
+                return Check(False, f"{incident.id} RESOLVED by {incident.last.remedy}, not {remedy}", fatal=True)
+            if incident.state == State.RESOLVED:
+                resolved_at.append(_closed_at(incident) or time.time())
+                return Check(True, f"{incident.id} RESOLVED by {incident.last.remedy}: {incident.last.detail}")
+        return Check(False, "; ".join(f"{i.id} {i.state.value}" for i in during))
+
+    what = f"{cause} incident RESOLVED after the restore"
+    poll_until(look, timeout=timeout, what=what, started_at=restored_at, interval=interval)
+    return round(max(0.0, resolved_at[-1] - restored_at), 2)

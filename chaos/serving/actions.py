@@ -1,4 +1,4 @@
-"""Serving faults: kill one worker, kill the whole server; and the rollback that brings it back.
+"""Serving faults: kill or hang one worker, kill the whole server; and the rollbacks that bring it back.
 
 The server is found from its URL: ``GET /health`` names the worker that answered,
 its parent is gunicorn's master (or give the master's ``pid_file``). Signals are
@@ -21,7 +21,7 @@ from chaos import ledger
 from chaos.serving import _server
 from serving import processes
 
-__all__ = ["kill_server", "kill_worker", "start_server_if_down"]
+__all__ = ["hang_worker", "kill_server", "kill_worker", "release_hung_worker", "start_server_if_down"]
 
 logger = logging.getLogger(__name__)
 
@@ -65,6 +65,54 @@ def kill_worker(
         "signal": sig.name,
         "at": at,
     }
+
+
+def hang_worker(
+    url: str,
+    pid_file: str | None = None,
+    configuration: Configuration | None = None,
+) -> dict[str, Any]:
+    """SIGSTOP the worker that answers at the URL: it stays alive but runs nothing, as a wedged process does.
+
+    Unlike a dead worker, its master gets no SIGCHLD: only gunicorn's heartbeat timeout
+    notices it. Requests on connections it already holds hang. Nothing here continues it;
+    undo with ``release_hung_worker``. Returns the stopped pid and the master.
+    """
+    server = _server.find_server(url, pid_file)
+    victim = _server.worker_answering(url)
+    if victim not in server.workers:
+        raise ActivityFailed(f"worker {victim} is not a child of master {server.master} ({list(server.workers)})")
+    started = processes.started_at(victim)
+    processes.kill([victim], signal.SIGSTOP, timeout=0)
+    at = ledger.record(
+        configuration, "fault", fault="hang_worker", detail={"pid": victim, "started": started, "master": server.master}
+    )
+    try:
+        processes.wait_until(lambda: processes.stopped(victim), 5.0, f"worker {victim} to stop", interval=0.02)
+    except TimeoutError:
+        raise ActivityFailed(f"worker {victim} is not stopped 5s after SIGSTOP") from None
+    logger.info("stopped worker %d of master %d with SIGSTOP", victim, server.master)
+    return {"pid": victim, "master": server.master, "workers_before": list(server.workers), "at": at}
+
+
+def release_hung_worker(configuration: Configuration | None = None) -> dict[str, Any]:
+    """Undo hang_worker: SIGKILL the worker it stopped if it is still there (its master replaces it).
+
+    Killed rather than continued: a worker that wakes after its master gave up on it
+    would answer with a stale heartbeat and be killed mid-request anyway. The pid is
+    only signalled if it is still the process that was stopped (same start time).
+    """
+    faults = [e for e in ledger.current_run(configuration) if e.fault == "hang_worker"]
+    if not faults:
+        return {"released": False, "detail": "no worker was stopped in this run"}
+    pid, started = int(faults[-1].detail["pid"]), faults[-1].detail.get("started")
+    if not processes.alive(pid) or processes.started_at(pid) != started:
+        return {"released": False, "pid": pid, "detail": "the stopped worker is gone already"}
+    left = processes.kill([pid], signal.SIGKILL, timeout=10.0)  # SIGKILL reaches a stopped process
+    ledger.record(configuration, "restore", fault="release_hung_worker", detail={"pid": pid, "left": left})
+    if left:
+        raise ActivityFailed(f"stopped worker {pid} still alive 10s after SIGKILL")
+    return {"released": True, "pid": pid, "detail": "killed the worker still stopped"}
 
 
 def kill_server(

@@ -24,6 +24,7 @@ from chaos.registry._store import mlflow_uris
 from chaos.serving import _server
 from chaos.workload import read_outcomes, read_records
 from checkpoints import Lake
+from serving import processes
 from serving.client import ServingClient
 
 __all__ = [
@@ -33,6 +34,7 @@ __all__ = [
     "seconds_until_availability",
     "seconds_until_model_quality",
     "seconds_until_serving_answers",
+    "seconds_until_worker_replaced",
     "seconds_until_workers",
 ]
 
@@ -337,3 +339,35 @@ def predictions_lost(
         return len(answered)
     logged = set(lake.read("inference_log", columns=["_request_id"]).column("_request_id").to_pylist())
     return len(answered - logged)
+
+
+#: Faults whose ledger entry names one worker (``detail.pid``).
+_WORKER_FAULTS = ("hang_worker", "kill_worker")
+
+
+def seconds_until_worker_replaced(
+    url: str,
+    workers: int,
+    timeout: float = 60.0,
+    pid_file: str | None = None,
+    since: str = "fault",
+    interval: float = 0.5,
+    configuration: Configuration | None = None,
+) -> float:
+    """Poll until the worker this run's fault stopped or killed is gone and the master has the given number running.
+
+    A stopped (SIGSTOP) worker is alive to the process table, so it is not counted as
+    running; the worker comes from the ledger's fault (``detail.pid``). Before any fault
+    it only counts the running workers. Returns the seconds from the clock start.
+    """
+    faults = [e for e in ledger.current_run(configuration) if e.fault in _WORKER_FAULTS]
+    victim = int(faults[-1].detail["pid"]) if faults else None
+
+    def look() -> Check:
+        server = _server.find_server(url, pid_file)
+        running = [pid for pid in server.workers if not processes.stopped(pid)]
+        still = victim is not None and victim in server.workers
+        seen = f"master {server.master} runs {running}" + (f", worker {victim} still there" if still else "")
+        return Check(len(running) >= workers and not still, seen)
+
+    return seconds_until(look, f"{workers} serving workers running", timeout, since, interval, configuration)

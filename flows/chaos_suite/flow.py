@@ -72,8 +72,10 @@ EXPERIMENTS = Path(__file__).resolve().parents[2] / "chaos" / "experiments"
 #: Run order: faults that leave no trace first; those that change the data or the model last.
 ORDER = (
     "serving-kill-worker",
+    "serving-hang-worker",
     "serving-kill-server",
     "registry-tracking-store-unreachable",
+    "registry-tracking-store-down-long",
     "data-corrupt-truncate",
     "data-corrupt-garbage",
     "data-corrupt-schema",

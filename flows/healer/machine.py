@@ -35,13 +35,20 @@ from checkpoints.metrics import METRICS_TABLE, metric_values
 from flows.config import SelfhealConfig, load_config
 from flows.events import emit
 from flows.healer.diagnosis import Cause, Context, Diagnosis, diagnose
-from flows.healer.remedies import HealContext, Outcome, get_remedy, server_ready, tracking_store_error
+from flows.healer.remedies import (
+    STORE_ANSWER_SECONDS,
+    HealContext,
+    Outcome,
+    get_remedy,
+    server_ready,
+    tracking_store_error,
+)
 from flows.metrics import lower_is_better
 from flows.monitor.detectors.thresholds import MonitorThresholds
 from flows.monitor.flow import monitor_pass
 from flows.monitor.signals import Severity, Signal, SignalKind, Window
 from flows.pipeline.stages.ingest import LandingUnreachable, list_landing
-from flows.registry import CHAMPION, Registry
+from flows.registry import CHAMPION, Registry, answer_within
 
 logger = logging.getLogger(__name__)
 
@@ -122,16 +129,21 @@ class Healer:
 
     def record(self, observation: Observation) -> list[Incident]:
         """Open or join incidents for what was observed; returns the touched incidents."""
-        promoted_at = None
+        promoted_at, now = None, observation.started_at
         incidents = self.log.incidents()
         # A promotion the healer made itself (retrain, rollback) is judged by that incident's
         # verification, not blamed as a bad deploy while the repair is being verified.
         own_promotion = any(
             i.state in (State.HEALING, State.VERIFYING) and i.last.remedy in _PROMOTING_REMEDIES for i in incidents
         )
-        if not own_promotion and not any(s.kind == SignalKind.UPSTREAM_OUTAGE for s in observation.signals):
-            promoted_at = self.ctx.registry.promoted_at()
         signals = observation.signals
+        if not own_promotion and not any(s.kind == SignalKind.UPSTREAM_OUTAGE for s in signals):
+            try:
+                promoted_at = answer_within(STORE_ANSWER_SECONDS, "@champion", self.ctx.registry.promoted_at)
+            except RegistryUnavailable as exc:
+                # The store went away after this tick's probe: waiting out its busy timeout on
+                # every retry would stall detection past the outage. This is the outage, seen now.
+                signals = [*signals, _probe_signal(SignalKind.UPSTREAM_OUTAGE, {"tracking_store": str(exc)}, now)]
         if own_promotion:
             # Quality of the model the healer just promoted is that repair's verification,
             # not a new incident (which would roll it back before it is judged).
@@ -388,6 +400,26 @@ def _notify(cfg: SelfhealConfig, incident: Incident) -> None:
 
 
 # -- the flow --------------------------------------------------------------------------------
+#: How long the healer's first registry call may take before the first tick (see ``warm_up``).
+_WARM_UP_SECONDS = 30.0
+
+
+def warm_up(ctx: HealContext) -> None:
+    """Make the first tracking-store call before the first tick.
+
+    It imports MLflow and builds its store: 8 s on a busy two-core machine, which the
+    first tick's probe (3 s) would report as an outage and open a false incident. A
+    store really down now is found by that first tick all the same.
+    """
+    try:
+        error = tracking_store_error(ctx, timeout=_WARM_UP_SECONDS)
+    except Exception:  # noqa: BLE001 - a probe bug surfaces in the first tick, not at start
+        logger.exception("warming up the tracking-store client failed")
+        return
+    if error is not None:
+        logger.warning("the tracking store does not answer at start: %s", error)
+
+
 def make_context(cfg: SelfhealConfig, config_path: str | None) -> HealContext:
     lake = Lake(cfg.lake.root, cfg.lake.storage_options or None)
     return HealContext(cfg, config_path, lake, Registry(cfg.tracking_uri, cfg.model_name))
@@ -418,6 +450,7 @@ def healer_flow(
     """One healer tick: observe, diagnose, open/join incidents, move them. Returns the open ones."""
     cfg = load_config(config_path)
     ctx = make_context(cfg, config_path)
+    warm_up(ctx)
     healer = Healer(ctx, IncidentLog(ctx.lake))
     observation = observe(
         ctx, since or datetime.now(UTC) - timedelta(seconds=cfg.healing.interval_seconds * 2), run_monitor
@@ -432,6 +465,7 @@ class HealerLoop:
 
     def __init__(self, cfg: SelfhealConfig, config_path: str | None, run_monitor: bool = True) -> None:
         self.ctx = make_context(cfg, config_path)
+        warm_up(self.ctx)
         self.healer = Healer(self.ctx, IncidentLog(self.ctx.lake))
         self.run_monitor = run_monitor
         self.last_observed = datetime.now(UTC)

@@ -122,14 +122,16 @@ def stop_server(cfg: SelfhealConfig, timeout: float = 15.0) -> None:
         processes.stop([pid], grace=timeout)
 
 
-def tracking_store_error(ctx: HealContext, timeout: float = 6.0) -> str | None:
+#: How long the healer waits for the tracking store to answer a read before it calls it down.
+STORE_ANSWER_SECONDS = 3.0
+
+
+def tracking_store_error(ctx: HealContext, timeout: float = STORE_ANSWER_SECONDS) -> str | None:
     """None when the tracking store answers within ``timeout`` seconds, else what went wrong.
 
     A locked or unreachable store can block a client call for a long time (SQLite's
     busy timeout is 20 s); the healer must not stall behind it, so the call runs in a
-    daemon thread and is abandoned after ``timeout``. 6 s, not less: on a busy 2-core
-    machine (the chaos sandbox) a healthy SQLite store took over 3 s to answer, and each
-    such answer opened a false ``upstream_outage`` incident.
+    daemon thread and is abandoned after ``timeout``.
     """
     result: list[str | None] = []
     bugs: list[Exception] = []

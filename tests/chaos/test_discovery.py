@@ -14,8 +14,10 @@ import chaos
 
 #: (module, activity): exactly what discovery must show, one row per activity.
 ACTIVITIES = [
+    ("chaos.serving.actions", "hang_worker"),
     ("chaos.serving.actions", "kill_server"),
     ("chaos.serving.actions", "kill_worker"),
+    ("chaos.serving.actions", "release_hung_worker"),
     ("chaos.serving.actions", "start_server_if_down"),
     ("chaos.serving.probes", "availability"),
     ("chaos.serving.probes", "availability_during_fault"),
@@ -23,6 +25,7 @@ ACTIVITIES = [
     ("chaos.serving.probes", "seconds_until_availability"),
     ("chaos.serving.probes", "seconds_until_model_quality"),
     ("chaos.serving.probes", "seconds_until_serving_answers"),
+    ("chaos.serving.probes", "seconds_until_worker_replaced"),
     ("chaos.serving.probes", "seconds_until_workers"),
     ("chaos.network.actions", "create_link"),
     ("chaos.network.actions", "cut_link"),
@@ -51,7 +54,9 @@ ACTIVITIES = [
     ("chaos.pipeline.actions", "run_pipeline_if_behind"),
     ("chaos.pipeline.probes", "seconds_until_pipeline_caught_up"),
     ("chaos.incidents.probes", "open_incidents"),
+    ("chaos.incidents.probes", "seconds_incident_stays_open"),
     ("chaos.incidents.probes", "seconds_until_incident_resolved"),
+    ("chaos.incidents.probes", "seconds_until_incident_resolved_after_restore"),
     ("chaos.release.actions", "end_release"),
     ("chaos.release.actions", "release_worse_model"),
     ("chaos.release.probes", "release_state"),

@@ -30,8 +30,10 @@ LOCAL_NAMES = [
     "network-throttle-serving",
     "pipeline-kill-mid-stage",
     "registry-bad-model",
+    "registry-tracking-store-down-long",
     "registry-tracking-store-unreachable",
     "release-canary-worse",
+    "serving-hang-worker",
     "serving-kill-server",
     "serving-kill-worker",
 ]

@@ -20,14 +20,22 @@ from checkpoints import Lake, incidents
 SCHEMA = pa.schema([f for f in incidents.SCHEMA if f.name != "seq"])
 
 
-def _row(lake: Lake, incident: str, cause: str, state: str, detected: float, at: float | None = None) -> None:
+def _row(
+    lake: Lake,
+    incident: str,
+    cause: str,
+    state: str,
+    detected: float,
+    at: float | None = None,
+    remedy: str | None = None,
+) -> None:
     row = {
         "incident_id": incident,
         "cause": cause,
         "state": state,
         "ts": datetime.fromtimestamp(at or time.time(), UTC),
         "detected_at": datetime.fromtimestamp(detected, UTC),
-        "remedy": None,
+        "remedy": remedy,
         "attempt": 0,
         "actor": "test",
         "evidence": "{}",
@@ -106,3 +114,92 @@ def test_before_any_fault_it_waits_for_no_open_incident(tmp_path: Path, config: 
     assert probes.open_incidents(str(lake.root), cause="data_drift") == 0
     with pytest.raises(ActivityFailed, match="no open serving_down incident: not met within 0.5s.*inc-4 HEALING"):
         probes.seconds_until_incident_resolved(str(lake.root), "serving_down", timeout=0.5, configuration=config)
+
+
+# -- an outage the scenario ends: open while it lasts, resolved after it ----------------------
+OUTAGE = "upstream_outage"
+
+
+def test_stays_open_while_the_fault_persists(tmp_path: Path, config: dict[str, Any]) -> None:
+    lake = Lake(tmp_path / "lake")
+    fault = ledger.record(config, "fault", fault="make_tracking_store_unreachable")
+    _row(lake, "old", OUTAGE, "RESOLVED", fault - 100, fault - 90)  # an earlier outage's incident does not count
+    _row(lake, "inc-5", OUTAGE, "DIAGNOSED", fault + 0.2, fault + 0.2)
+    _row(lake, "inc-5", OUTAGE, "VERIFYING", fault + 0.2, fault + 0.3, remedy="hold_fallback")
+    seconds = probes.seconds_incident_stays_open(
+        str(lake.root), OUTAGE, hold_seconds=1.0, interval=0.2, configuration=config
+    )
+    assert time.time() >= fault + 1.0
+    assert seconds >= 0.8
+
+
+@pytest.mark.parametrize(
+    "rows,match",
+    [
+        pytest.param([], "no upstream_outage incident within 0.5 s of the fault", id="never-opened"),
+        pytest.param(
+            [("DIAGNOSED", 0.2), ("RESOLVED", 0.3)], "inc-6 RESOLVED while the fault persists", id="falsely-verified"
+        ),
+        pytest.param([("ESCALATED", 0.3)], "inc-6 ESCALATED while the fault persists", id="escalated"),
+    ],
+)
+def test_stays_open_fails_at_once(
+    tmp_path: Path, config: dict[str, Any], rows: list[tuple[str, float]], match: str
+) -> None:
+    lake = Lake(tmp_path / "lake")
+    fault = ledger.record(config, "fault", fault="make_tracking_store_unreachable")
+    for state, after in rows:
+        _row(lake, "inc-6", OUTAGE, state, fault + 0.2, fault + after)
+    started = time.time()
+    with pytest.raises(ActivityFailed, match=match):
+        probes.seconds_incident_stays_open(
+            str(lake.root), OUTAGE, hold_seconds=30, detect_seconds=0.5, interval=0.1, configuration=config
+        )
+    assert time.time() - started < 5
+
+
+def test_resolved_after_the_restore_returns_seconds_from_the_restore(tmp_path: Path, config: dict[str, Any]) -> None:
+    lake = Lake(tmp_path / "lake")
+    fault = ledger.record(config, "fault", fault="make_tracking_store_unreachable", at=time.time() - 10)
+    restored = ledger.record(config, "restore", fault="restore_tracking_store", at=fault + 8)
+    _row(lake, "inc-7", OUTAGE, "VERIFYING", fault + 1, fault + 1.5, remedy="hold_fallback")
+    _row(lake, "inc-7", OUTAGE, "RESOLVED", fault + 1, restored + 1.25, remedy="hold_fallback")
+    _row(lake, "inc-8", OUTAGE, "DETECTED", restored + 3, restored + 3)  # opened after the return: not this one's
+    seconds = probes.seconds_until_incident_resolved_after_restore(
+        str(lake.root), OUTAGE, timeout=5, remedy="hold_fallback", interval=0.2, configuration=config
+    )
+    assert seconds == pytest.approx(1.25, abs=0.01)
+
+
+@pytest.mark.parametrize(
+    "resolved_after,remedy,match",
+    [
+        pytest.param(-2.0, "hold_fallback", "inc-9 RESOLVED before the fault was undone", id="resolved-while-down"),
+        pytest.param(1.0, "rollback", "inc-9 RESOLVED by rollback, not hold_fallback", id="another-remedy"),
+    ],
+)
+def test_resolved_after_the_restore_refuses_a_wrong_resolution(
+    tmp_path: Path, config: dict[str, Any], resolved_after: float, remedy: str, match: str
+) -> None:
+    lake = Lake(tmp_path / "lake")
+    fault = ledger.record(config, "fault", fault="make_tracking_store_unreachable", at=time.time() - 10)
+    restored = ledger.record(config, "restore", fault="restore_tracking_store", at=fault + 8)
+    _row(lake, "inc-9", OUTAGE, "RESOLVED", fault + 1, restored + resolved_after, remedy=remedy)
+    with pytest.raises(ActivityFailed, match=match):
+        probes.seconds_until_incident_resolved_after_restore(
+            str(lake.root), OUTAGE, timeout=30, remedy="hold_fallback", interval=0.2, configuration=config
+        )
+
+
+def test_resolved_after_the_restore_needs_a_restore_and_an_incident(tmp_path: Path, config: dict[str, Any]) -> None:
+    lake = Lake(tmp_path / "lake")
+    assert (
+        probes.seconds_until_incident_resolved_after_restore(str(lake.root), OUTAGE, timeout=1, configuration=config)
+        == 0
+    )
+    fault = ledger.record(config, "fault", fault="make_tracking_store_unreachable")
+    with pytest.raises(ActivityFailed, match="was not undone"):
+        probes.seconds_until_incident_resolved_after_restore(str(lake.root), OUTAGE, timeout=1, configuration=config)
+    ledger.record(config, "restore", fault="restore_tracking_store", at=fault + 0.5)
+    with pytest.raises(ActivityFailed, match="no upstream_outage incident detected between the fault and the restore"):
+        probes.seconds_until_incident_resolved_after_restore(str(lake.root), OUTAGE, timeout=30, configuration=config)

@@ -78,6 +78,44 @@ def test_kill_worker_is_replaced_while_the_other_keeps_answering(
     assert share >= 0.99, read_outcomes(tmp_path / "traffic.jsonl", start=killed["at"])[:20]
 
 
+def test_a_hung_worker_is_replaced_by_the_heartbeat_while_the_other_keeps_answering(
+    live_server: Callable[..., LiveServer],
+    workload: Callable[[str], Workload],
+    config: dict[str, Any],
+    payload: Path,
+    tmp_path: Path,
+) -> None:
+    server = live_server()
+    workload(server.url)
+    time.sleep(2.0)
+    assert probes.seconds_until_worker_replaced(server.url, workers=2, timeout=5, configuration=config) < 5
+    hung = actions.hang_worker(server.url, configuration=config)
+    assert hung["master"] == server.proc.pid and processes.stopped(hung["pid"])
+    assert ledger.last_event(config, "fault") == hung["at"]
+    # Alive to the process table, so the old count says nothing: the stopped worker is still one of two.
+    assert hung["pid"] in processes.children(server.proc.pid)
+    replaced = probes.seconds_until_worker_replaced(server.url, workers=2, timeout=30, configuration=config)
+    assert replaced < 30 and not processes.alive(hung["pid"]), server.tail()
+    assert probes.seconds_until_serving_answers(server.url, timeout=30, payload_file=str(payload), configuration=config)
+    # Over the whole stretch the worker hung, up to its replacement: each client lost at most one request.
+    window = replaced + 1.0
+    share = probes.availability(str(tmp_path / "traffic.jsonl"), window_seconds=window, configuration=config)
+    assert share >= 0.99, read_outcomes(tmp_path / "traffic.jsonl", start=hung["at"])[:20]
+    assert actions.release_hung_worker(configuration=config)["released"] is False
+
+
+def test_release_hung_worker_kills_the_worker_still_stopped(
+    live_server: Callable[..., LiveServer], config: dict[str, Any]
+) -> None:
+    assert actions.release_hung_worker(configuration=config)["released"] is False  # nothing stopped in this run
+    server = live_server()
+    hung = actions.hang_worker(server.url, configuration=config)
+    released = actions.release_hung_worker(configuration=config)
+    assert released == {"released": True, "pid": hung["pid"], "detail": "killed the worker still stopped"}
+    assert not processes.alive(hung["pid"])
+    assert probes.seconds_until_workers(server.url, workers=2, timeout=30, since="now", configuration=config) < 30
+
+
 def test_kill_server_then_answers_never_until_restarted(
     live_server: Callable[..., LiveServer], config: dict[str, Any], payload: Path, tmp_path: Path
 ) -> None:

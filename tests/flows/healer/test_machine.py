@@ -225,3 +225,22 @@ def test_healer_killed_mid_remedy_resumes_and_applies_it_once(system: dict[str, 
     assert [(t.remedy, t.attempt) for t in healing] == [("retrain", 1)]  # resumed, not restarted
     versions_after = len(healer.ctx.registry.client.search_model_versions(f"name='{healer.ctx.registry.model_name}'"))
     assert versions_after == versions_before + 1  # the model was trained and registered once
+
+
+def test_a_store_that_goes_down_after_the_probe_is_an_outage_seen_in_the_same_tick(system: dict[str, Any]) -> None:
+    """The lock lands between the tick's store probe and its champion read: no stall until it lifts."""
+    from chaos.registry.actions import make_tracking_store_unreachable, restore_tracking_store
+    from serving import processes
+
+    healer = _healer(system["config"])
+    assert healer.ctx.registry.by_alias(CHAMPION) is not None  # the store answers; the client is built
+    uri = healer.cfg.tracking_uri
+    assert uri is not None
+    locked = make_tracking_store_unreachable(uri, duration=60)
+    try:
+        touched = healer.record(_observe())  # the probe saw the store up a moment ago: no signal
+        assert [i.cause for i in touched] == ["upstream_outage"]
+        assert "no answer from the registry" in touched[0].evidence["tracking_store"]
+        assert processes.alive(locked["pid"]), "record() waited until the lock was lifted"
+    finally:
+        restore_tracking_store(uri)
