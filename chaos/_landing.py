@@ -19,16 +19,26 @@ SUFFIXES = (".parquet", ".pq", ".csv")
 
 
 def batch_files(landing: str | os.PathLike[str]) -> list[Path]:
-    """Batch files in the landing folder (hidden and temporary files excluded), in name order."""
+    """Batch files in the landing folder, in name order, as the pipeline sees them.
+
+    Regular files only (a directory, symlink or FIFO is not a batch), and not the hidden
+    names (``.``/``_`` prefix) a writer uses before renaming a finished file.
+    """
     folder = Path(landing)
     if not folder.is_dir():
         return []
-    return sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".") and p.suffix in SUFFIXES)
+    return sorted(
+        p
+        for p in folder.iterdir()
+        if p.is_file() and not p.is_symlink() and not p.name.startswith((".", "_")) and p.suffix in SUFFIXES
+    )
 
 
 def next_index(landing: str | os.PathLike[str]) -> int:
-    """One past the highest ``batch-NNNNN`` index in the folder (0 when there is none)."""
-    indexes = [int(m.group(1)) for p in batch_files(landing) if (m := BATCH_NAME.match(p.name))]
+    """One past the highest ``batch-NNNNN`` index in the folder, whatever the entry is (0 when there is none)."""
+    folder = Path(landing)
+    names = [p.name for p in folder.iterdir()] if folder.is_dir() else []
+    indexes = [int(m.group(1)) for name in names if (m := BATCH_NAME.match(name))]
     return max(indexes) + 1 if indexes else 0
 
 

@@ -6,6 +6,10 @@ the log is read here through its one definition, ``checkpoints.incidents``.
 
 # No ``from __future__ import annotations``: discovery reads these annotations at run time.
 
+import json
+from pathlib import Path
+
+from chaoslib.exceptions import ActivityFailed
 from chaoslib.types import Configuration
 
 from chaos import ledger
@@ -13,7 +17,7 @@ from chaos._polling import Check, poll_until
 from checkpoints.incidents import INCIDENTS, Incident, IncidentLog, State
 from checkpoints.lake import Lake
 
-__all__ = ["open_incidents", "seconds_until_incident_resolved"]
+__all__ = ["open_incidents", "seconds_until_incident_names_fault", "seconds_until_incident_resolved"]
 
 #: Clock skew allowed between the chaos process and the healer when matching an incident to a fault.
 _SKEW_SECONDS = 1.0
@@ -21,6 +25,12 @@ _SKEW_SECONDS = 1.0
 
 def _incidents(lake_root: str, table: str) -> list[Incident]:
     return IncidentLog(Lake(lake_root), table).incidents()
+
+
+def _since(lake_root: str, table: str, cause: str, fault_at: float) -> list[Incident]:
+    """Incidents of ``cause`` detected since the fault (allowing for clock skew)."""
+    since = fault_at - _SKEW_SECONDS
+    return [i for i in _incidents(lake_root, table) if i.cause == cause and i.detected_at.timestamp() >= since]
 
 
 def open_incidents(lake_root: str, cause: str | None = None, table: str = INCIDENTS) -> int:
@@ -47,8 +57,7 @@ def seconds_until_incident_resolved(
 
     def look_after_fault() -> Check:
         assert fault_at is not None
-        since = fault_at - _SKEW_SECONDS
-        mine = [i for i in _incidents(lake_root, table) if i.cause == cause and i.detected_at.timestamp() >= since]
+        mine = _since(lake_root, table, cause, fault_at)
         if not mine:
             return Check(False, f"no {cause} incident detected since the fault")
         for incident in mine:
@@ -75,3 +84,48 @@ def seconds_until_incident_resolved(
         interval=interval,
     )
     return max(0.0, resolved_at[-1] - fault_at)
+
+
+def seconds_until_incident_names_fault(
+    lake_root: str,
+    cause: str,
+    timeout: float = 60.0,
+    table: str = INCIDENTS,
+    interval: float = 1.0,
+    configuration: Configuration | None = None,
+) -> float:
+    """Poll until an incident of the cause, detected since the fault, is closed naming every file the fault landed.
+
+    Closed: RESOLVED (a remedy repaired it) or ESCALATED (a person must act; the honest
+    outcome for a batch no remedy can repair). Naming: each file's name appears in the
+    incident's evidence, so the person knows which batch is waiting. Returns the seconds
+    from the fault to the closing transition. Before any fault it waits, as
+    ``seconds_until_incident_resolved`` does, until no incident of the cause is open.
+    """
+    fault_at = ledger.last_event(configuration, "fault")
+    if fault_at is None:  # the steady state before the method
+        return seconds_until_incident_resolved(lake_root, cause, timeout, table, interval, configuration)
+    faults = [e for e in ledger.current_run(configuration) if e.event == "fault"]
+    names = sorted({Path(p).name for e in faults for p in e.detail.get("paths", [])})
+    if not names:
+        raise ActivityFailed("the fault recorded no landed file for an incident to name")
+    closed_at: list[float] = []
+
+    def look() -> Check:
+        mine = _since(lake_root, table, cause, fault_at)
+        for incident in mine:
+            evidence = json.dumps([[t.evidence, t.detail] for t in incident.transitions], default=str)
+            if incident.state.closed and all(name in evidence for name in names):
+                closed_at.append(incident.last.ts.timestamp())
+                return Check(True, f"{incident.id} {incident.state.value} naming {', '.join(names)}")
+        seen = "; ".join(f"{i.id} {i.state.value}" for i in mine) or f"no {cause} incident since the fault"
+        return Check(False, f"{seen} (waiting for one closed naming {', '.join(names)})")
+
+    poll_until(
+        look,
+        timeout=timeout,
+        what=f"{cause} incident closed naming the fault's files",
+        started_at=fault_at,
+        interval=interval,
+    )
+    return max(0.0, closed_at[-1] - fault_at)
