@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,6 +16,9 @@ import pyarrow.parquet as pq
 from checkpoints import Lake
 
 BATCH_NAME = re.compile(r"^batch-(\d+)\.(parquet|csv)$")
+#: A batch name, or the hidden name a rollback set a removed batch aside under.
+_ANY_BATCH_NAME = re.compile(r"^\.?batch-(\d+)\.(parquet|csv)(\.removed)?$")
+REMOVED_SUFFIX = ".removed"
 SUFFIXES = (".parquet", ".pq", ".csv")
 
 
@@ -35,11 +39,25 @@ def batch_files(landing: str | os.PathLike[str]) -> list[Path]:
 
 
 def next_index(landing: str | os.PathLike[str]) -> int:
-    """One past the highest ``batch-NNNNN`` index in the folder, whatever the entry is (0 when there is none)."""
+    """One past the highest ``batch-NNNNN`` index in the folder (0 when there is none).
+
+    Every entry named like a batch counts, whatever it is, and so do batches a rollback
+    set aside (``set_aside``): a name is never used twice, since the pipeline reads a
+    landing file once and refuses a path it took before that comes back with new content.
+    """
     folder = Path(landing)
     names = [p.name for p in folder.iterdir()] if folder.is_dir() else []
-    indexes = [int(m.group(1)) for name in names if (m := BATCH_NAME.match(name))]
+    indexes = [int(m.group(1)) for name in names if (m := _ANY_BATCH_NAME.match(name))]
     return max(indexes) + 1 if indexes else 0
+
+
+def set_aside(path: Path) -> Path:
+    """Take an entry out of the landing zone by renaming it hidden (``.<name>.removed``); returns the new path."""
+    hidden = path.with_name(f".{path.name}{REMOVED_SUFFIX}")
+    if hidden.is_symlink() or hidden.exists():
+        hidden = path.with_name(f".{path.name}.{time.time_ns()}{REMOVED_SUFFIX}")
+    path.rename(hidden)
+    return hidden
 
 
 def write_atomic(path: Path, raw: bytes) -> None:

@@ -223,10 +223,13 @@ def inject_drift(
 
 
 def remove_injected_batches(landing_path: str, configuration: Configuration | None = None) -> dict[str, Any]:
-    """Undo this run's data faults: delete the batch files (and non-file entries) they landed; put back the stream file.
+    """Undo this run's data faults: set aside the batch files (and non-file entries) they landed; restore the stream.
 
-    Files the pipeline already took stay in the lake (bronze or quarantine): the lake's
-    history is not rewritten. Needs the fault ledger to know what this run wrote.
+    Each entry is renamed hidden (``.<name>.removed``): the pipeline no longer sees it and
+    the next batch gets a new name (a landing file is read once: a path taken before that
+    came back with other content would be refused). Files the pipeline already took stay
+    in the lake (bronze or quarantine): the lake's history is not rewritten. Needs the
+    fault ledger to know what this run wrote.
     """
     folder = Path(landing_path).resolve()
     removed, restored = [], []
@@ -238,10 +241,7 @@ def remove_injected_batches(landing_path: str, configuration: Configuration | No
             path = Path(name).parent.resolve() / Path(name).name
             if path.parent != folder or not (path.is_symlink() or path.exists()):
                 continue
-            if path.is_dir() and not path.is_symlink():
-                shutil.rmtree(path)
-            else:
-                path.unlink()
+            _landing.set_aside(path)  # hidden: out of the pipeline's sight, its name never reused
             removed.append(path.name)
         backup = entry.detail.get("stream_backup")
         if backup and Path(backup).exists():

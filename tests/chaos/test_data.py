@@ -197,8 +197,11 @@ def test_non_file_entries_then_undo(landing: Path, config: dict[str, Any]) -> No
     assert _landing.next_index(landing) == 5  # the next batch does not collide with them
     undone = actions.remove_injected_batches(str(landing), configuration=config)
     assert sorted(undone["removed"]) == [f"batch-0000{i}.parquet" for i in (2, 3, 4)]
-    assert sorted(p.name for p in landing.iterdir()) == ["batch-00000.parquet", "batch-00001.parquet"]
+    visible = sorted(p.name for p in landing.iterdir() if not p.name.startswith("."))
+    assert visible == ["batch-00000.parquet", "batch-00001.parquet"]
+    assert (landing / ".batch-00003.parquet.removed").is_symlink()  # set aside, not followed
     assert newest.exists()  # the symlink went, not what it pointed at
+    assert _landing.next_index(landing) == 5  # a name set aside is never used again
     with pytest.raises(ValueError, match="kinds must be among"):
         actions.add_non_file_entries(str(landing), kinds=["socket"])
 
