@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,21 +18,48 @@ from checkpoints.incidents import IncidentLog, State
 from checkpoints.quarantine import imputed_key
 
 BATCH_NAME = re.compile(r"^batch-(\d+)\.(parquet|csv)$")
+#: A batch name, or the hidden name a rollback set a removed batch aside under.
+_ANY_BATCH_NAME = re.compile(r"^\.?batch-(\d+)\.(parquet|csv)(\.removed)?$")
+REMOVED_SUFFIX = ".removed"
 SUFFIXES = (".parquet", ".pq", ".csv")
 
 
 def batch_files(landing: str | os.PathLike[str]) -> list[Path]:
-    """Batch files in the landing folder (hidden and temporary files excluded), in name order."""
+    """Batch files in the landing folder, in name order, as the pipeline sees them.
+
+    Regular files only (a directory, symlink or FIFO is not a batch), and not the hidden
+    names (``.``/``_`` prefix) a writer uses before renaming a finished file.
+    """
     folder = Path(landing)
     if not folder.is_dir():
         return []
-    return sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".") and p.suffix in SUFFIXES)
+    return sorted(
+        p
+        for p in folder.iterdir()
+        if p.is_file() and not p.is_symlink() and not p.name.startswith((".", "_")) and p.suffix in SUFFIXES
+    )
 
 
 def next_index(landing: str | os.PathLike[str]) -> int:
-    """One past the highest ``batch-NNNNN`` index in the folder (0 when there is none)."""
-    indexes = [int(m.group(1)) for p in batch_files(landing) if (m := BATCH_NAME.match(p.name))]
+    """One past the highest ``batch-NNNNN`` index in the folder (0 when there is none).
+
+    Every entry named like a batch counts, whatever it is, and so do batches a rollback
+    set aside (``set_aside``): a name is never used twice, since the pipeline reads a
+    landing file once and refuses a path it took before that comes back with new content.
+    """
+    folder = Path(landing)
+    names = [p.name for p in folder.iterdir()] if folder.is_dir() else []
+    indexes = [int(m.group(1)) for name in names if (m := _ANY_BATCH_NAME.match(name))]
     return max(indexes) + 1 if indexes else 0
+
+
+def set_aside(path: Path) -> Path:
+    """Take an entry out of the landing zone by renaming it hidden (``.<name>.removed``); returns the new path."""
+    hidden = path.with_name(f".{path.name}{REMOVED_SUFFIX}")
+    if hidden.is_symlink() or hidden.exists():
+        hidden = path.with_name(f".{path.name}.{time.time_ns()}{REMOVED_SUFFIX}")
+    path.rename(hidden)
+    return hidden
 
 
 def write_atomic(path: Path, raw: bytes) -> None:

@@ -8,6 +8,7 @@ and the two outages both ``serving`` and ``flows`` raise stay here::
     SelfhealError                                checkpoints.exceptions
     ├── CheckpointError                          checkpoints.exceptions: anything the Delta store refuses
     │   ├── CheckpointNotFound                   checkpoints.exceptions: no such table, version or manifest
+    │   ├── SchemaMismatch                       checkpoints.exceptions: rows that do not fit the table's schema
     │   └── CheckpointCorrupted                  checkpoints.exceptions: a torn or garbled Delta log entry
     ├── RegistryUnavailable                      checkpoints.exceptions: the MLflow tracking store cannot be reached
     ├── ServingUnavailable                       checkpoints.exceptions: the model server does not answer
@@ -43,6 +44,10 @@ class CheckpointError(SelfhealError):
 
 class CheckpointNotFound(CheckpointError):
     """A table, version or manifest that was asked for does not exist."""
+
+
+class SchemaMismatch(CheckpointError):
+    """Rows do not fit the table's schema (the rows' fault, not the store's)."""
 
 
 class CheckpointCorrupted(CheckpointError):

@@ -30,7 +30,7 @@ from deltalake import CommitProperties, DeltaTable, Transaction, write_deltalake
 from deltalake.exceptions import CommitFailedError, DeltaError, SchemaMismatchError, TableNotFoundError
 
 from checkpoints._storage import Storage
-from checkpoints.exceptions import CheckpointCorrupted, CheckpointError, CheckpointNotFound
+from checkpoints.exceptions import CheckpointCorrupted, CheckpointError, CheckpointNotFound, SchemaMismatch
 from checkpoints.maintenance import MaintenanceReport, maintain
 from checkpoints.manifests import Manifest, last_complete, list_manifests, rollback_to, write_manifest
 from checkpoints.quarantine import QuarantineRecord, is_quarantined, list_quarantined, quarantine
@@ -282,7 +282,7 @@ class Lake:
                 time.sleep(random.uniform(0.0, min(0.2, 0.01 * (attempt + 1))))  # jitter: writers desynchronize
                 continue
             except SchemaMismatchError as exc:
-                raise CheckpointError(f"table {table!r}: schema does not match: {exc}") from exc
+                raise SchemaMismatch(f"table {table!r}: schema does not match: {exc}") from exc
             except DeltaError as exc:
                 if "already exists" in str(exc).lower():
                     continue  # another writer created the table first

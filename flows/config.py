@@ -50,6 +50,11 @@ class LandingConfig(_Section):
     format: Literal["parquet", "csv"] = "parquet"
     fallback: str | None = None
     """A second source read when the primary stays unreachable after retries."""
+    settle_seconds: float = Field(default=10.0, ge=0.0)
+    """A file is taken once it is complete: parquet when its footer is valid, any file
+    once its size and modification time stayed unchanged this long (a CSV, or a parquet
+    file cut short, which is then quarantined). Writers that pause longer between
+    flushes should write under a hidden name (``.name`` or ``_name``) and rename."""
 
 
 class Expectations(_Section):

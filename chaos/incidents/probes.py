@@ -6,7 +6,9 @@ the log is read here through its one definition, ``checkpoints.incidents``.
 
 # No ``from __future__ import annotations``: discovery reads these annotations at run time.
 
+import json
 import time
+from pathlib import Path
 
 from chaoslib.exceptions import ActivityFailed
 from chaoslib.types import Configuration
@@ -19,6 +21,7 @@ from checkpoints.lake import Lake
 __all__ = [
     "open_incidents",
     "seconds_incident_stays_open",
+    "seconds_until_incident_names_fault",
     "seconds_until_incident_resolved",
     "seconds_until_incident_resolved_after_restore",
 ]
@@ -180,3 +183,48 @@ def seconds_until_incident_resolved_after_restore(
     what = f"{cause} incident RESOLVED after the restore"
     poll_until(look, timeout=timeout, what=what, started_at=restored_at, interval=interval)
     return round(max(0.0, resolved_at[-1] - restored_at), 2)
+
+
+def seconds_until_incident_names_fault(
+    lake_root: str,
+    cause: str,
+    timeout: float = 60.0,
+    table: str = INCIDENTS,
+    interval: float = 1.0,
+    configuration: Configuration | None = None,
+) -> float:
+    """Poll until an incident of the cause, detected since the fault, is closed naming every file the fault landed.
+
+    Closed: RESOLVED (a remedy repaired it) or ESCALATED (a person must act; the honest
+    outcome for a batch no remedy can repair). Naming: each file's name appears in the
+    incident's evidence, so the person knows which batch is waiting. Returns the seconds
+    from the fault to the closing transition. Before any fault it waits, as
+    ``seconds_until_incident_resolved`` does, until no incident of the cause is open.
+    """
+    fault_at = ledger.last_event(configuration, "fault")
+    if fault_at is None:  # the steady state before the method
+        return seconds_until_incident_resolved(lake_root, cause, timeout, table, interval, configuration)
+    faults = [e for e in ledger.current_run(configuration) if e.event == "fault"]
+    names = sorted({Path(p).name for e in faults for p in e.detail.get("paths", [])})
+    if not names:
+        raise ActivityFailed("the fault recorded no landed file for an incident to name")
+    closed_at: list[float] = []
+
+    def look() -> Check:
+        mine = _mine(lake_root, table, cause, fault_at)
+        for incident in mine:
+            evidence = json.dumps([[t.evidence, t.detail] for t in incident.transitions], default=str)
+            if incident.state.closed and all(name in evidence for name in names):
+                closed_at.append(incident.last.ts.timestamp())
+                return Check(True, f"{incident.id} {incident.state.value} naming {', '.join(names)}")
+        seen = "; ".join(f"{i.id} {i.state.value}" for i in mine) or f"no {cause} incident since the fault"
+        return Check(False, f"{seen} (waiting for one closed naming {', '.join(names)})")
+
+    poll_until(
+        look,
+        timeout=timeout,
+        what=f"{cause} incident closed naming the fault's files",
+        started_at=fault_at,
+        interval=interval,
+    )
+    return max(0.0, closed_at[-1] - fault_at)

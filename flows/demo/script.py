@@ -63,7 +63,14 @@ def demo_config(base: SelfhealConfig, workdir: Path, port: int) -> Path:
         home=str(workdir),
         tracking_uri=f"sqlite:///{workdir / 'mlflow.db'}",
         lake={"root": str(workdir / "lake"), "storage_options": {}},
-        landing={**data["landing"], "path": str(workdir / "landing"), "fallback": str(workdir / "fallback")},
+        # The demo's generator writes every batch under a hidden name and renames it: a file
+        # in the landing zone is finished, so it is taken at once (no settle time).
+        landing={
+            **data["landing"],
+            "path": str(workdir / "landing"),
+            "fallback": str(workdir / "fallback"),
+            "settle_seconds": 0.0,
+        },
         thresholds={**DEMO_THRESHOLDS, **data.get("thresholds", {})},
     )
     data["serving"].update(port=port, url=f"http://127.0.0.1:{port}", workers=2, poll_seconds=2.0)

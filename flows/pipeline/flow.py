@@ -22,7 +22,7 @@ import importlib.metadata
 import json
 import logging
 import subprocess
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -39,11 +39,12 @@ from prefect.tasks import exponential_backoff
 from prefect.transactions import Transaction, get_transaction, transaction
 
 from checkpoints import Lake
+from checkpoints.exceptions import SchemaMismatch
 from flows.config import SelfhealConfig, load_config
 from flows.pipeline.exceptions import PromotionRejected, ValidationFailed
 from flows.pipeline.stages import evaluate, features, ingest, train
 from flows.pipeline.stages.batch_io import read_batch
-from flows.pipeline.stages.validate import validate_batch
+from flows.pipeline.stages.validate import ValidationOutcome, validate_batch
 from flows.registry import CHALLENGER, CHAMPION, PREVIOUS, Registry
 from flows.release.controller import notify_server, read_state, start_release, write_state
 from serving.modelio import load_sklearn_model, log_sklearn_model
@@ -62,6 +63,8 @@ class LandingSummary:
     quarantined: list[tuple[str, str]] = field(default_factory=list)
     rows: int = 0
     notes: list[str] = field(default_factory=list)
+    resent: dict[str, int] = field(default_factory=dict)
+    """File name -> rows not landed because their id was already in bronze."""
 
 
 @dataclass
@@ -182,57 +185,143 @@ def list_landing_task(path: str, fmt: str) -> list[str]:
     retry_jitter_factor=0.5,
 )
 def read_new_files_task(cfg: SelfhealConfig, sources: list[str]) -> list[ingest.LandingFile]:
-    """Read and digest the listed files; keep those not yet in bronze or the quarantine.
+    """Read and digest the listed files that are complete; keep those not yet in bronze or the quarantine.
 
     One task run for the whole listing, not one per file, so a run's task count (and
-    Prefect's work) does not grow with the landing zone's history. A transient read
-    error fails the task and Prefect retries it.
+    Prefect's work) does not grow with the landing zone's history. A file still being
+    written waits for a later run. A file that cannot be read is skipped (a later run
+    tries again) unless none can: then the landing zone is unreachable, the task
+    fails and Prefect retries it. A new file at a path already taken with other
+    content is passed on refused (changed after it was taken: quarantined, never
+    ingested a second time).
     """
+    log = _log()
     lake = open_lake(cfg)
-    fresh = []
+    fresh, pending, unreadable = [], [], []
     for source in sources:
-        file = ingest.read_file(source)
-        if not ingest.already_taken(lake, file.sha256):
+        try:
+            file = ingest.read_if_complete(source, cfg.landing.format, cfg.landing.settle_seconds)
+        except ingest.LandingUnreachable as exc:
+            unreadable.append(str(exc))
+            continue
+        if file is None:
+            pending.append(source.rsplit("/", 1)[-1])
+        elif not ingest.already_taken(lake, file.sha256):
             fresh.append(file)
-    _log().info("%d landing file(s), %d new", len(sources), len(fresh))
+    if unreadable and len(unreadable) == len(sources):
+        raise ingest.LandingUnreachable(f"no landing file could be read: {unreadable[0]}")
+    for reason in unreadable:
+        log.warning("skipped for this run: %s", reason)
+    if pending:
+        log.info("%d file(s) still being written, left for a later run: %s", len(pending), ", ".join(pending))
+    if fresh:
+        taken = ingest.taken_sources(lake)
+        fresh = [replace(f, refused=ingest.changed_after_taken(f, taken)) for f in fresh]
+    log.info("%d landing file(s), %d new", len(sources), len(fresh))
     return fresh
+
+
+def _refuse(
+    lake: Lake, file: ingest.LandingFile, reason: str, summary: LandingSummary, failures: list[dict[str, Any]]
+) -> None:
+    lake.quarantine(file.raw, file.source, reason, failures)
+    summary.quarantined.append((file.name, reason))
+    _log().warning("quarantined %s: %s", file.name, reason)
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(f"{type(exc).__name__}: {exc}".split())
+    return text if len(text) <= 300 else text[:297] + "..."
+
+
+def _validated(
+    cfg: SelfhealConfig, file: ingest.LandingFile, schema: dict[str, str] | None, labels: list[Any] | None
+) -> ValidationOutcome | str:
+    """The validate stage's outcome for one file, or why it cannot be read or checked at all.
+
+    Any error here comes from the file's content (its bytes are in memory), so it is the
+    file's reason for quarantine, never the run's failure.
+    """
+    try:
+        frame = read_batch(file.raw, file.name, cfg.landing.format)
+        return validate_batch(frame, cfg, schema, known_labels=labels)
+    except ValidationFailed as exc:
+        return str(exc)
+    except Exception as exc:  # noqa: BLE001 - one file's content must not stop the run
+        logger.debug("validating %s raised", file.name, exc_info=True)
+        return f"{file.name}: cannot be validated: {_one_line(exc)}"
 
 
 @task(name="validate-and-land", cache_policy=NO_CACHE)
 def land_task(cfg: SelfhealConfig, files: list[ingest.LandingFile], batch_offset: int) -> LandingSummary:
-    """Validate each file; good rows to bronze with lineage, bad files to quarantine."""
-    log = _log()
+    """Validate each file; good rows to bronze with lineage, bad files to quarantine.
+
+    One file's content never fails the run: whatever goes wrong reading, validating or
+    landing it quarantines that file with the error as its reason. With
+    ``data.id_columns``, rows whose id is already in bronze are not landed again
+    (counted per file in ``LandingSummary.resent``).
+    """
     lake = open_lake(cfg)
     summary = LandingSummary()
     schema = locked_schema(lake, cfg)
     labels = known_labels(lake, cfg)
+    ids = ingest.landed_ids(lake, cfg.data.id_columns)
     for i, file in enumerate(files):
-        try:
-            frame = read_batch(file.raw, file.name, cfg.landing.format)
-            outcome = validate_batch(frame, cfg, schema, known_labels=labels)
-        except ValidationFailed as exc:
-            lake.quarantine(file.raw, file.source, str(exc), [{"check": "readable", "error": str(exc)}])
-            summary.quarantined.append((file.name, str(exc)))
-            log.warning("quarantined %s: %s", file.name, exc)
+        if file.refused:
+            _refuse(lake, file, file.refused, summary, [{"check": "read_once", "error": file.refused}])
             continue
-        if not outcome.accepted or outcome.data is None:
-            lake.quarantine(file.raw, file.source, outcome.reason, outcome.failures)
-            summary.quarantined.append((file.name, outcome.reason))
-            log.warning("quarantined %s: %s", file.name, outcome.reason)
+        outcome = _validated(cfg, file, schema, labels)
+        if isinstance(outcome, str) or not outcome.accepted or outcome.data is None:
+            reason = outcome if isinstance(outcome, str) else outcome.reason
+            failures = [] if isinstance(outcome, str) else outcome.failures
+            _refuse(lake, file, reason, summary, failures or [{"check": "readable", "error": reason}])
+            continue
+        try:
+            _land_rows(cfg, lake, file, outcome, batch_offset + i, ids, summary)
+        except SchemaMismatch as exc:
+            reason = f"{file.name}: does not fit bronze: {_one_line(exc)}"
+            _refuse(lake, file, reason, summary, [{"check": "bronze_schema", "error": reason}])
             continue
         schema = schema or outcome.schema
         labels = labels or outcome.labels
-        rows = outcome.data.copy()
-        rows["_source_file"] = file.source
-        rows["_sha256"] = file.sha256
-        rows["_row"] = range(len(rows))
-        rows["_ingested_at"] = pd.Timestamp(datetime.now(UTC))
-        rows["_batch_id"] = batch_offset + i
-        lake.append(BRONZE, rows, key=file.sha256)
-        summary.accepted.append(file.name)
-        summary.rows += len(rows)
-        summary.notes.extend(f"{file.name}: {note}" for note in outcome.notes)
     return summary
+
+
+def _land_rows(
+    cfg: SelfhealConfig,
+    lake: Lake,
+    file: ingest.LandingFile,
+    outcome: ValidationOutcome,
+    batch_id: int,
+    ids: set[str],
+    summary: LandingSummary,
+) -> None:
+    """Append one accepted file's rows to bronze (keyed by its digest), minus rows already there by id."""
+    assert outcome.data is not None
+    rows = outcome.data.copy()
+    rows["_source_file"] = file.source
+    rows["_sha256"] = file.sha256
+    rows["_row"] = range(len(rows))
+    rows["_ingested_at"] = pd.Timestamp(datetime.now(UTC))
+    rows["_batch_id"] = batch_id
+    new_ids: list[str] = []
+    if cfg.data.id_columns:
+        row_ids = ingest.row_ids(rows, cfg.data.id_columns)
+        fresh = [row_id not in ids for row_id in row_ids]
+        new_ids = [row_id for row_id, keep in zip(row_ids, fresh, strict=True) if keep]
+        resent = len(rows) - len(new_ids)
+        if resent:
+            # Keyed by the file anyway (even with no row left), so the file counts as taken.
+            rows = rows[fresh]
+            summary.resent[file.name] = resent
+            summary.notes.append(
+                f"{file.name}: {resent} row(s) already in bronze by {', '.join(cfg.data.id_columns)}; not landed again"
+            )
+    lake.append(BRONZE, rows, key=file.sha256)
+    ids.update(new_ids)
+    summary.accepted.append(file.name)
+    summary.rows += len(rows)
+    summary.notes.extend(f"{file.name}: {note}" for note in outcome.notes)
 
 
 @land_task.on_rollback
@@ -541,7 +630,13 @@ def _run_stages(
 
 def _finish(cfg: SelfhealConfig, lake: Lake, run_id: str, result: PipelineResult) -> PipelineResult:
     stages = {t: lake.version(t) for t in (BRONZE, SILVER) if lake.exists(t)}
-    meta = {"outcome": result.outcome, "champion": result.champion, "metrics": result.metrics}
+    meta: dict[str, Any] = {"outcome": result.outcome, "champion": result.champion, "metrics": result.metrics}
+    if result.landing.quarantined or result.landing.resent:
+        meta["landing"] = {
+            "accepted": result.landing.accepted,
+            "quarantined": [name for name, _ in result.landing.quarantined],
+            "resent_rows": result.landing.resent,
+        }
     if stages:
         lake.write_manifest(run_id, stages, meta=meta)
     if result.outcome == "promoted":

@@ -16,6 +16,7 @@ import hashlib
 import logging
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -25,6 +26,7 @@ from checkpoints.quarantine import imputed_key
 from flows.config import SelfhealConfig
 from flows.pipeline.exceptions import ValidationFailed
 from flows.pipeline.flow import BRONZE, _next_batch_id, known_labels, locked_schema
+from flows.pipeline.stages import ingest
 from flows.pipeline.stages.batch_io import read_batch
 from flows.pipeline.stages.train import recent
 from flows.pipeline.stages.validate import validate_batch
@@ -76,35 +78,62 @@ def _seed(stored_at: str) -> int:
 
 
 def impute_quarantined(cfg: SelfhealConfig, lake: Lake, stored_paths: list[str]) -> list[str]:
-    """Fill, re-validate and land each quarantined batch; return the ones that landed."""
+    """Fill, re-validate and land each quarantined batch; return the ones that landed.
 
+    A batch imputation cannot read or check (e.g. a nested column) is left where it is,
+    the others are still repaired. With ``data.id_columns``, rows whose id is already in
+    bronze are not landed again (the batch counts as landed).
+    """
     schema = locked_schema(lake, cfg)
     if schema is None or not lake.exists("silver"):
         return []
     donors = last_good_values(lake, schema, cfg.trainer.window_batches)
     labels = known_labels(lake, cfg)  # a batch with an unseen class is refused, so it stays as is
+    ids = ingest.landed_ids(lake, cfg.data.id_columns)
     landed = []
     for stored_at in stored_paths:
-        key = imputed_key(stored_at)
-        if lake.has_key(BRONZE, key):
+        if lake.has_key(BRONZE, imputed_key(stored_at)):
             landed.append(stored_at)
             continue
-        raw = Path(stored_at).read_bytes()
         try:
-            frame = read_batch(raw, Path(stored_at).name, cfg.landing.format)
-        except ValidationFailed:
+            rows = _repaired(cfg, stored_at, schema, donors, labels)
+        except Exception as exc:  # noqa: BLE001 - one batch imputation cannot handle must not stop the others
+            logger.info("imputation cannot handle %s: %s: %s", stored_at, type(exc).__name__, exc)
             continue
-        filled = fill_missing(frame, donors, _seed(stored_at))
-        outcome = validate_batch(filled, cfg, schema, known_labels=labels)
-        if not outcome.accepted or outcome.data is None:
-            logger.info("imputation did not repair %s: %s", stored_at, outcome.reason)
+        if rows is None:
             continue
-        rows = outcome.data.copy()
-        rows["_source_file"] = stored_at
-        rows["_sha256"] = Path(stored_at).parent.name
-        rows["_row"] = range(len(rows))
-        rows["_ingested_at"] = pd.Timestamp(datetime.now(UTC))
+        if cfg.data.id_columns:
+            row_ids = ingest.row_ids(rows, cfg.data.id_columns)
+            keep = [i not in ids for i in row_ids]
+            ids.update(i for i, k in zip(row_ids, keep, strict=True) if k)
+            rows = rows[keep]
         rows["_batch_id"] = _next_batch_id(lake)
-        lake.append(BRONZE, rows, key=key)
+        lake.append(BRONZE, rows, key=imputed_key(stored_at))
         landed.append(stored_at)
     return landed
+
+
+def _repaired(
+    cfg: SelfhealConfig,
+    stored_at: str,
+    schema: dict[str, str],
+    donors: dict[str, np.ndarray],
+    labels: list[Any] | None,
+) -> pd.DataFrame | None:
+    """The quarantined batch filled and validated, with lineage columns; None when it stays refused."""
+    raw = Path(stored_at).read_bytes()
+    try:
+        frame = read_batch(raw, Path(stored_at).name, cfg.landing.format)
+    except ValidationFailed:
+        return None
+    filled = fill_missing(frame, donors, _seed(stored_at))
+    outcome = validate_batch(filled, cfg, schema, known_labels=labels)
+    if not outcome.accepted or outcome.data is None:
+        logger.info("imputation did not repair %s: %s", stored_at, outcome.reason)
+        return None
+    rows = outcome.data.copy()
+    rows["_source_file"] = stored_at
+    rows["_sha256"] = Path(stored_at).parent.name
+    rows["_row"] = range(len(rows))
+    rows["_ingested_at"] = pd.Timestamp(datetime.now(UTC))
+    return rows

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import io
+import stat
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import pytest
 from chaoslib.exceptions import ActivityFailed
@@ -163,3 +167,101 @@ def test_an_unreadable_missing_file_still_counts(landing: Path, tmp_path: Path) 
     for path in _landing.batch_files(landing)[:2]:
         _land(lake, path)
     assert probes.rows_lost(str(landing), str(lake.root)) == 1
+
+
+# -- landing-zone faults ----------------------------------------------------------------
+def test_nested_turns_a_column_into_structs(landing: Path) -> None:
+    done = actions.corrupt_batch(str(landing), "nested", column="amount")
+    field = pq.read_table(done["path"]).schema.field("amount")
+    assert pa.types.is_struct(field.type) and [f.name for f in field.type] == ["value", "unit"]
+
+
+@pytest.mark.slow
+def test_a_batch_written_in_pieces_is_half_there_during_the_pause(
+    landing: Path, tmp_path: Path, config: dict[str, Any]
+) -> None:
+    target = landing / "batch-00002.csv"
+    seen: list[bytes] = []
+
+    def peek() -> None:  # a reader during the pause sees the first piece only
+        deadline = time.monotonic() + 30
+        while not target.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.5)
+        seen.append(target.read_bytes())
+
+    reader = threading.Thread(target=peek)
+    reader.start()
+    done = actions.land_batch_in_pieces(str(landing), pause_seconds=5, fmt="csv", rows=200, configuration=config)
+    reader.join()
+    whole = target.read_bytes()
+    assert done["path"] == str(target) and done["sha256"] == _landing.sha256(target)
+    assert seen[0] == whole[: done["first_piece"]] and 0 < len(seen[0]) < len(whole)
+    assert seen[0].endswith(b"\n")  # whole rows flushed so far: a CSV that parses
+    assert pacsv.read_csv(target).num_rows == 200
+    assert ledger.current_run(config)[-1].detail["paths"] == [str(target)]
+
+
+def test_resend_batch_same_rows_other_bytes(landing: Path, config: dict[str, Any]) -> None:
+    done = actions.resend_batch(str(landing), configuration=config)
+    first = landing / "batch-00000.parquet"
+    assert done["path"].endswith("batch-00002.parquet") and done["source"] == str(first)
+    resent, original = pq.read_table(done["path"]), pq.read_table(first)
+    assert resent.column_names == list(reversed(original.column_names))
+    assert resent.select(original.column_names).equals(original)
+    assert _landing.sha256(Path(done["path"])) != _landing.sha256(first)
+
+
+def test_non_file_entries_then_undo(landing: Path, config: dict[str, Any]) -> None:
+    newest = landing / "batch-00001.parquet"
+    done = actions.add_non_file_entries(str(landing), configuration=config)
+    directory, link, fifo = (Path(p) for p in done["paths"])
+    assert [p.name for p in (directory, link, fifo)] == [f"batch-0000{i}.parquet" for i in (2, 3, 4)]
+    assert directory.is_dir() and link.is_symlink() and stat.S_ISFIFO(fifo.lstat().st_mode)
+    assert [p.name for p in _landing.batch_files(landing)] == ["batch-00000.parquet", "batch-00001.parquet"]
+    assert _landing.next_index(landing) == 5  # the next batch does not collide with them
+    undone = actions.remove_injected_batches(str(landing), configuration=config)
+    assert sorted(undone["removed"]) == [f"batch-0000{i}.parquet" for i in (2, 3, 4)]
+    visible = sorted(p.name for p in landing.iterdir() if not p.name.startswith("."))
+    assert visible == ["batch-00000.parquet", "batch-00001.parquet"]
+    assert (landing / ".batch-00003.parquet.removed").is_symlink()  # set aside, not followed
+    assert newest.exists()  # the symlink went, not what it pointed at
+    assert _landing.next_index(landing) == 5  # a name set aside is never used again
+    with pytest.raises(ValueError, match="kinds must be among"):
+        actions.add_non_file_entries(str(landing), kinds=["socket"])
+
+
+def _land_ids(lake: Lake, path: Path, ids: list[str] | None = None) -> None:
+    table = pq.read_table(path).select(["transaction_id"])
+    if ids is not None:
+        table = pa.table({"transaction_id": ids})
+    lake.append("bronze", table, key=f"{path.name}:{len(table)}:{ids is not None}")
+
+
+def test_rows_landed_once_both_ways(landing: Path, tmp_path: Path, config: dict[str, Any]) -> None:
+    lake = Lake(tmp_path / "lake")
+    assert probes.seconds_until_fault_rows_landed_once(str(lake.root), ["transaction_id"], configuration=config) == 0
+    first = landing / "batch-00000.parquet"
+    _land_ids(lake, first)
+    done = actions.resend_batch(str(landing), configuration=config)
+    assert (
+        probes.seconds_until_fault_rows_landed_once(str(lake.root), ["transaction_id"], timeout=5, configuration=config)
+        < 5
+    )  # landed once (by the first batch): what a pipeline that deduplicates by id leaves
+    _land_ids(lake, Path(done["path"]))  # what one that does not leaves
+    with pytest.raises(ActivityFailed, match="300 rows in 1 file.*300 in bronze more than once, 0 not at all"):
+        probes.seconds_until_fault_rows_landed_once(
+            str(lake.root), ["transaction_id"], timeout=0.5, interval=0.1, configuration=config
+        )
+
+
+def test_rows_landed_once_fails_at_once_when_the_fault_file_was_quarantined(
+    landing: Path, tmp_path: Path, config: dict[str, Any]
+) -> None:
+    lake = Lake(tmp_path / "lake")
+    done = actions.resend_batch(str(landing), configuration=config)
+    lake.quarantine(b"half a file", done["path"], "truncated parquet file")
+    with pytest.raises(ActivityFailed, match="cannot be met: quarantined since the fault.*batch-00002.parquet"):
+        probes.seconds_until_fault_rows_landed_once(
+            str(lake.root), ["transaction_id"], timeout=30, configuration=config
+        )

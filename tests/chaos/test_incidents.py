@@ -203,3 +203,40 @@ def test_resolved_after_the_restore_needs_a_restore_and_an_incident(tmp_path: Pa
     ledger.record(config, "restore", fault="restore_tracking_store", at=fault + 0.5)
     with pytest.raises(ActivityFailed, match="no upstream_outage incident detected between the fault and the restore"):
         probes.seconds_until_incident_resolved_after_restore(str(lake.root), OUTAGE, timeout=30, configuration=config)
+
+
+def test_closed_naming_the_fault_files_escalated_or_resolved(tmp_path: Path, config: dict[str, Any]) -> None:
+    lake = Lake(tmp_path / "lake")
+    assert (
+        probes.seconds_until_incident_names_fault(str(lake.root), "data_quality", timeout=1, configuration=config) == 0
+    )
+    at = ledger.record(config, "fault", fault="corrupt_batch", detail={"paths": ["/landing/batch-00007.parquet"]})
+    _row(lake, "inc-5", "data_quality", "DETECTED", at + 0.5, at + 0.5)
+    named = '{"quarantined": [{"source": "/landing/batch-00007.parquet", "reason": "TypeError"}]}'
+    other = '{"quarantined": [{"source": "/landing/batch-00003.parquet"}]}'
+    _with_evidence(lake, "inc-5", "ESCALATED", at + 0.5, at + 4.0, other)  # a person is told about another file
+    with pytest.raises(ActivityFailed, match="not met within 0.5s.*inc-5 ESCALATED.*waiting for one closed naming"):
+        probes.seconds_until_incident_names_fault(
+            str(lake.root), "data_quality", timeout=0.5, interval=0.1, configuration=config
+        )
+    _with_evidence(lake, "inc-6", "DETECTED", at + 1.0, at + 1.0, named)
+    _with_evidence(lake, "inc-6", "ESCALATED", at + 1.0, at + 6.0, '{"champion": "3"}')
+    seconds = probes.seconds_until_incident_names_fault(str(lake.root), "data_quality", timeout=5, configuration=config)
+    assert seconds == pytest.approx(6.0, abs=0.01)
+
+
+def _with_evidence(lake: Lake, incident: str, state: str, detected: float, at: float, evidence: str) -> None:
+    row = {
+        "incident_id": incident,
+        "cause": "data_quality",
+        "state": state,
+        "ts": datetime.fromtimestamp(at, UTC),
+        "detected_at": datetime.fromtimestamp(detected, UTC),
+        "remedy": None,
+        "attempt": 0,
+        "actor": "test",
+        "evidence": evidence,
+        "detail": f"{state.lower()} by the test",
+        "mttr_seconds": None,
+    }
+    lake.append("incidents", pa.Table.from_pylist([row], schema=SCHEMA))

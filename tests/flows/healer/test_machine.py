@@ -140,7 +140,8 @@ def test_quarantined_batch_backfilled_from_fallback_and_verified(system: dict[st
     clean = write_batches(frame.iloc[380:], fallback, parts=1, start=2)[0]
     broken = tmp / "landing" / clean.name
     broken.write_bytes(clean.read_bytes()[:400])
-    config = _rewrite(system, landing={"path": str(tmp / "landing"), "format": "parquet", "fallback": str(fallback)})
+    landing = {"path": str(tmp / "landing"), "format": "parquet", "fallback": str(fallback), "settle_seconds": 0}
+    config = _rewrite(system, landing=landing)  # settle 0: the cut file is taken at once, footer or not
     before = datetime.now(UTC)
     assert pipeline_flow(str(config)).landing.quarantined  # the real pipeline quarantines it
     healer = _healer(config)
@@ -149,6 +150,23 @@ def test_quarantined_batch_backfilled_from_fallback_and_verified(system: dict[st
     assert incident.cause == "data_quality" and incident.state == State.RESOLVED, incident.last.detail
     assert incident.remedies_tried == ["quarantine_backfill"] and incident.mttr_seconds is not None
     assert healer.ctx.lake.read("bronze").num_rows == len(frame)
+
+
+def test_a_nested_column_no_remedy_can_repair_is_escalated_naming_the_file(system: dict[str, Any]) -> None:
+    tmp, frame = system["tmp"], system["frame"]
+    nested = frame.iloc[380:].copy()
+    nested["mean_radius"] = [{"value": v, "unit": "mm"} for v in nested["mean_radius"]]
+    nested.to_parquet(tmp / "landing" / "batch-00002.parquet", index=False)
+    before = datetime.now(UTC)
+    result = pipeline_flow(str(system["config"]))  # base: TypeError, the run fails, nothing quarantined
+    assert [name for name, _ in result.landing.quarantined] == ["batch-00002.parquet"]
+    healer = _healer(system["config"])
+    _tick_on_quarantine(healer, since=before, ticks=4)
+    (incident,) = healer.log.incidents()
+    assert incident.cause == "data_quality" and incident.state == State.ESCALATED, incident.last.detail
+    assert incident.remedies_tried == ["quarantine_backfill", "impute"]
+    (named,) = incident.evidence["quarantined"]
+    assert named["source"].endswith("batch-00002.parquet") and "TypeError" in named["reason"]
 
 
 def test_batch_with_nulls_imputed_from_last_good_values_keeps_the_distribution(system: dict[str, Any]) -> None:

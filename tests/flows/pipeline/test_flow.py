@@ -121,6 +121,9 @@ def test_corrupt_batch_quarantined_while_the_rest_lands(tmp_path: Path) -> None:
     frame, target = dataset_frame("binary")
     paths = write_batches(frame, tmp_path / "landing", parts=3)
     paths[1].write_bytes(paths[1].read_bytes()[:500])  # truncated parquet
+    # No footer: taken once it has not changed for landing.settle_seconds (an hour ago here).
+    stamp = paths[1].stat().st_mtime - 3600
+    os.utime(paths[1], (stamp, stamp))
     config = write_config(tmp_path, "binary", target)
 
     result = pipeline_flow(str(config))
