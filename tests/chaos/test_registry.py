@@ -131,8 +131,15 @@ def test_a_foreign_champion_is_refused_by_the_server_and_undone(
     assert probes.champion_version(uri, MODEL) == "2"
     assert probes.champion_version(uri, MODEL, alias="previous") == "1"
     assert probes.seconds_until_foreign_model_refused(server.url, timeout=10, configuration=config) < 60
-    refused = httpx.get(f"{server.url}/ready").json()["refused"]
-    assert refused["version"] == "2" and refused["reason"] == "outside_root"
+    # The other worker refuses it when it sees the reload in the control file (within a second or so).
+    refusals: list[dict[str, str]] = []
+
+    def reported() -> bool:
+        refusals.append(httpx.get(f"{server.url}/ready").json()["refused"])
+        return refusals[-1] is not None
+
+    processes.wait_until(reported, 30, "a worker to report the refusal")
+    assert refusals[-1]["version"] == "2" and refusals[-1]["reason"] == "outside_root"
     with pytest.raises(ActivityFailed, match=r"@champion is v2 \(the foreign model\)"):
         probes.seconds_until_champion_is_not_bad(uri, MODEL, timeout=1, tag="foreign_model", configuration=config)
     # The probe can fail: a process that unpickles the artifact runs its code.
