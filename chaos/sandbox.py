@@ -56,6 +56,7 @@ from chaos.serving._server import find_server, resolve_command, wait_http_ok
 from chaos.workload import feature_names, read_records
 from checkpoints.exceptions import SelfhealError
 from serving import processes
+from serving.settings import forbid_pickle
 
 logger = logging.getLogger(__name__)
 
@@ -238,6 +239,7 @@ class Sandbox:
             env["PREFECT_API_URL"] = prefect_api_url
         if self.healing_enabled is not None:
             env["SELFHEAL_HEALING__ENABLED"] = "true" if self.healing_enabled else "false"
+        forbid_pickle(env)
         return env
 
     def _start(self, name: str, argv: Sequence[str], env: dict[str, str]) -> subprocess.Popen[bytes]:

@@ -330,6 +330,9 @@ class SelfhealConfig(BaseSettings):
     """Local state: the Prefect and MLflow databases, pid files, reports."""
     tracking_uri: str = ""
     """MLflow tracking URI; empty means ``sqlite:///<home>/mlflow.db``."""
+    artifact_root: str = ""
+    """Where the registry keeps model files; empty means ``<home>/artifacts``. The server and the
+    pipeline refuse a version whose artifacts live anywhere else."""
     lake: LakeConfig = Field(default_factory=LakeConfig)
     landing: LandingConfig = Field(default_factory=LandingConfig)
     data: DataConfig = Field(default_factory=DataConfig)
@@ -371,6 +374,7 @@ class SelfhealConfig(BaseSettings):
             self.landing.fallback = resolve(self.landing.fallback)
         if not self.tracking_uri:
             self.tracking_uri = f"sqlite:///{Path(self.home) / 'mlflow.db'}"
+        self.artifact_root = resolve(self.artifact_root) if self.artifact_root else f"{self.home}/artifacts"
         return self
 
     @property

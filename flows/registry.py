@@ -83,9 +83,11 @@ class Registry(ModelRegistry):
         >>> reg.promote("7")   # champion -> previous, 7 -> champion
     """
 
-    def __init__(self, tracking_uri: str, model_name: str) -> None:
+    def __init__(self, tracking_uri: str, model_name: str, artifact_root: str | None = None) -> None:
         # A flow step can wait longer for the store than a server request can.
-        super().__init__(model_name, tracking_uri=tracking_uri, attempts=4, wait_max_seconds=3.0)
+        super().__init__(
+            model_name, tracking_uri=tracking_uri, attempts=4, wait_max_seconds=3.0, artifact_root=artifact_root
+        )
 
     def find_by_tag(self, key: str, value: str) -> ModelRecord | None:
         """The newest version tagged ``key=value`` (e.g. a training cache key)."""

@@ -24,7 +24,7 @@ from fastapi.openapi.utils import get_openapi
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from serving.routers import admin, feedback, predict, probes
-from serving.settings import ServerSettings
+from serving.settings import ServerSettings, forbid_pickle
 from serving.state import ServingState
 
 logger = logging.getLogger(__name__)
@@ -88,6 +88,8 @@ def _openapi_with_model(app: FastAPI) -> dict[str, Any]:
 
 def create_app(settings: ServerSettings | None = None) -> FastAPI:
     """The model server's app; settings default to the ``SELFHEAL_*`` environment."""
+    # Whatever its environment says: MLflow's loaders must not unpickle in a server (see serving.modelio).
+    forbid_pickle()
     settings = settings or ServerSettings()
     app = FastAPI(
         title="selfheal model server",

@@ -17,6 +17,7 @@ import logging
 import shutil
 import tempfile
 from collections import Counter
+from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -25,8 +26,8 @@ import numpy as np
 from mlflow.models import Model
 from threadpoolctl import threadpool_limits
 
-from serving.modelio import load_sklearn_model
-from serving.registry import BASELINE_TAG, ModelLoadFailed, ModelRegistry, ModelVersionRef
+from serving.modelio import UnsafeArtifact, load_sklearn_model
+from serving.registry import BASELINE_TAG, ModelLoadFailed, ModelRefused, ModelRegistry, ModelVersionRef
 from serving.schema import FeatureSchema, UnsupportedSignature
 
 logger = logging.getLogger(__name__)
@@ -120,10 +121,18 @@ class LoadedModel:
         return f"LoadedModel({self.ref.name!r}, version={self.version!r}, task={self.task!r})"
 
     @classmethod
-    def load(cls, registry: ModelRegistry, ref: ModelVersionRef, threads: ModelThreads | None = None) -> LoadedModel:
-        """Download, load and warm up ``ref``.
+    def load(
+        cls,
+        registry: ModelRegistry,
+        ref: ModelVersionRef,
+        threads: ModelThreads | None = None,
+        extra_trusted: Iterable[str] = (),
+    ) -> LoadedModel:
+        """Download, load and warm up ``ref`` (``extra_trusted``: skops types config adds to the reviewed ones).
 
         Raises:
+            ModelRefused: its artifacts live outside the registry's artifact root, or are not
+                skops with reviewed types (nothing of it ran).
             ModelLoadFailed: the artifacts are missing or corrupt, the signature
                 cannot be served, or the model fails on its own input example.
         """
@@ -133,8 +142,10 @@ class LoadedModel:
             try:
                 meta = Model.load(path)
                 schema = FeatureSchema.from_signature(meta.signature)
-                model = load_sklearn_model(path)
+                model = load_sklearn_model(path, extra_trusted)
                 example = meta.load_input_example(path)
+            except UnsafeArtifact as exc:
+                raise ModelRefused(ref.name, ref.version, exc.reason, str(exc)) from exc
             except UnsupportedSignature as exc:
                 raise ModelLoadFailed(ref.name, ref.version, str(exc)) from exc
             except Exception as exc:  # unpickling/loading foreign artifacts can raise anything; the cause is chained

@@ -4,21 +4,39 @@ MLflow 3 saves scikit-learn models with skops, which refuses to load types it
 has not been told to trust. Tree models need a few; we list the exact types we
 reviewed (never "everything skops reports") and let config add more.
 
+Loading never goes through MLflow's own loader: it trusts the list of types the
+model's MLmodel file names (anyone who can register a version can name any type)
+and unpickles the pickle and cloudpickle formats, i.e. runs the artifact's code.
+``load_sklearn_model`` reads only the skops format and only with *our* reviewed
+list; anything else is ``UnsafeArtifact``. And every process selfheal starts has
+MLflow's own deserialization switched off (``serving.settings.forbid_pickle``), so a stray
+``mlflow.sklearn.load_model`` refuses too.
+
 Example:
     >>> info = log_sklearn_model(pipeline, X.head(5), registered_model_name="fraud-detector")
-    >>> model = load_sklearn_model("models:/fraud-detector@champion")
+    >>> model = load_sklearn_model("/tmp/x/model")       # a downloaded version (see ``load_version``)
 """
 
 from __future__ import annotations
 
+import os
+import tempfile
 from collections.abc import Iterable
 from importlib.metadata import version
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import mlflow
 import mlflow.sklearn
+import yaml
 from mlflow.models import infer_signature
 from mlflow.models.model import ModelInfo
+
+from checkpoints.exceptions import SelfhealError
+
+if TYPE_CHECKING:
+    from serving.registry import ModelRegistry, ModelVersionRef
+
 
 #: Types our own trainers produce that skops does not trust by default.
 TRUSTED_TYPES: tuple[str, ...] = (
@@ -74,9 +92,62 @@ def pip_requirements() -> list[str]:
     return [f"{name}=={version(name)}" for name in ("scikit-learn", "skops", "numpy", "pandas", "scipy")]
 
 
-def load_sklearn_model(model_uri: str) -> Any:
-    """Load a scikit-learn model saved by ``log_sklearn_model``.
+class UnsafeArtifact(SelfhealError):
+    """A model artifact selfheal will not load (its code would run, or a type nobody reviewed would be built).
 
-    The trusted types were recorded in the model's MLmodel file when it was logged.
+    Attributes:
+        reason: ``outside_root`` (not in the registry's artifact store), ``not_skops``
+            (pickle, cloudpickle or an unknown format), ``untrusted_types`` (skops, with a
+            type outside the reviewed list).
     """
-    return mlflow.sklearn.load_model(model_uri)
+
+    def __init__(self, reason: str, detail: str) -> None:
+        self.reason = reason
+        super().__init__(detail)
+
+
+def load_sklearn_model(path: str | os.PathLike[str], extra_trusted: Iterable[str] = ()) -> Any:
+    """Load a scikit-learn model saved by ``log_sklearn_model`` from a local MLflow model folder.
+
+    Only the skops format is read, and only with the reviewed trusted types plus
+    ``extra_trusted`` (config), never with the list the artifact itself carries.
+
+    Raises:
+        UnsafeArtifact: the artifact is not skops, or holds a type outside the trusted list.
+        OSError: the folder or its files cannot be read.
+    """
+    import skops.io  # why local: skops imports all of scikit-learn
+
+    folder = Path(path)
+    meta = yaml.safe_load((folder / "MLmodel").read_text()) or {}
+    flavor = (meta.get("flavors") or {}).get("sklearn") or {}
+    fmt = flavor.get("serialization_format", "pickle")
+    if fmt != "skops":
+        raise UnsafeArtifact("not_skops", f"the model is saved as {fmt!r}; only 'skops' is loaded (pickle runs code)")
+    file = folder / str(flavor.get("pickled_model", "model.skops"))
+    if file.resolve().parent != folder.resolve():
+        raise UnsafeArtifact("not_skops", f"the model file {file} is not inside the model folder")
+    trusted = trusted_types(extra_trusted)
+    untrusted = sorted(set(skops.io.get_untrusted_types(file=file)) - set(trusted))
+    if untrusted:
+        raise UnsafeArtifact("untrusted_types", f"types nobody reviewed: {', '.join(untrusted)}")
+    return skops.io.load(file, trusted=trusted)
+
+
+def load_version(registry: ModelRegistry, ref: ModelVersionRef, extra_trusted: Iterable[str] = ()) -> Any:
+    """Download ``ref`` through ``registry`` (which refuses artifacts outside its root) and load it.
+
+    Raises:
+        ModelRefused: outside the artifact root, not skops, or an untrusted type.
+        ModelLoadFailed: the artifacts cannot be downloaded or read.
+    """
+    from serving.registry import ModelLoadFailed, ModelRefused  # why local: registry imports nothing of modelio
+
+    with tempfile.TemporaryDirectory(prefix=f"selfheal-model-{ref.version}-") as folder:
+        path = registry.download(ref, into=folder)
+        try:
+            return load_sklearn_model(path, extra_trusted)
+        except UnsafeArtifact as exc:
+            raise ModelRefused(ref.name, ref.version, exc.reason, str(exc)) from exc
+        except (OSError, ValueError) as exc:
+            raise ModelLoadFailed(ref.name, ref.version, f"{type(exc).__name__}: {exc}") from exc

@@ -18,7 +18,9 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
+from urllib.parse import unquote, urlparse
 
 from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_exponential_jitter
 
@@ -72,6 +74,58 @@ class ModelLoadFailed(SelfhealError):
     def __init__(self, name: str, version: str, detail: str) -> None:
         self.version = version
         super().__init__(f"version {version} of model {name!r} could not be loaded: {detail}")
+
+
+class ModelRefused(ModelLoadFailed):
+    """A registered version selfheal will not load; the old model keeps serving.
+
+    Attributes:
+        version: the version refused.
+        reason: ``outside_root`` (its artifacts are not in the registry's artifact store),
+            ``not_skops`` (pickle, cloudpickle: loading would run its code) or
+            ``untrusted_types`` (skops with a type nobody reviewed).
+    """
+
+    def __init__(self, name: str, version: str, reason: str, detail: str) -> None:
+        self.reason = reason
+        super().__init__(name, version, f"refused ({reason}): {detail}")
+
+
+def _local_path(uri: str) -> Path | None:
+    """The local path of a ``file:`` URI or a plain path; None for any other scheme."""
+    parsed = urlparse(uri)
+    if parsed.scheme in ("", "file"):
+        return Path(unquote(parsed.path) if parsed.scheme == "file" else uri)
+    return None
+
+
+def outside_root(location: str, root: str) -> str | None:
+    """Why ``location`` (a version's artifacts) is not inside the artifact store ``root``; None when it is.
+
+    Local folders are compared after resolving symbolic links, and every file under the
+    folder must resolve inside the root too (a link inside the store can point anywhere).
+    Remote URIs must share the root's scheme and prefix and hold no ``..`` segment.
+
+    Example:
+        >>> outside_root("file:///tmp/x/model", "/srv/mlflow/artifacts")
+        "file:///tmp/x/model is not under the artifact root /srv/mlflow/artifacts"
+    """
+    if not root:
+        return f"no artifact root is configured (SELFHEAL_ARTIFACT_ROOT): {location} cannot be checked"
+    here, base = _local_path(location), _local_path(root)
+    refusal = f"{location} is not under the artifact root {root}"
+    if here is None or base is None:
+        if here is not None or base is None:
+            return refusal
+        inside = location.rstrip("/").startswith(root.rstrip("/") + "/") and "/../" not in f"{location}/"
+        return None if inside else refusal
+    real_base = base.resolve()
+    if not here.resolve().is_relative_to(real_base):
+        return refusal
+    for file in here.rglob("*") if here.is_dir() else ():
+        if not file.resolve().is_relative_to(real_base):
+            return f"{file} (in {location}) resolves outside the artifact root {root}"
+    return None
 
 
 @dataclass(frozen=True)
@@ -134,10 +188,13 @@ class ModelRegistry:
         registry_uri: str | None = None,
         attempts: int = 3,
         wait_max_seconds: float = 2.0,
+        artifact_root: str | None = None,
     ) -> None:
         self.model_name = model_name
         self.tracking_uri = tracking_uri
         self.registry_uri = registry_uri or tracking_uri
+        #: ``download`` refuses versions whose artifacts live elsewhere (None: not checked, metadata-only callers).
+        self.artifact_root = artifact_root
         self._attempts = attempts
         self._wait_max = wait_max_seconds
         self._client: MlflowClient | None = None
@@ -271,6 +328,7 @@ class ModelRegistry:
         """Download the version's artifacts into the folder ``into`` and return the model's local path.
 
         Raises:
+            ModelRefused: the artifacts live outside ``artifact_root`` (nothing is downloaded).
             ModelLoadFailed: the artifacts are missing or unreadable.
             RegistryUnavailable: the registry could not be reached after retries.
         """
@@ -280,6 +338,10 @@ class ModelRegistry:
             # The version's own artifact location: resolving a models:/ URI would go through the
             # process-wide registry URI, which this client must not change.
             source = client.get_model_version_download_uri(ref.name, ref.version)
+            if self.artifact_root is not None:
+                why = outside_root(str(source), self.artifact_root)
+                if why is not None:
+                    raise ModelRefused(ref.name, ref.version, "outside_root", why)
             return str(
                 mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=into, tracking_uri=self.tracking_uri)
             )

@@ -39,7 +39,7 @@ from pathlib import Path
 
 from checkpoints.exceptions import RegistryUnavailable, SelfhealError
 from serving.model import Baseline, LoadedModel, ModelThreads
-from serving.registry import ModelLoadFailed, ModelRegistry, ModelVersionRef
+from serving.registry import ModelLoadFailed, ModelRefused, ModelRegistry, ModelVersionRef
 from serving.release import RELEASE_TAG, ReleaseState
 from serving.schema import FeatureSchema
 
@@ -193,6 +193,8 @@ class WatchPolicy:
     """A version that failed to load is tried again by the poll after this long (at once by an admin reload)."""
     threads: ModelThreads = field(default_factory=ModelThreads)
     """The threads each loaded version gets."""
+    trusted_types: tuple[str, ...] = ()
+    """skops types config adds to the reviewed list (``serving.modelio.TRUSTED_TYPES``)."""
 
 
 class ModelWatcher:
@@ -215,11 +217,14 @@ class ModelWatcher:
         self._models = ModelSet()
         self._lock = threading.Lock()
         self._failed: dict[str, float] = {}  # version -> when the poll may try it again
+        self._refused: dict[str, ModelRefused] = {}  # version -> why it will not be loaded
         self._seen_generation = -1
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.last_error: str | None = None
         self.last_refresh: float | None = None
+        self.refused: dict[str, str] | None = None
+        """The wanted champion, when it was refused: ``{"version", "reason", "detail"}`` (see ``ModelRefused``)."""
 
     @property
     def models(self) -> ModelSet:
@@ -281,6 +286,7 @@ class ModelWatcher:
             elif changed or force:
                 self.last_error = None
             wanted = champion.version if champion is not None else None
+            self.refused = self._refusal(wanted)
             return ReloadReport(*new.versions(), changed, tuple(errors), pin, wanted)
 
     def _assemble(self, current: ModelSet, targets: _Targets, errors: list[str], force: bool) -> ModelSet:
@@ -371,8 +377,10 @@ class ModelWatcher:
         if not force and time.monotonic() < self._failed.get(ref.version, 0.0):
             return None, True
         try:
-            model = LoadedModel.load(self.registry, ref, self.policy.threads)
+            model = LoadedModel.load(self.registry, ref, self.policy.threads, self.policy.trusted_types)
         except (ModelLoadFailed, RegistryUnavailable) as exc:
+            if isinstance(exc, ModelRefused):
+                self._refused[ref.version] = exc
             self._failed[ref.version] = time.monotonic() + self.policy.failed_retry_seconds
             errors.append(str(exc))
             logger.error("%s; still serving version %s", exc, self._models.versions()[0])
@@ -380,10 +388,17 @@ class ModelWatcher:
                 self._on_reload("failure")
             return None, True
         self._failed.pop(ref.version, None)
+        self._refused.pop(ref.version, None)
         loaded[ref.version] = model
         if self._on_reload is not None:
             self._on_reload("success")
         return model, False
+
+    def _refusal(self, version: str | None) -> dict[str, str] | None:
+        refused = self._refused.get(version) if version is not None else None
+        if refused is None:
+            return None
+        return {"version": refused.version, "reason": refused.reason, "detail": str(refused)}
 
     def _baseline(self, model: LoadedModel) -> Baseline | None:
         try:

@@ -33,7 +33,7 @@ from typing import Any
 from gunicorn.app.base import BaseApplication
 from pydantic import ValidationError
 
-from serving.settings import ServerSettings
+from serving.settings import ServerSettings, forbid_pickle
 
 logger = logging.getLogger(__name__)
 
@@ -148,6 +148,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         problems = [f"  {'.'.join(map(str, e['loc'])) or 'settings'}: {e['msg']}" for e in exc.errors()]
         print("selfheal serve: invalid SELFHEAL_* settings:\n" + "\n".join(problems), file=sys.stderr)  # noqa: T201
         return 2
+    forbid_pickle()  # before gunicorn forks: every worker inherits it (see serving.modelio)
     # Before numpy/sklearn load: one OpenMP/BLAS thread per call, the workers share the cores.
     os.environ.setdefault("OMP_NUM_THREADS", str(settings.model_threads))
     os.environ.setdefault("OPENBLAS_NUM_THREADS", str(settings.model_threads))

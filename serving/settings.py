@@ -15,12 +15,17 @@ Example:
 from __future__ import annotations
 
 import os
+from collections.abc import MutableMapping
+from pathlib import Path
 from typing import Literal
 
 from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from serving.breaker import BreakerPolicy
+
+#: MLflow's switch for unpickling model artifacts (it covers skops too); "false" in every process selfheal starts.
+PICKLE_SWITCH = "MLFLOW_ALLOW_PICKLE_DESERIALIZATION"
 
 _PLACEHOLDER_TOKENS = frozenset({"changethis", "changeme", "secret", "token", "admin", "password", "test"})
 _MIN_TOKEN_CHARS = 16
@@ -32,6 +37,25 @@ def _env(name: str, nested: str | None = None) -> AliasChoices:
     if nested:
         names.append(f"SELFHEAL_{nested}")
     return AliasChoices(*names)
+
+
+def forbid_pickle(env: MutableMapping[str, str] | None = None) -> MutableMapping[str, str]:
+    """Switch MLflow's model deserialization off in ``env`` (default: this process's environment); returns it.
+
+    selfheal loads models itself (``serving.modelio``: skops, reviewed types only); with the
+    switch off, any MLflow loader reached by mistake refuses instead of unpickling.
+    """
+    target = os.environ if env is None else env
+    target[PICKLE_SWITCH] = "false"
+    return target
+
+
+def default_artifact_root(tracking_uri: str | None) -> str | None:
+    """``<folder>/artifacts`` beside a ``sqlite:///<folder>/<db>`` store (selfheal's layout); None otherwise."""
+    if not tracking_uri or not tracking_uri.startswith("sqlite:///"):
+        return None
+    db = tracking_uri.removeprefix("sqlite:///")
+    return str(Path(db if db.startswith("/") else os.path.abspath(db)).parent / "artifacts")
 
 
 class ServerSettings(BaseSettings):
@@ -55,6 +79,14 @@ class ServerSettings(BaseSettings):
     """How often each worker looks for an admin reload/rollback made on another worker."""
     model_threads: int = Field(default=1, ge=1)
     """OpenMP/BLAS threads per prediction call; several workers already use the cores."""
+    artifact_root: str | None = None
+    """The registry's artifact store: versions whose artifacts live elsewhere are refused.
+    None: ``<folder>/artifacts`` beside a ``sqlite:///`` store; with another store every version
+    is refused until it is set."""
+    trusted_types: list[str] = Field(
+        default_factory=list, validation_alias=_env("TRUSTED_TYPES", "TRAINER__TRUSTED_TYPES")
+    )
+    """skops types added to the reviewed list (``trainer.trusted_types`` in selfheal.yaml)."""
 
     # -- the breaker and batching -----------------------------------------
     predict_timeout_seconds: float = Field(
@@ -117,6 +149,11 @@ class ServerSettings(BaseSettings):
         if self.runtime_dir is not None:
             self.runtime_dir = os.path.abspath(self.runtime_dir)
         return self
+
+    @property
+    def resolved_artifact_root(self) -> str:
+        """The artifact root versions must live under ("" refuses every version: none is configured)."""
+        return self.artifact_root or default_artifact_root(self.tracking_uri) or ""
 
     @property
     def breaker_policy(self) -> BreakerPolicy:

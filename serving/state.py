@@ -58,7 +58,10 @@ class ServingState:
         )
         m.breaker_state.set(0)
         self.registry = ModelRegistry(
-            settings.model_name, tracking_uri=settings.tracking_uri, registry_uri=settings.registry_uri
+            settings.model_name,
+            tracking_uri=settings.tracking_uri,
+            registry_uri=settings.registry_uri,
+            artifact_root=settings.resolved_artifact_root,
         )
         self.watcher = ModelWatcher(
             self.registry,
@@ -69,6 +72,7 @@ class ServingState:
                 poll_seconds=settings.poll_seconds,
                 control_check_seconds=settings.control_check_seconds,
                 threads=ModelThreads(per_call=settings.model_threads, pool=settings.max_inflight_batches),
+                trusted_types=tuple(settings.trusted_types),
             ),
             on_swap=self._swapped,
             on_reload=lambda outcome: m.model_reloads.labels(outcome).inc(),

@@ -7,6 +7,8 @@ from pathlib import Path
 from typing import Any
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+#: The test estimator's type (tests/serving/_estimators.py), reviewed for the test servers as config would.
+TEST_TRUSTED_TYPES = '["tests.serving._estimators.FailSwitchClassifier"]'
 
 
 def server_env(
@@ -32,6 +34,7 @@ def server_env(
             "SELFHEAL_POLL_SECONDS": "1",
             "SELFHEAL_CONTROL_CHECK_SECONDS": "0.2",
             "SELFHEAL_LOG_FLUSH_SECONDS": "0.5",
+            "SELFHEAL_TRUSTED_TYPES": TEST_TRUSTED_TYPES,
         }
     )
     env.update({f"SELFHEAL_{k.upper()}": str(v) for k, v in overrides.items()})

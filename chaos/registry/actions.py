@@ -1,4 +1,5 @@
-"""Registry faults: a bad model promoted to champion, a tracking store that stops answering; and their undo.
+"""Registry faults: a bad model promoted to champion, a foreign artifact made champion, a tracking store
+that stops answering; and their undo.
 
 The bad model is real: a model with the champion's input signature, trained on the
 lake's silver rows with the labels inverted (confidently wrong, as a label-encoding
@@ -6,23 +7,28 @@ bug would make it), logged in the project's model format and given the ``champio
 alias, the old champion becoming ``previous``, exactly as a promotion does. The
 unreachable store is real too: for a SQLite store a separate process holds an
 exclusive lock on the database (every reader and writer times out), for a limited
-time so a forgotten fault ends by itself.
+time so a forgotten fault ends by itself. The foreign artifact is the champion's own
+model, cloudpickled with a wrapper whose loading writes a marker file (``_foreign``), in a
+folder outside the registry's artifact root, registered and made champion.
 """
 
 # No ``from __future__ import annotations``: discovery reads these annotations at run time.
 
 import logging
+import shutil
 import subprocess
 import sys
+import tempfile
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from chaoslib.exceptions import ActivityFailed
 from chaoslib.types import Configuration
 
 from chaos import ledger
-from chaos.registry import _store
+from chaos.registry import _foreign, _store
 from checkpoints import Lake
 from serving import processes
 from serving.client import ServingClient
@@ -39,6 +45,8 @@ from serving.registry import (
 __all__ = [
     "make_tracking_store_unreachable",
     "promote_bad_model",
+    "promote_foreign_model",
+    "remove_foreign_model",
     "restore_champion",
     "restore_champion_before_fault",
     "restore_tracking_store",
@@ -47,6 +55,9 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 BAD_MODEL = "bad_model"
+FOREIGN_MODEL = "foreign_model"
+#: The file the foreign model's code writes when something loads it.
+FOREIGN_MARKER = "foreign-code-ran"
 #: Tags of the old champion the bad model does not copy: the pipeline's resume key (it would
 #: look already trained) and the old promotion time (it is promoted now).
 _NOT_CLAIMED = frozenset({TRAIN_KEY_TAG, PROMOTED_AT_TAG})
@@ -259,6 +270,82 @@ def restore_champion_before_fault(
         _make_champion(registry, before, previous=champion)
         outcome = {"restored": True, "detail": f"champion v{champion} -> v{before} (champion before the fault)"}
     return _restored(outcome, "restore_champion_before_fault", server_url, configuration)
+
+
+def promote_foreign_model(
+    tracking_uri: str,
+    model_name: str,
+    server_url: str | None = None,
+    configuration: Configuration | None = None,
+) -> dict[str, Any]:
+    """Register a cloudpickled model stored outside the registry's artifact root and make it the champion.
+
+    The artifact is the champion's own model (it would serve well), wrapped so that
+    unpickling it writes ``<folder>/foreign-code-ran``: if that file ever appears, some
+    process loaded it and ran its code. It lives in a fresh folder under the system's
+    temporary directory, claims the champion's tags, and is promoted as a promotion does
+    (the old champion becomes previous). Given the server URL and ``SELFHEAL_ADMIN_TOKEN``,
+    the server is told to reload at once. Undo with ``remove_foreign_model``.
+    """
+    from serving.modelio import load_sklearn_model  # why local: mlflow and skops are slow to import
+
+    registry = _store.registry(tracking_uri, model_name)
+    champion = _champion(registry)
+    previous = _version(registry.by_alias(PREVIOUS))
+    folder = Path(tempfile.mkdtemp(prefix="selfheal-foreign-"))
+    marker = folder / FOREIGN_MARKER
+    template = Path(registry.download(champion, into=str(folder / "champion")))
+    model = load_sklearn_model(template)  # the reviewed skops loader: the champion is ours
+    artifact = _foreign.write_artifact(template, folder / "model", model, str(marker))
+    shutil.rmtree(folder / "champion")
+    created = registry.call(
+        "register the foreign model",
+        lambda c: c.create_model_version(model_name, source=artifact.as_uri(), tags={CHAOS_TAG: FOREIGN_MODEL}),
+    )
+    foreign = str(created.version)
+    for key, value in champion.tags.items():
+        if key not in _NOT_CLAIMED and key != CHAOS_TAG:
+            registry.set_tag(foreign, key, value)
+    _make_champion(registry, foreign, previous=champion.version)
+    detail = {"foreign": foreign, "champion": champion.version, "previous": previous, "folder": str(folder)}
+    at = ledger.record(configuration, "fault", fault="promote_foreign_model", detail={"model": model_name, **detail})
+    reloaded = _reload(server_url) if server_url else None
+    logger.info("promoted foreign model %s v%s (%s) over v%s", model_name, foreign, artifact, champion.version)
+    return {**detail, "marker": str(marker), "source": artifact.as_uri(), "server_reloaded": reloaded, "at": at}
+
+
+def remove_foreign_model(
+    tracking_uri: str,
+    model_name: str,
+    server_url: str | None = None,
+    configuration: Configuration | None = None,
+) -> dict[str, Any]:
+    """Undo promote_foreign_model: aliases back where they were, the foreign version and its folder deleted.
+
+    The aliases are given back only where they still name the foreign version (a healer
+    that already rolled back keeps its champion). Needs the fault ledger.
+    """
+    faults = [e for e in ledger.current_run(configuration) if e.fault == "promote_foreign_model"]
+    if not faults:
+        return {"restored": False, "detail": "no foreign model was promoted in this run"}
+    detail = faults[-1].detail
+    registry = _store.registry(tracking_uri, model_name)
+    foreign, undone = detail["foreign"], []
+    if _version(registry.by_alias(CHAMPION)) == foreign:
+        registry.set_alias(CHAMPION, detail["champion"])
+        undone.append(f"champion back to v{detail['champion']}")
+    if _version(registry.by_alias(PREVIOUS)) in (foreign, detail["champion"]):
+        if detail.get("previous"):
+            registry.set_alias(PREVIOUS, detail["previous"])
+        else:
+            registry.delete_alias(PREVIOUS)
+        undone.append(f"previous back to {detail.get('previous') or 'none'}")
+    if registry.by_version(foreign) is not None:
+        registry.delete_version(foreign)
+        undone.append(f"v{foreign} deleted")
+    shutil.rmtree(detail["folder"], ignore_errors=True)
+    outcome = {"restored": True, "detail": "; ".join([*undone, f"{detail['folder']} removed"])}
+    return _restored(outcome, "remove_foreign_model", server_url, configuration)
 
 
 def make_tracking_store_unreachable(

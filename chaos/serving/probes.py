@@ -26,6 +26,7 @@ from chaos.workload import read_outcomes, read_records
 from checkpoints import Lake
 from serving import processes
 from serving.client import ServingClient
+from serving.registry import ModelRegistry
 
 __all__ = [
     "availability",
@@ -257,12 +258,15 @@ class _Scorer:
             # why local: chaos discovery imports every activity module; mlflow (also under serving.modelio) is slow
             from mlflow.models import get_model_info
 
-            from serving.modelio import load_sklearn_model
+            from serving.modelio import load_version
 
             uri = f"models:/{self.model_name}/{version}"
+            # Only versions a worker serves are scored: the server already checked where they live. The
+            # loader still reads skops with the reviewed types only.
+            registry = ModelRegistry(self.model_name, tracking_uri=self.tracking_uri)
             with mlflow_uris(self.tracking_uri):
                 names = list(get_model_info(uri).signature.inputs.input_names())
-                model = load_sklearn_model(uri)
+            model = load_version(registry, registry.version(version))
             frame = self.frame[names]
             if hasattr(model, "predict_proba"):
                 self._scores[version] = model.predict_proba(frame)[:, -1]

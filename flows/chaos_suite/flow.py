@@ -89,6 +89,7 @@ ORDER = (
     "network-cut-serving",
     "network-cut-tracking",
     "registry-bad-model",
+    "registry-foreign-artifact",
     "release-canary-worse",
     # Concept before covariate: a model retrained on shifted inputs makes the clean stream
     # put back by the covariate rollback a real shift, which would be the next experiment's.

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 
 from flows.cli import chaos, demo, heal, lake, local, monitor, pipeline, release, serve
 from flows.cli.command import Handler
+from serving.settings import forbid_pickle
 
 _DESCRIPTION = """\
 selfheal: self-healing ML pipelines on Prefect.
@@ -53,6 +54,8 @@ def _quiet_libraries(argv: Sequence[str] | None) -> None:
     os.environ.setdefault("DO_NOT_TRACK", "1")
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("MLFLOW_ENABLE_TELEMETRY", "false")
+    # Every command (pipeline, healer, server, sandbox, chaos) and what it starts: no unpickling (serving.modelio).
+    forbid_pickle()
     # A busy 2-core machine can need more than Prefect's default 20 s to start its local server.
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
     if not {"-v", "--verbose"} & set(argv if argv is not None else sys.argv[1:]):

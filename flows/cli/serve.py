@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from flows.cli.command import Commands, Subparsers, config
+from serving.settings import forbid_pickle
 
 if TYPE_CHECKING:
     from flows.config import SelfhealConfig
@@ -60,6 +61,8 @@ def server_environment(cfg: SelfhealConfig, port: int, base: dict[str, str] | No
         "SELFHEAL_BREAKER_RESET_SECONDS": str(serving.breaker_reset_seconds),
         "SELFHEAL_DEAD_LETTER_DIR": str(Path(cfg.home) / "serving" / "dead-letter"),
         "SELFHEAL_RUNTIME_DIR": str(runtime),
+        "SELFHEAL_ARTIFACT_ROOT": cfg.artifact_root,
+        "SELFHEAL_TRUSTED_TYPES": json.dumps(cfg.trainer.trusted_types),
     }
     for key, value in values.items():
         env.setdefault(key, value)
@@ -69,6 +72,7 @@ def server_environment(cfg: SelfhealConfig, port: int, base: dict[str, str] | No
         del env[key]
     env.setdefault("DO_NOT_TRACK", "1")
     env.setdefault("MLFLOW_ENABLE_TELEMETRY", "false")
+    forbid_pickle(env)
     return env
 
 

@@ -105,6 +105,8 @@ def _quality_without_input_shift(present: set[SignalKind], ctx: Context) -> set[
 RULES: tuple[Rule, ...] = (
     ("the server does not answer", Cause.SERVING_DOWN, _when(SignalKind.SERVING_DOWN)),
     ("tracking store or landing zone unreachable", Cause.UPSTREAM_OUTAGE, _when(SignalKind.UPSTREAM_OUTAGE)),
+    # Whatever the quality says: a champion the server will not load is a deploy that must be undone.
+    ("the server refused to load the champion", Cause.BAD_DEPLOY, _when(SignalKind.MODEL_REFUSED)),
     ("quality or errors bad from the first windows after a promotion", Cause.BAD_DEPLOY, _after_promotion),
     ("batches or features fail data expectations", Cause.DATA_QUALITY, _quality_issues),
     ("labels disagree with an unchanged input distribution", Cause.CONCEPT_DRIFT, _quality_without_input_shift),

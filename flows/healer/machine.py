@@ -86,11 +86,18 @@ def probe_upstream(ctx: HealContext, now: datetime) -> list[Signal]:
 
 
 def probe_serving(ctx: HealContext, now: datetime) -> list[Signal]:
-    """The configured server is ready?"""
+    """The configured server is ready, and loads the registry's champion (it refuses unsafe artifacts)?"""
     if not ctx.cfg.serving.url:
         return []
-    if server_ready(ctx) is None:
+    ready = server_ready(ctx)
+    if ready is None:
         return [_probe_signal(SignalKind.SERVING_DOWN, {"url": ctx.serving_url, "probe": "/ready"}, now)]
+    refused = ready.get("refused")
+    if refused:
+        champion = ctx.registry.by_alias(CHAMPION)
+        # Still the champion? (after a rollback a worker may report the old refusal until its next refresh)
+        if champion is not None and champion.version == str(refused.get("version")):
+            return [_probe_signal(SignalKind.MODEL_REFUSED, {"refused": refused}, now)]
     return []
 
 
@@ -188,14 +195,15 @@ class Healer:
         values = metric_values(self.ctx.lake, f"performance.{metric}", after=promoted_at)
         return any(v is not None and self._healthy_value(metric, v) for v in values)
 
-    def fresh_evidence(self, cause: str, applied_at: datetime) -> str | None:
+    def fresh_evidence(self, cause: str, applied_at: datetime, *, probed: bool = False) -> str | None:
         """What a monitor pass measured on data that arrived after the repair, when it shows the cause gone.
 
         Causes the monitor's statistics reveal need a window that *started* after the
         repair and was actually evaluated (a quiet pass with too few rows proves nothing);
-        causes the healer's own probes reveal are settled by the probe in this tick.
+        causes the healer's own probes reveal (``probed``: e.g. a refused champion, which never
+        served, so no window measured it) are settled by the probe in this tick.
         """
-        if cause not in _MONITOR_CAUSES:
+        if probed or cause not in _MONITOR_CAUSES:
             return "the probe that raised it answers healthy"
         if not self.ctx.lake.exists(METRICS_TABLE):
             return None
@@ -350,7 +358,8 @@ class Healer:
             outcome = Outcome(False, f"{type(exc).__name__}: {exc}", pending=True)
         if outcome.ok:
             quiet = observation.started_at > applied_at and self.cause_quiet(incident, observation)
-            fresh = self.fresh_evidence(incident.cause, applied_at) if quiet else None
+            probed = "refused" in incident.evidence
+            fresh = self.fresh_evidence(incident.cause, applied_at, probed=probed) if quiet else None
             if quiet and fresh is not None:
                 detail = f"verified: {outcome.detail}; {fresh}"
                 resolved = self._step(incident, State.RESOLVED, verifying, outcome.evidence, detail)

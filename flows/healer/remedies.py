@@ -230,7 +230,13 @@ class Rollback(Remedy):
         champion, target = ctx.registry.by_alias(CHAMPION), ctx.registry.by_alias(self.target_alias)
         if champion is None or target is None:
             return {"to_version": None}
-        return {"from_version": champion.version, "to_version": target.version}
+        refused = incident.evidence.get("refused") or {}
+        return {
+            "from_version": champion.version,
+            "to_version": target.version,
+            # A version the server refused must not become the fallback (a later rollback would promote it).
+            "keep_previous": str(refused.get("version")) == champion.version,
+        }
 
     def apply(self, ctx: HealContext, incident: Incident, plan: dict[str, Any], key: str) -> Outcome:
         target = plan.get("to_version")
@@ -238,7 +244,8 @@ class Rollback(Remedy):
             return Outcome(False, "no previous version to roll back to")
         if ctx.registry.by_alias(CHAMPION) is None or ctx.registry.by_alias(CHAMPION).version != target:  # type: ignore[union-attr]
             ctx.registry.set_alias(CHAMPION, target)
-            ctx.registry.set_alias(PREVIOUS, plan["from_version"])
+            if not plan.get("keep_previous"):
+                ctx.registry.set_alias(PREVIOUS, plan["from_version"])
             ctx.registry.set_tag(target, PROMOTED_AT_TAG, datetime.now().astimezone().isoformat())
             ctx.registry.set_tag(plan["from_version"], ROLLED_BACK_BY_TAG, key)
         server_reload(ctx)

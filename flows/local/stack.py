@@ -47,6 +47,7 @@ from checkpoints.exceptions import SelfhealError, ServingUnavailable
 from flows.config import SelfhealConfig
 from serving import processes
 from serving.client import ServingClient
+from serving.settings import forbid_pickle
 
 logger = logging.getLogger(__name__)
 
@@ -162,6 +163,7 @@ class Stack:
         env.pop("PREFECT_PROFILE", None)
         if self.config_path:
             env["SELFHEAL_CONFIG"] = self.config_path
+        forbid_pickle(env)
         return env
 
     def pid_files(self) -> list[PidFile]:

@@ -35,6 +35,8 @@ class SignalKind(StrEnum):
     DATA_QUALITY = "data_quality"
     SERVING_DOWN = "serving_down"
     UPSTREAM_OUTAGE = "upstream_outage"
+    MODEL_REFUSED = "model_refused"
+    """The server refused to load @champion (foreign artifact store, pickle, untrusted type)."""
 
 
 class Severity(StrEnum):

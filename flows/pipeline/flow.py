@@ -47,8 +47,8 @@ from flows.pipeline.stages.batch_io import read_batch
 from flows.pipeline.stages.validate import ValidationOutcome, validate_batch
 from flows.registry import CHALLENGER, CHAMPION, PREVIOUS, Registry
 from flows.release.controller import notify_server, read_state, start_release, write_state
-from serving.modelio import load_sklearn_model, log_sklearn_model
-from serving.registry import BRONZE_VERSION_TAG, SILVER_VERSION_TAG, TRAIN_KEY_TAG, WINDOW_TAG
+from serving.modelio import load_version, log_sklearn_model
+from serving.registry import BRONZE_VERSION_TAG, SILVER_VERSION_TAG, TRAIN_KEY_TAG, WINDOW_TAG, ModelRefused
 
 logger = logging.getLogger(__name__)
 
@@ -370,7 +370,7 @@ def _train_key(cfg: SelfhealConfig, silver_version: int) -> str:
 
 
 def _experiment_id(cfg: SelfhealConfig) -> str:
-    """The project's experiment (created with artifacts under <home>, not ./mlruns).
+    """The project's experiment (created with artifacts under ``artifact_root``, not ./mlruns).
 
     Passed to ``start_run`` explicitly: setting MLflow's process-wide active
     experiment would leak into anything else in the process using another store.
@@ -379,8 +379,7 @@ def _experiment_id(cfg: SelfhealConfig) -> str:
     experiment = registry.call("find the experiment", lambda c: c.get_experiment_by_name(cfg.project))
     if experiment is not None:
         return str(experiment.experiment_id)
-    artifacts = Path(cfg.home) / "artifacts" if "://" not in cfg.home else None
-    location = artifacts.as_uri() if artifacts else None
+    location = Path(cfg.artifact_root).as_uri() if "://" not in cfg.artifact_root else cfg.artifact_root
     return str(
         registry.call("create the experiment", lambda c: c.create_experiment(cfg.project, artifact_location=location))
     )
@@ -468,7 +467,7 @@ def evaluate_task(cfg: SelfhealConfig, challenger: Challenger, silver_version: i
         # e.g. roc_auc on a holdout holding one class only: no evidence, so no promotion.
         reason = f"{metric} could not be computed on this holdout (have {sorted(challenger.metrics)})"
         return evaluate.GateDecision(metric, float("nan"), None, cfg.gate.minimum, False, reason)
-    registry = Registry(cfg.tracking_uri, cfg.model_name)
+    registry = Registry(cfg.tracking_uri, cfg.model_name, artifact_root=cfg.artifact_root)
     champion = registry.by_alias(CHAMPION)
     champion_score: float | None = None
     if champion is not None and champion.version != challenger.version:
@@ -481,8 +480,13 @@ def evaluate_task(cfg: SelfhealConfig, challenger: Challenger, silver_version: i
         if cfg.data.task != "regression":
             holdout[cfg.data.target] = holdout[cfg.data.target].astype("int64")
         feats = features.feature_columns(schema, cfg.data.target, cfg.data.id_columns)
-        model = load_sklearn_model(champion.uri)
-        champion_score = train.score(model, holdout, feats, cfg.data.target, cfg.data.task).get(metric)
+        try:
+            model = load_version(registry, champion, cfg.trainer.trusted_types)
+        except ModelRefused as exc:
+            # Nothing of it ran; the server serves another version. The gate's minimum still holds.
+            _log().warning("@%s is not compared: %s", CHAMPION, exc)
+        else:
+            champion_score = train.score(model, holdout, feats, cfg.data.target, cfg.data.task).get(metric)
     return evaluate.check(metric, challenger.metrics[metric], champion_score, cfg.gate.minimum, cfg.gate.tolerance)
 
 

@@ -35,6 +35,8 @@ async def ready(state: State) -> JSONResponse:
         "release": _release(models),
         "breaker": state.predictor.breaker.state,
         "last_reload_error": state.watcher.last_error,
+        # The champion this server will not load, and why (the old one keeps serving): the healer's evidence.
+        "refused": state.watcher.refused,
         "log_queue_rows": state.log.pending_rows if state.log is not None else None,
         "pid": state.pid,
     }

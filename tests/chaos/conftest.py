@@ -52,6 +52,12 @@ class FraudStore:
     lake_root: Path
     labeled: Path
     features: list[str]
+    artifacts: Path | None = None
+    """Where its versions' files are (a copy's database still names the template's); None: ``root/artifacts``."""
+
+    @property
+    def artifact_root(self) -> Path:
+        return self.artifacts or self.root / "artifacts"
 
     def client(self) -> Any:
         from mlflow import MlflowClient
@@ -137,6 +143,7 @@ def fraud_store(fraud_store_template: FraudStore, tmp_path: Path) -> FraudStore:
         root / "lake",
         root / "labeled.parquet",
         fraud_store_template.features,
+        fraud_store_template.artifact_root,
     )
 
 
@@ -169,6 +176,7 @@ def server_env(store: FraudStore, tmp_path: Path) -> dict[str, str]:
     # MLflow 3.17 resolves models:/ downloads with the process-wide registry URI, whatever
     # the server passes (mlflow/store/artifact/models_artifact_repo.py); see the report.
     env.update({"MLFLOW_TRACKING_URI": store.tracking_uri, "MLFLOW_REGISTRY_URI": store.tracking_uri})
+    env["SELFHEAL_ARTIFACT_ROOT"] = str(store.artifact_root)
     return env
 
 

@@ -34,6 +34,7 @@ LOCAL_NAMES = [
     "network-throttle-serving",
     "pipeline-kill-mid-stage",
     "registry-bad-model",
+    "registry-foreign-artifact",
     "registry-tracking-store-down-long",
     "registry-tracking-store-unreachable",
     "release-canary-worse",

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
+import httpx
 import mlflow
 import pytest
 from chaoslib.exceptions import ActivityFailed
@@ -13,18 +16,18 @@ from chaos import ledger
 from chaos.registry import _store, actions, probes
 from chaos.workload import read_records
 from serving import processes
-from tests.chaos.conftest import MODEL, TARGET, FraudStore
+from tests.chaos.conftest import MODEL, TARGET, FraudStore, LiveServer
 
 
 def _auc(store: FraudStore, version: str) -> float:
     import pandas as pd
     from sklearn.metrics import roc_auc_score
 
-    from serving.modelio import load_sklearn_model
+    from serving.modelio import load_version
 
     frame = pd.DataFrame(read_records(store.labeled))
-    with _store.mlflow_uris(store.tracking_uri):
-        model = load_sklearn_model(f"models:/{MODEL}/{version}")
+    registry = _store.registry(store.tracking_uri, MODEL)
+    model = load_version(registry, registry.version(version))
     return float(roc_auc_score(frame[TARGET], model.predict_proba(frame[store.features])[:, 1]))
 
 
@@ -111,3 +114,41 @@ def test_only_sqlite_stores_can_be_locked() -> None:
 def test_sqlite_paths(uri: str, path: str | None) -> None:
     found = _store.sqlite_path(uri)
     assert (str(found) if found else None) == path
+
+
+@pytest.mark.slow
+def test_a_foreign_champion_is_refused_by_the_server_and_undone(
+    fraud_store: FraudStore, config: dict[str, Any], live_server: Callable[..., LiveServer]
+) -> None:
+    import cloudpickle
+
+    server = live_server()
+    uri = fraud_store.tracking_uri
+    done = actions.promote_foreign_model(uri, MODEL, server_url=server.url, configuration=config)
+    assert done["foreign"] == "2" and done["champion"] == "1"
+    assert done["server_reloaded"] is False  # the server answered 409: it refused to load it
+    assert not done["source"].startswith(fraud_store.artifact_root.as_uri())
+    assert probes.champion_version(uri, MODEL) == "2"
+    assert probes.champion_version(uri, MODEL, alias="previous") == "1"
+    assert probes.seconds_until_foreign_model_refused(server.url, timeout=10, configuration=config) < 60
+    # The other worker refuses it when it sees the reload in the control file (within a second or so).
+    refusals: list[dict[str, str]] = []
+
+    def reported() -> bool:
+        refusals.append(httpx.get(f"{server.url}/ready").json()["refused"])
+        return refusals[-1] is not None
+
+    processes.wait_until(reported, 30, "a worker to report the refusal")
+    assert refusals[-1]["version"] == "2" and refusals[-1]["reason"] == "outside_root"
+    with pytest.raises(ActivityFailed, match=r"@champion is v2 \(the foreign model\)"):
+        probes.seconds_until_champion_is_not_bad(uri, MODEL, timeout=1, tag="foreign_model", configuration=config)
+    # The probe can fail: a process that unpickles the artifact runs its code.
+    cloudpickle.loads((Path(done["folder"]) / "model" / "model.pkl").read_bytes())
+    with pytest.raises(ActivityFailed, match="the foreign model's code ran"):
+        probes.seconds_until_foreign_model_refused(server.url, timeout=5, configuration=config)
+    undone = actions.remove_foreign_model(uri, MODEL, server_url=server.url, configuration=config)
+    assert undone["restored"] is True, undone
+    assert probes.champion_version(uri, MODEL) == "1"
+    assert probes.champion_version(uri, MODEL, alias="previous") == ""
+    assert [str(v.version) for v in fraud_store.client().search_model_versions(f"name = '{MODEL}'")] == ["1"]
+    assert not Path(done["folder"]).exists()

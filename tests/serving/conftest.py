@@ -309,3 +309,48 @@ class Load:
         for thread in self._workers:
             thread.join(30)
         return self
+
+
+# -- versions the server must refuse ---------------------------------------------------
+GUARDED = "clf-guarded"
+
+
+@dataclass
+class GuardedVersions:
+    """Versions of the model ``clf-guarded`` in the session store (all with the signature of ``clf`` v2).
+
+    ``good``: the skops artifact of ``clf`` v2 (under the store's artifact root).
+    ``foreign``: that model cloudpickled in a folder outside the artifact root.
+    ``pickled``: the same cloudpickle, inside the artifact root.
+    Loading either pickle writes ``marker`` (chaos.registry._foreign).
+    """
+
+    root: Path
+    good: str
+    foreign: str
+    pickled: str
+    marker: Path
+
+
+@pytest.fixture(scope="session")
+def guarded_versions(model_store: ModelStore, tmp_path_factory: pytest.TempPathFactory) -> GuardedVersions:
+    from urllib.parse import unquote, urlparse
+
+    from chaos.registry._foreign import write_artifact
+    from serving.modelio import load_sklearn_model
+
+    client = model_store.client()
+    source = client.get_model_version_download_uri(MODEL, model_store.versions["lr"])
+    template = Path(unquote(urlparse(source).path))
+    model = load_sklearn_model(template)
+    outside = tmp_path_factory.mktemp("outside-the-store")
+    marker = outside / "foreign-code-ran"
+    root = model_store.root / "artifacts"
+    sources = {
+        "good": template,
+        "foreign": write_artifact(template, outside / "model", model, str(marker)),
+        "pickled": write_artifact(template, root / "planted" / "model", model, str(marker)),
+    }
+    client.create_registered_model(GUARDED)
+    versions = {k: str(client.create_model_version(GUARDED, source=p.as_uri()).version) for k, p in sources.items()}
+    return GuardedVersions(root, versions["good"], versions["foreign"], versions["pickled"], marker)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,7 +17,8 @@ from checkpoints import Lake
 from serving.app import create_app
 from serving.processes import free_port, wait_until
 from serving.settings import ServerSettings
-from tests.serving.conftest import ADMIN_TOKEN, MODEL, ModelStore
+from tests.serving._estimators import TRUSTED
+from tests.serving.conftest import ADMIN_TOKEN, GUARDED, MODEL, GuardedVersions, ModelStore
 
 AUTH = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 
@@ -30,6 +32,7 @@ def settings_for(store: ModelStore, tmp_path: Path, **overrides: Any) -> ServerS
         "admin_token": ADMIN_TOKEN,
         "poll_seconds": 3600,
         "log_flush_seconds": 0.2,
+        "trusted_types": [TRUSTED],
     }
     values.update(overrides)
     return ServerSettings(**values)
@@ -250,3 +253,24 @@ def test_reload_rollback_and_a_broken_version(model_store: ModelStore, make_clie
     assert client.post("/predict", json=record).json()["model_version"] == v["switch"]
     missing = client.post("/admin/rollback", headers=AUTH, json={"version": "999"})
     assert missing.status_code == 409 and "no version 999" in missing.json()["detail"]
+
+
+def test_a_foreign_champion_is_refused_and_ready_says_why(
+    guarded_versions: GuardedVersions, model_store: ModelStore, make_client: Any
+) -> None:
+    """The server's own settings (artifact root beside its SQLite store) refuse a version stored elsewhere."""
+    client = model_store.client()
+    client.set_registered_model_alias(GUARDED, "champion", guarded_versions.good)
+    app = make_client(model_name=GUARDED)
+    assert app.get("/ready").json()["model_version"] == guarded_versions.good
+    client.set_registered_model_alias(GUARDED, "champion", guarded_versions.foreign)
+    reload = app.post("/admin/reload", headers=AUTH)
+    assert reload.status_code == 409 and "refused (outside_root)" in reload.json()["detail"], reload.text
+    ready = app.get("/ready").json()
+    assert ready["model_version"] == guarded_versions.good
+    assert ready["refused"]["version"] == guarded_versions.foreign
+    assert ready["refused"]["reason"] == "outside_root"
+    assert "is not under the artifact root" in ready["refused"]["detail"]
+    assert app.post("/predict", json=model_store.records(1)[0]).json()["model_version"] == guarded_versions.good
+    assert not guarded_versions.marker.exists()
+    assert os.environ["MLFLOW_ALLOW_PICKLE_DESERIALIZATION"] == "false"  # create_app switched it off

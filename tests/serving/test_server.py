@@ -113,6 +113,7 @@ def test_sigterm_writes_every_queued_log_row(model_store: ModelStore, live_serve
     config = tmp_path / "selfheal.yaml"
     config.write_text(
         f"model_name: clf\ntracking_uri: {model_store.tracking_uri}\nhome: {tmp_path / 'home'}\n"
+        f"artifact_root: {model_store.root / 'artifacts'}\n"
         f"lake:\n  root: {tmp_path / 'lake'}\n"
     )
     server = live_server(

@@ -50,3 +50,11 @@ def test_errors_rising_on_shifted_inputs_are_data_drift_not_concept_drift() -> N
     just_promoted = Context(now=ctx.now, promoted_at=ctx.now - timedelta(minutes=1))
     shifted = _signal(SignalKind.PERFORMANCE_DROP, inputs_drifted=True)
     assert [d.cause for d in diagnose([shifted], just_promoted)] == [Cause.DATA_DRIFT]
+
+
+def test_a_refused_champion_is_a_bad_deploy_whenever_it_was_promoted() -> None:
+    """The server will not load it: no quality window can judge it, the deploy itself is the fault."""
+    now = datetime.now(UTC)
+    long_ago = Context(now=now, promoted_at=now - timedelta(days=2), healthy_since_promotion=True)
+    [found] = diagnose([_signal(SignalKind.MODEL_REFUSED, refused={"version": "7"})], long_ago)
+    assert found.cause == Cause.BAD_DEPLOY and found.rule == "the server refused to load the champion"

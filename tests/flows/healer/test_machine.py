@@ -262,3 +262,50 @@ def test_a_store_that_goes_down_after_the_probe_is_an_outage_seen_in_the_same_ti
         assert processes.alive(locked["pid"]), "record() waited until the lock was lifted"
     finally:
         restore_tracking_store(uri)
+
+
+# -- a champion the server refuses (issue 15: models only from the registry's own store) -------
+def _refused_registry(tmp_path: Path, healing: bool) -> Healer:
+    """A real registry: v1 the good champion before the fault, v2 (stored outside) promoted over it."""
+    from mlflow import MlflowClient
+
+    from flows.config import SelfhealConfig
+    from flows.registry import PREVIOUS, PROMOTED_AT_TAG
+
+    cfg = SelfhealConfig(home=str(tmp_path), lake={"root": str(tmp_path / "lake")}, healing={"enabled": healing})
+    client = MlflowClient(cfg.tracking_uri, cfg.tracking_uri)
+    client.create_registered_model(cfg.model_name)
+    for source in (Path(cfg.artifact_root) / "v1", tmp_path.parent / "elsewhere"):
+        client.create_model_version(cfg.model_name, source=source.as_uri())
+    client.set_registered_model_alias(cfg.model_name, PREVIOUS, "1")
+    client.set_registered_model_alias(cfg.model_name, CHAMPION, "2")
+    client.set_model_version_tag(cfg.model_name, "2", PROMOTED_AT_TAG, datetime.now(UTC).isoformat())
+    ctx = make_context(cfg, None)
+    return Healer(ctx, IncidentLog(ctx.lake))
+
+
+def _refused() -> Signal:
+    evidence = {"refused": {"version": "2", "reason": "outside_root", "detail": "not under the artifact root"}}
+    return _signal(SignalKind.MODEL_REFUSED, **evidence)
+
+
+def test_a_refused_champion_is_rolled_back_and_resolved_without_a_monitor_window(tmp_path: Path) -> None:
+    healer = _refused_registry(tmp_path, healing=True)
+    healer.tick(_observe(_refused()))
+    time.sleep(0.01)  # the next observation starts after the rollback was applied
+    healer.tick(_observe())
+    [incident] = healer.log.incidents()
+    assert incident.cause == "bad_deploy" and incident.state == State.RESOLVED, incident.last.detail
+    assert incident.last.remedy == "rollback"
+    registry = healer.ctx.registry
+    assert registry.by_alias(CHAMPION).version == "1"  # type: ignore[union-attr]
+    assert registry.by_alias("previous").version == "1"  # type: ignore[union-attr]  # never the refused one
+
+
+def test_with_healing_off_a_refused_champion_stays_and_its_incident_stays_open(tmp_path: Path) -> None:
+    healer = _refused_registry(tmp_path, healing=False)
+    healer.tick(_observe(_refused()))
+    healer.tick(_observe())
+    [incident] = healer.log.incidents()
+    assert incident.cause == "bad_deploy" and not incident.state.closed
+    assert healer.ctx.registry.by_alias(CHAMPION).version == "2"  # type: ignore[union-attr]

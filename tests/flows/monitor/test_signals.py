@@ -61,4 +61,5 @@ def test_every_kind_the_healer_expects_exists() -> None:
         "data_quality",
         "serving_down",
         "upstream_outage",
+        "model_refused",
     }
