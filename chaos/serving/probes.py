@@ -128,6 +128,10 @@ def availability(
     return ok / len(outcomes)
 
 
+#: How long ``availability_during_fault`` watches the steady state before the fault.
+_STEADY_SECONDS = 5.0
+
+
 def availability_during_fault(
     traffic_log: str,
     outage_seconds: float = 0.0,
@@ -145,17 +149,18 @@ def availability_during_fault(
     experiment restores): requests answered in it are left out of the share held here
     (the suite's table still reports availability with them). The window is at least
     ``min_seconds`` long, so a fast recovery is still watched for a while. Before the fault (no
-    fault in this run yet) the window is the trailing 10 s. Fails when fewer than
+    fault in this run yet) the window is the next 5 s. Fails when fewer than
     ``min_requests`` came back: no traffic proves nothing.
     """
     if outage_seconds < 0:
         raise ValueError(f"outage_seconds must be >= 0, got {outage_seconds}")
     fault = ledger.last_event(configuration, "fault")
-    if fault is None:  # the steady state: clients started with the experiment may need a few seconds
-        deadline = time.time() + 10.0
-        while len(read_outcomes(traffic_log, start=time.time() - 10.0)) < min_requests and time.time() < deadline:
-            time.sleep(0.5)
-        start, end = time.time() - 10.0, time.time()
+    if fault is None:
+        # The steady state: the next few seconds, not the last ones (they may hold the
+        # previous experiment's outage); clients started with the experiment are counted too.
+        start = time.time()
+        time.sleep(_STEADY_SECONDS + settle_seconds)
+        end = start + _STEADY_SECONDS
     else:
         # At least ``min_seconds`` of the fault are observed, however fast the recovery
         # probes before this one were; then the requests still in flight come back.

@@ -221,6 +221,25 @@ def test_availability_during_fault_counts_the_outage(tmp_path: Path, config: dic
         probes.availability_during_fault(str(tmp_path / "none.jsonl"), **args)
 
 
+def test_availability_before_the_fault_is_the_next_seconds_not_the_last(tmp_path: Path, config: dict[str, Any]) -> None:
+    """The previous experiment's outage (just before this one started) is not this steady state's."""
+    path = tmp_path / "t.jsonl"
+    _log(path, [(time.time() - 3 + 0.01 * i, False) for i in range(100)])  # an outage that just ended
+    log = TrafficLog(path)
+
+    def clients() -> None:
+        for _ in range(50):
+            log.write(Outcome(time.time(), True, "200"))
+            time.sleep(0.05)
+
+    writer = threading.Thread(target=clients)
+    writer.start()
+    share = probes.availability_during_fault(str(path), min_requests=20, settle_seconds=0.5, configuration=config)
+    writer.join()
+    log.close()
+    assert share == 1.0
+
+
 def test_availability_without_traffic_fails(tmp_path: Path) -> None:
     with pytest.raises(ActivityFailed, match="only 0 requests"):
         probes.availability(str(tmp_path / "none.jsonl"), window_seconds=0.1, settle_seconds=0)
