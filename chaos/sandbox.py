@@ -75,6 +75,11 @@ SANDBOX_THRESHOLDS: dict[str, Any] = {
     "min_window_rows": 300,
     "ingest_lag_seconds": 2.0,
     "prediction_reference_rows": 300,
+    # The sandbox's healer watches 1 s windows: the default 3 windows of short inference
+    # logging is 3 s, which a training run starving the server on 2 cores reaches (it
+    # opened false stale_data incidents during data experiments). 10 windows is 10 s; a
+    # server that is down still opens stale_data well inside the MTTR.
+    "consecutive": {"missing_rows": 10},
 }
 #: The order processes are stopped in: clients and supervisors before what they supervise.
 _STOP_ORDER = ("healer", "release", "schedule", "workload", "server", "prefect")

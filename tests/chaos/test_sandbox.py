@@ -6,6 +6,7 @@ from pathlib import Path
 
 from chaos.sandbox import STREAM_DATA, Sandbox
 from flows.config import load_config
+from flows.monitor.detectors.thresholds import MonitorThresholds
 
 
 def test_a_sandbox_without_a_project_config_describes_its_own_stream(tmp_path: Path) -> None:
@@ -18,3 +19,11 @@ def test_a_sandbox_without_a_project_config_describes_its_own_stream(tmp_path: P
     project = tmp_path / "selfheal.yaml"
     project.write_text("data: {target: is_fraud, id_columns: [txn]}\n")
     assert Sandbox(tmp_path / "box", project_config=project)._write_config(port=1)["data"]["id_columns"] == ["txn"]
+
+
+def test_the_sandbox_config_loads_with_its_thresholds(tmp_path: Path) -> None:
+    box = Sandbox(tmp_path / "box", project_config=tmp_path / "missing.yaml")
+    box.root.mkdir(parents=True)
+    box._write_config(port=1)
+    thresholds = MonitorThresholds.from_mapping(load_config(box.config_path).thresholds)
+    assert thresholds.consecutive["missing_rows"] == 10 and thresholds.consecutive["serving_down"] == 2
