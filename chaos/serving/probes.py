@@ -132,6 +132,16 @@ def availability(
 _STEADY_SECONDS = 5.0
 
 
+def _first_request_after(traffic_log: str, since: float, wait: float) -> float:
+    """When the first request after ``since`` came back (``since`` when none did within ``wait`` seconds)."""
+    deadline = since + wait
+    while True:
+        seen = read_outcomes(traffic_log, start=since)
+        if seen or time.time() >= deadline:
+            return min((o.t for o in seen), default=since)
+        time.sleep(0.25)
+
+
 def availability_during_fault(
     traffic_log: str,
     outage_seconds: float = 0.0,
@@ -157,9 +167,10 @@ def availability_during_fault(
     fault = ledger.last_event(configuration, "fault")
     if fault is None:
         # The steady state: the next few seconds, not the last ones (they may hold the
-        # previous experiment's outage); clients started with the experiment are counted too.
-        start = time.time()
-        time.sleep(_STEADY_SECONDS + settle_seconds)
+        # previous experiment's outage), from the first answer of clients that may have
+        # started with the experiment (their start-up took 5 s on a busy machine).
+        start = _first_request_after(traffic_log, time.time(), _STEADY_SECONDS * 6)
+        time.sleep(max(0.0, start + _STEADY_SECONDS + settle_seconds - time.time()))
         end = start + _STEADY_SECONDS
     else:
         # At least ``min_seconds`` of the fault are observed, however fast the recovery
