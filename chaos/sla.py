@@ -40,7 +40,15 @@ __all__ = [
 
 DEFAULT_AVAILABILITY = 0.99
 DEFAULT_ROWS_LOST = 0
-DEFAULT_MTTR_SECONDS: dict[str, float] = {"default": 60.0, "data_drift": 120.0, "concept_drift": 120.0}
+DEFAULT_MTTR_SECONDS: dict[str, float] = {
+    "default": 60.0,
+    "data_drift": 120.0,
+    "concept_drift": 120.0,
+    "pipeline-kill-mid-stage": 120.0,
+    "data-partial-write": 120.0,
+    "data-resent-rows": 120.0,
+    "data-non-file-entry": 120.0,
+}
 DEFAULT_HEALING_OFF_MTTR_SECONDS = 30.0
 
 
