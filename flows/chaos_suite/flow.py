@@ -319,6 +319,8 @@ def _run_experiment(
     if result.results:
         _settle(Sandbox(Path(root)), env, log, incidents=cfg.healing.enabled)
         last = result.results[-1].name
+        if not cfg.healing.enabled:  # nothing closes them: the next experiment's steady state would fail on them
+            result.acknowledged += _close_leftovers(env["SELFHEAL_CHAOS_LAKE"], last, log)
         result.acknowledged += _acknowledge_escalations(env["SELFHEAL_CHAOS_LAKE"], last, log)
     journal = experiment_task(str(path), root, overrides)
     journals[path.stem] = journal
@@ -376,6 +378,18 @@ def _settle(box: Any, env: Mapping[str, str], log: Any, incidents: bool, timeout
         processes.wait_until(settled, timeout, "the sandbox to settle", interval=1.0)
     except TimeoutError:
         log.warning("still not settled after %.0fs (%s); going on", timeout, busy)
+
+
+def _close_leftovers(lake_root: str, after: str, log: Any) -> list[str]:
+    """With healing off: escalate the incidents the last experiment left open, as on-call would take them over."""
+    incidents = IncidentLog(Lake(lake_root))
+    taken = []
+    for incident in incidents.open_incidents():
+        note = f"taken over by the chaos suite (healing off) after {after}"
+        incidents.advance(incident, State.ESCALATED, detail=note)
+        taken.append(f"{incident.id} ({incident.cause}), left open by {after} with healing off")
+        log.warning("escalated incident %s (%s) left open by %s (healing off)", incident.id, incident.cause, after)
+    return taken
 
 
 def _acknowledge_escalations(lake_root: str, after: str, log: Any) -> list[str]:

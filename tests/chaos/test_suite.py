@@ -247,3 +247,17 @@ def test_the_timeline_counts_the_outage_second_by_second() -> None:
     series = traffic_series(outcomes, 100.0, 103.0)
     assert series == [(0.0, 1.0, 4.0), (1.0, 0.5, 9.0), (2.0, None, None), (3.0, None, None)]
     assert p99([float(v) for v in range(1, 101)]) == 99.0
+
+
+def test_with_healing_off_the_suite_takes_over_what_an_experiment_left_open(tmp_path: Path) -> None:
+    from checkpoints.incidents import IncidentLog, State
+
+    lake = Lake(tmp_path / "lake")
+    log = IncidentLog(lake)
+    log.open("data_drift", {"features": ["amount"]})
+    closed = log.advance(log.open("serving_down", {}), State.RESOLVED, detail="restarted")
+    assert closed is not None
+    taken = suite._close_leftovers(str(lake.root), "data-drift-covariate", suite.logger)
+    assert len(taken) == 1 and "data_drift" in taken[0]
+    assert log.open_incidents() == []
+    assert suite._acknowledge_escalations(str(lake.root), "data-drift-covariate", suite.logger)
