@@ -212,7 +212,9 @@ def test_availability_during_fault_counts_the_outage(tmp_path: Path, config: dic
         fh.write(json.dumps({"event": "fault", "at": fault, "fault": "x", "detail": {}}) + "\n")
     path = tmp_path / "t.jsonl"
     # A 1 s outage right after the fault (10 refused), then 30 answered: the outage counts.
-    _log(path, [(fault + 0.1 * i, False) for i in range(10)] + [(fault + 1.05 + 0.1 * i, True) for i in range(30)])
+    _log(
+        path, [(fault + 0.05 + 0.1 * i, False) for i in range(10)] + [(fault + 1.05 + 0.1 * i, True) for i in range(30)]
+    )
     args = {"min_requests": 10, "min_seconds": 0.0, "settle_seconds": 0.0, "configuration": config}
     assert probes.availability_during_fault(str(path), **args) == pytest.approx(30 / 40)
     # A declared bounded outage is left out of the share held to the SLA.
