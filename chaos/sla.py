@@ -40,6 +40,10 @@ __all__ = [
 
 DEFAULT_AVAILABILITY = 0.99
 DEFAULT_ROWS_LOST = 0
+#: MTTR bounds by experiment or cause when the config names none (``flows.config`` uses
+#: these too). A drift repair is a retrain, not a restart; the experiments whose recovery
+#: is "a complete pipeline run after the fault" wait for a whole run with training too
+#: (65-75 s in the sandbox on 2 cores).
 DEFAULT_MTTR_SECONDS: dict[str, float] = {
     "default": 60.0,
     "data_drift": 120.0,

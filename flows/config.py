@@ -21,6 +21,7 @@ import yaml
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from chaos.sla import DEFAULT_HEALING_OFF_MTTR_SECONDS, DEFAULT_MTTR_SECONDS
 from checkpoints.exceptions import SelfhealError
 from flows.conditions import parse
 
@@ -238,21 +239,6 @@ class ReleaseConfig(_Section):
         return self
 
 
-#: MTTR bounds by experiment or cause when the config names none. A drift repair is a
-#: retrain (a detection window, a whole training run, a verification window), not a
-#: restart; the experiments whose recovery is "a complete pipeline run after the fault"
-#: wait for a whole run with training too (65-75 s in the sandbox on 2 cores).
-DEFAULT_MTTR_SECONDS: dict[str, float] = {
-    "default": 60.0,
-    "data_drift": 120.0,
-    "concept_drift": 120.0,
-    "pipeline-kill-mid-stage": 120.0,
-    "data-partial-write": 120.0,
-    "data-resent-rows": 120.0,
-    "data-non-file-entry": 120.0,
-}
-
-
 class SLAConfig(_Section):
     """Service levels the chaos suite holds recovery to.
 
@@ -265,7 +251,7 @@ class SLAConfig(_Section):
     mttr_seconds: dict[str, float] = Field(default_factory=lambda: dict(DEFAULT_MTTR_SECONDS))
     availability: float = Field(default=0.99, ge=0.0, le=1.0)
     rows_lost: int = Field(default=0, ge=0)
-    healing_off_mttr_seconds: float = Field(default=30.0, gt=0.0)
+    healing_off_mttr_seconds: float = Field(default=DEFAULT_HEALING_OFF_MTTR_SECONDS, gt=0.0)
 
     @field_validator("mttr_seconds")
     @classmethod
