@@ -10,8 +10,6 @@ extension; pipeline steps are retried by Prefect, never both on one call.
 from __future__ import annotations
 
 import logging
-import threading
-from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import TypeVar
 
@@ -36,7 +34,7 @@ __all__ = [
     "ModelNotFound",
     "ModelRecord",
     "Registry",
-    "answer_within",
+    "STORE_ANSWER_SECONDS",
 ]
 
 logger = logging.getLogger(__name__)
@@ -44,32 +42,8 @@ logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
-def answer_within(seconds: float, what: str, read: Callable[[], T]) -> T:
-    """``read()``, or RegistryUnavailable when it has not answered within ``seconds``.
-
-    A locked SQLite store blocks every call for MLflow's busy timeout (20 s), once per
-    retry: a caller that must keep going (the healer's tick) abandons the call, which
-    ends on its own in a daemon thread. Reads only: an abandoned write could still land.
-    """
-    answer: list[tuple[bool, object]] = []
-
-    def call() -> None:
-        try:
-            answer.append((True, read()))
-        except Exception as exc:  # noqa: BLE001 - handed back to the caller's thread below
-            answer.append((False, exc))
-
-    worker = threading.Thread(target=call, name=f"registry-read-{what}", daemon=True)
-    worker.start()
-    worker.join(seconds)
-    if not answer:
-        raise RegistryUnavailable(f"{what}: no answer from the registry within {seconds:g} s")
-    ok, value = answer[0]
-    if not ok:
-        assert isinstance(value, Exception)
-        raise value
-    return value  # type: ignore[return-value]
-
+#: How long a loop that must keep going (the healer's tick, the monitor) waits for a registry read.
+STORE_ANSWER_SECONDS = 3.0
 
 #: One registered model version as the pipeline sees it.
 ModelRecord = ModelVersionRef
@@ -83,10 +57,21 @@ class Registry(ModelRegistry):
         >>> reg.promote("7")   # champion -> previous, 7 -> champion
     """
 
-    def __init__(self, tracking_uri: str, model_name: str, artifact_root: str | None = None) -> None:
+    def __init__(
+        self,
+        tracking_uri: str,
+        model_name: str,
+        artifact_root: str | None = None,
+        read_seconds: float | None = None,
+    ) -> None:
         # A flow step can wait longer for the store than a server request can.
         super().__init__(
-            model_name, tracking_uri=tracking_uri, attempts=4, wait_max_seconds=3.0, artifact_root=artifact_root
+            model_name,
+            tracking_uri=tracking_uri,
+            attempts=4,
+            wait_max_seconds=3.0,
+            artifact_root=artifact_root,
+            read_seconds=read_seconds,
         )
 
     def find_by_tag(self, key: str, value: str) -> ModelRecord | None:

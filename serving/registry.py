@@ -16,6 +16,7 @@ Example:
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -58,6 +59,10 @@ CHAOS_TAG = "selfheal.chaos"
 
 #: MLflow error codes that mean "no such model, version or alias" (a missing alias is a bad parameter).
 _NOT_FOUND = frozenset({"RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"})
+
+
+class _NoAnswer(RegistryUnavailable):
+    """A bounded read the registry did not answer in time: never retried (each retry would wait out the same lock)."""
 
 
 class ModelNotFound(SelfhealError):
@@ -172,6 +177,31 @@ def is_transient(exc: BaseException) -> bool:
     return isinstance(exc, OSError) or "database is locked" in str(exc)
 
 
+def answer_within(seconds: float, what: str, read: Callable[[], T]) -> T:
+    """``read()``, or RegistryUnavailable when it has not answered within ``seconds``.
+
+    The call runs in a daemon thread that is abandoned (it ends on its own) when the
+    time is up. Reads only: an abandoned write could still land.
+    """
+    answer: list[tuple[bool, Any]] = []
+
+    def call() -> None:
+        try:
+            answer.append((True, read()))
+        except BaseException as exc:  # noqa: BLE001 - handed back to the caller's thread below
+            answer.append((False, exc))
+
+    worker = threading.Thread(target=call, name=f"registry-read-{what}", daemon=True)
+    worker.start()
+    worker.join(seconds)
+    if not answer:
+        raise _NoAnswer(f"{what}: no answer from the registry within {seconds:g} s")
+    ok, value = answer[0]
+    if not ok:
+        raise value
+    return value  # type: ignore[no-any-return]
+
+
 class ModelRegistry:
     """The registry, through one MLflow client, for one registered model name.
 
@@ -189,6 +219,7 @@ class ModelRegistry:
         attempts: int = 3,
         wait_max_seconds: float = 2.0,
         artifact_root: str | None = None,
+        read_seconds: float | None = None,
     ) -> None:
         self.model_name = model_name
         self.tracking_uri = tracking_uri
@@ -197,6 +228,8 @@ class ModelRegistry:
         self.artifact_root = artifact_root
         self._attempts = attempts
         self._wait_max = wait_max_seconds
+        #: A read that has not answered within this many seconds is abandoned (None: wait for it).
+        self.read_seconds = read_seconds
         self._client: MlflowClient | None = None
 
     @property
@@ -208,8 +241,14 @@ class ModelRegistry:
             self._client = MlflowClient(tracking_uri=self.tracking_uri, registry_uri=self.registry_uri)
         return self._client
 
-    def call(self, what: str, fn: Callable[[MlflowClient], T]) -> T:
+    def call(self, what: str, fn: Callable[[MlflowClient], T], *, wait: bool = False) -> T:
         """``fn(client)``, retried while it fails transiently; MLflow's errors translated.
+
+        With ``read_seconds`` set, a call that has not answered in time is abandoned and not
+        retried: a locked SQLite store blocks each call for MLflow's busy timeout (20 s), and a
+        caller that must keep going (the healer's tick) cannot wait it out on every retry.
+        ``wait`` calls are always waited for: writes (an abandoned one could still land) and
+        downloads (they take as long as the artifacts).
 
         Raises:
             RegistryUnavailable: the store did not answer after the retries, or refused the call.
@@ -229,8 +268,11 @@ class ModelRegistry:
                 state.outcome.exception() if state.outcome else "?",
             ),
         )
+        attempt = fn if wait or self.read_seconds is None else self._bounded(what, fn)
         try:
-            return retrying(fn, self.client)
+            return retrying(attempt, self.client)
+        except _NoAnswer:
+            raise
         except MlflowException as exc:
             if _is_not_found(exc):
                 raise ModelNotFound(f"model {self.model_name!r}: {what}: {exc.message}") from exc
@@ -239,6 +281,10 @@ class ModelRegistry:
             if is_transient(exc):
                 raise self._unavailable(what, exc) from exc
             raise
+
+    def _bounded(self, what: str, fn: Callable[[MlflowClient], T]) -> Callable[[MlflowClient], T]:
+        seconds = float(self.read_seconds or 0)
+        return lambda client: answer_within(seconds, what, lambda: fn(client))
 
     def _unavailable(self, what: str, exc: Exception) -> RegistryUnavailable:
         where = self.registry_uri or "the default URI"
@@ -305,24 +351,30 @@ class ModelRegistry:
 
     # -- writes ------------------------------------------------------------------------
     def set_alias(self, alias: str, version: str) -> None:
-        self.call(f"set alias {alias}", lambda c: c.set_registered_model_alias(self.model_name, alias, version))
+        self.call(
+            f"set alias {alias}", lambda c: c.set_registered_model_alias(self.model_name, alias, version), wait=True
+        )
 
     def delete_alias(self, alias: str) -> None:
         """Remove ``alias``; nothing happens when it (or the model) does not exist."""
         try:
-            self.call(f"delete alias {alias}", lambda c: c.delete_registered_model_alias(self.model_name, alias))
+            self.call(
+                f"delete alias {alias}", lambda c: c.delete_registered_model_alias(self.model_name, alias), wait=True
+            )
         except ModelNotFound:
             pass
 
     def set_tag(self, version: str, key: str, value: str) -> None:
         """Tag one version of the model."""
-        self.call(f"tag version {version}", lambda c: c.set_model_version_tag(self.model_name, version, key, value))
+        self.call(
+            f"tag version {version}", lambda c: c.set_model_version_tag(self.model_name, version, key, value), wait=True
+        )
 
     def set_model_tag(self, key: str, value: str) -> None:
-        self.call(f"set model tag {key}", lambda c: c.set_registered_model_tag(self.model_name, key, value))
+        self.call(f"set model tag {key}", lambda c: c.set_registered_model_tag(self.model_name, key, value), wait=True)
 
     def delete_version(self, version: str) -> None:
-        self.call(f"delete version {version}", lambda c: c.delete_model_version(self.model_name, version))
+        self.call(f"delete version {version}", lambda c: c.delete_model_version(self.model_name, version), wait=True)
 
     def download(self, ref: ModelVersionRef, into: str) -> str:
         """Download the version's artifacts into the folder ``into`` and return the model's local path.
@@ -347,6 +399,6 @@ class ModelRegistry:
             )
 
         try:
-            return self.call(f"download of version {ref.version}", fetch)
+            return self.call(f"download of version {ref.version}", fetch, wait=True)
         except (ModelNotFound, RegistryUnavailable) as exc:
             raise ModelLoadFailed(ref.name, ref.version, f"artifacts could not be downloaded: {exc}") from exc

@@ -301,6 +301,7 @@ def promote_foreign_model(
     created = registry.call(
         "register the foreign model",
         lambda c: c.create_model_version(model_name, source=artifact.as_uri(), tags={CHAOS_TAG: FOREIGN_MODEL}),
+        wait=True,
     )
     foreign = str(created.version)
     for key, value in champion.tags.items():

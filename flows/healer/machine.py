@@ -36,7 +36,6 @@ from flows.config import SelfhealConfig, load_config
 from flows.events import emit
 from flows.healer.diagnosis import Cause, Context, Diagnosis, diagnose
 from flows.healer.remedies import (
-    STORE_ANSWER_SECONDS,
     HealContext,
     Outcome,
     get_remedy,
@@ -48,7 +47,7 @@ from flows.monitor.detectors.thresholds import MonitorThresholds
 from flows.monitor.flow import monitor_pass
 from flows.monitor.signals import Severity, Signal, SignalKind, Window
 from flows.pipeline.stages.ingest import LandingUnreachable, list_landing
-from flows.registry import CHAMPION, Registry, answer_within
+from flows.registry import CHAMPION, STORE_ANSWER_SECONDS, Registry
 
 logger = logging.getLogger(__name__)
 
@@ -94,7 +93,10 @@ def probe_serving(ctx: HealContext, now: datetime) -> list[Signal]:
         return [_probe_signal(SignalKind.SERVING_DOWN, {"url": ctx.serving_url, "probe": "/ready"}, now)]
     refused = ready.get("refused")
     if refused:
-        champion = ctx.registry.by_alias(CHAMPION)
+        try:
+            champion = ctx.registry.by_alias(CHAMPION)
+        except RegistryUnavailable:  # the upstream probe reports the outage; the refusal is judged next tick
+            return []
         # Still the champion? (after a rollback a worker may report the old refusal until its next refresh)
         if champion is not None and champion.version == str(refused.get("version")):
             return [_probe_signal(SignalKind.MODEL_REFUSED, {"refused": refused}, now)]
@@ -144,12 +146,15 @@ class Healer:
             i.state in (State.HEALING, State.VERIFYING) and i.last.remedy in _PROMOTING_REMEDIES for i in incidents
         )
         signals = observation.signals
+        healthy = False
         if not own_promotion and not any(s.kind == SignalKind.UPSTREAM_OUTAGE for s in signals):
             try:
-                promoted_at = answer_within(STORE_ANSWER_SECONDS, "@champion", self.ctx.registry.promoted_at)
+                promoted_at = self.ctx.registry.promoted_at()
+                healthy = promoted_at is not None and self.healthy_since(promoted_at)
             except RegistryUnavailable as exc:
-                # The store went away after this tick's probe: waiting out its busy timeout on
-                # every retry would stall detection past the outage. This is the outage, seen now.
+                # The store went away after this tick's probe (its reads are bounded, so the
+                # tick did not stall behind the lock): this is the outage, seen now.
+                promoted_at = None
                 signals = [*signals, _probe_signal(SignalKind.UPSTREAM_OUTAGE, {"tracking_store": str(exc)}, now)]
         if own_promotion:
             # Quality of the model the healer just promoted is that repair's verification,
@@ -159,7 +164,7 @@ class Healer:
             now=observation.started_at,
             promoted_at=promoted_at,
             bad_deploy_window=timedelta(seconds=self.cfg.healing.bad_deploy_window_seconds),
-            healthy_since_promotion=promoted_at is not None and self.healthy_since(promoted_at),
+            healthy_since_promotion=healthy,
         )
         touched = []
         for diagnosis in diagnose(signals, context):
@@ -180,14 +185,21 @@ class Healer:
             if i.cause != diagnosis.cause.value or not held:
                 continue
             if champion is None:
-                record = self.ctx.registry.by_alias(CHAMPION)
-                champion = record.version if record else ""
-            if i.last.evidence.get("champion", champion) != champion:
+                champion = self._champion_version()
+            if champion is not None and i.last.evidence.get("champion", champion) != champion:
                 continue  # another model serves now: a new fault, not the escalated one
             seen = {f["stored_at"] for f in i.evidence.get("quarantined", [])}
             if not files or files <= seen:
                 return True
         return False
+
+    def _champion_version(self) -> str | None:
+        """The champion's version ("" when there is none), or None while the registry does not answer."""
+        try:
+            record = self.ctx.registry.by_alias(CHAMPION)
+        except RegistryUnavailable:
+            return None
+        return record.version if record else ""
 
     def healthy_since(self, promoted_at: datetime) -> bool:
         """Did the monitor measure baseline quality on labels after ``promoted_at``?"""
@@ -255,7 +267,10 @@ class Healer:
             return self.log.open_incidents()
         for incident in self.log.open_incidents():
             if claim(self.ctx.lake, incident.id, datetime.now(UTC)):
-                self.advance(incident, observation)
+                try:
+                    self.advance(incident, observation)
+                except RegistryUnavailable as exc:  # the incident stays where it is; the next tick looks again
+                    logger.warning("incident %s waits for the registry: %s", incident.id, exc)
         return self.log.open_incidents()
 
     def advance(self, incident: Incident, observation: Observation) -> Incident:
@@ -378,8 +393,8 @@ class Healer:
         tried = ", ".join(incident.remedies_tried) or "none"
         held = get_remedy("hold_fallback").apply(self.ctx, incident, {}, f"{incident.id}:escalation")
         detail = f"escalated: remedies exhausted ({tried}); {held.detail}"
-        champion = self.ctx.registry.by_alias(CHAMPION)
-        evidence = {"champion": champion.version if champion else ""}
+        champion = self._champion_version()
+        evidence = {"champion": champion} if champion is not None else {}
         step = self.log.advance(incident, State.ESCALATED, detail=detail, evidence=evidence)
         if step is not None:
             _emit(step, State.ESCALATED)
@@ -431,7 +446,9 @@ def warm_up(ctx: HealContext) -> None:
 
 def make_context(cfg: SelfhealConfig, config_path: str | None) -> HealContext:
     lake = Lake(cfg.lake.root, cfg.lake.storage_options or None)
-    return HealContext(cfg, config_path, lake, Registry(cfg.tracking_uri, cfg.model_name))
+    # Every read bounded: a locked store must not stall the tick past the outage it should report.
+    registry = Registry(cfg.tracking_uri, cfg.model_name, read_seconds=STORE_ANSWER_SECONDS)
+    return HealContext(cfg, config_path, lake, registry)
 
 
 def observe(ctx: HealContext, since: datetime, run_monitor: bool = True) -> Observation:

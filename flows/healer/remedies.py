@@ -15,7 +15,6 @@ import logging
 import shutil
 import subprocess
 import sys
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -26,17 +25,17 @@ from mlflow.exceptions import MlflowException
 from sqlalchemy.exc import SQLAlchemyError
 
 from checkpoints import Lake
-from checkpoints.exceptions import CheckpointCorrupted, SelfhealError, ServingUnavailable
+from checkpoints.exceptions import CheckpointCorrupted, RegistryUnavailable, SelfhealError, ServingUnavailable
 from checkpoints.incidents import Incident
 from checkpoints.quarantine import imputed_key
 from flows.config import SelfhealConfig
 from flows.pipeline.flow import pipeline_flow
 from flows.pipeline.imputation import impute_quarantined
 from flows.pipeline.stages.ingest import LandingUnreachable, list_landing, read_file
-from flows.registry import CHAMPION, LIGHT, PREVIOUS, PROMOTED_AT_TAG, Registry
+from flows.registry import CHAMPION, LIGHT, PREVIOUS, PROMOTED_AT_TAG, STORE_ANSWER_SECONDS, Registry
 from serving import processes
 from serving.client import ServingClient
-from serving.registry import ROLLED_BACK_BY_TAG
+from serving.registry import ROLLED_BACK_BY_TAG, answer_within
 
 logger = logging.getLogger(__name__)
 
@@ -122,38 +121,21 @@ def stop_server(cfg: SelfhealConfig, timeout: float = 15.0) -> None:
         processes.stop([pid], grace=timeout)
 
 
-#: How long the healer waits for the tracking store to answer a read before it calls it down.
-STORE_ANSWER_SECONDS = 3.0
-
-
 def tracking_store_error(ctx: HealContext, timeout: float = STORE_ANSWER_SECONDS) -> str | None:
     """None when the tracking store answers within ``timeout`` seconds, else what went wrong.
 
     A locked or unreachable store can block a client call for a long time (SQLite's
-    busy timeout is 20 s); the healer must not stall behind it, so the call runs in a
-    daemon thread and is abandoned after ``timeout``.
+    busy timeout is 20 s); the healer must not stall behind it, so the call is
+    abandoned after ``timeout``. Any other error is a bug and surfaces as itself.
     """
-    result: list[str | None] = []
-    bugs: list[Exception] = []
-
-    def call() -> None:
-        try:
-            ctx.registry.client.search_registered_models(max_results=1)
-            result.append(None)
-        except (MlflowException, SQLAlchemyError, OSError) as exc:  # requests' errors are OSErrors
-            result.append(f"{type(exc).__name__}: {str(exc)[:200]}")
-        except Exception as exc:  # noqa: BLE001 - not an outage: re-raised in the healer's thread below
-            logger.exception("the tracking-store probe failed with a bug, not an outage")
-            bugs.append(exc)
-
-    worker = threading.Thread(target=call, daemon=True)
-    worker.start()
-    worker.join(timeout)
-    if bugs:
-        raise bugs[0]
-    if not result:
-        return f"no answer from {ctx.cfg.tracking_uri} within {timeout:g} s"
-    return result[0]
+    try:
+        # The client is made inside the bounded call: building MLflow's store reads the database too.
+        answer_within(timeout, "tracking store", lambda: ctx.registry.client.search_registered_models(max_results=1))
+    except RegistryUnavailable as exc:
+        return str(exc)
+    except (MlflowException, SQLAlchemyError, OSError) as exc:  # requests' errors are OSErrors
+        return f"{type(exc).__name__}: {str(exc)[:200]}"
+    return None
 
 
 # -- remedies ------------------------------------------------------------------------------

@@ -50,6 +50,7 @@ from flows.monitor.scrape import ServingSnapshot, scrape
 from flows.monitor.signals import Signal
 from flows.monitor.state import MonitorState, commit_run, load_state
 from flows.monitor.window import PREDICTION_COLUMNS, Assessment, MonitorWindow, assess
+from flows.registry import STORE_ANSWER_SECONDS
 from serving.inference_log import FEEDBACK_TABLE as FEEDBACK
 from serving.inference_log import INFERENCE_TABLE as INFERENCE_LOG
 from serving.registry import CHAMPION, SILVER_VERSION_TAG, WINDOW_TAG, ModelNotFound, ModelRegistry
@@ -119,8 +120,8 @@ def champion_context(model_name: str | None, tracking_uri: str | None) -> Champi
     """
     if not model_name:
         return Champion()
-    # One try: a locked store blocks each call for its busy timeout, and the monitor must not stall.
-    registry = ModelRegistry(model_name, tracking_uri=tracking_uri, attempts=1)
+    # One bounded try: a locked store blocks each call for its busy timeout, and the monitor must not stall.
+    registry = ModelRegistry(model_name, tracking_uri=tracking_uri, attempts=1, read_seconds=STORE_ANSWER_SECONDS)
     try:
         champion = registry.by_alias(CHAMPION)
         if champion is None:

@@ -381,7 +381,9 @@ def _experiment_id(cfg: SelfhealConfig) -> str:
         return str(experiment.experiment_id)
     location = Path(cfg.artifact_root).as_uri() if "://" not in cfg.artifact_root else cfg.artifact_root
     return str(
-        registry.call("create the experiment", lambda c: c.create_experiment(cfg.project, artifact_location=location))
+        registry.call(
+            "create the experiment", lambda c: c.create_experiment(cfg.project, artifact_location=location), wait=True
+        )
     )
 
 
@@ -453,7 +455,9 @@ def _rollback_challenger(txn: Transaction) -> None:
     run_id = txn.get("challenger_run_id", None)
     if rejection and run_id:
         # The MLflow run stays as the record of why; the registry goes back to how it was.
-        registry.call(f"tag run {run_id}", lambda c: c.set_tag(run_id, "selfheal.gate", f"rejected: {rejection}"))
+        registry.call(
+            f"tag run {run_id}", lambda c: c.set_tag(run_id, "selfheal.gate", f"rejected: {rejection}"), wait=True
+        )
     registry.delete_alias(CHALLENGER)
     registry.delete_version(version)
 

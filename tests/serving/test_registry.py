@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -73,3 +75,26 @@ def test_missing_model_alias_and_version_are_answers(registry: ModelRegistry) ->
     registry.call("create", lambda c: c.create_registered_model("m"))
     assert registry.by_alias("champion") is None
     registry.delete_alias("champion")  # nothing to delete: no error
+
+
+def test_a_bounded_read_gives_up_on_a_locked_store_and_a_write_waits(tmp_path: Path) -> None:
+    """Reads with ``read_seconds`` are abandoned while the store is locked; writes are never abandoned."""
+    from chaos.registry.actions import make_tracking_store_unreachable, restore_tracking_store
+    from serving import processes
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    registry = ModelRegistry("m", tracking_uri=uri, attempts=3, wait_max_seconds=0.01, read_seconds=0.5)
+    registry.client.create_registered_model("m")  # the schema exists and the client is built
+    locked = make_tracking_store_unreachable(uri, duration=60)
+    try:
+        for read in (lambda: registry.by_alias("champion"), registry.versions, registry.model_tags):
+            with pytest.raises(RegistryUnavailable, match=r"no answer from the registry within 0\.5 s"):
+                read()
+        assert processes.alive(locked["pid"]), "a read waited until the lock was lifted"
+        writing = ThreadPoolExecutor(1).submit(registry.set_model_tag, "k", "v")
+        time.sleep(2 * 0.5)  # past the read bound: a bounded write would have failed by now
+        assert not writing.done(), "the write was abandoned or failed while the store was locked"
+    finally:
+        restore_tracking_store(uri)
+    writing.result()  # ...and lands once it lifts: a write is never abandoned
+    assert registry.model_tag("k") == "v"
