@@ -248,15 +248,8 @@ def score(streams: list[Stream], alarms: dict[tuple[str, int], Alarms]) -> dict[
     return out
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--seeds", type=int, default=8, help="streams per kind (default 8)")
-    parser.add_argument("--windows", type=int, default=30, help="windows per stream (default 30)")
-    parser.add_argument("--onset", type=int, default=15, help="window of the drift onset (default 15)")
-    parser.add_argument("--skip-peer", action="store_true", help="skip Evidently")
-    args = parser.parse_args()
-
-    rng = np.random.default_rng(7)
+def _reference_and_model(rng: np.random.Generator) -> tuple[pd.DataFrame, LogisticRegression, dict[str, float]]:
+    """The reference window (scored), the model trained on it, and its metrics on a holdout."""
     reference = features(rng, REFERENCE_ROWS)
     reference["label"] = label_rule(reference, rng, concept=False)
     model = LogisticRegression(max_iter=1000).fit(design(reference), reference["label"])
@@ -265,16 +258,16 @@ def main() -> int:
     h_score = model.predict_proba(design(holdout))[:, 1]
     base = check_performance(holdout["label"], (h_score >= 0.5).astype(float), h_score, "binary", {}, None)
     assert base is not None
-    baseline = dict(base.metrics)
     reference["score"] = model.predict_proba(design(reference))[:, 1]
-    shown = json.dumps({k: round(v, 3) for k, v in baseline.items()})
-    print(f"reference {REFERENCE_ROWS} rows; holdout metrics {shown}")
-    print(f"{args.seeds} streams per kind x {args.windows} windows of {WINDOW} rows; onset at window {args.onset}")
+    return reference, model, dict(base.metrics)
 
-    streams = [make_stream(n, s, args.windows, args.onset, model) for n in STREAMS for s in range(args.seeds)]
+
+def _run_methods(
+    streams: list[Stream], reference: pd.DataFrame, baseline: dict[str, float], skip_peer: bool
+) -> tuple[dict[str, dict[tuple[str, int], Alarms]], dict[str, float]]:
+    """Each method's alarms per stream, and the seconds each method took."""
     t = MonitorThresholds()
     profile = ReferenceProfile.from_data(reference[[*NUMERIC, "merchant", "score"]], t.drift)
-
     methods: dict[str, dict[tuple[str, int], Alarms]] = {}
     timings: dict[str, float] = {}
 
@@ -285,7 +278,7 @@ def main() -> int:
 
     timed("ours", lambda: {(s.name, s.seed): run_ours(s, profile, baseline, t) for s in streams})
     timed("adwin", lambda: {(s.name, s.seed): run_adwin(s) for s in streams})
-    if not args.skip_peer:
+    if not skip_peer:
         python = ensure_peer_venv()
         with tempfile.TemporaryDirectory(prefix="detection-") as tmp:
             start = time.perf_counter()
@@ -293,8 +286,11 @@ def main() -> int:
             timings["evidently"] = time.perf_counter() - start
         methods["evidently_dataset"] = {k: v[0] for k, v in ev.items()}
         methods["evidently_anycol"] = {k: v[1] for k, v in ev.items()}
+    return methods, timings
 
-    scores = {m: score(streams, a) for m, a in methods.items()}
+
+def _print_report(scores: dict[str, dict[str, dict[str, float]]], timings: dict[str, float]) -> None:
+    """The delay table, the false-alarm rates, the timings and the verdict against each target."""
     print()
     header = f"{'stream':<12} " + " ".join(f"{m:>20}" for m in scores)
     print("median delay: windows (rows from onset until the alarm is known) [detected/runs]; inf = missed")
@@ -326,6 +322,24 @@ def main() -> int:
             f"target delay on {name:<12}: ours {ours[0]:g} windows ({ours[1]:g} rows) vs best peer "
             f"{best[0]:g} windows ({best[1]:g} rows) -> {'met' if ok else 'NOT met'}"
         )
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seeds", type=int, default=8, help="streams per kind (default 8)")
+    parser.add_argument("--windows", type=int, default=30, help="windows per stream (default 30)")
+    parser.add_argument("--onset", type=int, default=15, help="window of the drift onset (default 15)")
+    parser.add_argument("--skip-peer", action="store_true", help="skip Evidently")
+    args = parser.parse_args()
+
+    rng = np.random.default_rng(7)
+    reference, model, baseline = _reference_and_model(rng)
+    shown = json.dumps({k: round(v, 3) for k, v in baseline.items()})
+    print(f"reference {REFERENCE_ROWS} rows; holdout metrics {shown}")
+    print(f"{args.seeds} streams per kind x {args.windows} windows of {WINDOW} rows; onset at window {args.onset}")
+    streams = [make_stream(n, s, args.windows, args.onset, model) for n in STREAMS for s in range(args.seeds)]
+    methods, timings = _run_methods(streams, reference, baseline, args.skip_peer)
+    _print_report({m: score(streams, a) for m, a in methods.items()}, timings)
     return 0
 
 

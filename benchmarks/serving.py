@@ -242,6 +242,50 @@ def median_result(runs: list[Result]) -> Result:
     )
 
 
+def _measure_rounds(
+    args: argparse.Namespace, wrk: str, urls: dict[str, str], script: Path
+) -> dict[tuple[str, int], list[Result]]:
+    """Every round's result per server and connection count."""
+    runs: dict[tuple[str, int], list[Result]] = {}
+    # Both servers stay up (idle when not measured); runs alternate so background load hits both alike.
+    for round_ in range(args.rounds):
+        print(f"round {round_ + 1}/{args.rounds}", flush=True)
+        order = ["mlflow", "selfheal"] if round_ % 2 == 0 else ["selfheal", "mlflow"]
+        for c in args.connections:
+            for name in order:
+                result = measure(wrk, urls[name], script, name, c, args.duration, args.warmup, args.threads)
+                runs.setdefault((name, c), []).append(result)
+    return runs
+
+
+def _print_report(args: argparse.Namespace, runs: dict[tuple[str, int], list[Result]], logged: int) -> None:
+    """The medians per connection count, the ratios and the verdict against each target."""
+    print()
+    print(f"median of {args.rounds} rounds of {args.duration}s, wrk -t{args.threads}, {args.workers} workers each")
+    print(f"{'connections':>11} | {'mlflow req/s':>12} {'p50 ms':>8} {'p99 ms':>8} | "
+          f"{'selfheal req/s':>14} {'p50 ms':>8} {'p99 ms':>8} | {'throughput x':>12} {'p99 ratio':>9}")  # fmt: skip
+    verdicts = []
+    for c in args.connections:
+        theirs, ours = median_result(runs[("mlflow", c)]), median_result(runs[("selfheal", c)])
+        speedup = ours.rps / theirs.rps
+        p99_ratio = ours.p99_ms / theirs.p99_ms
+        print(
+            f"{c:>11} | {theirs.rps:>12.0f} {theirs.p50_ms:>8.2f} {theirs.p99_ms:>8.2f} | "
+            f"{ours.rps:>14.0f} {ours.p50_ms:>8.2f} {ours.p99_ms:>8.2f} | {speedup:>11.2f}x {p99_ratio:>9.3f}"
+        )
+        errors = ours.non_2xx + ours.socket_errors + theirs.non_2xx + theirs.socket_errors
+        if errors:
+            print(f"{'':>11}   non-2xx or socket errors: mlflow {theirs.non_2xx + theirs.socket_errors}, "
+                  f"selfheal {ours.non_2xx + ours.socket_errors}")  # fmt: skip
+        if c == 16:
+            verdicts.append(("throughput >= 3x mlflow at 16 connections", speedup >= 3.0, f"{speedup:.2f}x"))
+            verdicts.append(("p99 <= 1/3 of mlflow's at 16 connections", p99_ratio <= 1 / 3, f"{p99_ratio:.3f}"))
+    print()
+    print(f"selfheal inference log rows written: {logged} (breaker and fallback on)")
+    for what, ok, value in verdicts:
+        print(f"target {what}: {'MET' if ok else 'MISSED'} ({value})")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     load_arguments(parser, rounds="server and load")
@@ -268,51 +312,19 @@ def main() -> int:
     bin_dir = str(Path(sys.executable).parent)
     env = {**os.environ, "PATH": f"{bin_dir}:{os.environ.get('PATH', '')}", "MLFLOW_TRACKING_URI": tracking_uri}
     servers: dict[str, tuple[subprocess.Popen[bytes], str]] = {}
-    runs: dict[tuple[str, int], list[Result]] = {}
     try:
         servers["mlflow"] = start_mlflow(workdir, env, version, args.workers)
         servers["selfheal"] = start_selfheal(workdir, env, tracking_uri, args.workers)
         for name, (_, url) in servers.items():
             answer = httpx.post(url, content=body, headers={"content-type": "application/json"}).text.strip()
             print(f"{name} answers: {answer}", flush=True)
-        # Both servers stay up (idle when not measured); runs alternate so background load hits both alike.
-        for round_ in range(args.rounds):
-            print(f"round {round_ + 1}/{args.rounds}", flush=True)
-            order = ["mlflow", "selfheal"] if round_ % 2 == 0 else ["selfheal", "mlflow"]
-            for c in args.connections:
-                for name in order:
-                    result = measure(wrk, servers[name][1], script, name, c, args.duration, args.warmup, args.threads)
-                    runs.setdefault((name, c), []).append(result)
+        runs = _measure_rounds(args, wrk, {name: url for name, (_, url) in servers.items()}, script)
     finally:
         for proc, _ in servers.values():
             stop(proc)
     logged = _logged_rows(workdir / "lake")
 
-    # -- report ------------------------------------------------------------------------
-    print()
-    print(f"median of {args.rounds} rounds of {args.duration}s, wrk -t{args.threads}, {args.workers} workers each")
-    print(f"{'connections':>11} | {'mlflow req/s':>12} {'p50 ms':>8} {'p99 ms':>8} | "
-          f"{'selfheal req/s':>14} {'p50 ms':>8} {'p99 ms':>8} | {'throughput x':>12} {'p99 ratio':>9}")  # fmt: skip
-    verdicts = []
-    for c in args.connections:
-        theirs, ours = median_result(runs[("mlflow", c)]), median_result(runs[("selfheal", c)])
-        speedup = ours.rps / theirs.rps
-        p99_ratio = ours.p99_ms / theirs.p99_ms
-        print(
-            f"{c:>11} | {theirs.rps:>12.0f} {theirs.p50_ms:>8.2f} {theirs.p99_ms:>8.2f} | "
-            f"{ours.rps:>14.0f} {ours.p50_ms:>8.2f} {ours.p99_ms:>8.2f} | {speedup:>11.2f}x {p99_ratio:>9.3f}"
-        )
-        errors = ours.non_2xx + ours.socket_errors + theirs.non_2xx + theirs.socket_errors
-        if errors:
-            print(f"{'':>11}   non-2xx or socket errors: mlflow {theirs.non_2xx + theirs.socket_errors}, "
-                  f"selfheal {ours.non_2xx + ours.socket_errors}")  # fmt: skip
-        if c == 16:
-            verdicts.append(("throughput >= 3x mlflow at 16 connections", speedup >= 3.0, f"{speedup:.2f}x"))
-            verdicts.append(("p99 <= 1/3 of mlflow's at 16 connections", p99_ratio <= 1 / 3, f"{p99_ratio:.3f}"))
-    print()
-    print(f"selfheal inference log rows written: {logged} (breaker and fallback on)")
-    for what, ok, value in verdicts:
-        print(f"target {what}: {'MET' if ok else 'MISSED'} ({value})")
+    _print_report(args, runs, logged)
     if args.keep:
         print(f"kept {workdir}")
     else:

@@ -74,15 +74,11 @@ def _point_at(box: Sandbox, experiment: dict[str, Any], configuration: dict[str,
 
 def after_experiment_control(context: dict[str, Any], state: Any = None, **kwargs: Any) -> None:
     """Stop a sandbox this control started."""
-    _stop_started()
+    cleanup_control()
 
 
 def cleanup_control() -> None:
-    """Same as after the experiment, for an experiment that ended abnormally."""
-    _stop_started()
-
-
-def _stop_started() -> None:
+    """Stop the sandboxes this control started (Chaos Toolkit calls this at cleanup too, also after an abnormal end)."""
     while _started:
         box = _started.pop()
         box.down()

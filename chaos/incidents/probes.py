@@ -34,6 +34,15 @@ def _incidents(lake_root: str, table: str) -> list[Incident]:
     return IncidentLog(Lake(lake_root), table).incidents()
 
 
+def _mine(lake_root: str, table: str, cause: str, fault_at: float) -> list[Incident]:
+    since = fault_at - _SKEW_SECONDS
+    return [i for i in _incidents(lake_root, table) if i.cause == cause and i.detected_at.timestamp() >= since]
+
+
+def _states(incidents: list[Incident]) -> str:
+    return "; ".join(f"{i.id} {i.state.value}" for i in incidents)
+
+
 def open_incidents(lake_root: str, cause: str | None = None, table: str = INCIDENTS) -> int:
     """How many incidents (of the cause, if given) are neither RESOLVED nor ESCALATED."""
     return sum(1 for i in _incidents(lake_root, table) if not i.state.closed and cause in (None, i.cause))
@@ -58,8 +67,7 @@ def seconds_until_incident_resolved(
 
     def look_after_fault() -> Check:
         assert fault_at is not None
-        since = fault_at - _SKEW_SECONDS
-        mine = [i for i in _incidents(lake_root, table) if i.cause == cause and i.detected_at.timestamp() >= since]
+        mine = _mine(lake_root, table, cause, fault_at)
         if not mine:
             return Check(False, f"no {cause} incident detected since the fault")
         for incident in mine:
@@ -69,33 +77,23 @@ def seconds_until_incident_resolved(
         escalated = [i for i in mine if i.state == State.ESCALATED]
         if escalated and len(escalated) == len(mine):
             return Check(False, f"{escalated[-1].id} ESCALATED: {escalated[-1].last.detail}", fatal=True)
-        return Check(False, "; ".join(f"{i.id} {i.state.value}" for i in mine))
+        return Check(False, _states(mine))
 
     def look_steady() -> Check:
         still = [i for i in _incidents(lake_root, table) if i.cause == cause and not i.state.closed]
-        return Check(not still, "; ".join(f"{i.id} {i.state.value}" for i in still) or f"no open {cause} incident")
+        return Check(not still, _states(still) or f"no open {cause} incident")
 
     if fault_at is None:
         poll_until(look_steady, timeout=timeout, what=f"no open {cause} incident", started_at=ledger.clock_start(None))
         return 0.0
-    poll_until(
-        look_after_fault,
-        timeout=timeout,
-        what=f"{cause} incident RESOLVED",
-        started_at=fault_at,
-        interval=interval,
-    )
+    what = f"{cause} incident RESOLVED"
+    poll_until(look_after_fault, timeout=timeout, what=what, started_at=fault_at, interval=interval)
     return max(0.0, resolved_at[-1] - fault_at)
 
 
 def _closed_at(incident: Incident) -> float | None:
     closed = incident.resolved_at
     return closed.timestamp() if closed is not None else None
-
-
-def _mine(lake_root: str, table: str, cause: str, fault_at: float) -> list[Incident]:
-    since = fault_at - _SKEW_SECONDS
-    return [i for i in _incidents(lake_root, table) if i.cause == cause and i.detected_at.timestamp() >= since]
 
 
 def seconds_incident_stays_open(
@@ -129,9 +127,7 @@ def seconds_incident_stays_open(
             late = time.time() - fault_at > detect_seconds
             return Check(False, f"no {cause} incident within {detect_seconds:g} s of the fault", fatal=late)
         opened[:] = [min(i.detected_at.timestamp() for i in mine)]
-        if time.time() < hold_until:
-            return Check(False, "; ".join(f"{i.id} {i.state.value}" for i in mine))
-        return Check(True, "; ".join(f"{i.id} {i.state.value}" for i in mine))
+        return Check(time.time() >= hold_until, _states(mine))
 
     what = f"{cause} incident open for {hold_seconds:g} s of fault"
     poll_until(look, timeout=hold_seconds + interval * 3, what=what, started_at=fault_at, interval=interval)
@@ -178,7 +174,7 @@ def seconds_until_incident_resolved_after_restore(
             if incident.state == State.RESOLVED:
                 resolved_at.append(_closed_at(incident) or time.time())
                 return Check(True, f"{incident.id} RESOLVED by {incident.last.remedy}: {incident.last.detail}")
-        return Check(False, "; ".join(f"{i.id} {i.state.value}" for i in during))
+        return Check(False, _states(during))
 
     what = f"{cause} incident RESOLVED after the restore"
     poll_until(look, timeout=timeout, what=what, started_at=restored_at, interval=interval)
@@ -217,14 +213,9 @@ def seconds_until_incident_names_fault(
             if incident.state.closed and all(name in evidence for name in names):
                 closed_at.append(incident.last.ts.timestamp())
                 return Check(True, f"{incident.id} {incident.state.value} naming {', '.join(names)}")
-        seen = "; ".join(f"{i.id} {i.state.value}" for i in mine) or f"no {cause} incident since the fault"
+        seen = _states(mine) or f"no {cause} incident since the fault"
         return Check(False, f"{seen} (waiting for one closed naming {', '.join(names)})")
 
-    poll_until(
-        look,
-        timeout=timeout,
-        what=f"{cause} incident closed naming the fault's files",
-        started_at=fault_at,
-        interval=interval,
-    )
+    what = f"{cause} incident closed naming the fault's files"
+    poll_until(look, timeout=timeout, what=what, started_at=fault_at, interval=interval)
     return max(0.0, closed_at[-1] - fault_at)

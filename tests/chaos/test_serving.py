@@ -53,16 +53,25 @@ def workload(fraud_store: FraudStore, tmp_path: Path) -> Iterator[Callable[[str]
         load.log.close()
 
 
-def test_kill_worker_is_replaced_while_the_other_keeps_answering(
-    live_server: Callable[..., LiveServer],
-    workload: Callable[[str], Workload],
-    config: dict[str, Any],
-    payload: Path,
-    tmp_path: Path,
-) -> None:
+@pytest.fixture
+def server_under_load(
+    live_server: Callable[..., LiveServer], workload: Callable[[str], Workload], tmp_path: Path
+) -> LiveServer:
+    """A live server whose clients have already been answered (a fault then hits a server in use)."""
     server = live_server()
     workload(server.url)
-    time.sleep(2.0)
+
+    def answered() -> bool:
+        return sum(o.ok for o in read_outcomes(tmp_path / "traffic.jsonl")) >= 20
+
+    processes.wait_until(answered, 30.0, "20 answered client requests")
+    return server
+
+
+def test_kill_worker_is_replaced_while_the_other_keeps_answering(
+    server_under_load: LiveServer, config: dict[str, Any], payload: Path, tmp_path: Path
+) -> None:
+    server = server_under_load
     before = processes.children(server.proc.pid)
     killed = actions.kill_worker(server.url, configuration=config)
     assert killed["pid"] in before and killed["master"] == server.proc.pid
@@ -79,15 +88,9 @@ def test_kill_worker_is_replaced_while_the_other_keeps_answering(
 
 
 def test_a_hung_worker_is_replaced_by_the_heartbeat_while_the_other_keeps_answering(
-    live_server: Callable[..., LiveServer],
-    workload: Callable[[str], Workload],
-    config: dict[str, Any],
-    payload: Path,
-    tmp_path: Path,
+    server_under_load: LiveServer, config: dict[str, Any], payload: Path, tmp_path: Path
 ) -> None:
-    server = live_server()
-    workload(server.url)
-    time.sleep(2.0)
+    server = server_under_load
     assert probes.seconds_until_worker_replaced(server.url, workers=2, timeout=5, configuration=config) < 5
     hung = actions.hang_worker(server.url, configuration=config)
     assert hung["master"] == server.proc.pid and processes.stopped(hung["pid"])
@@ -192,9 +195,7 @@ def _log(path: Path, outcomes: list[tuple[float, bool]]) -> None:
 
 
 def test_availability_counts_the_window_after_the_fault(tmp_path: Path, config: dict[str, Any]) -> None:
-    fault = time.time() - 3.0
-    with open(config["selfheal_ledger"], "a") as fh:
-        fh.write(json.dumps({"event": "fault", "at": fault, "fault": "x", "detail": {}}) + "\n")
+    fault = ledger.record(config, "fault", fault="x", at=time.time() - 3.0)
     path = tmp_path / "t.jsonl"
     # Before the fault: failures (outside the window); in the 2.5 s after it: 19 of 20 answered.
     _log(
@@ -207,9 +208,7 @@ def test_availability_counts_the_window_after_the_fault(tmp_path: Path, config: 
 
 
 def test_availability_during_fault_counts_the_outage(tmp_path: Path, config: dict[str, Any]) -> None:
-    fault = time.time() - 4.0
-    with open(config["selfheal_ledger"], "a") as fh:
-        fh.write(json.dumps({"event": "fault", "at": fault, "fault": "x", "detail": {}}) + "\n")
+    fault = ledger.record(config, "fault", fault="x", at=time.time() - 4.0)
     path = tmp_path / "t.jsonl"
     # A 1 s outage right after the fault (10 refused), then 30 answered: the outage counts.
     _log(
