@@ -52,6 +52,7 @@ DEFAULT_MTTR_SECONDS: dict[str, float] = {
     "data-partial-write": 120.0,
     "data-resent-rows": 120.0,
     "data-non-file-entry": 120.0,
+    "lake-torn-commit": 120.0,
 }
 DEFAULT_HEALING_OFF_MTTR_SECONDS = 30.0
 

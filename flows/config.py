@@ -268,12 +268,13 @@ DEFAULT_POLICY: dict[str, list[str]] = {
     "data_drift": ["retrain", "hold_fallback"],
     "latency": ["light_model", "restart_serving"],
     "stale_data": ["quarantine_backfill", "hold_fallback"],
+    "lake_corrupted": ["recover_tables"],
 }
 DEFAULT_COSTS: dict[str, float] = {
     "retrain": 10.0,
     "quarantine_backfill": 3.0,
     "impute": 2.0,
-    "restore_tables": 2.0,
+    "recover_tables": 1.0,
     "rollback": 1.0,
     "light_model": 1.0,
     "restart_serving": 1.0,

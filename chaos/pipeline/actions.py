@@ -1,4 +1,6 @@
-"""Pipeline fault: a run killed mid-stage (SIGKILL), as a lost worker or an OOM kill would.
+"""Pipeline faults: a run killed mid-stage (SIGKILL), as a lost worker or an OOM kill would;
+a stage table's commit torn, as a writer that crashed on a store without atomic puts (or a
+damaged disk) leaves it.
 
 The action starts the pipeline command itself or finds a run already going (one the
 schedule started), watches the lake to see where the run is (a stage's output table
@@ -17,8 +19,10 @@ Stages, by what marks their start:
 # No ``from __future__ import annotations``: discovery reads these annotations at run time.
 
 import logging
+import os
 import subprocess
 import time
+from pathlib import Path
 from typing import Any
 
 from chaoslib.exceptions import ActivityFailed
@@ -27,10 +31,10 @@ from chaoslib.types import Configuration
 from chaos import _landing, ledger
 from chaos.serving._server import start_detached
 from checkpoints import Lake
-from checkpoints.exceptions import CheckpointError
+from checkpoints.exceptions import CheckpointError, CheckpointNotFound
 from serving import processes
 
-__all__ = ["kill_pipeline_run", "run_pipeline_if_behind"]
+__all__ = ["kill_pipeline_run", "run_pipeline_if_behind", "set_aside_torn_commit", "tear_newest_commit"]
 
 logger = logging.getLogger(__name__)
 
@@ -149,3 +153,54 @@ def run_pipeline_if_behind(
     after = _landing.account(landing_path, lake_root)
     ledger.record(configuration, "restore", fault="run_pipeline_if_behind", detail={"exit_code": code})
     return {"ran": True, "reason": reason, "exit_code": code, "detail": after.summary()}
+
+
+def _write_new(path: Path, raw: bytes) -> bool:
+    """Create ``path`` with ``raw`` unless it exists (a writer committed that version first)."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    except FileExistsError:
+        return False
+    try:
+        os.write(fd, raw)
+    finally:
+        os.close(fd)
+    return True
+
+
+def tear_newest_commit(
+    lake_root: str, table: str = "silver", configuration: Configuration | None = None
+) -> dict[str, Any]:
+    """Leave a torn commit on ``table``: the next log entry holds half of the newest entry's first line.
+
+    That is what a writer that crashed mid-put leaves on a store without atomic puts:
+    the table no longer opens (every reader and every pipeline run fails on it) until
+    the torn entry is set aside. Nothing undoes it but a repair (or the rollback).
+    """
+    lake = Lake(lake_root)
+    if not lake.exists(table):
+        raise ActivityFailed(f"no table {table!r} under {lake_root} to tear")
+    log = Path(lake_root) / table / "_delta_log"
+    for _ in range(50):  # a pipeline run may commit the same version first: take the next one
+        newest = lake.version(table)
+        first_line = (log / f"{newest:020d}.json").read_bytes().split(b"\n", 1)[0]
+        torn = newest + 1
+        if _write_new(log / f"{torn:020d}.json", first_line[: len(first_line) // 2]):
+            break
+    else:
+        raise ActivityFailed(f"could not add a torn entry to {table!r}: its log kept moving")
+    at = ledger.record(configuration, "fault", fault="tear_newest_commit", detail={"table": table, "version": torn})
+    logger.info("table %s: log entry %d torn (the table read at version %d before)", table, torn, newest)
+    return {"table": table, "torn_version": torn, "last_good_version": newest, "at": at}
+
+
+def set_aside_torn_commit(
+    lake_root: str, table: str = "silver", configuration: Configuration | None = None
+) -> dict[str, Any]:
+    """Rollback of ``tear_newest_commit``: set the torn entry aside if nothing repaired it yet."""
+    try:
+        version = Lake(lake_root).recover(table)
+    except CheckpointNotFound:
+        return {"table": table, "recovered": False, "detail": "the table reads: nothing torn"}
+    ledger.record(configuration, "restore", fault="set_aside_torn_commit", detail={"table": table})
+    return {"table": table, "recovered": True, "version": version}

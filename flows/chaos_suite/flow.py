@@ -85,6 +85,7 @@ ORDER = (
     "data-resent-rows",
     "data-non-file-entry",
     "pipeline-kill-mid-stage",
+    "lake-torn-commit",
     "network-throttle-serving",
     "network-cut-serving",
     "network-cut-tracking",

@@ -28,7 +28,7 @@ import httpx
 from prefect import flow, get_run_logger
 
 from checkpoints import Lake
-from checkpoints.exceptions import RegistryUnavailable
+from checkpoints.exceptions import CheckpointCorrupted, RegistryUnavailable
 from checkpoints.incidents import Incident, IncidentLog, State, Transition, to_report
 from checkpoints.leases import claim
 from checkpoints.metrics import METRICS_TABLE, metric_values
@@ -40,6 +40,7 @@ from flows.healer.remedies import (
     Outcome,
     get_remedy,
     server_ready,
+    torn_tables,
     tracking_store_error,
 )
 from flows.metrics import lower_is_better
@@ -101,6 +102,12 @@ def probe_serving(ctx: HealContext, now: datetime) -> list[Signal]:
         if champion is not None and champion.version == str(refused.get("version")):
             return [_probe_signal(SignalKind.MODEL_REFUSED, {"refused": refused}, now)]
     return []
+
+
+def probe_lake(ctx: HealContext, now: datetime) -> list[Signal]:
+    """Every stage table reads? (A torn newest commit fails every pipeline run until it is set aside.)"""
+    torn = torn_tables(ctx.lake)
+    return [_probe_signal(SignalKind.LAKE_CORRUPTED, {"torn": torn}, now)] if torn else []
 
 
 def probe_quarantine(ctx: HealContext, since: datetime, now: datetime) -> list[Signal]:
@@ -458,13 +465,14 @@ def observe(ctx: HealContext, since: datetime, run_monitor: bool = True) -> Obse
     observation = Observation(started_at=datetime.now(UTC))
     now = observation.started_at
     upstream = probe_upstream(ctx, now)
-    observation.signals += upstream
+    torn = probe_lake(ctx, now)
+    observation.signals += upstream + torn
     observation.signals += probe_serving(ctx, now)
     observation.signals += probe_quarantine(ctx, since, now)
-    if run_monitor and not upstream:
+    if run_monitor and not upstream and not torn:
         try:
             observation.signals += monitor_pass(cfg)
-        except (RegistryUnavailable, OSError) as exc:
+        except (RegistryUnavailable, CheckpointCorrupted, OSError) as exc:
             logger.warning("monitor pass failed: %s", exc)
     return observation
 

@@ -25,7 +25,13 @@ from mlflow.exceptions import MlflowException
 from sqlalchemy.exc import SQLAlchemyError
 
 from checkpoints import Lake
-from checkpoints.exceptions import CheckpointCorrupted, RegistryUnavailable, SelfhealError, ServingUnavailable
+from checkpoints.exceptions import (
+    CheckpointCorrupted,
+    CheckpointNotFound,
+    RegistryUnavailable,
+    SelfhealError,
+    ServingUnavailable,
+)
 from checkpoints.incidents import Incident
 from checkpoints.quarantine import imputed_key
 from flows.config import SelfhealConfig
@@ -249,32 +255,46 @@ class LightModel(Rollback):
     target_alias = LIGHT
 
 
-class RestoreTables(Remedy):
-    """Restore every stage table to the last consistent manifest."""
+class RecoverTables(Remedy):
+    """Set aside the torn newest commit of each stage table that cannot be read.
 
-    name, cost = "restore_tables", 2.0
+    A torn log entry is a commit that never finished (a crashed writer on a store without
+    atomic puts, a damaged disk): set aside under ``_delta_log/_corrupted/`` (kept for
+    inspection), the table reads at its last good version, and the pipeline's next run
+    redoes the unfinished run from the last complete manifest, landing each row once.
+    """
+
+    name, cost = "recover_tables", 1.0
 
     def plan(self, ctx: HealContext, incident: Incident) -> dict[str, Any]:
-        manifest = ctx.lake.last_manifest()
-        return {"manifest": manifest.run_id if manifest else None, "stages": manifest.stages if manifest else {}}
+        return {"tables": sorted(torn_tables(ctx.lake))}
 
     def apply(self, ctx: HealContext, incident: Incident, plan: dict[str, Any], key: str) -> Outcome:
-        if not plan["stages"]:
-            return Outcome(False, "no consistent manifest to restore to")
-        for table, version in plan["stages"].items():
+        recovered = {}
+        for table in plan["tables"]:
             try:
-                ctx.lake.restore(table, version, key=f"{key}:{table}")
-            except CheckpointCorrupted:  # a torn log entry is set aside, then the table restored
-                ctx.lake.recover(table)
-                ctx.lake.restore(table, version, key=f"{key}:{table}")
-        return Outcome(True, f"tables restored to manifest {plan['manifest']}: {plan['stages']}")
+                recovered[table] = ctx.lake.recover(table)
+            except CheckpointNotFound:  # already recovered (a healer killed after this step): nothing torn now
+                recovered[table] = ctx.lake.version(table)
+        return Outcome(True, f"torn commits set aside; tables read at versions {recovered}", {"versions": recovered})
 
     def verify(self, ctx: HealContext, incident: Incident, plan: dict[str, Any], since: datetime) -> Outcome:
-        for table, version in plan["stages"].items():
-            now, then = ctx.lake.read(table), ctx.lake.read(table, version=version)
-            if now.num_rows != then.num_rows or now.schema != then.schema:
-                return Outcome(False, f"{table} does not match manifest version {version}")
-        return Outcome(True, "every table reads as in the manifest")
+        torn = torn_tables(ctx.lake)
+        if torn:
+            return Outcome(False, f"still torn: {torn}", pending=True)
+        return Outcome(True, f"{', '.join(plan['tables']) or 'every stage table'} reads again")
+
+
+def torn_tables(lake: Lake) -> dict[str, str]:
+    """The stage tables (those the last complete manifest names) whose newest commit cannot be read."""
+    manifest = lake.last_manifest()
+    torn = {}
+    for table in sorted(manifest.stages) if manifest is not None else []:
+        try:
+            lake.version(table)
+        except CheckpointCorrupted as exc:
+            torn[table] = str(exc)
+    return torn
 
 
 class QuarantineBackfill(Remedy):
@@ -385,7 +405,7 @@ class HoldFallback(Remedy):
 
 REMEDIES: dict[str, Callable[[], Remedy]] = {
     cls.name: cls
-    for cls in (Retrain, Rollback, LightModel, RestoreTables, QuarantineBackfill, Impute, RestartServing, HoldFallback)
+    for cls in (Retrain, Rollback, LightModel, RecoverTables, QuarantineBackfill, Impute, RestartServing, HoldFallback)
 }
 
 

@@ -37,6 +37,8 @@ class SignalKind(StrEnum):
     UPSTREAM_OUTAGE = "upstream_outage"
     MODEL_REFUSED = "model_refused"
     """The server refused to load @champion (foreign artifact store, pickle, untrusted type)."""
+    LAKE_CORRUPTED = "lake_corrupted"
+    """A stage table's newest commit cannot be read (a torn log entry: a crashed writer, a damaged disk)."""
 
 
 class Severity(StrEnum):

@@ -59,6 +59,8 @@ ACTIVITIES = [
     ("chaos.registry.probes", "seconds_until_tracking_store_answers"),
     ("chaos.pipeline.actions", "kill_pipeline_run"),
     ("chaos.pipeline.actions", "run_pipeline_if_behind"),
+    ("chaos.pipeline.actions", "set_aside_torn_commit"),
+    ("chaos.pipeline.actions", "tear_newest_commit"),
     ("chaos.pipeline.probes", "seconds_until_pipeline_caught_up"),
     ("chaos.incidents.probes", "open_incidents"),
     ("chaos.incidents.probes", "seconds_incident_stays_open"),

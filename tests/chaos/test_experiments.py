@@ -29,6 +29,7 @@ LOCAL_NAMES = [
     "data-non-file-entry",
     "data-partial-write",
     "data-resent-rows",
+    "lake-torn-commit",
     "network-cut-serving",
     "network-cut-tracking",
     "network-throttle-serving",

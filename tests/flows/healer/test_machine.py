@@ -309,3 +309,44 @@ def test_with_healing_off_a_refused_champion_stays_and_its_incident_stays_open(t
     [incident] = healer.log.incidents()
     assert incident.cause == "bad_deploy" and not incident.state.closed
     assert healer.ctx.registry.by_alias(CHAMPION).version == "2"  # type: ignore[union-attr]
+
+
+# -- a torn commit in a stage table (issue 14: lake-torn-commit) ------------------------------
+def _tick_on_lake(healer: Healer, ticks: int) -> None:
+    from flows.healer.machine import probe_lake
+
+    for _ in range(ticks):
+        now = datetime.now(UTC)
+        healer.tick(Observation(now, probe_lake(healer.ctx, now)))
+
+
+@pytest.mark.parametrize("healing", [True, False])
+def test_a_torn_commit_is_set_aside_and_the_next_run_lands_the_new_batch(system: dict[str, Any], healing: bool) -> None:
+    """Every run fails at a torn silver until the healer sets the entry aside; healing off leaves it."""
+    from chaos.pipeline.actions import tear_newest_commit
+    from checkpoints.exceptions import CheckpointCorrupted
+
+    tmp, frame = system["tmp"], system["frame"]
+    config = _rewrite(system, healing={"enabled": healing})
+    lake_root = str(load_config(config).lake.root)
+    torn = tear_newest_commit(lake_root, table="silver")
+    write_batches(frame.iloc[380:], tmp / "landing", parts=1, start=2)
+    with pytest.raises(CheckpointCorrupted):
+        pipeline_flow(str(config))  # the run fails at the torn table, not on the batch's content
+    healer = _healer(config)
+    _tick_on_lake(healer, ticks=3)
+    (incident,) = healer.log.incidents()
+    assert incident.cause == "lake_corrupted"
+    if not healing:
+        assert incident.state == State.DIAGNOSED and "silver" in incident.evidence["torn"]
+        with pytest.raises(CheckpointCorrupted):
+            healer.ctx.lake.version("silver")
+        return
+    assert incident.state == State.RESOLVED, incident.last.detail
+    assert incident.remedies_tried == ["recover_tables"]
+    assert healer.ctx.lake.version("silver") == torn["last_good_version"]
+    kept = Path(lake_root) / "silver" / "_delta_log" / "_corrupted" / f"{torn['torn_version']:020d}.json"
+    assert kept.is_file()  # set aside for inspection, never deleted
+    assert pipeline_flow(str(config)).outcome in ("promoted", "rejected")  # it trained on the new batch
+    assert healer.ctx.lake.version("silver") > torn["last_good_version"]
+    assert healer.ctx.lake.read("bronze").num_rows == len(frame)  # the new batch landed once
