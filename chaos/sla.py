@@ -49,6 +49,7 @@ DEFAULT_MTTR_SECONDS: dict[str, float] = {
     "data_drift": 120.0,
     "concept_drift": 120.0,
     "pipeline-kill-mid-stage": 120.0,
+    "data-nested-column": 120.0,
     "data-partial-write": 120.0,
     "data-resent-rows": 120.0,
     "data-non-file-entry": 120.0,
