@@ -9,6 +9,7 @@ worker processes as at the start, and prints the status counts.
 
 from __future__ import annotations
 
+import json
 import socket
 from collections import Counter
 from collections.abc import Iterator
@@ -34,6 +35,8 @@ QUEUE_ROWS = 200_000  # the default SELFHEAL_LOG_QUEUE_ROWS
 FEEDBACK_LIMIT = 10_000  # the default SELFHEAL_MAX_FEEDBACK_LABELS
 #: Status counts of every generated request, by source (the last test sums them).
 FUZZED: dict[str, Counter[int]] = {"schemathesis": Counter(), "hypothesis": Counter()}
+#: What the 55 MB body did to the workers' memory (printed with the counts).
+MEASURED: dict[str, int] = {}
 
 
 @pytest.fixture(scope="module")
@@ -67,6 +70,7 @@ def test_a_55_mb_feedback_body_is_refused_without_growing_a_worker(server: LiveS
     chunks = (body[i : i + (1 << 20)] for i in range(0, len(body), 1 << 20))  # no Content-Length: counted
     chunked = httpx.post(f"{server.url}/feedback", content=chunks, headers=JSON, timeout=60)
     grown = workers_rss(server) - before
+    MEASURED.update(body_mb=len(body) >> 20, rss_before_mb=before >> 20, rss_grown_mb=grown >> 20)
     for answer in (declared, chunked):
         assert answer.status_code == 413, answer.text[:300]
         assert f"the limit is {LIMIT} bytes (SELFHEAL_MAX_BODY_BYTES)" in answer.json()["detail"]
@@ -122,6 +126,14 @@ def test_a_malformed_feedback_body_is_422_not_500(server: LiveServer, body: byte
     answer = post(server, "/feedback", body)
     assert answer.status_code == 422, answer.text[:300]
     assert answer.json()["detail"][0]["loc"][-1] == field
+
+
+def test_an_integer_beyond_int64_is_422_not_a_rounded_prediction(server: LiveServer, model_store: ModelStore) -> None:
+    """The JSON parser hands an integer beyond int64 over as a float; it was rounded and answered (200)."""
+    record = {**model_store.records(1)[0], "visits": -(2**63) - 1}
+    answer = post(server, "/predict", json.dumps({"dataframe_records": [record]}).encode())
+    assert answer.status_code == 422, answer.text[:300]
+    assert answer.json()["detail"][0]["loc"] == ["body", "dataframe_records", 0, "visits"]
 
 
 def test_feedback_names_unknown_fields_and_admin_names_a_bad_version(server: LiveServer) -> None:
@@ -196,8 +208,6 @@ def predict_bodies(draw: st.DrawFn, record: dict[str, Any]) -> Any:
 
 
 def _encode(value: Any) -> bytes:
-    import json
-
     return json.dumps(value, allow_nan=True).encode("utf-8", "surrogatepass")
 
 
@@ -257,7 +267,7 @@ def test_no_5xx_and_no_worker_restart_over_every_generated_request(
         pytest.skip("run with the schemathesis and hypothesis tests of this module")
     report = {source: dict(sorted(counts.items())) for source, counts in FUZZED.items()}
     with capsys.disabled():
-        print(f"\nrequests fuzzed: {total}; status counts: {report}")
+        print(f"\nrequests fuzzed: {total}; status counts: {report}; 55 MB body: {MEASURED}")
     server_errors = {s: n for counts in FUZZED.values() for s, n in counts.items() if s >= 500}
     assert not server_errors, report
     assert total >= 2000, report
