@@ -241,7 +241,7 @@ def test_hypothesis_bodies(
         assert answer.status_code < 500, (path, body[:200], answer.text[:300])
 
 
-def test_a_slowloris_body_cut_at_the_limit_leaves_the_server_serving(server: LiveServer) -> None:
+def test_an_endless_chunked_body_is_cut_at_the_limit_and_the_server_goes_on(server: LiveServer) -> None:
     """A chunked body that never ends is cut once it passes the limit (read through a raw socket)."""
     with socket.create_connection(("127.0.0.1", server.port), timeout=60) as sock:
         head = b"POST /feedback HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
