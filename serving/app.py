@@ -20,9 +20,12 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI
+from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from serving.limits import BodyLimitMiddleware, http_error, validation_error
 from serving.routers import admin, feedback, predict, probes
 from serving.settings import ServerSettings, forbid_pickle
 from serving.state import ServingState
@@ -75,14 +78,19 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
 
 
 def _openapi_with_model(app: FastAPI) -> dict[str, Any]:
-    """The OpenAPI document, with the loaded model's record schema in ``/predict``'s body."""
+    """The OpenAPI document, with the loaded model's record schema in ``/predict``'s body.
+
+    ``/feedback``'s label lists the labels the server accepts now (see ``serving.routers.feedback``).
+    """
     if app.openapi_schema is None:
         app.openapi_schema = get_openapi(title=app.title, version=app.version, routes=app.routes)
     document = copy.deepcopy(app.openapi_schema)
     state: ServingState | None = getattr(app.state, "serving", None)
     schema = state.watcher.models.schema if state is not None else None
     record = schema.record_schema() if schema is not None else {"type": "object"}
-    document.setdefault("components", {}).setdefault("schemas", {})["Record"] = record
+    schemas = document.setdefault("components", {}).setdefault("schemas", {})
+    schemas["Record"] = record
+    feedback.describe_body(document, state)
     return document
 
 
@@ -98,6 +106,9 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
         lifespan=_lifespan,
     )
     app.state.settings = settings
+    app.add_exception_handler(RequestValidationError, validation_error)
+    app.add_exception_handler(StarletteHTTPException, http_error)
+    app.add_middleware(BodyLimitMiddleware, limit=settings.max_body_bytes)  # inside the metrics: 413s are counted
     app.add_middleware(_MetricsMiddleware)
     app.include_router(predict.router)
     app.include_router(feedback.router)

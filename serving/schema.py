@@ -28,6 +28,7 @@ from checkpoints.exceptions import SelfhealError
 _MISSING = object()
 _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 _INT32_MIN, _INT32_MAX = -(2**31), 2**31 - 1
+_EXACT_FLOAT_INT = 2**53
 _MAX_ERRORS = 20
 
 #: MLflow column types the server validates, with a word a person understands.
@@ -123,8 +124,12 @@ def _int_checker(lo: int, hi: int) -> Callable[[Any], Any]:
             if lo <= value <= hi:
                 return value
             raise _Bad(f"is out of range [{lo}, {hi}]")
-        if type(value) is float and value.is_integer() and lo <= value <= hi:
-            return int(value)
+        if type(value) is float and value.is_integer():
+            # Beyond 2**53 a float is not the integer that was sent (the JSON parser gives a float
+            # for an integer beyond int64): refused rather than rounded.
+            if -_EXACT_FLOAT_INT <= value <= _EXACT_FLOAT_INT and lo <= value <= hi:
+                return int(value)
+            raise _Bad(f"is out of range [{lo}, {hi}] or not an exact integer")
         raise _Bad("")
 
     return check

@@ -105,6 +105,20 @@ class ServerSettings(BaseSettings):
     batch_stall_seconds: float = Field(default=0.05, gt=0)
     max_request_rows: int = Field(default=1000, ge=1)
     max_body_bytes: int = Field(default=8_000_000, ge=1024)
+    """Largest request body on any POST route, counted while it is read (413 beyond it)."""
+    max_feedback_labels: int = Field(default=10_000, ge=1)
+    """Labels per ``POST /feedback``; never more than ``log_queue_rows`` (see ``feedback_limit``)."""
+
+    # -- the labels feedback may carry ---------------------------------------
+    task: Literal["binary", "multiclass", "regression"] | None = Field(
+        default=None, validation_alias=_env("TASK", "DATA__TASK")
+    )
+    """``data.task``; None: the loaded model's (a classifier's classes, else any finite number)."""
+    label_values: list[float | str] | None = Field(
+        default=None, validation_alias=_env("LABEL_VALUES", "DATA__EXPECTATIONS__LABEL_VALUES")
+    )
+    """``data.expectations.label_values``: the labels ``/feedback`` accepts. Names (strings) are
+    accepted as their index among the model's classes, as the inference log stores them."""
 
     # -- the inference log --------------------------------------------------
     inference_log: bool = True
@@ -154,6 +168,11 @@ class ServerSettings(BaseSettings):
     def resolved_artifact_root(self) -> str:
         """The artifact root versions must live under ("" refuses every version: none is configured)."""
         return self.artifact_root or default_artifact_root(self.tracking_uri) or ""
+
+    @property
+    def feedback_limit(self) -> int:
+        """Labels one ``/feedback`` request may carry: more than the log queue holds could never be queued."""
+        return min(self.max_feedback_labels, self.log_queue_rows)
 
     @property
     def breaker_policy(self) -> BreakerPolicy:

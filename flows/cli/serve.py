@@ -63,7 +63,11 @@ def server_environment(cfg: SelfhealConfig, port: int, base: dict[str, str] | No
         "SELFHEAL_RUNTIME_DIR": str(runtime),
         "SELFHEAL_ARTIFACT_ROOT": cfg.artifact_root,
         "SELFHEAL_TRUSTED_TYPES": json.dumps(cfg.trainer.trusted_types),
+        # What /feedback accepts as a label (the server never reads selfheal.yaml).
+        "SELFHEAL_TASK": cfg.data.task,
     }
+    if cfg.data.expectations.label_values is not None:
+        values["SELFHEAL_LABEL_VALUES"] = json.dumps(cfg.data.expectations.label_values)
     for key, value in values.items():
         env.setdefault(key, value)
     # Nested overrides (SELFHEAL_LAKE__ROOT=...) are already folded into cfg; drop them so the

@@ -13,7 +13,7 @@ import hmac
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Depends, HTTPException, Request
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from checkpoints.exceptions import RegistryUnavailable
 from serving.reload import ReloadReport, RollbackImpossible
@@ -39,12 +39,18 @@ _RESPONSES: dict[int | str, dict[str, Any]] = {
     401: {"description": "Missing or wrong bearer token"},
     404: {"description": "Admin endpoints are disabled (SELFHEAL_ADMIN_TOKEN unset)"},
     409: {"description": "The version could not be loaded; the old one keeps serving"},
+    413: {"description": "Body too large (SELFHEAL_MAX_BODY_BYTES)"},
+    422: {"description": "The body is not a rollback request; `detail` names the field"},
     502: {"description": "The model registry cannot be reached"},
 }
 
 
 class RollbackRequest(BaseModel):
-    version: str | None = Field(default=None, description="version to serve; default: the loaded @previous")
+    model_config = ConfigDict(extra="forbid")
+
+    version: str | None = Field(
+        default=None, pattern=r"^[0-9]{1,18}$", description="version to serve; default: the loaded @previous"
+    )
 
 
 def _answer(report: ReloadReport) -> dict[str, Any]:

@@ -74,24 +74,10 @@ RESPONSES: dict[int | str, dict[str, Any]] = {
             }
         },
     },
-    413: {"description": "Body too large"},
+    413: {"description": "Body too large (SELFHEAL_MAX_BODY_BYTES)"},
     422: {"description": "A field is missing or has the wrong type; `detail` names it and the expected type"},
     503: {"description": "No model is loaded yet"},
 }
-
-
-async def _read_body(request: Request, limit: int) -> bytes:
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise HTTPException(413, f"body is {declared} bytes; the limit is {limit} (SELFHEAL_MAX_BODY_BYTES)")
-    chunks = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise HTTPException(413, f"body exceeds the limit of {limit} bytes (SELFHEAL_MAX_BODY_BYTES)")
-        chunks.append(chunk)
-    return b"".join(chunks)
 
 
 class _RequestIds:
@@ -128,7 +114,7 @@ def _request_id(request: Request) -> str:
 async def predict(request: Request, state: State) -> Response:
     """Validate the body against the model signature and answer from the primary, fallback or baseline."""
     started, received_us = time.perf_counter(), time.time_ns() // 1000
-    body = await _read_body(request, state.settings.max_body_bytes)
+    body = await request.body()  # at most SELFHEAL_MAX_BODY_BYTES (serving.limits)
     try:
         payload = orjson.loads(body)
     except orjson.JSONDecodeError as exc:

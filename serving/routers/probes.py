@@ -56,7 +56,14 @@ def _release(models: ModelSet) -> dict[str, Any] | None:
     return {"mode": release.mode, "challenger": release.challenger, "share": release.share, "id": release.release_id}
 
 
-@router.get("/metrics", summary="Prometheus metrics (all workers)")
+_METRICS_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {"description": "Prometheus text exposition", "content": {"text/plain": {"schema": {"type": "string"}}}}
+}
+
+
+@router.get(
+    "/metrics", summary="Prometheus metrics (all workers)", response_class=Response, responses=_METRICS_RESPONSES
+)
 async def metrics(state: State) -> Response:
     body, content_type = state.metrics.render()
     return Response(body, media_type=content_type)
