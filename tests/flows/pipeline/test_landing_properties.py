@@ -21,7 +21,7 @@ import io
 import tempfile
 from collections import Counter
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +40,6 @@ from flows.pipeline.stages.ingest import LandingFile
 TARGET, ID = "label", "row_id"
 #: Feature names batches share (so one file's column can clash with another's dtype) and a few odd ones.
 NAMES = st.one_of(st.sampled_from(["f0", "f1", "f2", "f3"]), st.text(min_size=1, max_size=6))
-KINDS = ("float", "int", "string", "bool", "timestamp", "struct", "list", "null")
 _ARROW = {
     "float": pa.float64(),
     "int": pa.int64(),
@@ -50,7 +49,17 @@ _ARROW = {
     "struct": pa.struct([("value", pa.float64()), ("unit", pa.string())]),
     "list": pa.list_(pa.int64()),
     "null": pa.null(),
+    "uint": pa.uint64(),
+    "float32": pa.float32(),
+    "decimal": pa.decimal128(12, 2),
+    "date": pa.date32(),
+    "naive_ns": pa.timestamp("ns"),
+    "duration": pa.duration("us"),
+    "binary": pa.binary(),
+    "category": pa.dictionary(pa.int32(), pa.string()),
+    "map": pa.map_(pa.string(), pa.int64()),
 }
+KINDS = tuple(_ARROW)
 
 
 @dataclass(frozen=True)
@@ -76,6 +85,15 @@ def _values(kind: str, n: int) -> st.SearchStrategy[list[Any]]:
         "timestamp": st.datetimes(datetime(1970, 1, 1), datetime(2100, 1, 1), timezones=st.just(UTC)),
         "struct": st.fixed_dictionaries({"value": st.floats(-1e6, 1e6), "unit": st.sampled_from(["mm", "kg"])}),
         "list": st.lists(st.integers(-5, 5), max_size=3),
+        "uint": st.integers(0, 2**64 - 1),
+        "float32": st.floats(width=32),
+        "decimal": st.decimals(-(10**9), 10**9, places=2, allow_nan=False, allow_infinity=False),
+        "date": st.dates(),
+        "naive_ns": st.datetimes(datetime(1970, 1, 1), datetime(2200, 1, 1)),
+        "duration": st.timedeltas(timedelta(days=-(10**6)), timedelta(days=10**6)),
+        "binary": st.binary(max_size=8),
+        "category": st.sampled_from(["pos", "online", "atm"]),
+        "map": st.dictionaries(st.sampled_from(["a", "b"]), st.integers(-5, 5)).map(lambda d: list(d.items())),
     }[kind]
     return st.lists(_sometimes_null(value) if kind != "null" else value, min_size=n, max_size=n)
 
@@ -215,12 +233,12 @@ def _gist(reason: str) -> str:
         "null_fraction",
         "not_all_null",
         "min_rows",
-        "supported_dtype",
+        "not_nullable",
         "missing column",
         "isin",
         "binary_classes",
     )
-    found = sorted({c for c in checks if c in reason})
+    found = sorted({c for c in checks if c in reason} | ({"dtype"} if "is not one of" in reason else set()))
     return ", ".join(found) or reason[:60]
 
 
