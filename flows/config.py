@@ -407,7 +407,7 @@ class SelfhealConfig(BaseSettings):
         if self.trainer.estimator is not None:
             try:
                 _check_estimator(
-                    self.trainer.estimator, self.data.task, json.dumps(self.trainer.params, sort_keys=True)
+                    self.trainer.estimator, self.data.task, json.dumps(self.trainer.params, sort_keys=True, default=str)
                 )
             except ValueError as exc:
                 problems.append(str(exc))
