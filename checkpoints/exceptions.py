@@ -35,7 +35,14 @@ from __future__ import annotations
 
 
 class SelfhealError(Exception):
-    """Root of every error selfheal raises on purpose."""
+    """Root of every error selfheal raises on purpose.
+
+    Attributes:
+        exit_code: what the ``selfheal`` command exits with when this error ends it
+            (2 for a configuration mistake, like a usage error).
+    """
+
+    exit_code = 1
 
 
 class CheckpointError(SelfhealError):

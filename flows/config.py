@@ -11,8 +11,12 @@ Example:
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import importlib
+import inspect
 import json
+import math
 import os
 from pathlib import Path
 from typing import Any, Literal
@@ -24,13 +28,16 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 from chaos.sla import DEFAULT_HEALING_OFF_MTTR_SECONDS, DEFAULT_MTTR_SECONDS
 from checkpoints.exceptions import SelfhealError
 from flows.conditions import parse
+from flows.metrics import COMPUTED, DEFAULT_GATE_METRIC
 
 DEFAULT_CONFIG_FILE = "selfheal.yaml"
 Task = Literal["binary", "multiclass", "regression"]
 
 
 class ConfigError(SelfhealError):
-    """The configuration is invalid; the message names the key path."""
+    """The configuration is invalid; the message names the key path (the CLI exits with 2)."""
+
+    exit_code = 2
 
 
 class _Section(BaseModel):
@@ -68,6 +75,16 @@ class Expectations(_Section):
     value_sets: dict[str, list[str]] = Field(default_factory=dict)
     label_values: list[Any] | None = None
     """Allowed target values; None: any value, and for classification the classes seen first."""
+
+    @field_validator("ranges")
+    @classmethod
+    def _ordered(cls, value: dict[str, tuple[float, float]]) -> dict[str, tuple[float, float]]:
+        for column, (low, high) in value.items():
+            if math.isnan(low) or math.isnan(high):
+                raise ValueError(f"{column}: [{low}, {high}] is not a range (nan)")
+            if low > high:
+                raise ValueError(f"{column}: [{low}, {high}] is reversed (low > high); write [{high}, {low}]")
+        return value
 
 
 class DataConfig(_Section):
@@ -382,19 +399,91 @@ class SelfhealConfig(BaseSettings):
 
     @property
     def gate_metric(self) -> str:
-        if self.gate.metric:
-            return self.gate.metric
-        return {"binary": "roc_auc", "multiclass": "f1_macro", "regression": "r2"}[self.data.task]
+        return self.gate.metric or DEFAULT_GATE_METRIC[self.data.task]
+
+    @model_validator(mode="after")
+    def _fits_the_task(self) -> SelfhealConfig:
+        """Metrics the task's stages compute (else every run is "rejected ... nan") and an estimator of its kind."""
+        problems = [*self._unknown_metrics()]
+        if self.trainer.estimator is not None:
+            try:
+                _check_estimator(
+                    self.trainer.estimator, self.data.task, json.dumps(self.trainer.params, sort_keys=True, default=str)
+                )
+            except ValueError as exc:
+                problems.append(str(exc))
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+    def _unknown_metrics(self) -> list[str]:
+        task = self.data.task
+        holdout, feedback = COMPUTED["holdout"][task], COMPUTED["feedback"][task]
+        problems = []
+        if self.gate_metric not in holdout:
+            problems.append(
+                f"gate.metric: {self.gate_metric!r} is not computed on the holdout for data.task {task!r}; "
+                f"use one of {list(holdout)}"
+            )
+        quality = self.release.quality_metric or self.gate_metric
+        if quality not in feedback and (self.release.quality_metric or not problems):
+            where = "" if self.release.quality_metric else f" (unset: gate.metric {quality!r})"
+            problems.append(
+                f"release.quality_metric: {quality!r}{where} is not computed on labeled feedback for data.task "
+                f"{task!r}; use one of {list(feedback)}"
+            )
+        return problems
+
+
+@functools.lru_cache(maxsize=16)
+def _check_estimator(path: str, task: str, params_json: str) -> None:
+    """Refuse an estimator path that is not a scikit-learn estimator of the task's kind.
+
+    Imports the module (the pipeline would anyway) but instantiates nothing that lacks an
+    estimator's methods, so an arbitrary import path never runs as one. Cached: a process
+    loading the config again pays the import once.
+    """
+    from sklearn.base import is_classifier, is_regressor  # sklearn only when an estimator is configured
+
+    module_name, _, name = path.rpartition(".")
+    try:
+        found = getattr(importlib.import_module(module_name), name, None)
+    except ImportError as exc:
+        raise ValueError(f"trainer.estimator: cannot import {module_name!r}: {exc}") from exc
+    if not inspect.isclass(found):
+        raise ValueError(f"trainer.estimator: {path!r} is not a class (e.g. {DEFAULT_ESTIMATORS[task]!r})")
+    missing = [m for m in ("fit", "predict", "get_params", "set_params") if not callable(getattr(found, m, None))]
+    if missing:
+        raise ValueError(f"trainer.estimator: {path!r} is not a scikit-learn estimator (no {', '.join(missing)})")
+    try:
+        estimator = found(**json.loads(params_json))
+    except TypeError as exc:
+        raise ValueError(f"trainer.params: {path} does not take them: {exc}") from exc
+    wanted, kind = (is_regressor, "regressor") if task == "regression" else (is_classifier, "classifier")
+    if not wanted(estimator):
+        raise ValueError(
+            f"trainer.estimator: {path!r} is not a {kind} and data.task is {task!r} (e.g. {DEFAULT_ESTIMATORS[task]!r})"
+        )
+
+
+#: The estimator trained when ``trainer.estimator`` is not set.
+DEFAULT_ESTIMATORS = {
+    "binary": "sklearn.ensemble.HistGradientBoostingClassifier",
+    "multiclass": "sklearn.ensemble.HistGradientBoostingClassifier",
+    "regression": "sklearn.ensemble.HistGradientBoostingRegressor",
+}
 
 
 def _format_errors(exc: ValidationError, source: str) -> str:
-    lines = [f"{source}: invalid configuration"]
+    """One line naming each bad key (a check across sections names its keys in its message)."""
+    parts = []
     for err in exc.errors():
-        path = ".".join(str(p) for p in err["loc"]) or "<root>"
+        path = ".".join(str(p) for p in err["loc"])
+        message = str(err["msg"]).removeprefix("Value error, ")
         got = err.get("input")
-        shown = "" if isinstance(got, dict) else f" (got {got!r})"
-        lines.append(f"  {path}: {err['msg']}{shown}")
-    return "\n".join(lines)
+        shown = "" if isinstance(got, dict) or not path else f" (got {got!r})"
+        parts.append(f"{path}: {message}{shown}" if path else message)
+    return f"{source}: invalid configuration: " + "; ".join(parts)
 
 
 def load_config(path: str | os.PathLike[str] | None = None) -> SelfhealConfig:

@@ -77,14 +77,15 @@ def _configure_logging(verbose: bool) -> None:
 
 
 def _run(handler: Handler, args: argparse.Namespace) -> int:
-    """Run one command; our errors end it with one line on stderr and exit code 1."""
+    """Run one command; our errors end it with one line on stderr and their exit code (1; 2 for config)."""
     from checkpoints.exceptions import SelfhealError  # checkpoints loads the lake (pandas): not on --help
 
     try:
         return int(handler(args) or 0)
     except SelfhealError as exc:
-        print(f"selfheal: error: {exc}", file=sys.stderr)
-        return 1
+        message = "; ".join(line.strip() for line in str(exc).splitlines() if line.strip())
+        print(f"selfheal: error: {message}", file=sys.stderr)
+        return exc.exit_code
     except KeyboardInterrupt:
         return 130
 

@@ -44,7 +44,7 @@ from flows.config import SelfhealConfig, load_config
 from flows.pipeline.exceptions import PromotionRejected, ValidationFailed
 from flows.pipeline.stages import evaluate, features, ingest, train
 from flows.pipeline.stages.batch_io import read_batch
-from flows.pipeline.stages.validate import ValidationOutcome, validate_batch
+from flows.pipeline.stages.validate import ValidationOutcome, check_config_columns, validate_batch
 from flows.registry import CHALLENGER, CHAMPION, PREVIOUS, Registry
 from flows.release.controller import notify_server, read_state, start_release, write_state
 from serving.modelio import load_version, log_sklearn_model
@@ -235,21 +235,36 @@ def _one_line(exc: BaseException) -> str:
 
 
 def _validated(
-    cfg: SelfhealConfig, file: ingest.LandingFile, schema: dict[str, str] | None, labels: list[Any] | None
+    cfg: SelfhealConfig,
+    file: ingest.LandingFile,
+    schema: dict[str, str] | None,
+    labels: list[Any] | None,
+    first: bool,
 ) -> ValidationOutcome | str:
     """The validate stage's outcome for one file, or why it cannot be read or checked at all.
 
     Any error here comes from the file's content (its bytes are in memory), so it is the
-    file's reason for quarantine, never the run's failure.
+    file's reason for quarantine, never the run's failure; except that the ``first``
+    readable batch of a new lake is where the config's target, time and id columns are
+    checked, and a missing one fails the run with a ``ConfigError``.
     """
     try:
         frame = read_batch(file.raw, file.name, cfg.landing.format)
-        return validate_batch(frame, cfg, schema, known_labels=labels)
-    except ValidationFailed as exc:
-        return str(exc)
     except Exception as exc:  # noqa: BLE001 - one file's content must not stop the run
-        logger.debug("validating %s raised", file.name, exc_info=True)
-        return f"{file.name}: cannot be validated: {_one_line(exc)}"
+        return _content_error(file, exc)
+    if first:
+        check_config_columns(frame, cfg.data, file.name)
+    try:
+        return validate_batch(frame, cfg, schema, known_labels=labels)
+    except Exception as exc:  # noqa: BLE001 - one file's content must not stop the run
+        return _content_error(file, exc)
+
+
+def _content_error(file: ingest.LandingFile, exc: Exception) -> str:
+    if isinstance(exc, ValidationFailed):
+        return str(exc)
+    logger.debug("validating %s raised", file.name, exc_info=True)
+    return f"{file.name}: cannot be validated: {_one_line(exc)}"
 
 
 @task(name="validate-and-land", cache_policy=NO_CACHE)
@@ -266,11 +281,13 @@ def land_task(cfg: SelfhealConfig, files: list[ingest.LandingFile], batch_offset
     schema = locked_schema(lake, cfg)
     labels = known_labels(lake, cfg)
     ids = ingest.landed_ids(lake, cfg.data.id_columns)
+    # Bronze can exist empty (a first run rolled back): the check waits for a batch that lands.
+    checked = lake.exists(BRONZE) and lake.read(BRONZE, columns=["_sha256"]).num_rows > 0
     for i, file in enumerate(files):
         if file.refused:
             _refuse(lake, file, file.refused, summary, [{"check": "read_once", "error": file.refused}])
             continue
-        outcome = _validated(cfg, file, schema, labels)
+        outcome = _validated(cfg, file, schema, labels, first=not (checked or summary.accepted))
         if isinstance(outcome, str) or not outcome.accepted or outcome.data is None:
             reason = outcome if isinstance(outcome, str) else outcome.reason
             failures = [] if isinstance(outcome, str) else outcome.failures

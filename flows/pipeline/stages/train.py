@@ -20,14 +20,8 @@ from sklearn.impute import SimpleImputer
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import OrdinalEncoder
 
-from flows.config import TrainerConfig
+from flows.config import DEFAULT_ESTIMATORS, TrainerConfig
 from flows.pipeline.stages.features import feature_columns
-
-_DEFAULT_ESTIMATORS = {
-    "binary": "sklearn.ensemble.HistGradientBoostingClassifier",
-    "multiclass": "sklearn.ensemble.HistGradientBoostingClassifier",
-    "regression": "sklearn.ensemble.HistGradientBoostingRegressor",
-}
 
 
 @dataclass(frozen=True)
@@ -54,7 +48,7 @@ def make_estimator(trainer: TrainerConfig, task: str) -> BaseEstimator:
     Raises:
         ValueError: the import path does not name a class.
     """
-    path = trainer.estimator or _DEFAULT_ESTIMATORS[task]
+    path = trainer.estimator or DEFAULT_ESTIMATORS[task]
     module_name, _, class_name = path.rpartition(".")
     try:
         cls = getattr(importlib.import_module(module_name), class_name)

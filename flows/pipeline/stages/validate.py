@@ -37,6 +37,7 @@ label not in ``label_values``         quarantine; without ``label_values``: not 
 (unseen class)                        locked classes (``known_labels``), and for binary
                                       never more than two classes in all
 time / id column null or unparseable  quarantine
+names equal but for case (a / A)      quarantine (a Delta table's names are case-insensitive)
 ====================================  ==================================================
 
 Timestamps are never features: the configured ``time_column`` and any other column
@@ -69,7 +70,7 @@ import pandera.pandas as pa
 from pandas.api import types as ptypes
 from pandera.errors import SchemaErrors
 
-from flows.config import DataConfig, Expectations, SelfhealConfig
+from flows.config import ConfigError, DataConfig, Expectations, SelfhealConfig
 from flows.pipeline.exceptions import ValidationFailed
 
 logger = logging.getLogger(__name__)
@@ -303,6 +304,14 @@ def _coerce_label(series: pd.Series, task: str) -> pd.Series:
     return series
 
 
+def _case_clashes(names: Sequence[str]) -> list[list[str]]:
+    """Groups of names equal but for case (``Amount`` and ``amount``), each sorted."""
+    groups: dict[str, list[str]] = {}
+    for name in names:
+        groups.setdefault(name.casefold(), []).append(name)
+    return [sorted(group) for group in groups.values() if len(group) > 1]
+
+
 def _duplicate_mask(frame: pd.DataFrame) -> np.ndarray:
     """Rows equal to an earlier row (first occurrence kept); hashing is ~7x faster than
     ``DataFrame.duplicated`` on a million rows."""
@@ -495,6 +504,25 @@ def _failures(cases: pd.DataFrame, observed: _Observed, extra: list[str]) -> tup
 
 
 # -- the stage ------------------------------------------------------------------------
+def check_config_columns(frame: pd.DataFrame, data: DataConfig, name: str) -> None:
+    """The target, time and id columns the config names are in ``frame``, the first batch read.
+
+    A column no batch has is the config's mistake, not the file's: quarantining every
+    batch for it would hide the one fix that helps.
+
+    Raises:
+        ConfigError: a configured column is missing; the message names its key and the batch's columns.
+    """
+    keys = [("data.target", data.target), ("data.time_column", data.time_column)]
+    keys += [("data.id_columns", column) for column in data.id_columns]
+    present = [str(c) for c in frame.columns]
+    missing = [f"{key}: column {column!r}" for key, column in keys if column is not None and column not in present]
+    if missing:
+        shown = ", ".join(present[:20]) + (f", ... ({len(present)} in all)" if len(present) > 20 else "")
+        where = f"the first batch {name} (its columns: {shown})"
+        raise ConfigError(f"{'; '.join(missing)} not in {where}; fix selfheal.yaml")
+
+
 def _finish(
     frame: pd.DataFrame, columns: _Columns, duplicates: np.ndarray, notes: list[str], limit: float
 ) -> tuple[pd.DataFrame, dict[str, int]]:
@@ -593,6 +621,16 @@ def validate_batch(
     frame = frame.rename(columns=str).reset_index(drop=True)
     columns = _sort_columns(frame, data, schema, require_label)
     notes = _column_notes(columns, data, inferred=schema is None)
+    clashes = _case_clashes([c for c in columns.expected if c in frame.columns])
+    if clashes:
+        # A Delta table's column names are case-insensitive: such a batch cannot land, whatever else holds.
+        records = [_record(", ".join(group), "case_insensitive_unique_names", group[0]) for group in clashes]
+        reason = "column names equal but for case (a Delta table cannot hold both): " + "; ".join(
+            " / ".join(group) for group in clashes
+        )
+        return ValidationOutcome(
+            False, None, dict(columns.features), records, reason, notes, len(records), rows_in=len(frame)
+        )
     work, uncoerced = _prepare(frame, data, columns, notes)
     duplicates = _duplicate_mask(work)
     observed: _Observed = {}

@@ -15,6 +15,7 @@ from flows.cli.chaos import cli_chaos_run
 from flows.cli.lake import cli_status as lake_status
 from flows.cli.local import cli_watch_landing
 from flows.cli.main import _run
+from flows.config import ConfigError
 
 
 def _commands(parser: argparse.ArgumentParser, path: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
@@ -92,3 +93,13 @@ def test_help_imports_no_heavy_library() -> None:
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True, timeout=60)
     loaded = {name.split(".")[0] for name in json.loads(done.stdout.splitlines()[-1])}
     assert not loaded & {"prefect", "mlflow", "pandas", "pyarrow", "deltalake", "sklearn", "checkpoints"}
+
+
+def test_a_config_mistake_exits_2_in_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    def misconfigured(args: argparse.Namespace) -> int:
+        raise ConfigError("selfheal.yaml: invalid configuration\n  gate.metric: unknown\n  data.target: missing")
+
+    assert _run(misconfigured, argparse.Namespace()) == 2  # base: 1, like any other error
+    assert capsys.readouterr().err == (
+        "selfheal: error: selfheal.yaml: invalid configuration; gate.metric: unknown; data.target: missing\n"
+    )
