@@ -156,8 +156,9 @@ def availability_during_fault(
     injection through detection, repair and verification (a continuous steady-state
     probe, as Litmus or Chaos Mesh run them), so the outage counts. ``outage_seconds``
     is an ``absorbed`` experiment's declared bounded outage (a link cut for 5 s that the
-    experiment restores): requests answered in it are left out of the share held here
-    (the suite's table still reports availability with them). The window is at least
+    experiment restores): requests *sent* in it are left out of the share held here, also
+    those whose failure (a connect timeout) came back after it; every request sent after
+    it counts (the suite's table still reports availability with all of them). The window is at least
     ``min_seconds`` long, so a fast recovery is still watched for a while. Before the fault (no
     fault in this run yet) the window is the next 5 s. Fails when fewer than
     ``min_requests`` came back: no traffic proves nothing.
@@ -178,6 +179,8 @@ def availability_during_fault(
         time.sleep(max(settle_seconds, fault + min_seconds + settle_seconds - time.time()))
         start, end = fault + outage_seconds, time.time() - settle_seconds
     outcomes = read_outcomes(traffic_log, start=start, end=end)
+    if fault is not None and outage_seconds:
+        outcomes = [o for o in outcomes if o.t - o.ms / 1000 >= start]  # sent after the outage
     if len(outcomes) < min_requests:
         raise ActivityFailed(
             f"only {len(outcomes)} requests in {traffic_log} over {end - start:.0f}s (need {min_requests}); "

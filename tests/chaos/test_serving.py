@@ -218,6 +218,15 @@ def test_availability_during_fault_counts_the_outage(tmp_path: Path, config: dic
     assert probes.availability_during_fault(str(path), **args) == pytest.approx(30 / 40)
     # A declared bounded outage is left out of the share held to the SLA.
     assert probes.availability_during_fault(str(path), outage_seconds=1.0, **args) == 1.0
+    # A request sent in the outage whose timeout came back after it is the outage's; one sent after it is not.
+    log = TrafficLog(path)
+    log.write(Outcome(fault + 1.5, False, "ConnectTimeout", ms=1000.0))  # sent at +0.5 s, in the outage
+    log.close()
+    assert probes.availability_during_fault(str(path), outage_seconds=1.0, **args) == 1.0
+    log = TrafficLog(path)
+    log.write(Outcome(fault + 1.6, False, "ConnectError", ms=10.0))  # sent at +1.59 s, after it
+    log.close()
+    assert probes.availability_during_fault(str(path), outage_seconds=1.0, **args) == pytest.approx(30 / 31)
     with pytest.raises(ActivityFailed, match="only 0 requests"):
         probes.availability_during_fault(str(tmp_path / "none.jsonl"), **args)
 
