@@ -16,9 +16,11 @@ def test_a_sandbox_without_a_project_config_describes_its_own_stream(tmp_path: P
     cfg = box._write_config(port=1)
     assert cfg["data"] == STREAM_DATA
     assert load_config(box.config_path).data.id_columns == ["transaction_id"]
+    assert load_config(box.config_path).trainer.window_batches == 2  # a drift repair learns the world as it is now
     project = tmp_path / "selfheal.yaml"
-    project.write_text("data: {target: is_fraud, id_columns: [txn]}\n")
-    assert Sandbox(tmp_path / "box", project_config=project)._write_config(port=1)["data"]["id_columns"] == ["txn"]
+    project.write_text("data: {target: is_fraud, id_columns: [txn]}\ntrainer: {seed: 1}\n")
+    ours = Sandbox(tmp_path / "box", project_config=project)._write_config(port=1)
+    assert ours["data"]["id_columns"] == ["txn"] and ours["trainer"] == {"seed": 1}  # the project's own, whole
 
 
 def test_the_sandbox_config_loads_with_its_thresholds(tmp_path: Path) -> None:
