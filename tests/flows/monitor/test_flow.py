@@ -316,5 +316,5 @@ def test_cli_monitor_once_prints_signals(
     printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert printed == []
     config.write_text(f"lake:\n  root: {silver_lake.root}\nthresholds:\n  drift:\n    alpah: 0.1\n")
-    assert main(["monitor", "--once", "--no-serving"]) == 1
+    assert main(["monitor", "--once", "--no-serving"]) == 2  # a config error exits 2 (issue 15)
     assert "thresholds.drift.alpah" in capsys.readouterr().err

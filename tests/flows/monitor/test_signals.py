@@ -62,4 +62,5 @@ def test_every_kind_the_healer_expects_exists() -> None:
         "serving_down",
         "upstream_outage",
         "model_refused",
+        "lake_corrupted",
     }
