@@ -119,6 +119,10 @@ class Lake:
         """Whether ``table`` has at least one committed version."""
         return self.storage.exists(self.storage.join(table, "_delta_log"))
 
+    def has_rows(self, table: str) -> bool:
+        """Whether ``table`` exists and its newest version holds a data file (read from the log: no data is read)."""
+        return self.exists(table) and bool(self._open(table).file_uris())
+
     def tables(self) -> list[str]:
         """Names of the tables under the root, sorted."""
         return sorted(name for name in self.storage.listdir(self.root) if self.exists(name))

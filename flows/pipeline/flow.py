@@ -282,7 +282,7 @@ def land_task(cfg: SelfhealConfig, files: list[ingest.LandingFile], batch_offset
     labels = known_labels(lake, cfg)
     ids = ingest.landed_ids(lake, cfg.data.id_columns)
     # Bronze can exist empty (a first run rolled back): the check waits for a batch that lands.
-    checked = lake.exists(BRONZE) and lake.read(BRONZE, columns=["_sha256"]).num_rows > 0
+    checked = lake.has_rows(BRONZE)
     for i, file in enumerate(files):
         if file.refused:
             _refuse(lake, file, file.refused, summary, [{"check": "read_once", "error": file.refused}])

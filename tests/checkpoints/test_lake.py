@@ -131,3 +131,12 @@ def test_restore_releases_keys_whose_rows_it_removed(lake: Lake) -> None:
     assert lake.has_key("bronze", "b")
     assert lake.append_once("bronze", _table(3, 3), key="b").duplicate
     assert lake.read("bronze").num_rows == 6
+
+
+def test_has_rows_reads_the_log_only(tmp_path: Path) -> None:
+    lake = Lake(str(tmp_path))
+    assert not lake.has_rows("t")  # no table
+    lake.append("t", pa.table({"a": [1]}))
+    assert lake.has_rows("t")
+    lake.overwrite("t", pa.table({"a": pa.array([], pa.int64())}))
+    assert not lake.has_rows("t")  # a table left empty (a rolled-back first run)
