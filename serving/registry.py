@@ -61,10 +61,6 @@ CHAOS_TAG = "selfheal.chaos"
 _NOT_FOUND = frozenset({"RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"})
 
 
-class _NoAnswer(RegistryUnavailable):
-    """A bounded read the registry did not answer in time: never retried (each retry would wait out the same lock)."""
-
-
 class ModelNotFound(SelfhealError):
     """The registered model, version or alias asked for does not exist."""
 
@@ -195,7 +191,8 @@ def answer_within(seconds: float, what: str, read: Callable[[], T]) -> T:
     worker.start()
     worker.join(seconds)
     if not answer:
-        raise _NoAnswer(f"{what}: no answer from the registry within {seconds:g} s")
+        # Not transient for the retry rule: each retry would wait out the same lock again.
+        raise RegistryUnavailable(f"{what}: no answer from the registry within {seconds:g} s")
     ok, value = answer[0]
     if not ok:
         raise value
@@ -271,8 +268,6 @@ class ModelRegistry:
         attempt = fn if wait or self.read_seconds is None else self._bounded(what, fn)
         try:
             return retrying(attempt, self.client)
-        except _NoAnswer:
-            raise
         except MlflowException as exc:
             if _is_not_found(exc):
                 raise ModelNotFound(f"model {self.model_name!r}: {what}: {exc.message}") from exc

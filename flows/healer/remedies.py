@@ -35,7 +35,7 @@ from checkpoints.exceptions import (
 from checkpoints.incidents import Incident
 from checkpoints.quarantine import imputed_key
 from flows.config import SelfhealConfig
-from flows.pipeline.flow import pipeline_flow
+from flows.pipeline.flow import STAGE_TABLES, pipeline_flow
 from flows.pipeline.imputation import impute_quarantined
 from flows.pipeline.stages.ingest import LandingUnreachable, list_landing, read_file
 from flows.registry import CHAMPION, LIGHT, PREVIOUS, PROMOTED_AT_TAG, STORE_ANSWER_SECONDS, Registry
@@ -286,10 +286,11 @@ class RecoverTables(Remedy):
 
 
 def torn_tables(lake: Lake) -> dict[str, str]:
-    """The stage tables (those the last complete manifest names) whose newest commit cannot be read."""
-    manifest = lake.last_manifest()
+    """The stage tables whose newest commit cannot be read (each tick: the logs only, no data)."""
     torn = {}
-    for table in sorted(manifest.stages) if manifest is not None else []:
+    for table in STAGE_TABLES:
+        if not lake.exists(table):
+            continue
         try:
             lake.version(table)
         except CheckpointCorrupted as exc:

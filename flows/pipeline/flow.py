@@ -53,6 +53,8 @@ from serving.registry import BRONZE_VERSION_TAG, SILVER_VERSION_TAG, TRAIN_KEY_T
 logger = logging.getLogger(__name__)
 
 BRONZE, SILVER = "bronze", "silver"
+#: The tables a run manifest records (a run's checkpoint).
+STAGE_TABLES = (BRONZE, SILVER)
 
 
 @dataclass
@@ -654,7 +656,7 @@ def _run_stages(
 
 
 def _finish(cfg: SelfhealConfig, lake: Lake, run_id: str, result: PipelineResult) -> PipelineResult:
-    stages = {t: lake.version(t) for t in (BRONZE, SILVER) if lake.exists(t)}
+    stages = {t: lake.version(t) for t in STAGE_TABLES if lake.exists(t)}
     meta: dict[str, Any] = {"outcome": result.outcome, "champion": result.champion, "metrics": result.metrics}
     if result.landing.quarantined or result.landing.resent:
         meta["landing"] = {
