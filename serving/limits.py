@@ -97,7 +97,7 @@ def _content_length(scope: Scope) -> int | None:
     return None
 
 
-def _safe(value: Any) -> Any:
+def json_safe(value: Any) -> Any:
     """A location part as JSON can carry it (a field name may hold a lone surrogate)."""
     if isinstance(value, int):
         return value
@@ -109,8 +109,8 @@ async def validation_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, RequestValidationError)
     errors = [
         {
-            "loc": [_safe(part) for part in error.get("loc", ())],
-            "msg": _safe(error.get("msg", "")),
+            "loc": [json_safe(part) for part in error.get("loc", ())],
+            "msg": json_safe(error.get("msg", "")),
             "type": error["type"],
         }
         for error in exc.errors()

@@ -20,6 +20,7 @@ from typing import Any
 from fastapi import APIRouter, HTTPException, Request
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from serving.limits import json_safe
 from serving.routers.deps import State
 from serving.state import ServingState
 
@@ -158,9 +159,7 @@ def _parse(body: bytes, limit: int) -> tuple[list[Feedback], bool]:
 
 
 def _error(loc: list[Any], msg: str, kind: str) -> dict[str, Any]:
-    # A field name may hold a lone surrogate, which JSON cannot carry.
-    safe = [part if isinstance(part, int) else str(part).encode("utf-8", "backslashreplace").decode() for part in loc]
-    return {"loc": safe, "msg": msg, "type": kind}
+    return {"loc": [json_safe(part) for part in loc], "msg": msg, "type": kind}
 
 
 @router.post(
