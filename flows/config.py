@@ -63,6 +63,10 @@ class LandingConfig(_Section):
     once its size and modification time stayed unchanged this long (a CSV, or a parquet
     file cut short, which is then quarantined). Writers that pause longer between
     flushes should write under a hidden name (``.name`` or ``_name``) and rename."""
+    monitor: bool = True
+    """Score every landed batch with the champion before training on it and log the rows
+    (``batch_log``) for the monitor: batch data is watched for drift and, when it carries
+    labels, for performance and concept drift, like live traffic (``flows.monitor.batch``)."""
 
 
 class Expectations(_Section):

@@ -42,6 +42,8 @@ def cli_run(args: argparse.Namespace) -> int:
             print(f"  quarantined {name}: {reason}")
         for note in landing.notes:
             print(f"  note: {note}")
+    if result.monitored is not None:
+        print(f"  {result.monitored.summary()}")
     return 0
 
 

@@ -1,7 +1,7 @@
 """The monitor flow: read what is new, run the detectors, record, and raise signals.
 
 Each run reads everything new since its watermarks (the inference log, the
-feedback labels, the server's ``/metrics``, the tables' freshness), judges it
+feedback labels, landed batches, the server's ``/metrics``, the tables' freshness), judges it
 with ``flows.monitor.window.assess``, appends the metric series to the Delta
 ``metrics`` table together with its state (crash-safe: see
 ``flows.monitor.state``), publishes a markdown artifact, and returns the due
@@ -13,6 +13,9 @@ Tables read (the contract with serving and the pipeline):
   ``_model_version``, ``_served_by`` (primary|fallback|baseline), ``_prediction``,
   ``_score`` (nullable), ``_latency_ms``.
 - ``feedback``: ``request_id``, ``label`` (float64), ``ts`` (timestamp us UTC).
+- ``batch_log``: landed batches the pipeline scored with the champion
+  (``flows.monitor.batch``): the inference log's columns plus ``_label``; they join
+  the drift and label windows, not serving's own statistics.
 - ``silver``: the training features (reference), at the champion's
   ``selfheal.silver_version`` tag if set, else its newest version.
 
@@ -44,6 +47,7 @@ from checkpoints import Lake
 from checkpoints.exceptions import RegistryUnavailable, ServingUnavailable
 from checkpoints.scan import read_labeled, utc
 from flows.events import emit
+from flows.monitor import batch
 from flows.monitor.detectors import MonitorThresholds, ReferenceProfile
 from flows.monitor.detectors.performance import Task
 from flows.monitor.scrape import ServingSnapshot, scrape
@@ -215,20 +219,45 @@ def _labels_after(labeled: pa.Table | None, start: datetime) -> pa.Table | None:
 
 
 def _labels(
-    lake: Lake, state: MonitorState, thresholds: MonitorThresholds, champion: Champion, start: datetime, end: datetime
+    lake: Lake,
+    state: MonitorState,
+    thresholds: MonitorThresholds,
+    champion: Champion,
+    start: datetime,
+    end: datetime,
+    batches: pa.Table | None = None,
 ) -> tuple[pa.Table | None, datetime, pa.Table | None]:
-    """The new labels (concept drift), and the performance window's start and labels (when enough)."""
+    """The new labels (concept drift), and the performance window's start and labels (when enough).
+
+    Labels come from ``/feedback`` joined with the inference log, and from the labeled
+    rows of landed batches (``batches``, ``batch_log`` rows read since ``start``).
+    """
     feedback_start = state.feedback_watermark or start
     perf_start = state.performance_watermark or start
     # One look-up of the labeled predictions serves both windows (it reads every log file).
-    both = read_labeled(lake, min(feedback_start, perf_start), end, feedback=FEEDBACK, predictions=INFERENCE_LOG)
+    served = read_labeled(lake, min(feedback_start, perf_start), end, feedback=FEEDBACK, predictions=INFERENCE_LOG)
+    both = batch.union(served, batch.batch_labels(batch.since(batches, min(feedback_start, perf_start))))
+    both = both.sort_by("ts") if both is not None else None
     all_labels = _labels_after(both, perf_start)
     if all_labels is not None and champion.version is not None and "_model_version" in all_labels.column_names:
         # Quality is the champion's: labels of predictions an older version made right
-        # before a swap must not count against (or for) the new one.
-        all_labels = all_labels.filter(pc.equal(all_labels.column("_model_version"), champion.version))
+        # before a swap must not count against (or for) the new one. A landed batch is
+        # the exception: it is judged as scored, by the champion of the moment it landed
+        # (the pipeline may promote a model trained on it before this pass reads it).
+        current = pc.equal(all_labels.column("_model_version"), champion.version)
+        landed = pc.starts_with(all_labels.column("request_id"), batch.REQUEST_PREFIX)
+        all_labels = all_labels.filter(pc.or_kleene(current, landed))
     enough = all_labels is not None and all_labels.num_rows >= thresholds.performance.min_labels
     return _labels_after(both, feedback_start), perf_start, all_labels if enough else None
+
+
+def _last_commits(lake: Lake, thresholds: MonitorThresholds) -> dict[str, datetime | None]:
+    """When each table with a freshness limit was last written (None: never)."""
+    found = {t: lake.last_commit(t) for t in thresholds.freshness_seconds}
+    if INFERENCE_LOG in found and found[INFERENCE_LOG] is None and lake.exists(batch.BATCH_LOG):
+        # Scored in batch only, no server has ever logged: there is no live feed to go stale.
+        del found[INFERENCE_LOG]
+    return found
 
 
 def _scrape(serving_url: str | None, timeout: float) -> tuple[ServingSnapshot | None, str | None]:
@@ -257,10 +286,15 @@ def read_window(
     drift_start = state.drift_watermark or start
     rows = lake.window(INFERENCE_LOG, "_ts", min(start, drift_start), end)
     rows = rows.sort_by("_ts") if rows is not None else pa.table({"_ts": pa.array([], pa.timestamp("us", tz="UTC"))})
-    drift_rows = rows.filter(pc.greater(rows.column("_ts"), utc(drift_start)))
+    # Landed batches the pipeline scored (flows.monitor.batch) join the drift and quality
+    # windows; serving's own statistics (latency, fallback share, rate) stay the log's.
+    batches = batch.batch_window(lake, min(start, drift_start), end)
+    observed = batch.union(rows, batches)
+    assert observed is not None
+    drift_rows = observed.filter(pc.greater(observed.column("_ts"), utc(drift_start)))
     enough = drift_rows.num_rows >= thresholds.min_window_rows
-    labeled, perf_start, performance_rows = _labels(lake, state, thresholds, champion, start, end)
-    served = [c for c in rows.column_names if not c.startswith("_")]
+    labeled, perf_start, performance_rows = _labels(lake, state, thresholds, champion, start, end, batches)
+    served = [c for c in observed.column_names if not c.startswith("_")]
     serving, serving_error = _scrape(serving_url, thresholds.scrape_timeout_seconds)
     return MonitorWindow(
         start=start,
@@ -274,7 +308,7 @@ def read_window(
         performance_rows=performance_rows,
         serving=serving,
         serving_error=serving_error,
-        last_commits={t: lake.last_commit(t) for t in thresholds.freshness_seconds},
+        last_commits=_last_commits(lake, thresholds),
         reference=reference_profile(lake, champion.silver_version, thresholds, target, served, champion.window_batches)
         if served and (enough or performance_rows is not None or labeled is not None)
         else None,

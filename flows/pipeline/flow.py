@@ -41,6 +41,7 @@ from prefect.transactions import Transaction, get_transaction, transaction
 from checkpoints import Lake
 from checkpoints.exceptions import SchemaMismatch
 from flows.config import SelfhealConfig, load_config
+from flows.monitor.batch import BatchScoring, log_landed_batches
 from flows.pipeline.exceptions import PromotionRejected, ValidationFailed
 from flows.pipeline.stages import evaluate, features, ingest, train
 from flows.pipeline.stages.batch_io import read_batch
@@ -82,6 +83,8 @@ class PipelineResult:
     metrics: dict[str, float] = field(default_factory=dict)
     landing: LandingSummary = field(default_factory=LandingSummary)
     resumed: bool = False
+    monitored: BatchScoring | None = None
+    """What batch monitoring did with this run's batches (None: nothing landed, or it is off)."""
 
 
 @functools.cache
@@ -375,6 +378,14 @@ def _rollback_silver(txn: Transaction) -> None:
     _restore_to_manifest(Lake(txn.get("lake_root"), txn.get("storage_options")), SILVER)
 
 
+@task(name="monitor-batches", cache_policy=NO_CACHE)
+def monitor_batches_task(cfg: SelfhealConfig, registry: Registry, first_batch: int) -> BatchScoring:
+    """Score this run's batches with the champion of now and log them for the monitor (before training)."""
+    done = log_landed_batches(open_lake(cfg), registry, cfg.data.target, first_batch, cfg.trainer.trusted_types)
+    _log().info("%s", done.summary())
+    return done
+
+
 @dataclass(frozen=True)
 class Challenger:
     version: str
@@ -623,8 +634,11 @@ def _run_stages(
         txn.set("storage_options", lake.storage_options)
         txn.set("tracking_uri", cfg.tracking_uri)
         txn.set("model_name", cfg.model_name)
-        result.landing = land_task(cfg, files, _next_batch_id(lake)) if files else LandingSummary()
+        first_batch = _next_batch_id(lake)
+        result.landing = land_task(cfg, files, first_batch) if files else LandingSummary()
         silver_version = features_task(cfg)
+        if result.landing.accepted and cfg.landing.monitor:
+            result.monitored = monitor_batches_task(cfg, registry, first_batch)
         result.bronze_version = lake.version(BRONZE) if lake.exists(BRONZE) else None
         result.silver_version = silver_version
         if silver_version is None:

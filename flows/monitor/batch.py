@@ -1,0 +1,211 @@
+"""Batch monitoring: every landed batch is scored by the champion and logged where the monitor reads.
+
+A user who scores in batch never sends rows through ``/predict``, so the inference
+log never sees them. Instead the pipeline, right after a batch reaches silver and
+before anything is trained on it, scores it with the champion of that moment and
+appends the rows to the ``batch_log`` table: the model's features, the champion's
+prediction and score, and the batch's own label when it has one. The monitor then
+reads ``batch_log`` next to the inference log (``flows.monitor.flow.read_window``),
+so batch rows feed the same drift, prediction-drift, performance and concept-drift
+detectors against the same reference, and raise the same signals into the same
+incident stream. Serving-only statistics (latency, fallback share, request rate,
+null rate of requests) stay the inference log's.
+
+Each batch is logged once (idempotency key ``batch-log:<sha256>``): a resumed or
+repeated run never logs a batch twice. A batch that lands before any champion
+exists is not logged: it is what the first champion is trained on.
+
+Table ``batch_log``: the feature columns, then ``_request_id`` (``batch:<sha>:<row>``),
+``_ts`` (when it was scored), ``_model_version``, ``_served_by`` (``batch``),
+``_prediction``, ``_score`` (nullable), ``_label`` (float64, nullable), ``_batch_id``,
+``_sha256``.
+
+Example:
+    >>> done = log_landed_batches(cfg, lake, registry, first_batch_id=7)
+    >>> done.summary()
+    'monitored 1 batch(es), 1000 row(s), with champion v3'
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from checkpoints import Lake
+from checkpoints.exceptions import RegistryUnavailable
+from checkpoints.scan import utc
+from serving.inference_log import TIMESTAMP
+from serving.model import LoadedModel
+from serving.registry import CHAMPION, ModelLoadFailed, ModelRegistry
+
+logger = logging.getLogger(__name__)
+
+BATCH_LOG = "batch_log"
+SERVED_BY = "batch"
+SILVER = "silver"
+#: How a batch row's ``_request_id`` starts (``batch:<sha>:<row>``).
+REQUEST_PREFIX = "batch:"
+
+
+@dataclass(frozen=True)
+class BatchScoring:
+    """What one ``log_landed_batches`` call did.
+
+    Attributes:
+        batches: batches scored and logged now.
+        rows: their rows.
+        champion: the version that scored them (None: none did).
+        skipped: why nothing was scored, when nothing was.
+    """
+
+    batches: int = 0
+    rows: int = 0
+    champion: str | None = None
+    skipped: str | None = None
+
+    def summary(self) -> str:
+        """One line for the run's log."""
+        if self.skipped:
+            return f"batch monitoring: {self.skipped}"
+        return f"monitored {self.batches} batch(es), {self.rows} row(s), with champion v{self.champion}"
+
+
+def log_landed_batches(
+    lake: Lake,
+    registry: ModelRegistry,
+    target: str,
+    first_batch_id: int,
+    trusted_types: list[str] | None = None,
+    now: datetime | None = None,
+) -> BatchScoring:
+    """Score silver's batches numbered ``first_batch_id`` and up with the champion; log each once.
+
+    Never raises for a champion that cannot be read or loaded: monitoring a batch must
+    not stop it landing, so that is returned as ``skipped`` (and logged).
+    """
+    if not lake.exists(SILVER):
+        return BatchScoring(skipped="no silver table yet")
+    rows = lake.scan(SILVER, pc.field("_batch_id") >= first_batch_id)
+    if rows is None or rows.num_rows == 0:
+        return BatchScoring(skipped="no new batch reached silver")
+    try:
+        champion = registry.by_alias(CHAMPION)
+    except RegistryUnavailable as exc:
+        logger.warning("batch monitoring skipped: %s", exc)
+        return BatchScoring(skipped=f"the registry did not answer: {exc}")
+    if champion is None:
+        return BatchScoring(skipped="no champion yet (these batches are what the first one trains on)")
+    try:
+        model = LoadedModel.load(registry, champion, extra_trusted=trusted_types or ())
+    except (ModelLoadFailed, RegistryUnavailable) as exc:
+        logger.warning("batch monitoring skipped: champion v%s cannot score: %s", champion.version, exc)
+        return BatchScoring(skipped=f"champion v{champion.version} cannot score: {exc}")
+    at = now or datetime.now(UTC)
+    batches = logged = 0
+    try:
+        for sha, group in rows.to_pandas().groupby("_sha256", sort=False):
+            key = f"batch-log:{sha}"
+            if lake.has_key(BATCH_LOG, key):
+                continue
+            try:
+                table = scored_rows(model, group.reset_index(drop=True), target, str(sha), at)
+            except Exception as exc:  # the model's own code may raise anything; the batch still lands
+                logger.warning("batch %s not monitored: %s: %s", str(sha)[:12], type(exc).__name__, exc)
+                continue
+            if lake.append_once(BATCH_LOG, table, key=key, schema_mode="merge").duplicate:
+                continue
+            batches, logged = batches + 1, logged + table.num_rows
+    finally:
+        model.close()
+    return BatchScoring(batches, logged, champion.version)
+
+
+def scored_rows(model: LoadedModel, batch: pd.DataFrame, target: str, sha: str, at: datetime) -> pa.Table:
+    """One batch's ``batch_log`` rows: its features as the model takes them, the prediction, the label."""
+    names = list(model.schema.names)
+    missing = [n for n in names if n not in batch.columns]
+    if missing:
+        raise KeyError(f"batch {sha[:12]} lacks the champion's input column(s) {missing}")
+    prediction = model.predict({n: batch[n].tolist() for n in names})
+    out = pa.Table.from_pandas(batch[names], preserve_index=False)
+    rows = len(batch)
+    label = pd.to_numeric(batch[target], errors="coerce") if target in batch else pd.Series(np.nan, index=batch.index)
+    columns: dict[str, pa.Array] = {
+        "_request_id": pa.array([f"{REQUEST_PREFIX}{sha[:16]}:{r}" for r in batch["_row"]], pa.string()),
+        "_ts": pa.array([at] * rows, TIMESTAMP),
+        "_model_version": pa.array([model.version] * rows, pa.string()),
+        "_served_by": pa.array([SERVED_BY] * rows, pa.string()),
+        "_prediction": pa.array(np.asarray(prediction.values, dtype=np.float64), pa.float64()),
+        "_score": pa.nulls(rows, pa.float64())
+        if prediction.scores is None
+        else pa.array(np.asarray(prediction.scores, dtype=np.float64), pa.float64()),
+        "_label": pa.array(label.to_numpy(dtype=np.float64), pa.float64(), mask=label.isna().to_numpy()),
+        "_batch_id": pa.array(batch["_batch_id"].astype("int64"), pa.int64()),
+        "_sha256": pa.array([sha] * rows, pa.string()),
+    }
+    for name, values in columns.items():
+        out = out.append_column(name, values)
+    return out
+
+
+def batch_window(lake: Lake, start: datetime, end: datetime) -> pa.Table | None:
+    """``batch_log`` rows scored in ``(start, end]`` (None: no table or no rows)."""
+    rows = lake.window(BATCH_LOG, "_ts", start, end)
+    return rows if rows is not None and rows.num_rows else None
+
+
+def batch_labels(rows: pa.Table | None) -> pa.Table | None:
+    """The labeled rows of ``batch_window``'s result in ``read_labeled``'s shape.
+
+    That is ``request_id, label, ts`` then the prediction columns and the features,
+    so they join the inference log's labeled predictions in one table.
+    """
+    if rows is None or "_label" not in rows.column_names:
+        return None
+    labeled = rows.filter(pc.is_valid(rows.column("_label")))
+    if labeled.num_rows == 0:
+        return None
+    keep = ["_prediction", "_score", "_model_version"]
+    features = [c for c in labeled.column_names if not c.startswith("_")]
+    out = pa.table(
+        {
+            "request_id": labeled.column("_request_id"),
+            "label": labeled.column("_label"),
+            "ts": labeled.column("_ts"),
+        }
+    )
+    for name in [*keep, *features]:
+        out = out.append_column(name, labeled.column(name))
+    return out
+
+
+def union(first: pa.Table | None, second: pa.Table | None) -> pa.Table | None:
+    """Rows of both (columns one lacks are null); a column whose types cannot be unified keeps the first's rows.
+
+    The inference log holds features as the server validated them, ``batch_log`` as
+    silver holds them; when a type cannot be unified (e.g. a user logged a feature as
+    text) the second table's rows are left out with a warning rather than failing the pass.
+    """
+    if first is None or first.num_rows == 0:
+        return second if second is not None and second.num_rows else first
+    if second is None or second.num_rows == 0:
+        return first
+    try:
+        return pa.concat_tables([first, second], promote_options="permissive")
+    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError) as exc:
+        logger.warning("batch rows left out of this pass: their columns do not fit the inference log's: %s", exc)
+        return first
+
+
+def since(rows: pa.Table | None, start: datetime) -> pa.Table | None:
+    """Rows with ``_ts`` after ``start`` (None when none)."""
+    if rows is None:
+        return None
+    later = rows.filter(pc.greater(rows.column("_ts"), utc(start)))
+    return later if later.num_rows else None
