@@ -99,23 +99,28 @@ class ReferenceProfile:
     columns: Mapping[str, Sample]
     rows: int
     thresholds: DriftThresholds
+    effect_limits: Mapping[str, float] = field(default_factory=dict)
+    """Feature -> the effect size its own chunks reach (calibrated alarms); empty when
+    the reference is too small to calibrate."""
 
     @classmethod
     def from_data(
         cls, data: Any, thresholds: DriftThresholds | None = None, columns: Sequence[str] | None = None
     ) -> ReferenceProfile:
-        """Profile ``data`` (a ``pyarrow.Table`` or ``pandas.DataFrame``).
+        """Profile ``data`` (a ``pyarrow.Table`` or ``pandas.DataFrame``), rows in landing order.
 
         Args:
-            data: the reference rows.
-            thresholds: sampling settings (``max_sample_size``, ``seed``).
+            data: the reference rows, oldest first (a ``_batch_id`` column, when there
+                is one, orders them for calibration).
+            thresholds: sampling and calibration settings.
             columns: columns to keep; default every numeric or categorical column
                 whose name does not start with ``_`` (lineage and serving metadata).
         """
         t = thresholds or DriftThresholds()
         table = _Table(data)
         names = list(columns) if columns is not None else [c for c in table.names if not c.startswith("_")]
-        return cls(_samples(table, names, t), table.rows, t)
+        samples = _samples(table, names, t)
+        return cls(samples, table.rows, t, _calibrate(table, samples, t))
 
 
 @dataclass(frozen=True)
@@ -137,7 +142,9 @@ class FeatureDrift:
         missing_share_reference: null/NaN/inf share in the reference.
         missing_share_current: the same in the current window.
         new_category_share: share of current rows in categories the reference never had.
-        drifted: significant after correction and effect at or above the floor.
+        effect_threshold: the effect size it had to reach: the floor, or the reference's
+            own calibrated chunk-to-chunk bound when that is higher.
+        drifted: significant after correction and effect at or above ``effect_threshold``.
         severity: ``none``, ``warning``, or ``critical`` (effect twice the floor or PSI critical).
         note: why a feature was not tested, if it was not.
     """
@@ -156,6 +163,7 @@ class FeatureDrift:
     missing_share_reference: float
     missing_share_current: float
     new_category_share: float = 0.0
+    effect_threshold: float = 0.0
     drifted: bool = False
     severity: Severity = "none"
     note: str | None = None
@@ -277,7 +285,7 @@ def compare(
             continue
         pairs.append((name, ref_side, cur_side))
     raw = _parallel(lambda p: _feature(p[0], p[1], p[2], t), pairs, heavy=table.rows >= _PARALLEL_ROWS)
-    features = _decide(raw, t)
+    features = _decide(raw, t, profile.effect_limits)
     issues.extend(_quality(features.values(), t))
     tested = [f for f in features.values() if f.test != "none"]
     n_drifted = sum(f.drifted for f in tested)
@@ -463,7 +471,7 @@ def _categorical_feature(name: str, ref: CategoricalSample, cur: CategoricalSamp
     )
 
 
-def _decide(raw: list[FeatureDrift], t: DriftThresholds) -> dict[str, FeatureDrift]:
+def _decide(raw: list[FeatureDrift], t: DriftThresholds, limits: Mapping[str, float]) -> dict[str, FeatureDrift]:
     tested = [f for f in raw if f.test != "none"]
     corrected = _stats.adjust_pvalues([f.p_value for f in tested], t.correction)
     adjusted = dict(zip((f.name for f in tested), corrected, strict=True))
@@ -473,14 +481,59 @@ def _decide(raw: list[FeatureDrift], t: DriftThresholds) -> dict[str, FeatureDri
             out[f.name] = f
             continue
         floor = t.numeric_effect_floor if f.kind == "numeric" else t.categorical_effect_floor
+        floor = max(floor, limits.get(f.name, 0.0))
         p_adj = adjusted[f.name]
         drifted = p_adj < t.alpha and f.effect_size >= floor
         severity: Severity = "none"
         if drifted:
             big = f.effect_size >= 2 * floor or f.psi >= t.psi_critical
             severity = "critical" if big else "warning"
-        out[f.name] = replace(f, p_adjusted=p_adj, drifted=drifted, severity=severity)
+        out[f.name] = replace(f, p_adjusted=p_adj, drifted=drifted, severity=severity, effect_threshold=floor)
     return out
+
+
+# -- calibration --------------------------------------------------------------
+def _calibrate(table: _Table, samples: Mapping[str, Sample], t: DriftThresholds) -> dict[str, float]:
+    """Per feature: mean + k std of the effect sizes of the reference's consecutive chunks against it."""
+    if t.calibration_chunks < 2 or table.rows < t.calibration_chunks * t.calibration_min_rows:
+        return {}
+    order = _landing_order(table)
+    bounds = np.linspace(0, table.rows, t.calibration_chunks + 1).astype(int)
+    chunks = [order[a:b] for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+    limits: dict[str, float] = {}
+    for name, whole in samples.items():
+        column = table.floats(name) if isinstance(whole, NumericSample) else table.arrow(name)
+        effects = [_chunk_effect(column, whole, rows, t) for rows in chunks]
+        found = [e for e in effects if e is not None]
+        if len(found) >= 2:
+            limits[name] = float(np.mean(found) + t.calibration_sigmas * np.std(found, ddof=1))
+    return limits
+
+
+def _landing_order(table: _Table) -> np.ndarray[Any, np.dtype[np.intp]]:
+    """Row positions oldest first: by ``_batch_id`` (stable) when the rows carry it, else as given."""
+    if "_batch_id" not in table.names:
+        return np.arange(table.rows)
+    batch = table.floats("_batch_id")
+    return np.argsort(np.nan_to_num(batch, nan=-1.0), kind="stable")
+
+
+def _chunk_effect(
+    column: FloatArray | pa.ChunkedArray, whole: Sample, rows: np.ndarray[Any, np.dtype[np.intp]], t: DriftThresholds
+) -> float | None:
+    """One chunk's effect size against the whole reference (None: too few values to measure)."""
+    if isinstance(whole, NumericSample):
+        assert isinstance(column, np.ndarray)
+        values = column[rows]
+        part = np.sort(values[np.isfinite(values)])
+        if part.size < t.min_samples or whole.values.size < t.min_samples:
+            return None
+        return _numeric_feature("chunk", whole, NumericSample(part, int(rows.size), 0), t).effect_size
+    assert isinstance(column, pa.ChunkedArray)
+    part_counts = _categorical(column.take(pa.array(rows)))
+    if sum(part_counts.counts.values()) < t.min_samples:
+        return None
+    return _categorical_feature("chunk", whole, part_counts, t).effect_size
 
 
 def _quality(features: Any, t: DriftThresholds) -> list[QualityIssue]:

@@ -75,6 +75,19 @@ class DriftThresholds(_Thresholds):
     """The dataset drifts when at least one feature drifts and the drifted share is at
     least this. 0: one genuinely moved feature is enough for the healer to look, the
     correction already keeps quiet data quiet (Evidently's 0.5 misses a single-feature shift)."""
+    calibration_chunks: int = Field(default=6, ge=0)
+    """Calibrated alarms (as NannyML derives its thresholds): the reference is cut into
+    this many consecutive chunks in landing order, each chunk's effect size against the
+    whole reference is measured, and a feature's effect must also clear the mean plus
+    ``calibration_sigmas`` standard deviations of those chunk effects. Variation the
+    reference already shows between its own chunks (a season, a sampling cycle) then
+    does not alarm; on an unchanging reference the bound sits near the floor. 0 turns
+    it off; a reference with fewer than ``calibration_min_rows`` rows per chunk is not
+    calibrated."""
+    calibration_sigmas: float = Field(default=3.0, gt=0.0)
+    """Standard deviations of the chunk effects above their mean (NannyML's default 3)."""
+    calibration_min_rows: int = Field(default=100, ge=10)
+    """Rows per chunk needed to calibrate: smaller chunks measure mostly sampling noise."""
     min_samples: int = Field(default=30, ge=2)
     """Non-missing values needed on each side to test a feature; below it asymptotic
     p-values are poor and one odd row moves the effect size by more than the floor."""

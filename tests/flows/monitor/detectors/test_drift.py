@@ -167,3 +167,49 @@ def test_bool_and_dictionary_columns_are_categorical() -> None:
     assert report.features["flag"].kind == "categorical"
     assert report.features["kind"].kind == "categorical"
     assert report.features["kind"].statistic == 0.0 and not report.drifted
+
+
+# -- calibrated alarms ----------------------------------------------------------
+def _seasonal(batches: int, rows: int, seed: int, amplitude: float = 0.6) -> pd.DataFrame:
+    """Batches whose mean follows a yearly cycle (6 batches a year), oldest first."""
+    rng = np.random.default_rng(seed)
+    parts = []
+    for k in range(batches):
+        season = amplitude * np.sin(2 * np.pi * k / 6)
+        parts.append(pd.DataFrame({"temp": rng.normal(season, 1.0, rows), "_batch_id": k}))
+    return pd.concat(parts, ignore_index=True)
+
+
+def test_seasonal_variation_the_reference_shows_does_not_alarm_but_an_uncalibrated_test_does() -> None:
+    reference = _seasonal(6, 800, seed=1)
+    # The next season's batch: within the cycle the reference went through.
+    current = _seasonal(8, 800, seed=2).query("_batch_id == 7").drop(columns="_batch_id")
+
+    calibrated = compare(reference, current, DriftThresholds())
+    plain = compare(reference, current, DriftThresholds(calibration_chunks=0))
+
+    assert plain.drifted, "without calibration this natural variation is taken for drift"
+    assert not calibrated.drifted
+    assert calibrated.features["temp"].effect_threshold > DriftThresholds().numeric_effect_floor
+
+
+def test_a_change_beyond_the_references_own_variation_still_alarms() -> None:
+    reference = _seasonal(6, 800, seed=1)
+    current = pd.DataFrame({"temp": np.random.default_rng(3).normal(2.0, 1.0, 800)})
+
+    report = compare(reference, current, DriftThresholds())
+
+    assert report.drifted and report.features["temp"].effect_size > report.features["temp"].effect_threshold
+
+
+def test_an_unchanging_reference_calibrates_near_the_floor() -> None:
+    rng = np.random.default_rng(4)
+    reference = pd.DataFrame({"x": rng.normal(size=6000), "c": rng.choice(list("abc"), 6000)})
+
+    limits = ReferenceProfile.from_data(reference).effect_limits
+
+    assert set(limits) == {"x", "c"}
+    assert limits["x"] < 2 * DriftThresholds().numeric_effect_floor
+    assert limits["c"] < DriftThresholds().categorical_effect_floor
+    # Too few rows per chunk: not calibrated, the floor alone applies.
+    assert ReferenceProfile.from_data(reference.head(300)).effect_limits == {}
