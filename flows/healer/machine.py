@@ -44,6 +44,7 @@ from flows.healer.remedies import (
     tracking_store_error,
 )
 from flows.metrics import lower_is_better
+from flows.monitor import inbox
 from flows.monitor.detectors.thresholds import MonitorThresholds
 from flows.monitor.flow import monitor_pass
 from flows.monitor.signals import Severity, Signal, SignalKind, Window
@@ -469,6 +470,7 @@ def observe(ctx: HealContext, since: datetime, run_monitor: bool = True) -> Obse
     observation.signals += upstream + torn
     observation.signals += probe_serving(ctx, now)
     observation.signals += probe_quarantine(ctx, since, now)
+    observation.signals += inbox.read(ctx.lake, since, now)  # posted by passes run elsewhere (landed batches)
     if run_monitor and not upstream and not torn:
         try:
             observation.signals += monitor_pass(cfg)

@@ -5,11 +5,11 @@ log never sees them. Instead the pipeline, right after a batch reaches silver an
 before anything is trained on it, scores it with the champion of that moment and
 appends the rows to the ``batch_log`` table: the model's features, the champion's
 prediction and score, and the batch's own label when it has one. The monitor then
-reads ``batch_log`` next to the inference log (``flows.monitor.flow.read_window``),
-so batch rows feed the same drift, prediction-drift, performance and concept-drift
-detectors against the same reference, and raise the same signals into the same
-incident stream. Serving-only statistics (latency, fallback share, request rate,
-null rate of requests) stay the inference log's.
+judges the logged rows at once (``flows.monitor.flow.batch_pass``) with the same
+detectors as live traffic, against the reference and baseline of the champion that
+scored them, and posts the signals to the inbox the healer reads
+(``flows.monitor.inbox``): one incident stream for live and batch data. Serving-only
+statistics (latency, fallback share, request rate) stay the inference log's.
 
 Each batch is logged once (idempotency key ``batch-log:<sha256>``): a resumed or
 repeated run never logs a batch twice. A batch that lands before any champion
@@ -21,9 +21,9 @@ Table ``batch_log``: the feature columns, then ``_request_id`` (``batch:<sha>:<r
 ``_sha256``.
 
 Example:
-    >>> done = log_landed_batches(cfg, lake, registry, first_batch_id=7)
+    >>> done, rows = log_landed_batches(lake, registry, "is_fraud", first_batch_id=7)
     >>> done.summary()
-    'monitored 1 batch(es), 1000 row(s), with champion v3'
+    'monitored 1 batch(es), 1000 row(s), with champion v3: no signal'
 """
 
 from __future__ import annotations
@@ -39,7 +39,6 @@ import pyarrow.compute as pc
 
 from checkpoints import Lake
 from checkpoints.exceptions import RegistryUnavailable
-from checkpoints.scan import utc
 from serving.inference_log import TIMESTAMP
 from serving.model import LoadedModel
 from serving.registry import CHAMPION, ModelLoadFailed, ModelRegistry
@@ -62,18 +61,21 @@ class BatchScoring:
         rows: their rows.
         champion: the version that scored them (None: none did).
         skipped: why nothing was scored, when nothing was.
+        signals: the signals judging them raised, one line each.
     """
 
     batches: int = 0
     rows: int = 0
     champion: str | None = None
     skipped: str | None = None
+    signals: tuple[str, ...] = ()
 
     def summary(self) -> str:
         """One line for the run's log."""
         if self.skipped:
             return f"batch monitoring: {self.skipped}"
-        return f"monitored {self.batches} batch(es), {self.rows} row(s), with champion v{self.champion}"
+        judged = "; ".join(self.signals) if self.signals else "no signal"
+        return f"monitored {self.batches} batch(es), {self.rows} row(s), with champion v{self.champion}: {judged}"
 
 
 def log_landed_batches(
@@ -83,31 +85,32 @@ def log_landed_batches(
     first_batch_id: int,
     trusted_types: list[str] | None = None,
     now: datetime | None = None,
-) -> BatchScoring:
+) -> tuple[BatchScoring, pa.Table | None]:
     """Score silver's batches numbered ``first_batch_id`` and up with the champion; log each once.
 
-    Never raises for a champion that cannot be read or loaded: monitoring a batch must
-    not stop it landing, so that is returned as ``skipped`` (and logged).
+    Returns what was done and the rows logged now (None: none). Never raises for a
+    champion that cannot be read or loaded: monitoring a batch must not stop it
+    landing, so that is returned as ``skipped`` (and logged).
     """
     if not lake.exists(SILVER):
-        return BatchScoring(skipped="no silver table yet")
+        return BatchScoring(skipped="no silver table yet"), None
     rows = lake.scan(SILVER, pc.field("_batch_id") >= first_batch_id)
     if rows is None or rows.num_rows == 0:
-        return BatchScoring(skipped="no new batch reached silver")
+        return BatchScoring(skipped="no new batch reached silver"), None
     try:
         champion = registry.by_alias(CHAMPION)
     except RegistryUnavailable as exc:
         logger.warning("batch monitoring skipped: %s", exc)
-        return BatchScoring(skipped=f"the registry did not answer: {exc}")
+        return BatchScoring(skipped=f"the registry did not answer: {exc}"), None
     if champion is None:
-        return BatchScoring(skipped="no champion yet (these batches are what the first one trains on)")
+        return BatchScoring(skipped="no champion yet (these batches are what the first one trains on)"), None
     try:
         model = LoadedModel.load(registry, champion, extra_trusted=trusted_types or ())
     except (ModelLoadFailed, RegistryUnavailable) as exc:
         logger.warning("batch monitoring skipped: champion v%s cannot score: %s", champion.version, exc)
-        return BatchScoring(skipped=f"champion v{champion.version} cannot score: {exc}")
+        return BatchScoring(skipped=f"champion v{champion.version} cannot score: {exc}"), None
     at = now or datetime.now(UTC)
-    batches = logged = 0
+    logged: list[pa.Table] = []
     try:
         for sha, group in rows.to_pandas().groupby("_sha256", sort=False):
             key = f"batch-log:{sha}"
@@ -118,12 +121,12 @@ def log_landed_batches(
             except Exception as exc:  # the model's own code may raise anything; the batch still lands
                 logger.warning("batch %s not monitored: %s: %s", str(sha)[:12], type(exc).__name__, exc)
                 continue
-            if lake.append_once(BATCH_LOG, table, key=key, schema_mode="merge").duplicate:
-                continue
-            batches, logged = batches + 1, logged + table.num_rows
+            if not lake.append_once(BATCH_LOG, table, key=key, schema_mode="merge").duplicate:
+                logged.append(table)
     finally:
         model.close()
-    return BatchScoring(batches, logged, champion.version)
+    done = BatchScoring(len(logged), sum(t.num_rows for t in logged), champion.version)
+    return done, pa.concat_tables(logged, promote_options="permissive") if logged else None
 
 
 def scored_rows(model: LoadedModel, batch: pd.DataFrame, target: str, sha: str, at: datetime) -> pa.Table:
@@ -154,12 +157,6 @@ def scored_rows(model: LoadedModel, batch: pd.DataFrame, target: str, sha: str, 
     return out
 
 
-def batch_window(lake: Lake, start: datetime, end: datetime) -> pa.Table | None:
-    """``batch_log`` rows scored in ``(start, end]`` (None: no table or no rows)."""
-    rows = lake.window(BATCH_LOG, "_ts", start, end)
-    return rows if rows is not None and rows.num_rows else None
-
-
 def batch_labels(rows: pa.Table | None) -> pa.Table | None:
     """The labeled rows of ``batch_window``'s result in ``read_labeled``'s shape.
 
@@ -183,29 +180,3 @@ def batch_labels(rows: pa.Table | None) -> pa.Table | None:
     for name in [*keep, *features]:
         out = out.append_column(name, labeled.column(name))
     return out
-
-
-def union(first: pa.Table | None, second: pa.Table | None) -> pa.Table | None:
-    """Rows of both (columns one lacks are null); a column whose types cannot be unified keeps the first's rows.
-
-    The inference log holds features as the server validated them, ``batch_log`` as
-    silver holds them; when a type cannot be unified (e.g. a user logged a feature as
-    text) the second table's rows are left out with a warning rather than failing the pass.
-    """
-    if first is None or first.num_rows == 0:
-        return second if second is not None and second.num_rows else first
-    if second is None or second.num_rows == 0:
-        return first
-    try:
-        return pa.concat_tables([first, second], promote_options="permissive")
-    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError) as exc:
-        logger.warning("batch rows left out of this pass: their columns do not fit the inference log's: %s", exc)
-        return first
-
-
-def since(rows: pa.Table | None, start: datetime) -> pa.Table | None:
-    """Rows with ``_ts`` after ``start`` (None when none)."""
-    if rows is None:
-        return None
-    later = rows.filter(pc.greater(rows.column("_ts"), utc(start)))
-    return later if later.num_rows else None

@@ -1,7 +1,7 @@
 """The monitor flow: read what is new, run the detectors, record, and raise signals.
 
 Each run reads everything new since its watermarks (the inference log, the
-feedback labels, landed batches, the server's ``/metrics``, the tables' freshness), judges it
+feedback labels, the server's ``/metrics``, the tables' freshness), judges it
 with ``flows.monitor.window.assess``, appends the metric series to the Delta
 ``metrics`` table together with its state (crash-safe: see
 ``flows.monitor.state``), publishes a markdown artifact, and returns the due
@@ -13,9 +13,8 @@ Tables read (the contract with serving and the pipeline):
   ``_model_version``, ``_served_by`` (primary|fallback|baseline), ``_prediction``,
   ``_score`` (nullable), ``_latency_ms``.
 - ``feedback``: ``request_id``, ``label`` (float64), ``ts`` (timestamp us UTC).
-- ``batch_log``: landed batches the pipeline scored with the champion
-  (``flows.monitor.batch``): the inference log's columns plus ``_label``; they join
-  the drift and label windows, not serving's own statistics.
+- ``batch_log``: only whether it exists (a lake fed in batch only has no live feed
+  to go stale); landed batches are judged by ``batch_pass`` when they land.
 - ``silver``: the training features (reference), at the champion's
   ``selfheal.silver_version`` tag if set, else its newest version.
 
@@ -33,7 +32,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -47,7 +46,7 @@ from checkpoints import Lake
 from checkpoints.exceptions import RegistryUnavailable, ServingUnavailable
 from checkpoints.scan import read_labeled, utc
 from flows.events import emit
-from flows.monitor import batch
+from flows.monitor import batch, inbox
 from flows.monitor.detectors import MonitorThresholds, ReferenceProfile
 from flows.monitor.detectors.performance import Task
 from flows.monitor.scrape import ServingSnapshot, scrape
@@ -219,34 +218,18 @@ def _labels_after(labeled: pa.Table | None, start: datetime) -> pa.Table | None:
 
 
 def _labels(
-    lake: Lake,
-    state: MonitorState,
-    thresholds: MonitorThresholds,
-    champion: Champion,
-    start: datetime,
-    end: datetime,
-    batches: pa.Table | None = None,
+    lake: Lake, state: MonitorState, thresholds: MonitorThresholds, champion: Champion, start: datetime, end: datetime
 ) -> tuple[pa.Table | None, datetime, pa.Table | None]:
-    """The new labels (concept drift), and the performance window's start and labels (when enough).
-
-    Labels come from ``/feedback`` joined with the inference log, and from the labeled
-    rows of landed batches (``batches``, ``batch_log`` rows read since ``start``).
-    """
+    """The new labels (concept drift), and the performance window's start and labels (when enough)."""
     feedback_start = state.feedback_watermark or start
     perf_start = state.performance_watermark or start
     # One look-up of the labeled predictions serves both windows (it reads every log file).
-    served = read_labeled(lake, min(feedback_start, perf_start), end, feedback=FEEDBACK, predictions=INFERENCE_LOG)
-    both = batch.union(served, batch.batch_labels(batch.since(batches, min(feedback_start, perf_start))))
-    both = both.sort_by("ts") if both is not None else None
+    both = read_labeled(lake, min(feedback_start, perf_start), end, feedback=FEEDBACK, predictions=INFERENCE_LOG)
     all_labels = _labels_after(both, perf_start)
     if all_labels is not None and champion.version is not None and "_model_version" in all_labels.column_names:
         # Quality is the champion's: labels of predictions an older version made right
-        # before a swap must not count against (or for) the new one. A landed batch is
-        # the exception: it is judged as scored, by the champion of the moment it landed
-        # (the pipeline may promote a model trained on it before this pass reads it).
-        current = pc.equal(all_labels.column("_model_version"), champion.version)
-        landed = pc.starts_with(all_labels.column("request_id"), batch.REQUEST_PREFIX)
-        all_labels = all_labels.filter(pc.or_kleene(current, landed))
+        # before a swap must not count against (or for) the new one.
+        all_labels = all_labels.filter(pc.equal(all_labels.column("_model_version"), champion.version))
     enough = all_labels is not None and all_labels.num_rows >= thresholds.performance.min_labels
     return _labels_after(both, feedback_start), perf_start, all_labels if enough else None
 
@@ -286,15 +269,10 @@ def read_window(
     drift_start = state.drift_watermark or start
     rows = lake.window(INFERENCE_LOG, "_ts", min(start, drift_start), end)
     rows = rows.sort_by("_ts") if rows is not None else pa.table({"_ts": pa.array([], pa.timestamp("us", tz="UTC"))})
-    # Landed batches the pipeline scored (flows.monitor.batch) join the drift and quality
-    # windows; serving's own statistics (latency, fallback share, rate) stay the log's.
-    batches = batch.batch_window(lake, min(start, drift_start), end)
-    observed = batch.union(rows, batches)
-    assert observed is not None
-    drift_rows = observed.filter(pc.greater(observed.column("_ts"), utc(drift_start)))
+    drift_rows = rows.filter(pc.greater(rows.column("_ts"), utc(drift_start)))
     enough = drift_rows.num_rows >= thresholds.min_window_rows
-    labeled, perf_start, performance_rows = _labels(lake, state, thresholds, champion, start, end, batches)
-    served = [c for c in observed.column_names if not c.startswith("_")]
+    labeled, perf_start, performance_rows = _labels(lake, state, thresholds, champion, start, end)
+    served = [c for c in rows.column_names if not c.startswith("_")]
     serving, serving_error = _scrape(serving_url, thresholds.scrape_timeout_seconds)
     return MonitorWindow(
         start=start,
@@ -436,6 +414,49 @@ def monitor_pass(cfg: SelfhealConfig, now: datetime | None = None) -> list[Signa
         _emit_signal(signal)
     logger.debug("monitor run %d: %d signal(s), committed=%s", result.state.seq, len(result.signals), committed)
     return result.signals
+
+
+def batch_pass(cfg: SelfhealConfig, rows: pa.Table, scored_by: str, now: datetime | None = None) -> list[Signal]:
+    """Judge landed batch rows (``batch_log``) against the champion that scored them; return the signals.
+
+    Run by the pipeline right after it scored the batches and before it trains on
+    them, so the reference and the baseline are those of the model that met the batch
+    (a model trained on the batch would see no drift in it). A batch is one complete
+    piece of evidence: it is judged on its own, with a fresh state (no watermarks
+    move, no streak carries over), so drift, prediction drift and, when it is
+    labeled, performance are tested at once. The signals are sent as events and
+    posted to the signal inbox (``flows.monitor.inbox``) for the healer.
+    """
+    limits = MonitorThresholds.from_mapping(cfg.thresholds)
+    lake = Lake(cfg.lake.root, cfg.lake.storage_options or None)
+    champion = champion_context(cfg.model_name, cfg.tracking_uri)
+    if champion.version != scored_by:
+        return []  # promoted since it was scored: the pipeline runs this before training, so this is a race
+    at = now or datetime.now(UTC)
+    labels = batch.batch_labels(rows)
+    served = [c for c in rows.column_names if not c.startswith("_")]
+    window = MonitorWindow(
+        start=at,
+        end=at,
+        now=at,
+        inference=rows.slice(0, 0),
+        drift_start=at,
+        drift_rows=rows,
+        labeled=labels,
+        performance_start=at,
+        performance_rows=labels,
+        reference=reference_profile(
+            lake, champion.silver_version, limits, cfg.data.target, served, champion.window_batches
+        ),
+        baseline_metrics=dict(champion.metrics),
+        task=cfg.data.task,
+    )
+    signals = [replace(s, source="batch") for s in assess(window, MonitorState(), limits).signals]
+    for signal in signals:
+        logger.warning("batch signal: %s", signal.summary())
+        _emit_signal(signal)
+    inbox.post(lake, signals, source="pipeline", now=at)
+    return signals
 
 
 def _emit_signal(signal: Signal) -> None:

@@ -36,7 +36,7 @@ from flows.monitor.detectors import (
     compare,
     robust_z,
 )
-from flows.monitor.detectors.performance import Task
+from flows.monitor.detectors.performance import Task, estimate_performance
 from flows.monitor.detectors.streaming import ErrorKind
 from flows.monitor.scrape import ServingSnapshot, deltas
 from flows.monitor.signals import Severity, Signal, SignalKind, Window
@@ -355,9 +355,14 @@ def _drift(c: _Collector) -> tuple[DriftReport | None, DriftReport | None]:
     if w.drift_rows is None:
         return None, None
     report = None
+    prediction = None
+    if w.prediction_reference is not None:
+        cols = [col for col in PREDICTION_COLUMNS if col in w.prediction_reference.columns]
+        prediction = compare(w.prediction_reference, w.drift_rows, t.prediction_drift, columns=cols)
+        _drift_signal(c, "prediction_drift", SignalKind.PREDICTION_DRIFT, prediction)
     if w.reference is not None:
         report = compare(w.reference, w.drift_rows, t.drift)
-        _drift_signal(c, "drift", SignalKind.DATA_DRIFT, report)
+        _drift_signal(c, "drift", SignalKind.DATA_DRIFT, report, _impact(c, prediction))
         issues = [
             {"feature": q.feature, "issue": q.issue, "value": q.value, "threshold": q.threshold}
             for q in report.quality_issues
@@ -371,19 +376,53 @@ def _drift(c: _Collector) -> tuple[DriftReport | None, DriftReport | None]:
             start=w.drift_start,
             key="data_quality:features",
         )
-    prediction = None
-    if w.prediction_reference is not None:
-        cols = [col for col in PREDICTION_COLUMNS if col in w.prediction_reference.columns]
-        prediction = compare(w.prediction_reference, w.drift_rows, t.prediction_drift, columns=cols)
-        _drift_signal(c, "prediction_drift", SignalKind.PREDICTION_DRIFT, prediction)
     return report, prediction
 
 
-def _drift_signal(c: _Collector, prefix: str, kind: SignalKind, report: DriftReport) -> None:
-    """Record a drift report's metric rows and judge its signal on the drift window."""
+def _impact(c: _Collector, prediction: DriftReport | None) -> dict[str, Any]:
+    """Does the window's drift reach the model: its outputs moved, or its estimated quality fell?
+
+    The estimate (CBPE, ``estimate_performance``) reads the champion's own scores on the
+    drift window, so it needs no labels; it is recorded as ``performance.estimated.*``.
+    """
+    impact: dict[str, Any] = {"prediction_drift": bool(prediction is not None and prediction.drifted)}
+    rows = c.w.drift_rows
+    if rows is not None and {"_score", "_prediction"} <= set(rows.column_names):
+        est = estimate_performance(
+            rows.column("_score").to_numpy(zero_copy_only=False),
+            rows.column("_prediction").to_numpy(zero_copy_only=False),
+            c.w.task,
+            c.w.baseline_metrics,
+            c.t.performance,
+        )
+        if est is not None:
+            for name, value in est.metrics.items():
+                c.metric(f"performance.estimated.{name}", value, {"rows": est.rows}, c.w.drift_start)
+            impact["estimated"] = dict(est.metrics)
+            impact["estimated_drop"] = est.dropped
+            if est.worst is not None:
+                impact["estimated_worse_by"] = {est.worst: est.worse_by}
+    impact["reaches_model"] = impact["prediction_drift"] or bool(impact.get("estimated_drop"))
+    return impact
+
+
+def _drift_signal(
+    c: _Collector, prefix: str, kind: SignalKind, report: DriftReport, impact: dict[str, Any] | None = None
+) -> None:
+    """Record a drift report's metric rows and judge its signal on the drift window.
+
+    With ``impact`` (data drift), severity ranks by what the drift does to the model:
+    CRITICAL when it moves the model's outputs or its estimated quality, WARNING when
+    the inputs moved and the model did not notice; the evidence carries the estimate.
+    """
     _report_rows(c, prefix, report, c.w.drift_start)
     severity = Severity(report.severity) if report.drifted else Severity.INFO
-    c.judge(kind, report.drifted, severity, _drift_evidence(report), start=c.w.drift_start)
+    evidence = _drift_evidence(report)
+    if impact is not None:
+        evidence["impact"] = impact
+        if report.drifted:
+            severity = Severity.CRITICAL if impact["reaches_model"] else Severity.WARNING
+    c.judge(kind, report.drifted, severity, evidence, start=c.w.drift_start)
 
 
 def _drift_evidence(report: DriftReport) -> dict[str, Any]:

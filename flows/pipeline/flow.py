@@ -42,6 +42,7 @@ from checkpoints import Lake
 from checkpoints.exceptions import SchemaMismatch
 from flows.config import SelfhealConfig, load_config
 from flows.monitor.batch import BatchScoring, log_landed_batches
+from flows.monitor.flow import batch_pass
 from flows.pipeline.exceptions import PromotionRejected, ValidationFailed
 from flows.pipeline.stages import evaluate, features, ingest, train
 from flows.pipeline.stages.batch_io import read_batch
@@ -380,8 +381,11 @@ def _rollback_silver(txn: Transaction) -> None:
 
 @task(name="monitor-batches", cache_policy=NO_CACHE)
 def monitor_batches_task(cfg: SelfhealConfig, registry: Registry, first_batch: int) -> BatchScoring:
-    """Score this run's batches with the champion of now and log them for the monitor (before training)."""
-    done = log_landed_batches(open_lake(cfg), registry, cfg.data.target, first_batch, cfg.trainer.trusted_types)
+    """Score this run's batches with the champion of now, log them, and judge them (before training)."""
+    done, rows = log_landed_batches(open_lake(cfg), registry, cfg.data.target, first_batch, cfg.trainer.trusted_types)
+    if rows is not None and done.champion is not None:
+        signals = batch_pass(cfg, rows, done.champion)
+        done = replace(done, signals=tuple(s.summary() for s in signals))
     _log().info("%s", done.summary())
     return done
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 from numpy.typing import ArrayLike
@@ -162,3 +162,79 @@ def check_performance(
         dropped = bool(beyond and worse > t.z * se)
         checks.append(MetricCheck(name, value, se, base, worse, dropped))
     return PerformanceCheck(n, {k: v for k, (v, _) in computed.items()}, tuple(checks))
+
+
+@dataclass(frozen=True)
+class EstimatedPerformance:
+    """Quality estimated from the model's own confidence, without labels (CBPE).
+
+    Attributes:
+        metrics: estimated value by metric name (``roc_auc``, ``accuracy``).
+        worst: the metric that fell most below its baseline (None: no baseline).
+        worse_by: how far below (absolute; > 0 is worse).
+        dropped: ``worse_by`` beyond ``max_drop``.
+        rows: predictions the estimate rests on.
+    """
+
+    metrics: Mapping[str, float]
+    worst: str | None
+    worse_by: float
+    dropped: bool
+    rows: int
+
+
+def estimate_performance(
+    scores: ArrayLike,
+    predictions: ArrayLike,
+    task: Task,
+    baseline: Mapping[str, float],
+    thresholds: PerformanceThresholds | None = None,
+) -> EstimatedPerformance | None:
+    """Confidence-based performance estimation (CBPE, as NannyML does it) for unlabeled predictions.
+
+    If the scores are calibrated probabilities, a prediction with positive-class
+    probability ``p`` is right with probability ``p`` (predicted 1) or ``1 - p``
+    (predicted 0), so expected accuracy is their mean, and expected ROC AUC is the
+    expected share of (positive, negative) pairs ranked right, each pair weighted by
+    the chance that it is one. It is an estimate: it cannot see a change in the
+    relation between inputs and label (concept drift); that needs labels.
+
+    Returns:
+        None for regression, too few rows (``min_labels``) or no finite scores.
+    """
+    t = thresholds or PerformanceThresholds()
+    p = np.asarray(scores, dtype=np.float64)
+    pred = np.asarray(predictions, dtype=np.float64)
+    keep = np.isfinite(p) & np.isfinite(pred)
+    p, pred = np.clip(p[keep], 0.0, 1.0), pred[keep]
+    if task == "regression" or p.size < t.min_labels:
+        return None
+    metrics: dict[str, float] = {}
+    if task == "binary":
+        metrics["accuracy"] = float(np.mean(np.where(pred == 1, p, 1.0 - p)))
+        auc = _expected_auc(p)
+        if auc is not None:
+            metrics["roc_auc"] = auc
+    else:  # multiclass: the score is the top class's probability, the chance the label is it
+        metrics["accuracy"] = float(np.mean(p))
+    worst, worse_by = None, 0.0
+    for name, value in metrics.items():
+        if name in baseline and math.isfinite(float(baseline[name])) and float(baseline[name]) - value >= worse_by:
+            worst, worse_by = name, float(baseline[name]) - value
+    return EstimatedPerformance(metrics, worst, worse_by, worst is not None and worse_by > t.max_drop, int(p.size))
+
+
+def _expected_auc(p: np.ndarray[Any, np.dtype[np.float64]]) -> float | None:
+    """Expected ROC AUC when each row is positive with probability ``p`` (ranked by ``p``; ties count half)."""
+    order = np.argsort(p, kind="stable")
+    ps = p[order]
+    neg = 1.0 - ps
+    # For each row: the negative weight of rows scored strictly lower, plus half of its tie group's (self excluded).
+    _, start, counts = np.unique(ps, return_index=True, return_counts=True)
+    below = np.concatenate([[0.0], np.cumsum(neg)])[start]
+    tie_neg = np.add.reduceat(neg, start)
+    group_below = np.repeat(below, counts)
+    group_tie = np.repeat(tie_neg, counts)
+    right = np.sum(ps * (group_below + 0.5 * (group_tie - neg)))
+    pairs = ps.sum() * neg.sum() - np.sum(ps * neg)
+    return float(right / pairs) if pairs > 0 else None

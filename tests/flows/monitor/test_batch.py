@@ -1,35 +1,10 @@
-"""Joining batch rows to the inference log's: shapes and types."""
+"""Batch rows in the shape the monitor's label window takes."""
 
 from __future__ import annotations
 
-import logging
-
 import pyarrow as pa
-import pytest
 
-from flows.monitor.batch import batch_labels, union
-
-
-def test_union_fills_missing_columns_and_widens_types() -> None:
-    served = pa.table({"x": pa.array([1, 2], pa.int64()), "_latency_ms": [1.0, 2.0]})
-    landed = pa.table({"x": pa.array([0.5], pa.float64()), "_label": [1.0]})
-
-    both = union(served, landed)
-
-    assert both is not None and both.num_rows == 3
-    assert both.schema.field("x").type == pa.float64()
-    assert both.column("_latency_ms").null_count == 1 and both.column("_label").null_count == 2
-
-
-def test_union_keeps_the_first_tables_rows_when_a_type_cannot_be_unified(caplog: pytest.LogCaptureFixture) -> None:
-    served = pa.table({"x": pa.array([1.0, 2.0])})
-    landed = pa.table({"x": pa.array([["a"]], pa.list_(pa.string()))})
-
-    with caplog.at_level(logging.WARNING):
-        both = union(served, landed)
-
-    assert both is not None and both.num_rows == 2
-    assert "do not fit" in caplog.text
+from flows.monitor.batch import batch_labels
 
 
 def test_batch_labels_take_only_labeled_rows_in_the_feedback_join_shape() -> None:

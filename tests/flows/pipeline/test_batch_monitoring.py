@@ -1,11 +1,12 @@
 """Batch monitoring end to end: landed batches are scored by the champion and judged by the monitor.
 
 Real Prefect harness, real Delta lake, real MLflow sqlite registry; no server runs, so
-every signal here comes from landed batches alone.
+every signal here comes from landed batches alone, judged by the pipeline when they land.
 """
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -15,16 +16,17 @@ import pytest
 
 from checkpoints import Lake
 from flows.config import load_config
+from flows.healer.machine import make_context, observe
 from flows.monitor.batch import BATCH_LOG
-from flows.monitor.flow import monitor_pass
-from flows.pipeline.flow import pipeline_flow
+from flows.monitor.inbox import INBOX
+from flows.pipeline.flow import PipelineResult, pipeline_flow
 from flows.registry import CHAMPION, Registry
 from tests.flows.pipeline.fixtures import write_config
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 
 ROWS = 600
-THRESHOLDS = {"min_window_rows": 300, "ingest_lag_seconds": 0, "performance": {"min_labels": 200}}
+THRESHOLDS = {"performance": {"min_labels": 200}}
 
 
 def _batch(seed: int, rule: str = "sum", shift: float = 0.0) -> pd.DataFrame:
@@ -55,9 +57,10 @@ def _world(tmp_path: Path, **overrides: object) -> Path:
     return config
 
 
-def _judge(config: Path) -> set[str]:
-    """One monitor pass now (the config's ingest lag is 0): the signal kinds raised."""
-    return {s.kind.value for s in monitor_pass(load_config(config))}
+def _kinds(result: PipelineResult) -> set[str]:
+    """The signal kinds the run's batch judgement raised."""
+    assert result.monitored is not None
+    return {line.split(" ", 2)[1].rstrip(":") for line in result.monitored.signals}
 
 
 def test_each_landed_batch_is_scored_once_by_the_champion_it_landed_under(tmp_path: Path) -> None:
@@ -82,26 +85,29 @@ def test_each_landed_batch_is_scored_once_by_the_champion_it_landed_under(tmp_pa
     assert Lake(tmp_path / "lake").read(BATCH_LOG).num_rows == ROWS
 
 
-def test_a_quiet_batch_raises_no_drift_and_a_shifted_one_does(tmp_path: Path) -> None:
+def test_a_quiet_batch_raises_no_drift_and_a_shifted_one_does_and_the_healer_hears_it(tmp_path: Path) -> None:
     config = _world(tmp_path)
     _land(tmp_path, 2, _batch(2))
-    pipeline_flow(str(config))
-    quiet = _judge(config)
-    assert not quiet & {"data_drift", "concept_drift", "performance_drop", "stale_data"}, quiet
+    quiet = _kinds(pipeline_flow(str(config)))
+    assert not quiet & {"data_drift", "concept_drift", "performance_drop"}, quiet
 
+    since = datetime.now(UTC)
     _land(tmp_path, 3, _batch(3, shift=3.0))
-    pipeline_flow(str(config))
-    assert "data_drift" in _judge(config)
+    shifted = pipeline_flow(str(config))
+
+    assert "data_drift" in _kinds(shifted)
+    heard = observe(make_context(load_config(config), str(config)), since)
+    drift = [s for s in heard.signals if s.kind.value == "data_drift"]
+    assert drift and drift[0].source == "batch" and "x3" in drift[0].evidence["drifted_features"]
 
 
 def test_a_concept_change_in_a_labeled_batch_raises_a_quality_signal(tmp_path: Path) -> None:
     config = _world(tmp_path)
     _land(tmp_path, 2, _batch(2, rule="difference"))
 
-    pipeline_flow(str(config))
+    kinds = _kinds(pipeline_flow(str(config)))
 
-    kinds = _judge(config)
-    assert kinds & {"concept_drift", "performance_drop"}, kinds
+    assert "performance_drop" in kinds, kinds
     assert "data_drift" not in kinds  # the inputs did not move
 
 
@@ -112,5 +118,5 @@ def test_batch_monitoring_can_be_turned_off(tmp_path: Path) -> None:
     result = pipeline_flow(str(config))
 
     assert result.monitored is None
-    assert not Lake(tmp_path / "lake").exists(BATCH_LOG)
-    assert not _judge(config) & {"concept_drift", "performance_drop"}
+    lake = Lake(tmp_path / "lake")
+    assert not lake.exists(BATCH_LOG) and not lake.exists(INBOX)

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
+from sklearn.metrics import roc_auc_score
 
 from flows.monitor.detectors import PerformanceThresholds, check_performance
+from flows.monitor.detectors.performance import estimate_performance
 
 
 def _labeled(rng: np.random.Generator, n: int, noise: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -38,3 +41,32 @@ def test_regression_error_rise_detected() -> None:
     check = check_performance(y, y + rng.normal(0, 2.0, 1000), None, "regression", {"rmse": 1.0, "r2": 0.9})
     assert check is not None and check.dropped
     assert {c.metric for c in check.checks if c.dropped} >= {"rmse"}
+
+
+# -- estimated performance (CBPE) -------------------------------------------------
+def test_estimated_auc_and_accuracy_match_labels_drawn_from_calibrated_scores() -> None:
+    rng = np.random.default_rng(0)
+    p = np.round(rng.beta(2, 2, 4000), 2)  # rounded: ties are handled too
+    pred = (p >= 0.5).astype(float)
+    est = estimate_performance(p, pred, "binary", {"roc_auc": 0.9, "accuracy": 0.8})
+    assert est is not None
+    draws = [rng.random(p.size) < p for _ in range(200)]
+    auc = np.mean([roc_auc_score(y, p) for y in draws])
+    acc = np.mean([np.mean(y == pred.astype(bool)) for y in draws])
+    assert est.metrics["roc_auc"] == pytest.approx(auc, abs=0.005)
+    assert est.metrics["accuracy"] == pytest.approx(acc, abs=0.005)
+
+
+def test_estimated_performance_drops_when_the_model_grows_unsure() -> None:
+    rng = np.random.default_rng(1)
+    baseline = {"roc_auc": 0.95, "accuracy": 0.9}
+    sure = np.concatenate([rng.uniform(0.0, 0.05, 500), rng.uniform(0.95, 1.0, 500)])
+    unsure = rng.uniform(0.35, 0.65, 1000)
+
+    confident = estimate_performance(sure, (sure >= 0.5).astype(float), "binary", baseline)
+    doubtful = estimate_performance(unsure, (unsure >= 0.5).astype(float), "binary", baseline)
+
+    assert confident is not None and not confident.dropped
+    assert doubtful is not None and doubtful.dropped and doubtful.worst in baseline
+    assert estimate_performance(sure[:50], sure[:50], "binary", baseline) is None  # fewer than min_labels
+    assert estimate_performance(sure, sure, "regression", baseline) is None
