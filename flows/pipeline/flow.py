@@ -362,12 +362,21 @@ def features_task(cfg: SelfhealConfig) -> int | None:
     if lake.exists(SILVER) and lake.read(SILVER).num_rows:
         done = set(lake.read(SILVER, columns=["_sha256"]).column("_sha256").to_pylist())
     bronze = lake.read(BRONZE).to_pandas()
+    as_float = _bools_stored_as_float(lake, schema)
     for sha, rows in bronze[~bronze["_sha256"].isin(done)].groupby("_sha256", sort=False):
         silver = features.to_silver(
-            rows, schema, cfg.data.target, [*cfg.data.id_columns, *filter(None, [cfg.data.time_column])]
+            rows, schema, cfg.data.target, [*cfg.data.id_columns, *filter(None, [cfg.data.time_column])], as_float
         )
         lake.append(SILVER, silver, key=f"silver:{sha}")
     return lake.version(SILVER) if lake.exists(SILVER) else None
+
+
+def _bools_stored_as_float(lake: Lake, schema: dict[str, str]) -> set[str]:
+    """Boolean features an existing silver stores as 0/1 floats (written before booleans were kept)."""
+    if not lake.exists(SILVER):
+        return set()
+    stored = pa.schema(lake._open(SILVER).schema().to_arrow())
+    return {f.name for f in stored if schema.get(f.name) == "bool" and pa.types.is_floating(f.type)}
 
 
 @features_task.on_rollback
@@ -428,7 +437,9 @@ def train_task(cfg: SelfhealConfig, silver_version: int) -> Challenger:
     lake = open_lake(cfg)
     schema = locked_schema(lake, cfg)
     assert schema is not None
-    silver = train.recent(lake.read(SILVER, version=silver_version).to_pandas(), cfg.trainer.window_batches)
+    silver = train.recent(
+        features.model_frame(lake.read(SILVER, version=silver_version), schema), cfg.trainer.window_batches
+    )
     trained, split = train.fit(
         silver, schema, cfg.data.target, cfg.data.task, cfg.trainer, cfg.data.id_columns, cfg.data.time_column
     )
@@ -452,6 +463,8 @@ def train_task(cfg: SelfhealConfig, silver_version: int) -> Challenger:
         info = log_sklearn_model(
             trained.model,
             split.train[trained.features].head(5),
+            # The model imputes: a feature the training rows left empty takes null when served too.
+            nullable=[c for c in trained.features if split.train[c].isna().any()],
             registered_model_name=cfg.model_name,
             extra_trusted=cfg.trainer.trusted_types,
         )
@@ -497,7 +510,9 @@ def evaluate_task(cfg: SelfhealConfig, challenger: Challenger, silver_version: i
         lake = open_lake(cfg)
         schema = locked_schema(lake, cfg)
         assert schema is not None
-        silver = train.recent(lake.read(SILVER, version=silver_version).to_pandas(), cfg.trainer.window_batches)
+        silver = train.recent(
+            features.model_frame(lake.read(SILVER, version=silver_version), schema), cfg.trainer.window_batches
+        )
         labeled = silver[silver[cfg.data.target].notna()].reset_index(drop=True)
         holdout = train.split_holdout(labeled, cfg.trainer, cfg.data.time_column).holdout.copy()
         if cfg.data.task != "regression":
