@@ -8,6 +8,8 @@ right after the rows were scored sees them.
 
 from __future__ import annotations
 
+import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -15,40 +17,46 @@ from typing import Any
 import numpy as np
 import orjson
 import pandas as pd
+import pyarrow.compute as pc
 import pytest
 
 from checkpoints import Lake
+from checkpoints.metrics import METRICS_TABLE
 from flows.cli.serve import server_environment
 from flows.config import SelfhealConfig, load_config
+from flows.monitor.flow import monitor_pass
+from flows.monitor.state import load_state
 from flows.pipeline.flow import pipeline_flow
 from serving import processes
 from tests.flows.pipeline.fixtures import dataset_frame, write_batches, write_config
 from tests.serving.conftest import REPO_ROOT, LiveServer, http, launch
 
-pytestmark = pytest.mark.usefixtures("prefect_harness")
 
-
-def _with_booleans(rows: int | None = None) -> tuple[pd.DataFrame, str]:
+def _with_booleans() -> tuple[pd.DataFrame, str]:
     """Breast-cancer rows plus two boolean features, ``large`` (predictive) and ``opted_in`` (with nulls)."""
     frame, target = dataset_frame("binary")
     frame = frame[[*frame.columns[:6], target]].copy()
     frame["large"] = frame["mean_area"] > frame["mean_area"].median()
     opted = np.random.default_rng(1).random(len(frame))
     frame["opted_in"] = pd.array(np.where(opted < 0.1, None, opted < 0.55), dtype="boolean")
-    return (frame if rows is None else frame.iloc[:rows]), target
+    return frame, target
 
 
 def _start_server(cfg: SelfhealConfig, tmp_path: Path) -> LiveServer:
     """``selfheal serve``'s environment for ``cfg``, as a live test server with one worker."""
     port = processes.free_port()
     env = server_environment(cfg, port)
-    env.update({"PYTHONPATH": str(REPO_ROOT), "SELFHEAL_POLL_SECONDS": "1", "SELFHEAL_LOG_FLUSH_SECONDS": "0.5"})
+    # The server's own defaults otherwise (its inference log flushes every 5 s): what a user gets.
+    env.update({"PYTHONPATH": str(REPO_ROOT), "SELFHEAL_POLL_SECONDS": "1"})
     return launch(env, port, tmp_path, Path(cfg.lake.root), workers=1)
 
 
-@pytest.fixture
-def served_booleans(tmp_path: Path) -> Iterator[tuple[SelfhealConfig, LiveServer, pd.DataFrame]]:
+@pytest.fixture(scope="module")
+def served_booleans(
+    prefect_harness: None, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[SelfhealConfig, LiveServer, pd.DataFrame]]:
     """A model trained by the pipeline on a landed dataset with boolean features, served live."""
+    tmp_path = tmp_path_factory.mktemp("user-data")
     frame, target = _with_booleans()
     write_batches(frame, tmp_path / "landing", parts=2)
     config = write_config(tmp_path, "binary", target)
@@ -57,9 +65,14 @@ def served_booleans(tmp_path: Path) -> Iterator[tuple[SelfhealConfig, LiveServer
     cfg = load_config(config)
     server = _start_server(cfg, tmp_path)
     try:
-        yield cfg, server, frame.drop(columns=[target])
+        yield cfg, server, frame
     finally:
         server.stop()
+
+
+def _records(features: pd.DataFrame) -> list[dict[str, Any]]:
+    """The rows as a user's JSON records: ``true``/``false``, and null where a boolean is missing."""
+    return [{k: (None if v is pd.NA else v) for k, v in r.items()} for r in features.to_dict("records")]
 
 
 def _post(server: LiveServer, body: Any) -> Any:
@@ -69,7 +82,8 @@ def _post(server: LiveServer, body: Any) -> Any:
 def test_boolean_features_stay_boolean_from_landing_to_the_served_model(
     served_booleans: tuple[SelfhealConfig, LiveServer, pd.DataFrame],
 ) -> None:
-    cfg, server, features = served_booleans
+    cfg, server, frame = served_booleans
+    features = frame.drop(columns=[cfg.data.target])
     lake = Lake(cfg.lake.root)
     for table in ("bronze", "silver"):
         schema = lake.read(table).schema
@@ -77,7 +91,7 @@ def test_boolean_features_stay_boolean_from_landing_to_the_served_model(
         assert str(schema.field("opted_in").type) == "bool", table
     assert lake.read("silver").column("opted_in").null_count > 0  # nulls stay nulls, not a crash
 
-    records = [{k: (None if v is pd.NA else v) for k, v in r.items()} for r in features.iloc[:50].to_dict("records")]
+    records = _records(features.iloc[:50])
     assert all(type(r["large"]) is bool for r in records)
     answer = _post(server, records)
     assert answer.status_code == 200, answer.text
@@ -90,3 +104,35 @@ def test_boolean_features_stay_boolean_from_landing_to_the_served_model(
     assert wrong.status_code == 422, wrong.text
     detail = wrong.json()["detail"]
     assert [e["loc"][-1] for e in detail] == ["large"] and "boolean" in detail[0]["msg"]
+
+
+def test_a_monitor_pass_right_after_a_batch_was_scored_sees_its_rows_and_labels(
+    served_booleans: tuple[SelfhealConfig, LiveServer, pd.DataFrame],
+) -> None:
+    """Default thresholds and the server's default flush: scored rows, then labels, then one pass."""
+    cfg, server, frame = served_booleans
+    target = cfg.data.target
+    answer = _post(server, _records(frame.drop(columns=[target])))
+    assert answer.status_code == 200, answer.text
+    scored_at = time.monotonic()
+    labels = [{"request_id": i, "label": float(y)} for i, y in zip(answer.json()["ids"], frame[target], strict=True)]
+    sent = http.post(
+        f"{server.url}/feedback", content=orjson.dumps(labels), headers={"content-type": "application/json"}
+    )
+    assert sent.status_code == 202, sent.text
+
+    # A user who runs the monitor a few seconds after scoring (the server has flushed by then).
+    time.sleep(max(0.0, scored_at + 12.0 - time.monotonic()))
+    monitored = cfg.model_copy(update={"serving": cfg.serving.model_copy(update={"url": server.url})})
+    monitor_pass(monitored)
+
+    lake = Lake(cfg.lake.root)
+    run = load_state(lake).seq
+    rows = lake.read(METRICS_TABLE).filter(pc.equal(pc.field("run"), run)).to_pylist()
+    value = {r["name"]: r["value"] for r in rows}
+    scored = len(frame)
+    assert value["rows.inference_log"] >= scored, "the pass did not see the batch's rows"
+    assert "drift.share" in value, "no drift test on a batch of min_window_rows or more"
+    tested = {json.loads(r["labels"])["feature"] for r in rows if r["name"] == "drift.effect_size"}
+    assert {"large", "opted_in"} <= tested  # the boolean features are compared with silver's
+    assert any(name.startswith("performance.") for name in value), "the batch's labels were not judged"
