@@ -362,21 +362,12 @@ def features_task(cfg: SelfhealConfig) -> int | None:
     if lake.exists(SILVER) and lake.read(SILVER).num_rows:
         done = set(lake.read(SILVER, columns=["_sha256"]).column("_sha256").to_pylist())
     bronze = lake.read(BRONZE).to_pandas()
-    as_float = _bools_stored_as_float(lake, schema)
     for sha, rows in bronze[~bronze["_sha256"].isin(done)].groupby("_sha256", sort=False):
         silver = features.to_silver(
-            rows, schema, cfg.data.target, [*cfg.data.id_columns, *filter(None, [cfg.data.time_column])], as_float
+            rows, schema, cfg.data.target, [*cfg.data.id_columns, *filter(None, [cfg.data.time_column])]
         )
         lake.append(SILVER, silver, key=f"silver:{sha}")
     return lake.version(SILVER) if lake.exists(SILVER) else None
-
-
-def _bools_stored_as_float(lake: Lake, schema: dict[str, str]) -> set[str]:
-    """Boolean features an existing silver stores as 0/1 floats (written before booleans were kept)."""
-    if not lake.exists(SILVER):
-        return set()
-    stored = pa.schema(lake._open(SILVER).schema().to_arrow())
-    return {f.name for f in stored if schema.get(f.name) == "bool" and pa.types.is_floating(f.type)}
 
 
 @features_task.on_rollback

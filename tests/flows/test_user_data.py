@@ -14,11 +14,14 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import mlflow
 import numpy as np
 import orjson
 import pandas as pd
+import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
+from deltalake import write_deltalake
 
 from checkpoints import Lake
 from checkpoints.metrics import METRICS_TABLE
@@ -27,6 +30,7 @@ from flows.config import SelfhealConfig, load_config
 from flows.monitor.flow import monitor_pass
 from flows.monitor.state import load_state
 from flows.pipeline.flow import pipeline_flow
+from flows.registry import Registry
 from serving import processes
 from tests.flows.pipeline.fixtures import dataset_frame, write_batches, write_config
 from tests.serving.conftest import REPO_ROOT, LiveServer, http, launch
@@ -136,3 +140,32 @@ def test_a_monitor_pass_right_after_a_batch_was_scored_sees_its_rows_and_labels(
     tested = {json.loads(r["labels"])["feature"] for r in rows if r["name"] == "drift.effect_size"}
     assert {"large", "opted_in"} <= tested  # the boolean features are compared with silver's
     assert any(name.startswith("performance.") for name in value), "the batch's labels were not judged"
+
+
+def test_a_silver_that_stores_booleans_as_floats_keeps_landing_and_its_model_takes_booleans(
+    prefect_harness: None, tmp_path: Path
+) -> None:
+    """A lake from before booleans were kept: its silver holds 0/1 floats for them."""
+    frame, target = _with_booleans()
+    write_batches(frame.iloc[:300], tmp_path / "landing", parts=1)
+    config = write_config(tmp_path, "binary", target)
+    assert pipeline_flow(str(config)).outcome == "promoted"
+    lake = Lake(tmp_path / "lake")
+    old = lake.read("silver")
+    for name in ("large", "opted_in"):  # what the features stage used to write
+        old = old.set_column(old.schema.get_field_index(name), name, pc.cast(old.column(name), pa.float64()))
+    write_deltalake(lake.uri("silver"), old, mode="overwrite", schema_mode="overwrite")
+
+    write_batches(frame.iloc[300:], tmp_path / "landing", parts=1, start=1)
+    result = pipeline_flow(str(config))
+
+    assert result.outcome in ("promoted", "rejected"), result.message
+    silver = lake.read("silver")
+    assert silver.num_rows == len(frame) and silver.schema.field("large").type == pa.float64()
+    cfg = load_config(config)
+    registry = Registry(cfg.tracking_uri, cfg.model_name)
+    latest = max(int(v.version) for v in registry.client.search_model_versions(f"name='{cfg.model_name}'"))
+    assert latest == 2  # trained on the mixed silver
+    mlflow.set_tracking_uri(cfg.tracking_uri)
+    inputs = {c.name: c.type.name for c in mlflow.models.get_model_info(f"models:/{cfg.model_name}/2").signature.inputs}
+    assert inputs["large"] == "boolean" and inputs["opted_in"] == "boolean"

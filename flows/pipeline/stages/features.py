@@ -7,8 +7,6 @@ travel with the model to the server.
 
 from __future__ import annotations
 
-from collections.abc import Collection
-
 import numpy as np
 import pandas as pd
 import pyarrow as pa
@@ -23,26 +21,19 @@ def feature_columns(schema: dict[str, str], target: str, id_columns: list[str] |
     return [c for c in schema if c not in skip and not c.startswith("_")]
 
 
-def to_silver(
-    bronze: pd.DataFrame,
-    schema: dict[str, str],
-    target: str,
-    id_columns: list[str],
-    bool_as_float: Collection[str] = (),
-) -> pd.DataFrame:
+def to_silver(bronze: pd.DataFrame, schema: dict[str, str], target: str, id_columns: list[str]) -> pd.DataFrame:
     """Cast every column to its locked dtype, turn +/-inf into missing, keep lineage.
 
     Booleans stay booleans (nullable: a missing value stays missing), so the model's
     signature takes the user's own ``true``/``false`` (issue 16: cast to float, the
-    served model refused the records it was trained on).
+    served model refused the records it was trained on). A silver written before
+    stores them as 0/1 floats; Delta casts new rows to that on append.
 
     Args:
         bronze: validated rows with lineage columns.
         schema: the locked feature schema (column -> "float64" | "int64" | "string" | "bool").
         target: the label column (kept as float64 for regression and int-like classes alike).
         id_columns: columns kept for joins but never used as features.
-        bool_as_float: boolean columns a silver table written before booleans were kept
-            already stores as 0/1 floats (an append must match the table's type).
     """
     out = pd.DataFrame(index=bronze.index)
     for column in feature_columns(schema, target, id_columns):
@@ -51,8 +42,6 @@ def to_silver(
         if dtype in ("float64", "int64"):
             numeric = pd.to_numeric(values, errors="coerce").astype("float64")
             out[column] = numeric.replace([np.inf, -np.inf], np.nan)
-        elif dtype == "bool" and column in bool_as_float:
-            out[column] = values.astype("boolean").to_numpy(dtype="float64", na_value=np.nan)
         elif dtype == "bool":
             out[column] = values.astype("boolean")
         else:

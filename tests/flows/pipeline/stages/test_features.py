@@ -61,12 +61,6 @@ def test_strings_stay_objects_with_none_for_missing_and_bools_stay_nullable_bool
     assert silver["member"].tolist()[:2] == [True, False] and silver["member"].iloc[2] is pd.NA
 
 
-def test_bools_an_older_silver_stores_as_floats_are_appended_as_floats() -> None:
-    silver = to_silver(_bronze(), SCHEMA, "label", ["customer"], bool_as_float={"member"})
-    assert silver["member"].dtype == "float64"
-    assert silver["member"].tolist()[:2] == [1.0, 0.0] and math.isnan(silver["member"].iloc[2])
-
-
 def test_the_model_frame_reads_bools_with_nulls_and_old_float_bools_as_nullable_bools() -> None:
     table = pa.table({"member": pa.array([True, None, False]), "old": pa.array([1.0, 0.0, None]), "x": [1.0, 2, 3]})
     frame = model_frame(table, {"member": "bool", "old": "bool", "x": "float64"})
