@@ -32,6 +32,7 @@ from flows.monitor.state import load_state
 from flows.pipeline.flow import pipeline_flow
 from flows.registry import Registry
 from serving import processes
+from serving.processes import wait_until
 from tests.flows.pipeline.fixtures import dataset_frame, write_batches, write_config
 from tests.serving.conftest import REPO_ROOT, LiveServer, http, launch
 
@@ -79,6 +80,13 @@ def _records(features: pd.DataFrame) -> list[dict[str, Any]]:
     return [{k: (None if v is pd.NA else v) for k, v in r.items()} for r in features.to_dict("records")]
 
 
+def _count(lake: Lake, table: str, column: str, ids: pa.Array) -> int:
+    """Rows of ``table`` whose ``column`` is one of ``ids``."""
+    if not lake.exists(table):
+        return 0
+    return int(pc.sum(pc.is_in(lake.read(table, columns=[column]).column(column), ids)).as_py() or 0)
+
+
 def _post(server: LiveServer, body: Any) -> Any:
     return http.post(f"{server.url}/predict", content=orjson.dumps(body), headers={"content-type": "application/json"})
 
@@ -118,6 +126,7 @@ def test_a_monitor_pass_right_after_a_batch_was_scored_sees_its_rows_and_labels(
     target = cfg.data.target
     answer = _post(server, _records(frame.drop(columns=[target])))
     assert answer.status_code == 200, answer.text
+    scored = len(frame)
     scored_at = time.monotonic()
     labels = [{"request_id": i, "label": float(y)} for i, y in zip(answer.json()["ids"], frame[target], strict=True)]
     sent = http.post(
@@ -125,16 +134,20 @@ def test_a_monitor_pass_right_after_a_batch_was_scored_sees_its_rows_and_labels(
     )
     assert sent.status_code == 202, sent.text
 
-    # A user who runs the monitor a few seconds after scoring (the server has flushed by then).
+    # A user who runs the monitor a few seconds after scoring. The server flushes every 5 s;
+    # on a loaded machine the write may take longer, and judging rows still in its buffer is
+    # what the lag prevents, so the pass waits for them (the clock still says 12 s at least).
+    lake = Lake(cfg.lake.root)
+    ids = pa.array(answer.json()["ids"])
+    wait_until(lambda: _count(lake, "inference_log", "_request_id", ids) == scored, 60, "the batch in the log")
+    wait_until(lambda: _count(lake, "feedback", "request_id", ids) == scored, 60, "its labels in the lake")
     time.sleep(max(0.0, scored_at + 12.0 - time.monotonic()))
     monitored = cfg.model_copy(update={"serving": cfg.serving.model_copy(update={"url": server.url})})
     monitor_pass(monitored)
 
-    lake = Lake(cfg.lake.root)
     run = load_state(lake).seq
     rows = lake.read(METRICS_TABLE).filter(pc.equal(pc.field("run"), run)).to_pylist()
     value = {r["name"]: r["value"] for r in rows}
-    scored = len(frame)
     assert value["rows.inference_log"] >= scored, "the pass did not see the batch's rows"
     assert "drift.share" in value, "no drift test on a batch of min_window_rows or more"
     tested = {json.loads(r["labels"])["feature"] for r in rows if r["name"] == "drift.effect_size"}
