@@ -31,6 +31,7 @@ import mlflow.sklearn
 import yaml
 from mlflow.models import infer_signature
 from mlflow.models.model import ModelInfo
+from mlflow.types import ColSpec, Schema
 
 from checkpoints.exceptions import SelfhealError
 
@@ -67,12 +68,26 @@ def log_sklearn_model(
     registered_model_name: str | None = None,
     name: str = "model",
     extra_trusted: Iterable[str] = (),
+    nullable: Iterable[str] = (),
 ) -> ModelInfo:
     """Log a fitted scikit-learn model (pipeline) inside the active MLflow run.
 
     The signature is inferred from ``input_example`` and the model's predictions.
+    MLflow marks a column optional only when the example holds a null; ``nullable``
+    names the columns that take null whatever the example (the model imputes them),
+    so the server accepts the records the model was trained on.
     """
     signature = infer_signature(input_example, model.predict(input_example))
+    optional = set(nullable)
+    if optional and signature.inputs is not None and signature.inputs.has_input_names():
+        signature.inputs = Schema(
+            [
+                ColSpec(spec.type, spec.name, required=spec.required and spec.name not in optional)
+                if isinstance(spec, ColSpec)
+                else spec
+                for spec in signature.inputs.inputs
+            ]
+        )
     info: ModelInfo = mlflow.sklearn.log_model(
         model,
         name=name,

@@ -135,7 +135,8 @@ def scored_rows(model: LoadedModel, batch: pd.DataFrame, target: str, sha: str, 
     missing = [n for n in names if n not in batch.columns]
     if missing:
         raise KeyError(f"batch {sha[:12]} lacks the champion's input column(s) {missing}")
-    prediction = model.predict({n: batch[n].tolist() for n in names})
+    # Missing values as None, as a JSON request brings them (pandas' NA is not a value the schema takes).
+    prediction = model.predict({n: batch[n].astype(object).where(batch[n].notna(), None).tolist() for n in names})
     out = pa.Table.from_pandas(batch[names], preserve_index=False)
     rows = len(batch)
     label = pd.to_numeric(batch[target], errors="coerce") if target in batch else pd.Series(np.nan, index=batch.index)

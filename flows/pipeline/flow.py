@@ -443,7 +443,9 @@ def train_task(cfg: SelfhealConfig, silver_version: int) -> Challenger:
     lake = open_lake(cfg)
     schema = locked_schema(lake, cfg)
     assert schema is not None
-    silver = train.recent(lake.read(SILVER, version=silver_version).to_pandas(), cfg.trainer.window_batches)
+    silver = train.recent(
+        features.model_frame(lake.read(SILVER, version=silver_version), schema), cfg.trainer.window_batches
+    )
     trained, split = train.fit(
         silver, schema, cfg.data.target, cfg.data.task, cfg.trainer, cfg.data.id_columns, cfg.data.time_column
     )
@@ -467,6 +469,8 @@ def train_task(cfg: SelfhealConfig, silver_version: int) -> Challenger:
         info = log_sklearn_model(
             trained.model,
             split.train[trained.features].head(5),
+            # The model imputes: a feature the training rows left empty takes null when served too.
+            nullable=[c for c in trained.features if split.train[c].isna().any()],
             registered_model_name=cfg.model_name,
             extra_trusted=cfg.trainer.trusted_types,
         )
@@ -512,7 +516,9 @@ def evaluate_task(cfg: SelfhealConfig, challenger: Challenger, silver_version: i
         lake = open_lake(cfg)
         schema = locked_schema(lake, cfg)
         assert schema is not None
-        silver = train.recent(lake.read(SILVER, version=silver_version).to_pandas(), cfg.trainer.window_batches)
+        silver = train.recent(
+            features.model_frame(lake.read(SILVER, version=silver_version), schema), cfg.trainer.window_batches
+        )
         labeled = silver[silver[cfg.data.target].notna()].reset_index(drop=True)
         holdout = train.split_holdout(labeled, cfg.trainer, cfg.data.time_column).holdout.copy()
         if cfg.data.task != "regression":

@@ -207,14 +207,19 @@ def start_server(
     store: ModelStore, tmp_path: Path, *, workers: int = 2, argv: list[str] | None = None, **overrides: Any
 ) -> LiveServer:
     port = processes.free_port()
+    return launch(server_env(store, tmp_path, **overrides), port, tmp_path, tmp_path / "lake", workers, argv)
+
+
+def launch(
+    env: dict[str, str], port: int, tmp_path: Path, lake_root: Path, workers: int = 2, argv: list[str] | None = None
+) -> LiveServer:
+    """Start ``python -m serving`` (or ``argv``) with ``env`` on ``port`` and wait until every worker is ready."""
     log = tmp_path / f"server-{port}.log"
     cmd = [*(argv or [sys.executable, "-m", "serving", "--log-level", "info"]), "--port", str(port)]
     cmd += ["--workers", str(workers)]
     with open(log, "wb") as out:
-        proc = subprocess.Popen(
-            cmd, cwd=REPO_ROOT, env=server_env(store, tmp_path, **overrides), stdout=out, stderr=subprocess.STDOUT
-        )
-    server = LiveServer(proc, port, log, workers, tmp_path / "lake")
+        proc = subprocess.Popen(cmd, cwd=REPO_ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
+    server = LiveServer(proc, port, log, workers, lake_root)
     try:
         server.wait_ready()
     except BaseException:

@@ -205,9 +205,18 @@ class MonitorThresholds(_Thresholds):
     runs until then): at 500 a 0.25-sigma shift is found with power ~1."""
     prediction_reference_rows: int = Field(default=2000, ge=100)
     """The first predictions a model version makes form its prediction reference."""
-    ingest_lag_seconds: float = Field(default=30.0, ge=0.0)
-    """Rows newer than now minus this are left for the next run: serving writes the
-    inference log in batches, and a row must not be skipped because it landed late."""
+    ingest_lag_seconds: float = Field(default=10.0, ge=0.0)
+    """Rows stamped (``_ts``: when their request arrived) later than now minus this are
+    left for the next run. Why a lag at all: each server worker keeps its predictions in
+    memory and appends them to the inference log every ``log_flush_seconds`` (5 s by
+    default, ``SELFHEAL_LOG_FLUSH_SECONDS``), so a row reaches the lake up to one flush
+    interval, plus its request's time and the Delta write, after its stamp; a window
+    reaching closer to now would move the watermark past rows still in a worker's
+    buffer, and those would never be judged. 10 s is the default flush plus 5 s for a
+    large request and a slow write. A pass run right after a batch was scored sees
+    every row stamped more than this ago; newer rows are the next pass's (never
+    skipped). With a shorter flush interval this can shrink with it (the demo and the
+    chaos sandbox flush every second and use 2 s)."""
     consecutive: dict[str, int] = Field(default_factory=lambda: dict(_CONSECUTIVE))
     """Windows in a row a condition must hold before it becomes a signal (signal kind, or
     ``kind:qualifier``, -> windows). Latency spikes and single failed scrapes are common

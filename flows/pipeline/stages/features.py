@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 
 #: Lineage columns carried from bronze to silver (prefixed ``_``: never features).
 LINEAGE = ("_sha256", "_row", "_batch_id", "_source_file", "_ingested_at")
@@ -22,6 +23,11 @@ def feature_columns(schema: dict[str, str], target: str, id_columns: list[str] |
 
 def to_silver(bronze: pd.DataFrame, schema: dict[str, str], target: str, id_columns: list[str]) -> pd.DataFrame:
     """Cast every column to its locked dtype, turn +/-inf into missing, keep lineage.
+
+    Booleans stay booleans (nullable: a missing value stays missing), so the model's
+    signature takes the user's own ``true``/``false`` (issue 16: cast to float, the
+    served model refused the records it was trained on). A silver written before
+    stores them as 0/1 floats; Delta casts new rows to that on append.
 
     Args:
         bronze: validated rows with lineage columns.
@@ -37,7 +43,7 @@ def to_silver(bronze: pd.DataFrame, schema: dict[str, str], target: str, id_colu
             numeric = pd.to_numeric(values, errors="coerce").astype("float64")
             out[column] = numeric.replace([np.inf, -np.inf], np.nan)
         elif dtype == "bool":
-            out[column] = values.astype("float64")
+            out[column] = values.astype("boolean")
         else:
             out[column] = values.astype("string").astype(object).where(values.notna(), None)
     for column in id_columns:
@@ -48,3 +54,18 @@ def to_silver(bronze: pd.DataFrame, schema: dict[str, str], target: str, id_colu
         if column in bronze:
             out[column] = bronze[column]
     return out.reset_index(drop=True)
+
+
+def model_frame(silver: pa.Table, schema: dict[str, str]) -> pd.DataFrame:
+    """Silver rows as a model takes them: boolean features as pandas' nullable ``boolean``.
+
+    A plain ``to_pandas`` turns a boolean column holding a null into Python objects,
+    which the model's imputer cannot read; 0/1 floats from an older silver become
+    booleans too, so every model's signature asks for ``true``/``false`` where the
+    schema says ``bool``.
+    """
+    frame: pd.DataFrame = silver.to_pandas(types_mapper={pa.bool_(): pd.BooleanDtype()}.get)
+    for column, dtype in schema.items():
+        if dtype == "bool" and column in frame and not isinstance(frame[column].dtype, pd.BooleanDtype):
+            frame[column] = frame[column].astype("boolean")
+    return frame

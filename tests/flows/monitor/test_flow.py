@@ -64,7 +64,7 @@ def test_quiet_data_raises_no_signals_and_advances_the_watermark(silver_lake: La
         assert run_once(silver_lake, minute, t) == []
     state = load_state(silver_lake)
     assert state.seq == 3
-    assert state.inference_watermark == T0 + timedelta(minutes=6) - timedelta(seconds=30)
+    assert state.inference_watermark == T0 + timedelta(minutes=6) - timedelta(seconds=t.ingest_lag_seconds)
     metrics = silver_lake.read("metrics")
     names = set(metrics.column("name").to_pylist())
     assert {"drift.effect_size", "serving.latency_p99_ms", "rows.inference_log", "monitor.run"} <= names
@@ -80,7 +80,7 @@ def test_covariate_shift_raises_data_drift_naming_the_feature(silver_lake: Lake)
     signals = run_once(silver_lake, 4, t)
     drift = [s for s in signals if s.kind == SignalKind.DATA_DRIFT]
     assert len(drift) == 1 and drift[0].evidence["drifted_features"] == ["amount"]
-    assert drift[0].window.start == T0 + timedelta(minutes=2) - timedelta(seconds=30)
+    assert drift[0].window.start == T0 + timedelta(minutes=2) - timedelta(seconds=t.ingest_lag_seconds)
 
 
 def test_concept_drift_raises_concept_and_performance_signals(silver_lake: Lake) -> None:
@@ -137,7 +137,8 @@ def test_rows_accumulate_until_a_drift_window_is_full(silver_lake: Lake) -> None
     _batch(silver_lake, rng, 2, "b0", n=300)
     run_once(silver_lake, 2, t)
     state = load_state(silver_lake)
-    assert state.drift_watermark == T0 + timedelta(minutes=2) - timedelta(seconds=30) - timedelta(hours=1)
+    lag = timedelta(seconds=t.ingest_lag_seconds)
+    assert state.drift_watermark == T0 + timedelta(minutes=2) - lag - timedelta(hours=1)
     _batch(silver_lake, rng, 4, "b1", n=300)
     window = read_window(silver_lake, state, t, CHAMPION, None, "binary", T0 + timedelta(minutes=4), "is_fraud")
     assert window.inference.num_rows == 300

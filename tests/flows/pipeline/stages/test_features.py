@@ -6,8 +6,9 @@ import math
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 
-from flows.pipeline.stages.features import LINEAGE, feature_columns, to_silver
+from flows.pipeline.stages.features import LINEAGE, feature_columns, model_frame, to_silver
 
 SCHEMA = {
     "age": "int64",
@@ -53,10 +54,21 @@ def test_numbers_are_cast_to_float_and_garbage_or_infinity_becomes_missing() -> 
     assert silver["label"].tolist()[:2] == [1.0, 0.0] and math.isnan(silver["label"].iloc[2])
 
 
-def test_strings_stay_objects_with_none_for_missing_and_bools_become_floats() -> None:
+def test_strings_stay_objects_with_none_for_missing_and_bools_stay_nullable_bools() -> None:
     silver = to_silver(_bronze(), SCHEMA, "label", ["customer"])
     assert silver["city"].tolist() == ["Oslo", None, "7"]
-    assert silver["member"].tolist()[:2] == [1.0, 0.0] and math.isnan(silver["member"].iloc[2])
+    assert silver["member"].dtype == "boolean"
+    assert silver["member"].tolist()[:2] == [True, False] and silver["member"].iloc[2] is pd.NA
+
+
+def test_the_model_frame_reads_bools_with_nulls_and_old_float_bools_as_nullable_bools() -> None:
+    table = pa.table({"member": pa.array([True, None, False]), "old": pa.array([1.0, 0.0, None]), "x": [1.0, 2, 3]})
+    frame = model_frame(table, {"member": "bool", "old": "bool", "x": "float64"})
+    for column in ("member", "old"):
+        assert frame[column].dtype == "boolean"
+    assert frame["member"].tolist()[::2] == [True, False] and frame["member"].iloc[1] is pd.NA
+    assert frame["old"].tolist()[:2] == [True, False] and frame["old"].iloc[2] is pd.NA
+    assert frame["x"].dtype == "float64"
 
 
 def test_ids_and_lineage_are_kept_unknown_columns_dropped_and_the_index_reset() -> None:
