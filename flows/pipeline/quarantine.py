@@ -98,7 +98,7 @@ def release_quarantined(cfg: SelfhealConfig, ids: list[str] | None) -> list[Rele
     results = []
     for record in records:
         result = _release_one(cfg, lake, record, landed)
-        logger.info("quarantine release %s (%s): %s: %s", record.id, record.source, result.outcome, result.detail)
+        logger.debug("quarantine release %s (%s): %s: %s", record.id, record.source, result.outcome, result.detail)
         results.append(result)
     if any(r.outcome in ("landed", "already landed") for r in results):
         _checkpoint(lake, landed)
