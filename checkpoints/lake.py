@@ -419,9 +419,9 @@ class Lake:
         """Whether a batch with this content digest was quarantined."""
         return is_quarantined(self, sha256)
 
-    def quarantined(self) -> list[QuarantineRecord]:
-        """Every quarantined batch, oldest first."""
-        return list_quarantined(self)
+    def quarantined(self, *, released: bool = False) -> list[QuarantineRecord]:
+        """Every quarantined batch, oldest first (``released``: with those a release landed)."""
+        return list_quarantined(self, released=released)
 
     def maintain(self, table: str, keep_manifests: int | None = None) -> MaintenanceReport:
         """Checkpoint and vacuum ``table`` without breaking any kept manifest."""

@@ -69,12 +69,21 @@ class LandingConfig(_Section):
     labels, for performance and concept drift, like live traffic (``flows.monitor.batch``)."""
 
 
+DuplicateHandling = Literal["keep", "drop", "quarantine"]
+
+
 class Expectations(_Section):
     """Data expectations every batch must meet (checked by the validate stage)."""
 
     min_rows: int = Field(default=50, ge=0)
     max_null_fraction: float = Field(default=0.2, ge=0.0, le=1.0)
     max_duplicate_fraction: float = Field(default=0.05, ge=0.0, le=1.0)
+    duplicates: DuplicateHandling | None = None
+    """What a batch's identical rows (equal in every column) do: ``keep`` lands them (real
+    data can hold legitimately identical records); ``drop`` lands the first copy only and
+    counts the rest; ``quarantine`` refuses a batch with more than ``max_duplicate_fraction``
+    of them and drops those it tolerates. None: ``keep`` without ``data.id_columns``,
+    ``quarantine`` with them (a repeated id is a repeated record)."""
     ranges: dict[str, tuple[float, float]] = Field(default_factory=dict)
     value_sets: dict[str, list[str]] = Field(default_factory=dict)
     label_values: list[Any] | None = None
@@ -104,6 +113,13 @@ class DataConfig(_Section):
     expectations: Expectations = Field(default_factory=Expectations)
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    @property
+    def duplicate_handling(self) -> DuplicateHandling:
+        """``expectations.duplicates``, or its default for these id columns."""
+        if self.expectations.duplicates is not None:
+            return self.expectations.duplicates
+        return "quarantine" if self.id_columns else "keep"
 
     @field_validator("schema_")
     @classmethod

@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import argparse
 import json
+from typing import TYPE_CHECKING, Any
 
 from flows.cli.command import Commands, Subparsers, config
 from flows.cli.lake import open_lake
+
+if TYPE_CHECKING:
+    from flows.registry import Registry
 
 
 def register(sub: Subparsers) -> None:
@@ -65,8 +69,43 @@ def cli_status(args: argparse.Namespace) -> int:
         print(
             f"  {m.created_at:%Y-%m-%d %H:%M:%S}  {outcome:<11} {json.dumps(m.stages, sort_keys=True)}  run {m.run_id}"
         )
-    registry = Registry(cfg.tracking_uri, cfg.model_name)
-    print(f"model {cfg.model_name} ({cfg.tracking_uri}):")
+        landing = m.meta.get("landing")
+        if landing:
+            print(f"  {'':<19}  {_landing_line(landing)}")
+    totals = _dropped_totals([m.meta.get("landing") or {} for m in manifests])
+    print("rows dropped from accepted batches (all runs): " + (_counts(totals) if totals else "none"))
+    _print_aliases(Registry(cfg.tracking_uri, cfg.model_name), cfg.model_name, cfg.tracking_uri)
+    return 0
+
+
+def _counts(counts: dict[str, int]) -> str:
+    return ", ".join(f"{n} {cause}" for cause, n in sorted(counts.items()))
+
+
+def _dropped_totals(landings: list[dict[str, Any]]) -> dict[str, int]:
+    """Rows validation dropped (by cause) and rows not landed again by id (``resent``), summed."""
+    totals: dict[str, int] = {}
+    for landing in landings:
+        for causes in (landing.get("dropped_rows") or {}).values():
+            for cause, n in causes.items():
+                totals[cause] = totals.get(cause, 0) + int(n)
+        resent = sum(int(n) for n in (landing.get("resent_rows") or {}).values())
+        if resent:
+            totals["resent (id already in bronze)"] = totals.get("resent (id already in bronze)", 0) + resent
+    return totals
+
+
+def _landing_line(landing: dict[str, Any]) -> str:
+    """One manifest's landing: files landed and quarantined, rows dropped by cause."""
+    dropped = _dropped_totals([landing])
+    return (
+        f"landed {len(landing.get('accepted') or [])} file(s), quarantined {len(landing.get('quarantined') or [])}; "
+        f"rows dropped: {_counts(dropped) if dropped else 'none'}"
+    )
+
+
+def _print_aliases(registry: Registry, model_name: str, tracking_uri: str) -> None:
+    print(f"model {model_name} ({tracking_uri}):")
     for alias, record in registry.aliases().items():
         if record is None:
             print(f"  {alias:<10} -")
@@ -75,4 +114,3 @@ def cli_status(args: argparse.Namespace) -> int:
         lineage = {k.removeprefix("selfheal."): v for k, v in record.tags.items() if k.startswith("selfheal.")}
         print(f"  {alias:<10} v{record.version}  metrics={metrics}")
         print(f"  {'':<10} lineage={lineage}")
-    return 0

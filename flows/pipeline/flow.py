@@ -69,6 +69,8 @@ class LandingSummary:
     notes: list[str] = field(default_factory=list)
     resent: dict[str, int] = field(default_factory=dict)
     """File name -> rows not landed because their id was already in bronze."""
+    dropped: dict[str, dict[str, int]] = field(default_factory=dict)
+    """File name -> rows validation removed from the accepted batch, by cause (``duplicates``, ``null_label``)."""
 
 
 @dataclass
@@ -343,6 +345,8 @@ def _land_rows(
     lake.append(BRONZE, rows, key=file.sha256)
     ids.update(new_ids)
     summary.accepted.append(file.name)
+    if outcome.dropped:
+        summary.dropped[file.name] = dict(outcome.dropped)
     summary.rows += len(rows)
     summary.notes.extend(f"{file.name}: {note}" for note in outcome.notes)
 
@@ -679,15 +683,21 @@ def _run_stages(
         )
 
 
+def landing_meta(landing: LandingSummary) -> dict[str, Any]:
+    """What a run manifest keeps of the landing (``selfheal pipeline status`` shows it)."""
+    return {
+        "accepted": landing.accepted,
+        "quarantined": [name for name, _ in landing.quarantined],
+        "resent_rows": landing.resent,
+        "dropped_rows": landing.dropped,
+    }
+
+
 def _finish(cfg: SelfhealConfig, lake: Lake, run_id: str, result: PipelineResult) -> PipelineResult:
     stages = {t: lake.version(t) for t in STAGE_TABLES if lake.exists(t)}
     meta: dict[str, Any] = {"outcome": result.outcome, "champion": result.champion, "metrics": result.metrics}
-    if result.landing.quarantined or result.landing.resent:
-        meta["landing"] = {
-            "accepted": result.landing.accepted,
-            "quarantined": [name for name, _ in result.landing.quarantined],
-            "resent_rows": result.landing.resent,
-        }
+    if result.landing.quarantined or result.landing.resent or result.landing.dropped:
+        meta["landing"] = landing_meta(result.landing)
     if stages:
         lake.write_manifest(run_id, stages, meta=meta)
     if result.outcome == "promoted":

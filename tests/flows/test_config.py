@@ -110,3 +110,12 @@ def test_the_cli_says_a_config_mistake_in_one_line_and_exits_2(tmp_path: Path) -
     (line,) = done.stderr.strip().splitlines()
     assert line.startswith(f"selfheal: error: {path}: invalid configuration: ")
     assert "gate.metric: 'accuracyy'" in line and "trainer.estimator: 'os.system' is not a class" in line
+
+
+def test_duplicate_handling_defaults_by_id_columns_and_refuses_an_unknown_mode(tmp_path: Path) -> None:
+    assert _load(tmp_path, "data: {}").data.duplicate_handling == "keep"  # identical records are legitimate
+    assert _load(tmp_path, "data: {id_columns: [tx]}").data.duplicate_handling == "quarantine"
+    chosen = _load(tmp_path, "data: {id_columns: [tx], expectations: {duplicates: drop}}")
+    assert chosen.data.duplicate_handling == "drop"
+    with pytest.raises(ConfigError, match=r"data\.expectations\.duplicates: .*'keep', 'drop' or 'quarantine'"):
+        _load(tmp_path, "data: {expectations: {duplicates: remove}}")

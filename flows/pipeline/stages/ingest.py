@@ -193,7 +193,7 @@ def taken_sources(lake: Lake) -> dict[str, set[str]]:
         pairs = lake.read(BRONZE, columns=["_source_file", "_sha256"]).group_by(["_source_file", "_sha256"])
         for row in pairs.aggregate([]).to_pylist():
             taken.setdefault(str(row["_source_file"]), set()).add(str(row["_sha256"]))
-    for record in lake.quarantined():
+    for record in lake.quarantined(released=True):
         taken.setdefault(record.source, set()).add(record.sha256)
     return taken
 

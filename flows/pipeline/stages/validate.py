@@ -29,8 +29,11 @@ all-null column                       quarantine, whatever max_null_fraction say
 value outside ``ranges``              quarantine
 value outside ``value_sets``          quarantine
 fewer rows than ``min_rows``          quarantine
-duplicate rows <= max_duplicate_frac  accepted; duplicates dropped (first kept); noted
-duplicate rows > max_duplicate_frac   quarantine
+identical rows, ``duplicates=keep``  accepted as they are (default without id columns)
+identical rows, ``duplicates=drop``  accepted; duplicates dropped (first kept); counted
+identical rows,                      <= max_duplicate_fraction: accepted, duplicates
+``duplicates=quarantine`` (default   dropped (first kept), counted; more: quarantine
+with id columns)
 label column missing                  quarantine (unless ``require_label=False``)
 null labels <= max_null_fraction      accepted; those rows dropped; noted
 label not in ``label_values``         quarantine; without ``label_values``: not in the
@@ -70,7 +73,7 @@ import pandera.pandas as pa
 from pandas.api import types as ptypes
 from pandera.errors import SchemaErrors
 
-from flows.config import ConfigError, DataConfig, Expectations, SelfhealConfig
+from flows.config import ConfigError, DataConfig, DuplicateHandling, Expectations, SelfhealConfig
 from flows.pipeline.exceptions import ValidationFailed
 
 logger = logging.getLogger(__name__)
@@ -92,7 +95,7 @@ class ValidationOutcome:
 
     Attributes:
         accepted: True when the batch may land.
-        data: the validated rows (None when refused): extra columns, duplicate rows and
+        data: the validated rows (None when refused): extra columns, dropped duplicate rows and
             rows with a null label removed, dtypes as the schema says.
         schema: the feature schema used (the locked one, or inferred from this batch).
         failures: JSON-able failure records (``column``, ``check``, ``failure_case``,
@@ -404,7 +407,7 @@ def _build_schema(
     data: DataConfig,
     columns: _Columns,
     uncoerced: Mapping[str, pd.Series],
-    duplicates: np.ndarray,
+    duplicates: np.ndarray | None,
     known_labels: Sequence[Any] | None,
     observed: _Observed,
 ) -> pa.DataFrameSchema:
@@ -428,16 +431,14 @@ def _build_schema(
         return len(frame) >= exp.min_rows
 
     def duplicate_fraction(frame: pd.DataFrame) -> bool:
-        fraction = float(duplicates.mean()) if len(duplicates) else 0.0
+        fraction = float(duplicates.mean()) if duplicates is not None and len(duplicates) else 0.0
         observed[(None, duplicates_name)] = round(fraction, 6)
         return fraction <= exp.max_duplicate_fraction
 
-    return pa.DataFrameSchema(
-        schema,
-        checks=[pa.Check(min_rows, name=min_rows_name), pa.Check(duplicate_fraction, name=duplicates_name)],
-        strict=False,
-        coerce=False,
-    )
+    checks = [pa.Check(min_rows, name=min_rows_name)]
+    if data.duplicate_handling == "quarantine":
+        checks.append(pa.Check(duplicate_fraction, name=duplicates_name))
+    return pa.DataFrameSchema(schema, checks=checks, strict=False, coerce=False)
 
 
 # -- failures -------------------------------------------------------------------------
@@ -523,16 +524,20 @@ def check_config_columns(frame: pd.DataFrame, data: DataConfig, name: str) -> No
         raise ConfigError(f"{'; '.join(missing)} not in {where}; fix selfheal.yaml")
 
 
+def _duplicates_note(count: int, fraction: float, handling: DuplicateHandling, limit: float) -> str:
+    if handling == "drop":
+        return f"dropped {count} duplicate row(s) ({fraction:.2%}; data.expectations.duplicates: drop; first copy kept)"
+    return f"dropped {count} duplicate row(s) ({fraction:.2%} <= {limit:.0%} tolerated; first copy kept)"
+
+
 def _finish(
-    frame: pd.DataFrame, columns: _Columns, duplicates: np.ndarray, notes: list[str], limit: float
+    frame: pd.DataFrame, columns: _Columns, duplicates: np.ndarray | None, notes: list[str], data: DataConfig
 ) -> tuple[pd.DataFrame, dict[str, int]]:
     dropped: dict[str, int] = {}
-    if duplicates.any():
+    if duplicates is not None and duplicates.any():
         dropped["duplicates"] = int(duplicates.sum())
-        notes.append(
-            f"dropped {dropped['duplicates']} duplicate row(s) "
-            f"({duplicates.mean():.2%} <= {limit:.0%} tolerated; first copy kept)"
-        )
+        limit = data.expectations.max_duplicate_fraction
+        notes.append(_duplicates_note(dropped["duplicates"], float(duplicates.mean()), data.duplicate_handling, limit))
         frame = frame[~duplicates]
     if columns.target:
         unlabeled = frame[columns.target].isna()
@@ -632,7 +637,8 @@ def validate_batch(
             False, None, dict(columns.features), records, reason, notes, len(records), rows_in=len(frame)
         )
     work, uncoerced = _prepare(frame, data, columns, notes)
-    duplicates = _duplicate_mask(work)
+    # ``keep`` lands identical rows as they are: no need to find them.
+    duplicates = None if data.duplicate_handling == "keep" else _duplicate_mask(work)
     observed: _Observed = {}
     pandera_schema = _build_schema(data, columns, uncoerced, duplicates, known_labels, observed)
     cases = pd.DataFrame([c for c in columns.failures], columns=["column", "check", "failure_case", "index"])
@@ -645,7 +651,7 @@ def validate_batch(
         records, count, reason = _failures(cases, observed, columns.extra)
         logger.debug("batch refused: %s", reason)
         return ValidationOutcome(False, None, dict(columns.features), records, reason, notes, count, rows_in=len(frame))
-    out, dropped = _finish(work, columns, duplicates, notes, data.expectations.max_duplicate_fraction)
+    out, dropped = _finish(work, columns, duplicates, notes, data)
     labels = None
     if columns.target and data.task != "regression":
         seen = {_jsonable(v) for v in out[columns.target].unique()}

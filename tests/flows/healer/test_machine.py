@@ -166,7 +166,7 @@ def test_a_nested_column_no_remedy_can_repair_is_escalated_naming_the_file(syste
     assert incident.cause == "data_quality" and incident.state == State.ESCALATED, incident.last.detail
     assert incident.remedies_tried == ["quarantine_backfill", "impute"]
     (named,) = incident.evidence["quarantined"]
-    assert named["source"].endswith("batch-00002.parquet") and "TypeError" in named["reason"]
+    assert named["source"].endswith("batch-00002.parquet") and "mean_radius: dtype" in named["reason"]
 
 
 def test_batch_with_nulls_imputed_from_last_good_values_keeps_the_distribution(system: dict[str, Any]) -> None:

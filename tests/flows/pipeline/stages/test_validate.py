@@ -249,6 +249,32 @@ def test_duplicates_are_dropped_up_to_the_threshold(
         assert "duplicate_fraction<=0.05 failed (observed 0.090909)" in outcome.reason
 
 
+@pytest.mark.parametrize(
+    ("id_columns", "handling", "accepted", "dropped"),
+    [
+        ([], None, True, 0),  # default without ids: identical records are legitimate, all kept
+        ([dd.ID_COLUMN], None, False, 0),  # default with ids: a repeated id is a repeated record
+        ([], "keep", True, 0),
+        ([], "drop", True, 64),  # dropped and counted, whatever the share
+        ([], "quarantine", False, 0),
+    ],
+)
+def test_duplicate_handling_is_configured(
+    locked: ValidationOutcome, id_columns: list[str], handling: str | None, accepted: bool, dropped: int
+) -> None:
+    frame = _clean()
+    frame = pd.concat([frame, frame.iloc[:64]], ignore_index=True)  # 16% of rows are copies
+    data = dd.stream_data_config(id_columns=id_columns)
+    data.expectations = data.expectations.model_copy(update={"duplicates": handling})
+    outcome = validate_batch(frame, data, locked.schema)
+    assert outcome.accepted is accepted, outcome.reason
+    if accepted:
+        assert outcome.rows_out == len(frame) - dropped
+        assert outcome.dropped == ({"duplicates": dropped} if dropped else {})
+    else:
+        assert "duplicate_fraction<=0.05 failed (observed 0.137931)" in outcome.reason
+
+
 @pytest.mark.parametrize(("null_labels", "accepted"), [(40, True), (120, False)])
 def test_null_labels_drop_rows_up_to_the_threshold(
     cfg: SelfhealConfig, locked: ValidationOutcome, null_labels: int, accepted: bool
