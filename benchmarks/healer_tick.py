@@ -6,10 +6,10 @@ Then runs healer ticks (``HealerLoop.tick``: the probes, a monitor pass, the inc
 log) in one process, as ``selfheal heal --interval 1`` does, with one new commit of
 traffic before each tick. "old" opens every table afresh on every read (the log
 replayed each time, as before); "new" keeps them open and reads only new log entries.
-Runs alternate old/new to share the machine's load; CPU is this process's
+Ticks alternate old/new on the same log (and the machine's load); CPU is this process's
 (``time.process_time``), so other processes on the machine count less than in wall time.
 
-Run: ``.venv/bin/python benchmarks/healer_tick.py [--commits 600] [--ticks 20]``.
+Run: ``.venv/bin/python benchmarks/healer_tick.py [--commits 650] [--ticks 40]``.
 """
 
 from __future__ import annotations
@@ -86,31 +86,37 @@ def _config(tmp: Path, lake: Lake) -> Path:
     return config
 
 
-def ticks(config: Path, lake: Lake, n: int, rows: int, keep_open: bool, seed: int) -> list[float]:
-    """CPU seconds of each of ``n`` ticks of a new healer, one new commit of traffic before each."""
+def ticks(config: Path, lake: Lake, n: int, rows: int) -> dict[str, list[float]]:
+    """CPU seconds of ``n`` ticks of each healer ("old", "new"), alternating, one new commit of traffic before each."""
     from flows.config import load_config
     from flows.healer.machine import HealerLoop
 
-    lake_module._SNAPSHOTS = LatestSnapshots() if keep_open else LatestSnapshots(max_tables=0)
-    loop = HealerLoop(load_config(config), str(config))
-    loop.tick()  # warm: imports, the monitor's reference profile, the first open of every table
-    rng, cpu = np.random.default_rng(seed), []
-    for i in range(n):
-        preds, labels = _traffic(rng, rows, datetime.now(UTC) - timedelta(seconds=31), seed * 1000 + i)
+    # Each healer has its own open tables; "old" keeps none, so every read opens its table afresh.
+    snapshots = {"old": LatestSnapshots(max_tables=0), "new": LatestSnapshots()}
+    loops = {}
+    for mode, kept in snapshots.items():
+        lake_module._SNAPSHOTS = kept
+        loops[mode] = HealerLoop(load_config(config), str(config))
+        loops[mode].tick()  # warm: imports, the monitor's reference profile, the first open of every table
+    rng, cpu = np.random.default_rng(1), {"old": [], "new": []}
+    for i in range(2 * n):
+        mode = ("old", "new")[i % 2]
+        preds, labels = _traffic(rng, rows, datetime.now(UTC) - timedelta(seconds=31), i)
         lake.append("inference_log", preds)
         lake.append("feedback", labels)
+        lake_module._SNAPSHOTS = snapshots[mode]
         start = time.process_time()
-        loop.tick()
-        cpu.append(time.process_time() - start)
+        loops[mode].tick()
+        cpu[mode].append(time.process_time() - start)
     return cpu
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--commits", type=int, default=600, help="inference-log commits before the ticks")
+    # delta-rs writes a checkpoint every 100 commits: 650 starts the ticks halfway between two.
+    parser.add_argument("--commits", type=int, default=650, help="inference-log commits before the ticks")
     parser.add_argument("--rows", type=int, default=40, help="rows per commit (40 req/s, one flush a second)")
-    parser.add_argument("--ticks", type=int, default=20, help="ticks per run")
-    parser.add_argument("--runs", type=int, default=2, help="old/new run pairs, alternating")
+    parser.add_argument("--ticks", type=int, default=40, help="ticks of each healer, alternating old/new")
     args = parser.parse_args()
     logging.basicConfig(level=logging.ERROR)
     os.environ.pop("PREFECT_API_URL", None)  # a tick of an idle healer sends no events
@@ -122,12 +128,9 @@ def main() -> None:
             f"lake: {args.commits} commits x {args.rows} rows of inference log and feedback "
             f"({time.perf_counter() - started:.0f} s to build); load average {os.getloadavg()[0]:.2f}"
         )
-        cpu: dict[str, list[float]] = {"old": [], "new": []}
-        for run in range(args.runs):
-            for mode in ("old", "new"):
-                cpu[mode] += ticks(config, lake, args.ticks, args.rows, mode == "new", seed=2 * run + (mode == "new"))
+        cpu = ticks(config, lake, args.ticks, args.rows)
         med = {mode: statistics.median(values) for mode, values in cpu.items()}
-        print(f"{args.runs} x {args.ticks} ticks each, one commit of traffic before each tick; CPU per tick:")
+        print(f"{args.ticks} ticks of each healer, alternating, one commit of traffic before each; CPU per tick:")
         for mode, values in cpu.items():
             print(f"  {mode}: median {med[mode] * 1000:7.1f} ms  min {min(values) * 1000:7.1f} ms")
         print(f"  old / new = {med['old'] / med['new']:.2f}; load average now {os.getloadavg()[0]:.2f}")
