@@ -35,6 +35,26 @@ class Storage:
     def size(self, path: str) -> int:
         return int(self.fs.size(path))
 
+    def stamp(self, path: str) -> tuple[int, str] | None:
+        """What identifies the file at ``path`` now: ``(size, change marker)``, None when it is missing.
+
+        The marker is the inode and mtime on a local disk, the etag (or mtime) on an
+        object store: a file removed and written again at the same path gets a new one.
+        """
+        if self.local:
+            try:
+                st = os.stat(path)
+            except FileNotFoundError:
+                return None
+            return st.st_size, f"{st.st_ino}:{st.st_mtime_ns}"
+        self.fs.invalidate_cache(path)  # fsspec may answer from a listing made before the change
+        try:
+            info = self.fs.info(path)
+        except FileNotFoundError:
+            return None
+        marker = info.get("ETag") or info.get("etag") or info.get("mtime") or info.get("LastModified") or ""
+        return int(info.get("size") or 0), str(marker)
+
     def read_bytes(self, path: str) -> bytes:
         with self.fs.open(path, "rb") as fh:
             return bytes(fh.read())

@@ -35,6 +35,7 @@ from checkpoints.maintenance import MaintenanceReport, maintain
 from checkpoints.manifests import Manifest, last_complete, list_manifests, rollback_to, write_manifest
 from checkpoints.quarantine import QuarantineRecord, is_quarantined, list_quarantined, quarantine
 from checkpoints.scan import last_commit, snapshot_rows, window
+from checkpoints.snapshots import LatestSnapshots
 
 logger = logging.getLogger(__name__)
 
@@ -43,6 +44,8 @@ KEY_METADATA = "selfheal.key"
 #: Custom commit metadata key listing the keys a restore re-stated.
 RESTATED_METADATA = "selfheal.restated_keys"
 _COMMIT_ATTEMPTS = 50
+#: Newest-version reads of every ``Lake`` in this process share the open tables (see ``checkpoints.snapshots``).
+_SNAPSHOTS = LatestSnapshots()
 
 
 @dataclass(frozen=True)
@@ -130,11 +133,14 @@ class Lake:
     def _open(self, table: str, version: int | str | datetime | None = None) -> DeltaTable:
         uri = self.uri(table)
         try:
-            dt = DeltaTable(uri, storage_options=self.storage_options)
-            if version is not None:
-                dt.load_as_version(version)
-            else:
+            if version is None:
+                dt = self._newest(table)
                 self._check_not_empty(table, int(dt.version()))
+            elif isinstance(version, int):
+                dt = DeltaTable(uri, version=version, storage_options=self.storage_options)
+            else:
+                dt = DeltaTable(uri, storage_options=self.storage_options)
+                dt.load_as_version(version)
             return dt
         except TableNotFoundError as exc:
             raise CheckpointNotFound(f"table {table!r} does not exist under {self.root}") from exc
@@ -143,6 +149,21 @@ class Lake:
             if version is not None:
                 raise CheckpointNotFound(f"table {table!r} has no version {version!r}: {exc}") from exc
             raise CheckpointError(f"table {table!r}: {exc}") from exc
+
+    def _newest(self, table: str) -> DeltaTable:
+        """``table`` at its newest version: this thread's open table, updated with the new log entries only.
+
+        Every caller gets the same object until the next newest read of ``table`` in this
+        thread moves it: use it, do not keep it. A pinned version is never this object.
+        """
+        return _SNAPSHOTS.newest(self.uri(table), self.storage_options, lambda v: self._entry_stamp(table, v))
+
+    def _entry_stamp(self, table: str, version: int) -> tuple[int, str] | None:
+        return self.storage.stamp(self.storage.join(table, "_delta_log", f"{version:020d}.json"))
+
+    def _forget(self, table: str) -> None:
+        """Drop the open ``table`` (its state after a failed write or a set-aside entry is not trusted)."""
+        _SNAPSHOTS.forget(self.uri(table))
 
     def _check_not_empty(self, table: str, version: int) -> None:
         # delta-rs reads a zero-byte newest entry as an empty commit; a real commit
@@ -213,7 +234,10 @@ class Lake:
         if not self.exists(table):
             return None
         try:
-            dt = DeltaTable(self.uri(table), version=version, storage_options=self.storage_options)
+            if version is None:
+                dt = self._newest(table)
+            else:
+                dt = DeltaTable(self.uri(table), version=version, storage_options=self.storage_options)
         except DeltaError as exc:
             raise CheckpointError(f"table {table!r}: cannot read: {exc}") from exc
         return snapshot_rows(self, dt, table, where, columns, after)
@@ -282,12 +306,15 @@ class Lake:
                 )
             except CommitFailedError as exc:
                 # A concurrent writer won: re-check the key on a fresh snapshot.
+                self._forget(table)
                 logger.debug("append to %s lost a commit race (attempt %d): %s", table, attempt, exc)
                 time.sleep(random.uniform(0.0, min(0.2, 0.01 * (attempt + 1))))  # jitter: writers desynchronize
                 continue
             except SchemaMismatchError as exc:
+                self._forget(table)
                 raise SchemaMismatch(f"table {table!r}: schema does not match: {exc}") from exc
             except DeltaError as exc:
+                self._forget(table)
                 if "already exists" in str(exc).lower():
                     continue  # another writer created the table first
                 raise CheckpointError(f"table {table!r}: append failed: {exc}") from exc
@@ -332,6 +359,7 @@ class Lake:
                 storage_options=None if isinstance(target, DeltaTable) else self.storage_options,
             )
         except DeltaError as exc:
+            self._forget(table)
             raise CheckpointError(f"table {table!r}: overwrite failed: {exc}") from exc
         return self.version(table)
 
@@ -367,6 +395,7 @@ class Lake:
                 ),
             )
         except DeltaError as exc:
+            self._forget(table)
             raise CheckpointNotFound(f"table {table!r}: cannot restore to version {version}: {exc}") from exc
         return int(DeltaTable(self.uri(table), storage_options=self.storage_options).version())
 
@@ -382,6 +411,7 @@ class Lake:
             log = self.storage.join(table, "_delta_log")
             name = f"{exc.version:020d}.json"
             self.storage.move(self.storage.join(log, name), self.storage.join(log, "_corrupted", name))
+            self._forget(table)
             logger.warning("table %s: set aside corrupted log entry %d", table, exc.version)
             return self.version(table)
         raise CheckpointNotFound(f"table {table!r} is not corrupted; nothing to recover")

@@ -6,6 +6,12 @@ are announced as Prefect events; ``deployments/prefect.yaml`` triggers match the
 state itself is in the lake and the registry, so an event that cannot be sent is
 reported (a warning, once per event name) and the caller goes on.
 
+Events go to the Prefect API the process is configured with (``PREFECT_API_URL``), or
+to the server of the flow run in progress. With neither, they are not sent: Prefect
+would start its ephemeral server (7-13 s, a child process) for events that no
+deployment trigger can see once the process exits. ``local_server_events()`` asks for
+that server anyway (``selfheal monitor|heal --prefect``).
+
 Example:
     >>> emit("selfheal.signal.data_drift", "selfheal.signal.data_drift", payload, labels={"selfheal.severity": "high"})
 """
@@ -13,16 +19,43 @@ Example:
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from typing import Any
 
+from prefect.context import FlowRunContext, TaskRunContext
 from prefect.events import emit_event
 from prefect.exceptions import EventTooLarge
+from prefect.settings import PREFECT_API_URL
 
 logger = logging.getLogger(__name__)
 
 #: Event names whose failure was reported at WARNING already (later ones go to DEBUG).
 _warned: set[str] = set()
+#: ``local_server_events()`` is active: send even without an API (Prefect starts its ephemeral server).
+_local_server = False
+
+
+@contextmanager
+def local_server_events() -> Iterator[None]:
+    """Send the enclosed events even when no Prefect API is configured (Prefect's ephemeral server)."""
+    global _local_server
+    before, _local_server = _local_server, True
+    try:
+        yield
+    finally:
+        _local_server = before
+
+
+def prefect_api_configured() -> bool:
+    """Is a Prefect API set (``PREFECT_API_URL``: environment, profile or prefect.toml)?"""
+    return bool(PREFECT_API_URL.value())
+
+
+def events_on() -> bool:
+    """Is there a Prefect server to send events to without starting one (or was one asked for)?"""
+    in_run = FlowRunContext.get() is not None or TaskRunContext.get() is not None
+    return _local_server or in_run or prefect_api_configured()
 
 
 def emit(
@@ -43,8 +76,11 @@ def emit(
         labels: more labels of the resource (triggers may match them, e.g. ``selfheal.severity``).
 
     Returns:
-        False when events are off (no Prefect API configured) or the event could not be sent.
+        False when events are off (see ``events_on``) or the event could not be sent.
     """
+    if not events_on():
+        logger.debug("event %s not sent: no Prefect API configured", event)
+        return False
     resource = {"prefect.resource.id": resource_id, **(labels or {})}
     try:
         sent = emit_event(

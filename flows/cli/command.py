@@ -8,6 +8,7 @@ command runs.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -28,13 +29,19 @@ def config() -> SelfhealConfig:
 
 
 def _in_process_runs(handler: Handler) -> Handler:
-    """``handler`` inside selfheal's settings for in-process flow runs (``flows.prefect_runs``)."""
+    """``handler`` inside selfheal's settings for in-process flow runs (``flows.prefect_runs``).
+
+    A command with ``--prefect`` given also sends its events without a configured API
+    (``flows.events.local_server_events``: Prefect starts its ephemeral server).
+    """
 
     @functools.wraps(handler)
     def run(args: argparse.Namespace) -> int | None:
+        from flows.events import local_server_events
         from flows.prefect_runs import in_process_runs  # imports Prefect: only commands that run flows pay
 
-        with in_process_runs():
+        asked = getattr(args, "prefect", False)
+        with in_process_runs(), local_server_events() if asked else contextlib.nullcontext():
             return handler(args)
 
     return run

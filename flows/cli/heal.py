@@ -16,7 +16,9 @@ Run the healer: each tick runs a monitor pass and probes the tracking store, lan
 zone, quarantine and server; diagnoses signals into causes; opens incidents and moves
 them DETECTED -> DIAGNOSED -> HEALING -> VERIFYING -> RESOLVED (or ESCALATED).
 State lives in the incidents table, so a restarted healer resumes where it stopped.
-With healing.enabled: false it detects and records but repairs nothing."""
+With healing.enabled: false it detects and records but repairs nothing.
+Incident and signal events go to Prefect when PREFECT_API_URL is set (or with
+--prefect); otherwise none are sent and no Prefect server is started for them."""
 
 _ACK = """\
 Record that a person has taken an escalated incident over. It stays ESCALATED;
@@ -36,6 +38,11 @@ def register(sub: Subparsers) -> None:
         "--interval", type=float, default=None, help="seconds between ticks (default healing.interval_seconds)"
     )
     heal.add_argument("--no-monitor", action="store_true", help="skip the monitor pass (probes only)")
+    heal.add_argument(
+        "--prefect",
+        action="store_true",
+        help="send events to Prefect even without PREFECT_API_URL (starts Prefect's temporary local server)",
+    )
 
     inc = commands.add(
         "incidents", cli_incidents, "list incidents: cause, remedies tried, outcome, MTTR; summary per cause"

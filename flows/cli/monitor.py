@@ -19,7 +19,11 @@ def register(sub: Subparsers) -> None:
         "Read everything new since the last run (inference log, feedback, the server's\n"
         "/metrics, table freshness), run the drift, performance, concept-drift and anomaly\n"
         "detectors, append the metric series to the lake's metrics table and print the\n"
-        "signals raised. Thresholds come from selfheal.yaml (thresholds:).",
+        "signals raised. Thresholds come from selfheal.yaml (thresholds:).\n\n"
+        "Each pass is a Prefect flow run (selfheal-monitor, with its tasks and a markdown\n"
+        "artifact) when PREFECT_API_URL is set or with --prefect; otherwise it runs as plain\n"
+        "calls and no Prefect server is started (a one-shot pass takes seconds, not the\n"
+        "ephemeral server's start-up).",
     )
     when = mon.add_mutually_exclusive_group()
     when.add_argument("--once", action="store_true", help="run once and exit (the default)")
@@ -28,13 +32,20 @@ def register(sub: Subparsers) -> None:
     mon.add_argument("--serving-url", default=None, help="model server to scrape (default: serving.url or host:port)")
     mon.add_argument("--no-serving", action="store_true", help="do not scrape the model server")
     mon.add_argument("--json", action="store_true", help="print the signals as JSON")
+    mon.add_argument(
+        "--prefect",
+        action="store_true",
+        help="record each pass as a Prefect flow run even without PREFECT_API_URL "
+        "(starts Prefect's temporary local server in this process)",
+    )
 
 
 def cli_monitor(args: argparse.Namespace) -> int:
     """``selfheal monitor --once | --interval S``."""
     # Prefect and the detectors (scipy, pandas) load when the command runs, not on --help.
+    from flows.events import prefect_api_configured
     from flows.monitor.detectors import MonitorThresholds
-    from flows.monitor.flow import monitor_flow
+    from flows.monitor.flow import monitor_flow, monitor_pass
 
     cfg = config()
     MonitorThresholds.from_mapping(cfg.thresholds)  # fail fast, naming the bad key
@@ -51,10 +62,13 @@ def cli_monitor(args: argparse.Namespace) -> int:
         "target": cfg.data.target,
         "storage_options": cfg.lake.storage_options or None,
     }
+    as_flow = args.prefect or prefect_api_configured()
+    # The plain pass reads the server URL from the config: give it the one chosen above.
+    plain = cfg.model_copy(update={"serving": cfg.serving.model_copy(update={"url": url})})
     runs = 0
     while True:
         started = time.monotonic()
-        signals = monitor_flow(**params)
+        signals = monitor_flow(**params) if as_flow else monitor_pass(plain)
         runs += 1
         if args.json:
             print(json.dumps([s.to_dict() for s in signals]))

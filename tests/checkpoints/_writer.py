@@ -25,6 +25,9 @@ def main() -> None:
         for key in keys:
             table = pa.table({"key": [key] * 5, "writer": [writer] * 5, "x": rng.random(5)})
             lake.append("events", table, key=key)
+    elif mode == "append":
+        # One commit of one row to table argv[4], as another process would make it.
+        lake.append(sys.argv[4], pa.table({"x": [writer]}))
     elif mode == "big":
         # Appends large tables forever; the test kills us with SIGKILL mid-write.
         rows = 2_000_000
