@@ -209,6 +209,8 @@ def _incidents(lake: Any) -> list[str]:
 
 def ceiling(frames: list[pd.DataFrame], change: int) -> float | None:
     """ROC AUC on the last two batches of a default model trained on the post-change batches before them."""
+    if len(frames[change:-2]) == 0:
+        return None
     train = pd.concat(frames[change:-2], ignore_index=True)
     test = pd.concat(frames[-2:], ignore_index=True)
     if train.empty or train[TARGET].nunique() < 2 or test[TARGET].nunique() < 2:
