@@ -312,6 +312,10 @@ def summarize(incidents: list[Incident]) -> list[CauseSummary]:
     return out
 
 
+def _quality(incident: Incident) -> Any:
+    return next((t.evidence["quality"] for t in reversed(incident.transitions) if "quality" in t.evidence), None)
+
+
 def to_report(incident: Incident) -> dict[str, Any]:
     """One incident as the ``selfheal incidents --json`` record."""
     return {
@@ -324,4 +328,6 @@ def to_report(incident: Incident) -> dict[str, Any]:
         "mttr_seconds": incident.mttr_seconds,
         "evidence": incident.evidence,
         "outcome": incident.last.detail,
+        # A drift incident's quality before, after the drift and after the repair (the newest record of it).
+        "quality": _quality(incident),
     }

@@ -16,8 +16,10 @@ Example:
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
+import statistics
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
@@ -34,7 +36,7 @@ from flows.pipeline.flow import BRONZE, SILVER, locked_schema
 from flows.pipeline.stages import features, train
 from flows.registry import Registry
 from serving.modelio import load_version
-from serving.registry import SILVER_VERSION_TAG
+from serving.registry import PROMOTED_AT_TAG, SILVER_VERSION_TAG
 
 if TYPE_CHECKING:
     from flows.healer.remedies import HealContext
@@ -45,6 +47,8 @@ logger = logging.getLogger(__name__)
 CHANGE_POINT = "change_point"
 #: The incident's evidence key for the champion that served when the drift began.
 PRE_DRIFT_VERSION = "pre_drift_version"
+#: Live windows whose median is the pre-drift level.
+_PRE_DRIFT_WINDOWS = 10
 
 
 def _aware(value: datetime) -> datetime:
@@ -122,11 +126,20 @@ def _score(ctx: HealContext, model: Any, rows: pd.DataFrame) -> float | None:
 
 def _model(ctx: HealContext, version: str) -> tuple[Any, Mapping[str, str]] | None:
     """Version ``version``'s model and tags (None: unknown, or it cannot be loaded)."""
-    registry = Registry(ctx.cfg.tracking_uri, ctx.cfg.model_name, artifact_root=ctx.cfg.artifact_root)
+    cfg = ctx.cfg
+    return _load(cfg.tracking_uri, cfg.model_name, cfg.artifact_root, version, tuple(cfg.trainer.trusted_types))
+
+
+@functools.lru_cache(maxsize=4)
+def _load(
+    tracking_uri: str, model_name: str, artifact_root: str, version: str, trusted: tuple[str, ...]
+) -> tuple[Any, Mapping[str, str]] | None:
+    """Loaded once per process: a version's artifact never changes, and the healer asks on several ticks."""
+    registry = Registry(tracking_uri, model_name, artifact_root=artifact_root)
     record = registry.by_version(version)
     if record is None:
         return None
-    return load_version(registry, record, ctx.cfg.trainer.trusted_types), record.tags
+    return load_version(registry, record, trusted), dict(record.tags)
 
 
 def within(metric: str, value: float, level: float, tolerance: float) -> bool:
@@ -137,9 +150,10 @@ def within(metric: str, value: float, level: float, tolerance: float) -> bool:
 def locate(ctx: HealContext, change: ChangePoint, version: str | None) -> ChangePoint:
     """``change`` with its first batch, found where ``version``'s quality fell on the labeled batches.
 
-    Each labeled batch in silver is scored with the pre-drift model; the change batch is the
-    first of the newest run of batches on which it is worse than its holdout level by more
-    than ``healing.recovery_tolerance``. A change that names its batch is kept as it is.
+    Each labeled batch in silver that landed after the pre-drift model was promoted (it was
+    fit for the world then) is scored with it; the change batch is the first of the newest
+    run of batches on which it is worse than its holdout level by more than
+    ``healing.recovery_tolerance``. A change that names its batch is kept as it is.
     """
     if change.batch is not None or version is None:
         return change
@@ -149,6 +163,10 @@ def locate(ctx: HealContext, change: ChangePoint, version: str | None) -> Change
         if loaded is None or silver.empty or "_batch_id" not in silver:
             return change
         model, tags = loaded
+        promoted = tags.get(PROMOTED_AT_TAG)
+        if promoted and "_ingested_at" in silver:
+            landed = pd.to_datetime(silver["_ingested_at"], utc=True)
+            silver = silver[landed >= pd.Timestamp(_aware(datetime.fromisoformat(promoted)))]
         metric = ctx.cfg.gate_metric
         level = float(tags.get(f"metric.{metric}", "nan"))
         if level != level:
@@ -170,8 +188,10 @@ def locate(ctx: HealContext, change: ChangePoint, version: str | None) -> Change
 
 
 # -- quality before, after the drift, and after the repair ---------------------------------
-def _live(ctx: HealContext, *, start_after: datetime | None = None, end_before: datetime | None = None) -> float | None:
-    """The newest live measurement of the gate metric with its window in the given bounds."""
+def _live(
+    ctx: HealContext, *, start_after: datetime | None = None, end_before: datetime | None = None, newest: int = 1
+) -> float | None:
+    """The median of the ``newest`` live measurements of the gate metric with their windows in the given bounds."""
     if not ctx.lake.exists(METRICS_TABLE):
         return None
     name = f"performance.{ctx.cfg.gate_metric}"
@@ -181,16 +201,17 @@ def _live(ctx: HealContext, *, start_after: datetime | None = None, end_before: 
         table = table.filter(pc.greater_equal(table.column("window_start"), utc(start_after)))
     if end_before is not None:
         table = table.filter(pc.less_equal(table.column("window_end"), utc(end_before)))
-    values = [v for v in table.sort_by("ts").column("value").to_pylist() if v is not None]
-    return float(values[-1]) if values else None
+    values = [v for v in table.sort_by("ts").column("value").to_pylist() if v is not None][-newest:]
+    return float(statistics.median(values)) if values else None
 
 
 def pre_drift(ctx: HealContext, change: ChangePoint, version: str | None) -> Measure | None:
     """The pre-drift level: measured live before the change, else the pre-drift model's holdout score."""
     if change.at is not None:
-        live = _live(ctx, end_before=change.at)
+        # A few windows, not the last one only: the alarm comes some windows after the change.
+        live = _live(ctx, end_before=change.at, newest=_PRE_DRIFT_WINDOWS)
         if live is not None:
-            return Measure(live, "live labels before the change")
+            return Measure(live, f"live labels before the change (median of up to {_PRE_DRIFT_WINDOWS} windows)")
     loaded = _tags(ctx, version)
     value = float(loaded.get(f"metric.{ctx.cfg.gate_metric}", "nan")) if loaded else float("nan")
     return Measure(value, f"holdout of v{version}") if value == value else None

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from checkpoints.incidents import IncidentLog, State
+from checkpoints.incidents import IncidentLog, State, to_report
 from flows.config import load_config
 from flows.healer.machine import Healer, Observation, make_context
 from flows.monitor.signals import Severity, Signal, SignalKind, Window
@@ -86,20 +86,25 @@ def _run_params(healer: Healer, version: str) -> dict[str, str]:
     return dict(mlflow.get_run(record.run_id).data.params)
 
 
-def test_the_retrain_trains_from_the_change_point_and_beats_the_window(world: Path) -> None:
-    config = _config(world)
-    healer = _healer(config)
+def _changed(world: Path) -> tuple[Healer, str]:
+    """Two batches of the new rule in the landing zone; a healer, and the pre-drift champion's version."""
+    healer = _healer(_config(world))
     before = healer.ctx.registry.by_alias(CHAMPION)
     assert before is not None
     _land(world / "landing", CHANGE, "x2")
     _land(world / "landing", CHANGE + 1, "x2")
-    _tick(healer, _concept_signal(before.version))
+    return healer, before.version
+
+
+def test_the_retrain_trains_from_the_change_point_and_beats_the_window(world: Path) -> None:
+    healer, before = _changed(world)
+    _tick(healer, _concept_signal(before))
 
     (incident,) = healer.log.incidents()
     assert incident.cause == "concept_drift" and incident.state == State.VERIFYING, incident.last.detail
     assert incident.evidence["change_point"]["at"] is not None  # recorded when it opened
     after = healer.ctx.registry.by_alias(CHAMPION)
-    assert after is not None and after.version != before.version
+    assert after is not None and after.version != before
     params = _run_params(healer, after.version)
     assert (params["train_first_batch"], params["train_last_batch"]) == (str(CHANGE), str(CHANGE + 1))
     assert after.tags["selfheal.train_batches"] == f"{CHANGE}-{CHANGE + 1}"
@@ -117,6 +122,20 @@ def test_the_retrain_trains_from_the_change_point_and_beats_the_window(world: Pa
     window_auc = train.score(window_model.model, holdout, feats, "label", "binary")["roc_auc"]
     change_auc = float(after.tags["metric.roc_auc"])
     assert change_auc > 0.95 and change_auc > window_auc + 0.05, (change_auc, window_auc)
+
+
+def test_batches_that_landed_before_the_alarm_are_found_where_the_old_model_fell(world: Path) -> None:
+    healer, before = _changed(world)
+    assert pipeline_flow(str(_config(world))).outcome in ("promoted", "rejected")  # a scheduled run took them first
+    _tick(healer, _concept_signal(before))  # the alarm's window starts after they landed
+
+    (incident,) = healer.log.incidents()
+    point = incident.evidence["change_point"]
+    assert point["batch"] == CHANGE and point["how"].startswith(f"v{before}'s roc_auc fell"), point
+    assert incident.evidence["quality"]["post_drift"]["value"] < 0.7  # the old model on the batches from the change
+    after = healer.ctx.registry.by_alias(CHAMPION)
+    assert incident.state == State.VERIFYING and after is not None, incident.last.detail
+    assert _run_params(healer, after.version)["train_first_batch"] == str(CHANGE)
 
 
 def test_too_few_rows_after_the_change_waits_then_repairs(world: Path) -> None:
@@ -148,13 +167,10 @@ def test_too_few_rows_after_the_change_waits_then_repairs(world: Path) -> None:
 
 def _repair(world: Path, cause: SignalKind, **healing: Any) -> tuple[Healer, str]:
     """A drift incident repaired by a change-aware retrain, now VERIFYING; returns the pre-drift version."""
+    _, before = _changed(world)
     healer = _healer(_config(world, **healing))
-    before = healer.ctx.registry.by_alias(CHAMPION)
-    assert before is not None
-    _land(world / "landing", CHANGE, "x2")
-    _land(world / "landing", CHANGE + 1, "x2")
     if cause == SignalKind.CONCEPT_DRIFT:
-        signal = _concept_signal(before.version)
+        signal = _concept_signal(before)
     else:
         now = datetime.now(UTC)
         evidence = {"drift_share": 0.5, "drifted_features": ["x2"]}
@@ -162,7 +178,7 @@ def _repair(world: Path, cause: SignalKind, **healing: Any) -> tuple[Healer, str
     _tick(healer, signal)
     (incident,) = healer.log.incidents()
     assert incident.state == State.VERIFYING, incident.last.detail
-    return healer, before.version
+    return healer, before
 
 
 def test_a_retrain_that_restores_quality_resolves_with_mttr_and_quality(world: Path) -> None:
@@ -183,6 +199,7 @@ def test_a_retrain_that_restores_quality_resolves_with_mttr_and_quality(world: P
     assert quality["post_drift"]["value"] < 0.7  # the old model on the batches from the change on
     assert quality["post_repair"]["value"] > 0.95 and "landed after it was trained" in quality["post_repair"]["source"]
     assert "pre-drift" in incident.last.detail and "post-repair" in incident.last.detail
+    assert to_report(incident)["quality"] == quality  # what `selfheal incidents --json` shows
 
 
 def test_a_retrain_that_does_not_restore_quality_does_not_resolve(world: Path) -> None:
