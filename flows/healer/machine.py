@@ -565,6 +565,7 @@ def warm_up(ctx: HealContext) -> None:
         return
     if error is not None:
         logger.warning("the tracking store does not answer at start: %s", error)
+    change.warm_up(ctx.cfg)
 
 
 def make_context(cfg: SelfhealConfig, config_path: str | None) -> HealContext:

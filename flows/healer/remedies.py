@@ -36,7 +36,14 @@ from checkpoints.incidents import Incident
 from checkpoints.quarantine import imputed_key
 from flows.config import SelfhealConfig
 from flows.healer.change import CHANGE_POINT, PRE_DRIFT_VERSION, ChangePoint, locate
-from flows.pipeline.flow import SILVER, STAGE_TABLES, ChangeWindow, labeled_shortfall, pipeline_flow
+from flows.pipeline.flow import (
+    SILVER,
+    STAGE_TABLES,
+    TRAIN_BATCHES_TAG,
+    ChangeWindow,
+    labeled_shortfall,
+    pipeline_flow,
+)
 from flows.pipeline.imputation import impute_quarantined
 from flows.pipeline.stages import ingest, train
 from flows.pipeline.stages.ingest import LandingUnreachable, list_landing, read_file
@@ -221,7 +228,7 @@ class Retrain(Remedy):
 
     def verify(self, ctx: HealContext, incident: Incident, plan: dict[str, Any], since: datetime) -> Outcome:
         champion = ctx.registry.by_alias(CHAMPION)
-        if champion is None or champion.version == plan.get("from_version"):
+        if champion is None or (champion.version == plan.get("from_version") and not _from_change(champion, plan)):
             return Outcome(False, "no new champion after retraining")
         metric = ctx.cfg.gate_metric
         score = float(champion.tags.get(f"metric.{metric}", "nan"))
@@ -231,6 +238,14 @@ class Retrain(Remedy):
         if not served.ok:
             return served
         return Outcome(True, f"v{champion.version} {metric}={score:.4f} holdout; {served.detail}", {metric: score})
+
+
+def _from_change(champion: Any, plan: dict[str, Any]) -> bool:
+    """The champion already learned only the data from the plan's change batch on (a run took the
+    new batches before the healer did): up to date, nothing older to replace."""
+    batch = (plan.get(CHANGE_POINT) or {}).get("batch")
+    first = str(champion.tags.get(TRAIN_BATCHES_TAG, "")).partition("-")[0]
+    return batch is not None and first.isdigit() and int(first) >= int(batch)
 
 
 def _with_first_batch(ctx: HealContext, change: ChangePoint) -> ChangePoint:

@@ -672,6 +672,19 @@ def pipeline_flow(
     return _finish(cfg, lake, run_id, result)
 
 
+def _trained_on_the_same_rows(
+    cfg: SelfhealConfig, lake: Lake, tags: Any, silver_version: int, change: ChangeWindow
+) -> bool:
+    """The champion was trained (e.g. by a scheduled run's window) on exactly the rows from the change on."""
+    if not change.known or tags.get(SILVER_VERSION_TAG) != str(silver_version):
+        return False
+    if tags.get("selfheal.config_hash") != cfg.config_hash or tags.get("selfheal.code_version") != code_version():
+        return False
+    silver = lake.read(SILVER, version=silver_version, columns=["_batch_id", "_ingested_at"]).to_pandas()
+    batches = train.batch_range(change.rows(silver, None))
+    return batches is not None and tags.get(TRAIN_BATCHES_TAG) == f"{batches[0]}-{batches[1]}"
+
+
 def _champion_change(registry: Registry) -> ChangeWindow:
     """A run without a change point of its own keeps to the champion's: a model that was retrained
     from a change on is not replaced by one that learns the world before it again."""
@@ -729,7 +742,10 @@ def _run_stages(
             result.outcome, result.message = "waiting", waiting
             return
         champion = registry.by_alias(CHAMPION)
-        if champion is not None and champion.tags.get(TRAIN_KEY_TAG) == _train_key(cfg, silver_version, change):
+        if champion is not None and (
+            champion.tags.get(TRAIN_KEY_TAG) == _train_key(cfg, silver_version, change)
+            or _trained_on_the_same_rows(cfg, lake, champion.tags, silver_version, change)
+        ):
             result.outcome = "up-to-date"
             result.message = f"no new data: champion v{champion.version} is already trained on silver v{silver_version}"
             result.champion = champion.version

@@ -19,6 +19,7 @@ import pytest
 from checkpoints.incidents import IncidentLog, State, to_report
 from flows.config import load_config
 from flows.healer.machine import Healer, Observation, make_context
+from flows.healer.remedies import Retrain
 from flows.monitor.signals import Severity, Signal, SignalKind, Window
 from flows.pipeline.flow import SILVER, locked_schema, pipeline_flow
 from flows.pipeline.stages import features, train
@@ -41,13 +42,13 @@ def _land(landing: Path, index: int, rule: str) -> None:
     _batch(index, rule).to_parquet(landing / f"batch-{index:05d}.parquet", index=False)
 
 
-def _config(tmp: Path, **healing: Any) -> Path:
+def _config(tmp: Path, window: int = 4, **healing: Any) -> Path:
     return write_config(
         tmp,
         "binary",
         "label",
         # A window of 4 batches straddles the change once two post-change batches landed.
-        trainer={"params": {"max_iter": 50}, "seed": 3, "window_batches": 4},
+        trainer={"params": {"max_iter": 50}, "seed": 3, "window_batches": window},
         healing={"policy": {"concept_drift": ["retrain"]}, **healing},
     )
 
@@ -126,7 +127,9 @@ def test_the_retrain_trains_from_the_change_point_and_beats_the_window(world: Pa
 
 def test_batches_that_landed_before_the_alarm_are_found_where_the_old_model_fell(world: Path) -> None:
     healer, before = _changed(world)
-    assert pipeline_flow(str(_config(world))).outcome in ("promoted", "rejected")  # a scheduled run took them first
+    # A scheduled run took them first, on a window of 2 batches: the two after the change.
+    assert pipeline_flow(str(_config(world, window=2))).outcome == "promoted"
+    scheduled = healer.ctx.registry.by_alias(CHAMPION)
     _tick(healer, _concept_signal(before))  # the alarm's window starts after they landed
 
     (incident,) = healer.log.incidents()
@@ -136,6 +139,11 @@ def test_batches_that_landed_before_the_alarm_are_found_where_the_old_model_fell
     after = healer.ctx.registry.by_alias(CHAMPION)
     assert incident.state == State.VERIFYING and after is not None, incident.last.detail
     assert _run_params(healer, after.version)["train_first_batch"] == str(CHANGE)
+    # That model already learned exactly the rows from the change on: not trained again, and it verifies.
+    assert after == scheduled and incident.last.detail.startswith("pipeline up-to-date"), incident.last.detail
+    healing = next(t for t in incident.transitions if t.state == State.HEALING)
+    verified = Retrain().verify(healer.ctx, incident, healing.evidence["plan"], incident.last.ts)
+    assert verified.ok, verified.detail
 
 
 def test_too_few_rows_after_the_change_waits_then_repairs(world: Path) -> None:
