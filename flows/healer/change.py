@@ -127,21 +127,22 @@ def _score(ctx: HealContext, model: Any, rows: pd.DataFrame) -> float | None:
 
 
 def _model(ctx: HealContext, version: str) -> tuple[Any, Mapping[str, str]] | None:
-    """Version ``version``'s model and tags (None: unknown, or it cannot be loaded)."""
+    """Version ``version``'s model and its tags as they are now (None: unknown, or it cannot be loaded)."""
     cfg = ctx.cfg
-    return _load(cfg.tracking_uri, cfg.model_name, cfg.artifact_root, version, tuple(cfg.trainer.trusted_types))
+    record = ctx.registry.by_version(version)
+    if record is None:
+        return None
+    # Tags are read fresh: a version promoted again (a rollback) has a new promotion time.
+    model = _load(cfg.tracking_uri, cfg.model_name, cfg.artifact_root, version, tuple(cfg.trainer.trusted_types))
+    return (model, dict(record.tags)) if model is not None else None
 
 
 @functools.lru_cache(maxsize=4)
-def _load(
-    tracking_uri: str, model_name: str, artifact_root: str, version: str, trusted: tuple[str, ...]
-) -> tuple[Any, Mapping[str, str]] | None:
+def _load(tracking_uri: str, model_name: str, artifact_root: str, version: str, trusted: tuple[str, ...]) -> Any:
     """Loaded once per process: a version's artifact never changes, and the healer asks on several ticks."""
     registry = Registry(tracking_uri, model_name, artifact_root=artifact_root)
     record = registry.by_version(version)
-    if record is None:
-        return None
-    return load_version(registry, record, trusted), dict(record.tags)
+    return None if record is None else load_version(registry, record, trusted)
 
 
 def warm_up(cfg: SelfhealConfig) -> None:

@@ -18,12 +18,14 @@ import pytest
 
 from checkpoints.incidents import IncidentLog, State, to_report
 from flows.config import load_config
+from flows.healer.change import ChangePoint, locate
 from flows.healer.machine import Healer, Observation, make_context
 from flows.healer.remedies import Retrain
 from flows.monitor.signals import Severity, Signal, SignalKind, Window
 from flows.pipeline.flow import SILVER, locked_schema, pipeline_flow
 from flows.pipeline.stages import features, train
 from flows.registry import CHAMPION
+from serving.registry import PROMOTED_AT_TAG
 from tests.flows.pipeline.fixtures import write_config
 
 ROWS = 400
@@ -226,3 +228,17 @@ def test_a_retrain_that_does_not_restore_quality_does_not_resolve(world: Path) -
     failed = next(t for t in incident.transitions if t.detail.startswith("failed verification"))
     assert "quality not restored" in failed.detail
     assert failed.evidence["quality"]["post_repair"]["value"] < 0.7
+
+
+def test_batches_from_before_the_old_model_was_promoted_again_are_not_the_changes(world: Path) -> None:
+    healer, before = _changed(world)
+    assert pipeline_flow(str(_config(world, window=2))).outcome == "promoted"  # learns the rule of batches 4-5
+    assert locate(healer.ctx, ChangePoint(), before).batch == CHANGE
+    # The old world comes back: the old model is champion again (promoted now); then a third rule arrives.
+    healer.ctx.registry.set_alias(CHAMPION, before)
+    healer.ctx.registry.set_tag(before, PROMOTED_AT_TAG, datetime.now(UTC).isoformat())
+    _land(world / "landing", CHANGE + 2, "x3")
+    _land(world / "landing", CHANGE + 3, "x3")
+    assert pipeline_flow(str(_config(world, window=2))).outcome == "promoted"
+    # Batches 4-5 landed before it was promoted again: it was fit for the world then, so they are not this change.
+    assert locate(healer.ctx, ChangePoint(), before).batch == CHANGE + 2
