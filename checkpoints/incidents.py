@@ -32,6 +32,8 @@ from checkpoints.lake import Lake
 from checkpoints.rows import arrow_schema, from_row, to_row, to_table
 
 INCIDENTS = "incidents"
+#: Evidence flag of a HEALING row that records a wait (the remedy could not act yet): not a new attempt.
+WAITING = "waiting"
 
 
 class State(StrEnum):
@@ -132,7 +134,8 @@ class Incident:
 
     def attempts(self, remedy: str) -> int:
         """How many times ``remedy`` was started for this incident."""
-        return sum(1 for t in self.transitions if t.state == State.HEALING and t.remedy == remedy)
+        started = [t for t in self.transitions if t.state == State.HEALING and not t.evidence.get(WAITING)]
+        return sum(1 for t in started if t.remedy == remedy)
 
     @property
     def remedies_tried(self) -> list[str]:
@@ -309,6 +312,10 @@ def summarize(incidents: list[Incident]) -> list[CauseSummary]:
     return out
 
 
+def _quality(incident: Incident) -> Any:
+    return next((t.evidence["quality"] for t in reversed(incident.transitions) if "quality" in t.evidence), None)
+
+
 def to_report(incident: Incident) -> dict[str, Any]:
     """One incident as the ``selfheal incidents --json`` record."""
     return {
@@ -321,4 +328,6 @@ def to_report(incident: Incident) -> dict[str, Any]:
         "mttr_seconds": incident.mttr_seconds,
         "evidence": incident.evidence,
         "outcome": incident.last.detail,
+        # A drift incident's quality before, after the drift and after the repair (the newest record of it).
+        "quality": _quality(incident),
     }

@@ -336,7 +336,13 @@ class HealingConfig(_Section):
     budget_per_window: float = Field(default=100.0, ge=0.0)
     budget_window_seconds: float = Field(default=3600.0, gt=0)
     retrain_window: int | None = Field(default=None, ge=1)
-    """Retrain remedy: train on the newest N batches only (None: all)."""
+    """Retrain remedy when the incident knows no change point: train on the newest N batches only (None: all)."""
+    retrain_min_rows: int = Field(default=200, ge=1)
+    """Retrain remedy with a known change point: labeled rows after the change it waits for before training
+    (the incident stays HEALING and says how many it has), instead of training on too few or escalating."""
+    recovery_tolerance: float = Field(default=0.05, ge=0.0)
+    """A drift incident resolves only when the champion's gate metric on labels after the repair is within
+    this much of its pre-drift level (absolute; e.g. roc_auc 0.93 against 0.96 before the drift is within 0.05)."""
     bad_deploy_window_seconds: float = Field(default=1800.0, gt=0)
     """A quality drop this soon after a promotion is blamed on the deploy."""
     interval_seconds: float = Field(default=5.0, gt=0)

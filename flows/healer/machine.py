@@ -20,7 +20,7 @@ later observation in which its cause is quiet.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -29,11 +29,12 @@ from prefect import flow, get_run_logger
 
 from checkpoints import Lake
 from checkpoints.exceptions import CheckpointCorrupted, RegistryUnavailable
-from checkpoints.incidents import Incident, IncidentLog, State, Transition, to_report
+from checkpoints.incidents import WAITING, Incident, IncidentLog, State, Transition, to_report
 from checkpoints.leases import claim
 from checkpoints.metrics import METRICS_TABLE, metric_values
 from flows.config import SelfhealConfig, load_config
 from flows.events import emit
+from flows.healer import change
 from flows.healer.diagnosis import Cause, Context, Diagnosis, diagnose
 from flows.healer.remedies import (
     HealContext,
@@ -57,6 +58,8 @@ _PROMOTING_REMEDIES = {"retrain", "rollback", "light_model"}
 _QUALITY_KINDS = {SignalKind.PERFORMANCE_DROP, SignalKind.CONCEPT_DRIFT, SignalKind.PREDICTION_DRIFT}
 #: Causes only the monitor's statistics reveal: verified on a window evaluated after the repair.
 _MONITOR_CAUSES = {Cause.DATA_DRIFT, Cause.CONCEPT_DRIFT, Cause.BAD_DEPLOY, Cause.LATENCY, Cause.STALE_DATA}
+#: Causes that resolve only when quality on post-repair labels is back near its pre-drift level.
+_DRIFT_CAUSES = {Cause.DATA_DRIFT, Cause.CONCEPT_DRIFT}
 
 
 # -- observation ------------------------------------------------------------------------
@@ -128,7 +131,7 @@ def spent(cfg: SelfhealConfig, incidents: list[Incident], now: datetime) -> floa
         cfg.healing.costs.get(t.remedy or "", 0.0)
         for i in incidents
         for t in i.transitions
-        if t.state == State.HEALING and t.ts >= start
+        if t.state == State.HEALING and t.ts >= start and not t.evidence.get(WAITING)
     )
 
 
@@ -231,16 +234,61 @@ class Healer:
         def after(name: str) -> list[float | None]:
             return metric_values(self.ctx.lake, name, after=applied_at, column="window_start", inclusive=True)
 
-        if cause in (Cause.CONCEPT_DRIFT, Cause.BAD_DEPLOY):
+        if cause == Cause.BAD_DEPLOY:
             metric = self.cfg.gate_metric
             healthy = [v for v in after(f"performance.{metric}") if v is not None and self._healthy_value(metric, v)]
             return f"live {metric}={healthy[-1]:.3f} on labels after the repair" if healthy else None
-        if cause == Cause.DATA_DRIFT:
-            shares = after("drift.share")
-            return (
-                "a drift test on post-repair traffic found no drifted feature" if shares and shares[-1] == 0 else None
-            )
         return "quiet in a monitor pass after the repair"
+
+    def recovery(
+        self,
+        incident: Incident,
+        applied_at: datetime,
+        repaired: str | None = None,
+        point: dict[str, Any] | None = None,
+    ) -> tuple[str | None, change.Recovery]:
+        """A drift incident's evidence that it is over, and its quality before, after the drift and after the repair.
+
+        Over when no alarm of its kind was raised on data after the repair, fresh data was
+        judged (a drift window of post-repair traffic, or labels after the repair), and the
+        champion's quality on post-repair labels is within ``healing.recovery_tolerance`` of
+        the pre-drift level. A stream that never had labels (no live quality measured, no
+        labeled batch after the repair) is judged by the drift test alone, and says so.
+        """
+        recorded = incident.evidence.get("quality") or {}
+        if repaired is None:
+            champion = self.ctx.registry.by_alias(CHAMPION)
+            repaired = champion.version if champion else None
+        record = change.Recovery(
+            self.cfg.gate_metric,
+            self.cfg.healing.recovery_tolerance,
+            _measure(recorded.get("pre_drift")),
+            _measure(recorded.get("post_drift")),
+            change.post_repair(self.ctx, repaired, applied_at) if repaired else None,
+        )
+        if self._alarmed_since(incident.cause, applied_at):
+            return None, record
+        if record.post_repair is None:
+            unlabeled = incident.cause == Cause.DATA_DRIFT and not change.labels_seen(self.ctx)
+            if unlabeled and self._drift_tested(applied_at):
+                return "a drift test on post-repair traffic raised no alarm (no labels: quality not judged)", record
+            return None, record
+        if not record.restored:
+            return None, record
+        if record.post_drift is None and point:  # the repair found the change's first batch: the old model there
+            before = incident.evidence.get(change.PRE_DRIFT_VERSION)
+            found = change.post_drift(self.ctx, change.ChangePoint.from_evidence(point), before)
+            record = replace(record, post_drift=found)
+        return f"{record.summary()}: within {record.tolerance:g} of the pre-drift level", record
+
+    def _alarmed_since(self, cause: str, applied_at: datetime) -> bool:
+        """Did a monitor pass raise this cause's own alarm on data after the repair?"""
+        kinds = {Cause.DATA_DRIFT.value: "data_drift", Cause.CONCEPT_DRIFT.value: "concept_drift"}
+        return change.signal_raised(self.ctx, kinds[cause], applied_at)
+
+    def _drift_tested(self, applied_at: datetime) -> bool:
+        shares = metric_values(self.ctx.lake, "drift.share", after=applied_at, column="window_start", inclusive=True)
+        return bool(shares)
 
     def _healthy_value(self, metric: str, value: float) -> bool:
 
@@ -256,11 +304,37 @@ class Healer:
         evidence = {k: v for s in diagnosis.signals for k, v in s.evidence.items()}
         incident = self.log.open(diagnosis.cause.value, evidence, detected_at=first)
         _emit(incident, State.DETECTED)
-        diagnosed = self.log.advance(incident, State.DIAGNOSED, evidence=diagnosis.to_evidence(), detail=diagnosis.rule)
+        found = {**diagnosis.to_evidence(), **self._drift_record(diagnosis)}
+        diagnosed = self.log.advance(incident, State.DIAGNOSED, evidence=found, detail=diagnosis.rule)
         logger.warning("incident %s opened: %s (%s)", incident.id, diagnosis.cause.value, diagnosis.rule)
         if diagnosed is not None:
             _emit(diagnosed, State.DIAGNOSED)
         return diagnosed or incident
+
+    def _drift_record(self, diagnosis: Diagnosis) -> dict[str, Any]:
+        """A drift incident's change point (batch and time) and the pre-drift model's quality before and after it."""
+        if diagnosis.cause not in _DRIFT_CAUSES:
+            return {}
+        # The model whose errors rose (a concept signal names it), else the champion serving now.
+        named = [s.evidence.get("model_version") for s in diagnosis.signals if s.evidence.get("model_version")]
+        version = str(named[0]) if named else self._champion_version() or None
+        try:
+            point = change.locate(self.ctx, change.from_signals(diagnosis.signals), version)
+            record = change.Recovery(
+                self.cfg.gate_metric,
+                self.cfg.healing.recovery_tolerance,
+                change.pre_drift(self.ctx, point, version),
+                change.post_drift(self.ctx, point, version),
+                None,
+            )
+        except (RegistryUnavailable, CheckpointCorrupted, OSError) as exc:  # the incident opens all the same
+            logger.warning("could not measure the drift's change point: %s", exc)
+            return {}
+        return {
+            change.CHANGE_POINT: point.to_evidence(),
+            change.PRE_DRIFT_VERSION: version,
+            "quality": record.to_evidence(),
+        }
 
     def cause_quiet(self, incident: Incident, observation: Observation) -> bool:
         for diagnosis in diagnose(observation.signals, Context(now=observation.started_at)):
@@ -352,11 +426,28 @@ class Healer:
         except Exception as exc:  # noqa: BLE001 - a remedy that blows up has failed, the healer goes on
             logger.exception("remedy %s failed to apply", remedy.name)
             outcome = Outcome(False, f"{type(exc).__name__}: {exc}")
+        if outcome.pending and not outcome.ok:
+            self._wait(incident, healing, outcome)
+            return None
         if not outcome.ok:
             detail = f"failed to apply: {outcome.detail}"
             return self._step(incident, State.DIAGNOSED, healing, outcome.evidence, detail)
         evidence = {**outcome.evidence, "applied_at": datetime.now(UTC).isoformat()}
         return self._step(incident, State.VERIFYING, healing, evidence, outcome.detail)
+
+    def _wait(self, incident: Incident, healing: Transition, outcome: Outcome) -> None:
+        """The remedy cannot act yet (e.g. too few labeled rows after the change): stay HEALING, say why once."""
+        if incident.last.detail != outcome.detail:
+            evidence = {**healing.evidence, **outcome.evidence, WAITING: True}
+            self.log.advance(
+                incident,
+                State.HEALING,
+                remedy=healing.remedy,
+                attempt=healing.attempt,
+                evidence=evidence,
+                detail=outcome.detail,
+            )
+            logger.warning("incident %s waits: %s", incident.id, outcome.detail)
 
     def _step(
         self, incident: Incident, state: State, last: Transition, evidence: dict[str, Any], detail: str
@@ -379,13 +470,22 @@ class Healer:
         except Exception as exc:  # noqa: BLE001 - a check that blows up proves nothing yet: look again next tick
             logger.exception("verifying %s for %s failed", remedy.name, incident.id)
             outcome = Outcome(False, f"{type(exc).__name__}: {exc}", pending=True)
+        quality: dict[str, Any] = {}
         if outcome.ok:
             quiet = observation.started_at > applied_at and self.cause_quiet(incident, observation)
             probed = "refused" in incident.evidence
-            fresh = self.fresh_evidence(incident.cause, applied_at, probed=probed) if quiet else None
+            fresh = None
+            if quiet and Cause(incident.cause) in _DRIFT_CAUSES:
+                # The model the repair put in place (a retrain's new version), judged on labels it never saw.
+                repaired = verifying.evidence.get("champion")
+                point = verifying.evidence.get(change.CHANGE_POINT)
+                fresh, record = self.recovery(incident, applied_at, str(repaired) if repaired else None, point)
+                quality = {"quality": record.to_evidence()}
+            elif quiet:
+                fresh = self.fresh_evidence(incident.cause, applied_at, probed=probed)
             if quiet and fresh is not None:
                 detail = f"verified: {outcome.detail}; {fresh}"
-                resolved = self._step(incident, State.RESOLVED, verifying, outcome.evidence, detail)
+                resolved = self._step(incident, State.RESOLVED, verifying, {**outcome.evidence, **quality}, detail)
                 if resolved is not None:
                     logger.warning(
                         "incident %s RESOLVED by %s in %.1f s", incident.id, remedy.name, resolved.mttr_seconds or 0
@@ -395,7 +495,9 @@ class Healer:
         if waited < self.cfg.healing.verify_timeout_seconds and (outcome.ok or outcome.pending):
             return None  # wait for fresh evidence
         detail = f"failed verification after {waited:.0f} s: {outcome.detail}"
-        return self._step(incident, State.DIAGNOSED, verifying, outcome.evidence, detail)
+        if quality:
+            detail += f"; quality not restored ({quality['quality']['metric']}: {_quality_line(quality['quality'])})"
+        return self._step(incident, State.DIAGNOSED, verifying, {**outcome.evidence, **quality}, detail)
 
     def _escalate(self, incident: Incident) -> Incident | None:
         tried = ", ".join(incident.remedies_tried) or "none"
@@ -409,6 +511,20 @@ class Healer:
             _notify(self.cfg, step)
             logger.error("incident %s ESCALATED: %s", incident.id, detail)
         return step
+
+
+def _measure(data: Any) -> change.Measure | None:
+    if not isinstance(data, dict) or data.get("value") is None:
+        return None
+    return change.Measure(float(data["value"]), str(data.get("source", "")))
+
+
+def _quality_line(quality: dict[str, Any]) -> str:
+    def show(key: str) -> str:
+        m = quality.get(key)
+        return f"{m['value']:.3f}" if isinstance(m, dict) and m.get("value") is not None else "-"
+
+    return f"pre-drift {show('pre_drift')}, post-drift {show('post_drift')}, post-repair {show('post_repair')}"
 
 
 # -- events and notifications ----------------------------------------------------------------
@@ -450,6 +566,7 @@ def warm_up(ctx: HealContext) -> None:
         return
     if error is not None:
         logger.warning("the tracking store does not answer at start: %s", error)
+    change.warm_up(ctx.cfg)
 
 
 def make_context(cfg: SelfhealConfig, config_path: str | None) -> HealContext:

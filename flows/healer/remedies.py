@@ -16,7 +16,7 @@ import shutil
 import subprocess
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -35,8 +35,17 @@ from checkpoints.exceptions import (
 from checkpoints.incidents import Incident
 from checkpoints.quarantine import imputed_key
 from flows.config import SelfhealConfig
-from flows.pipeline.flow import STAGE_TABLES, pipeline_flow
+from flows.healer.change import CHANGE_POINT, PRE_DRIFT_VERSION, ChangePoint, locate
+from flows.pipeline.flow import (
+    SILVER,
+    STAGE_TABLES,
+    TRAIN_BATCHES_TAG,
+    ChangeWindow,
+    labeled_shortfall,
+    pipeline_flow,
+)
 from flows.pipeline.imputation import impute_quarantined
+from flows.pipeline.stages import ingest, train
 from flows.pipeline.stages.ingest import LandingUnreachable, list_landing, read_file
 from flows.registry import CHAMPION, LIGHT, PREVIOUS, PROMOTED_AT_TAG, STORE_ANSWER_SECONDS, Registry
 from serving import processes
@@ -173,29 +182,53 @@ def _serves(ctx: HealContext, version: str) -> Outcome:
 
 
 class Retrain(Remedy):
-    """Run the pipeline, training on the newest batches only (a recent window)."""
+    """Run the pipeline, training on the data from the incident's change point on.
+
+    The change point is the incident's (``flows.healer.change``): its first batch when known,
+    else the batches that landed since its time. Until ``healing.retrain_min_rows`` labeled
+    rows follow the change, the remedy waits (pending: the incident stays HEALING and says
+    why). Only an incident with no change point (e.g. a bad deploy) trains on the newest
+    ``healing.retrain_window`` batches.
+    """
 
     name, cost = "retrain", 10.0
 
     def plan(self, ctx: HealContext, incident: Incident) -> dict[str, Any]:
         champion = ctx.registry.by_alias(CHAMPION)
+        before = incident.evidence.get(PRE_DRIFT_VERSION) or (champion.version if champion else None)
+        change = locate(ctx, ChangePoint.from_evidence(incident.evidence.get(CHANGE_POINT)), before)
         return {
             "from_version": champion.version if champion else None,
             "window_batches": ctx.cfg.healing.retrain_window,
+            CHANGE_POINT: change.to_evidence() if change.known else None,
+            PRE_DRIFT_VERSION: before,
+            "min_rows": ctx.cfg.healing.retrain_min_rows,
         }
 
     def apply(self, ctx: HealContext, incident: Incident, plan: dict[str, Any], key: str) -> Outcome:
 
         # Idempotent: the pipeline skips landed files, built batches and models already
-        # trained on the same silver version with the same config (its train key).
-        result = pipeline_flow(ctx.config_path, window_batches=plan["window_batches"])
+        # trained on the same silver version with the same config and change point (its train key).
+        change = ChangePoint.from_evidence(plan.get(CHANGE_POINT))
+        if not change.known:
+            result = pipeline_flow(ctx.config_path, window_batches=plan["window_batches"])
+        else:
+            window = ChangeWindow(change.batch, None if change.batch is not None else change.at, plan["min_rows"])
+            waiting = _too_few_rows(ctx, window)
+            if waiting:
+                return Outcome(False, waiting, {CHANGE_POINT: change.to_evidence()}, pending=True)
+            result = pipeline_flow(ctx.config_path, change=window)
+            if result.outcome == "waiting":
+                return Outcome(False, result.message, {CHANGE_POINT: change.to_evidence()}, pending=True)
         evidence = {"outcome": result.outcome, "metrics": result.metrics, "champion": result.champion}
+        if change.known:
+            evidence[CHANGE_POINT] = _with_first_batch(ctx, change).to_evidence()
         ok = result.outcome in ("promoted", "up-to-date")
         return Outcome(ok, f"pipeline {result.outcome}: {result.message}", evidence)
 
     def verify(self, ctx: HealContext, incident: Incident, plan: dict[str, Any], since: datetime) -> Outcome:
         champion = ctx.registry.by_alias(CHAMPION)
-        if champion is None or champion.version == plan.get("from_version"):
+        if champion is None or (champion.version == plan.get("from_version") and not _from_change(champion, plan)):
             return Outcome(False, "no new champion after retraining")
         metric = ctx.cfg.gate_metric
         score = float(champion.tags.get(f"metric.{metric}", "nan"))
@@ -205,6 +238,39 @@ class Retrain(Remedy):
         if not served.ok:
             return served
         return Outcome(True, f"v{champion.version} {metric}={score:.4f} holdout; {served.detail}", {metric: score})
+
+
+def _from_change(champion: Any, plan: dict[str, Any]) -> bool:
+    """The champion already learned only the data from the plan's change batch on (a run took the
+    new batches before the healer did): up to date, nothing older to replace."""
+    batch = (plan.get(CHANGE_POINT) or {}).get("batch")
+    first = str(champion.tags.get(TRAIN_BATCHES_TAG, "")).partition("-")[0]
+    return batch is not None and first.isdigit() and int(first) >= int(batch)
+
+
+def _with_first_batch(ctx: HealContext, change: ChangePoint) -> ChangePoint:
+    """``change`` with its first batch: the first that landed at or after its time (when it names none)."""
+    if change.batch is not None or change.at is None or not ctx.lake.exists(SILVER):
+        return change
+    silver = ctx.lake.read(SILVER, columns=["_batch_id", "_ingested_at"]).to_pandas()
+    first = train.batch_range(train.since_change(silver, None, change.at))
+    return replace(change, batch=first[0], how=f"first batch landed after {change.at.isoformat()}") if first else change
+
+
+def _too_few_rows(ctx: HealContext, window: ChangeWindow) -> str:
+    """Why a change-aware retrain must wait ("" when silver has enough labeled rows after the
+    change, or new landing files may bring them: then the pipeline lands them and decides).
+    """
+    waiting = labeled_shortfall(ctx.cfg, ctx.lake, window)
+    if not waiting:
+        return ""
+    try:
+        taken = ingest.taken_sources(ctx.lake)
+        if any(source not in taken for source in list_landing(ctx.cfg.landing.path, ctx.cfg.landing.format)):
+            return ""
+    except LandingUnreachable:
+        pass  # nothing new can land now: the upstream probe reports the outage
+    return waiting
 
 
 class Rollback(Remedy):

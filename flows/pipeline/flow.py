@@ -55,6 +55,11 @@ from serving.registry import BRONZE_VERSION_TAG, SILVER_VERSION_TAG, TRAIN_KEY_T
 logger = logging.getLogger(__name__)
 
 BRONZE, SILVER = "bronze", "silver"
+#: Registry tags: the batch range a version trained on, and the change point it trained from.
+TRAIN_BATCHES_TAG = "selfheal.train_batches"
+CHANGE_TAG = "selfheal.change_point"
+#: The first batch a version trained from, when it trained from a change point: later runs keep to it.
+SINCE_BATCH_TAG = "selfheal.since_batch"
 #: The tables a run manifest records (a run's checkpoint).
 STAGE_TABLES = (BRONZE, SILVER)
 
@@ -78,7 +83,8 @@ class PipelineResult:
     """The outcome of one pipeline run (also stored in its manifest's meta)."""
 
     outcome: str
-    """promoted | released (shadow/canary) | rejected | nothing-new | up-to-date"""
+    """promoted | released (shadow/canary) | rejected | nothing-new | up-to-date | waiting (too few
+    labeled rows after the change point to train on)"""
     message: str
     bronze_version: int | None = None
     silver_version: int | None = None
@@ -395,6 +401,38 @@ def monitor_batches_task(cfg: SelfhealConfig, registry: Registry, first_batch: i
 
 
 @dataclass(frozen=True)
+class ChangeWindow:
+    """Train on the data from a change point on (the healer's change-aware retrain).
+
+    Known when it names the first batch after the change, or the change's time (then the
+    batches that landed at or after it). ``min_labeled_rows``: fewer labeled rows after
+    the change than this and the run trains nothing (outcome ``waiting``).
+
+    Example:
+        >>> pipeline_flow("selfheal.yaml", change=ChangeWindow(since_batch=7, min_labeled_rows=200))
+    """
+
+    since_batch: int | None = None
+    since_time: datetime | None = None
+    min_labeled_rows: int = 0
+
+    @property
+    def known(self) -> bool:
+        return self.since_batch is not None or self.since_time is not None
+
+    def rows(self, silver: pd.DataFrame, window_batches: int | None) -> pd.DataFrame:
+        """The training rows: from the change on when it is known, else the newest ``window_batches``."""
+        if self.known:
+            return train.since_change(silver, self.since_batch, self.since_time)
+        return train.recent(silver, window_batches)
+
+    def describe(self) -> str:
+        if self.since_batch is not None:
+            return f"batch {self.since_batch}"
+        return f"batches landed since {self.since_time.isoformat()}" if self.since_time else "no change point"
+
+
+@dataclass(frozen=True)
 class Challenger:
     version: str
     run_id: str
@@ -402,8 +440,11 @@ class Challenger:
     resumed: bool
 
 
-def _train_key(cfg: SelfhealConfig, silver_version: int) -> str:
-    raw = json.dumps([cfg.model_name, silver_version, cfg.config_hash, code_version()])
+def _train_key(cfg: SelfhealConfig, silver_version: int, change: ChangeWindow | None = None) -> str:
+    parts: list[Any] = [cfg.model_name, silver_version, cfg.config_hash, code_version()]
+    if change is not None and change.known:  # unchanged keys for runs without a change point
+        parts.append([change.since_batch, change.since_time.isoformat() if change.since_time else None])
+    raw = json.dumps(parts)
     return hashlib.sha256(raw.encode()).hexdigest()[:24]
 
 
@@ -426,15 +467,18 @@ def _experiment_id(cfg: SelfhealConfig) -> str:
 
 
 @task(name="train", cache_policy=NO_CACHE)
-def train_task(cfg: SelfhealConfig, silver_version: int) -> Challenger:
+def train_task(cfg: SelfhealConfig, silver_version: int, change: ChangeWindow | None = None) -> Challenger:
     """Fit on silver at ``silver_version``, log to MLflow with lineage, register as challenger.
 
-    A model already registered for the same inputs (train key) is reused, not refitted.
+    With a known ``change``, only the rows from the change point on are used (and their
+    batch range is logged); else the newest ``trainer.window_batches``. A model already
+    registered for the same inputs (train key) is reused, not refitted.
     """
 
     log = _log()
+    change = change or ChangeWindow()
     registry = Registry(cfg.tracking_uri, cfg.model_name)
-    key = _train_key(cfg, silver_version)
+    key = _train_key(cfg, silver_version, change)
     existing = registry.find_by_tag(TRAIN_KEY_TAG, key)
     if existing is not None and existing.run_id:
         run_id = existing.run_id
@@ -447,7 +491,7 @@ def train_task(cfg: SelfhealConfig, silver_version: int) -> Challenger:
     lake = open_lake(cfg)
     schema = locked_schema(lake, cfg)
     assert schema is not None
-    silver = train.recent(
+    silver = change.rows(
         features.model_frame(lake.read(SILVER, version=silver_version), schema), cfg.trainer.window_batches
     )
     trained, split = train.fit(
@@ -456,10 +500,16 @@ def train_task(cfg: SelfhealConfig, silver_version: int) -> Challenger:
     mlflow.set_tracking_uri(cfg.tracking_uri)
     mlflow.set_registry_uri(cfg.tracking_uri)
     experiment_id = _experiment_id(cfg)
+    batches = train.batch_range(silver)
+    window = silver["_batch_id"].nunique() if change.known else cfg.trainer.window_batches
     lineage = {
         BRONZE_VERSION_TAG: str(lake.version(BRONZE)),
         SILVER_VERSION_TAG: str(silver_version),
-        WINDOW_TAG: str(cfg.trainer.window_batches or "all"),
+        # The monitor's reference is the newest N batches of this silver version: from the change on, N of them.
+        WINDOW_TAG: str(window or "all"),
+        TRAIN_BATCHES_TAG: f"{batches[0]}-{batches[1]}" if batches else "",
+        CHANGE_TAG: change.describe(),
+        **({SINCE_BATCH_TAG: str(batches[0])} if change.known and batches else {}),
         "selfheal.config_hash": cfg.config_hash,
         "selfheal.code_version": code_version(),
         TRAIN_KEY_TAG: key,
@@ -467,7 +517,7 @@ def train_task(cfg: SelfhealConfig, silver_version: int) -> Challenger:
         "selfheal.train_rows": str(len(split.train)),
     }
     with mlflow.start_run(experiment_id=experiment_id, run_name=f"train-silver-v{silver_version}") as run:
-        mlflow.log_params({"estimator": type(trained.model[-1]).__name__, **trained.params})
+        mlflow.log_params({"estimator": type(trained.model[-1]).__name__, **trained.params, **_data_params(split)})
         mlflow.log_metrics(trained.metrics)
         mlflow.set_tags(lineage)
         info = log_sklearn_model(
@@ -485,6 +535,13 @@ def train_task(cfg: SelfhealConfig, silver_version: int) -> Challenger:
     _remember(challenger_version=version, challenger_run_id=run.info.run_id)
     log.info("trained version %s on silver v%d: %s", version, silver_version, trained.metrics)
     return Challenger(version, run.info.run_id, trained.metrics, resumed=False)
+
+
+def _data_params(split: train.Split) -> dict[str, Any]:
+    """The training data's extent as run parameters: which batches, how many rows."""
+    batches = train.batch_range(split.train)
+    first, last = batches if batches else (None, None)
+    return {"train_first_batch": first, "train_last_batch": last, "train_rows": len(split.train)}
 
 
 @train_task.on_rollback
@@ -505,7 +562,9 @@ def _rollback_challenger(txn: Transaction) -> None:
 
 
 @task(name="evaluate", cache_policy=NO_CACHE)
-def evaluate_task(cfg: SelfhealConfig, challenger: Challenger, silver_version: int) -> evaluate.GateDecision:
+def evaluate_task(
+    cfg: SelfhealConfig, challenger: Challenger, silver_version: int, change: ChangeWindow | None = None
+) -> evaluate.GateDecision:
     """Score the champion on the challenger's holdout and apply the gate (the flow acts on the verdict)."""
 
     metric = cfg.gate_metric
@@ -520,7 +579,7 @@ def evaluate_task(cfg: SelfhealConfig, challenger: Challenger, silver_version: i
         lake = open_lake(cfg)
         schema = locked_schema(lake, cfg)
         assert schema is not None
-        silver = train.recent(
+        silver = (change or ChangeWindow()).rows(
             features.model_frame(lake.read(SILVER, version=silver_version), schema), cfg.trainer.window_batches
         )
         labeled = silver[silver[cfg.data.target].notna()].reset_index(drop=True)
@@ -599,13 +658,17 @@ def _run_id() -> str:
 
 
 @flow(name="selfheal-pipeline", log_prints=False)
-def pipeline_flow(config_path: str | None = None, window_batches: int | None = None) -> PipelineResult:
+def pipeline_flow(
+    config_path: str | None = None, window_batches: int | None = None, change: ChangeWindow | None = None
+) -> PipelineResult:
     """One pipeline run over whatever landed since the last one.
 
     Args:
         config_path: the selfheal.yaml to use (default: $SELFHEAL_CONFIG or ./selfheal.yaml).
         window_batches: train on the newest N batches only (the healer's retrain remedy);
             None keeps ``trainer.window_batches`` from the config.
+        change: train on the data from this change point on (the healer's change-aware
+            retrain); when it is known, ``window_batches`` is not used.
     """
     cfg = load_config(config_path)
     if window_batches is not None:
@@ -625,11 +688,32 @@ def pipeline_flow(config_path: str | None = None, window_batches: int | None = N
             return PipelineResult("nothing-new", msg, bronze_before, last.stages.get(SILVER))
     result = PipelineResult("promoted", "")
     try:
-        _run_stages(cfg, lake, registry, files, result)
+        _run_stages(cfg, lake, registry, files, result, change or _champion_change(registry))
     except PromotionRejected as exc:
         result.outcome, result.message = "rejected", str(exc)
         log.warning("gate refused the challenger; champion, silver and registry left as they were: %s", exc)
     return _finish(cfg, lake, run_id, result)
+
+
+def _trained_on_the_same_rows(
+    cfg: SelfhealConfig, lake: Lake, tags: Any, silver_version: int, change: ChangeWindow
+) -> bool:
+    """The champion was trained (e.g. by a scheduled run's window) on exactly the rows from the change on."""
+    if not change.known or tags.get(SILVER_VERSION_TAG) != str(silver_version):
+        return False
+    if tags.get("selfheal.config_hash") != cfg.config_hash or tags.get("selfheal.code_version") != code_version():
+        return False
+    silver = lake.read(SILVER, version=silver_version, columns=["_batch_id", "_ingested_at"]).to_pandas()
+    batches = train.batch_range(change.rows(silver, None))
+    return batches is not None and tags.get(TRAIN_BATCHES_TAG) == f"{batches[0]}-{batches[1]}"
+
+
+def _champion_change(registry: Registry) -> ChangeWindow:
+    """A run without a change point of its own keeps to the champion's: a model that was retrained
+    from a change on is not replaced by one that learns the world before it again."""
+    champion = registry.by_alias(CHAMPION)
+    since = champion.tags.get(SINCE_BATCH_TAG, "") if champion else ""
+    return ChangeWindow(since_batch=int(since)) if since.isdigit() else ChangeWindow()
 
 
 def _next_batch_id(lake: Lake) -> int:
@@ -639,8 +723,29 @@ def _next_batch_id(lake: Lake) -> int:
     return int(pc.max(ids).as_py() or 0) + 1 if len(ids) else 0
 
 
+def labeled_shortfall(cfg: SelfhealConfig, lake: Lake, change: ChangeWindow, silver_version: int | None = None) -> str:
+    """Why a run must wait for more labeled rows after the change point ("" when it need not)."""
+    if not change.known or change.min_labeled_rows <= 0:
+        return ""
+    labeled = 0
+    if lake.exists(SILVER):
+        silver = lake.read(SILVER, version=silver_version, columns=[cfg.data.target, "_batch_id", "_ingested_at"])
+        labeled = int(change.rows(silver.to_pandas(), None)[cfg.data.target].notna().sum())
+    if labeled >= change.min_labeled_rows:
+        return ""
+    return (
+        f"waiting for labeled rows after the change point ({change.describe()}): "
+        f"{labeled} of the {change.min_labeled_rows} needed to retrain (healing.retrain_min_rows)"
+    )
+
+
 def _run_stages(
-    cfg: SelfhealConfig, lake: Lake, registry: Registry, files: list[ingest.LandingFile], result: PipelineResult
+    cfg: SelfhealConfig,
+    lake: Lake,
+    registry: Registry,
+    files: list[ingest.LandingFile],
+    result: PipelineResult,
+    change: ChangeWindow,
 ) -> None:
     """All writing stages inside one transaction (rolled back together on failure)."""
     with transaction() as txn:
@@ -658,15 +763,22 @@ def _run_stages(
         if silver_version is None:
             result.outcome, result.message = "nothing-new", "no valid data has landed yet; nothing to train on"
             return
+        waiting = labeled_shortfall(cfg, lake, change, silver_version)
+        if waiting:
+            result.outcome, result.message = "waiting", waiting
+            return
         champion = registry.by_alias(CHAMPION)
-        if champion is not None and champion.tags.get(TRAIN_KEY_TAG) == _train_key(cfg, silver_version):
+        if champion is not None and (
+            champion.tags.get(TRAIN_KEY_TAG) == _train_key(cfg, silver_version, change)
+            or _trained_on_the_same_rows(cfg, lake, champion.tags, silver_version, change)
+        ):
             result.outcome = "up-to-date"
             result.message = f"no new data: champion v{champion.version} is already trained on silver v{silver_version}"
             result.champion = champion.version
             return
-        challenger = train_task(cfg, silver_version)
+        challenger = train_task(cfg, silver_version, change)
         result.resumed, result.metrics = challenger.resumed, challenger.metrics
-        decision = evaluate_task(cfg, challenger, silver_version)
+        decision = evaluate_task(cfg, challenger, silver_version, change)
         if not decision.passed:
             # Raised here, not in the task, so the rollback hooks can see that bronze stays.
             txn.set("keep_bronze", True)

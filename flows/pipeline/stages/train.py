@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import numpy as np
@@ -87,6 +88,31 @@ def recent(silver: pd.DataFrame, window_batches: int | None) -> pd.DataFrame:
         return silver
     newest = sorted(silver["_batch_id"].unique())[-window_batches:]
     return silver[silver["_batch_id"].isin(newest)].reset_index(drop=True)
+
+
+def since_change(silver: pd.DataFrame, since_batch: int | None, since_time: datetime | None) -> pd.DataFrame:
+    """The rows of the batches from a change point on: ``since_batch`` and later, else the
+    batches that landed (``_ingested_at``) at or after ``since_time``.
+
+    Batch ids grow with landing order, so "landed after the change" is the batches from the
+    first one that did onward. Empty when no batch is known to follow the change yet.
+    """
+    if "_batch_id" not in silver:
+        return silver.iloc[0:0]
+    if since_batch is None and since_time is not None and "_ingested_at" in silver:
+        landed = pd.to_datetime(silver["_ingested_at"], utc=True).groupby(silver["_batch_id"]).min()
+        after = landed[landed >= pd.Timestamp(since_time)]
+        since_batch = int(after.index.min()) if len(after) else None
+    if since_batch is None:
+        return silver.iloc[0:0]
+    return silver[silver["_batch_id"] >= since_batch].reset_index(drop=True)
+
+
+def batch_range(rows: pd.DataFrame) -> tuple[int, int] | None:
+    """The first and last batch id of ``rows`` (None: no rows or no batch ids)."""
+    if "_batch_id" not in rows or rows.empty:
+        return None
+    return int(rows["_batch_id"].min()), int(rows["_batch_id"].max())
 
 
 def split_holdout(silver: pd.DataFrame, trainer: TrainerConfig, time_column: str | None) -> Split:
