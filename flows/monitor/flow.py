@@ -451,7 +451,13 @@ def batch_pass(cfg: SelfhealConfig, rows: pa.Table, scored_by: str, now: datetim
         baseline_metrics=dict(champion.metrics),
         task=cfg.data.task,
     )
-    signals = [replace(s, source="batch") for s in assess(window, MonitorState(), limits).signals]
+    # A batch that moved is where the change starts: the healer's retrain trains from it on.
+    first = int(pc.min(rows.column("_batch_id")).as_py()) if "_batch_id" in rows.column_names else None
+    change_point = {"batch": first, "at": at.isoformat()}
+    signals = [
+        replace(s, source="batch", evidence={**s.evidence, "change_point": change_point})
+        for s in assess(window, MonitorState(), limits).signals
+    ]
     for signal in signals:
         logger.warning("batch signal: %s", signal.summary())
         _emit_signal(signal)

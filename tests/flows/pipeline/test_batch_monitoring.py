@@ -99,6 +99,7 @@ def test_a_quiet_batch_raises_no_drift_and_a_shifted_one_does_and_the_healer_hea
     heard = observe(make_context(load_config(config), str(config)), since)
     drift = [s for s in heard.signals if s.kind.value == "data_drift"]
     assert drift and drift[0].source == "batch" and "x3" in drift[0].evidence["drifted_features"]
+    assert drift[0].evidence["change_point"]["batch"] == 3  # the healer's retrain starts there
 
 
 def test_a_concept_change_in_a_labeled_batch_raises_a_quality_signal(tmp_path: Path) -> None:
