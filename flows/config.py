@@ -343,6 +343,10 @@ class HealingConfig(_Section):
     recovery_tolerance: float = Field(default=0.05, ge=0.0)
     """A drift incident resolves only when the champion's gate metric on labels after the repair is within
     this much of its pre-drift level (absolute; e.g. roc_auc 0.93 against 0.96 before the drift is within 0.05)."""
+    unfelt_drift: Literal["observe", "repair"] = "observe"
+    """Data drift that does not reach the model (its outputs did not drift and its estimated
+    quality did not fall: the signal's ``impact`` evidence) is recorded and reported, not
+    repaired; ``repair`` retrains on it like any drift."""
     bad_deploy_window_seconds: float = Field(default=1800.0, gt=0)
     """A quality drop this soon after a promotion is blamed on the deploy."""
     interval_seconds: float = Field(default=5.0, gt=0)

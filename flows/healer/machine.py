@@ -171,6 +171,8 @@ class Healer:
             # Quality of the model the healer just promoted is that repair's verification,
             # not a new incident (which would roll it back before it is judged).
             signals = [s for s in signals if s.kind not in _QUALITY_KINDS]
+        if self.cfg.healing.unfelt_drift == "observe":
+            signals = _felt(signals)
         context = Context(
             now=observation.started_at,
             promoted_at=promoted_at,
@@ -611,6 +613,22 @@ def healer_flow(
     still_open = healer.tick(observation)
     get_run_logger().info("healer tick: %d signal(s), %d open incident(s)", len(observation.signals), len(still_open))
     return [to_report(i) for i in still_open]
+
+
+def _felt(signals: list[Signal]) -> list[Signal]:
+    """``signals`` without the data drift the monitor found does not reach the model (logged, not acted on)."""
+    kept = []
+    for signal in signals:
+        impact = signal.evidence.get("impact")
+        if signal.kind == SignalKind.DATA_DRIFT and isinstance(impact, dict) and impact.get("reaches_model") is False:
+            logger.info(
+                "data drift observed, not repaired (healing.unfelt_drift: observe): the model's outputs and "
+                "estimated quality did not move: %s",
+                signal.summary(),
+            )
+            continue
+        kept.append(signal)
+    return kept
 
 
 class HealerLoop:

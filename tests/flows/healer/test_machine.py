@@ -72,6 +72,19 @@ def test_healing_disabled_keeps_faults_open(system: dict[str, Any]) -> None:
     assert not any(t.state == State.HEALING for t in incidents[0].transitions)
 
 
+@pytest.mark.parametrize("policy", ["observe", "repair"])
+def test_drift_that_does_not_reach_the_model_is_observed_not_repaired(system: dict[str, Any], policy: str) -> None:
+    config = _rewrite(system, healing={"enabled": False, "unfelt_drift": policy})
+    healer = _healer(config)
+    unfelt = {"prediction_drift": False, "estimated_drop": False, "reaches_model": False}
+    healer.tick(_observe(_signal(SignalKind.DATA_DRIFT, Severity.WARNING, features=["x"], impact=unfelt)))
+    assert len(healer.log.incidents()) == (1 if policy == "repair" else 0)
+
+    felt = {**unfelt, "prediction_drift": True, "reaches_model": True}
+    healer.tick(_observe(_signal(SignalKind.DATA_DRIFT, features=["x"], impact=felt)))
+    assert [i.cause for i in healer.log.incidents()] == ["data_drift"]
+
+
 def test_failed_verification_moves_on_then_escalates(system: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
     config = _rewrite(
         system,
