@@ -162,6 +162,10 @@ class Healer:
             try:
                 promoted_at = self.ctx.registry.promoted_at()
                 healthy = promoted_at is not None and self.healthy_since(promoted_at)
+                # A landed batch judged by a champion that passed the gate on data from before
+                # it: a drop there is the data changing, not the deploy (the pipeline promotes
+                # after every new batch, so the champion is nearly always recently promoted).
+                healthy = healthy or any(s.source == "batch" and s.kind in _QUALITY_KINDS for s in signals)
             except RegistryUnavailable as exc:
                 # The store went away after this tick's probe (its reads are bounded, so the
                 # tick did not stall behind the lock): this is the outage, seen now.
