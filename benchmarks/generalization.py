@@ -218,7 +218,7 @@ def _incidents(lake: Any) -> list[str]:
         state = incident.state.value if hasattr(incident.state, "value") else str(incident.state)
         extra = f" mttr={incident.mttr_seconds:.0f}s" if incident.mttr_seconds is not None else ""
         if state.lower() == "escalated":
-            extra = f" ({str(incident.evidence.get('reason', ''))[:80]})"
+            extra = f" ({incident.last.detail[:100]})"
         lines.append(f"{incident.cause}:{state}{extra}")
     return lines
 
