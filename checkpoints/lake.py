@@ -318,6 +318,14 @@ class Lake:
                 if "already exists" in str(exc).lower():
                     continue  # another writer created the table first
                 raise CheckpointError(f"table {table!r}: append failed: {exc}") from exc
+            except Exception as exc:
+                # delta-rs casts appended columns to the table's types and raises a bare
+                # Exception ("Cast error: Cannot cast string 'yes' to value of Int64 type")
+                # when a value does not fit: that is a schema mismatch, not a crash.
+                if not str(exc).startswith("Cast error"):
+                    raise
+                self._forget(table)
+                raise SchemaMismatch(f"table {table!r}: schema does not match: {exc}") from exc
             return AppendResult(self._committed_version(table, key), duplicate=False, rows=arrow.num_rows)
         raise CheckpointError(f"table {table!r}: gave up after {_COMMIT_ATTEMPTS} commit conflicts")
 

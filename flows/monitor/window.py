@@ -402,7 +402,12 @@ def _impact(c: _Collector, prediction: DriftReport | None) -> dict[str, Any]:
             impact["estimated_drop"] = est.dropped
             if est.worst is not None:
                 impact["estimated_worse_by"] = {est.worst: est.worse_by}
-    impact["reaches_model"] = impact["prediction_drift"] or bool(impact.get("estimated_drop"))
+    if prediction is None and "estimated_worse_by" not in impact:
+        # Neither the outputs nor the quality against a baseline could be measured: unknown,
+        # so the drift is treated as reaching the model.
+        impact["reaches_model"] = None
+    else:
+        impact["reaches_model"] = impact["prediction_drift"] or bool(impact.get("estimated_drop"))
     return impact
 
 
@@ -413,14 +418,15 @@ def _drift_signal(
 
     With ``impact`` (data drift), severity ranks by what the drift does to the model:
     CRITICAL when it moves the model's outputs or its estimated quality, WARNING when
-    the inputs moved and the model did not notice; the evidence carries the estimate.
+    the inputs moved and the model did not notice (when neither could be measured, the
+    report's own severity); the evidence carries the estimate.
     """
     _report_rows(c, prefix, report, c.w.drift_start)
     severity = Severity(report.severity) if report.drifted else Severity.INFO
     evidence = _drift_evidence(report)
     if impact is not None:
         evidence["impact"] = impact
-        if report.drifted:
+        if report.drifted and impact["reaches_model"] is not None:
             severity = Severity.CRITICAL if impact["reaches_model"] else Severity.WARNING
     c.judge(kind, report.drifted, severity, evidence, start=c.w.drift_start)
 

@@ -14,6 +14,7 @@ import pyarrow.compute as pc
 import pytest
 
 from checkpoints import CheckpointCorrupted, CheckpointError, CheckpointNotFound, Lake
+from checkpoints.exceptions import SchemaMismatch
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -140,3 +141,13 @@ def test_has_rows_reads_the_log_only(tmp_path: Path) -> None:
     assert lake.has_rows("t")
     lake.overwrite("t", pa.table({"a": pa.array([], pa.int64())}))
     assert not lake.has_rows("t")  # a table left empty (a rolled-back first run)
+
+
+def test_a_value_that_cannot_be_cast_to_the_tables_type_is_a_schema_mismatch(lake: Lake) -> None:
+    lake.append("t", pa.table({"n": pa.array([1, 2], pa.int64())}), key="a")
+
+    with pytest.raises(SchemaMismatch, match="Cannot cast"):
+        lake.append("t", pa.table({"n": pa.array(["yes"], pa.string())}), key="b")
+
+    assert lake.read("t").num_rows == 2
+    assert lake.append("t", pa.table({"n": pa.array([3], pa.int64())}), key="c") == lake.version("t")
