@@ -159,10 +159,9 @@ def scored_rows(model: LoadedModel, batch: pd.DataFrame, target: str, sha: str, 
 
 
 def batch_labels(rows: pa.Table | None) -> pa.Table | None:
-    """The labeled rows of ``batch_window``'s result in ``read_labeled``'s shape.
+    """The labeled ``batch_log`` rows in ``read_labeled``'s shape, as the label detectors take them.
 
-    That is ``request_id, label, ts`` then the prediction columns and the features,
-    so they join the inference log's labeled predictions in one table.
+    That is ``request_id, label, ts``, then the prediction columns and the features.
     """
     if rows is None or "_label" not in rows.column_names:
         return None

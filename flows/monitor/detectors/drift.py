@@ -423,9 +423,7 @@ def _numeric_feature(name: str, ref: NumericSample, cur: NumericSample, t: Drift
         )
     d, w = _stats.ks_wasserstein(r, c)
     p = _stats.ks_pvalue(d, r, c)
-    std = float(np.std(r))
-    mean = float(np.mean(r))
-    scale = std if std > 0 else (abs(mean) if mean != 0 else 1.0)
+    scale = _scale(r)
     ref_bins, cur_bins = _stats.quantile_bin_counts(r, c, t.psi_bins)
     return FeatureDrift(
         test="ks",
@@ -439,9 +437,7 @@ def _numeric_feature(name: str, ref: NumericSample, cur: NumericSample, t: Drift
 
 
 def _categorical_feature(name: str, ref: CategoricalSample, cur: CategoricalSample, t: DriftThresholds) -> FeatureDrift:
-    cats = sorted(set(ref.counts) | set(cur.counts))
-    a = np.array([ref.counts.get(k, 0) for k in cats], dtype=np.float64)
-    b = np.array([cur.counts.get(k, 0) for k in cats], dtype=np.float64)
+    a, b = _aligned(ref, cur)
     n_ref, n_cur = int(a.sum()), int(b.sum())
     new_share = float(b[a == 0].sum() / n_cur) if n_cur else 0.0
     base: dict[str, Any] = {
@@ -469,6 +465,20 @@ def _categorical_feature(name: str, ref: CategoricalSample, cur: CategoricalSamp
         psi=_stats.psi(a, b),
         **base,
     )
+
+
+def _scale(r: FloatArray) -> float:
+    """What a numeric effect is measured in: the reference's standard deviation (else |mean|, else 1)."""
+    std, mean = float(np.std(r)), float(np.mean(r))
+    return std if std > 0 else (abs(mean) if mean != 0 else 1.0)
+
+
+def _aligned(ref: CategoricalSample, cur: CategoricalSample) -> tuple[FloatArray, FloatArray]:
+    """Both sides' counts over the union of their categories, in one order."""
+    cats = sorted(set(ref.counts) | set(cur.counts))
+    a = np.array([ref.counts.get(k, 0) for k in cats], dtype=np.float64)
+    b = np.array([cur.counts.get(k, 0) for k in cats], dtype=np.float64)
+    return a, b
 
 
 def _decide(raw: list[FeatureDrift], t: DriftThresholds, limits: Mapping[str, float]) -> dict[str, FeatureDrift]:
@@ -528,12 +538,13 @@ def _chunk_effect(
         part = np.sort(values[np.isfinite(values)])
         if part.size < t.min_samples or whole.values.size < t.min_samples:
             return None
-        return _numeric_feature("chunk", whole, NumericSample(part, int(rows.size), 0), t).effect_size
+        # The effect size only: no test, no PSI (the chunk is part of the reference).
+        return _stats.ks_wasserstein(whole.values, part)[1] / _scale(whole.values)
     assert isinstance(column, pa.ChunkedArray)
     part_counts = _categorical(column.take(pa.array(rows)))
     if sum(part_counts.counts.values()) < t.min_samples:
         return None
-    return _categorical_feature("chunk", whole, part_counts, t).effect_size
+    return _stats.jensen_shannon(*_aligned(whole, part_counts))
 
 
 def _quality(features: Any, t: DriftThresholds) -> list[QualityIssue]:
