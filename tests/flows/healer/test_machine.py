@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -83,6 +84,18 @@ def test_drift_that_does_not_reach_the_model_is_observed_not_repaired(system: di
     felt = {**unfelt, "prediction_drift": True, "reaches_model": True}
     healer.tick(_observe(_signal(SignalKind.DATA_DRIFT, features=["x"], impact=felt)))
     assert [i.cause for i in healer.log.incidents()] == ["data_drift"]
+
+
+@pytest.mark.parametrize("source", ["monitor", "batch"])
+def test_a_quality_drop_on_a_landed_batch_is_not_blamed_on_the_fresh_deploy(
+    system: dict[str, Any], source: str
+) -> None:
+    config = _rewrite(system, healing={"enabled": False})
+    healer = _healer(config)  # the champion was promoted a moment ago
+    drop = _signal(SignalKind.PERFORMANCE_DROP, metric="roc_auc", value=0.6, baseline=0.95)
+    healer.tick(_observe(replace(drop, source=source)))
+    causes = [i.cause for i in healer.log.incidents()]
+    assert causes == (["bad_deploy"] if source == "monitor" else ["concept_drift"]), causes
 
 
 def test_failed_verification_moves_on_then_escalates(system: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
