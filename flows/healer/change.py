@@ -105,11 +105,12 @@ class Measure:
         return {"value": round(self.value, 6), "source": self.source}
 
 
-def _labeled_silver(ctx: HealContext, version: int | None = None) -> pd.DataFrame:
+def _labeled_silver(ctx: HealContext) -> pd.DataFrame:
     target = ctx.cfg.data.target
     if not ctx.lake.exists(SILVER):
         return pd.DataFrame()
-    frame = ctx.lake.read(SILVER, version=version).to_pandas()
+    schema = locked_schema(ctx.lake, ctx.cfg) or {}
+    frame = features.model_frame(ctx.lake.read(SILVER), schema)  # a bool feature with a null stays boolean
     return frame[frame[target].notna()].reset_index(drop=True) if target in frame else pd.DataFrame()
 
 

@@ -289,8 +289,7 @@ class Healer:
 
     def _alarmed_since(self, cause: str, applied_at: datetime) -> bool:
         """Did a monitor pass raise this cause's own alarm on data after the repair?"""
-        kinds = {Cause.DATA_DRIFT.value: "data_drift", Cause.CONCEPT_DRIFT.value: "concept_drift"}
-        return change.signal_raised(self.ctx, kinds[cause], applied_at)
+        return change.signal_raised(self.ctx, cause, applied_at)  # the drift causes are named as their signals
 
     def _drift_tested(self, applied_at: datetime) -> bool:
         shares = metric_values(self.ctx.lake, "drift.share", after=applied_at, column="window_start", inclusive=True)

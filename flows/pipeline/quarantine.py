@@ -73,11 +73,6 @@ class Release:
     rows: int = 0
     notes: list[str] = field(default_factory=list)
 
-    @property
-    def released(self) -> bool:
-        """Whether the batch is out of the quarantine now."""
-        return self.outcome != "still refused"
-
 
 def release_quarantined(cfg: SelfhealConfig, ids: list[str] | None) -> list[Release]:
     """Re-check the quarantined batches ``ids`` (digest prefixes; None: all) and land those that pass.
