@@ -71,7 +71,8 @@ def quarantine(
     again records nothing.
     """
     digest = hashlib.sha256(raw).hexdigest()
-    current = _newest(lake).get(digest)
+    # A new digest (the usual case) needs no read of the whole quarantine, just its key.
+    current = _newest(lake).get(digest) if lake.has_key(QUARANTINE_TABLE, _key(digest)) else None
     if current is not None and current.released_at is None:
         if current.reason == reason:
             return current
