@@ -58,11 +58,14 @@ class LatestSnapshots:
         Raises what ``DeltaTable(uri)`` raises (``TableNotFoundError``, ``DeltaError``).
         """
         kept = self._kept()
-        dt = self._updated(kept.pop(uri, None), stamp)
+        cached = kept.pop(uri, None)
+        dt = self._updated(cached, stamp)
         if dt is None:
             dt = DeltaTable(uri, storage_options=dict(storage_options) if storage_options else None)
         version = int(dt.version())
-        entry = stamp(version)
+        # Unchanged since the last read: ``_updated`` has just checked that very entry.
+        unchanged = cached is not None and dt is cached[0] and version == cached[1]
+        entry = cached[2] if unchanged and cached is not None else stamp(version)
         if entry is not None and entry[0] != 0:  # never keep a torn (empty) newest entry
             kept[uri] = (dt, version, entry)
             while len(kept) > self.max_tables:
