@@ -149,3 +149,25 @@ def test_an_unreachable_store_is_an_error_naming_the_operation(tmp_path: Path) -
         lake.read("bronze")
     with pytest.raises(LakeUnreachable, match="checking s3://lake/nowhere/bronze/_delta_log"):
         lake.append("bronze", _rows(1), key="k")
+
+
+def test_a_cached_snapshot_sees_another_process_append_and_a_replaced_entry(
+    s3_lake: Lake, object_store: SeaweedFS
+) -> None:
+    """The open-table cache (``checkpoints.snapshots``) on S3: new entries are read, a replaced one by its ETag."""
+    lake = s3_lake
+    lake.append("t", pa.table({"x": [0]}))
+    assert lake.read("t").num_rows == 1  # now cached in this thread
+    env = {**os.environ, "SELFHEAL_TEST_STORAGE_OPTIONS": json.dumps(object_store.storage_options)}
+    subprocess.run(
+        [sys.executable, "-m", "tests.checkpoints._writer", "append", lake.root, "7", "t"], env=env, check=True
+    )
+    assert sorted(lake.read("t").column("x").to_pylist()) == [0, 7]
+    # Entry 1 set aside and a different commit written at version 1 by another process: same
+    # version number, so only the entry's ETag tells the cached table it is not the log it read.
+    fs = object_store.filesystem()
+    fs.rm(lake.storage.join("t", "_delta_log", f"{1:020d}.json"))
+    subprocess.run(
+        [sys.executable, "-m", "tests.checkpoints._writer", "append", lake.root, "8", "t"], env=env, check=True
+    )
+    assert sorted(lake.read("t").column("x").to_pylist()) == [0, 8]
