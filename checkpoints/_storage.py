@@ -131,10 +131,9 @@ class Storage:
             return bytes(fh.read())
 
     def write_bytes(self, path: str, data: bytes) -> None:
-        """Write ``data`` so that a reader never sees a partial file (rename on local disks)."""
-        parent = path.rsplit("/", 1)[0]
-        self.fs.makedirs(parent, exist_ok=True)
+        """Write ``data`` so that a reader never sees a partial file (rename on local disks, one PUT on a store)."""
         if self.local:
+            self.fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
             tmp = f"{path}.tmp-{os.getpid()}"
             with open(tmp, "wb") as fh:
                 fh.write(data)

@@ -10,6 +10,11 @@ without looking at the winner's ``txn`` (measured: 3 writers racing on one key
 wrote it twice), and so would a first append racing another writer to create the
 table, which is why creation uses ``mode="error"``. The check and the commit
 therefore cannot interleave with a concurrent writer.
+
+Put-if-absent is the store's: an atomic create (``link``) on a local disk, a
+conditional PUT (``If-None-Match: *``, storage option ``aws_conditional_put``) on
+S3-compatible stores, which must enforce it (SeaweedFS does: tests/checkpoints/test_lake_s3.py).
+No lock and no shared filesystem are involved.
 """
 
 from __future__ import annotations
