@@ -11,7 +11,7 @@ wrote it twice), and so would a first append racing another writer to create the
 table, which is why creation uses ``mode="error"``. The check and the commit
 therefore cannot interleave with a concurrent writer.
 
-Put-if-absent is the store's: an atomic create (``link``) on a local disk, a
+Put-if-absent is the store's: a rename that refuses to replace on a local disk, a
 conditional PUT (``If-None-Match: *``, storage option ``aws_conditional_put``) on
 S3-compatible stores, which must enforce it (SeaweedFS does: tests/checkpoints/test_lake_s3.py).
 No lock and no shared filesystem are involved.
