@@ -48,7 +48,7 @@ from checkpoints.scan import read_labeled, utc
 from flows.events import emit
 from flows.monitor import batch, inbox
 from flows.monitor.detectors import MonitorThresholds, ReferenceProfile
-from flows.monitor.detectors.performance import Task
+from flows.monitor.detectors.performance import Task, per_batch_baseline
 from flows.monitor.scrape import ServingSnapshot, scrape
 from flows.monitor.signals import Signal
 from flows.monitor.state import MonitorState, commit_run, load_state
@@ -85,6 +85,8 @@ class Champion:
     metrics: Mapping[str, float] = field(default_factory=dict)
     window_batches: int | None = None
     """Trained on the newest N batches of silver only (its ``selfheal.window_batches`` tag)."""
+    spread: Mapping[str, float] = field(default_factory=dict)
+    """Per metric, the standard deviation of its quality between holdout batches."""
 
 
 def baseline_metrics(raw: Mapping[str, Any]) -> dict[str, float]:
@@ -141,11 +143,14 @@ def champion_context(model_name: str | None, tracking_uri: str | None) -> Champi
         return Champion()
     tags = dict(champion.tags)
     raw.update(tags)
+    # A batch is judged against the champion's quality per holdout batch, where it was measured.
+    means, spread = per_batch_baseline(raw)
     return Champion(
         champion.version,
         _int_tag(tags.get(SILVER_VERSION_TAG)),
-        baseline_metrics(raw),
+        baseline_metrics(raw) | means,
         _int_tag(tags.get(WINDOW_TAG)),
+        spread,
     )
 
 
@@ -292,6 +297,7 @@ def read_window(
         else None,
         prediction_reference=prediction_reference(lake, drift_rows if enough else None, thresholds),
         baseline_metrics=dict(champion.metrics),
+        baseline_spread=dict(champion.spread),
         task=ml_task,
     )
 
@@ -449,6 +455,7 @@ def batch_pass(cfg: SelfhealConfig, rows: pa.Table, scored_by: str, now: datetim
             lake, champion.silver_version, limits, cfg.data.target, served, champion.window_batches
         ),
         baseline_metrics=dict(champion.metrics),
+        baseline_spread=dict(champion.spread),
         task=cfg.data.task,
     )
     # A batch that moved is where the change starts: the healer's retrain trains from it on.

@@ -69,7 +69,8 @@ class MonitorWindow:
         reference: the training distribution (silver), profiled; None if there is no silver yet
             (or nothing to compare with it this run).
         prediction_reference: the first predictions of the current model version, profiled.
-        baseline_metrics: the champion's validation metrics by name.
+        baseline_metrics: the champion's validation metrics by name (per batch where known).
+        baseline_spread: per metric, the standard deviation of the champion's quality between holdout batches.
         task: the model's task.
     """
 
@@ -88,6 +89,7 @@ class MonitorWindow:
     reference: ReferenceProfile | None = None
     prediction_reference: ReferenceProfile | None = None
     baseline_metrics: Mapping[str, float] = field(default_factory=dict)
+    baseline_spread: Mapping[str, float] = field(default_factory=dict)
     task: Task = "binary"
 
 
@@ -394,6 +396,7 @@ def _impact(c: _Collector, prediction: DriftReport | None) -> dict[str, Any]:
             c.w.task,
             c.w.baseline_metrics,
             c.t.performance,
+            c.w.baseline_spread,
         )
         if est is not None:
             for name, value in est.metrics.items():
@@ -556,6 +559,7 @@ def _performance(c: _Collector) -> None:
         w.task,
         w.baseline_metrics,
         t.performance,
+        w.baseline_spread,
     )
     if check is None:
         return

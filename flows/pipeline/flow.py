@@ -42,6 +42,7 @@ from checkpoints import Lake
 from checkpoints.exceptions import SchemaMismatch
 from flows.config import SelfhealConfig, load_config
 from flows.monitor.batch import BatchScoring, log_landed_batches
+from flows.monitor.detectors.performance import per_batch_metrics
 from flows.monitor.flow import batch_pass
 from flows.pipeline.exceptions import PromotionRejected, ValidationFailed
 from flows.pipeline.stages import evaluate, features, ingest, train
@@ -518,7 +519,7 @@ def train_task(cfg: SelfhealConfig, silver_version: int, change: ChangeWindow | 
     }
     with mlflow.start_run(experiment_id=experiment_id, run_name=f"train-silver-v{silver_version}") as run:
         mlflow.log_params({"estimator": type(trained.model[-1]).__name__, **trained.params, **_data_params(split)})
-        mlflow.log_metrics(trained.metrics)
+        mlflow.log_metrics({**trained.metrics, **per_batch_metrics(trained.per_batch)})
         mlflow.set_tags(lineage)
         info = log_sklearn_model(
             trained.model,

@@ -75,6 +75,31 @@ class PerformanceCheck:
         return max(self.checks, key=lambda c: (c.dropped, c.worse_by / (c.standard_error or 1.0)))
 
 
+#: MLflow metric-key prefixes of the per-batch baseline (``flows.pipeline.stages.train.per_batch``).
+PER_BATCH_MEAN, PER_BATCH_SPREAD = "per_batch.", "per_batch_spread."
+
+
+def per_batch_metrics(per_batch: Mapping[str, tuple[float, float]]) -> dict[str, float]:
+    """The per-batch baseline as flat MLflow metrics: ``per_batch.<name>`` and ``per_batch_spread.<name>``."""
+    flat = {f"{PER_BATCH_MEAN}{k}": mean for k, (mean, _) in per_batch.items()}
+    return flat | {f"{PER_BATCH_SPREAD}{k}": spread for k, (_, spread) in per_batch.items()}
+
+
+def per_batch_baseline(raw: Mapping[str, Any]) -> tuple[dict[str, float], dict[str, float]]:
+    """Read back ``per_batch_metrics``: (mean by metric, between-batch standard deviation by metric)."""
+    means: dict[str, float] = {}
+    spreads: dict[str, float] = {}
+    for key, value in raw.items():
+        for prefix, into in ((PER_BATCH_SPREAD, spreads), (PER_BATCH_MEAN, means)):
+            if key.startswith(prefix):
+                try:
+                    into[key.removeprefix(prefix)] = float(value)
+                except (TypeError, ValueError):
+                    pass
+                break
+    return means, {k: v for k, v in spreads.items() if k in means}
+
+
 def _auc_se(auc: float, n_pos: int, n_neg: int) -> float:
     """Hanley and McNeil (1982) standard error of an AUC."""
     q1, q2 = auc / (2 - auc), 2 * auc * auc / (1 + auc)
@@ -137,8 +162,15 @@ def check_performance(
     task: Task,
     baseline: Mapping[str, float],
     thresholds: PerformanceThresholds | None = None,
+    spread: Mapping[str, float] | None = None,
 ) -> PerformanceCheck | None:
     """Judge the labeled window against the champion's validation metrics.
+
+    Args:
+        spread: per metric, the standard deviation of the champion's quality between
+            holdout batches (``per_batch_baseline``); the ``z`` test uses it when it is
+            wider than the window's own standard error, so a batch no further from the
+            mean than the holdout's batches vary is not a drop.
 
     Returns:
         None when fewer than ``min_labels`` labels are available; otherwise the check.
@@ -159,7 +191,7 @@ def check_performance(
         else:
             worse = base - value
             beyond = worse > t.max_drop
-        dropped = bool(beyond and worse > t.z * se)
+        dropped = bool(beyond and worse > t.z * max(se, float((spread or {}).get(name, 0.0))))
         checks.append(MetricCheck(name, value, se, base, worse, dropped))
     return PerformanceCheck(n, {k: v for k, (v, _) in computed.items()}, tuple(checks))
 
@@ -170,9 +202,9 @@ class EstimatedPerformance:
 
     Attributes:
         metrics: estimated value by metric name (``roc_auc``, ``accuracy``).
-        worst: the metric that fell most below its baseline (None: no baseline).
-        worse_by: how far below (absolute; > 0 is worse).
-        dropped: ``worse_by`` beyond ``max_drop``.
+        worst: the metric that fell most below its baseline, or rose least above it (None: no baseline).
+        worse_by: how far below (absolute; > 0 is worse, < 0 is better than the baseline).
+        dropped: ``worse_by`` beyond ``max_drop`` and beyond ``z`` between-batch standard deviations.
         rows: predictions the estimate rests on.
     """
 
@@ -189,6 +221,7 @@ def estimate_performance(
     task: Task,
     baseline: Mapping[str, float],
     thresholds: PerformanceThresholds | None = None,
+    spread: Mapping[str, float] | None = None,
 ) -> EstimatedPerformance | None:
     """Confidence-based performance estimation (CBPE, as NannyML does it) for unlabeled predictions.
 
@@ -217,11 +250,14 @@ def estimate_performance(
             metrics["roc_auc"] = auc
     else:  # multiclass: the score is the top class's probability, the chance the label is it
         metrics["accuracy"] = float(np.mean(p))
-    worst, worse_by = None, 0.0
+    # The worst metric that has a baseline, even when it is above it (worse_by < 0): "measured, not worse".
+    worst, worse_by, dropped = None, -math.inf, False
     for name, value in metrics.items():
-        if name in baseline and math.isfinite(float(baseline[name])) and float(baseline[name]) - value >= worse_by:
+        if name in baseline and math.isfinite(float(baseline[name])) and float(baseline[name]) - value > worse_by:
             worst, worse_by = name, float(baseline[name]) - value
-    return EstimatedPerformance(metrics, worst, worse_by, worst is not None and worse_by > t.max_drop, int(p.size))
+            # As for labels: beyond the tolerance and beyond z between-batch standard deviations.
+            dropped = worse_by > t.max_drop and worse_by > t.z * float((spread or {}).get(name, 0.0))
+    return EstimatedPerformance(metrics, worst, worse_by if worst else 0.0, dropped, int(p.size))
 
 
 def _expected_auc(p: np.ndarray[Any, np.dtype[np.float64]]) -> float | None:

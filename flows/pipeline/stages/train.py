@@ -8,7 +8,7 @@ MLflow is the pipeline's job (``flows.pipeline.flow``).
 from __future__ import annotations
 
 import importlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -22,6 +22,7 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import OrdinalEncoder
 
 from flows.config import DEFAULT_ESTIMATORS, TrainerConfig
+from flows.monitor.detectors.performance import task_metrics
 from flows.pipeline.stages.features import feature_columns
 
 
@@ -41,6 +42,8 @@ class TrainedModel:
     metrics: dict[str, float]
     features: list[str]
     params: dict[str, Any]
+    per_batch: dict[str, tuple[float, float]] = field(default_factory=dict)
+    """Metric -> (mean over the holdout's batches, standard deviation between them): ``per_batch``."""
 
 
 def make_estimator(trainer: TrainerConfig, task: str) -> BaseEstimator:
@@ -192,4 +195,43 @@ def fit(
         holdout[target] = holdout[target].astype("int64")
     metrics = score(model, holdout, features, target, task)
     params = {k: v for k, v in estimator.get_params().items() if isinstance(v, int | float | str | bool)}
-    return TrainedModel(model, metrics, features, params), Split(split.train, holdout)
+    spread = per_batch(model, holdout, features, target, task)
+    return TrainedModel(model, metrics, features, params, spread), Split(split.train, holdout)
+
+
+#: Holdout rows a batch needs before its own metric counts in the per-batch baseline
+#: (as many as the drift calibration's chunks: ``DriftThresholds.calibration_min_rows``).
+PER_BATCH_MIN_ROWS = 100
+
+
+def per_batch(
+    model: Any, holdout: pd.DataFrame, features: list[str], target: str, task: str
+) -> dict[str, tuple[float, float]]:
+    """Each metric as the monitor will meet it: per batch, with its variation between batches.
+
+    The monitor judges one batch (or one window of live traffic) at a time, but the
+    holdout pools several batches: when batches differ (seasons, sources), a pooled
+    ranking metric such as ROC AUC is higher than any one batch's, because ranking
+    across batches is easier than within one. So the champion's quality is also
+    measured on each holdout batch: the mean is the baseline a batch is compared
+    with, and the standard deviation between batches (their sampling noise included,
+    as NannyML derives thresholds from the reference's chunks) widens the monitor's
+    tolerance.
+
+    Returns:
+        Metric name -> (mean, standard deviation); empty when the holdout has fewer
+        than two batches with ``PER_BATCH_MIN_ROWS`` rows (or no ``_batch_id``).
+    """
+    if "_batch_id" not in holdout.columns:
+        return {}
+    found: dict[str, list[float]] = {}
+    for _, rows in holdout.groupby("_batch_id", sort=True):
+        if len(rows) < PER_BATCH_MIN_ROWS:
+            continue
+        x, y = rows[features], rows[target].to_numpy()
+        proba = model.predict_proba(x)[:, 1] if task == "binary" and hasattr(model, "predict_proba") else None
+        for name, (value, _) in task_metrics(y, model.predict(x), proba, task).items():  # type: ignore[arg-type]
+            if np.isfinite(value):
+                found.setdefault(name, []).append(value)
+    enough = {name: values for name, values in found.items() if len(values) >= 2}
+    return {name: (float(np.mean(values)), float(np.std(values, ddof=1))) for name, values in enough.items()}

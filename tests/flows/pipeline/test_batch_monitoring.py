@@ -18,6 +18,7 @@ from checkpoints import Lake
 from flows.config import load_config
 from flows.healer.machine import make_context, observe
 from flows.monitor.batch import BATCH_LOG
+from flows.monitor.flow import champion_context
 from flows.monitor.inbox import INBOX
 from flows.pipeline.flow import PipelineResult, pipeline_flow
 from flows.registry import CHAMPION, Registry
@@ -121,3 +122,35 @@ def test_batch_monitoring_can_be_turned_off(tmp_path: Path) -> None:
     assert result.monitored is None
     lake = Lake(tmp_path / "lake")
     assert not lake.exists(BATCH_LOG) and not lake.exists(INBOX)
+
+
+def _season(seed: int, offset: float, rule: str = "sum") -> pd.DataFrame:
+    """A batch from one season: x1 centred on ``offset``; the label is x1 + noise > 0 ("sum") or < 0 ("flip")."""
+    rng = np.random.default_rng(seed)
+    frame = pd.DataFrame({"x1": rng.normal(offset, 1.0, ROWS), "x2": rng.normal(size=ROWS)})
+    signal = frame.x1 + rng.normal(0, 1.0, ROWS)
+    frame["label"] = ((signal > 0) if rule == "sum" else (signal < 0)).astype("int64")
+    return frame
+
+
+def test_a_batch_from_a_season_the_reference_has_seen_is_judged_per_batch_not_against_the_pooled_holdout(
+    tmp_path: Path,
+) -> None:
+    # Five seasons in the reference: pooled over them, ranking is easy (ROC AUC ~0.9);
+    # within one season it is ~0.76. A batch is one season, so it is judged against the
+    # champion's per-batch quality and its spread, not the pooled holdout's.
+    for i, offset in enumerate((-2.0, -1.0, 0.0, 1.0, 2.0)):
+        _land(tmp_path, i, _season(i, offset))
+    config = write_config(tmp_path, "binary", "label", thresholds=THRESHOLDS)
+    assert pipeline_flow(str(config)).outcome == "promoted"
+    cfg = load_config(config)
+    baseline = champion_context(cfg.model_name, cfg.tracking_uri)
+    assert baseline.metrics["roc_auc"] < 0.85 and "roc_auc" in baseline.spread  # per batch, not ~0.9 pooled
+
+    _land(tmp_path, 5, _season(5, 0.5))
+    quiet = _kinds(pipeline_flow(str(config)))
+    _land(tmp_path, 6, _season(6, -0.5, rule="flip"))
+    flipped = _kinds(pipeline_flow(str(config)))
+
+    assert not quiet & {"data_drift", "concept_drift", "performance_drop"}, quiet
+    assert "performance_drop" in flipped, flipped  # a real change still is one

@@ -70,3 +70,39 @@ def test_estimated_performance_drops_when_the_model_grows_unsure() -> None:
     assert doubtful is not None and doubtful.dropped and doubtful.worst in baseline
     assert estimate_performance(sure[:50], sure[:50], "binary", baseline) is None  # fewer than min_labels
     assert estimate_performance(sure, sure, "regression", baseline) is None
+
+
+def test_a_window_within_the_holdout_batches_spread_is_not_a_drop_and_one_beyond_it_is() -> None:
+    rng = np.random.default_rng(22)
+    y, p, s = _labeled(rng, 1000, 0.42)
+    auc = roc_auc_score(y, s)
+    near = {"roc_auc": auc + 0.07}  # 0.07 below the per-batch mean: beyond max_drop and 3 standard errors
+    far = {"roc_auc": auc + 0.2}
+
+    alone = check_performance(y, p, s, "binary", near)
+    spread = check_performance(y, p, s, "binary", near, spread={"roc_auc": 0.04})
+    beyond = check_performance(y, p, s, "binary", far, spread={"roc_auc": 0.04})
+
+    assert alone is not None and alone.dropped
+    assert spread is not None and not spread.dropped  # the holdout's own batches varied that much
+    assert beyond is not None and beyond.dropped
+
+
+def test_an_estimate_above_its_baseline_is_measured_as_not_worse_not_unknown() -> None:
+    rng = np.random.default_rng(3)
+    sure = np.concatenate([rng.uniform(0.0, 0.05, 500), rng.uniform(0.95, 1.0, 500)])
+    est = estimate_performance(sure, (sure >= 0.5).astype(float), "binary", {"roc_auc": 0.8, "accuracy": 0.7})
+
+    assert est is not None and est.worst in {"roc_auc", "accuracy"}
+    assert est.worse_by < 0 and not est.dropped
+
+
+def test_an_estimated_drop_within_the_between_batch_spread_is_not_a_drop() -> None:
+    rng = np.random.default_rng(4)
+    unsure = rng.uniform(0.3, 0.7, 1000)
+    est = estimate_performance(unsure, (unsure >= 0.5).astype(float), "binary", {"roc_auc": 0.7})
+    assert est is not None and est.dropped
+    wide = estimate_performance(
+        unsure, (unsure >= 0.5).astype(float), "binary", {"roc_auc": 0.7}, spread={"roc_auc": 0.1}
+    )
+    assert wide is not None and not wide.dropped

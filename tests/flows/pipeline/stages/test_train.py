@@ -7,10 +7,11 @@ import pandas as pd
 import pytest
 from sklearn.ensemble import HistGradientBoostingClassifier, HistGradientBoostingRegressor
 from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import roc_auc_score
 from sklearn.utils.validation import check_is_fitted
 
 from flows.config import HoldoutConfig, TrainerConfig
-from flows.pipeline.stages.train import build_model, fit, make_estimator, recent, split_holdout
+from flows.pipeline.stages.train import build_model, fit, make_estimator, per_batch, recent, split_holdout
 
 SCHEMA = {"x1": "float64", "x2": "float64", "colour": "string", "label": "int64"}
 
@@ -124,3 +125,23 @@ def test_the_model_carries_its_imputation_and_encoding_for_unseen_inputs() -> No
     model.fit(silver[["x1", "x2", "colour"]], silver["label"].astype("int64"))
     unseen = pd.DataFrame({"x1": [np.nan, 2.0], "x2": [0.0, np.nan], "colour": ["green", None]})
     assert model.predict(unseen).shape == (2,)
+
+
+def test_per_batch_quality_is_the_mean_over_holdout_batches_with_their_spread() -> None:
+    rng = np.random.default_rng(5)
+    frames = []
+    for k, offset in enumerate((-2.0, 0.0, 2.0)):  # three seasons: pooled ranking is easier than within one
+        x1 = rng.normal(offset, 1.0, 400)
+        frames.append(
+            pd.DataFrame({"x1": x1, "label": (x1 + rng.normal(0, 1.0, 400) > 0).astype("int64"), "_batch_id": f"b{k}"})
+        )
+    holdout = pd.concat(frames, ignore_index=True)
+    model = LogisticRegression().fit(holdout[["x1"]], holdout["label"])
+
+    found = per_batch(model, holdout, ["x1"], "label", "binary")
+    pooled = roc_auc_score(holdout["label"], model.predict_proba(holdout[["x1"]])[:, 1])
+    each = [roc_auc_score(f["label"], model.predict_proba(f[["x1"]])[:, 1]) for f in frames]
+
+    assert found["roc_auc"][0] == pytest.approx(np.mean(each)) and found["roc_auc"][0] < pooled - 0.05
+    assert found["roc_auc"][1] == pytest.approx(np.std(each, ddof=1))
+    assert per_batch(model, holdout.head(150), ["x1"], "label", "binary") == {}  # fewer than two batches of 100 rows
