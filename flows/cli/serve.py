@@ -89,7 +89,7 @@ def server_environment(cfg: SelfhealConfig, port: int, base: dict[str, str] | No
 
 def cli_serve(args: argparse.Namespace) -> int:
     """Exec the model server for the configured model (does not return on success)."""
-    cfg = config()
+    cfg = config(check_estimator=False)  # the server trains nothing: no scikit-learn import before the exec
     port = args.port if args.port is not None else cfg.serving.port
     workers = args.workers if args.workers is not None else cfg.serving.workers
     host = args.host or cfg.serving.host
