@@ -20,10 +20,10 @@ from tests.serving.conftest import MODEL, ModelStore, http, start_server
 
 
 def test_the_server_imports_no_mlflow_nor_prefect() -> None:
-    """What gunicorn's master imports (the app and its preloaded modules) holds neither MLflow nor Prefect."""
+    """What gunicorn's master imports (the app and its preloaded modules) holds no MLflow, Prefect or redis."""
     code = (
         "import sys, serving.app, serving.server as s; s._import_heavy_modules(); "
-        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('mlflow', 'prefect', 'flows')))"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('mlflow', 'prefect', 'flows', 'redis')))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
