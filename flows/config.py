@@ -18,6 +18,7 @@ import inspect
 import json
 import math
 import os
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any, Literal
 
@@ -433,9 +434,13 @@ class SelfhealConfig(BaseSettings):
 
     @model_validator(mode="after")
     def _fits_the_task(self) -> SelfhealConfig:
-        """Metrics the task's stages compute (else every run is "rejected ... nan") and an estimator of its kind."""
+        """Metrics the task's stages compute (else every run is "rejected ... nan") and an estimator of its kind.
+
+        The estimator check imports scikit-learn (~1.5 s): skipped inside
+        ``load_config(check_estimator=False)`` (``selfheal serve``: the server trains nothing).
+        """
         problems = [*self._unknown_metrics()]
-        if self.trainer.estimator is not None:
+        if self.trainer.estimator is not None and _CHECK_ESTIMATOR.get():
             try:
                 _check_estimator(
                     self.trainer.estimator, self.data.task, json.dumps(self.trainer.params, sort_keys=True, default=str)
@@ -463,6 +468,10 @@ class SelfhealConfig(BaseSettings):
                 f"{task!r}; use one of {list(feedback)}"
             )
         return problems
+
+
+#: Whether validating a config imports ``trainer.estimator`` to check it (``load_config(check_estimator=...)``).
+_CHECK_ESTIMATOR: ContextVar[bool] = ContextVar("selfheal_check_estimator", default=True)
 
 
 @functools.lru_cache(maxsize=16)
@@ -516,11 +525,12 @@ def _format_errors(exc: ValidationError, source: str) -> str:
     return f"{source}: invalid configuration: " + "; ".join(parts)
 
 
-def load_config(path: str | os.PathLike[str] | None = None) -> SelfhealConfig:
+def load_config(path: str | os.PathLike[str] | None = None, *, check_estimator: bool = True) -> SelfhealConfig:
     """Read and validate a config file; a missing default file means all defaults.
 
     Args:
         path: the YAML file; None reads ``$SELFHEAL_CONFIG`` or ``./selfheal.yaml`` if present.
+        check_estimator: import ``trainer.estimator`` to check it (False: commands that train nothing).
 
     Raises:
         ConfigError: the file is unreadable or a key is invalid; the message names the key path.
@@ -539,6 +549,10 @@ def load_config(path: str | os.PathLike[str] | None = None) -> SelfhealConfig:
     elif explicit:
         raise ConfigError(f"{file}: no such config file")
     try:
-        return SelfhealConfig(**data, source_path=str(file.resolve()) if file.exists() else None)
+        token = _CHECK_ESTIMATOR.set(check_estimator)
+        try:
+            return SelfhealConfig(**data, source_path=str(file.resolve()) if file.exists() else None)
+        finally:
+            _CHECK_ESTIMATOR.reset(token)
     except ValidationError as exc:
         raise ConfigError(_format_errors(exc, str(file))) from exc

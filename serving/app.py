@@ -25,6 +25,7 @@ from fastapi.openapi.utils import get_openapi
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from serving import startup
 from serving.limits import BodyLimitMiddleware, http_error, validation_error
 from serving.routers import admin, feedback, predict, probes
 from serving.settings import ServerSettings, forbid_pickle
@@ -67,8 +68,11 @@ class _MetricsMiddleware:
 @asynccontextmanager
 async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings: ServerSettings = app.state.settings
+    startup.mark_worker()
     state = ServingState(settings)
     await asyncio.to_thread(state.start)
+    primary, fallback = state.watcher.models.versions()
+    startup.log_profile(f"worker {state.pid} serving version {primary} (fallback {fallback})")
     state.start_batcher()
     app.state.serving = state
     try:

@@ -30,13 +30,31 @@ from __future__ import annotations
 
 import enum
 import logging
+import sys
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pybreaker
+
+def _import_pybreaker() -> Any:
+    """pybreaker, without the redis client it imports for a storage selfheal never uses (~0.2 s of a cold start)."""
+    if "redis" in sys.modules or "pybreaker" in sys.modules:
+        import pybreaker
+    else:
+        sys.modules["redis"] = None  # type: ignore[assignment]  # "import redis" raises ImportError: pybreaker skips it
+        try:
+            import pybreaker
+        finally:
+            del sys.modules["redis"]  # anyone else importing redis later gets the real one
+    return pybreaker
+
+
+if TYPE_CHECKING:
+    import pybreaker
+else:
+    pybreaker = _import_pybreaker()
 
 logger = logging.getLogger(__name__)
 

@@ -23,10 +23,11 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
-from mlflow.models import Model
 from threadpoolctl import threadpool_limits
 
-from serving.modelio import UnsafeArtifact, load_sklearn_model
+from serving import startup
+from serving.model_cache import ModelCache
+from serving.modelio import UnsafeArtifact, load_input_example, load_sklearn_model, read_mlmodel
 from serving.registry import BASELINE_TAG, ModelLoadFailed, ModelRefused, ModelRegistry, ModelVersionRef
 from serving.schema import FeatureSchema, UnsupportedSignature
 
@@ -127,8 +128,12 @@ class LoadedModel:
         ref: ModelVersionRef,
         threads: ModelThreads | None = None,
         extra_trusted: Iterable[str] = (),
+        cache: ModelCache | None = None,
     ) -> LoadedModel:
         """Download, load and warm up ``ref`` (``extra_trusted``: skops types config adds to the reviewed ones).
+
+        With a ``cache``, a verified cached copy is loaded instead of a download, and a version
+        that loads and warms up is cached (``serving.model_cache``); the checks are the same.
 
         Raises:
             ModelRefused: its artifacts live outside the registry's artifact root, or are not
@@ -138,22 +143,29 @@ class LoadedModel:
         """
         folder = tempfile.mkdtemp(prefix=f"selfheal-model-{ref.version}-")
         try:
-            path = registry.download(ref, into=folder)
+            with startup.phase("artifact fetch"):
+                cached = cache.get(ref, registry.artifact_root) if cache is not None else None
+                path = cached or registry.download(ref, into=folder)
             try:
-                meta = Model.load(path)
-                schema = FeatureSchema.from_signature(meta.signature)
-                model = load_sklearn_model(path, extra_trusted)
-                example = meta.load_input_example(path)
+                with startup.phase("artifact load (skops, trusted-type check)"):
+                    meta = read_mlmodel(path)
+                    schema = FeatureSchema.from_mlmodel(meta)
+                    model = load_sklearn_model(path, extra_trusted)
+                    example = load_input_example(path, meta)
             except UnsafeArtifact as exc:
                 raise ModelRefused(ref.name, ref.version, exc.reason, str(exc)) from exc
             except UnsupportedSignature as exc:
                 raise ModelLoadFailed(ref.name, ref.version, str(exc)) from exc
             except Exception as exc:  # unpickling/loading foreign artifacts can raise anything; the cause is chained
                 raise ModelLoadFailed(ref.name, ref.version, f"{type(exc).__name__}: {exc}") from exc
+            loaded = cls(ref, model, schema, example, threads)
+            with startup.phase("first predict (warm-up)"):
+                loaded.warm_up()
+            if cache is not None and cached is None:
+                with startup.phase("cache the version"):
+                    _keep(cache, registry, ref, path)
         finally:
             shutil.rmtree(folder, ignore_errors=True)
-        loaded = cls(ref, model, schema, example, threads)
-        loaded.warm_up()
         return loaded
 
     def classes_list(self) -> list[Any]:
@@ -191,6 +203,16 @@ class LoadedModel:
 
     def close(self) -> None:
         self.pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _keep(cache: ModelCache, registry: ModelRegistry, ref: ModelVersionRef, path: str) -> None:
+    """Cache a version that loaded; a registry that stopped answering meanwhile only skips the copy."""
+    try:
+        source = registry.source(ref)
+    except ModelLoadFailed as exc:
+        logger.warning("version %s not cached: %s", ref.version, exc)
+        return
+    cache.put(ref, path, source)
 
 
 def _has_threshold(model: Any) -> bool:

@@ -19,6 +19,7 @@ Example:
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from collections.abc import Iterable
@@ -26,16 +27,13 @@ from importlib.metadata import version
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import mlflow
-import mlflow.sklearn
 import yaml
-from mlflow.models import infer_signature
-from mlflow.models.model import ModelInfo
-from mlflow.types import ColSpec, Schema
 
 from checkpoints.exceptions import SelfhealError
 
 if TYPE_CHECKING:
+    from mlflow.models.model import ModelInfo
+
     from serving.registry import ModelRegistry, ModelVersionRef
 
 
@@ -77,6 +75,11 @@ def log_sklearn_model(
     names the columns that take null whatever the example (the model imputes them),
     so the server accepts the records the model was trained on.
     """
+    # Why local: MLflow takes seconds to import, and only training logs models (the server never does).
+    import mlflow.sklearn
+    from mlflow.models import infer_signature
+    from mlflow.types import ColSpec, Schema
+
     signature = infer_signature(input_example, model.predict(input_example))
     optional = set(nullable)
     if optional and signature.inputs is not None and signature.inputs.has_input_names():
@@ -121,6 +124,34 @@ class UnsafeArtifact(SelfhealError):
         super().__init__(detail)
 
 
+def read_mlmodel(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The ``MLmodel`` file of a local MLflow model folder, as data (no MLflow import: plain YAML)."""
+    meta = yaml.safe_load((Path(path) / "MLmodel").read_text()) or {}
+    if not isinstance(meta, dict):
+        raise ValueError(f"{path}/MLmodel is not a mapping")
+    return meta
+
+
+def load_input_example(path: str | os.PathLike[str], meta: dict[str, Any]) -> Any:
+    """The logged input example as a DataFrame (what MLflow's ``Model.load_input_example`` gives), or None.
+
+    Only the ``dataframe`` example MLflow writes for a scikit-learn model logged from a DataFrame
+    (``pandas_orient: split`` or ``records``) is read; any other kind is None (no warm-up example).
+    """
+    import pandas as pd  # why local: the server imports pandas anyway, but modelio's callers need not
+
+    info = meta.get("saved_input_example_info") or {}
+    if info.get("type") != "dataframe" or not info.get("artifact_path"):
+        return None
+    file = Path(path) / str(info["artifact_path"])
+    if file.resolve().parent != Path(path).resolve():
+        raise UnsafeArtifact("not_skops", f"the input example {file} is not inside the model folder")
+    data = json.loads(file.read_text())
+    if info.get("pandas_orient", "split") == "split":
+        return pd.DataFrame(data["data"], columns=data["columns"], index=data.get("index"))
+    return pd.DataFrame.from_records(data)
+
+
 def load_sklearn_model(path: str | os.PathLike[str], extra_trusted: Iterable[str] = ()) -> Any:
     """Load a scikit-learn model saved by ``log_sklearn_model`` from a local MLflow model folder.
 
@@ -134,7 +165,7 @@ def load_sklearn_model(path: str | os.PathLike[str], extra_trusted: Iterable[str
     import skops.io  # why local: skops imports all of scikit-learn
 
     folder = Path(path)
-    meta = yaml.safe_load((folder / "MLmodel").read_text()) or {}
+    meta = read_mlmodel(folder)
     flavor = (meta.get("flavors") or {}).get("sklearn") or {}
     fmt = flavor.get("serialization_format", "pickle")
     if fmt != "skops":

@@ -38,7 +38,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from checkpoints.exceptions import RegistryUnavailable, SelfhealError
+from serving import startup
 from serving.model import Baseline, LoadedModel, ModelThreads
+from serving.model_cache import ModelCache
 from serving.registry import ModelLoadFailed, ModelRefused, ModelRegistry, ModelVersionRef
 from serving.release import RELEASE_TAG, ReleaseState
 from serving.schema import FeatureSchema
@@ -208,8 +210,11 @@ class ModelWatcher:
         *,
         on_swap: Callable[[ModelSet, ModelSet], None] | None = None,
         on_reload: Callable[[str], None] | None = None,
+        cache: ModelCache | None = None,
     ) -> None:
         self.registry = registry
+        #: Verified copies of loaded versions; what a start serves when the registry does not answer.
+        self.cache = cache
         self.control = control
         self.policy = policy
         self._on_swap = on_swap
@@ -269,14 +274,19 @@ class ModelWatcher:
             self._seen_generation = control.generation
             current = self._models
             try:
-                champion, fallback_ref, pin = self._targets(control)
-                release = self._release(pin, champion)
+                with startup.phase("registry read (aliases, versions, tags)"):
+                    champion, fallback_ref, pin = self._targets(control)
+                    release = self._release(pin, champion)
             except RegistryUnavailable as exc:
                 self._report_error(str(exc))
                 if strict:
                     raise
+                if not current.ready and self.cache is not None:
+                    return self._serve_cached(current, str(exc))
                 kept_primary, kept_fallback = current.versions()
                 return ReloadReport(kept_primary, kept_fallback, False, (str(exc),), current.pin, wanted=None)
+            if self.cache is not None and pin is None:
+                self.cache.remember({self.policy.champion_alias: champion, self.policy.fallback_alias: fallback_ref})
             errors: list[str] = []
             new = self._assemble(current, _Targets(champion, fallback_ref, pin, release), errors, force)
             changed = self._swap(current, new)
@@ -288,6 +298,26 @@ class ModelWatcher:
             wanted = champion.version if champion is not None else None
             self.refused = self._refusal(wanted)
             return ReloadReport(*new.versions(), changed, tuple(errors), pin, wanted)
+
+    def _serve_cached(self, current: ModelSet, outage: str) -> ReloadReport:
+        """With no model yet and no registry: serve the versions the aliases named last, from the cache."""
+        assert self.cache is not None
+        refs = self.cache.remembered_refs()
+        champion, fallback = refs.get(self.policy.champion_alias), refs.get(self.policy.fallback_alias)
+        errors = [outage]
+        if champion is not None or fallback is not None:
+            logger.warning(
+                "the registry does not answer (%s); serving the cached @%s (version %s) until it does",
+                outage,
+                self.policy.champion_alias,
+                champion.version if champion else None,
+            )
+            new = self._assemble(current, _Targets(champion, fallback, None, None), errors, True)
+            changed = self._swap(current, new)
+        else:
+            new, changed = current, False
+        wanted = champion.version if champion is not None else None
+        return ReloadReport(*new.versions(), changed, tuple(errors), None, wanted)
 
     def _assemble(self, current: ModelSet, targets: _Targets, errors: list[str], force: bool) -> ModelSet:
         """The set to serve: the targets, loaded (or reused), with what serves now kept where a load failed."""
@@ -377,7 +407,7 @@ class ModelWatcher:
         if not force and time.monotonic() < self._failed.get(ref.version, 0.0):
             return None, True
         try:
-            model = LoadedModel.load(self.registry, ref, self.policy.threads, self.policy.trusted_types)
+            model = LoadedModel.load(self.registry, ref, self.policy.threads, self.policy.trusted_types, self.cache)
         except (ModelLoadFailed, RegistryUnavailable) as exc:
             if isinstance(exc, ModelRefused):
                 self._refused[ref.version] = exc

@@ -13,6 +13,7 @@ Example:
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -212,6 +213,28 @@ class FeatureSchema:
                 for spec in inputs.inputs
             ]
         )
+
+    @classmethod
+    def from_mlmodel(cls, meta: dict[str, Any]) -> FeatureSchema:
+        """Build from an ``MLmodel`` file's data (``serving.modelio.read_mlmodel``): its ``signature.inputs`` JSON.
+
+        The same contract as ``from_signature`` on the ``ModelSignature`` MLflow would parse from
+        it, without importing MLflow.
+        """
+        raw = (meta.get("signature") or {}).get("inputs")
+        if not raw:
+            raise UnsupportedSignature(
+                "the model has no signature; log it with serving.modelio.log_sklearn_model, which records one"
+            )
+        try:
+            specs = json.loads(raw) if isinstance(raw, str) else raw
+        except ValueError as exc:
+            raise UnsupportedSignature(f"the model signature is not JSON: {exc}") from exc
+        if not isinstance(specs, list) or any(not isinstance(s, dict) or s.get("type") == "tensor" for s in specs):
+            raise UnsupportedSignature("the model signature has no named columns (tensor signatures are not served)")
+        if any(not s.get("name") for s in specs):
+            raise UnsupportedSignature("the model signature has no named columns (tensor signatures are not served)")
+        return cls([Column(str(s["name"]), str(s.get("type")), bool(s.get("required", True))) for s in specs])
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, FeatureSchema) and other.key == self.key

@@ -33,6 +33,7 @@ from typing import Any
 from gunicorn.app.base import BaseApplication
 from pydantic import ValidationError
 
+from serving import startup
 from serving.settings import ServerSettings, forbid_pickle
 
 logger = logging.getLogger(__name__)
@@ -59,27 +60,24 @@ class ModelServerApplication(BaseApplication):  # type: ignore[misc]
     def load(self) -> Any:
         # After main() set OMP_NUM_THREADS and PROMETHEUS_MULTIPROC_DIR, which numpy and prometheus_client
         # read at import; and `python -m serving --help` stays instant.
-        from serving.app import create_app
-
-        _import_heavy_modules()
+        with startup.phase("import the app (FastAPI, pandas, pyarrow)"):
+            from serving.app import create_app
+        with startup.phase("import scikit-learn + skops (preload)"):
+            _import_heavy_modules()
         app = create_app()
         # MLflow, scikit-learn and pandas leave millions of long-lived objects: a full collection
         # of them paused a worker for 0.3-1.3 s (the p99). Frozen before the fork, they are never
         # scanned again, and the workers keep sharing their pages (copy-on-write).
         gc.collect()
         gc.freeze()
+        startup.mark_fork()
         return app
 
 
 #: Imported once in the master so a forked (or replacement) worker does not pay for them:
-#: MLflow is 2-3 s, and skops' trusted-type scan imports all of scikit-learn (~4 s).
+#: skops' trusted-type scan imports all of scikit-learn (~1.5-3 s of CPU; most of a cold start).
+#: Not MLflow: the server reads the registry and loads models without it (serving.registry_reads).
 _HEAVY_MODULES = (
-    "mlflow",
-    "mlflow.sklearn",
-    "mlflow.models",
-    "mlflow.artifacts",
-    "mlflow.store.tracking.sqlalchemy_store",
-    "mlflow.store.model_registry.sqlalchemy_store",
     "skops.io",
     "sklearn.pipeline",
     "sklearn.ensemble",
@@ -113,6 +111,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--graceful-timeout", type=int, default=30, help="seconds a stopping worker gets to flush")
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    parser.add_argument(
+        "--profile-startup",
+        action="store_true",
+        help="log a start-up profile once each worker has its models: seconds (wall and CPU) spent on "
+        "imports, registry reads, artifact fetch, model load and the warm-up prediction",
+    )
     return parser
 
 
@@ -136,6 +140,10 @@ def prepare_runtime(settings: ServerSettings) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     """Validate the settings and run gunicorn until it is stopped."""
     args = _parser().parse_args(argv)
+    if args.profile_startup:
+        os.environ[startup.PROFILE_SWITCH] = "1"
+    if startup.enabled():
+        startup.mark_exec()
     logging.basicConfig(
         level=args.log_level.upper(),
         format="%(asctime)s %(levelname)-7s [%(process)d] %(name)s: %(message)s",

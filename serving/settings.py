@@ -141,6 +141,10 @@ class ServerSettings(BaseSettings):
     """Bearer token for ``/admin/*``; unset disables those endpoints."""
     runtime_dir: str | None = None
     """Folder shared by the workers of one server (admin control file, Prometheus files)."""
+    model_cache_dir: str | None = None
+    """Folder of verified copies of loaded versions (serving.model_cache); None: no cache."""
+    registry_read_seconds: float = Field(default=5.0, gt=0)
+    """A registry read not answered within this long is abandoned (a locked store; the cache serves a start)."""
 
     @field_validator("admin_token", mode="before")
     @classmethod

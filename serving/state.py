@@ -29,6 +29,7 @@ from serving.inference_log import (
 )
 from serving.metrics import ServingMetrics
 from serving.model import LoadedModel, ModelThreads, Prediction
+from serving.model_cache import ModelCache
 from serving.predictor import Outcome, Predictor
 from serving.registry import ModelRegistry
 from serving.release import SHADOW_TABLE, ShadowItem, ShadowMirror, routes_to_challenger
@@ -62,6 +63,7 @@ class ServingState:
             tracking_uri=settings.tracking_uri,
             registry_uri=settings.registry_uri,
             artifact_root=settings.resolved_artifact_root,
+            read_seconds=settings.registry_read_seconds,
         )
         self.watcher = ModelWatcher(
             self.registry,
@@ -76,6 +78,7 @@ class ServingState:
             ),
             on_swap=self._swapped,
             on_reload=lambda outcome: m.model_reloads.labels(outcome).inc(),
+            cache=ModelCache(settings.model_cache_dir, settings.model_name) if settings.model_cache_dir else None,
         )
         self.log: InferenceLog | None = None
         if settings.inference_log:

@@ -21,11 +21,14 @@ Handler: TypeAlias = Callable[[argparse.Namespace], "int | None"]
 Subparsers: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
 
 
-def config() -> SelfhealConfig:
-    """The configuration the command runs with (``--config``, ``$SELFHEAL_CONFIG`` or ./selfheal.yaml)."""
+def config(*, check_estimator: bool = True) -> SelfhealConfig:
+    """The configuration the command runs with (``--config``, ``$SELFHEAL_CONFIG`` or ./selfheal.yaml).
+
+    ``check_estimator=False`` skips importing ``trainer.estimator`` (scikit-learn) for commands that train nothing.
+    """
     from flows.config import load_config  # imports the lake (pyarrow, pandas): only when a command runs
 
-    return load_config()
+    return load_config(check_estimator=check_estimator)
 
 
 def _in_process_runs(handler: Handler) -> Handler:

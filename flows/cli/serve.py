@@ -39,6 +39,11 @@ def register(sub: Subparsers) -> None:
     srv.add_argument("--workers", type=int, default=None, help="worker processes (default: serving.workers)")
     srv.add_argument("--port", type=int, default=None, help="port (default: serving.port)")
     srv.add_argument("--host", default=None, help="address to bind (default: serving.host)")
+    srv.add_argument(
+        "--profile-startup",
+        action="store_true",
+        help="log each worker's start-up profile (imports, registry read, artifact load, warm-up; wall and CPU s)",
+    )
 
 
 def server_environment(cfg: SelfhealConfig, port: int, base: dict[str, str] | None = None) -> dict[str, str]:
@@ -61,6 +66,8 @@ def server_environment(cfg: SelfhealConfig, port: int, base: dict[str, str] | No
         "SELFHEAL_BREAKER_RESET_SECONDS": str(serving.breaker_reset_seconds),
         "SELFHEAL_DEAD_LETTER_DIR": str(Path(cfg.home) / "serving" / "dead-letter"),
         "SELFHEAL_RUNTIME_DIR": str(runtime),
+        # A restart serves the last champion from here when the tracking store does not answer.
+        "SELFHEAL_MODEL_CACHE_DIR": str(Path(cfg.home) / "serving" / "model-cache"),
         "SELFHEAL_ARTIFACT_ROOT": cfg.artifact_root,
         "SELFHEAL_TRUSTED_TYPES": json.dumps(cfg.trainer.trusted_types),
         # What /feedback accepts as a label (the server never reads selfheal.yaml).
@@ -82,7 +89,7 @@ def server_environment(cfg: SelfhealConfig, port: int, base: dict[str, str] | No
 
 def cli_serve(args: argparse.Namespace) -> int:
     """Exec the model server for the configured model (does not return on success)."""
-    cfg = config()
+    cfg = config(check_estimator=False)  # the server trains nothing: no scikit-learn import before the exec
     port = args.port if args.port is not None else cfg.serving.port
     workers = args.workers if args.workers is not None else cfg.serving.workers
     host = args.host or cfg.serving.host
@@ -90,6 +97,8 @@ def cli_serve(args: argparse.Namespace) -> int:
     argv = [sys.executable, "-m", "serving", "--host", host, "--port", str(port), "--workers", str(workers)]
     if getattr(args, "verbose", False):
         argv += ["--log-level", "debug"]
+    if getattr(args, "profile_startup", False):
+        argv.append("--profile-startup")
     print(f"selfheal serve: {cfg.model_name!r} on http://{host}:{port} with {workers} workers", file=sys.stderr)
     sys.stderr.flush()
     os.execve(sys.executable, argv, env)

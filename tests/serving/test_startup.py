@@ -1,0 +1,130 @@
+"""Cold start: no MLflow on the serving path, a start-up profile, and a restart that does not wait for the store.
+
+Real servers (``python -m serving``, 1 worker) on the session's real MLflow SQLite store.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from serving import processes
+from serving.model_cache import ModelCache
+from serving.modelio import load_input_example, read_mlmodel
+from serving.registry import ModelRegistry
+from serving.schema import FeatureSchema
+from tests.serving.conftest import MODEL, ModelStore, http, start_server
+
+
+def test_the_server_imports_no_mlflow_nor_prefect() -> None:
+    """What gunicorn's master imports (the app and its preloaded modules) holds no MLflow, Prefect or redis."""
+    code = (
+        "import sys, serving.app, serving.server as s; s._import_heavy_modules(); "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('mlflow', 'prefect', 'flows', 'redis')))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+def test_a_cold_server_is_ready_with_the_champion_and_profiles_its_start(
+    model_store: ModelStore, tmp_path: Path
+) -> None:
+    model_store.set_aliases(champion=model_store.versions["hgb"], previous=model_store.versions["lr"])
+    argv = [sys.executable, "-m", "serving", "--log-level", "info", "--profile-startup"]
+    server = start_server(model_store, tmp_path, workers=1, argv=argv)
+    try:
+        ready = http.get(f"{server.url}/ready").json()
+        assert ready["model_version"] == model_store.versions["hgb"], ready
+        log = server.log.read_text()
+        assert "start-up profile: worker" in log, server.tail()
+        for phase in ("import scikit-learn + skops", "registry read", "artifact fetch", "artifact load", "warm-up"):
+            assert phase in log, f"{phase!r} missing from the profile:\n{server.tail()}"
+        assert "mlflow" not in {line.split()[-1] for line in log.splitlines() if "import" in line}
+    finally:
+        server.stop()
+
+
+def _folder(path: Path) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _locked_start(store: ModelStore, tmp_path: Path, cache: Path) -> Any:
+    """Start a server while the store is locked (the chaos action a real outage looks like); the server."""
+    from chaos.registry.actions import make_tracking_store_unreachable, restore_tracking_store
+
+    locked = make_tracking_store_unreachable(store.tracking_uri, duration=120)
+    try:
+        return start_server(
+            store,
+            _folder(tmp_path / "locked"),
+            workers=1,
+            model_cache_dir=cache,
+            registry_read_seconds=1,
+            lake_root=None,
+        )
+    finally:
+        restore_tracking_store(store.tracking_uri)
+        processes.wait_gone([locked["pid"]], 10)
+
+
+def test_a_restart_serves_the_cached_champion_while_the_store_is_locked(
+    model_store: ModelStore, tmp_path: Path
+) -> None:
+    """Without the cache a server started while the store is locked has no model (it fails the ready wait)."""
+    model_store.set_aliases(champion=model_store.versions["lr"], previous=model_store.versions["hgb"])
+    cache = tmp_path / "cache"
+    first = start_server(model_store, _folder(tmp_path / "first"), workers=1, model_cache_dir=cache, lake_root=None)
+    first.stop()
+    kept = json.loads((cache / MODEL / "aliases.json").read_text())
+    assert kept["champion"]["version"] == model_store.versions["lr"]
+    server = _locked_start(model_store, tmp_path, cache)
+    try:
+        ready = http.get(f"{server.url}/ready").json()
+        assert (ready["model_version"], ready["fallback_version"]) == (
+            model_store.versions["lr"],
+            model_store.versions["hgb"],
+        )
+        assert "serving the cached @champion" in server.log.read_text()
+    finally:
+        server.stop()
+
+
+def test_a_cached_copy_that_fails_its_digest_or_its_root_is_not_served(model_store: ModelStore, tmp_path: Path) -> None:
+    """The cache hands out a copy only while its files match their digests and its source is under the root."""
+    registry = ModelRegistry(MODEL, tracking_uri=model_store.tracking_uri)
+    ref = registry.version(model_store.versions["lr"])
+    source = registry.source(ref)
+    cache = ModelCache(tmp_path / "cache", MODEL)
+    downloaded = registry.download(ref, into=str(_folder(tmp_path / "download")))
+    cache.put(ref, downloaded, source)
+    root = str(model_store.root / "artifacts")
+    path = cache.get(ref, root)
+    assert (
+        path is not None
+        and (Path(path) / "model.skops").read_bytes() == (Path(downloaded) / "model.skops").read_bytes()
+    )
+    assert cache.get(ref, str(tmp_path / "elsewhere")) is None  # the root check applies to the copy too
+    skops = Path(path) / "model.skops"
+    skops.write_bytes(skops.read_bytes()[:-10] + b"0123456789")  # same size, other bytes
+    assert cache.get(ref, root) is None
+
+
+def test_the_mlflow_free_reading_of_a_model_folder_matches_mlflow(model_store: ModelStore, tmp_path: Path) -> None:
+    """Signature and input example read from MLmodel as YAML/JSON equal what MLflow's ``Model`` parses."""
+    from mlflow.models import Model
+
+    registry = ModelRegistry(MODEL, tracking_uri=model_store.tracking_uri)
+    for label in ("hgb", "lr"):
+        path = registry.download(registry.version(model_store.versions[label]), into=str(_folder(tmp_path / label)))
+        meta = Model.load(path)
+        data = read_mlmodel(path)
+        assert FeatureSchema.from_mlmodel(data).columns == FeatureSchema.from_signature(meta.signature).columns
+        theirs, ours = meta.load_input_example(path), load_input_example(path, data)
+        assert list(ours.columns) == list(theirs.columns)
+        assert ours.astype(object).where(ours.notna(), None).values.tolist() == (
+            theirs.astype(object).where(theirs.notna(), None).values.tolist()
+        )
