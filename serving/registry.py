@@ -16,6 +16,8 @@ Example:
 from __future__ import annotations
 
 import logging
+import shutil
+import sys
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -26,6 +28,8 @@ from urllib.parse import unquote, urlparse
 from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_exponential_jitter
 
 from checkpoints.exceptions import RegistryUnavailable, SelfhealError
+from serving.registry_reads import LightReads, VersionRow
+from serving.registry_reads import light_reads as light_reads_for
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -152,10 +156,14 @@ class ModelVersionRef:
         return f"models:/{self.name}/{self.version}"
 
 
-def _is_not_found(exc: BaseException) -> bool:
-    from mlflow.exceptions import MlflowException  # why local: mlflow is slow to import
+def _mlflow_exceptions() -> Any:
+    """``mlflow.exceptions`` if MLflow is loaded, else None: an MLflow error cannot exist without it."""
+    return sys.modules.get("mlflow.exceptions")
 
-    return isinstance(exc, MlflowException) and exc.error_code in _NOT_FOUND
+
+def _is_not_found(exc: BaseException) -> bool:
+    errors = _mlflow_exceptions()
+    return errors is not None and isinstance(exc, errors.MlflowException) and exc.error_code in _NOT_FOUND
 
 
 def is_transient(exc: BaseException) -> bool:
@@ -165,10 +173,9 @@ def is_transient(exc: BaseException) -> bool:
     a locked database as ``TEMPORARILY_UNAVAILABLE``), and "database is locked" however
     it is wrapped.
     """
-    from mlflow.exceptions import ERROR_CODE_TO_HTTP_STATUS, MlflowException  # why local: mlflow is slow to import
-
-    if isinstance(exc, MlflowException):
-        status: int = ERROR_CODE_TO_HTTP_STATUS.get(exc.error_code, 500)
+    errors = _mlflow_exceptions()
+    if errors is not None and isinstance(exc, errors.MlflowException):
+        status: int = errors.ERROR_CODE_TO_HTTP_STATUS.get(exc.error_code, 500)
         return status >= 500 or exc.error_code == "REQUEST_LIMIT_EXCEEDED"
     return isinstance(exc, OSError) or "database is locked" in str(exc)
 
@@ -205,6 +212,11 @@ class ModelRegistry:
     Every call goes through ``call``: the one retry rule and the one translation of
     MLflow's errors. ``client`` is the raw MLflow client for the rare call not wrapped
     here (pass it to ``call`` so the rule still applies).
+
+    Reads (``by_alias``, ``by_version``, ``version``, ``model_tags``, ``model_tag``) and a
+    local version's ``download`` go through ``serving.registry_reads`` when the registry is a
+    ``sqlite:///`` store or an ``http(s)://`` server (``light_reads=True``, the default):
+    same answers and errors, no MLflow import. ``versions()`` and every write use MLflow.
     """
 
     def __init__(
@@ -217,6 +229,7 @@ class ModelRegistry:
         wait_max_seconds: float = 2.0,
         artifact_root: str | None = None,
         read_seconds: float | None = None,
+        light_reads: bool = True,
     ) -> None:
         self.model_name = model_name
         self.tracking_uri = tracking_uri
@@ -228,6 +241,8 @@ class ModelRegistry:
         #: A read that has not answered within this many seconds is abandoned (None: wait for it).
         self.read_seconds = read_seconds
         self._client: MlflowClient | None = None
+        #: The MLflow-free reader (None: every read goes through MLflow).
+        self.light: LightReads | None = light_reads_for(self.registry_uri) if light_reads else None
 
     @property
     def client(self) -> MlflowClient:
@@ -253,18 +268,7 @@ class ModelRegistry:
         """
         from mlflow.exceptions import MlflowException  # why local: mlflow is slow to import
 
-        retrying = Retrying(
-            retry=retry_if_exception(is_transient),
-            stop=stop_after_attempt(self._attempts),
-            wait=wait_exponential_jitter(initial=0.2, max=self._wait_max),
-            reraise=True,
-            before_sleep=lambda state: logger.warning(
-                "registry %s failed (attempt %d), retrying: %s",
-                what,
-                state.attempt_number,
-                state.outcome.exception() if state.outcome else "?",
-            ),
-        )
+        retrying = self._retrying(what)
         attempt = fn if wait or self.read_seconds is None else self._bounded(what, fn)
         try:
             return retrying(attempt, self.client)
@@ -277,6 +281,41 @@ class ModelRegistry:
                 raise self._unavailable(what, exc) from exc
             raise
 
+    def read(self, what: str, fn: Callable[[LightReads], T]) -> T:
+        """``fn(self.light)`` under ``call``'s rule (retries, the ``read_seconds`` bound), without MLflow.
+
+        Raises:
+            RegistryUnavailable: the store did not answer after the retries.
+        """
+        light = self.light
+        assert light is not None, "read() needs a light reader (sqlite:/// or http(s)://)"
+        retrying = self._retrying(what)
+        attempt: Callable[[LightReads], T] = (
+            fn
+            if self.read_seconds is None
+            else (lambda reads: answer_within(float(self.read_seconds or 0), what, lambda: fn(reads)))
+        )
+        try:
+            return retrying(attempt, light)
+        except Exception as exc:
+            if is_transient(exc):
+                raise self._unavailable(what, exc) from exc
+            raise
+
+    def _retrying(self, what: str) -> Retrying:
+        return Retrying(
+            retry=retry_if_exception(is_transient),
+            stop=stop_after_attempt(self._attempts),
+            wait=wait_exponential_jitter(initial=0.2, max=self._wait_max),
+            reraise=True,
+            before_sleep=lambda state: logger.warning(
+                "registry %s failed (attempt %d), retrying: %s",
+                what,
+                state.attempt_number,
+                state.outcome.exception() if state.outcome else "?",
+            ),
+        )
+
     def _bounded(self, what: str, fn: Callable[[MlflowClient], T]) -> Callable[[MlflowClient], T]:
         seconds = float(self.read_seconds or 0)
         return lambda client: answer_within(seconds, what, lambda: fn(client))
@@ -284,6 +323,10 @@ class ModelRegistry:
     def _unavailable(self, what: str, exc: Exception) -> RegistryUnavailable:
         where = self.registry_uri or "the default URI"
         return RegistryUnavailable(f"MLflow registry at {where} did not answer ({what}): {exc}")
+
+    @staticmethod
+    def _row_ref(row: VersionRow) -> ModelVersionRef:
+        return ModelVersionRef(row.name, row.version, dict(row.tags), row.run_id, row.aliases)
 
     def _ref(self, mv: Any) -> ModelVersionRef:
         return ModelVersionRef(
@@ -301,6 +344,9 @@ class ModelRegistry:
         Raises:
             RegistryUnavailable: the registry could not be reached after retries.
         """
+        if self.light is not None:
+            row = self.read(f"alias {alias!r}", lambda r: r.alias(self.model_name, alias))
+            return None if row is None else self._row_ref(row)
         try:
             return self.call(
                 f"alias {alias!r}", lambda c: self._ref(c.get_model_version_by_alias(self.model_name, alias))
@@ -321,6 +367,11 @@ class ModelRegistry:
         Raises:
             ModelNotFound: no such version.
         """
+        if self.light is not None:
+            row = self.read(f"version {version}", lambda r: r.version(self.model_name, str(version)))
+            if row is None:
+                raise ModelNotFound(f"model {self.model_name!r}: version {version} does not exist")
+            return self._row_ref(row)
         return self.call(f"version {version}", lambda c: self._ref(c.get_model_version(self.model_name, version)))
 
     def versions(self, where: str = "") -> list[ModelVersionRef]:
@@ -334,6 +385,8 @@ class ModelRegistry:
 
     def model_tags(self) -> dict[str, str]:
         """The registered model's own tags (the release state lives there); empty when the model does not exist."""
+        if self.light is not None:
+            return self.read("registered model tags", lambda r: r.model_tags(self.model_name)) or {}
         try:
             model = self.call("registered model tags", lambda c: c.get_registered_model(self.model_name))
         except ModelNotFound:
@@ -379,6 +432,9 @@ class ModelRegistry:
             ModelLoadFailed: the artifacts are missing or unreadable.
             RegistryUnavailable: the registry could not be reached after retries.
         """
+        local = self._local_download(ref, into)
+        if local is not None:
+            return local
         import mlflow.artifacts  # why: mlflow takes seconds to import; not at module import
 
         def fetch(client: MlflowClient) -> str:
@@ -397,3 +453,46 @@ class ModelRegistry:
             return self.call(f"download of version {ref.version}", fetch, wait=True)
         except (ModelNotFound, RegistryUnavailable) as exc:
             raise ModelLoadFailed(ref.name, ref.version, f"artifacts could not be downloaded: {exc}") from exc
+
+    def source(self, ref: ModelVersionRef) -> str:
+        """Where the version's artifacts live (its storage location), checked against ``artifact_root``.
+
+        Raises:
+            ModelRefused: the artifacts live outside ``artifact_root``.
+            ModelLoadFailed: the version does not exist, or the registry could not be reached.
+        """
+        try:
+            if self.light is not None:
+                found = self.read(
+                    f"artifacts of version {ref.version}", lambda r: r.download_uri(ref.name, ref.version)
+                )
+                if found is None:
+                    raise ModelNotFound(f"model {ref.name!r}: version {ref.version} does not exist")
+                source = found
+            else:
+                source = self.call(
+                    f"artifacts of version {ref.version}",
+                    lambda c: str(c.get_model_version_download_uri(ref.name, ref.version)),
+                )
+        except (ModelNotFound, RegistryUnavailable) as exc:
+            raise ModelLoadFailed(ref.name, ref.version, f"artifacts could not be found: {exc}") from exc
+        if self.artifact_root is not None:
+            why = outside_root(source, self.artifact_root)
+            if why is not None:
+                raise ModelRefused(ref.name, ref.version, "outside_root", why)
+        return source
+
+    def _local_download(self, ref: ModelVersionRef, into: str) -> str | None:
+        """The copy of a version whose artifacts are a local folder, made without MLflow; None for remote ones."""
+        if self.light is None:
+            return None
+        source = self.source(ref)
+        folder = _local_path(source)
+        if folder is None:
+            return None  # s3://, mlflow-artifacts:/ ...: MLflow's artifact repositories fetch those
+        target = Path(into) / (folder.name or "model")
+        try:
+            shutil.copytree(folder, target, symlinks=False, dirs_exist_ok=True)
+        except OSError as exc:
+            raise ModelLoadFailed(ref.name, ref.version, f"artifacts could not be copied from {source}: {exc}") from exc
+        return str(target)
