@@ -18,6 +18,7 @@ import inspect
 import json
 import math
 import os
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any, Literal
 
@@ -435,7 +436,7 @@ class SelfhealConfig(BaseSettings):
     def _fits_the_task(self) -> SelfhealConfig:
         """Metrics the task's stages compute (else every run is "rejected ... nan") and an estimator of its kind."""
         problems = [*self._unknown_metrics()]
-        if self.trainer.estimator is not None:
+        if self.trainer.estimator is not None and _CHECK_ESTIMATOR.get():
             try:
                 _check_estimator(
                     self.trainer.estimator, self.data.task, json.dumps(self.trainer.params, sort_keys=True, default=str)
@@ -463,6 +464,10 @@ class SelfhealConfig(BaseSettings):
                 f"{task!r}; use one of {list(feedback)}"
             )
         return problems
+
+
+#: ``load_config(check_estimator=False)`` is building a config: the estimator is not imported.
+_CHECK_ESTIMATOR: ContextVar[bool] = ContextVar("selfheal_check_estimator", default=True)
 
 
 @functools.lru_cache(maxsize=16)
@@ -516,11 +521,14 @@ def _format_errors(exc: ValidationError, source: str) -> str:
     return f"{source}: invalid configuration: " + "; ".join(parts)
 
 
-def load_config(path: str | os.PathLike[str] | None = None) -> SelfhealConfig:
+def load_config(path: str | os.PathLike[str] | None = None, check_estimator: bool = True) -> SelfhealConfig:
     """Read and validate a config file; a missing default file means all defaults.
 
     Args:
         path: the YAML file; None reads ``$SELFHEAL_CONFIG`` or ``./selfheal.yaml`` if present.
+        check_estimator: import ``trainer.estimator`` to check it (scikit-learn: 2 s of
+            imports). False for code that never trains (a one-shot monitor pass or healer
+            tick): a pipeline run loads the config again, with the check.
 
     Raises:
         ConfigError: the file is unreadable or a key is invalid; the message names the key path.
@@ -538,7 +546,10 @@ def load_config(path: str | os.PathLike[str] | None = None) -> SelfhealConfig:
         data = loaded
     elif explicit:
         raise ConfigError(f"{file}: no such config file")
+    checking = _CHECK_ESTIMATOR.set(check_estimator)
     try:
         return SelfhealConfig(**data, source_path=str(file.resolve()) if file.exists() else None)
     except ValidationError as exc:
         raise ConfigError(_format_errors(exc, str(file))) from exc
+    finally:
+        _CHECK_ESTIMATOR.reset(checking)
