@@ -18,7 +18,9 @@ them DETECTED -> DIAGNOSED -> HEALING -> VERIFYING -> RESOLVED (or ESCALATED).
 State lives in the incidents table, so a restarted healer resumes where it stopped.
 With healing.enabled: false it detects and records but repairs nothing.
 Incident and signal events go to Prefect when PREFECT_API_URL is set (or with
---prefect); otherwise none are sent and no Prefect server is started for them."""
+--prefect); otherwise none are sent and no Prefect server is started for them.
+With --once, Prefect, MLflow and scikit-learn are imported only if a remedy needs
+them (a retrain runs the pipeline flow, which also checks trainer.estimator then)."""
 
 _ACK = """\
 Record that a person has taken an escalated incident over. It stays ESCALATED;

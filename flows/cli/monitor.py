@@ -23,7 +23,9 @@ def register(sub: Subparsers) -> None:
         "Each pass is a Prefect flow run (selfheal-monitor, with its tasks and a markdown\n"
         "artifact) when PREFECT_API_URL is set or with --prefect; otherwise it runs as plain\n"
         "calls and no Prefect server is started (a one-shot pass takes seconds, not the\n"
-        "ephemeral server's start-up).",
+        "ephemeral server's start-up). The plain pass imports neither Prefect nor MLflow\n"
+        "(the champion is read from the tracking store directly) and leaves\n"
+        "trainer.estimator to the pipeline run that trains.",
     )
     when = mon.add_mutually_exclusive_group()
     when.add_argument("--once", action="store_true", help="run once and exit (the default)")
