@@ -530,7 +530,9 @@ def load_config(path: str | os.PathLike[str] | None = None, *, check_estimator: 
 
     Args:
         path: the YAML file; None reads ``$SELFHEAL_CONFIG`` or ``./selfheal.yaml`` if present.
-        check_estimator: import ``trainer.estimator`` to check it (False: commands that train nothing).
+        check_estimator: import ``trainer.estimator`` to check it (scikit-learn: 2 s of
+            imports). False for commands that train nothing (``serve``, a one-shot monitor
+            pass or healer tick): a pipeline run loads the config again, with the check.
 
     Raises:
         ConfigError: the file is unreadable or a key is invalid; the message names the key path.

@@ -10,7 +10,9 @@ Events go to the Prefect API the process is configured with (``PREFECT_API_URL``
 to the server of the flow run in progress. With neither, they are not sent: Prefect
 would start its ephemeral server (7-13 s, a child process) for events that no
 deployment trigger can see once the process exits. ``local_server_events()`` asks for
-that server anyway (``selfheal monitor|heal --prefect``).
+that server anyway (``selfheal monitor|heal --prefect``). Prefect itself (2-3 s of
+imports) is imported only when an event may be sent: a one-shot ``selfheal monitor``
+or ``heal`` pass with no Prefect API in sight never loads it.
 
 Example:
     >>> emit("selfheal.signal.data_drift", "selfheal.signal.data_drift", payload, labels={"selfheal.severity": "high"})
@@ -19,14 +21,12 @@ Example:
 from __future__ import annotations
 
 import logging
+import os
+import sys
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
-
-from prefect.context import FlowRunContext, TaskRunContext
-from prefect.events import emit_event
-from prefect.exceptions import EventTooLarge
-from prefect.settings import PREFECT_API_URL
 
 logger = logging.getLogger(__name__)
 
@@ -47,15 +47,53 @@ def local_server_events() -> Iterator[None]:
         _local_server = before
 
 
+def _may_set_prefect_api() -> bool:
+    """Could any of Prefect's settings sources set ``PREFECT_API_URL``? False only when none can.
+
+    Prefect reads its settings from the environment, ``.env``, ``prefect.toml`` and
+    ``pyproject.toml`` ([tool.prefect]) in the working directory, and the active
+    profile (``$PREFECT_PROFILES_PATH``, ``$PREFECT_HOME/profiles.toml`` or
+    ``~/.prefect/profiles.toml``; Prefect's bundled default sets no API). When none of
+    them mentions it, asking Prefect would only cost its import to hear "no".
+    """
+    if any(k in os.environ for k in ("PREFECT_API_URL", "PREFECT_PROFILES_PATH", "PREFECT_PROFILE")):
+        return True
+    home = Path(os.environ.get("PREFECT_HOME") or Path.home() / ".prefect")
+    for path, mark in (
+        (Path(".env"), "PREFECT_"),
+        (Path("prefect.toml"), ""),
+        (Path("pyproject.toml"), "tool.prefect"),
+        (home.expanduser() / "profiles.toml", "PREFECT_API_URL"),
+    ):
+        try:
+            if path.is_file() and mark in path.read_text(errors="replace"):
+                return True
+        except OSError:  # unreadable: let Prefect decide, as it would have
+            return True
+    return False
+
+
 def prefect_api_configured() -> bool:
     """Is a Prefect API set (``PREFECT_API_URL``: environment, profile or prefect.toml)?"""
+    if "prefect.settings" not in sys.modules and not _may_set_prefect_api():
+        return False  # (once Prefect is loaded, ask it: its settings may be set in-process)
+    from prefect.settings import PREFECT_API_URL
+
     return bool(PREFECT_API_URL.value())
+
+
+def _in_prefect_run() -> bool:
+    """Is this code running inside a Prefect flow or task run (never when Prefect is not imported)?"""
+    if "prefect.context" not in sys.modules:
+        return False
+    from prefect.context import FlowRunContext, TaskRunContext
+
+    return FlowRunContext.get() is not None or TaskRunContext.get() is not None
 
 
 def events_on() -> bool:
     """Is there a Prefect server to send events to without starting one (or was one asked for)?"""
-    in_run = FlowRunContext.get() is not None or TaskRunContext.get() is not None
-    return _local_server or in_run or prefect_api_configured()
+    return _local_server or _in_prefect_run() or prefect_api_configured()
 
 
 def emit(
@@ -81,6 +119,8 @@ def emit(
     if not events_on():
         logger.debug("event %s not sent: no Prefect API configured", event)
         return False
+    from prefect.exceptions import EventTooLarge
+
     resource = {"prefect.resource.id": resource_id, **(labels or {})}
     try:
         sent = emit_event(
@@ -93,6 +133,13 @@ def emit(
         _report(event, f"too large: {exc}")
         return False
     return sent is not None
+
+
+def emit_event(**event: Any) -> Any:
+    """``prefect.events.emit_event``, imported on the first event actually sent."""
+    from prefect.events import emit_event as send
+
+    return send(**event)
 
 
 def _report(event: str, reason: str) -> None:

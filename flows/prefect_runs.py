@@ -17,6 +17,10 @@ are off unless you set them (``PREFECT_FLOWS_HEARTBEAT_FREQUENCY``, the legacy
 
 Deployment runs started by a Prefect worker (``selfheal up``) do not pass through
 here and keep Prefect's own setting, so zombie detection works for them.
+
+Commands that run a flow only sometimes (``selfheal monitor``, ``selfheal heal``: a
+plain pass needs no Prefect, a retrain runs the pipeline flow) defer: Prefect is
+imported, and the settings applied, by ``flow_settings()`` right before such a flow.
 """
 
 from __future__ import annotations
@@ -24,19 +28,51 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, get_current_settings, temporary_settings
+#: ``in_process_runs(defer=True)`` is active: ``flow_settings()`` applies the settings.
+_deferred = False
 
 
 def heartbeats_chosen() -> bool:
     """Did the user set the flow-run heartbeat (environment, profile or prefect.toml)?"""
+    from prefect.settings import get_current_settings
+
     return "heartbeat_frequency" in get_current_settings().flows.model_fields_set
 
 
 @contextmanager
-def in_process_runs() -> Iterator[None]:
-    """Run the enclosed flows without flow-run heartbeats, unless the user chose a frequency."""
+def in_process_runs(defer: bool = False) -> Iterator[None]:
+    """Run the enclosed flows without flow-run heartbeats, unless the user chose a frequency.
+
+    Args:
+        defer: do not import Prefect now (2-3 s); the flows run in the enclosed code
+            enter ``flow_settings()`` and get the settings then.
+    """
+    global _deferred
+    if defer:
+        before, _deferred = _deferred, True
+        try:
+            yield
+        finally:
+            _deferred = before
+        return
+    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
+
     if heartbeats_chosen():
         yield
         return
     with temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
+        yield
+
+
+@contextmanager
+def flow_settings() -> Iterator[None]:
+    """Enclose a flow run started by code that may run under ``in_process_runs(defer=True)``.
+
+    Under a deferred ``in_process_runs`` it applies the in-process settings; otherwise
+    (a deployment run, a test, a command that applied them already) it changes nothing.
+    """
+    if not _deferred:
+        yield
+        return
+    with in_process_runs():
         yield

@@ -10,8 +10,9 @@ extension; pipeline steps are retried by Prefect, never both on one call.
 from __future__ import annotations
 
 import logging
+import math
 from datetime import UTC, datetime
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from checkpoints.exceptions import RegistryUnavailable
 from serving.registry import (
@@ -24,6 +25,7 @@ from serving.registry import (
     ModelRegistry,
     ModelVersionRef,
 )
+from serving.registry_reads import LightReads, RestReads, SqliteReads
 
 __all__ = [
     "CHALLENGER",
@@ -35,6 +37,7 @@ __all__ = [
     "ModelRecord",
     "Registry",
     "STORE_ANSWER_SECONDS",
+    "run_metrics",
 ]
 
 logger = logging.getLogger(__name__)
@@ -47,6 +50,47 @@ STORE_ANSWER_SECONDS = 3.0
 
 #: One registered model version as the pipeline sees it.
 ModelRecord = ModelVersionRef
+
+
+def run_metrics(registry: ModelRegistry, run_id: str) -> dict[str, float]:
+    """A run's metrics, each its latest value (what MLflow's ``get_run(run_id).data.metrics`` gives).
+
+    Read without MLflow (its import is seconds; a monitor pass needs only this) when the
+    runs live where ``registry``'s light reader reads: the embedded ``sqlite:///`` store
+    (MLflow's ``runs`` and ``latest_metrics`` tables) or an ``http(s)://`` server
+    (``runs/get``). Any other store goes through MLflow.
+
+    Raises:
+        ModelNotFound: there is no such run.
+        RegistryUnavailable: the store did not answer after the retries.
+    """
+    what = f"read run {run_id}"
+    if registry.light is None or registry.registry_uri != registry.tracking_uri:
+        return dict(registry.call(what, lambda c: c.get_run(run_id)).data.metrics)
+    found = registry.read(what, lambda reads: _light_run_metrics(reads, run_id))
+    if found is None:
+        raise ModelNotFound(f"run {run_id} does not exist")
+    return found
+
+
+def _light_run_metrics(reads: LightReads, run_id: str) -> dict[str, float] | None:
+    """The run's latest metrics from the store itself; None when the run does not exist."""
+    if isinstance(reads, SqliteReads):
+        rows = reads._query(
+            # {ws}: the reader scopes by MLflow 3.5+'s workspace, which runs have through their experiment.
+            "SELECT m.key, m.value, m.is_nan FROM runs r JOIN experiments e ON e.experiment_id = r.experiment_id "
+            "LEFT JOIN latest_metrics m ON m.run_uuid = r.run_uuid WHERE r.run_uuid = ?{ws}",
+            (run_id,),
+        )
+        if not rows:
+            return None
+        # MLflow stores a NaN as 0 with is_nan set, and gives NaN back.
+        return {str(k): math.nan if nan else float(v) for k, v, nan in rows if k is not None}
+    assert isinstance(reads, RestReads)
+    body: dict[str, Any] | None = reads._get("runs/get", run_id=run_id)
+    if not body:
+        return None
+    return {str(m["key"]): float(m["value"]) for m in body.get("run", {}).get("data", {}).get("metrics", [])}
 
 
 class Registry(ModelRegistry):

@@ -31,7 +31,7 @@ def config(*, check_estimator: bool = True) -> SelfhealConfig:
     return load_config(check_estimator=check_estimator)
 
 
-def _in_process_runs(handler: Handler) -> Handler:
+def _in_process_runs(handler: Handler, on_demand: bool = False) -> Handler:
     """``handler`` inside selfheal's settings for in-process flow runs (``flows.prefect_runs``).
 
     A command with ``--prefect`` given also sends its events without a configured API
@@ -44,7 +44,8 @@ def _in_process_runs(handler: Handler) -> Handler:
         from flows.prefect_runs import in_process_runs  # imports Prefect: only commands that run flows pay
 
         asked = getattr(args, "prefect", False)
-        with in_process_runs(), local_server_events() if asked else contextlib.nullcontext():
+        # Commands that run a flow only sometimes defer Prefect's import to that flow (flow_settings).
+        with in_process_runs(defer=on_demand), local_server_events() if asked else contextlib.nullcontext():
             return handler(args)
 
     return run
@@ -58,10 +59,14 @@ class Commands:
         sub: the sub-parsers action the commands are added to.
         runs_flows: the handlers run Prefect flows in this process, so they get
             ``flows.prefect_runs.in_process_runs()``; the others never import Prefect.
+        flows_on_demand: with ``runs_flows``, the handlers run a flow only sometimes and
+            enter ``flows.prefect_runs.flow_settings()`` before one, so Prefect is
+            imported only then (a one-shot monitor pass or healer tick never loads it).
     """
 
     sub: Subparsers
     runs_flows: bool = False
+    flows_on_demand: bool = False
 
     def add(
         self, name: str, handler: Handler, help_text: str, description: str | None = None
@@ -73,7 +78,7 @@ class Commands:
             description=description or help_text,
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )
-        parser.set_defaults(handler=_in_process_runs(handler) if self.runs_flows else handler)
+        parser.set_defaults(handler=_in_process_runs(handler, self.flows_on_demand) if self.runs_flows else handler)
         return parser
 
     def group(self, name: str, help_text: str, description: str) -> Commands:
@@ -85,4 +90,5 @@ class Commands:
 
     def below(self, parser: argparse.ArgumentParser, title: str, required: bool) -> Commands:
         """Commands one level below ``parser``, listed under ``title`` in its help."""
-        return Commands(parser.add_subparsers(title=title, metavar="COMMAND", required=required), self.runs_flows)
+        subparsers = parser.add_subparsers(title=title, metavar="COMMAND", required=required)
+        return Commands(subparsers, self.runs_flows, self.flows_on_demand)

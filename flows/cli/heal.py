@@ -18,7 +18,9 @@ them DETECTED -> DIAGNOSED -> HEALING -> VERIFYING -> RESOLVED (or ESCALATED).
 State lives in the incidents table, so a restarted healer resumes where it stopped.
 With healing.enabled: false it detects and records but repairs nothing.
 Incident and signal events go to Prefect when PREFECT_API_URL is set (or with
---prefect); otherwise none are sent and no Prefect server is started for them."""
+--prefect); otherwise none are sent and no Prefect server is started for them.
+With --once, Prefect, MLflow and scikit-learn are imported only if a remedy needs
+them (a retrain runs the pipeline flow, which also checks trainer.estimator then)."""
 
 _ACK = """\
 Record that a person has taken an escalated incident over. It stays ESCALATED;
@@ -28,7 +30,8 @@ that cause opens a new incident (and is healed) at once."""
 
 def register(sub: Subparsers) -> None:
     """Add ``heal`` and ``incidents [ack]`` (they run flows in this process)."""
-    commands = Commands(sub, runs_flows=True)
+    # A tick runs a flow only for a remedy that runs the pipeline: Prefect is imported then.
+    commands = Commands(sub, runs_flows=True, flows_on_demand=True)
     heal = commands.add(
         "heal", cli_heal, "watch and repair: monitor pass -> diagnosis -> remedies -> verified recovery", _HEAL
     )
@@ -60,13 +63,15 @@ def register(sub: Subparsers) -> None:
 
 def cli_heal(args: argparse.Namespace) -> int:
     """``selfheal heal --once | --interval S``."""
-    # The healer (Prefect, MLflow, the remedies) and the lake load when the command runs, not on --help.
+    # The healer and the lake load when the command runs, not on --help (Prefect, MLflow: for remedies that need them).
     from flows.healer.machine import HealerLoop
     from flows.healer.remedies import RemedyFailed
 
-    cfg = config()
+    # A healer that keeps ticking refuses a bad trainer.estimator at start; one tick leaves
+    # it to the pipeline run of a retrain, if there is one (scikit-learn is 2 s of imports).
+    cfg = config(check_estimator=not args.once)
     config_path = os.environ.get("SELFHEAL_CONFIG")
-    loop = HealerLoop(cfg, config_path, run_monitor=not args.no_monitor)
+    loop = HealerLoop(cfg, config_path, run_monitor=not args.no_monitor, warm_models=not args.once)
     interval = args.interval if args.interval is not None else cfg.healing.interval_seconds
     mode = "on" if cfg.healing.enabled else "OFF (detection only)"
     print(f"selfheal heal: healing {mode}; tick every {interval:g} s" if not args.once else "selfheal heal: one tick")

@@ -12,7 +12,7 @@ from flows.cli.command import Commands, Subparsers, config
 
 def register(sub: Subparsers) -> None:
     """Add ``monitor`` (it runs the monitor flow in this process)."""
-    mon = Commands(sub, runs_flows=True).add(
+    mon = Commands(sub, runs_flows=True, flows_on_demand=True).add(
         "monitor",
         cli_monitor,
         "watch predictions, labels, serving and table freshness; print the signals raised",
@@ -23,7 +23,9 @@ def register(sub: Subparsers) -> None:
         "Each pass is a Prefect flow run (selfheal-monitor, with its tasks and a markdown\n"
         "artifact) when PREFECT_API_URL is set or with --prefect; otherwise it runs as plain\n"
         "calls and no Prefect server is started (a one-shot pass takes seconds, not the\n"
-        "ephemeral server's start-up).",
+        "ephemeral server's start-up). The plain pass imports neither Prefect nor MLflow\n"
+        "(the champion is read from the tracking store directly) and leaves\n"
+        "trainer.estimator to the pipeline run that trains.",
     )
     when = mon.add_mutually_exclusive_group()
     when.add_argument("--once", action="store_true", help="run once and exit (the default)")
@@ -42,12 +44,12 @@ def register(sub: Subparsers) -> None:
 
 def cli_monitor(args: argparse.Namespace) -> int:
     """``selfheal monitor --once | --interval S``."""
-    # Prefect and the detectors (scipy, pandas) load when the command runs, not on --help.
+    # The detectors (pandas, numpy) load when the command runs, not on --help; Prefect only for a flow run.
     from flows.events import prefect_api_configured
     from flows.monitor.detectors import MonitorThresholds
-    from flows.monitor.flow import monitor_flow, monitor_pass
+    from flows.monitor.passes import monitor_pass
 
-    cfg = config()
+    cfg = config(check_estimator=False)  # the monitor never trains: scikit-learn is not imported to check it
     MonitorThresholds.from_mapping(cfg.thresholds)  # fail fast, naming the bad key
     url = None
     if not args.no_serving:
@@ -65,10 +67,17 @@ def cli_monitor(args: argparse.Namespace) -> int:
     as_flow = args.prefect or prefect_api_configured()
     # The plain pass reads the server URL from the config: give it the one chosen above.
     plain = cfg.model_copy(update={"serving": cfg.serving.model_copy(update={"url": url})})
+    if as_flow:
+        from flows.monitor.flow import monitor_flow
+        from flows.prefect_runs import flow_settings
     runs = 0
     while True:
         started = time.monotonic()
-        signals = monitor_flow(**params) if as_flow else monitor_pass(plain)
+        if as_flow:
+            with flow_settings():
+                signals = monitor_flow(**params)
+        else:
+            signals = monitor_pass(plain)
         runs += 1
         if args.json:
             print(json.dumps([s.to_dict() for s in signals]))

@@ -34,10 +34,9 @@ from checkpoints.scan import utc
 from flows.config import DEFAULT_ESTIMATORS, SelfhealConfig
 from flows.metrics import lower_is_better
 from flows.monitor.signals import Signal
-from flows.pipeline.flow import BRONZE, SILVER, locked_schema
-from flows.pipeline.stages import features, train
+from flows.pipeline.stages import features
+from flows.pipeline.tables import BRONZE, SILVER, locked_schema
 from flows.registry import Registry
-from serving.modelio import load_version
 from serving.registry import PROMOTED_AT_TAG, SILVER_VERSION_TAG
 
 if TYPE_CHECKING:
@@ -122,6 +121,8 @@ def _score(ctx: HealContext, model: Any, rows: pd.DataFrame) -> float | None:
     rows = rows.copy()
     if cfg.data.task != "regression":
         rows[cfg.data.target] = rows[cfg.data.target].astype("int64")
+    from flows.pipeline.stages import train  # sklearn: only when a model is scored
+
     feats = features.feature_columns(schema, cfg.data.target, cfg.data.id_columns)
     value = train.score(model, rows, feats, cfg.data.target, cfg.data.task).get(cfg.gate_metric)
     return None if value is None else float(value)
@@ -141,6 +142,8 @@ def _model(ctx: HealContext, version: str) -> tuple[Any, Mapping[str, str]] | No
 @functools.lru_cache(maxsize=4)
 def _load(tracking_uri: str, model_name: str, artifact_root: str, version: str, trusted: tuple[str, ...]) -> Any:
     """Loaded once per process: a version's artifact never changes, and the healer asks on several ticks."""
+    from serving.modelio import load_version  # MLflow's model format: only when a model is loaded
+
     registry = Registry(tracking_uri, model_name, artifact_root=artifact_root)
     record = registry.by_version(version)
     return None if record is None else load_version(registry, record, trusted)

@@ -25,14 +25,13 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
-from prefect import flow, get_run_logger
 
 from checkpoints import Lake
 from checkpoints.exceptions import CheckpointCorrupted, RegistryUnavailable
 from checkpoints.incidents import WAITING, Incident, IncidentLog, State, Transition, to_report
 from checkpoints.leases import claim
 from checkpoints.metrics import METRICS_TABLE, metric_values
-from flows.config import SelfhealConfig, load_config
+from flows.config import SelfhealConfig
 from flows.events import emit
 from flows.healer import change
 from flows.healer.diagnosis import Cause, Context, Diagnosis, diagnose
@@ -47,7 +46,7 @@ from flows.healer.remedies import (
 from flows.metrics import lower_is_better
 from flows.monitor import inbox
 from flows.monitor.detectors.thresholds import MonitorThresholds
-from flows.monitor.flow import monitor_pass
+from flows.monitor.passes import monitor_pass
 from flows.monitor.signals import Severity, Signal, SignalKind, Window
 from flows.pipeline.stages.ingest import LandingUnreachable, list_landing
 from flows.registry import CHAMPION, STORE_ANSWER_SECONDS, Registry
@@ -552,17 +551,19 @@ def _notify(cfg: SelfhealConfig, incident: Incident) -> None:
         logger.warning("escalation webhook %s failed: %s", cfg.healing.webhook_url, exc)
 
 
-# -- the flow --------------------------------------------------------------------------------
+# -- the tick --------------------------------------------------------------------------------
 #: How long the healer's first registry call may take before the first tick (see ``warm_up``).
 _WARM_UP_SECONDS = 30.0
 
 
-def warm_up(ctx: HealContext) -> None:
+def warm_up(ctx: HealContext, models: bool = True) -> None:
     """Make the first tracking-store call before the first tick.
 
-    It imports MLflow and builds its store: 8 s on a busy two-core machine, which the
-    first tick's probe (3 s) would report as an outage and open a false incident. A
-    store really down now is found by that first tick all the same.
+    Through MLflow (a store with no light reader) it imports MLflow and builds its store:
+    8 s on a busy two-core machine, which the first tick's probe (3 s) would report as an
+    outage and open a false incident. A store really down now is found by that first
+    tick all the same. With ``models`` it also imports what loading a model imports
+    (``change.warm_up``): worth it for a healer that keeps ticking, not for one tick.
     """
     try:
         error = tracking_store_error(ctx, timeout=_WARM_UP_SECONDS)
@@ -571,7 +572,8 @@ def warm_up(ctx: HealContext) -> None:
         return
     if error is not None:
         logger.warning("the tracking store does not answer at start: %s", error)
-    change.warm_up(ctx.cfg)
+    if models:
+        change.warm_up(ctx.cfg)
 
 
 def make_context(cfg: SelfhealConfig, config_path: str | None) -> HealContext:
@@ -601,23 +603,6 @@ def observe(ctx: HealContext, since: datetime, run_monitor: bool = True) -> Obse
     return observation
 
 
-@flow(name="selfheal-healer")
-def healer_flow(
-    config_path: str | None = None, run_monitor: bool = True, since: datetime | None = None
-) -> list[dict[str, Any]]:
-    """One healer tick: observe, diagnose, open/join incidents, move them. Returns the open ones."""
-    cfg = load_config(config_path)
-    ctx = make_context(cfg, config_path)
-    warm_up(ctx)
-    healer = Healer(ctx, IncidentLog(ctx.lake))
-    observation = observe(
-        ctx, since or datetime.now(UTC) - timedelta(seconds=cfg.healing.interval_seconds * 2), run_monitor
-    )
-    still_open = healer.tick(observation)
-    get_run_logger().info("healer tick: %d signal(s), %d open incident(s)", len(observation.signals), len(still_open))
-    return [to_report(i) for i in still_open]
-
-
 def _felt(signals: list[Signal]) -> list[Signal]:
     """``signals`` without the data drift the monitor found does not reach the model (logged, not acted on)."""
     kept = []
@@ -637,9 +622,11 @@ def _felt(signals: list[Signal]) -> list[Signal]:
 class HealerLoop:
     """Ticks in one process, keeping verification state between ticks."""
 
-    def __init__(self, cfg: SelfhealConfig, config_path: str | None, run_monitor: bool = True) -> None:
+    def __init__(
+        self, cfg: SelfhealConfig, config_path: str | None, run_monitor: bool = True, warm_models: bool = True
+    ) -> None:
         self.ctx = make_context(cfg, config_path)
-        warm_up(self.ctx)
+        warm_up(self.ctx, models=warm_models)  # one tick (``heal --once``) loads a model only if it must
         self.healer = Healer(self.ctx, IncidentLog(self.ctx.lake))
         self.run_monitor = run_monitor
         self.last_observed = datetime.now(UTC)

@@ -13,16 +13,14 @@ from __future__ import annotations
 import functools
 import logging
 import shutil
+import sqlite3
 import subprocess
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
-from typing import Any
-
-from mlflow.exceptions import MlflowException
-from sqlalchemy.exc import SQLAlchemyError
+from typing import TYPE_CHECKING, Any
 
 from checkpoints import Lake
 from checkpoints.exceptions import (
@@ -36,21 +34,17 @@ from checkpoints.incidents import Incident
 from checkpoints.quarantine import imputed_key
 from flows.config import SelfhealConfig
 from flows.healer.change import CHANGE_POINT, PRE_DRIFT_VERSION, ChangePoint, locate
-from flows.pipeline.flow import (
-    SILVER,
-    STAGE_TABLES,
-    TRAIN_BATCHES_TAG,
-    ChangeWindow,
-    labeled_shortfall,
-    pipeline_flow,
-)
-from flows.pipeline.imputation import impute_quarantined
-from flows.pipeline.stages import ingest, train
+from flows.pipeline.stages import ingest
 from flows.pipeline.stages.ingest import LandingUnreachable, list_landing, read_file
+from flows.pipeline.tables import SILVER, STAGE_TABLES, TRAIN_BATCHES_TAG
+from flows.prefect_runs import flow_settings
 from flows.registry import CHAMPION, LIGHT, PREVIOUS, PROMOTED_AT_TAG, STORE_ANSWER_SECONDS, Registry
 from serving import processes
 from serving.client import ServingClient
 from serving.registry import ROLLED_BACK_BY_TAG, answer_within
+
+if TYPE_CHECKING:
+    from flows.pipeline.flow import ChangeWindow, PipelineResult
 
 logger = logging.getLogger(__name__)
 
@@ -136,6 +130,28 @@ def stop_server(cfg: SelfhealConfig, timeout: float = 15.0) -> None:
         processes.stop([pid], grace=timeout)
 
 
+def _store_errors() -> tuple[type[BaseException], ...]:
+    """What a store that does not answer raises: requests' and sqlite3's errors, MLflow's and SQLAlchemy's.
+
+    MLflow's and SQLAlchemy's count only once loaded: an error of theirs cannot exist before.
+    """
+    errors: list[type[BaseException]] = [OSError, sqlite3.Error]  # requests' errors are OSErrors
+    if "mlflow.exceptions" in sys.modules:
+        errors.append(sys.modules["mlflow.exceptions"].MlflowException)
+    if "sqlalchemy.exc" in sys.modules:
+        errors.append(sys.modules["sqlalchemy.exc"].SQLAlchemyError)
+    return tuple(errors)
+
+
+def _run_pipeline(ctx: HealContext, **options: Any) -> PipelineResult:
+    """One pipeline flow run in this process; Prefect, MLflow and sklearn are imported for it, here."""
+    from flows.pipeline.flow import pipeline_flow
+
+    with flow_settings():
+        result: PipelineResult = pipeline_flow(ctx.config_path, **options)
+    return result
+
+
 def tracking_store_error(ctx: HealContext, timeout: float = STORE_ANSWER_SECONDS) -> str | None:
     """None when the tracking store answers within ``timeout`` seconds, else what went wrong.
 
@@ -143,12 +159,18 @@ def tracking_store_error(ctx: HealContext, timeout: float = STORE_ANSWER_SECONDS
     busy timeout is 20 s); the healer must not stall behind it, so the call is
     abandoned after ``timeout``. Any other error is a bug and surfaces as itself.
     """
+    light, name = ctx.registry.light, ctx.registry.model_name
     try:
-        # The client is made inside the bounded call: building MLflow's store reads the database too.
-        answer_within(timeout, "tracking store", lambda: ctx.registry.client.search_registered_models(max_results=1))
+        if light is not None:  # sqlite:/// or http(s)://: one read without MLflow (seconds of imports) answers it
+            answer_within(timeout, "tracking store", lambda: light.model_tags(name))
+        else:
+            # The client is made inside the bounded call: building MLflow's store reads the database too.
+            answer_within(
+                timeout, "tracking store", lambda: ctx.registry.client.search_registered_models(max_results=1)
+            )
     except RegistryUnavailable as exc:
         return str(exc)
-    except (MlflowException, SQLAlchemyError, OSError) as exc:  # requests' errors are OSErrors
+    except _store_errors() as exc:
         return f"{type(exc).__name__}: {str(exc)[:200]}"
     return None
 
@@ -211,13 +233,15 @@ class Retrain(Remedy):
         # trained on the same silver version with the same config and change point (its train key).
         change = ChangePoint.from_evidence(plan.get(CHANGE_POINT))
         if not change.known:
-            result = pipeline_flow(ctx.config_path, window_batches=plan["window_batches"])
+            result = _run_pipeline(ctx, window_batches=plan["window_batches"])
         else:
+            from flows.pipeline.flow import ChangeWindow
+
             window = ChangeWindow(change.batch, None if change.batch is not None else change.at, plan["min_rows"])
             waiting = _too_few_rows(ctx, window)
             if waiting:
                 return Outcome(False, waiting, {CHANGE_POINT: change.to_evidence()}, pending=True)
-            result = pipeline_flow(ctx.config_path, change=window)
+            result = _run_pipeline(ctx, change=window)
             if result.outcome == "waiting":
                 return Outcome(False, result.message, {CHANGE_POINT: change.to_evidence()}, pending=True)
         evidence = {"outcome": result.outcome, "metrics": result.metrics, "champion": result.champion}
@@ -252,6 +276,8 @@ def _with_first_batch(ctx: HealContext, change: ChangePoint) -> ChangePoint:
     """``change`` with its first batch: the first that landed at or after its time (when it names none)."""
     if change.batch is not None or change.at is None or not ctx.lake.exists(SILVER):
         return change
+    from flows.pipeline.stages import train  # sklearn: only when a change point needs its first batch
+
     silver = ctx.lake.read(SILVER, columns=["_batch_id", "_ingested_at"]).to_pandas()
     first = train.batch_range(train.since_change(silver, None, change.at))
     return replace(change, batch=first[0], how=f"first batch landed after {change.at.isoformat()}") if first else change
@@ -261,6 +287,8 @@ def _too_few_rows(ctx: HealContext, window: ChangeWindow) -> str:
     """Why a change-aware retrain must wait ("" when silver has enough labeled rows after the
     change, or new landing files may bring them: then the pipeline lands them and decides).
     """
+    from flows.pipeline.flow import labeled_shortfall
+
     waiting = labeled_shortfall(ctx.cfg, ctx.lake, window)
     if not waiting:
         return ""
@@ -390,7 +418,7 @@ class QuarantineBackfill(Remedy):
             copied.append(str(target))
         if not copied:
             return Outcome(False, f"the fallback source {fallback} has none of the quarantined batches")
-        result = pipeline_flow(ctx.config_path)
+        result = _run_pipeline(ctx)
         return Outcome(True, f"backfilled {len(copied)} batch(es); pipeline {result.outcome}", {"backfilled": copied})
 
     def verify(self, ctx: HealContext, incident: Incident, plan: dict[str, Any], since: datetime) -> Outcome:
@@ -412,6 +440,8 @@ class Impute(Remedy):
         return {"files": [f["stored_at"] for f in incident.evidence.get("quarantined", [])]}
 
     def apply(self, ctx: HealContext, incident: Incident, plan: dict[str, Any], key: str) -> Outcome:
+
+        from flows.pipeline.imputation import impute_quarantined
 
         landed = impute_quarantined(ctx.cfg, ctx.lake, plan["files"])
         if not landed:

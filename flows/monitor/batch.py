@@ -5,7 +5,7 @@ log never sees them. Instead the pipeline, right after a batch reaches silver an
 before anything is trained on it, scores it with the champion of that moment and
 appends the rows to the ``batch_log`` table: the model's features, the champion's
 prediction and score, and the batch's own label when it has one. The monitor then
-judges the logged rows at once (``flows.monitor.flow.batch_pass``) with the same
+judges the logged rows at once (``flows.monitor.passes.batch_pass``) with the same
 detectors as live traffic, against the reference and baseline of the champion that
 scored them, and posts the signals to the inbox the healer reads
 (``flows.monitor.inbox``): one incident stream for live and batch data. Serving-only
@@ -31,6 +31,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -40,8 +41,10 @@ import pyarrow.compute as pc
 from checkpoints import Lake
 from checkpoints.exceptions import RegistryUnavailable
 from serving.inference_log import TIMESTAMP
-from serving.model import LoadedModel
 from serving.registry import CHAMPION, ModelLoadFailed, ModelRegistry
+
+if TYPE_CHECKING:
+    from serving.model import LoadedModel
 
 logger = logging.getLogger(__name__)
 
@@ -104,6 +107,8 @@ def log_landed_batches(
         return BatchScoring(skipped=f"the registry did not answer: {exc}"), None
     if champion is None:
         return BatchScoring(skipped="no champion yet (these batches are what the first one trains on)"), None
+    from serving.model import LoadedModel  # MLflow's model metadata (2 s of imports): only to score a batch
+
     try:
         model = LoadedModel.load(registry, champion, extra_trusted=trusted_types or ())
     except (ModelLoadFailed, RegistryUnavailable) as exc:

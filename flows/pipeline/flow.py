@@ -29,7 +29,6 @@ from typing import Any
 
 import mlflow
 import pandas as pd
-import pyarrow as pa
 import pyarrow.compute as pc
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
@@ -43,26 +42,24 @@ from checkpoints.exceptions import SchemaMismatch
 from flows.config import SelfhealConfig, load_config
 from flows.monitor.batch import BatchScoring, log_landed_batches
 from flows.monitor.detectors.performance import per_batch_metrics
-from flows.monitor.flow import batch_pass
+from flows.monitor.passes import batch_pass
 from flows.pipeline.exceptions import PromotionRejected, ValidationFailed
 from flows.pipeline.stages import evaluate, features, ingest, train
 from flows.pipeline.stages.batch_io import read_batch
 from flows.pipeline.stages.validate import ValidationOutcome, check_config_columns, validate_batch
+from flows.pipeline.tables import BRONZE as BRONZE  # re-exported: the names' old home
+from flows.pipeline.tables import CHANGE_TAG as CHANGE_TAG
+from flows.pipeline.tables import SILVER as SILVER
+from flows.pipeline.tables import SINCE_BATCH_TAG as SINCE_BATCH_TAG
+from flows.pipeline.tables import STAGE_TABLES as STAGE_TABLES
+from flows.pipeline.tables import TRAIN_BATCHES_TAG as TRAIN_BATCHES_TAG
+from flows.pipeline.tables import locked_schema as locked_schema
 from flows.registry import CHALLENGER, CHAMPION, PREVIOUS, Registry
 from flows.release.controller import notify_server, read_state, start_release, write_state
 from serving.modelio import load_version, log_sklearn_model
 from serving.registry import BRONZE_VERSION_TAG, SILVER_VERSION_TAG, TRAIN_KEY_TAG, WINDOW_TAG, ModelRefused
 
 logger = logging.getLogger(__name__)
-
-BRONZE, SILVER = "bronze", "silver"
-#: Registry tags: the batch range a version trained on, and the change point it trained from.
-TRAIN_BATCHES_TAG = "selfheal.train_batches"
-CHANGE_TAG = "selfheal.change_point"
-#: The first batch a version trained from, when it trained from a change point: later runs keep to it.
-SINCE_BATCH_TAG = "selfheal.since_batch"
-#: The tables a run manifest records (a run's checkpoint).
-STAGE_TABLES = (BRONZE, SILVER)
 
 
 @dataclass
@@ -117,30 +114,6 @@ def code_version() -> str:
 
 def open_lake(cfg: SelfhealConfig) -> Lake:
     return Lake(cfg.lake.root, cfg.lake.storage_options or None)
-
-
-def locked_schema(lake: Lake, cfg: SelfhealConfig) -> dict[str, str] | None:
-    """The feature schema: from config, else from bronze's columns once a batch landed."""
-    if cfg.data.schema_:
-        return dict(cfg.data.schema_)
-    if not lake.exists(BRONZE):
-        return None
-    arrow_schema = lake._open(BRONZE).schema().to_arrow()
-    out: dict[str, str] = {}
-    skip = {cfg.data.target, cfg.data.time_column, *cfg.data.id_columns}
-    for f in pa.schema(arrow_schema):
-        t = f.type
-        if f.name.startswith("_") or f.name in skip or pa.types.is_timestamp(t):
-            continue
-        if pa.types.is_floating(t):
-            out[f.name] = "float64"
-        elif pa.types.is_integer(t):
-            out[f.name] = "int64"
-        elif pa.types.is_boolean(t):
-            out[f.name] = "bool"
-        else:
-            out[f.name] = "string"
-    return out
 
 
 def known_labels(lake: Lake, cfg: SelfhealConfig) -> list[Any] | None:

@@ -49,7 +49,7 @@ def test_each_flow_has_one_deployment_per_work_pool() -> None:
     flows = {
         "flows/pipeline/flow.py:pipeline_flow",
         "flows/monitor/flow.py:monitor_flow",
-        "flows/healer/machine.py:healer_flow",
+        "flows/healer/flow.py:healer_flow",
         "flows/chaos_suite/flow.py:chaos_suite_flow",
         "flows/release/controller.py:release_analysis_flow",
     }
@@ -65,7 +65,7 @@ def test_how_each_deployment_starts(pool: str) -> None:
     assert [s.get("interval") for s in pipeline["schedules"]] == [3600]
     monitor = _entry("flows/monitor/flow.py:monitor_flow", pool)
     assert "triggers" not in monitor and monitor["schedules"][0]["interval"] <= 300
-    healer = _entry("flows/healer/machine.py:healer_flow", pool)
+    healer = _entry("flows/healer/flow.py:healer_flow", pool)
     assert "schedules" not in healer
     assert healer["triggers"][0]["expect"] == ["selfheal.signal.*"]
     assert healer["triggers"][0]["match"]["selfheal.severity"] == ["warning", "critical"]
@@ -204,8 +204,8 @@ def test_a_warning_or_critical_signal_event_starts_the_healer(
     prefect_server: PrefectServer, deployed: dict[tuple[str, str], dict[str, Any]]
 ) -> None:
     srv = prefect_server
-    assert _flow_file(_entry("flows/healer/machine.py:healer_flow", "local")).exists()
-    healer = deployed[("flows/healer/machine.py:healer_flow", "local")]
+    assert _flow_file(_entry("flows/healer/flow.py:healer_flow", "local")).exists()
+    healer = deployed[("flows/healer/flow.py:healer_flow", "local")]
     events = [
         {
             "id": str(uuid.uuid4()),

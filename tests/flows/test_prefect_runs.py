@@ -5,7 +5,7 @@ from __future__ import annotations
 from prefect import flow
 from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, get_current_settings, temporary_settings
 
-from flows.prefect_runs import heartbeats_chosen, in_process_runs
+from flows.prefect_runs import flow_settings, heartbeats_chosen, in_process_runs
 
 
 @flow
@@ -24,3 +24,11 @@ def test_in_process_runs_turn_heartbeats_off_unless_the_user_set_them(prefect_ha
         assert heartbeats_chosen()
         with in_process_runs():
             assert heartbeat_seen() == 60  # a frequency the user chose is kept
+
+
+def test_a_deferred_command_gets_the_settings_for_the_flows_it_runs(prefect_harness: None) -> None:
+    """``selfheal heal``/``monitor`` defer Prefect's import; the flow a remedy runs still has no heartbeats."""
+    with in_process_runs(defer=True), flow_settings():
+        assert heartbeat_seen() is None
+    with flow_settings():  # outside a command (a deployment run, a test): Prefect's own setting
+        assert heartbeat_seen() is not None

@@ -1,7 +1,7 @@
 """Detectors the monitor runs: drift, performance, concept drift, anomalies, window rules.
 
 Pure functions and small value objects; no Prefect, no I/O. The monitor flow
-(``flows.monitor.flow``) feeds them and turns their verdicts into ``Signal``s.
+(``flows.monitor.passes``) feeds them and turns their verdicts into ``Signal``s.
 
 Example:
     >>> from flows.monitor.detectors import compare, DriftThresholds

@@ -20,7 +20,6 @@ from typing import Any, Literal
 
 import numpy as np
 from numpy.typing import ArrayLike
-from sklearn.metrics import accuracy_score, f1_score, mean_absolute_error, r2_score, roc_auc_score
 
 from flows.metrics import lower_is_better
 from flows.monitor.detectors.thresholds import PerformanceThresholds
@@ -118,6 +117,9 @@ def task_metrics(
         score: positive-class probability (binary) for AUC; None skips AUC.
         task: ``binary``, ``multiclass`` or ``regression``.
     """
+    # sklearn (1.8 s of imports) only when there are labels to score.
+    from sklearn.metrics import accuracy_score, f1_score, mean_absolute_error, r2_score, roc_auc_score
+
     y = np.asarray(y_true, dtype=np.float64)
     p = np.asarray(y_pred, dtype=np.float64)
     n = y.size

@@ -5,15 +5,19 @@ inference log, shifted so the drift detector fires) and a real MLflow sqlite sto
 with no ``PREFECT_API_URL``. Prefect's ephemeral server would be a child process
 (uvicorn serving ``prefect.server``) and a database under ``PREFECT_HOME``; neither may
 appear, and the pass must still do its work: signals recorded, an incident opened.
+Nor may the process import Prefect, MLflow or scikit-learn (seconds of imports each)
+when the store holds a champion: its look-up reads the store without MLflow.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import psutil
@@ -27,14 +31,14 @@ from tests.flows.monitor.fixtures import write_predictions, write_silver
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
-def _drifted_lake(tmp_path: Path) -> tuple[Lake, dict[str, str]]:
-    """A lake whose last minutes of traffic drifted, a config for it, and the environment to run in."""
+def _drifted_lake(tmp_path: Path, shift: float = 1.5) -> tuple[Lake, dict[str, str]]:
+    """A lake whose last minutes of traffic drifted (by ``shift``), a config for it, and the environment to run in."""
     lake = Lake(tmp_path / "lake")
     rng = np.random.default_rng(0)
     write_silver(lake, rng)
     now = datetime.now(UTC)
     for minute in range(4):  # one small commit per minute of traffic, as the server's log writer makes
-        write_predictions(lake, rng, 300, now - timedelta(minutes=5 - minute), prefix=f"m{minute}-", shift=1.5)
+        write_predictions(lake, rng, 300, now - timedelta(minutes=5 - minute), prefix=f"m{minute}-", shift=shift)
     (tmp_path / "landing").mkdir()
     config = tmp_path / "selfheal.yaml"
     config.write_text(
@@ -52,6 +56,36 @@ def _drifted_lake(tmp_path: Path) -> tuple[Lake, dict[str, str]]:
         PREFECT_HOME=str(tmp_path / "prefect"),
     )
     return lake, env
+
+
+def _register_champion(tracking_uri: str) -> str:
+    """A champion in the real MLflow store (its run with a holdout metric, silver version 0); its version."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri, registry_uri=tracking_uri)  # not the registry an earlier test set
+    experiment = client.create_experiment("one-shot")
+    run = client.create_run(experiment)
+    client.log_metric(run.info.run_id, "roc_auc", 0.91)
+    client.create_registered_model("fraud-detector")
+    mv = client.create_model_version("fraud-detector", f"runs:/{run.info.run_id}/model", run_id=run.info.run_id)
+    client.set_model_version_tag("fraud-detector", mv.version, "selfheal.silver_version", "0")
+    client.set_registered_model_alias("fraud-detector", "champion", mv.version)
+    return str(mv.version)
+
+
+#: Run the CLI and report what the process imported; then read the champion as the pass did.
+_IMPORTS_SEEN = """
+import json, sys
+from flows.cli.main import main
+code = main(sys.argv[1:])
+heavy = sorted(m for m in ("prefect", "mlflow", "sklearn") if m in sys.modules)
+from flows.config import load_config
+from flows.monitor.flow import champion_context
+cfg = load_config()
+champion = champion_context(cfg.model_name, cfg.tracking_uri)
+seen = {"code": code, "champion": champion.version, "metrics": champion.metrics, "heavy": heavy}
+print("IMPORTS " + json.dumps(seen))
+"""
 
 
 def _run_watching_children(argv: list[str], env: dict[str, str], cwd: Path) -> tuple[str, list[str]]:
@@ -95,3 +129,43 @@ def test_heal_once_opens_the_incident_without_a_prefect_server(tmp_path: Path) -
     opened = IncidentLog(lake).open_incidents()
     assert [i.cause for i in opened] == ["data_drift"], out
     assert "open " in out and "data_drift" in out
+
+
+def _imports_seen(tmp_path: Path, argv: list[str], shift: float) -> tuple[dict[str, Any], str, str]:
+    """Run ``selfheal argv`` on a lake with a champion; what ``_IMPORTS_SEEN`` reported, the output, the version."""
+    _, env = _drifted_lake(tmp_path, shift)
+    version = _register_champion(env["SELFHEAL_TRACKING_URI"])
+    done = subprocess.run(
+        [sys.executable, "-c", _IMPORTS_SEEN, *argv], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
+    )
+    out = done.stdout + done.stderr
+    report = next((line for line in done.stdout.splitlines() if line.startswith("IMPORTS ")), None)
+    assert report is not None, out
+    return json.loads(report.split(" ", 1)[1]), out, version
+
+
+def test_a_one_shot_monitor_pass_imports_neither_prefect_nor_mlflow(tmp_path: Path) -> None:
+    """The pass runs and reads the champion with no Prefect, MLflow or scikit-learn in the process.
+
+    (scipy.stats is imported: the drift window it tests needs its KS distribution.)
+    """
+    seen, out, version = _imports_seen(tmp_path, ["monitor", "--once", "--no-serving"], shift=1.5)
+    assert seen["code"] == 0, out
+    assert seen["champion"] == version and seen["metrics"] == {"roc_auc": 0.91}, out
+    assert "registry unavailable" not in out, out  # the pass itself read the champion too
+    assert "data_drift" in out, out  # and did its work
+    assert seen["heavy"] == [], out
+
+
+def test_a_one_shot_healer_tick_imports_neither_prefect_nor_mlflow(tmp_path: Path) -> None:
+    """A tick with nothing to repair (probes, monitor pass, incident log) loads no Prefect, MLflow or scikit-learn.
+
+    (A tick that opens a drift incident loads the pre-drift model to locate the change:
+    that needs MLflow's model format and scikit-learn, and is not this test.)
+    """
+    seen, out, version = _imports_seen(tmp_path, ["heal", "--once"], shift=0.0)
+    assert seen["code"] == 0, out
+    assert seen["champion"] == version, out
+    assert "registry unavailable" not in out and "tracking store" not in out, out
+    assert "selfheal heal: one tick" in out and " open " not in out, out  # it ticked, nothing to repair
+    assert seen["heavy"] == [], out

@@ -32,9 +32,20 @@ class _Bug:
     def search_registered_models(self, **_: Any) -> None:
         raise TypeError("a bug in the probe, not an outage")
 
+    def model_tags(self, name: str) -> None:
+        raise TypeError("a bug in the probe, not an outage")
 
-def test_a_bug_is_raised_not_reported_as_an_outage(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+
+@pytest.mark.parametrize("light", [True, False], ids=["light-reads", "mlflow-client"])
+def test_a_bug_is_raised_not_reported_as_an_outage(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, light: bool
+) -> None:
+    """Through the MLflow-free reader (sqlite:///, http) and through MLflow's client (any other store) alike."""
     ctx = _context(tmp_path, f"sqlite:///{tmp_path / 'mlflow.db'}")
-    monkeypatch.setattr(type(ctx.registry), "client", property(lambda self: _Bug()))
+    if light:
+        monkeypatch.setattr(ctx.registry, "light", _Bug())
+    else:
+        monkeypatch.setattr(ctx.registry, "light", None)
+        monkeypatch.setattr(type(ctx.registry), "client", property(lambda self: _Bug()))
     with pytest.raises(TypeError, match="a bug in the probe"):
         tracking_store_error(ctx, timeout=60)
