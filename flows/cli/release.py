@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -137,6 +138,7 @@ def cli_abort(args: argparse.Namespace) -> int:
 def cli_watch(args: argparse.Namespace) -> int:
     """The release controller: analyse every release that runs, one flow run per release."""
     # The controller and the registry client import Prefect and MLflow: not on --help.
+    from checkpoints.exceptions import RegistryUnavailable
     from flows.registry import Registry
     from flows.release.controller import read_state, release_analysis_flow
 
@@ -144,10 +146,17 @@ def cli_watch(args: argparse.Namespace) -> int:
     registry = Registry(cfg.tracking_uri, cfg.model_name)
     print(f"selfheal release watch: looking for a running release every {args.interval:g} s")
     while True:
-        state = read_state(registry)
-        if state is not None and state.status == "running":
-            final = release_analysis_flow(max_seconds=args.max_seconds)
-            print(f"release {final.get('release_id')}: {final.get('status')}: {final.get('detail')}", flush=True)
+        try:
+            state = read_state(registry)
+            if state is not None and state.status == "running":
+                final = release_analysis_flow(max_seconds=args.max_seconds)
+                print(f"release {final.get('release_id')}: {final.get('status')}: {final.get('detail')}", flush=True)
+        except RegistryUnavailable as exc:
+            # The controller outlives a store outage: the release state waits in the registry,
+            # and the next look resumes the release where it stood.
+            print(f"selfheal release watch: {exc}; looking again in {args.interval:g} s", file=sys.stderr, flush=True)
+            if args.once:
+                return 1
         if args.once:
             return 0
         time.sleep(args.interval)

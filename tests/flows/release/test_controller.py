@@ -47,3 +47,40 @@ def test_the_pipeline_releases_a_new_model_as_canary_instead_of_promoting_it(tmp
     assert pipeline_flow(str(config)).outcome in ("up-to-date", "released")  # no new data: no second release
     again = read_state(registry)
     assert again is not None and again.release_id == state.release_id
+
+
+def test_the_watcher_outlives_a_locked_tracking_store(tmp_path: Path) -> None:
+    """A store outage longer than the registry's retries is waited out, not the end of the controller."""
+    import subprocess
+    import sys
+    import time
+
+    from mlflow import MlflowClient
+
+    from chaos.registry.actions import make_tracking_store_unreachable, restore_tracking_store
+    from flows.config import load_config
+    from serving.processes import wait_until
+    from tests.flows.pipeline.fixtures import write_config
+
+    config = write_config(tmp_path, "binary", "label")
+    cfg = load_config(config)
+    MlflowClient(cfg.tracking_uri).create_registered_model(cfg.model_name)
+    err = tmp_path / "watch.err"
+    locked = make_tracking_store_unreachable(cfg.tracking_uri, duration=120)
+    with err.open("w") as sink:
+        watch = subprocess.Popen(
+            [sys.executable, "-m", "flows.cli", "-c", str(config), "release", "watch", "--interval", "0.5"],
+            stdout=subprocess.DEVNULL,
+            stderr=sink,
+        )
+    try:
+        wait_until(lambda: "looking again" in err.read_text() or watch.poll() is not None, 90, "a failed look")
+        assert watch.poll() is None, err.read_text()[-2000:]  # on bd4b631 the outage ended the controller
+        restore_tracking_store(cfg.tracking_uri)
+        time.sleep(3)  # several looks at the store that answers again
+        assert watch.poll() is None, err.read_text()[-2000:]
+    finally:
+        restore_tracking_store(cfg.tracking_uri)
+        watch.terminate()
+        watch.wait(30)
+    assert locked["pid"] and watch.returncode is not None
