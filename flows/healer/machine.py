@@ -174,6 +174,7 @@ class Healer:
             # Quality of the model the healer just promoted is that repair's verification,
             # not a new incident (which would roll it back before it is judged).
             signals = [s for s in signals if s.kind not in _QUALITY_KINDS]
+        signals = _without_new_categories(signals)
         if self.cfg.healing.unfelt_drift == "observe":
             signals = _felt(signals)
         context = Context(
@@ -603,8 +604,38 @@ def observe(ctx: HealContext, since: datetime, run_monitor: bool = True) -> Obse
     return observation
 
 
+def _without_new_categories(signals: list[Signal]) -> list[Signal]:
+    """``signals`` without data-quality findings that are only new categories (logged, not acted on).
+
+    A value never seen in a column whose values the config does not fix is the input
+    distribution moving (the data-drift detectors own it), not a broken expectation: no
+    quality remedy applies to an accepted batch, so an incident would only escalate. A
+    value outside a declared value set is refused by the pipeline's validation, which
+    quarantines the batch and says so in its own signal.
+    """
+    kept = []
+    for signal in signals:
+        issues = signal.evidence.get("issues")
+        if (
+            signal.kind == SignalKind.DATA_QUALITY
+            and isinstance(issues, list)
+            and issues
+            and all(isinstance(i, dict) and i.get("issue") == "new_category" for i in issues)
+        ):
+            logger.info("new categories observed (drift evidence, no expectation broken): %s", signal.summary())
+            continue
+        kept.append(signal)
+    return kept
+
+
 def _felt(signals: list[Signal]) -> list[Signal]:
-    """``signals`` without the data drift the monitor found does not reach the model (logged, not acted on)."""
+    """``signals`` without the data drift the monitor found does not reach the model (logged, not acted on).
+
+    Drift is felt when its window's labels say so, whatever the estimate: a performance
+    drop or concept-drift signal in the same observation keeps every data-drift signal.
+    """
+    if any(s.kind in (SignalKind.PERFORMANCE_DROP, SignalKind.CONCEPT_DRIFT) for s in signals):
+        return signals
     kept = []
     for signal in signals:
         impact = signal.evidence.get("impact")

@@ -376,3 +376,22 @@ def test_a_torn_commit_is_set_aside_and_the_next_run_lands_the_new_batch(system:
     assert pipeline_flow(str(config)).outcome in ("promoted", "rejected")  # it trained on the new batch
     assert healer.ctx.lake.version("silver") > torn["last_good_version"]
     assert healer.ctx.lake.read("bronze").num_rows == len(frame)  # the new batch landed once
+
+
+def test_new_categories_with_unfelt_drift_and_a_measured_drop_are_the_shift_not_a_data_quality_fault(
+    system: dict[str, Any],
+) -> None:
+    # What a landed batch from a new payment gateway raised in the chaos matrix: the estimate
+    # saw no harm, the batch's own labels did, and the new gateway was its new category.
+    config = _rewrite(system, healing={"enabled": False})
+    healer = _healer(config)
+    unfelt = {"prediction_drift": False, "estimated_drop": False, "reaches_model": False}
+    new_gateway = [{"feature": "gateway", "issue": "new_category", "value": 0.44, "threshold": 0.01}]
+    healer.tick(_observe(_signal(SignalKind.DATA_QUALITY, Severity.WARNING, issues=new_gateway)))
+    assert healer.log.incidents() == []  # a new value in a free column is drift evidence, not a broken expectation
+
+    drift = _signal(SignalKind.DATA_DRIFT, Severity.WARNING, features=["gateway"], impact=unfelt)
+    drop = _signal(SignalKind.PERFORMANCE_DROP, metric="roc_auc", value=0.8, baseline=0.9, inputs_drifted=True)
+    quality = _signal(SignalKind.DATA_QUALITY, Severity.WARNING, issues=new_gateway)
+    healer.tick(_observe(*(replace(s, source="batch") for s in (drift, drop, quality))))
+    assert [i.cause for i in healer.log.incidents()] == ["data_drift"]
