@@ -64,7 +64,7 @@ def test_the_watcher_outlives_a_locked_tracking_store(tmp_path: Path) -> None:
 
     config = write_config(tmp_path, "binary", "label")
     cfg = load_config(config)
-    MlflowClient(cfg.tracking_uri).create_registered_model(cfg.model_name)
+    MlflowClient(cfg.tracking_uri, cfg.tracking_uri).create_registered_model(cfg.model_name)
     err = tmp_path / "watch.err"
     locked = make_tracking_store_unreachable(cfg.tracking_uri, duration=120)
     with err.open("w") as sink:
