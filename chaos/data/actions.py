@@ -202,7 +202,8 @@ def inject_drift(
     """Make the stream drift: land new batches with covariate or concept drift of the given magnitude.
 
     ``kind``: ``covariate`` (a new payment gateway with larger amounts takes a share of
-    the rows; labels follow the same rule) or ``concept`` (same features, a different
+    the rows; labels follow the same rule, whose new-gateway terms the old model never
+    saw, so it feels the drift) or ``concept`` (same features, a different
     fraud rule labels them). Given a stream file (the records the clients send), it is
     replaced by a drifted batch too; the original is kept for ``remove_injected_batches``.
     """

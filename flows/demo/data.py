@@ -19,7 +19,10 @@ Drift (``DriftSpec``, from ``--drift covariate:1.5`` or ``concept:1@4``):
     * covariate, magnitude ``m``: a new payment gateway ``gw_nova`` takes a share
       ``min(0.9, 0.3·m)`` of the rows; those rows have log-amounts shifted up by ``m``
       standard deviations and an online/electronics-heavy mix. P(fraud | features)
-      is unchanged, so a model trained before the drift still ranks well.
+      is unchanged, but on the new gateway fraud is card testing (small amounts; its
+      big baskets are safe), a region no clean row shows: a model trained before the
+      drift ranks those rows backwards (ROC AUC about 0.9 falls to about 0.65 at
+      magnitude 1.5) until it is retrained on the drifted data.
     * concept, magnitude ``m``: every feature is drawn exactly as without drift (the
       feature columns are identical), but the label follows a different logistic
       model (card testing: small amounts, high velocity, groceries and fuel), mixed
@@ -203,6 +206,11 @@ _BASE_WEIGHTS = {
     "category=grocery": -0.85,
     "foreign": 1.1,
     "gateway=gw_gamma": 0.4,
+    # The new gateway (covariate drift brings it in; no clean row uses it) draws card
+    # testers: there fraud is small amounts, and its big baskets are safe. A model trained
+    # before the drift has never seen that region, ranks it backwards and feels the drift.
+    f"gateway={NEW_GATEWAY}": 5.5,
+    f"amount@{NEW_GATEWAY}": -5.0,
 }
 _CONCEPT_WEIGHTS = {
     "amount": -1.7,
@@ -347,6 +355,7 @@ def _terms(f: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         terms[f"category={name}"] = (f["merchant_category"] == i).astype(np.float64)
     for i, name in enumerate((*GATEWAYS, NEW_GATEWAY)):
         terms[f"gateway={name}"] = (f["payment_gateway"] == i).astype(np.float64)
+    terms[f"amount@{NEW_GATEWAY}"] = terms[f"gateway={NEW_GATEWAY}"] * terms["amount"]
     return terms
 
 
