@@ -10,9 +10,8 @@ extension; pipeline steps are retried by Prefect, never both on one call.
 from __future__ import annotations
 
 import logging
-import math
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from checkpoints.exceptions import RegistryUnavailable
 from serving.registry import (
@@ -25,7 +24,6 @@ from serving.registry import (
     ModelRegistry,
     ModelVersionRef,
 )
-from serving.registry_reads import LightReads, RestReads, SqliteReads
 
 __all__ = [
     "CHALLENGER",
@@ -67,30 +65,10 @@ def run_metrics(registry: ModelRegistry, run_id: str) -> dict[str, float]:
     what = f"read run {run_id}"
     if registry.light is None or registry.registry_uri != registry.tracking_uri:
         return dict(registry.call(what, lambda c: c.get_run(run_id)).data.metrics)
-    found = registry.read(what, lambda reads: _light_run_metrics(reads, run_id))
+    found = registry.read(what, lambda reads: reads.run_metrics(run_id))
     if found is None:
         raise ModelNotFound(f"run {run_id} does not exist")
     return found
-
-
-def _light_run_metrics(reads: LightReads, run_id: str) -> dict[str, float] | None:
-    """The run's latest metrics from the store itself; None when the run does not exist."""
-    if isinstance(reads, SqliteReads):
-        rows = reads._query(
-            # {ws}: the reader scopes by MLflow 3.5+'s workspace, which runs have through their experiment.
-            "SELECT m.key, m.value, m.is_nan FROM runs r JOIN experiments e ON e.experiment_id = r.experiment_id "
-            "LEFT JOIN latest_metrics m ON m.run_uuid = r.run_uuid WHERE r.run_uuid = ?{ws}",
-            (run_id,),
-        )
-        if not rows:
-            return None
-        # MLflow stores a NaN as 0 with is_nan set, and gives NaN back.
-        return {str(k): math.nan if nan else float(v) for k, v, nan in rows if k is not None}
-    assert isinstance(reads, RestReads)
-    body: dict[str, Any] | None = reads._get("runs/get", run_id=run_id)
-    if not body:
-        return None
-    return {str(m["key"]): float(m["value"]) for m in body.get("run", {}).get("data", {}).get("metrics", [])}
 
 
 class Registry(ModelRegistry):

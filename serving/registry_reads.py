@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import base64
 import json
+import math
 import os
 import sqlite3
 import urllib.error
@@ -80,6 +81,9 @@ class LightReads(Protocol):
 
     def download_uri(self, name: str, version: str) -> str | None:
         """Where the version's artifacts live (MLflow's ``get_model_version_download_uri``); None: no such version."""
+
+    def run_metrics(self, run_id: str) -> dict[str, float] | None:
+        """The run's metrics, each its latest value (MLflow's ``get_run(...).data.metrics``); None: no such run."""
 
 
 def light_reads(registry_uri: str | None) -> LightReads | None:
@@ -169,6 +173,18 @@ class SqliteReads:
         row = self._live_version(name, version) if version.isdigit() else None
         return None if row is None else str(row[2] or row[3])
 
+    def run_metrics(self, run_id: str) -> dict[str, float] | None:
+        rows = self._query(
+            # {ws}: scoped by MLflow 3.5+'s workspace, which runs have through their experiment.
+            "SELECT m.key, m.value, m.is_nan FROM runs r JOIN experiments e ON e.experiment_id = r.experiment_id "
+            "LEFT JOIN latest_metrics m ON m.run_uuid = r.run_uuid WHERE r.run_uuid = ?{ws}",
+            (run_id,),
+        )
+        if not rows:
+            return None
+        # MLflow stores a NaN as 0 with is_nan set, and gives NaN back.
+        return {str(k): math.nan if nan else float(v) for k, v, nan in rows if k is not None}
+
 
 class RestReads:
     """MLflow's REST API with urllib (no MLflow, no extra client)."""
@@ -221,6 +237,12 @@ class RestReads:
     def download_uri(self, name: str, version: str) -> str | None:
         body = self._get("model-versions/get-download-uri", name=name, version=version)
         return str(body["artifact_uri"]) if body and body.get("artifact_uri") else None
+
+    def run_metrics(self, run_id: str) -> dict[str, float] | None:
+        body = self._get("runs/get", run_id=run_id)
+        if not body:
+            return None
+        return {str(m["key"]): float(m["value"]) for m in body.get("run", {}).get("data", {}).get("metrics", [])}
 
 
 def _error_code(exc: urllib.error.HTTPError) -> str | None:

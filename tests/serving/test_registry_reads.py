@@ -141,6 +141,14 @@ def test_rest_reads_answer_what_mlflow_answers(store: str, mlflow_server: str) -
     assert _answers(light) == _answers(_as_mlflow(store))
     assert light.light.download_uri(NAME, "2") == _as_mlflow(store).client.get_model_version_download_uri(NAME, "2")
     assert light.light.download_uri(NAME, "9") is None
+    client = _as_mlflow(store).client
+    run_id = client.create_run(client.create_experiment("rest-metrics")).info.run_id
+    client.log_metric(run_id, "roc_auc", 0.9)
+    client.log_metric(run_id, "roc_auc", 0.93, step=1)
+    client.log_metric(run_id, "per_batch.roc_auc", 0.88)
+    assert light.light.run_metrics(run_id) == dict(client.get_run(run_id).data.metrics)
+    assert light.light.run_metrics(run_id) == {"roc_auc": 0.93, "per_batch.roc_auc": 0.88}
+    assert light.light.run_metrics("0" * 32) is None
 
 
 def test_unreadable_schemes_fall_back_to_mlflow() -> None:
