@@ -115,8 +115,8 @@ def last_event(configuration: Mapping[str, Any] | None, event: str) -> float | N
     return times[-1] if times else None
 
 
-def clock_start(configuration: Mapping[str, Any] | None, since: str = "fault") -> float:
-    """When a probe's clock starts: the newest ``since`` event of this run, else now.
+def since_event(configuration: Mapping[str, Any] | None, since: str) -> float | None:
+    """When this run's newest ``since`` event happened; None for ``now`` or when there is none yet.
 
     Args:
         configuration: the experiment configuration (may name the ledger).
@@ -124,5 +124,10 @@ def clock_start(configuration: Mapping[str, Any] | None, since: str = "fault") -
     """
     if since not in ("fault", "restore", "now"):
         raise ValueError(f"since must be 'fault', 'restore' or 'now', got {since!r}")
-    found = None if since == "now" else last_event(configuration, since)
+    return None if since == "now" else last_event(configuration, since)
+
+
+def clock_start(configuration: Mapping[str, Any] | None, since: str = "fault") -> float:
+    """When a probe's clock starts: the newest ``since`` event of this run (see ``since_event``), else now."""
+    found = since_event(configuration, since)
     return found if found is not None else time.time()

@@ -29,7 +29,7 @@ def seconds_until_pipeline_caught_up(
     Returns the seconds it took; fails after the timeout with what is missing.
     """
 
-    fault = None if since == "now" else ledger.last_event(configuration, since)
+    fault = ledger.since_event(configuration, since)
 
     def look() -> Check:
         manifest = Lake(lake_root).last_manifest()

@@ -86,9 +86,7 @@ def seconds_until_workers(
 
 
 def _window_start(configuration: Configuration | None, since: str, window_seconds: float) -> float:
-    if since not in ("fault", "restore", "now"):
-        raise ValueError(f"since must be 'fault', 'restore' or 'now', got {since!r}")
-    found = None if since == "now" else ledger.last_event(configuration, since)
+    found = ledger.since_event(configuration, since)
     # No such event in this run (the hypothesis before the method): the trailing window.
     return found if found is not None else time.time() - window_seconds
 
@@ -110,10 +108,7 @@ def availability(
     Fallback answers count. Fails when fewer than ``min_requests`` were sent: no
     traffic proves nothing.
     """
-    if since not in ("fault", "restore", "now"):
-        raise ValueError(f"since must be 'fault', 'restore' or 'now', got {since!r}")
-    found = None if since == "now" else ledger.last_event(configuration, since)
-    start = found if found is not None else time.time()
+    start = ledger.clock_start(configuration, since)
     end = start + window_seconds
     wait = end + settle_seconds - time.time()
     if wait > 0:

@@ -49,3 +49,13 @@ def test_before_any_fault_the_clock_starts_now_and_since_is_checked(tmp_path: Pa
     assert ledger.clock_start(config, "now") > 2.0
     with pytest.raises(ValueError, match="since must be"):
         ledger.clock_start(config, "injection")
+
+
+def test_since_event_is_the_events_time_or_none_and_checks_since(tmp_path: Path) -> None:
+    config = {ledger.LEDGER_KEY: str(tmp_path / "ledger.jsonl")}
+    ledger.record(config, "run", experiment="x", at=1.0)
+    assert ledger.since_event(config, "fault") is None  # no fault this run yet
+    ledger.record(config, "fault", fault="kill_server", at=2.0)
+    assert ledger.since_event(config, "fault") == 2.0 and ledger.since_event(config, "now") is None
+    with pytest.raises(ValueError, match="since must be"):
+        ledger.since_event(config, "injection")
