@@ -22,7 +22,8 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from importlib.metadata import version
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -57,6 +58,25 @@ TRUSTED_TYPES: tuple[str, ...] = (
 def trusted_types(extra: Iterable[str] = ()) -> list[str]:
     """The reviewed trusted types plus ``extra`` (from config)."""
     return sorted({*TRUSTED_TYPES, *extra})
+
+
+@contextmanager
+def mlflow_uris(tracking_uri: str) -> Iterator[None]:
+    """Point MLflow's process-wide tracking and registry URIs at ``tracking_uri`` for a block, then put them back.
+
+    Some MLflow calls (``start_run``, ``log_model``, ``get_model_info``) take no client and
+    use these; left set, they would send a later caller in the same process to this store.
+    """
+    import mlflow  # why local: the serving path never imports MLflow
+
+    before = (mlflow.get_tracking_uri(), mlflow.get_registry_uri())
+    mlflow.set_tracking_uri(tracking_uri)
+    mlflow.set_registry_uri(tracking_uri)
+    try:
+        yield
+    finally:
+        mlflow.set_tracking_uri(before[0])
+        mlflow.set_registry_uri(before[1])
 
 
 def log_sklearn_model(

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -55,21 +53,3 @@ def lockers(db: Path) -> list[int]:
 def registry(tracking_uri: str, model_name: str) -> ModelRegistry:
     """The registry client (``serving.registry``: one retry rule, outages as ``RegistryUnavailable``) for one model."""
     return ModelRegistry(model_name, tracking_uri=tracking_uri)
-
-
-@contextmanager
-def mlflow_uris(tracking_uri: str) -> Iterator[None]:
-    """Point MLflow's process-wide tracking and registry URIs at ``tracking_uri`` for a block.
-
-    Some MLflow calls (``get_model_info``, ``log_model``) take no client and use these.
-    """
-    import mlflow  # why local: chaos discovery imports every activity module; mlflow is slow to import
-
-    before = (mlflow.get_tracking_uri(), mlflow.get_registry_uri())
-    mlflow.set_tracking_uri(tracking_uri)
-    mlflow.set_registry_uri(tracking_uri)
-    try:
-        yield
-    finally:
-        mlflow.set_tracking_uri(before[0])
-        mlflow.set_registry_uri(before[1])

@@ -81,10 +81,10 @@ def _register_inverted(
     import mlflow
     from mlflow.models import get_model_info
 
-    from serving.modelio import log_sklearn_model
+    from serving.modelio import log_sklearn_model, mlflow_uris
 
     assert registry.tracking_uri is not None
-    with _store.mlflow_uris(registry.tracking_uri):
+    with mlflow_uris(registry.tracking_uri):
         signature = get_model_info(champion.uri).signature
         if signature is None:
             raise ActivityFailed(f"{champion.name} v{champion.version} has no signature to copy")

@@ -20,12 +20,12 @@ from chaoslib.types import Configuration
 
 from chaos import ledger
 from chaos._polling import Check, seconds_until
-from chaos.registry._store import mlflow_uris
 from chaos.serving import _server
 from chaos.workload import read_outcomes, read_records
 from checkpoints import Lake
 from serving import processes
 from serving.client import ServingClient
+from serving.modelio import mlflow_uris
 from serving.registry import ModelRegistry
 
 __all__ = [

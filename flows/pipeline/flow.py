@@ -56,7 +56,7 @@ from flows.pipeline.tables import TRAIN_BATCHES_TAG as TRAIN_BATCHES_TAG
 from flows.pipeline.tables import locked_schema as locked_schema
 from flows.registry import CHALLENGER, CHAMPION, PREVIOUS, Registry
 from flows.release.controller import notify_server, read_state, start_release, write_state
-from serving.modelio import load_version, log_sklearn_model
+from serving.modelio import load_version, log_sklearn_model, mlflow_uris
 from serving.registry import BRONZE_VERSION_TAG, SILVER_VERSION_TAG, TRAIN_KEY_TAG, WINDOW_TAG, ModelRefused
 
 logger = logging.getLogger(__name__)
@@ -471,8 +471,6 @@ def train_task(cfg: SelfhealConfig, silver_version: int, change: ChangeWindow | 
     trained, split = train.fit(
         silver, schema, cfg.data.target, cfg.data.task, cfg.trainer, cfg.data.id_columns, cfg.data.time_column
     )
-    mlflow.set_tracking_uri(cfg.tracking_uri)
-    mlflow.set_registry_uri(cfg.tracking_uri)
     experiment_id = _experiment_id(cfg)
     batches = train.batch_range(silver)
     window = silver["_batch_id"].nunique() if change.known else cfg.trainer.window_batches
@@ -490,7 +488,10 @@ def train_task(cfg: SelfhealConfig, silver_version: int, change: ChangeWindow | 
         "selfheal.holdout_rows": str(len(split.holdout)),
         "selfheal.train_rows": str(len(split.train)),
     }
-    with mlflow.start_run(experiment_id=experiment_id, run_name=f"train-silver-v{silver_version}") as run:
+    with (
+        mlflow_uris(cfg.tracking_uri),
+        mlflow.start_run(experiment_id=experiment_id, run_name=f"train-silver-v{silver_version}") as run,
+    ):
         mlflow.log_params({"estimator": type(trained.model[-1]).__name__, **trained.params, **_data_params(split)})
         mlflow.log_metrics({**trained.metrics, **per_batch_metrics(trained.per_batch)})
         mlflow.set_tags(lineage)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import mlflow
 import pytest
 
 from checkpoints import Lake
@@ -27,10 +28,13 @@ def test_unseen_datasets_described_only_by_config(tmp_path: Path, task: str) -> 
     frame, target = dataset_frame(task)
     write_batches(frame, tmp_path / "landing", parts=3)
     config = write_config(tmp_path, task, target)
+    uris = (mlflow.get_tracking_uri(), mlflow.get_registry_uri())
 
     result = pipeline_flow(str(config))
 
     assert result.outcome == "promoted", result.message
+    # The run's store was this project's only for the run: a later caller in this process is not sent there.
+    assert (mlflow.get_tracking_uri(), mlflow.get_registry_uri()) == uris
     lake = Lake(tmp_path / "lake")
     assert lake.read("bronze").num_rows == len(frame)
     assert lake.read("silver").num_rows == len(frame)
