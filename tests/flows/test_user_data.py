@@ -32,6 +32,7 @@ from flows.monitor.state import load_state
 from flows.pipeline.flow import pipeline_flow
 from flows.registry import Registry
 from serving import processes
+from serving.modelio import mlflow_uris
 from serving.processes import wait_until
 from tests.flows.pipeline.fixtures import dataset_frame, write_batches, write_config
 from tests.serving.conftest import REPO_ROOT, LiveServer, http, launch
@@ -179,6 +180,7 @@ def test_a_silver_that_stores_booleans_as_floats_keeps_landing_and_its_model_tak
     registry = Registry(cfg.tracking_uri, cfg.model_name)
     latest = max(int(v.version) for v in registry.client.search_model_versions(f"name='{cfg.model_name}'"))
     assert latest == 2  # trained on the mixed silver
-    mlflow.set_tracking_uri(cfg.tracking_uri)
-    inputs = {c.name: c.type.name for c in mlflow.models.get_model_info(f"models:/{cfg.model_name}/2").signature.inputs}
+    with mlflow_uris(cfg.tracking_uri):  # models:/ resolves through the registry URI too
+        info = mlflow.models.get_model_info(f"models:/{cfg.model_name}/2")
+    inputs = {c.name: c.type.name for c in info.signature.inputs}
     assert inputs["large"] == "boolean" and inputs["opted_in"] == "boolean"
