@@ -115,6 +115,12 @@ def last_event(configuration: Mapping[str, Any] | None, event: str) -> float | N
     return times[-1] if times else None
 
 
+def last_fault(configuration: Mapping[str, Any] | None, *faults: str) -> dict[str, Any] | None:
+    """The detail of this run's newest entry for any of ``faults`` (None when the run injected none)."""
+    details = [e.detail for e in current_run(configuration) if e.fault in faults]
+    return details[-1] if details else None
+
+
 def since_event(configuration: Mapping[str, Any] | None, since: str) -> float | None:
     """When this run's newest ``since`` event happened; None for ``now`` or when there is none yet.
 

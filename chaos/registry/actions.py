@@ -220,10 +220,9 @@ def restore_champion(
     If the healer already rolled back (champion is no longer the bad version), nothing
     changes. Needs the fault ledger to know which version was bad.
     """
-    faults = [e for e in ledger.current_run(configuration) if e.fault == "promote_bad_model"]
-    if not faults:
+    detail = ledger.last_fault(configuration, "promote_bad_model")
+    if detail is None:
         return {"restored": False, "detail": "no bad model was promoted in this run"}
-    detail = faults[-1].detail
     registry = _store.registry(tracking_uri, model_name)
     champion = registry.by_alias(CHAMPION)
     version = _version(champion)
@@ -326,10 +325,9 @@ def remove_foreign_model(
     The aliases are given back only where they still name the foreign version (a healer
     that already rolled back keeps its champion). Needs the fault ledger.
     """
-    faults = [e for e in ledger.current_run(configuration) if e.fault == "promote_foreign_model"]
-    if not faults:
+    detail = ledger.last_fault(configuration, "promote_foreign_model")
+    if detail is None:
         return {"restored": False, "detail": "no foreign model was promoted in this run"}
-    detail = faults[-1].detail
     registry = _store.registry(tracking_uri, model_name)
     foreign, undone = detail["foreign"], []
     if _version(registry.by_alias(CHAMPION)) == foreign:

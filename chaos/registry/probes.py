@@ -71,20 +71,20 @@ def seconds_until_foreign_model_refused(
     Fails at once if the foreign model's marker file exists: some process loaded it and
     ran its code. Without a foreign model promoted in this run there is nothing to refuse.
     """
-    faults = [e.detail for e in ledger.current_run(configuration) if e.fault == "promote_foreign_model"]
+    fault = ledger.last_fault(configuration, "promote_foreign_model")
 
     def look() -> Check:
-        if not faults:
+        if fault is None:
             return Check(True, "no foreign model was promoted in this run")
-        marker = Path(faults[-1]["folder"]) / FOREIGN_MARKER
+        marker = Path(fault["folder"]) / FOREIGN_MARKER
         if marker.exists():
             return Check(False, f"the foreign model's code ran: {marker.read_text().strip()}", fatal=True)
-        wanted = faults[-1]["champion"]
+        wanted = fault["champion"]
         served = {
             str(httpx.get(f"{url.rstrip('/')}/ready", timeout=5.0).json().get("model_version")) for _ in range(asks)
         }
         return Check(
-            served == {wanted}, f"workers serve {sorted(served)}, want v{wanted} (foreign v{faults[-1]['foreign']})"
+            served == {wanted}, f"workers serve {sorted(served)}, want v{wanted} (foreign v{fault['foreign']})"
         )
 
     return seconds_until(

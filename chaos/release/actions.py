@@ -87,8 +87,7 @@ def release_worse_model(
 
 def end_release(config_path: str, configuration: Configuration | None = None) -> dict[str, Any]:
     """Undo release_worse_model: abort the release if the analysis has not ended it (nothing to do if it has)."""
-    faults = [e for e in ledger.current_run(configuration) if e.fault == "release_worse_model"]
-    if not faults:
+    if ledger.last_fault(configuration, "release_worse_model") is None:
         return {"aborted": False, "detail": "no worse model was released in this run"}
     try:
         out = _selfheal(config_path, configuration, "abort", "--reason", "chaos experiment rollback")

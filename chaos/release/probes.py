@@ -36,8 +36,8 @@ def seconds_until_release_rolled_back(
     Fails at once when the worse model was promoted, or when it was ever given more
     than ``max_share`` of the traffic.
     """
-    faults = [e for e in ledger.current_run(configuration) if e.fault == "release_worse_model"]
-    worse = faults[-1].detail["worse"] if faults else None
+    fault = ledger.last_fault(configuration, "release_worse_model")
+    worse = fault["worse"] if fault is not None else None
 
     def look() -> Check:
         state = release_state(tracking_uri, model_name)

@@ -102,10 +102,10 @@ def release_hung_worker(configuration: Configuration | None = None) -> dict[str,
     would answer with a stale heartbeat and be killed mid-request anyway. The pid is
     only signalled if it is still the process that was stopped (same start time).
     """
-    faults = [e for e in ledger.current_run(configuration) if e.fault == "hang_worker"]
-    if not faults:
+    fault = ledger.last_fault(configuration, "hang_worker")
+    if fault is None:
         return {"released": False, "detail": "no worker was stopped in this run"}
-    pid, started = int(faults[-1].detail["pid"]), faults[-1].detail.get("started")
+    pid, started = int(fault["pid"]), fault.get("started")
     if not processes.alive(pid) or processes.started_at(pid) != started:
         return {"released": False, "pid": pid, "detail": "the stopped worker is gone already"}
     left = processes.kill([pid], signal.SIGKILL, timeout=10.0)  # SIGKILL reaches a stopped process

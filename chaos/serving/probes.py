@@ -378,8 +378,8 @@ def seconds_until_worker_replaced(
     running; the worker comes from the ledger's fault (``detail.pid``). Before any fault
     it only counts the running workers. Returns the seconds from the clock start.
     """
-    faults = [e for e in ledger.current_run(configuration) if e.fault in _WORKER_FAULTS]
-    victim = int(faults[-1].detail["pid"]) if faults else None
+    fault = ledger.last_fault(configuration, *_WORKER_FAULTS)
+    victim = int(fault["pid"]) if fault is not None else None
 
     def look() -> Check:
         server = _server.find_server(url, pid_file)

@@ -28,6 +28,10 @@ def test_the_current_run_starts_at_the_newest_run_mark(tmp_path: Path) -> None:
     assert run[0].experiment == "second" and run[1].detail == {"share": 0.5}
     assert ledger.last_event(config, "fault") == 13.0 and ledger.last_event(config, "restore") == 12.0
     assert ledger.clock_start(config, "fault") == 13.0 and ledger.clock_start(config, "restore") == 12.0
+    # The newest detail of the named faults, this run only ("first"'s kill_server is not in it).
+    assert ledger.last_fault(config, "inject_drift") == {"share": 0.5}
+    assert ledger.last_fault(config, "hang_worker", "kill_worker") == {"pid": 4242}
+    assert ledger.last_fault(config, "kill_server") is None and ledger.last_fault({}, "kill_worker") is None
 
 
 def test_a_torn_last_line_is_skipped(tmp_path: Path) -> None:
