@@ -5,7 +5,9 @@ probes measure from *this* run's fault), and makes sure a sandbox exists: when t
 configuration's sandbox folder records none (``chaos run chaos/experiments/x.yaml``
 straight from a shell), it builds one from the project's ``selfheal.yaml`` and stops
 it after the experiment. The suite (``selfheal chaos run``) starts its sandbox once
-and points ``SELFHEAL_CHAOS_SANDBOX`` at it, so this control leaves it alone::
+and points ``SELFHEAL_CHAOS_SANDBOX`` at it, so this control leaves it alone. Before
+the rollbacks undo the fault it records in the ledger what became of the landing files
+(rows lost, rows awaiting a person), which a rollback that removes them would erase::
 
     controls:
       - name: selfheal
@@ -24,8 +26,9 @@ from typing import Any
 
 from chaoslib.exceptions import InterruptExecution
 
-from chaos import ledger
+from chaos import _landing, ledger
 from chaos.sandbox import Sandbox, SandboxError
+from checkpoints.exceptions import CheckpointError
 
 logger = logging.getLogger(__name__)
 
@@ -70,6 +73,26 @@ def _point_at(box: Sandbox, experiment: dict[str, Any], configuration: dict[str,
     for key, spec in (experiment.get("configuration") or {}).items():
         if isinstance(spec, dict) and spec.get("type") == "env" and spec.get("key") in env:
             configuration[key] = env[spec["key"]]
+
+
+def before_rollback_control(
+    context: dict[str, Any], configuration: dict[str, Any] | None = None, **kwargs: Any
+) -> None:
+    """Before the rollbacks undo the fault, record what became of the landing files in the ledger.
+
+    A rollback removes the files a data fault injected, so rows lost and rows awaiting a
+    person (an escalated quarantine) are only countable here, at the verdict.
+    """
+    config = configuration or {}
+    landing, lake_root = config.get("landing"), config.get("lake_root")
+    if not (landing and lake_root and ledger.last_event(config, "fault") is not None):
+        return
+    try:
+        found = _landing.account(str(landing), str(lake_root))
+    except (CheckpointError, OSError) as exc:  # a lake mid-repair: no figure rather than a wrong one
+        logger.warning("landing files not accounted for: %s", exc)
+        return
+    ledger.record(config, "accounted", detail={"rows_lost": found.rows_lost, "rows_awaiting": found.rows_escalated})
 
 
 def after_experiment_control(context: dict[str, Any], state: Any = None, **kwargs: Any) -> None:

@@ -3,12 +3,14 @@
 Chaos Toolkit passes nothing from one activity to the next, so a recovery probe in
 the steady-state hypothesis cannot see when the method injected its fault. The
 ledger is a JSON-lines file (its path is the ``selfheal_ledger`` configuration key)
-where the experiment control (``chaos.control``) marks the start of each run and the
-fault actions record what they did::
+where the experiment control (``chaos.control``) marks the start of each run and,
+before the rollbacks undo the fault, what became of the landing files; the fault
+actions record what they did::
 
     {"event": "run", "at": 1718000000.1, "experiment": "Kill a serving worker"}
     {"event": "fault", "at": 1718000003.4, "fault": "kill_worker", "detail": {"pid": 4242}}
     {"event": "restore", "at": 1718000020.0, "fault": "restore_link", "detail": {}}
+    {"event": "accounted", "at": 1718000021.0, "detail": {"rows_lost": 0, "rows_awaiting": 1000}}
 
 Probes start their clock at the newest ``fault`` (or ``restore``) of the current run,
 so the seconds they return are measured from injection, as the SLA says. Without a
@@ -27,7 +29,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 LEDGER_KEY = "selfheal_ledger"
-Event = Literal["run", "fault", "restore"]
+Event = Literal["run", "fault", "restore", "accounted"]
 Since = Literal["fault", "restore", "now"]
 
 

@@ -334,11 +334,13 @@ def unexpected_incidents(incidents: list[Incident], start: float, end: float, ex
 def measure(
     journal: Mapping[str, Any], env: Mapping[str, str], expected_incidents: Sequence[str] = ()
 ) -> dict[str, Any]:
-    """What the clients saw and what opened over the fault window, and rows lost from the landing zone now.
+    """What the clients saw and what opened over the fault window, and rows lost from the landing zone.
 
     Availability and p99 count every request back from the injection to the verdict,
     outage included; the timeline has them per second with the fault, the restores and
-    the incidents' transitions.
+    the incidents' transitions. Rows lost and rows awaiting a person are the ledger's
+    ``accounted`` entry (the control counts them before the rollbacks remove injected
+    files), else the landing zone now.
     """
     out: dict[str, Any] = {}
     window = _fault_window(journal, env)
@@ -348,7 +350,7 @@ def measure(
         if outcomes:
             out["availability"] = round(sum(o.ok for o in outcomes) / len(outcomes), 4)
             out["p99_ms"] = p99([o.ms for o in outcomes])
-        events = [(e.at - start, f"{e.event} {e.fault}".strip()) for e in _ledger_run(env) if e.event != "run"]
+        events = [(e.at - start, f"{e.event} {e.fault}") for e in _ledger_run(env) if e.event in ("fault", "restore")]
         try:
             incidents = IncidentLog(Lake(env["SELFHEAL_CHAOS_LAKE"])).incidents()
         except (CheckpointError, OSError) as exc:
@@ -357,6 +359,10 @@ def measure(
         out["unexpected_incidents"] = unexpected_incidents(incidents, start, end, expected_incidents)
         events += incident_events(incidents, start, end)
         out["timeline"] = Timeline(start, end, traffic_series(outcomes, start, end), sorted(events))
+    accounted = [e.detail for e in _ledger_run(env) if e.event == "accounted"]
+    if accounted:  # counted by the control at the verdict, before the rollbacks removed injected files
+        out["rows_lost"], out["rows_awaiting"] = accounted[-1]["rows_lost"], accounted[-1]["rows_awaiting"]
+        return out
     try:
         out["rows_lost"] = rows_lost(env["SELFHEAL_CHAOS_LANDING"], env["SELFHEAL_CHAOS_LAKE"])
         out["rows_awaiting"] = rows_awaiting_a_person(env["SELFHEAL_CHAOS_LANDING"], env["SELFHEAL_CHAOS_LAKE"])

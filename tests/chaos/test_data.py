@@ -161,6 +161,35 @@ def test_a_quarantined_file_an_escalation_names_is_awaiting_a_person(landing: Pa
     assert "escalated, " in found.summary() and "rows awaiting a person" in found.summary()
 
 
+def test_rows_awaiting_a_person_are_counted_before_the_rollback_removes_the_file(
+    landing: Path, tmp_path: Path, config: dict[str, Any]
+) -> None:
+    """The suite's table says "escalated, N rows awaiting a person" although the rollback deletes the batch."""
+    from chaos import control
+    from flows.chaos_suite.journal import measure
+
+    lake = Lake(tmp_path / "lake")
+    for path in _landing.batch_files(landing):
+        _land(lake, path)
+    bad = actions.corrupt_batch(str(landing), "nested", configuration=config)
+    record = lake.quarantine(Path(bad["path"]).read_bytes(), bad["path"], "struct column")
+    incidents = IncidentLog(lake)
+    incident = incidents.open("data_quality", {"quarantined": [{"source": bad["path"], "stored_at": record.stored_at}]})
+    incidents.advance(incident, State.ESCALATED, detail="no remedy left")
+    env = {
+        "SELFHEAL_CHAOS_LEDGER": config["selfheal_ledger"],
+        "SELFHEAL_CHAOS_LANDING": str(landing),
+        "SELFHEAL_CHAOS_LAKE": str(lake.root),
+    }
+    control.before_rollback_control({}, configuration={**config, "landing": str(landing), "lake_root": str(lake.root)})
+    actions.remove_injected_batches(str(landing), configuration=config)
+    assert _landing.account(str(landing), str(lake.root)).rows_escalated == 0  # the file is gone now
+    assert measure({}, env) == {"rows_lost": 0, "rows_awaiting": 300}
+    # Without the control's count (an experiment run some other way) the landing zone now is what is left.
+    ledger.record(config, "run", experiment="again")
+    assert measure({}, env) == {"rows_lost": 0, "rows_awaiting": 0}
+
+
 def test_an_unreadable_missing_file_still_counts(landing: Path, tmp_path: Path) -> None:
     actions.corrupt_batch(str(landing), "garbage")
     lake = Lake(tmp_path / "lake")
