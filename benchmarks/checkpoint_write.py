@@ -5,9 +5,10 @@ that already has many versions. The table gets ``--history`` small keyed commits
 first; then ``--runs`` interleaved rounds each append the same 1,000,000 x 10 float64
 table three ways, into the same store:
 
-* ``Lake.append``: the lake's keyed, exactly-once append (check the key, commit);
-* ``write_deltalake``: delta-rs's own append (``mode="append"``) to a second table with
-  the same history;
+* ``Lake.append``: the lake's keyed, exactly-once append (check the key, commit), which
+  writes floating-point columns without dictionary encoding (``checkpoints.lake``);
+* ``write_deltalake``: delta-rs's own append (``mode="append"``, its default writer
+  settings) to a second table with the same history;
 * ``pq.write_table``: one plain parquet file, no table, no log (the floor).
 
 Medians and the ratios to pyarrow are printed. Targets (issue 18): <= 1.3x pyarrow

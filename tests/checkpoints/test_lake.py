@@ -151,3 +151,23 @@ def test_a_value_that_cannot_be_cast_to_the_tables_type_is_a_schema_mismatch(lak
 
     assert lake.read("t").num_rows == 2
     assert lake.append("t", pa.table({"n": pa.array([3], pa.int64())}), key="c") == lake.version("t")
+
+
+@pytest.mark.parametrize("write", ["append", "overwrite"])
+def test_float_columns_are_written_without_a_dictionary_and_the_rest_with_one(
+    lake: Lake, lake_root: Path, write: str
+) -> None:
+    """Continuous floats skip dictionary encoding (it never pays for them); codes and categories keep it."""
+    import pyarrow.parquet as pq
+
+    data = pa.table({"amount": [0.5, 1.5, 2.5] * 100, "gateway": ["a", "b", "c"] * 100, "n": [1, 2, 3] * 100})
+    getattr(lake, write)("t", data)
+    files = list((lake_root / "t").glob("*.parquet"))
+    assert len(files) == 1
+    chunks = pq.ParquetFile(files[0]).metadata.row_group(0)
+    encodings = {chunks.column(i).path_in_schema: chunks.column(i).encodings for i in range(3)}
+    assert not any("DICTIONARY" in e for e in encodings["amount"]), encodings
+    assert any("DICTIONARY" in e for e in encodings["gateway"]) and any("DICTIONARY" in e for e in encodings["n"])
+    assert {chunks.column(i).compression for i in range(3)} == {"SNAPPY"}  # delta-rs's default compression kept
+    assert chunks.column(0).statistics.has_min_max  # data skipping still has its statistics
+    assert lake.read("t").equals(data)
