@@ -111,7 +111,7 @@ def _to_arrow(data: Any) -> pa.Table:
     raise TypeError(f"expected a pyarrow.Table or pandas.DataFrame, got {type(data).__name__}")
 
 
-def _writer_properties(schema: pa.Schema) -> WriterProperties | None:
+def _writer_properties(schema: pa.Schema) -> WriterProperties:
     """delta-rs's writer settings for ``schema``: no dictionary encoding of floating-point columns.
 
     Continuous values hardly repeat, so the writer would hash every value only to fall
@@ -120,11 +120,9 @@ def _writer_properties(schema: pa.Schema) -> WriterProperties | None:
     columns keep it (categories, codes and flags do repeat), and compression stays
     delta-rs's default, snappy (a ``WriterProperties`` without one would write uncompressed).
     """
-    floats = [f.name for f in schema if pa.types.is_floating(f.type)]
-    if not floats:
-        return None
     plain = ColumnProperties(dictionary_enabled=False)
-    return WriterProperties(compression="SNAPPY", column_properties=dict.fromkeys(floats, plain))
+    floats = {f.name: plain for f in schema if pa.types.is_floating(f.type)}
+    return WriterProperties(compression="SNAPPY", column_properties=floats or None)
 
 
 def _app_id(key: str) -> str:
