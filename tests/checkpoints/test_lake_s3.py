@@ -26,6 +26,7 @@ from deltalake import CommitProperties, DeltaTable, Transaction, write_deltalake
 from checkpoints import CheckpointCorrupted, Lake, LakeUnreachable
 from serving.processes import free_port
 from tests._object_store import SeaweedFS
+from tests._together import run_together
 from tests.checkpoints._writer import overlapping_keys
 
 
@@ -101,21 +102,12 @@ def test_a_commit_against_a_stale_snapshot_is_refused_by_the_store(s3_lake: Lake
 def test_three_writer_processes_fifty_overlapping_keys_each_land_every_key_once(
     s3_lake: Lake, object_store: SeaweedFS
 ) -> None:
-    env = {**os.environ, "SELFHEAL_TEST_STORAGE_OPTIONS": json.dumps(object_store.storage_options)}
+    env = {"SELFHEAL_TEST_STORAGE_OPTIONS": json.dumps(object_store.storage_options)}
     start_at = time.time() + 5  # every writer is imported and connected before the first append
-    procs = [
-        subprocess.Popen(
-            [sys.executable, "-m", "tests.checkpoints._writer", "overlapping", s3_lake.root, str(w), str(start_at)],
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for w in range(3)
-    ]
-    outputs = [proc.communicate(timeout=900) for proc in procs]
-    assert [proc.returncode for proc in procs] == [0, 0, 0], [err[-2000:] for _, err in outputs]
-    results = [json.loads(line) for out, _ in outputs for line in out.splitlines()]
+    argvs = [["overlapping", s3_lake.root, str(w), str(start_at)] for w in range(3)]
+    outputs = run_together("tests.checkpoints._writer", argvs, env)
+    assert [code for code, _, _ in outputs] == [0, 0, 0], [err[-2000:] for _, _, err in outputs]
+    results = [json.loads(line) for _, out, _ in outputs for line in out.splitlines()]
     offered = Counter(key for w in range(3) for key in overlapping_keys(w))
     assert len(results) == 150 and len(offered) == 65 and set(offered.values()) == {2, 3}
     # Each key was written by exactly one of the writers that offered it; the others saw a duplicate.
