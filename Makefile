@@ -27,7 +27,7 @@ lint: setup
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 
-# Debian packages the tests use (prometheus/promtool, kubectl, chromium); installs only what is missing.
+# Debian packages the tests use (prometheus/promtool, kubectl, chromium, postgresql); installs only what is missing.
 deps:
 	bash deployments/install-test-deps.sh
 

@@ -3,11 +3,13 @@
 #   prometheus  -> prometheus, promtool (alert rules, a real scrape of `selfheal serve`)
 #   kubectl     -> `kubectl kustomize` (the manifests; no cluster needed)
 #   chromium    -> headless rendering of the chaos suite's HTML report (its charts are drawn)
+#   postgresql  -> a real PostgreSQL server for MLflow's store (tests/_postgres.py starts its own)
 set -euo pipefail
 need=()
 command -v promtool >/dev/null && command -v prometheus >/dev/null || need+=(prometheus)
 command -v kubectl >/dev/null || need+=(kubectl)
 command -v chromium >/dev/null || need+=(chromium)
+compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || need+=(postgresql)
 [ ${#need[@]} -eq 0 ] && exit 0
 sudo=""
 [ "$(id -u)" -eq 0 ] || sudo="sudo"

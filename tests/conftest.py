@@ -1,8 +1,10 @@
-"""Shared fixtures: a real Prefect harness, a real MLflow sqlite store, real Delta lakes."""
+"""Shared fixtures: a real Prefect harness, a real MLflow sqlite store, real Delta lakes, real servers
+(SeaweedFS for S3, PostgreSQL)."""
 
 from __future__ import annotations
 
 import os
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -11,6 +13,7 @@ import pytest
 
 if TYPE_CHECKING:
     from tests._object_store import SeaweedFS
+    from tests._postgres import PostgreSQL
 
 os.environ.setdefault("DO_NOT_TRACK", "1")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
@@ -50,6 +53,25 @@ def object_store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedFS
     pytest.importorskip("s3fs", reason="s3fs lists an s3:// lake: pip install s3fs (in the dev extras)")
     with SeaweedFS(tmp_path_factory.mktemp("seaweedfs")) as store:
         yield store
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgreSQL]:
+    """A real PostgreSQL server for the session; skipped when its binaries are not installed."""
+    import tempfile
+
+    from tests._postgres import PostgreSQL, pg_bin
+
+    if pg_bin() is None:
+        pytest.skip("PostgreSQL is not installed: make deps installs it (deployments/install-test-deps.sh)")
+    pytest.importorskip("psycopg", reason="MLflow reaches PostgreSQL through psycopg: pip install 'psycopg[binary]'")
+    # Not under pytest's temp dir: that is private to this user, and as root the server runs as `postgres`.
+    workdir = Path(tempfile.mkdtemp(prefix="selfheal-postgres-"))
+    try:
+        with PostgreSQL(workdir) as server:
+            yield server
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
 
 
 @pytest.fixture

@@ -76,7 +76,7 @@ def test_the_matrix_every_experiment_as_its_class_says(
 ) -> None:
     """`selfheal chaos run --matrix`: every local experiment with healing on, then off.
 
-    Not in the default run (``-m matrix``): about 25 min on 2 cores, not yet part of the
+    Not in the default run (``-m matrix``): 25-29 min on 2 cores, not part of the
     gate (issue 14's closing notes have the tables and the reason).
 
     ``healed`` experiments must meet their SLA with healing on and miss it with healing

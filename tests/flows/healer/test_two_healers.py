@@ -1,8 +1,10 @@
-"""Two healers in two processes on one incident stream, the lake on a real object store (SeaweedFS).
+"""Two healers in two processes on one incident stream: the lake on a real object store
+(SeaweedFS), MLflow's tracking and registry store on a real PostgreSQL.
 
-No shared filesystem between them but the store: the lease (``checkpoints.leases``, an
+The incidents and their leases live in the lake; the lease (``checkpoints.leases``, an
 exactly-once append) is what keeps the second healer's hands off an incident the first
-is repairing, so the remedy is applied once.
+is repairing, so the remedy is applied once. (Model artifacts are still a local folder:
+MLflow's S3 artifact store is issue 18's next step.)
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from flows.healer.machine import Healer, Observation, make_context
 from flows.monitor.signals import Severity, Signal, SignalKind, Window
 from flows.pipeline.flow import pipeline_flow
 from tests._object_store import SeaweedFS
+from tests._postgres import PostgreSQL
 from tests._together import run_together
 from tests.flows.pipeline.fixtures import dataset_frame, write_batches, write_config
 
@@ -31,12 +34,16 @@ def _versions(healer: Healer) -> int:
 
 @pytest.mark.integration
 def test_two_healers_on_one_incident_apply_its_remedy_once(
-    tmp_path: Path, object_store: SeaweedFS, prefect_harness: None
+    tmp_path: Path, object_store: SeaweedFS, postgres: PostgreSQL, prefect_harness: None
 ) -> None:
+    """The shared stores of the production topology: MLflow on PostgreSQL, the lake on S3."""
     frame, target = dataset_frame("binary")
     write_batches(frame.iloc[:380], tmp_path / "landing", parts=2)
     lake = {"root": object_store.new_root("two-healers"), "storage_options": object_store.storage_options}
-    config = write_config(tmp_path, "binary", target, lake=lake, healing={"policy": {"data_quality": ["retrain"]}})
+    policy = {"policy": {"data_quality": ["retrain"]}}
+    config = write_config(
+        tmp_path, "binary", target, lake=lake, tracking_uri=postgres.database("mlflow"), healing=policy
+    )
     assert pipeline_flow(str(config)).outcome == "promoted"
     write_batches(frame.iloc[380:], tmp_path / "landing", parts=1, start=2)  # new data to retrain on
 
