@@ -104,7 +104,8 @@ class Accounting:
         quarantined: quarantined files with neither: counted as lost.
         missing: files in neither bronze nor quarantine: lost (so far).
         rows_lost: rows of the ``quarantined`` and ``missing`` files (at least 1 per unreadable file).
-        rows_escalated: rows of the ``escalated`` files.
+        rows_escalated: rows of the readable ``escalated`` files.
+        unreadable_escalated: ``escalated`` files that cannot be read (their rows are unknown).
     """
 
     landed: tuple[str, ...]
@@ -114,6 +115,7 @@ class Accounting:
     repaired: tuple[str, ...] = ()
     escalated: tuple[str, ...] = ()
     rows_escalated: int = 0
+    unreadable_escalated: int = 0
 
     def summary(self) -> str:
         text = (
@@ -125,8 +127,16 @@ class Accounting:
             text += f" ({', '.join(lost[:5])}{', ...' if len(lost) > 5 else ''})"
         text += f"; rows lost: {self.rows_lost}"
         if self.escalated:
-            text += f"; escalated, {self.rows_escalated} rows awaiting a person"
+            text += f"; escalated, {awaiting(self.rows_escalated, self.unreadable_escalated)}"
         return text
+
+
+def awaiting(rows: int, unreadable: int) -> str:
+    """What escalated batches leave a person: "1000 rows", "1 unreadable file" or both, "awaiting a person"."""
+    parts = [f"{rows} rows"] if rows or not unreadable else []
+    if unreadable:
+        parts.append(f"{unreadable} unreadable file{'s' if unreadable > 1 else ''}")
+    return f"{' and '.join(parts)} awaiting a person"
 
 
 def _escalated_sources(lake: Lake) -> set[str]:
@@ -144,7 +154,7 @@ def account(landing: str, lake_root: str, bronze: str = "bronze") -> Accounting:
     """Match every landing file (by content digest) with bronze's and the quarantine's idempotency keys."""
     lake = Lake(lake_root)
     landed, repaired, escalated, quarantined, missing = [], [], [], [], []
-    lost = awaiting = 0
+    lost = rows_escalated = unreadable = 0
     kept = {record.sha256: record for record in lake.quarantined()}
     files = batch_files(landing)
     backfilled = {p.name.removeprefix("backfill-") for p in files if p.name.startswith("backfill-")}
@@ -161,12 +171,21 @@ def account(landing: str, lake_root: str, bronze: str = "bronze") -> Accounting:
             repaired.append(path.name)
         elif path.name in named or str(path) in named:
             escalated.append(path.name)
-            awaiting += max(1, row_count(path) or 0)
+            rows = row_count(path)
+            rows_escalated += rows or 0
+            unreadable += rows is None
         else:
             quarantined.append(path.name)
             lost += max(1, row_count(path) or 0)
     return Accounting(
-        tuple(landed), tuple(quarantined), tuple(missing), lost, tuple(repaired), tuple(escalated), awaiting
+        tuple(landed),
+        tuple(quarantined),
+        tuple(missing),
+        lost,
+        tuple(repaired),
+        tuple(escalated),
+        rows_escalated,
+        unreadable,
     )
 
 

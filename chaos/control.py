@@ -92,7 +92,8 @@ def before_rollback_control(
     except (CheckpointError, OSError) as exc:  # a lake mid-repair: no figure rather than a wrong one
         logger.warning("landing files not accounted for: %s", exc)
         return
-    ledger.record(config, "accounted", detail={"rows_lost": found.rows_lost, "rows_awaiting": found.rows_escalated})
+    counts = {"rows_lost": found.rows_lost, "rows_awaiting": found.rows_escalated}
+    ledger.record(config, "accounted", detail={**counts, "unreadable_awaiting": found.unreadable_escalated})
 
 
 def after_experiment_control(context: dict[str, Any], state: Any = None, **kwargs: Any) -> None:

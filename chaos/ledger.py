@@ -10,7 +10,7 @@ actions record what they did::
     {"event": "run", "at": 1718000000.1, "experiment": "Kill a serving worker"}
     {"event": "fault", "at": 1718000003.4, "fault": "kill_worker", "detail": {"pid": 4242}}
     {"event": "restore", "at": 1718000020.0, "fault": "restore_link", "detail": {}}
-    {"event": "accounted", "at": 1718000021.0, "detail": {"rows_lost": 0, "rows_awaiting": 1000}}
+    {"event": "accounted", "at": 1718000021.0, "detail": {"rows_lost": 0, "rows_awaiting": 1000, ...}}
 
 Probes start their clock at the newest ``fault`` (or ``restore``) of the current run,
 so the seconds they return are measured from injection, as the SLA says. Without a

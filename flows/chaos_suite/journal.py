@@ -84,6 +84,8 @@ class ExperimentResult:
     timeline: Timeline | None = None
     rows_awaiting: int = 0
     """Rows of quarantined files an escalated incident names: not lost, awaiting a person."""
+    unreadable_awaiting: int = 0
+    """Such files that cannot be read (their rows are unknown)."""
     tested: bool = False
     """Steady before the fault, the fault injected, the hypothesis after it checked: a miss is about recovery."""
 
@@ -245,6 +247,7 @@ def summarize(
         unexpected_incidents=unexpected,
         timeline=measured.get("timeline"),
         rows_awaiting=int(measured.get("rows_awaiting") or 0),
+        unreadable_awaiting=int(measured.get("unreadable_awaiting") or 0),
         tested=_tested(journal),
     )
 
@@ -361,7 +364,8 @@ def measure(
         out["timeline"] = Timeline(start, end, traffic_series(outcomes, start, end), sorted(events))
     accounted = [e.detail for e in _ledger_run(env) if e.event == "accounted"]
     if accounted:  # counted by the control at the verdict, before the rollbacks removed injected files
-        out["rows_lost"], out["rows_awaiting"] = accounted[-1]["rows_lost"], accounted[-1]["rows_awaiting"]
+        keys = ("rows_lost", "rows_awaiting", "unreadable_awaiting")
+        out.update({key: accounted[-1][key] for key in keys if key in accounted[-1]})
         return out
     try:
         out["rows_lost"] = rows_lost(env["SELFHEAL_CHAOS_LANDING"], env["SELFHEAL_CHAOS_LAKE"])

@@ -16,6 +16,7 @@ from typing import Any
 
 import pyarrow as pa
 
+from chaos._landing import awaiting
 from checkpoints import Lake
 from flows.chaos_suite.charts import mttr_svg, timeline_svg
 from flows.chaos_suite.journal import ExperimentResult, SuiteResult
@@ -64,7 +65,9 @@ def _fmt(value: float | int | None, spec: str) -> str:
 
 def _rows_text(r: ExperimentResult) -> str:
     text = _fmt(r.rows_lost, "d")
-    return f"{text} (escalated, {r.rows_awaiting} rows awaiting a person)" if r.rows_awaiting else text
+    if not (r.rows_awaiting or r.unreadable_awaiting):
+        return text
+    return f"{text} (escalated, {awaiting(r.rows_awaiting, r.unreadable_awaiting)})"
 
 
 def _sla_text(r: ExperimentResult) -> str:

@@ -158,7 +158,9 @@ def test_a_quarantined_file_an_escalation_names_is_awaiting_a_person(landing: Pa
     incidents.advance(incident, State.ESCALATED, detail="no remedy left")
     found = _landing.account(str(landing), str(lake.root))
     assert found.rows_lost == 0 and found.escalated == (Path(bad["path"]).name,)
-    assert "escalated, " in found.summary() and "rows awaiting a person" in found.summary()
+    # A torn file has no row count: it is counted as a file, not as a made-up number of rows.
+    assert found.rows_escalated == 0 and found.unreadable_escalated == 1
+    assert "; escalated, 1 unreadable file awaiting a person" in found.summary()
 
 
 def test_rows_awaiting_a_person_are_counted_before_the_rollback_removes_the_file(
@@ -184,10 +186,10 @@ def test_rows_awaiting_a_person_are_counted_before_the_rollback_removes_the_file
     control.before_rollback_control({}, configuration={**config, "landing": str(landing), "lake_root": str(lake.root)})
     actions.remove_injected_batches(str(landing), configuration=config)
     assert _landing.account(str(landing), str(lake.root)).rows_escalated == 0  # the file is gone now
-    assert measure({}, env) == {"rows_lost": 0, "rows_awaiting": 300}
+    assert measure({}, env) == {"rows_lost": 0, "rows_awaiting": 300, "unreadable_awaiting": 0}
     # Without the control's count (an experiment run some other way) the landing zone now is what is left.
     ledger.record(config, "run", experiment="again")
-    assert measure({}, env) == {"rows_lost": 0, "rows_awaiting": 0}
+    assert measure({}, env) == {"rows_lost": 0, "rows_awaiting": 0}  # what the landing zone holds now
 
 
 def test_an_unreadable_missing_file_still_counts(landing: Path, tmp_path: Path) -> None:

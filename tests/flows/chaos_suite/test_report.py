@@ -233,3 +233,25 @@ def test_healing_off_column_says_when_a_class_is_not_what_it_claims() -> None:
     table = render_html(on, off).split("</table>")[0]
     cells = dict(re.findall(r'<a href="#x-([\w-]+)">.*?<td style="background:(#\w+)" title="', table))
     assert cells == {"serving-kill-server": "#e6f4ea", "serving-kill-worker": "#e6f4ea", "pipeline-kill": "#fce8e6"}
+
+
+@pytest.mark.parametrize(
+    ("rows", "unreadable", "cell"),
+    [
+        (0, 0, "0"),
+        (1000, 0, "0 (escalated, 1000 rows awaiting a person)"),
+        (0, 1, "0 (escalated, 1 unreadable file awaiting a person)"),
+        (300, 2, "0 (escalated, 300 rows and 2 unreadable files awaiting a person)"),
+    ],
+)
+def test_rows_awaiting_a_person_are_counted_and_unreadable_files_are_not_given_a_row_count(
+    rows: int, unreadable: int, cell: str
+) -> None:
+    from dataclasses import replace
+
+    from flows.chaos_suite.report import table_rows
+
+    result = replace(_experiment("data-corrupt-truncate", "healed", "met", 9.0, None), rows_awaiting=rows)
+    result = replace(result, unreadable_awaiting=unreadable)
+    (row,) = table_rows(SuiteResult("run", True, [result]))
+    assert cell in row
