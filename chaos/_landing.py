@@ -130,6 +130,14 @@ class Accounting:
             text += f"; escalated, {awaiting(self.rows_escalated, self.unreadable_escalated)}"
         return text
 
+    def counts(self) -> dict[str, int]:
+        """The suite's row figures: ``rows_lost``, ``rows_awaiting`` and ``unreadable_awaiting``."""
+        return {
+            "rows_lost": self.rows_lost,
+            "rows_awaiting": self.rows_escalated,
+            "unreadable_awaiting": self.unreadable_escalated,
+        }
+
 
 def awaiting(rows: int, unreadable: int) -> str:
     """What escalated batches leave a person: "1000 rows", "1 unreadable file" or both, "awaiting a person"."""

@@ -92,8 +92,7 @@ def before_rollback_control(
     except (CheckpointError, OSError) as exc:  # a lake mid-repair: no figure rather than a wrong one
         logger.warning("landing files not accounted for: %s", exc)
         return
-    counts = {"rows_lost": found.rows_lost, "rows_awaiting": found.rows_escalated}
-    ledger.record(config, "accounted", detail={**counts, "unreadable_awaiting": found.unreadable_escalated})
+    ledger.record(config, "accounted", detail=found.counts())
 
 
 def after_experiment_control(context: dict[str, Any], state: Any = None, **kwargs: Any) -> None:

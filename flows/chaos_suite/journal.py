@@ -22,7 +22,7 @@ from datetime import datetime
 from typing import Any
 
 from chaos import ledger
-from chaos.data.probes import rows_awaiting_a_person, rows_lost
+from chaos._landing import account
 from chaos.workload import Outcome, read_outcomes
 from checkpoints import Lake
 from checkpoints.exceptions import CheckpointError
@@ -364,12 +364,10 @@ def measure(
         out["timeline"] = Timeline(start, end, traffic_series(outcomes, start, end), sorted(events))
     accounted = [e.detail for e in _ledger_run(env) if e.event == "accounted"]
     if accounted:  # counted by the control at the verdict, before the rollbacks removed injected files
-        keys = ("rows_lost", "rows_awaiting", "unreadable_awaiting")
-        out.update({key: accounted[-1][key] for key in keys if key in accounted[-1]})
+        out.update(accounted[-1])
         return out
-    try:
-        out["rows_lost"] = rows_lost(env["SELFHEAL_CHAOS_LANDING"], env["SELFHEAL_CHAOS_LAKE"])
-        out["rows_awaiting"] = rows_awaiting_a_person(env["SELFHEAL_CHAOS_LANDING"], env["SELFHEAL_CHAOS_LAKE"])
+    try:  # one pass over the landing zone (each file is hashed)
+        out.update(account(env["SELFHEAL_CHAOS_LANDING"], env["SELFHEAL_CHAOS_LAKE"]).counts())
     except (CheckpointError, OSError) as exc:  # a lake mid-repair, a file going: no number rather than a wrong one
         logger.warning("rows lost not measured: %s", exc)
     return out

@@ -189,7 +189,7 @@ def test_rows_awaiting_a_person_are_counted_before_the_rollback_removes_the_file
     assert measure({}, env) == {"rows_lost": 0, "rows_awaiting": 300, "unreadable_awaiting": 0}
     # Without the control's count (an experiment run some other way) the landing zone now is what is left.
     ledger.record(config, "run", experiment="again")
-    assert measure({}, env) == {"rows_lost": 0, "rows_awaiting": 0}  # what the landing zone holds now
+    assert measure({}, env) == {"rows_lost": 0, "rows_awaiting": 0, "unreadable_awaiting": 0}  # the landing zone now
 
 
 def test_an_unreadable_missing_file_still_counts(landing: Path, tmp_path: Path) -> None:
