@@ -102,6 +102,22 @@ def shadow_counts(base: str) -> dict[str, float]:
     return counts
 
 
+def cpu_seconds(pid: int) -> dict[str, float]:
+    """CPU seconds so far of the server's processes: its master and workers, and the shadow processes."""
+    import psutil
+
+    totals = {"server": 0.0, "shadow": 0.0}
+    root = psutil.Process(pid)
+    for proc in [root, *root.children(recursive=True)]:
+        try:
+            kind = "shadow" if "serving.shadow" in proc.cmdline() else "server"
+            times = proc.cpu_times()
+        except psutil.Error:  # exited meanwhile
+            continue
+        totals[kind] += times.user + times.system
+    return totals
+
+
 def main() -> int:
     bench = _serving_benchmark()
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -128,6 +144,7 @@ def main() -> int:
     proc, url = bench.start_selfheal(workdir, env, tracking_uri, args.workers)
     base = url.removesuffix("/predict")
     runs: dict[str, list[Any]] = {"none": [], "shadow": []}
+    cpu: dict[str, dict[str, float]] = {state: {"server": 0.0, "shadow": 0.0} for state in runs}
     try:
         for round_ in range(args.rounds):
             print(f"round {round_ + 1}/{args.rounds}", flush=True)
@@ -135,9 +152,13 @@ def main() -> int:
             for state in order:
                 set_release(tracking_uri, bench.MODEL, challenger if state == "shadow" else None, args.share)
                 wait_release(base, state == "shadow", args.workers)
+                before = cpu_seconds(proc.pid)
                 result = bench.measure(
                     wrk, url, script, state, args.connections, args.duration, args.warmup, args.threads
                 )
+                after = cpu_seconds(proc.pid)
+                for kind in after:
+                    cpu[state][kind] += after[kind] - before.get(kind, 0.0)
                 runs[state].append(result)
         mirrored = shadow_counts(base)
     finally:
@@ -152,6 +173,9 @@ def main() -> int:
         print(f"  {name:<10} {r.rps:>8.0f} req/s  p50 {r.p50_ms:7.2f} ms  p99 {r.p99_ms:7.2f} ms  "
               f"(non-2xx {r.non_2xx}, socket errors {r.socket_errors})")  # fmt: skip
     print(f"  mirrored rows: {json.dumps({k: int(v) for k, v in sorted(mirrored.items())})}")
+    for name, used in cpu.items():
+        print(f"  CPU s per round (warm-up included), {name:<6}: server {used['server'] / args.rounds:6.1f}, "
+              f"shadow processes {used['shadow'] / args.rounds:5.1f}")  # fmt: skip
     p99s = {k: [float(r.p99_ms) for r in v] for k, v in runs.items()}
     print(f"  p99 per round: {json.dumps({k: [round(x, 2) for x in v] for k, v in p99s.items()})}")
     print(f"  p99 ratio shadow / none: {ratio:.3f} (spread of rounds: {np.ptp(p99s['none']):.2f} ms without)")

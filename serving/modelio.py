@@ -193,11 +193,29 @@ def load_sklearn_model(path: str | os.PathLike[str], extra_trusted: Iterable[str
     file = folder / str(flavor.get("pickled_model", "model.skops"))
     if file.resolve().parent != folder.resolve():
         raise UnsafeArtifact("not_skops", f"the model file {file} is not inside the model folder")
+    trusted = _checked_trust(skops.io.get_untrusted_types(file=file), extra_trusted)
+    return skops.io.load(file, trusted=trusted)
+
+
+def loads_sklearn_model(data: bytes, extra_trusted: Iterable[str] = ()) -> Any:
+    """``load_sklearn_model`` for skops bytes (``skops.io.dumps``): the same reviewed types only.
+
+    Raises:
+        UnsafeArtifact: the bytes hold a type outside the trusted list.
+    """
+    import skops.io  # why local: skops imports all of scikit-learn
+
+    trusted = _checked_trust(skops.io.get_untrusted_types(data=data), extra_trusted)
+    return skops.io.loads(data, trusted=trusted)
+
+
+def _checked_trust(found: Iterable[str], extra_trusted: Iterable[str]) -> list[str]:
+    """The trusted list, once every type skops ``found`` is on it; else ``UnsafeArtifact``."""
     trusted = trusted_types(extra_trusted)
-    untrusted = sorted(set(skops.io.get_untrusted_types(file=file)) - set(trusted))
+    untrusted = sorted(set(found) - set(trusted))
     if untrusted:
         raise UnsafeArtifact("untrusted_types", f"types nobody reviewed: {', '.join(untrusted)}")
-    return skops.io.load(file, trusted=trusted)
+    return trusted
 
 
 def load_version(registry: ModelRegistry, ref: ModelVersionRef, extra_trusted: Iterable[str] = ()) -> Any:

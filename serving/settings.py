@@ -104,6 +104,9 @@ class ServerSettings(BaseSettings):
     """Batches predicting at once; the second starts only when the first is slower than ``batch_stall_seconds``."""
     batch_stall_seconds: float = Field(default=0.05, gt=0)
     max_request_rows: int = Field(default=1000, ge=1)
+    shadow_cpu_share: float = Field(default=0.1, gt=0, le=1)
+    """A shadow challenger's process is busy at most this share of the time (one per worker): between
+    calls it rests, so mirrored rows gather into bigger, cheaper batches; what overflows is dropped."""
     max_body_bytes: int = Field(default=8_000_000, ge=1024)
     """Largest request body on any POST route, counted while it is read (413 beyond it)."""
     max_feedback_labels: int = Field(default=10_000, ge=1)

@@ -36,6 +36,7 @@ from serving.release import SHADOW_TABLE, ShadowItem, ShadowMirror, routes_to_ch
 from serving.reload import ControlFile, ModelSet, ModelWatcher, WatchPolicy
 from serving.schema import FeatureSchema
 from serving.settings import ServerSettings
+from serving.shadow import ShadowProcess
 
 logger = logging.getLogger(__name__)
 
@@ -92,7 +93,9 @@ class ServingState:
                 metrics=m,
             )
         self.batcher: MicroBatcher | None = None
-        self.shadow = ShadowMirror(self._shadow_predicted)
+        self.shadow = ShadowMirror(
+            self._shadow_predicted, process=ShadowProcess(settings.trusted_types), cpu_share=settings.shadow_cpu_share
+        )
         self._log_schemas: dict[tuple[tuple[str, str], ...], pa.Schema] = {}
 
     # -- lifecycle -----------------------------------------------------------------
