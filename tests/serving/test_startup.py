@@ -6,8 +6,10 @@ Real servers (``python -m serving``, 1 worker) on the session's real MLflow SQLi
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +29,21 @@ def test_the_server_imports_no_mlflow_nor_prefect() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_the_profile_knows_when_the_process_started() -> None:
+    """The start-up profile's clock starts at the exec, not up to 1 s before (psutil's boot time is whole seconds)."""
+    before = time.time()
+    out = subprocess.run(
+        [sys.executable, "-c", "from serving import startup; print(startup.process_start())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    after = time.time()
+    started = float(out)
+    tick = 1 / os.sysconf("SC_CLK_TCK")
+    assert before - tick <= started <= after, (started - before, after - before)
 
 
 def test_a_cold_server_is_ready_with_the_champion_and_profiles_its_start(
