@@ -78,6 +78,26 @@ def ensure_wrk() -> str:
     return found
 
 
+def scratch(name: str) -> tuple[str, Path, str]:
+    """wrk (installed when missing), a scratch folder and its SQLite tracking URI; telemetry off."""
+    os.environ.setdefault("DO_NOT_TRACK", "1")
+    os.environ.setdefault("MLFLOW_ENABLE_TELEMETRY", "false")
+    wrk = ensure_wrk()
+    workdir = Path(tempfile.mkdtemp(prefix=f"selfheal-bench-{name}-"))
+    return wrk, workdir, f"sqlite:///{workdir / 'mlflow.db'}"
+
+
+def post_script(workdir: Path) -> tuple[Path, str]:
+    """wrk's script POSTing one record as ``{"dataframe_records": [...]}`` (every server takes it), and the body."""
+    record = json.loads(make_data(rows=50, seed=9)[0].iloc[[7]].to_json(orient="records"))
+    body = json.dumps({"dataframe_records": record})
+    script = workdir / "post.lua"
+    script.write_text(
+        f'wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\nwrk.body = {json.dumps(body)}\n'
+    )
+    return script, body
+
+
 def make_data(rows: int = 20_000, seed: int = 0) -> tuple[pd.DataFrame, np.ndarray]:
     from sklearn.datasets import make_classification
 
@@ -339,22 +359,13 @@ def main() -> int:
     parser.add_argument("--keep", action="store_true", help="keep the scratch folder")
     args = parser.parse_args()
 
-    os.environ.setdefault("DO_NOT_TRACK", "1")
-    os.environ.setdefault("MLFLOW_ENABLE_TELEMETRY", "false")
-    wrk = ensure_wrk()
-    workdir = Path(tempfile.mkdtemp(prefix="selfheal-bench-serving-"))
-    tracking_uri = f"sqlite:///{workdir / 'mlflow.db'}"
+    wrk, workdir, tracking_uri = scratch("serving")
     load = os.getloadavg()[0]
     print(
         f"scratch folder {workdir}; {os.cpu_count()} CPUs (load average {load:.1f}); {args.workers} workers per server"
     )
     version = register_model(tracking_uri, workdir)
-    record = json.loads(make_data(rows=50, seed=9)[0].iloc[[7]].to_json(orient="records"))
-    body = json.dumps({"dataframe_records": record})
-    script = workdir / "post.lua"
-    script.write_text(
-        f'wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\nwrk.body = {json.dumps(body)}\n'
-    )
+    script, body = post_script(workdir)
     bin_dir = str(Path(sys.executable).parent)
     env = {**os.environ, "PATH": f"{bin_dir}:{os.environ.get('PATH', '')}", "MLFLOW_TRACKING_URI": tracking_uri}
     servers: dict[str, tuple[subprocess.Popen[bytes], str]] = {}

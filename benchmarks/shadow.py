@@ -25,7 +25,6 @@ import json
 import os
 import shutil
 import sys
-import tempfile
 import uuid
 from pathlib import Path
 from types import ModuleType
@@ -126,20 +125,11 @@ def main() -> int:
     parser.add_argument("--share", type=float, default=1.0, help="share of requests mirrored (default 1.0)")
     args = parser.parse_args()
 
-    os.environ.setdefault("DO_NOT_TRACK", "1")
-    os.environ.setdefault("MLFLOW_ENABLE_TELEMETRY", "false")
-    wrk = bench.ensure_wrk()
-    workdir = Path(tempfile.mkdtemp(prefix="selfheal-bench-shadow-"))
-    tracking_uri = f"sqlite:///{workdir / 'mlflow.db'}"
+    wrk, workdir, tracking_uri = bench.scratch("shadow")
     print(f"scratch folder {workdir}; {os.cpu_count()} CPUs (load average {os.getloadavg()[0]:.1f})")
     champion = bench.register_model(tracking_uri, workdir)
     challenger = str(int(champion) - 1)  # the benchmark's @previous: same shape, another seed
-    record = json.loads(bench.make_data(rows=50, seed=9)[0].iloc[[7]].to_json(orient="records"))
-    body = json.dumps({"dataframe_records": record})
-    script = workdir / "post.lua"
-    script.write_text(
-        f'wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\nwrk.body = {json.dumps(body)}\n'
-    )
+    script, _ = bench.post_script(workdir)
     env = {**os.environ, "SELFHEAL_POLL_SECONDS": "1"}
     proc, url = bench.start_selfheal(workdir, env, tracking_uri, args.workers)
     base = url.removesuffix("/predict")

@@ -1,0 +1,122 @@
+"""Requests lost when one worker is SIGKILLed under load: `selfheal serve` beside `mlflow models serve`.
+
+Registers the serving benchmark's model (benchmarks/serving.py), starts each server with
+the same number of workers, drives it with ``wrk`` (64 connections by default, 20 s) and,
+``--kill-after`` seconds in, SIGKILLs one of its worker processes (a child of the server's
+master that is answering). Prints, per server and round, the requests wrk completed, the
+non-2xx answers and the socket errors (connect, read, write, timeout): a failed request
+is either. Issue 17's target is 0 failed requests for ``selfheal serve``.
+
+Usage::
+
+    .venv/bin/python benchmarks/worker_kill.py [--rounds 1] [--duration 20] [--connections 64]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+
+import psutil
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+if sys.path and Path(sys.path[0] or ".").resolve() == Path(__file__).resolve().parent:
+    sys.path[0] = str(REPO_ROOT)  # run as a script: import the packages, not benchmarks/ siblings
+
+from benchmarks.startup import _bench_serving  # noqa: E402 - after the path fix
+
+
+def workers_of(root: int) -> list[int]:
+    """The server's worker processes: Python processes under ``root`` with no Python children.
+
+    ``python -m serving`` is gunicorn's master with the workers as children; ``mlflow models
+    serve`` starts a server whose workers are a level further down. Helpers such as
+    multiprocessing's resource tracker are not workers.
+    """
+    found = []
+    for proc in psutil.Process(root).children(recursive=True):
+        try:
+            if "python" not in Path(proc.exe()).name or "resource_tracker" in " ".join(proc.cmdline()):
+                continue
+            if not any("python" in Path(c.exe()).name for c in proc.children()):
+                found.append(proc.pid)
+        except psutil.Error:
+            continue
+    return sorted(found)
+
+
+def kill_one_worker(master: int, after: float, killed: list[int]) -> None:
+    """After ``after`` seconds, SIGKILL the first worker of ``master`` (recorded in ``killed``)."""
+    time.sleep(after)
+    candidates = workers_of(master)
+    if candidates:
+        os.kill(candidates[0], signal.SIGKILL)
+        killed.append(candidates[0])
+        print(f"  SIGKILL {candidates[0]} (one of the workers {candidates})", flush=True)
+
+
+def main() -> int:
+    bench = _bench_serving()  # benchmarks/serving.py: model, servers, wrk
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--workers", type=int, default=2, help="server worker processes (default 2)")
+    parser.add_argument("--connections", type=int, default=64, help="wrk connections (default 64)")
+    parser.add_argument("--duration", type=int, default=20, help="seconds of load per run (default 20)")
+    parser.add_argument("--kill-after", type=float, default=5.0, help="seconds into the run of the kill (default 5)")
+    parser.add_argument("--rounds", type=int, default=1, help="runs per server (default 1)")
+    parser.add_argument("--threads", type=int, default=2, help="wrk threads (default 2)")
+    args = parser.parse_args()
+
+    wrk, workdir, tracking_uri = bench.scratch("worker-kill")
+    print(f"scratch folder {workdir}; {os.cpu_count()} CPUs (load average {os.getloadavg()[0]:.1f})")
+    version = bench.register_model(tracking_uri, workdir)
+    script, _ = bench.post_script(workdir)
+    bin_dir = str(Path(sys.executable).parent)
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ.get('PATH', '')}", "MLFLOW_TRACKING_URI": tracking_uri}
+    starters = {
+        "selfheal": lambda: bench.start_selfheal(workdir, env, tracking_uri, args.workers),
+        "mlflow": lambda: bench.start_mlflow(workdir, env, version, args.workers),
+    }
+    results: dict[str, list[tuple[int, int, int]]] = {name: [] for name in starters}
+    try:
+        for round_ in range(args.rounds):
+            for name, start in starters.items():
+                proc, url = start()  # a fresh server each run: both workers alive at the start
+                try:
+                    bench.run_wrk(wrk, url, script, args.connections, 3, args.threads)  # warm-up
+                    killed: list[int] = []
+                    killer = threading.Thread(target=kill_one_worker, args=(proc.pid, args.kill_after, killed))
+                    killer.start()
+                    text = bench.run_wrk(wrk, url, script, args.connections, args.duration, args.threads)
+                    killer.join()
+                finally:
+                    bench.stop(proc)
+                result = bench.parse_wrk(name, args.connections, text)
+                results[name].append((result.requests, result.non_2xx, result.socket_errors))
+                print(
+                    f"round {round_ + 1}: {name:<9} killed worker {killed or 'none found'}: "
+                    f"{result.requests} requests, non-2xx {result.non_2xx}, socket errors {result.socket_errors} "
+                    f"({result.rps:.0f} req/s, p99 {result.p99_ms:.1f} ms)",
+                    flush=True,
+                )
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    print()
+    print(f"one of {args.workers} workers SIGKILLed {args.kill_after:g} s into {args.duration} s of "
+          f"wrk -t{args.threads} -c{args.connections}:")  # fmt: skip
+    for name, runs in results.items():
+        failed = [non_2xx + errors for _, non_2xx, errors in runs]
+        total = [requests for requests, _, _ in runs]
+        print(f"  {name:<9} failed requests per round {failed} of {total}")
+    ours = [non_2xx + errors for _, non_2xx, errors in results["selfheal"]]
+    print(f"target (issue 17): 0 failed requests for selfheal: {'MET' if not any(ours) else 'MISSED'} ({ours})")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
