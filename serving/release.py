@@ -160,12 +160,12 @@ class ShadowMirror:
 
     After each call the thread rests ``(1 - cpu_share) / cpu_share`` times the CPU time the
     call took in the challenger's process, so that process is busy at most ``cpu_share`` of
-    the time. CPU
-    priority alone did not keep it off the champion's cores (measured with
-    ``benchmarks/shadow.py``: niced to 19, even ``SCHED_IDLE``, it still took 4 CPU s per
-    15 s round from 2 workers and cost the champion's p99 1.24-1.41x). Resting also makes
-    the batches bigger, and a model call's cost hardly depends on its rows, so the same
-    CPU predicts more of the mirrored rows; the rest overflow the queue and are counted.
+    the time. The child's low CPU priority alone did not keep it from costing the champion
+    (``benchmarks/shadow.py``, thread not niced: unpaced, the children took 3.6 CPU s per
+    15 s round and the p99 ratio was 1.24; paced at 0.1, 1.7-2.1 CPU s and 1.08). Resting
+    also makes the batches bigger, and a model call's cost hardly depends on its rows, so
+    the same CPU predicts more of the mirrored rows; the rest overflow the queue and are
+    counted.
 
     Example:
         >>> mirror = ShadowMirror(on_predicted=log_rows, process=ShadowProcess())
