@@ -113,17 +113,7 @@ class ShadowProcess:
 
     def close(self) -> None:
         """Stop the child (it exits on the closed socket; killed after 5 s)."""
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
-        if self._proc is not None:
-            try:
-                self._proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self._proc.kill()
-                self._proc.wait()
-            self._proc = None
-        self._loaded = None
+        self._stop(grace=5.0)
 
     def _connection(self) -> Connection:
         # Between batches a live child sends nothing: a readable socket means it closed (it died).
@@ -142,29 +132,36 @@ class ShadowProcess:
         return self._conn
 
     def _replace(self) -> None:
-        """Drop a dead or hung child (killed, not waited for by the next batch)."""
+        """Drop a dead or hung child at once."""
+        self._stop(grace=0.0)
+
+    def _stop(self, grace: float) -> None:
+        """Close the socket, give the child ``grace`` seconds to exit, then kill it."""
         if self._conn is not None:
             self._conn.close()
             self._conn = None
         if self._proc is not None:
-            if self._proc.poll() is None:
+            try:
+                self._proc.wait(grace)
+            except subprocess.TimeoutExpired:
                 self._proc.kill()
-            self._proc.wait()
+                self._proc.wait()
             self._proc = None
         self._loaded = None
 
-    def _answer(self, conn: Connection) -> dict[str, Any]:
+    def _receive(self, conn: Connection) -> bytes:
         if not conn.poll(self.timeout_seconds):
             raise TimeoutError(f"no answer within {self.timeout_seconds:g} s")
-        header: dict[str, Any] = orjson.loads(conn.recv_bytes())
+        return conn.recv_bytes()
+
+    def _answer(self, conn: Connection) -> dict[str, Any]:
+        header: dict[str, Any] = orjson.loads(self._receive(conn))
         if not header["ok"]:
             raise ShadowFailed(header["error"])
         return header
 
     def _array(self, conn: Connection, rows: int) -> np.ndarray[Any, np.dtype[np.float64]]:
-        if not conn.poll(self.timeout_seconds):
-            raise TimeoutError(f"no answer within {self.timeout_seconds:g} s")
-        values = np.frombuffer(conn.recv_bytes(), dtype=np.float64)
+        values = np.frombuffer(self._receive(conn), dtype=np.float64)
         if len(values) != rows:
             raise EOFError(f"the shadow process sent {len(values)} values for {rows} rows")
         return values
