@@ -46,7 +46,12 @@ from flows.monitor.passes import batch_pass
 from flows.pipeline.exceptions import PromotionRejected, ValidationFailed
 from flows.pipeline.stages import evaluate, features, ingest, train
 from flows.pipeline.stages.batch_io import read_batch
-from flows.pipeline.stages.validate import ValidationOutcome, check_config_columns, validate_batch
+from flows.pipeline.stages.validate import (
+    ValidationOutcome,
+    check_config_columns,
+    missing_config_columns,
+    validate_batch,
+)
 from flows.pipeline.tables import BRONZE as BRONZE  # re-exported: the names' old home
 from flows.pipeline.tables import CHANGE_TAG as CHANGE_TAG
 from flows.pipeline.tables import SILVER as SILVER
@@ -222,26 +227,28 @@ def _one_line(exc: BaseException) -> str:
     return text if len(text) <= 300 else text[:297] + "..."
 
 
+def _read(cfg: SelfhealConfig, file: ingest.LandingFile) -> pd.DataFrame | str:
+    """``file`` as a frame, or why it cannot be read (its content's fault: a reason to quarantine it)."""
+    try:
+        return read_batch(file.raw, file.name, cfg.landing.format)
+    except Exception as exc:  # noqa: BLE001 - one file's content must not stop the run
+        return _content_error(file, exc)
+
+
 def _validated(
     cfg: SelfhealConfig,
     file: ingest.LandingFile,
+    frame: pd.DataFrame | str,
     schema: dict[str, str] | None,
     labels: list[Any] | None,
-    first: bool,
 ) -> ValidationOutcome | str:
     """The validate stage's outcome for one file, or why it cannot be read or checked at all.
 
     Any error here comes from the file's content (its bytes are in memory), so it is the
-    file's reason for quarantine, never the run's failure; except that the ``first``
-    readable batch of a new lake is where the config's target, time and id columns are
-    checked, and a missing one fails the run with a ``ConfigError``.
+    file's reason for quarantine, never the run's failure.
     """
-    try:
-        frame = read_batch(file.raw, file.name, cfg.landing.format)
-    except Exception as exc:  # noqa: BLE001 - one file's content must not stop the run
-        return _content_error(file, exc)
-    if first:
-        check_config_columns(frame, cfg.data, file.name)
+    if isinstance(frame, str):
+        return frame
     try:
         return validate_batch(frame, cfg, schema, known_labels=labels)
     except Exception as exc:  # noqa: BLE001 - one file's content must not stop the run
@@ -269,13 +276,16 @@ def land_task(cfg: SelfhealConfig, files: list[ingest.LandingFile], batch_offset
     schema = locked_schema(lake, cfg)
     labels = known_labels(lake, cfg)
     ids = ingest.landed_ids(lake, cfg.data.id_columns)
+    frames: dict[int, pd.DataFrame | str] = {}
     # Bronze can exist empty (a first run rolled back): the check waits for a batch that lands.
-    checked = lake.has_rows(BRONZE)
+    if not lake.has_rows(BRONZE):
+        _check_config_columns(cfg, files, frames)
     for i, file in enumerate(files):
         if file.refused:
             _refuse(lake, file, file.refused, summary, [{"check": "read_once", "error": file.refused}])
             continue
-        outcome = _validated(cfg, file, schema, labels, first=not (checked or summary.accepted))
+        frame = frames.pop(i) if i in frames else _read(cfg, file)
+        outcome = _validated(cfg, file, frame, schema, labels)
         if isinstance(outcome, str) or not outcome.accepted or outcome.data is None:
             reason = outcome if isinstance(outcome, str) else outcome.reason
             failures = [] if isinstance(outcome, str) else outcome.failures
@@ -290,6 +300,27 @@ def land_task(cfg: SelfhealConfig, files: list[ingest.LandingFile], batch_offset
         schema = schema or outcome.schema
         labels = labels or outcome.labels
     return summary
+
+
+def _check_config_columns(
+    cfg: SelfhealConfig, files: list[ingest.LandingFile], frames: dict[int, pd.DataFrame | str]
+) -> None:
+    """Into an empty lake: some readable file has every column the config names, else ``ConfigError``.
+
+    Files are read in order until one has them all (usually the first); the frames read
+    are kept in ``frames`` for the landing loop, so no file is read twice.
+    """
+    readable: list[tuple[str, pd.DataFrame]] = []
+    for i, file in enumerate(files):
+        if file.refused:
+            continue
+        frames[i] = _read(cfg, file)
+        frame = frames[i]
+        if isinstance(frame, pd.DataFrame):
+            readable.append((file.name, frame))
+            if not missing_config_columns(frame, cfg.data):
+                return
+    check_config_columns(readable, cfg.data)
 
 
 def _land_rows(

@@ -81,7 +81,7 @@ def release_quarantined(cfg: SelfhealConfig, ids: list[str] | None) -> list[Rele
 
     Raises:
         CheckpointNotFound: an id names no quarantined batch, or more than one.
-        ConfigError: the lake has no rows yet and the first batch lacks a column the config names.
+        ConfigError: the lake has no rows yet and the batch lacks a column the config names.
     """
     lake = open_lake(cfg)
     if ids is None:

@@ -505,23 +505,33 @@ def _failures(cases: pd.DataFrame, observed: _Observed, extra: list[str]) -> tup
 
 
 # -- the stage ------------------------------------------------------------------------
-def check_config_columns(frame: pd.DataFrame, data: DataConfig, name: str) -> None:
-    """The target, time and id columns the config names are in ``frame``, the first batch read.
-
-    A column no batch has is the config's mistake, not the file's: quarantining every
-    batch for it would hide the one fix that helps.
-
-    Raises:
-        ConfigError: a configured column is missing; the message names its key and the batch's columns.
-    """
+def missing_config_columns(frame: pd.DataFrame, data: DataConfig) -> list[str]:
+    """``"<key>: column <name>"`` for each target, time or id column the config names that ``frame`` lacks."""
     keys = [("data.target", data.target), ("data.time_column", data.time_column)]
     keys += [("data.id_columns", column) for column in data.id_columns]
+    present = {str(c) for c in frame.columns}
+    return [f"{key}: column {column!r}" for key, column in keys if column is not None and column not in present]
+
+
+def check_config_columns(readable: Sequence[tuple[str, pd.DataFrame]], data: DataConfig) -> None:
+    """Some batch of ``readable`` (name, frame) has every target, time and id column the config names.
+
+    A column no batch has is the config's mistake, not the files': quarantining every
+    batch for it would hide the one fix that helps. One batch without it (garbage that
+    parses as CSV, a stray export) is that batch's fault: validation quarantines it.
+    No readable batch: nothing to check.
+
+    Raises:
+        ConfigError: no batch has them all; the message names the keys missing from the
+            first readable batch, and that batch's columns.
+    """
+    if not readable or any(not missing_config_columns(frame, data) for _, frame in readable):
+        return
+    name, frame = readable[0]
     present = [str(c) for c in frame.columns]
-    missing = [f"{key}: column {column!r}" for key, column in keys if column is not None and column not in present]
-    if missing:
-        shown = ", ".join(present[:20]) + (f", ... ({len(present)} in all)" if len(present) > 20 else "")
-        where = f"the first batch {name} (its columns: {shown})"
-        raise ConfigError(f"{'; '.join(missing)} not in {where}; fix selfheal.yaml")
+    shown = ", ".join(present[:20]) + (f", ... ({len(present)} in all)" if len(present) > 20 else "")
+    where = f"any of the {len(readable)} readable batch(es); the first, {name}, has: {shown}"
+    raise ConfigError(f"{'; '.join(missing_config_columns(frame, data))} not in {where}; fix selfheal.yaml")
 
 
 def _duplicates_note(count: int, fraction: float, handling: DuplicateHandling, limit: float) -> str:

@@ -10,8 +10,9 @@ file is in exactly one of them, a landed file with exactly its labeled rows (a n
 label is dropped by the validate stage's documented rule, counted here apart), a
 quarantined file whole.
 
-The target and id columns are in every file: a first batch without them is a config
-error by design (``check_config_columns``), not content. Ids are unique across files, so
+The target and id columns are in every undamaged file: a run in which no batch has them
+is a config error by design (``check_config_columns``), not content; a damaged file that
+still parses (garbage read as a one-column CSV) is quarantined like any other. Ids are unique across files, so
 no row is an exact duplicate and no row is dropped as resent.
 """
 
@@ -30,7 +31,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import yaml
 from deltalake import DeltaTable
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from flows.config import load_config
@@ -242,6 +243,15 @@ def _gist(reason: str) -> str:
     return ", ".join(found) or reason[:60]
 
 
+_GARBAGE_FIRST = (
+    "csv",
+    [
+        Generated("batch-000.csv", b"garbage 0 \n1\n", ("file0-row0",), ("file0-row0",)),
+        Generated("batch-001.csv", b"row_id,label\nfile1-row0,1\n", ("file1-row0",), ("file1-row0",)),
+    ],
+)
+
+
 def test_landing_files_never_fail_the_run_and_every_row_lands_or_is_quarantined_once() -> None:
     totals: Counter[str] = Counter()
 
@@ -249,6 +259,7 @@ def test_landing_files_never_fail_the_run_and_every_row_lands_or_is_quarantined_
     # too_slow is expected, not a sign of a bad strategy. deadline off for the same reason.
     @settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow], database=None)
     @given(landing_zones())
+    @example(_GARBAGE_FIRST)  # found on 27ea4d7: the garbage parsed as CSV failed the run as a ConfigError
     def ingest(zone: tuple[str, list[Generated]]) -> None:
         fmt, files = zone
         with tempfile.TemporaryDirectory() as tmp:
