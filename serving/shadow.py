@@ -43,14 +43,12 @@ import numpy as np
 import orjson
 
 from checkpoints.exceptions import SelfhealError
+from serving import processes
 from serving.model import LoadedModel, ModelThreads, Prediction
 from serving.modelio import loads_sklearn_model
 from serving.schema import FeatureSchema
 
 logger = logging.getLogger(__name__)
-
-#: The child's niceness: under a full CPU the champion's processes go first.
-NICENESS = 19
 
 
 class ShadowFailed(SelfhealError):
@@ -128,7 +126,7 @@ class ShadowProcess:
                 stdin=subprocess.DEVNULL,
             )
         self._conn = Connection(ours.detach())
-        logger.info("shadow process %d started (niceness %d)", self._proc.pid, NICENESS)
+        logger.info("shadow process %d started (niceness %d)", self._proc.pid, processes.BACKGROUND_NICENESS)
         return self._conn
 
     def _replace(self) -> None:
@@ -219,8 +217,7 @@ def main(argv: list[str] | None = None) -> int:
     if len(args) != 1 or not args[0].isdigit():
         sys.stderr.write("usage: python -m serving.shadow FD  (started by a model server worker, not by hand)\n")
         return 2
-    with contextlib.suppress(OSError):
-        os.nice(NICENESS)
+    processes.yield_cpu()  # under a full CPU the champion's processes go first
     with contextlib.suppress(OSError, AttributeError):  # Linux: run only on a core nothing else wants
         os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
     from threadpoolctl import threadpool_limits

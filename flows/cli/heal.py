@@ -63,6 +63,9 @@ def register(sub: Subparsers) -> None:
 
 def cli_heal(args: argparse.Namespace) -> int:
     """``selfheal heal --once | --interval S``."""
+    from serving.processes import yield_cpu
+
+    yield_cpu()  # its passes and retrains must not slow the model server on the same machine down
     # The healer and the lake load when the command runs, not on --help (Prefect, MLflow: for remedies that need them).
     from flows.healer.machine import HealerLoop
     from flows.healer.remedies import RemedyFailed

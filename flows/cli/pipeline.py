@@ -35,6 +35,9 @@ def register(sub: Subparsers) -> None:
 
 def cli_run(args: argparse.Namespace) -> int:
     """``selfheal pipeline run``: one pipeline flow run over the new landing files."""
+    from serving.processes import yield_cpu
+
+    yield_cpu()  # batch work: the model server on the same machine goes first (before the imports below)
     from flows.pipeline.flow import pipeline_flow  # imports Prefect, MLflow and sklearn: not on --help
 
     result = pipeline_flow()
