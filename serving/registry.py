@@ -120,7 +120,7 @@ def outside_root(location: str, root: str) -> str | None:
     here, base = _local_path(location), _local_path(root)
     refusal = f"{location} is not under the artifact root {root}"
     if here is None or base is None:
-        if here is not None or base is None:
+        if here is not None or base is not None:  # one local, one remote: never the same store
             return refusal
         inside = location.rstrip("/").startswith(root.rstrip("/") + "/") and "/../" not in f"{location}/"
         return None if inside else refusal

@@ -18,7 +18,7 @@ from mlflow.protos.databricks_pb2 import (
 )
 
 from checkpoints.exceptions import RegistryUnavailable
-from serving.registry import ModelNotFound, ModelRegistry, is_transient
+from serving.registry import ModelNotFound, ModelRegistry, is_transient, outside_root
 
 
 def failing(exc: BaseException, calls: list[int]) -> Callable[[Any], Any]:
@@ -98,3 +98,22 @@ def test_a_bounded_read_gives_up_on_a_locked_store_and_a_write_waits(tmp_path: P
         restore_tracking_store(uri)
     writing.result()  # ...and lands once it lifts: a write is never abandoned
     assert registry.model_tag("k") == "v"
+
+
+@pytest.mark.parametrize(
+    ("location", "root", "inside"),
+    [
+        ("s3://lake/mlflow/artifacts/models/m-1/artifacts", "s3://lake/mlflow/artifacts", True),
+        ("s3://lake/mlflow/artifacts/models/m-1/artifacts", "s3://lake/mlflow/artifacts/", True),
+        ("s3://lake/mlflow/artifacts-evil/m-1", "s3://lake/mlflow/artifacts", False),  # a prefix, not a folder
+        ("s3://lake/mlflow/artifacts/../other/m-1", "s3://lake/mlflow/artifacts", False),
+        ("s3://other/mlflow/artifacts/m-1", "s3://lake/mlflow/artifacts", False),
+        ("gs://lake/mlflow/artifacts/m-1", "s3://lake/mlflow/artifacts", False),
+        ("s3://lake/mlflow/artifacts/m-1", "/srv/artifacts", False),  # remote version, local root
+        ("/srv/artifacts/m-1", "s3://lake/mlflow/artifacts", False),  # local version, remote root
+    ],
+)
+def test_a_remote_artifact_root_holds_its_own_prefix_only(location: str, root: str, inside: bool) -> None:
+    """Before, every version under a remote root was refused: the production overlay (artifacts on S3)
+    could serve no model (found by tests/serving/test_s3_artifacts.py)."""
+    assert (outside_root(location, root) is None) == inside
