@@ -13,6 +13,7 @@ import shutil
 import subprocess
 import uuid
 from functools import cache
+from pathlib import Path
 from typing import Any
 
 import kubernetes_validate
@@ -22,7 +23,7 @@ import yaml
 from tests.deployments.conftest import DEPLOYMENTS
 
 K8S = DEPLOYMENTS / "k8s"
-BUILDS = ["base", "overlays/local"]
+BUILDS = ["base", "overlays/local", "overlays/production"]
 KUBERNETES = kubernetes_validate.latest_version()
 SERVING_POD_LABELS = {"app.kubernetes.io/name": "selfheal-serving", "app.kubernetes.io/part-of": "selfheal"}
 
@@ -44,6 +45,8 @@ def objects(target: str, kind: str) -> dict[str, dict[str, Any]]:
 def test_every_object_validates_strictly_against_the_api_schemas(target: str) -> None:
     docs = build(target)
     kinds = sorted({d["kind"] for d in docs})
+    # Production keeps its data in PostgreSQL and object storage, its Secret outside the manifests.
+    outside = {"PersistentVolumeClaim", "Secret"} if target == "overlays/production" else set()
     assert kinds == sorted(
         {
             "ConfigMap",
@@ -58,6 +61,7 @@ def test_every_object_validates_strictly_against_the_api_schemas(target: str) ->
             "Service",
             "ServiceAccount",
         }
+        - outside
     )
     for doc in docs:
         kubernetes_validate.validate(doc, KUBERNETES, strict=True)
@@ -131,17 +135,24 @@ def test_tracking_server_worker_and_config_are_there() -> None:
     )
 
 
-def test_the_work_pool_template_renders_a_valid_job() -> None:
+def _job(**variables: Any) -> dict[str, Any]:
+    """The k8s work pool's Job for one flow run, rendered as the worker does, with ``variables`` over the defaults."""
     from prefect.client.schemas.objects import FlowRun
     from prefect.utilities.templating import apply_values
     from prefect_kubernetes.worker import KubernetesWorkerJobConfiguration
 
     template = json.loads((DEPLOYMENTS / "work-pools" / "k8s.json").read_text())
     defaults = {k: v["default"] for k, v in template["variables"]["properties"].items() if "default" in v}
-    configuration = KubernetesWorkerJobConfiguration(**apply_values(template["job_configuration"], defaults))
+    values = {**defaults, **variables}
+    configuration = KubernetesWorkerJobConfiguration(**apply_values(template["job_configuration"], values))
     configuration.prepare_for_flow_run(FlowRun(id=uuid.uuid4(), name="brave-otter", flow_id=uuid.uuid4()))
     job = configuration.job_manifest
     kubernetes_validate.validate(job, KUBERNETES, strict=True)
+    return job
+
+
+def test_the_work_pool_template_renders_a_valid_job() -> None:
+    job = _job()
     pod = job["spec"]["template"]["spec"]
     (container,) = pod["containers"]
     assert {"name": "SELFHEAL_CONFIG", "value": "/etc/selfheal/selfheal.yaml"} in container["env"]
@@ -151,6 +162,43 @@ def test_the_work_pool_template_renders_a_valid_job() -> None:
     assert "selfheal-config" in objects("base", "ConfigMap")
     assert "selfheal-data" in objects("base", "PersistentVolumeClaim")
     assert "selfheal-flow-runner" in objects("base", "ServiceAccount")
+
+
+def test_production_needs_no_shared_volume_and_keeps_its_stores_outside() -> None:
+    deployments = objects("overlays/production", "Deployment")
+    for name, deployment in deployments.items():
+        pod = deployment["spec"]["template"]["spec"]
+        claims = [v for v in pod.get("volumes", []) if "persistentVolumeClaim" in v]
+        assert claims == [], f"{name} still mounts {claims}"
+    mlflow = deployments["selfheal-mlflow"]
+    container = mlflow["spec"]["template"]["spec"]["containers"][0]
+    assert mlflow["spec"]["replicas"] >= 2 and mlflow["spec"]["strategy"]["type"] == "RollingUpdate"
+    # The backend store (a PostgreSQL URI with its password) comes from the Secret, never the args.
+    assert not any(a.startswith("--backend-store-uri") for a in container["args"])
+    assert {"secretRef": {"name": "selfheal-secrets"}} in container["envFrom"]
+    assert "--default-artifact-root=s3://selfheal/artifacts" in container["args"]
+    assert "--no-serve-artifacts" in container["args"]
+    configs = objects("overlays/production", "ConfigMap")
+    flows_config = yaml.safe_load(configs["selfheal-config"]["data"]["selfheal.yaml"])
+    serving_env = configs["selfheal-serving-env"]["data"]
+    assert flows_config["lake"]["root"] == serving_env["SELFHEAL_LAKE_ROOT"] == "s3://selfheal/lake"
+    assert flows_config["artifact_root"] == serving_env["SELFHEAL_ARTIFACT_ROOT"] == "s3://selfheal/artifacts"
+    assert flows_config["landing"]["path"].startswith("s3://")
+    # Flow-run pods: the template's data volume, given as the overlay's comment says, mounts no claim.
+    job = _job(data_volume={"name": "data", "emptyDir": {}})
+    volumes = {v["name"]: v for v in job["spec"]["template"]["spec"]["volumes"]}
+    assert volumes["data"] == {"name": "data", "emptyDir": {}} and volumes["config"]["configMap"]
+
+
+def test_the_production_config_is_a_valid_selfheal_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from flows.config import load_config
+
+    text = objects("overlays/production", "ConfigMap")["selfheal-config"]["data"]["selfheal.yaml"]
+    (tmp_path / "selfheal.yaml").write_text(text)
+    options = {"AWS_ENDPOINT_URL": "http://127.0.0.1:1", "aws_conditional_put": "etag"}
+    monkeypatch.setenv("SELFHEAL_LAKE__STORAGE_OPTIONS", json.dumps(options))
+    cfg = load_config(tmp_path / "selfheal.yaml")
+    assert cfg.lake.root == "s3://selfheal/lake" and cfg.lake.storage_options == options
 
 
 @pytest.mark.k8s
