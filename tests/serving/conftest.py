@@ -188,6 +188,8 @@ class LiveServer:
         return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 60.0) -> int:
+        """Signal the master with ``sig``, wait for it, and kill any worker it left behind (a SIGKILLed master's)."""
+        workers = self.worker_pids()
         if self.proc.poll() is None:
             self.proc.send_signal(sig)
             try:
@@ -195,6 +197,7 @@ class LiveServer:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(10)
+        processes.kill(workers)
         return int(self.proc.returncode)
 
 
