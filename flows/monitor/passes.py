@@ -176,7 +176,7 @@ def reference_profile(
 def prediction_reference(
     lake: Lake, drift_rows: pa.Table | None, thresholds: MonitorThresholds
 ) -> ReferenceProfile | None:
-    """The prediction reference of the newest model version in ``drift_rows``, made on first sight.
+    """The prediction reference of the newest version in ``drift_rows`` (the champion's rows), made on first sight.
 
     The first drift window a version serves becomes its reference (written once,
     keyed by version); from the next window on its predictions are compared with it.
@@ -193,6 +193,22 @@ def prediction_reference(
         lake.append(PREDICTION_REFERENCE, first, key=f"prediction-reference:{version}")
         return None
     return ReferenceProfile.from_data(stored, thresholds.prediction_drift, columns=cols)
+
+
+def champion_rows(rows: pa.Table, version: str | None, min_rows: int) -> pa.Table | None:
+    """The rows of ``rows`` the champion answered (None when fewer than ``min_rows``).
+
+    Not a canary challenger's (``_variant``: those are the release analysis's) and, when
+    the registry names the champion, of its ``version`` only (not a fallback's or a version
+    swapped out during the window): its predictions are what its prediction reference
+    describes. Mixed in, a worse canary's 20% of scores read as prediction drift of the
+    champion (a false data_drift incident in the chaos suite's release-canary-worse).
+    """
+    if "_variant" in rows.column_names:
+        rows = rows.filter(pc.not_equal(pc.fill_null(rows.column("_variant"), "champion"), "challenger"))
+    if version is not None and "_model_version" in rows.column_names:
+        rows = rows.filter(pc.equal(rows.column("_model_version"), version))
+    return rows if rows.num_rows >= min_rows else None
 
 
 def _labels_after(labeled: pa.Table | None, start: datetime) -> pa.Table | None:
@@ -256,6 +272,7 @@ def read_window(
     rows = rows.sort_by("_ts") if rows is not None else pa.table({"_ts": pa.array([], pa.timestamp("us", tz="UTC"))})
     drift_rows = rows.filter(pc.greater(rows.column("_ts"), utc(drift_start)))
     enough = drift_rows.num_rows >= thresholds.min_window_rows
+    predictions = champion_rows(drift_rows, champion.version, thresholds.min_window_rows) if enough else None
     labeled, perf_start, performance_rows = _labels(lake, state, thresholds, champion, start, end)
     served = [c for c in rows.column_names if not c.startswith("_")]
     serving, serving_error = _scrape(serving_url, thresholds.scrape_timeout_seconds)
@@ -275,7 +292,8 @@ def read_window(
         reference=reference_profile(lake, champion.silver_version, thresholds, target, served, champion.window_batches)
         if served and (enough or performance_rows is not None or labeled is not None)
         else None,
-        prediction_reference=prediction_reference(lake, drift_rows if enough else None, thresholds),
+        prediction_rows=predictions,
+        prediction_reference=prediction_reference(lake, predictions, thresholds),
         baseline_metrics=dict(champion.metrics),
         baseline_spread=dict(champion.spread),
         task=ml_task,

@@ -68,6 +68,8 @@ class MonitorWindow:
         last_commits: table -> time of its newest commit (None: never written), for freshness.
         reference: the training distribution (silver), profiled; None if there is no silver yet
             (or nothing to compare with it this run).
+        prediction_rows: the drift rows the champion answered (``passes.champion_rows``), or
+            None while fewer than ``min_window_rows``: what its predictions are tested on.
         prediction_reference: the first predictions of the current model version, profiled.
         baseline_metrics: the champion's validation metrics by name (per batch where known).
         baseline_spread: per metric, the standard deviation of the champion's quality between holdout batches.
@@ -87,6 +89,7 @@ class MonitorWindow:
     serving_error: str | None = None
     last_commits: Mapping[str, datetime | None] = field(default_factory=dict)
     reference: ReferenceProfile | None = None
+    prediction_rows: pa.Table | None = None
     prediction_reference: ReferenceProfile | None = None
     baseline_metrics: Mapping[str, float] = field(default_factory=dict)
     baseline_spread: Mapping[str, float] = field(default_factory=dict)
@@ -358,9 +361,9 @@ def _drift(c: _Collector) -> tuple[DriftReport | None, DriftReport | None]:
         return None, None
     report = None
     prediction = None
-    if w.prediction_reference is not None:
+    if w.prediction_reference is not None and w.prediction_rows is not None:
         cols = [col for col in PREDICTION_COLUMNS if col in w.prediction_reference.columns]
-        prediction = compare(w.prediction_reference, w.drift_rows, t.prediction_drift, columns=cols)
+        prediction = compare(w.prediction_reference, w.prediction_rows, t.prediction_drift, columns=cols)
         _drift_signal(c, "prediction_drift", SignalKind.PREDICTION_DRIFT, prediction)
     if w.reference is not None:
         report = compare(w.reference, w.drift_rows, t.drift)

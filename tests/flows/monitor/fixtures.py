@@ -48,11 +48,15 @@ def write_predictions(
     latency_ms: float = 20.0,
     served_by: str = "primary",
     seconds: float = 60.0,
+    variant: str | None = None,
+    inverted: bool = False,
 ) -> pa.Table:
+    """``n`` predictions over ``seconds`` from ``start``; ``inverted``: a model that scores everything backwards."""
     cols = features(rng, n, shift, shares)
     amount, age = cols["amount"], cols["age"]
     truth_score = (amount - 50.0) / 10.0 + (age - 40.0) / 12.0
     pred = (truth_score > 1.0).astype(np.float64)
+    score = 1.0 / (1.0 + np.exp(-(truth_score - 1.0) * 3.0))
     ts = [start + timedelta(seconds=seconds * i / n) for i in range(n)]
     table = pa.table(
         {
@@ -61,9 +65,10 @@ def write_predictions(
             "_ts": pa.array(ts, TS),
             "_model_version": [version] * n,
             "_served_by": [served_by] * n,
-            "_prediction": pred,
-            "_score": 1.0 / (1.0 + np.exp(-(truth_score - 1.0) * 3.0)),
+            "_prediction": 1.0 - pred if inverted else pred,
+            "_score": 1.0 - score if inverted else score,
             "_latency_ms": rng.gamma(4.0, latency_ms / 4.0, n),
+            "_variant": pa.array([variant] * n, pa.string()),
         }
     )
     lake.append("inference_log", table)

@@ -131,6 +131,31 @@ def test_prediction_reference_is_written_once_then_compared(silver_lake: Lake) -
     assert silver_lake.read("prediction_reference").num_rows == 1000
 
 
+@pytest.mark.parametrize("served_as", ["challenger", "champion"])
+def test_a_canary_challengers_predictions_are_not_the_champions_prediction_drift(
+    silver_lake: Lake, served_as: str
+) -> None:
+    """A worse canary's 20% of scores are the release analysis's to judge, not prediction drift
+    (a false data_drift incident in the chaos matrix, release-canary-worse, on 680446a).
+    The same rows answered by the champion's version are drift: the data can raise it."""
+    rng = np.random.default_rng(4)
+    t = MonitorThresholds()
+    _batch(silver_lake, rng, 2, "b0")
+    run_once(silver_lake, 2, t)  # the champion's prediction reference
+    start = T0 + timedelta(minutes=4) - timedelta(seconds=100)
+    write_predictions(silver_lake, rng, 800, start, prefix="b1-")
+    if served_as == "challenger":
+        write_predictions(silver_lake, rng, 200, start, prefix="c-", version="2", variant="challenger", inverted=True)
+    else:
+        write_predictions(silver_lake, rng, 200, start, prefix="c-", inverted=True)
+
+    signals = run_once(silver_lake, 4, t)
+
+    assert ("prediction_drift" in kinds(signals)) is (served_as == "champion")
+    assert "data_drift" not in kinds(signals)  # the inputs are the same either way
+    assert set(silver_lake.read("prediction_reference").column("model_version").to_pylist()) == {"1"}
+
+
 def test_rows_accumulate_until_a_drift_window_is_full(silver_lake: Lake) -> None:
     rng = np.random.default_rng(5)
     t = MonitorThresholds()
