@@ -129,14 +129,27 @@ def yield_cpu(pid: int | None = None) -> bool:
         leader = os.getsid(pid) == pid
     except (psutil.Error, OSError):
         return False
-    autogroup = Path(f"/proc/{pid}/autogroup")
-    if not leader or not autogroup.exists():
-        return True  # a shared session is not this process's to lower; no autogroups: nice is enough
+    if not leader or autogroup_nice(pid) is None:
+        return True  # a shared session is not this process's to lower; no autogroup: nice is enough
     try:
-        autogroup.write_text(f"{BACKGROUND_NICENESS}\n")
+        Path(f"/proc/{pid}/autogroup").write_text(f"{BACKGROUND_NICENESS}\n")
     except OSError:
         return False
     return True
+
+
+def autogroup_nice(pid: int) -> int | None:
+    """The nice value of ``pid``'s session autogroup; None when it is in none.
+
+    None when the kernel has no ``sched_autogroup``, when ``pid`` is gone, and when
+    it runs in a cpu cgroup other than the root one (a container, a CI job): there
+    the file exists but is empty, and the cgroup, not the session, shares the CPU.
+    """
+    try:
+        fields = Path(f"/proc/{pid}/autogroup").read_text().split()  # "/autogroup-123 nice 0"
+    except OSError:
+        return None
+    return int(fields[-1]) if len(fields) == 3 and fields[1] == "nice" else None
 
 
 def started_at(pid: int) -> float | None:
