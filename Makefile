@@ -8,7 +8,7 @@ export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export MLFLOW_ENABLE_TELEMETRY := false
 export RUST_BACKTRACE := 0
 
-.PHONY: demo test lint setup deps clean
+.PHONY: demo demo-production test lint setup deps clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,6 +20,10 @@ setup: $(BIN)/.installed
 
 demo: setup
 	$(BIN)/selfheal demo
+
+# The same demo on the production topology's stores: PostgreSQL (a Debian package: deps) and an S3 store (SeaweedFS).
+demo-production: setup deps
+	$(BIN)/selfheal demo --profile production
 
 lint: setup
 	$(BIN)/ruff check .

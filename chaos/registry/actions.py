@@ -71,6 +71,7 @@ class Training:
     silver_table: str
     target: str
     seed: int
+    storage_options: dict[str, str] | None = None  # the lake's, when it is on object storage
 
 
 def _register_inverted(
@@ -90,7 +91,8 @@ def _register_inverted(
             raise ActivityFailed(f"{champion.name} v{champion.version} has no signature to copy")
         features = list(signature.inputs.input_names())
         columns = [*features, training.target]
-        frame = Lake(training.lake_root).read(training.silver_table, columns=columns).to_pandas()
+        lake = Lake(training.lake_root, training.storage_options)
+        frame = lake.read(training.silver_table, columns=columns).to_pandas()
         frame = frame.dropna(subset=[training.target])
         model = _fit_inverted(frame, features, training.target, training.seed, flip)
         run_id = champion.run_id
@@ -154,6 +156,7 @@ def promote_bad_model(
     silver_table: str = "silver",
     seed: int = 0,
     server_url: str | None = None,
+    storage_options: dict[str, str] | None = None,
     configuration: Configuration | None = None,
 ) -> dict[str, Any]:
     """Register a model that inverts the labels it learned and make it the champion (the old one becomes previous).
@@ -161,12 +164,13 @@ def promote_bad_model(
     It claims the champion's metrics and lineage, as a bad deploy does, and is stamped
     promoted now (``selfheal.promoted_at``), as every promotion is. Given the server URL and
     ``SELFHEAL_ADMIN_TOKEN``, the server is told to reload at once (else it polls).
+    ``storage_options`` are the lake's when it is on object storage (``lake.storage_options``).
     Undo with ``restore_champion``.
     """
     registry = _store.registry(tracking_uri, model_name)
     champion = _champion(registry)
     previous = _version(registry.by_alias(PREVIOUS))
-    bad = _register_inverted(registry, champion, Training(lake_root, silver_table, target, seed))
+    bad = _register_inverted(registry, champion, Training(lake_root, silver_table, target, seed, storage_options))
     for key, value in champion.tags.items():
         if key not in _NOT_CLAIMED:
             registry.set_tag(bad, key, value)

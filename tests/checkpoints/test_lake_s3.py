@@ -1,4 +1,4 @@
-"""The lake on a real S3-compatible object store (SeaweedFS, started by ``tests/_object_store.py``).
+"""The lake on a real S3-compatible object store (SeaweedFS, started by ``flows/local/object_store.py``).
 
 Exactly-once there rests on one mechanism: delta-rs commits version N by writing
 ``_delta_log/N.json`` with a conditional PUT (``If-None-Match: *``, storage option
@@ -24,8 +24,8 @@ import pytest
 from deltalake import CommitProperties, DeltaTable, Transaction, write_deltalake
 
 from checkpoints import CheckpointCorrupted, Lake, LakeUnreachable
+from flows.local.object_store import SeaweedFS
 from serving.processes import free_port
-from tests._object_store import SeaweedFS
 from tests._together import run_together
 from tests.checkpoints._writer import overlapping_keys
 

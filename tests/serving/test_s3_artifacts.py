@@ -22,9 +22,9 @@ from typing import Any
 import httpx
 import pytest
 
+from flows.local.object_store import ACCESS_KEY, SECRET_KEY, SeaweedFS
+from flows.local.postgres import PostgreSQL
 from serving import processes
-from tests._object_store import ACCESS_KEY, SECRET_KEY, SeaweedFS
-from tests._postgres import PostgreSQL
 from tests._serving_env import REPO_ROOT, server_env
 from tests.flows.pipeline.fixtures import dataset_frame, write_batches, write_config
 from tests.serving.conftest import ADMIN_TOKEN, launch

@@ -19,10 +19,10 @@ from prefect.settings import PREFECT_API_URL
 from checkpoints.incidents import IncidentLog, State
 from flows.config import load_config
 from flows.healer.machine import Healer, Observation, make_context
+from flows.local.object_store import SeaweedFS
+from flows.local.postgres import PostgreSQL
 from flows.monitor.signals import Severity, Signal, SignalKind, Window
 from flows.pipeline.flow import pipeline_flow
-from tests._object_store import SeaweedFS
-from tests._postgres import PostgreSQL
 from tests._together import run_together
 from tests.flows.pipeline.fixtures import dataset_frame, write_batches, write_config
 

@@ -11,8 +11,8 @@ import pytest
 from deltalake import DeltaTable
 
 from checkpoints import Lake
+from flows.local.object_store import SeaweedFS
 from flows.pipeline.flow import pipeline_flow
-from tests._object_store import SeaweedFS
 from tests.flows.pipeline.fixtures import dataset_frame, write_batches, write_config
 from tests.flows.pipeline.slow_fit import SLOW_TRAINER, kill_9_mid_fit, start_cli
 

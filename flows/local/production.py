@@ -1,0 +1,209 @@
+"""The production topology's stores on one machine: PostgreSQL, an S3 store, and the servers on them.
+
+``ProductionStores`` starts, each with its log under ``<workdir>/run/``:
+
+- a PostgreSQL server (``flows.local.postgres``) with one database for MLflow and one for Prefect;
+- an S3-compatible store (SeaweedFS, ``flows.local.object_store``) with the bucket ``selfheal``:
+  the lake under ``s3://selfheal/lake``, MLflow's artifacts under ``s3://selfheal/artifacts``;
+- ``mlflow server`` on the MLflow database, artifacts on S3 and not proxied (clients read and
+  write them with boto3), as deployments/k8s/overlays/production runs it;
+- ``prefect server start`` on the Prefect database.
+
+Everything listens on 127.0.0.1 on free ports and is stopped on exit, newest first.
+They run at normal priority: the healer waits on them at every step (reading the lake
+on S3, the registry), so lowering them (nice 19) starved healing itself (a retrain's
+MTTR went from ~26 s to 119 s on 2 cores).
+``environment()`` is what clients of these stores need (S3 keys for boto3 and the S3 endpoint,
+the Prefect API); ``settings()`` is what selfheal.yaml takes from them.
+
+Example:
+    >>> with ProductionStores(workdir) as stores:
+    ...     os.environ.update(stores.environment())
+    ...     data.update(stores.settings())
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from checkpoints.exceptions import SelfhealError
+from flows.local.object_store import ACCESS_KEY, SECRET_KEY, SeaweedFS
+from flows.local.postgres import PostgreSQL
+from serving import processes
+
+logger = logging.getLogger(__name__)
+
+BUCKET = "selfheal"
+_START_SECONDS = 180.0
+
+
+class ProductionStores:
+    """PostgreSQL, SeaweedFS, an MLflow server and a Prefect server in ``workdir``, stopped on exit."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self.run_dir = workdir / "run"
+        self.postgres = PostgreSQL(workdir / "postgres")
+        self.object_store = SeaweedFS(workdir / "s3", bucket=BUCKET)
+        self.tracking_uri = ""
+        self.prefect_api_url = ""
+        self.mlflow_database = ""  # SQLAlchemy URIs of the two databases, once started
+        self.prefect_database = ""
+        self._servers: dict[str, subprocess.Popen[bytes]] = {}
+        self._hung: threading.Timer | None = None
+        self._restart: threading.Timer | None = None
+
+    @property
+    def artifact_root(self) -> str:
+        return f"s3://{BUCKET}/artifacts"
+
+    @property
+    def lake_root(self) -> str:
+        return f"s3://{BUCKET}/lake"
+
+    def environment(self) -> dict[str, str]:
+        """What clients need: the S3 keys and endpoint (boto3 reads them for MLflow's artifacts), the Prefect API."""
+        env = {
+            "AWS_ACCESS_KEY_ID": ACCESS_KEY,
+            "AWS_SECRET_ACCESS_KEY": SECRET_KEY,
+            "AWS_REGION": "us-east-1",
+            "MLFLOW_S3_ENDPOINT_URL": self.object_store.endpoint,
+        }
+        if self.prefect_api_url:
+            env["PREFECT_API_URL"] = self.prefect_api_url
+        return env
+
+    def settings(self) -> dict[str, Any]:
+        """The selfheal.yaml values these stores set: tracking URI, artifact root, the lake and its storage options."""
+        return {
+            "tracking_uri": self.tracking_uri,
+            "artifact_root": self.artifact_root,
+            "lake": {"root": self.lake_root, "storage_options": self.object_store.storage_options},
+        }
+
+    def __enter__(self) -> ProductionStores:
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            self.postgres.__enter__()
+            self.object_store.__enter__()
+            self._start_mlflow()
+            self._start_prefect()
+            for name, url in (("mlflow-server", self.tracking_uri), ("prefect-server", self.prefect_api_url)):
+                self._wait(name, f"{url}/health")
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def _start_mlflow(self) -> None:
+        port = processes.free_port()
+        argv = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
+        argv += ["--default-artifact-root", self.artifact_root, "--no-serve-artifacts"]
+        self.mlflow_database = self.postgres.database("mlflow")
+        env = {"MLFLOW_BACKEND_STORE_URI": self.mlflow_database, "MLFLOW_ENABLE_TELEMETRY": "false"}
+        self._spawn("mlflow-server", argv, env)
+        self.tracking_uri = f"http://127.0.0.1:{port}"
+
+    def _start_prefect(self) -> None:
+        port = processes.free_port()
+        argv = [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)]
+        self.prefect_database = self.postgres.database("prefect", driver="asyncpg")
+        env = {
+            "PREFECT_API_DATABASE_CONNECTION_URL": self.prefect_database,
+            "PREFECT_HOME": str(self.workdir / "prefect"),
+            "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+            "PREFECT_UI_ENABLED": "false",
+            "DO_NOT_TRACK": "1",
+        }
+        self._spawn("prefect-server", argv, env)
+        self.prefect_api_url = f"http://127.0.0.1:{port}/api"
+
+    def _spawn(self, name: str, argv: list[str], env: dict[str, str]) -> None:
+        inherited = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "MLFLOW_", "SELFHEAL_"))}
+        with (self.run_dir / f"{name}.log").open("ab") as log:
+            self._servers[name] = subprocess.Popen(
+                argv,
+                env={**inherited, **self.environment(), **env},
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        logger.info("started %s (pid %d)", name, self._servers[name].pid)
+
+    def _wait(self, name: str, url: str) -> None:
+        proc = self._servers[name]
+
+        def answers() -> bool:
+            if proc.poll() is not None:
+                raise SelfhealError(f"{name} exited with {proc.returncode}; see {self.run_dir / name}.log")
+            return processes.http_ok(url)
+
+        try:
+            processes.wait_until(answers, _START_SECONDS, f"{name} at {url}", interval=0.5)
+        except TimeoutError:
+            raise SelfhealError(f"{name} did not answer {url} in time; see {self.run_dir / name}.log") from None
+
+    def pids(self) -> list[int]:
+        """Every process of the stores and servers now (PostgreSQL's postmaster and the backends it forked)."""
+        roots = [proc.pid for proc in self._servers.values()]
+        if self.object_store.proc is not None:
+            roots.append(self.object_store.proc.pid)
+        postmaster = self.postgres.data / "postmaster.pid"
+        if postmaster.exists():
+            roots.append(int(postmaster.read_text().split()[0]))
+        return sorted({pid for root in roots for pid in processes.process_tree(root)})
+
+    def hang_tracking_server(self, seconds: float) -> int:
+        """Freeze the MLflow server (SIGSTOP) for ``seconds``: it accepts connections and answers none.
+
+        It is thawed (SIGCONT) after ``seconds``, or on exit. Returns its pid.
+        """
+        proc = self._servers["mlflow-server"]
+        pids = processes.process_tree(proc.pid)
+        for pid in pids:
+            os.kill(pid, signal.SIGSTOP)
+        self._hung = threading.Timer(seconds, self._thaw, args=(pids,))
+        self._hung.daemon = True
+        self._hung.start()
+        return proc.pid
+
+    def _thaw(self, pids: list[int]) -> None:
+        for pid in pids:
+            if processes.alive(pid):
+                os.kill(pid, signal.SIGCONT)
+
+    def stop_postgres(self, seconds: float) -> None:
+        """Stop PostgreSQL (``pg_ctl stop -m fast``: every connection is cut) and start it again after ``seconds``."""
+        self.postgres.stop()
+        self._restart = threading.Timer(seconds, self.postgres.start)
+        self._restart.daemon = True
+        self._restart.start()
+
+    def close(self) -> None:
+        """Stop the servers, then the stores (what was started, newest first)."""
+        if self._restart is not None:
+            self._restart.cancel()
+            self._restart.join()
+        if self._hung is not None:
+            self._hung.cancel()
+            self._thaw(self._hung.args[0])  # type: ignore[index]
+        for name in reversed(list(self._servers)):
+            proc = self._servers.pop(name)
+            processes.stop(processes.process_tree(proc.pid), grace=10)
+            proc.wait(timeout=10)
+        self.object_store.close()
+        self.postgres.close()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
