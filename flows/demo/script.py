@@ -362,16 +362,16 @@ class Demo:
         if self.stores is None:
             at = self.step(f"the tracking store stops answering for {OUTAGE_SECONDS:g} s")
             make_tracking_store_unreachable(self.cfg.tracking_uri, duration=OUTAGE_SECONDS)
-        else:
-            at = self.step(f"the MLflow server hangs (SIGSTOP) for {OUTAGE_SECONDS:g} s")
-            self.stores.hang_tracking_server(OUTAGE_SECONDS)
+            self.heal_until("tracking store unreachable", "upstream_outage", at)
+            return
+        at = self.step(f"the MLflow server hangs (SIGSTOP) for {OUTAGE_SECONDS:g} s")
+        self.stores.hang_tracking_server(OUTAGE_SECONDS)
         self.heal_until("tracking store unreachable", "upstream_outage", at)
-        if self.stores is not None:
-            at = self.step(
-                f"PostgreSQL (MLflow's and Prefect's database) stopped, started again {OUTAGE_SECONDS:g} s later"
-            )
-            self.stores.stop_postgres(OUTAGE_SECONDS)
-            self.heal_until("database restarted", "upstream_outage", at)
+        at = self.step(
+            f"PostgreSQL (MLflow's and Prefect's database) stopped, started again {OUTAGE_SECONDS:g} s later"
+        )
+        self.stores.stop_postgres(OUTAGE_SECONDS)
+        self.heal_until("database restarted", "upstream_outage", at)
 
     def steady_state(self, timeout: float = 90.0) -> None:
         """Let the monitor see the healthy system (quality on labels) before any fault."""

@@ -30,6 +30,7 @@ import signal
 import subprocess
 import sys
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -58,8 +59,8 @@ class ProductionStores:
         self.mlflow_database = ""  # SQLAlchemy URIs of the two databases, once started
         self.prefect_database = ""
         self._servers: dict[str, subprocess.Popen[bytes]] = {}
-        self._hung: threading.Timer | None = None
-        self._restart: threading.Timer | None = None
+        self._frozen: list[int] = []  # the MLflow server's processes while it hangs
+        self._timers: list[threading.Timer] = []  # the undos of the faults in flight
 
     @property
     def artifact_root(self) -> str:
@@ -168,34 +169,35 @@ class ProductionStores:
         It is thawed (SIGCONT) after ``seconds``, or on exit. Returns its pid.
         """
         proc = self._servers["mlflow-server"]
-        pids = processes.process_tree(proc.pid)
-        for pid in pids:
+        self._frozen = processes.process_tree(proc.pid)
+        for pid in self._frozen:
             os.kill(pid, signal.SIGSTOP)
-        self._hung = threading.Timer(seconds, self._thaw, args=(pids,))
-        self._hung.daemon = True
-        self._hung.start()
+        self._after(seconds, self._thaw)
         return proc.pid
 
-    def _thaw(self, pids: list[int]) -> None:
-        for pid in pids:
+    def _thaw(self) -> None:
+        frozen, self._frozen = self._frozen, []
+        for pid in frozen:
             if processes.alive(pid):
                 os.kill(pid, signal.SIGCONT)
 
     def stop_postgres(self, seconds: float) -> None:
         """Stop PostgreSQL (``pg_ctl stop -m fast``: every connection is cut) and start it again after ``seconds``."""
         self.postgres.stop()
-        self._restart = threading.Timer(seconds, self.postgres.start)
-        self._restart.daemon = True
-        self._restart.start()
+        self._after(seconds, self.postgres.start)
+
+    def _after(self, seconds: float, undo: Callable[[], None]) -> None:
+        timer = threading.Timer(seconds, undo)
+        timer.daemon = True
+        timer.start()
+        self._timers.append(timer)
 
     def close(self) -> None:
-        """Stop the servers, then the stores (what was started, newest first)."""
-        if self._restart is not None:
-            self._restart.cancel()
-            self._restart.join()
-        if self._hung is not None:
-            self._hung.cancel()
-            self._thaw(self._hung.args[0])  # type: ignore[index]
+        """Stop the servers, then the stores (what was started, newest first); a pending restart is not made."""
+        for timer in self._timers:
+            timer.cancel()
+            timer.join()
+        self._thaw()  # a stopped process would take SIGTERM only once it ran again
         for name in reversed(list(self._servers)):
             proc = self._servers.pop(name)
             processes.stop(processes.process_tree(proc.pid), grace=10)
