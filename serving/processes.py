@@ -17,10 +17,11 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar, cast
 
 import httpx
 import psutil
@@ -138,6 +139,35 @@ def yield_cpu(pid: int | None = None) -> bool:
     return True
 
 
+def run_yielding(work: Callable[[], T]) -> T:
+    """Run ``work`` in a thread of its own at nice 19; its result, or its exception raised here.
+
+    Linux keeps a nice value per thread, so this lowers one piece of work in a process
+    that must itself keep its priority (the chaos runner, whose probes time the model
+    server, fitting the model a fault registers); the thread ends with the work, so
+    nothing has to raise a priority back. Where nice is not per thread (not Linux) the
+    work runs at the caller's priority.
+    """
+    box: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), BACKGROUND_NICENESS)
+        except OSError:
+            pass  # the work still runs, at the caller's priority
+        try:
+            box["result"] = work()
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller, who raises it
+            box["error"] = exc
+
+    thread = threading.Thread(target=run, name="yielding-work")
+    thread.start()
+    thread.join()
+    if "error" in box:
+        raise box["error"]
+    return cast(T, box["result"])
+
+
 def autogroup_nice(pid: int) -> int | None:
     """The nice value of ``pid``'s session autogroup; None when it is in none.
 
@@ -174,6 +204,15 @@ def children(pid: int) -> list[int]:
         return sorted(c.pid for c in psutil.Process(pid).children() if _running(c))
     except psutil.Error:
         return []
+
+
+def listening_ports(pid: int) -> set[int]:
+    """The TCP ports ``pid`` listens on (empty if it is gone)."""
+    try:
+        connections = psutil.Process(pid).net_connections(kind="tcp")
+    except psutil.Error:
+        return set()
+    return {c.laddr.port for c in connections if c.status == psutil.CONN_LISTEN}
 
 
 def argv(pid: int) -> list[str]:

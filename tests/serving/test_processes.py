@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import itertools
+import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -118,3 +120,18 @@ def test_yield_cpu_lowers_a_session_leader_and_its_autogroup(spawned: list[subpr
         pytest.skip("not in a session autogroup (none in this kernel, or a cpu cgroup of its own): nice is all")
     assert processes.autogroup_nice(leader.pid) == processes.BACKGROUND_NICENESS
     assert processes.autogroup_nice(member.pid) == session_nice  # the caller's session kept its weight
+
+
+def test_run_yielding_lowers_only_the_work_and_hands_back_its_result_or_error() -> None:
+    def niceness() -> int:
+        return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+    before = niceness()
+    assert processes.run_yielding(niceness) == processes.BACKGROUND_NICENESS
+    assert niceness() == before  # the caller keeps its priority
+
+    def fails() -> None:
+        raise ValueError("the work's own error")
+
+    with pytest.raises(ValueError, match="the work's own error"):
+        processes.run_yielding(fails)
