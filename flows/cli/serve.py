@@ -40,21 +40,32 @@ def register(sub: Subparsers) -> None:
     srv.add_argument("--port", type=int, default=None, help="port (default: serving.port)")
     srv.add_argument("--host", default=None, help="address to bind (default: serving.host)")
     srv.add_argument(
+        "--instance",
+        default=None,
+        metavar="NAME",
+        help="run as one of several servers on the same port (SO_REUSEPORT: the kernel spreads connections "
+        "over them; `selfheal up --profile production` starts two); NAME keeps this one's runtime folder "
+        "(admin state, metrics files) apart",
+    )
+    srv.add_argument(
         "--profile-startup",
         action="store_true",
         help="log each worker's start-up profile (imports, registry read, artifact load, warm-up; wall and CPU s)",
     )
 
 
-def server_environment(cfg: SelfhealConfig, port: int, base: dict[str, str] | None = None) -> dict[str, str]:
+def server_environment(
+    cfg: SelfhealConfig, port: int, base: dict[str, str] | None = None, instance: str | None = None
+) -> dict[str, str]:
     """The server's environment: ``base`` (default: this process's) plus the config's values.
 
     Server variables already set in ``base`` win, so a one-off override such as
-    ``SELFHEAL_LOG_FLUSH_SECONDS=1 selfheal serve`` still works.
+    ``SELFHEAL_LOG_FLUSH_SECONDS=1 selfheal serve`` still works. ``instance`` names one of
+    several servers sharing ``port``: each gets a runtime folder of its own.
     """
     env = dict(os.environ if base is None else base)
     serving = cfg.serving
-    runtime = Path(cfg.home) / "serving" / f"port-{port}"
+    runtime = Path(cfg.home) / "serving" / (f"port-{port}-{instance}" if instance else f"port-{port}")
     values = {
         "SELFHEAL_MODEL_NAME": cfg.model_name,
         "SELFHEAL_TRACKING_URI": cfg.tracking_uri or "",
@@ -93,13 +104,17 @@ def cli_serve(args: argparse.Namespace) -> int:
     port = args.port if args.port is not None else cfg.serving.port
     workers = args.workers if args.workers is not None else cfg.serving.workers
     host = args.host or cfg.serving.host
-    env = server_environment(cfg, port)
+    instance = getattr(args, "instance", None)
+    env = server_environment(cfg, port, instance=instance)
     argv = [sys.executable, "-m", "serving", "--host", host, "--port", str(port), "--workers", str(workers)]
+    if instance:
+        argv.append("--reuse-port")
     if getattr(args, "verbose", False):
         argv += ["--log-level", "debug"]
     if getattr(args, "profile_startup", False):
         argv.append("--profile-startup")
-    print(f"selfheal serve: {cfg.model_name!r} on http://{host}:{port} with {workers} workers", file=sys.stderr)
+    shared = f" (instance {instance}, port shared)" if instance else ""
+    print(f"selfheal serve: {cfg.model_name!r} on http://{host}:{port} with {workers} workers{shared}", file=sys.stderr)
     sys.stderr.flush()
     os.execve(sys.executable, argv, env)
     return 0  # not reached

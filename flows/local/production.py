@@ -31,6 +31,7 @@ import subprocess
 import sys
 import threading
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -46,13 +47,32 @@ BUCKET = "selfheal"
 _START_SECONDS = 180.0
 
 
+@dataclass(frozen=True)
+class Detached:
+    """Stores left running by ``ProductionStores.detach``.
+
+    Attributes:
+        pids: service name -> the pid that leads it (``postgres``, ``object-store``,
+            ``mlflow-server``, ``prefect-server``).
+        remove: folders to delete once they are stopped (PostgreSQL's, when it had to
+            live in a temp dir of its own).
+    """
+
+    pids: dict[str, int]
+    remove: list[str]
+
+
 class ProductionStores:
     """PostgreSQL, SeaweedFS, an MLflow server and a Prefect server in ``workdir``, stopped on exit."""
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, prefect_port: int | None = None, *, keep: bool = False) -> None:
+        """``keep``: databases named ``mlflow`` and ``prefect``, reused when ``workdir`` has them
+        (``selfheal up``); else fresh ones of random names (the demo, the tests)."""
         self.workdir = workdir
+        self.prefect_port = prefect_port
+        self.keep = keep
         self.run_dir = workdir / "run"
-        self.postgres = PostgreSQL(workdir / "postgres")
+        self.postgres = PostgreSQL(workdir / "postgres", keep=keep)
         self.object_store = SeaweedFS(workdir / "s3", bucket=BUCKET)
         self.tracking_uri = ""
         self.prefect_api_url = ""
@@ -61,6 +81,7 @@ class ProductionStores:
         self._servers: dict[str, subprocess.Popen[bytes]] = {}
         self._frozen: list[int] = []  # the MLflow server's processes while it hangs
         self._timers: list[threading.Timer] = []  # the undos of the faults in flight
+        self._detached = False
 
     @property
     def artifact_root(self) -> str:
@@ -108,15 +129,15 @@ class ProductionStores:
         port = processes.free_port()
         argv = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
         argv += ["--default-artifact-root", self.artifact_root, "--no-serve-artifacts"]
-        self.mlflow_database = self.postgres.database("mlflow")
+        self.mlflow_database = self.postgres.database("mlflow", unique=not self.keep)
         env = {"MLFLOW_BACKEND_STORE_URI": self.mlflow_database, "MLFLOW_ENABLE_TELEMETRY": "false"}
         self._spawn("mlflow-server", argv, env)
         self.tracking_uri = f"http://127.0.0.1:{port}"
 
     def _start_prefect(self) -> None:
-        port = processes.free_port()
+        port = self.prefect_port or processes.free_port()
         argv = [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)]
-        self.prefect_database = self.postgres.database("prefect", driver="asyncpg")
+        self.prefect_database = self.postgres.database("prefect", driver="asyncpg", unique=not self.keep)
         env = {
             "PREFECT_API_DATABASE_CONNECTION_URL": self.prefect_database,
             "PREFECT_HOME": str(self.workdir / "prefect"),
@@ -163,6 +184,20 @@ class ProductionStores:
             roots.append(int(postmaster.read_text().split()[0]))
         return sorted({pid for root in roots for pid in processes.process_tree(root)})
 
+    def detach(self) -> Detached:
+        """Leave everything running past this object (``selfheal up``): what stops it later.
+
+        After this, ``close`` stops nothing; stop the pids (servers first, PostgreSQL's
+        postmaster last: SIGTERM is its clean shutdown) and then remove ``remove``.
+        """
+        postmaster = self.postgres.data / "postmaster.pid"
+        pids = {name: proc.pid for name, proc in self._servers.items()}
+        if self.object_store.proc is not None:
+            pids["object-store"] = self.object_store.proc.pid
+        pids["postgres"] = int(postmaster.read_text().split()[0])
+        self._detached = True
+        return Detached(pids, [str(self.postgres.workdir)] if self.postgres.temporary else [])
+
     def hang_tracking_server(self, seconds: float) -> int:
         """Freeze the MLflow server (SIGSTOP) for ``seconds``: it accepts connections and answers none.
 
@@ -193,7 +228,12 @@ class ProductionStores:
         self._timers.append(timer)
 
     def close(self) -> None:
-        """Stop the servers, then the stores (what was started, newest first); a pending restart is not made."""
+        """Stop the servers, then the stores (what was started, newest first); a pending restart is not made.
+
+        After ``detach`` it stops nothing.
+        """
+        if self._detached:
+            return
         for timer in self._timers:
             timer.cancel()
             timer.join()

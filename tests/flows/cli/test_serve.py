@@ -58,3 +58,12 @@ def test_other_commands_still_check_the_estimator(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="not a scikit-learn estimator"):
         load_config(file)
     assert load_config(file, check_estimator=False).trainer.estimator == "json.JSONDecoder"
+
+
+def test_servers_sharing_a_port_get_runtime_folders_of_their_own(tmp_path: Path) -> None:
+    cfg = SelfhealConfig(home=str(tmp_path))
+    folders = {
+        server_environment(cfg, 8765, base={}, instance=instance)["SELFHEAL_RUNTIME_DIR"]
+        for instance in (None, "1", "2")
+    }
+    assert len(folders) == 3  # admin state and Prometheus files of one server are not another's
