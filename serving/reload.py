@@ -139,6 +139,14 @@ class ModelSet:
         return self.release
 
 
+def _route(release: ReleaseState | None) -> tuple[str, str, str, float, str] | None:
+    """What a worker serves by in a release: not its measurements, which the analysis rewrites every few
+    seconds (comparing whole states re-swapped the set, and logged it, at each measurement)."""
+    if release is None:
+        return None
+    return (release.release_id, release.mode, release.challenger, release.share, release.status)
+
+
 @dataclass(frozen=True)
 class ReloadReport:
     """What a refresh did.
@@ -341,7 +349,7 @@ class ModelWatcher:
             ref = ModelVersionRef(self.registry.model_name, release.challenger)
             challenger, failed = self._get(ref, loaded, errors, force)
             if failed:
-                challenger = current.challenger if current.release == release else None
+                challenger = current.challenger if _route(current.release) == _route(release) else None
         return ModelSet(primary, fallback, baseline, targets.pin, challenger, release if challenger else None)
 
     def _swap(self, current: ModelSet, new: ModelSet) -> bool:
@@ -349,7 +357,7 @@ class ModelWatcher:
         changed = (
             new.versions() != current.versions()
             or new.pin != current.pin
-            or new.release != current.release
+            or _route(new.release) != _route(current.release)
             or new.challenger is not current.challenger
         )
         if not changed:
