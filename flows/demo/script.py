@@ -40,7 +40,7 @@ from chaos.workload import read_outcomes
 from checkpoints.exceptions import ServingUnavailable
 from checkpoints.incidents import State
 from flows.config import SelfhealConfig, load_config
-from flows.demo.data import encode, generate_batch, write_batches
+from flows.demo.data import ID_COLUMN, TARGET, TIME_COLUMN, encode, generate_batch, write_batches
 from flows.healer.machine import HealerLoop, make_context
 from flows.healer.remedies import start_server, stop_server
 from flows.local.production import ProductionStores
@@ -90,6 +90,11 @@ def demo_config(base: SelfhealConfig, workdir: Path, port: int, stores: dict[str
         },
         thresholds={**DEMO_THRESHOLDS, **data.get("thresholds", {})},
     )
+    # The demo always runs the generated stream: its label, its event time, and its
+    # transaction id, which is a join key and never a feature (as a feature every id is an
+    # unseen category: the model learned nothing from it and the monitor reported new
+    # categories at every pass).
+    data["data"].update(target=TARGET, task="binary", time_column=TIME_COLUMN, id_columns=[ID_COLUMN])
     data.update(stores or {})
     data["serving"].update(port=port, url=f"http://127.0.0.1:{port}", workers=2, poll_seconds=2.0)
     data["trainer"]["window_batches"] = WINDOW_BATCHES
