@@ -17,6 +17,7 @@ Example:
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -31,6 +32,7 @@ from serving.processes import free_port, port_in_use, process_tree, stop, wait_u
 ACCESS_KEY = "selfheal-local"
 SECRET_KEY = "selfheal-local-secret"  # noqa: S105 - a store on 127.0.0.1 only
 BUCKET = "lake"
+_BUCKET_NAME = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
 _PORTS = (
     "master.port",
     "master.port.grpc",
@@ -55,6 +57,9 @@ class SeaweedFS:
     """One ``weed mini`` server with an S3 gateway and a bucket, stopped on exit."""
 
     def __init__(self, workdir: Path, binary: str | None = None, bucket: str = BUCKET) -> None:
+        if not _BUCKET_NAME.fullmatch(bucket):
+            # The gateway refuses it on every try, which would read as a store that never starts.
+            raise SelfhealError(f"bucket {bucket!r}: S3 bucket names are 3-63 lowercase letters, digits, '.' or '-'")
         self.workdir = workdir
         self.binary = binary or weed_binary()
         self.bucket = bucket
