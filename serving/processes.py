@@ -145,8 +145,10 @@ def run_yielding(work: Callable[[], T]) -> T:
     Linux keeps a nice value per thread, so this lowers one piece of work in a process
     that must itself keep its priority (the chaos runner, whose probes time the model
     server, fitting the model a fault registers); the thread ends with the work, so
-    nothing has to raise a priority back. Where nice is not per thread (not Linux) the
-    work runs at the caller's priority.
+    nothing has to raise a priority back. Threads the work starts inherit nice 19 (a pool
+    created there for the first time keeps it); threads of pools that already exist do
+    not (run the work on one thread, e.g. ``threadpool_limits(1)``, to keep all of it
+    low). Where nice is not per thread (not Linux) the work runs at the caller's priority.
     """
     box: dict[str, Any] = {}
 

@@ -137,7 +137,7 @@ def _fit_inverted(frame: Any, features: list[str], target: str, seed: int, flip:
         labels = labels.where(~chosen, 1 - labels)
     from threadpoolctl import threadpool_limits  # why local: as the sklearn imports above
 
-    with threadpool_limits(limits=1):  # its OpenMP threads would not inherit the caller's nice value
+    with threadpool_limits(limits=1):  # an OpenMP pool created before would not run at the thread's nice value
         return model.fit(frame[features], labels)
 
 

@@ -54,6 +54,10 @@ def cli_up(args: argparse.Namespace) -> int:
     """``selfheal up``."""
     from flows.local.stack import Stack  # imports httpx, tenacity and the lake: not on --help
 
+    # A stopped `up` (SIGTERM, a closed terminal) unwinds like Ctrl-C: what it had started
+    # is stopped again, rather than left running before its pid files exist.
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, lambda signum, _: sys.exit(128 + signum))
     print(Stack.from_config(config(), args.prefect_port, args.profile).up(timeout=args.timeout))
     return 0
 

@@ -39,7 +39,7 @@ from chaos.serving.actions import kill_server, kill_worker
 from chaos.workload import read_outcomes
 from checkpoints.exceptions import ServingUnavailable
 from checkpoints.incidents import State
-from flows.config import SelfhealConfig, load_config
+from flows.config import DataConfig, SelfhealConfig, load_config
 from flows.demo.data import ID_COLUMN, TARGET, TIME_COLUMN, encode, generate_batch, write_batches
 from flows.healer.machine import HealerLoop, make_context
 from flows.healer.remedies import start_server, stop_server
@@ -90,11 +90,13 @@ def demo_config(base: SelfhealConfig, workdir: Path, port: int, stores: dict[str
         },
         thresholds={**DEMO_THRESHOLDS, **data.get("thresholds", {})},
     )
-    # The demo always runs the generated stream: its label, its event time, and its
-    # transaction id, which is a join key and never a feature (as a feature every id is an
-    # unseen category: the model learned nothing from it and the monitor reported new
-    # categories at every pass).
-    data["data"].update(target=TARGET, task="binary", time_column=TIME_COLUMN, id_columns=[ID_COLUMN])
+    # The demo always runs the generated stream, whatever the folder's data section says:
+    # its label, its event time, and its transaction id, which is a join key and never a
+    # feature (as a feature every id is an unseen category: the model learned nothing from
+    # it and the monitor reported new categories at every pass). No schema or expectations
+    # of another dataset.
+    stream = DataConfig(target=TARGET, task="binary", time_column=TIME_COLUMN, id_columns=[ID_COLUMN])
+    data["data"] = stream.model_dump(mode="json", by_alias=True)
     data.update(stores or {})
     data["serving"].update(port=port, url=f"http://127.0.0.1:{port}", workers=2, poll_seconds=2.0)
     data["trainer"]["window_batches"] = WINDOW_BATCHES

@@ -33,6 +33,7 @@ ACCESS_KEY = "selfheal-local"
 SECRET_KEY = "selfheal-local-secret"  # noqa: S105 - a store on 127.0.0.1 only
 BUCKET = "lake"
 _BUCKET_NAME = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
+_IP = re.compile(r"\d+\.\d+\.\d+\.\d+")
 _PORTS = (
     "master.port",
     "master.port.grpc",
@@ -57,9 +58,12 @@ class SeaweedFS:
     """One ``weed mini`` server with an S3 gateway and a bucket, stopped on exit."""
 
     def __init__(self, workdir: Path, binary: str | None = None, bucket: str = BUCKET) -> None:
-        if not _BUCKET_NAME.fullmatch(bucket):
+        if not _BUCKET_NAME.fullmatch(bucket) or ".." in bucket or _IP.fullmatch(bucket) or bucket.startswith("xn--"):
             # The gateway refuses it on every try, which would read as a store that never starts.
-            raise SelfhealError(f"bucket {bucket!r}: S3 bucket names are 3-63 lowercase letters, digits, '.' or '-'")
+            raise SelfhealError(
+                f"bucket {bucket!r}: S3 bucket names are 3-63 lowercase letters, digits, '.' or '-', "
+                "not an IP address, no '..', no 'xn--' prefix"
+            )
         self.workdir = workdir
         self.binary = binary or weed_binary()
         self.bucket = bucket
@@ -75,7 +79,7 @@ class SeaweedFS:
         recorded = self.workdir / "ports.json"
         try:
             ports = {name: int(port) for name, port in json.loads(recorded.read_text()).items()}
-        except (OSError, ValueError, AttributeError):
+        except (OSError, ValueError, TypeError, AttributeError):
             ports = {}
         if set(ports) != set(_PORTS):
             ports = {name: free_port() for name in _PORTS}

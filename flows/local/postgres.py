@@ -8,7 +8,7 @@ PostgreSQL refuses to run as root, which is who CI and this sandbox are. As root
 server runs as the package's ``postgres`` user (``runuser``); otherwise as whoever runs
 the tests. A folder that user cannot reach (under pytest's private temp dir, or root's
 home) is swapped for a temp dir of its own, removed on exit; or, for a server whose data
-is kept (``keep=True``: ``selfheal up``), for ``/var/tmp/selfheal-postgres-<hash of the
+is kept (``keep=True``: ``selfheal up``), for ``/var/lib/postgresql/selfheal-<hash of the
 folder>``, which stays. It listens on 127.0.0.1 on a free port, trusts local
 connections, and is stopped (``pg_ctl stop -m fast``) on exit. A data folder that
 already holds a cluster is started as it is (its databases kept).
@@ -47,9 +47,14 @@ def pg_bin() -> Path | None:
 
 
 def kept_folder(workdir: Path) -> Path:
-    """Where a kept server for ``workdir`` lives when its ``postgres`` user cannot reach ``workdir``."""
+    """Where a kept server for ``workdir`` lives when its ``postgres`` user cannot reach ``workdir``.
+
+    Under the package's ``/var/lib/postgresql`` (the ``postgres`` user's home, writable by
+    root and postgres only), not in a world-writable folder where another user could
+    plant the name first.
+    """
     digest = hashlib.sha256(str(workdir.resolve()).encode()).hexdigest()[:12]
-    return Path("/var/tmp") / f"selfheal-postgres-{digest}"
+    return Path("/var/lib/postgresql") / f"selfheal-{digest}"
 
 
 def _reachable_by_others(path: Path) -> bool:

@@ -65,12 +65,16 @@ class Detached:
 class ProductionStores:
     """PostgreSQL, SeaweedFS, an MLflow server and a Prefect server in ``workdir``, stopped on exit."""
 
-    def __init__(self, workdir: Path, prefect_port: int | None = None, *, keep: bool = False) -> None:
+    def __init__(
+        self, workdir: Path, prefect_port: int | None = None, *, keep: bool = False, timeout: float = _START_SECONDS
+    ) -> None:
         """``keep``: databases named ``mlflow`` and ``prefect``, reused when ``workdir`` has them
-        (``selfheal up``); else fresh ones of random names (the demo, the tests)."""
+        (``selfheal up``); else fresh ones of random names (the demo, the tests). ``timeout``:
+        seconds each server gets to answer."""
         self.workdir = workdir
         self.prefect_port = prefect_port
         self.keep = keep
+        self.timeout = timeout
         self.run_dir = workdir / "run"
         self.postgres = PostgreSQL(workdir / "postgres", keep=keep)
         self.object_store = SeaweedFS(workdir / "s3", bucket=BUCKET)
@@ -170,7 +174,7 @@ class ProductionStores:
             return processes.http_ok(url)
 
         try:
-            processes.wait_until(answers, _START_SECONDS, f"{name} at {url}", interval=0.5)
+            processes.wait_until(answers, self.timeout, f"{name} at {url}", interval=0.5)
         except TimeoutError:
             raise SelfhealError(f"{name} did not answer {url} in time; see {self.run_dir / name}.log") from None
 
@@ -188,7 +192,7 @@ class ProductionStores:
         """Leave everything running past this object (``selfheal up``): what stops it later.
 
         After this, ``close`` stops nothing; stop the pids (servers first, PostgreSQL's
-        postmaster last: SIGTERM is its clean shutdown) and then remove ``remove``.
+        postmaster last: SIGINT is its fast shutdown) and then remove ``remove``.
         """
         postmaster = self.postgres.data / "postmaster.pid"
         pids = {name: proc.pid for name, proc in self._servers.items()}

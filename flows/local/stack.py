@@ -36,7 +36,9 @@ import asyncio
 import json
 import logging
 import os
+import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -230,9 +232,10 @@ class Stack:
             if processes.port_in_use(port):
                 raise SelfhealError(f"port {port} for {what} is already in use")
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        deadline = time.monotonic() + timeout
         if self.profile == "production":
             try:
-                self._start_stores(time.monotonic() + timeout)
+                self._start_stores(deadline)
             except BaseException:
                 self.down()
                 raise
@@ -243,7 +246,7 @@ class Stack:
             effective.write_text(yaml.safe_dump(self.cfg.model_dump(mode="json", by_alias=True)))
             self.config_path = str(effective)
         try:
-            return self._up(time.monotonic() + timeout)
+            return self._up(deadline)
         except BaseException:
             self.down()
             raise
@@ -252,7 +255,12 @@ class Stack:
         """The production profile's stores, left running with pid files; the config and environment on them."""
         from flows.local.production import ProductionStores  # its stores' clients: only this profile's
 
-        stores = ProductionStores(Path(self.cfg.home) / "production", prefect_port=self.prefect_port, keep=True)
+        stores = ProductionStores(
+            Path(self.cfg.home) / "production",
+            prefect_port=self.prefect_port,
+            keep=True,
+            timeout=max(deadline - time.monotonic(), 1.0),
+        )
         with stores:
             detached = stores.detach()
         for name, pid in detached.pids.items():
@@ -276,9 +284,8 @@ class Stack:
         (self.run_dir / _PRODUCTION_STATE).write_text(json.dumps(state, indent=2))
         self._postgres_data = str(stores.postgres.data)
         exports = {**self._store_env, "SELFHEAL_CONFIG": self.config_path}
-        (self.run_dir / "production.env").write_text("".join(f"export {k}={v}\n" for k, v in exports.items()))
-        if time.monotonic() > deadline:
-            raise SelfhealError("the production stores took longer than --timeout to start")
+        lines = (f"export {k}={shlex.quote(v)}\n" for k, v in exports.items())
+        (self.run_dir / "production.env").write_text("".join(lines))
 
     def _up(self, deadline: float) -> str:
         py = sys.executable
@@ -451,7 +458,9 @@ class Stack:
         production = self.profile == "production"
         lines = [
             "selfheal is up" + (" (production profile)" if production else ""),
-            f"  Prefect UI       {ui}   (export PREFECT_API_URL={self.api_url})",
+            # The production profile's Prefect server runs without its UI (as the k8s overlay does).
+            f"  Prefect {'API' if production else 'UI '}      {self.api_url if production else ui}"
+            f"   (export PREFECT_API_URL={self.api_url})",
             f"  model server     {self.serving_url}   (/health /ready /metrics /predict)",
         ]
         if production:
@@ -496,16 +505,24 @@ class Stack:
                 # A dead leader's pid is not reused while its group lives on: its members are still ours.
                 targets = processes.process_tree(pid.pid) if pid.running() else processes.process_group(pid.pid)
                 if targets:
+                    if name == "postgres" and pid.running():
+                        # SIGINT is its fast shutdown (SIGTERM's "smart" one waits for every client).
+                        processes.kill([pid.pid], signal.SIGINT, timeout=_STOP_GRACE_SECONDS)
                     terminate(targets)
                     stopped.append(name)
                     logger.info("stopped %s (pid %d)", name, pid.pid)
             path.unlink(missing_ok=True)
         state = self.run_dir / _PRODUCTION_STATE
         if state.exists():
-            for folder in json.loads(state.read_text()).get("remove", []):
+            recorded = json.loads(state.read_text())
+            for folder in recorded.get("remove", []):
                 shutil.rmtree(folder, ignore_errors=True)
+            # Both point at stores that are stopped now: a shell that sourced production.env
+            # gets "no such config file" rather than a config on dead ports.
+            (self.run_dir / "production.env").unlink(missing_ok=True)
+            if recorded.get("config"):
+                Path(recorded["config"]).unlink(missing_ok=True)
             state.unlink()
-            (self.run_dir / "production.env").unlink(missing_ok=True)  # it points at stopped stores
         return stopped
 
 

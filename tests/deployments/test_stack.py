@@ -205,9 +205,9 @@ def test_up_production_runs_flows_on_postgres_and_s3_keeps_its_state_and_down_st
         effective = yaml.safe_load((run_dir / "selfheal.yaml").read_text())
         return {k: v for k, v in pids.items() if v is not None}, state, effective
 
-    pids, state, effective = up()
     started: set[int] = set()
     try:
+        pids, state, effective = up()
         started = set().union(*(process_tree(p.pid) for p in pids.values()))
         # Two model servers on one port (SO_REUSEPORT), two workers of the pool.
         for name in ("serving-1", "serving-2"):
@@ -238,11 +238,12 @@ def test_up_production_runs_flows_on_postgres_and_s3_keeps_its_state_and_down_st
         assert not any(alive(pid) for pid in started)
         assert not port_in_use(prefect_port) and not port_in_use(serving_port)
 
-        # Up again: the same databases and bucket, so the champion and the lake are still there.
+        # Up again: the same databases and bucket, so the champion, the runs and the lake are still there.
         pids, state, effective = up()
         started = set().union(*(process_tree(p.pid) for p in pids.values()))
         client = MlflowClient(effective["tracking_uri"])
         assert client.get_model_version_by_alias("fraud-detector", "champion").version == champion.version
+        assert _completed_pipeline_runs(api) >= 1
         lake = Lake(effective["lake"]["root"], effective["lake"]["storage_options"])
         assert lake.read("bronze").num_rows == 1000
     finally:

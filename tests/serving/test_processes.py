@@ -127,6 +127,8 @@ def test_run_yielding_lowers_only_the_work_and_hands_back_its_result_or_error() 
         return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
 
     before = niceness()
+    if before == processes.BACKGROUND_NICENESS:
+        pytest.skip("the tests already run at nice 19: nothing could be lowered")
     assert processes.run_yielding(niceness) == processes.BACKGROUND_NICENESS
     assert niceness() == before  # the caller keeps its priority
 

@@ -10,7 +10,7 @@ from checkpoints.exceptions import SelfhealError
 from flows.local.object_store import SeaweedFS
 
 
-@pytest.mark.parametrize("bad", ["b", "Lake", "-lake", "lake-", "my_lake", "a" * 64])
+@pytest.mark.parametrize("bad", ["b", "Lake", "-lake", "lake-", "my_lake", "a" * 64, "a..b", "192.168.0.1", "xn--lake"])
 def test_a_bucket_name_s3_refuses_is_an_error_at_once(tmp_path: Path, bad: str) -> None:
     # Without the check the gateway refused the name on every try and the start waited 120 s.
     with pytest.raises(SelfhealError, match="bucket"):
