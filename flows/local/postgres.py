@@ -77,10 +77,12 @@ class PostgreSQL:
             self.workdir = kept_folder(workdir) if elsewhere else workdir
         self.data = self.workdir / "data"
 
-    def _run(self, *command: str) -> None:
+    def _run(self, *command: str) -> str:
+        """Run ``command`` (as ``postgres`` when root); its output."""
         done = subprocess.run([*self._as, *command], capture_output=True, text=True, check=False, cwd="/")
         if done.returncode:
             raise SelfhealError(f"{' '.join(command)} failed ({done.returncode}): {done.stderr.strip()[-2000:]}")
+        return done.stdout
 
     def __enter__(self) -> PostgreSQL:
         if self.bin is None:
@@ -125,10 +127,7 @@ class PostgreSQL:
         assert self.bin is not None
         query = f"SELECT 1 FROM pg_database WHERE datname = '{db}'"  # noqa: S608 - a name of ours, not input
         psql = [str(self.bin / "psql"), "-h", "127.0.0.1", "-p", str(self.port), "-U", USER, "-d", "postgres"]
-        done = subprocess.run([*self._as, *psql, "-tAc", query], capture_output=True, text=True, check=False, cwd="/")
-        if done.returncode:
-            raise SelfhealError(f"psql failed ({done.returncode}): {done.stderr.strip()[-2000:]}")
-        return done.stdout.strip() == "1"
+        return self._run(*psql, "-tAc", query).strip() == "1"
 
     def close(self) -> None:
         self.stop()
