@@ -9,14 +9,15 @@ are off unless you set them (``PREFECT_FLOWS_HEARTBEAT_FREQUENCY``, the legacy
   waits for it to wake before returning, so each run ends up to a second late
   (an empty flow: 1.07 s with heartbeats, 0.10 s without, measured here). The
   healer's retrain remedy runs a pipeline flow inside an incident's MTTR.
-* Heartbeats feed Prefect's zombie-flow detection (an automation you add on
-  ``prefect.flow-run.heartbeat`` events). selfheal does not rely on it: a
+* Heartbeats feed Prefect's zombie-flow detection (an automation on
+  ``prefect.flow-run.heartbeat`` events). An in-process run does not need it: a
   pipeline run that dies leaves the lake behind the landing zone, the monitor's
   freshness signal opens a ``stale_data`` incident, and the healer's pipeline run
   resumes from the checkpoints.
 
 Deployment runs started by a Prefect worker (``selfheal up``) do not pass through
-here and keep Prefect's own setting, so zombie detection works for them.
+here: their workers send heartbeats and ``up`` adds the automation that crashes a
+run whose heartbeats stopped (``flows.local.stack``).
 
 Commands that run a flow only sometimes (``selfheal monitor``, ``selfheal heal``: a
 plain pass needs no Prefect, a retrain runs the pipeline flow) defer: Prefect is

