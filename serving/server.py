@@ -9,6 +9,10 @@ worker is a fork that only has to load its model, not import MLflow again.
 SIGTERM to the master is a graceful stop: each worker finishes its requests,
 then writes its queued inference-log rows before it exits.
 
+Nothing replaces a dead master: with ``--replicas N`` (N >= 2) the process started is a
+supervisor (``serving.supervisor``) running N masters on the same port, each started
+again when it exits, so killing one master does not close the port.
+
 Usage::
 
     SELFHEAL_TRACKING_URI=sqlite:///mlflow.db SELFHEAL_MODEL_NAME=fraud-detector \\
@@ -102,6 +106,13 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--port", type=int, default=8765, help="port (default 8765; 0 picks a free one)")
     parser.add_argument("--workers", type=int, default=2, help="worker processes (default 2)")
     parser.add_argument(
+        "--replicas",
+        type=int,
+        default=1,
+        help="gunicorn masters sharing the port (SO_REUSEPORT), each with --workers workers, under a supervisor "
+        "that starts a dead one again (default 1: no supervisor)",
+    )
+    parser.add_argument(
         "--reuse-port",
         action="store_true",
         help="share the port with other servers started the same way (SO_REUSEPORT: the kernel spreads new "
@@ -143,6 +154,29 @@ def prepare_runtime(settings: ServerSettings) -> str:
     return runtime
 
 
+def _supervise(args: argparse.Namespace, settings: ServerSettings) -> int:
+    """Run ``args.replicas`` servers on one port under ``serving.supervisor`` until stopped."""
+    from serving.processes import free_port
+    from serving.supervisor import Supervisor
+
+    port = args.port or free_port()  # port 0: one free port for every replica, not one each
+    runtime = Path(settings.runtime_dir or tempfile.mkdtemp(prefix="selfheal-serve-"))
+    argv = [sys.executable, "-m", "serving", "--host", args.host, "--port", str(port), "--reuse-port"]
+    argv += ["--workers", str(args.workers), "--timeout", str(args.timeout)]
+    argv += ["--graceful-timeout", str(args.graceful_timeout), "--log-level", args.log_level]
+    if args.profile_startup:
+        argv.append("--profile-startup")
+    logger.info(
+        "serving on %s:%d: %d replicas of %d workers under a supervisor (runtime folders %s/replica-*)",
+        args.host,
+        port,
+        args.replicas,
+        args.workers,
+        runtime,
+    )
+    return Supervisor(argv, args.replicas, runtime).run()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Validate the settings and run gunicorn until it is stopped."""
     args = _parser().parse_args(argv)
@@ -163,6 +197,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("selfheal serve: invalid SELFHEAL_* settings:\n" + "\n".join(problems), file=sys.stderr)  # noqa: T201
         return 2
     forbid_pickle()  # before gunicorn forks: every worker inherits it (see serving.modelio)
+    if args.replicas > 1:
+        return _supervise(args, settings)
+    if args.replicas < 1:
+        print(f"selfheal serve: --replicas must be >= 1, got {args.replicas}", file=sys.stderr)  # noqa: T201
+        return 2
     # Before numpy/sklearn load: one OpenMP/BLAS thread per call, the workers share the cores.
     os.environ.setdefault("OMP_NUM_THREADS", str(settings.model_threads))
     os.environ.setdefault("OPENBLAS_NUM_THREADS", str(settings.model_threads))

@@ -48,6 +48,14 @@ def register(sub: Subparsers) -> None:
         "(admin state, metrics files) apart",
     )
     srv.add_argument(
+        "--replicas",
+        type=int,
+        default=None,
+        metavar="N",
+        help="run N servers on the port (SO_REUSEPORT), each with --workers workers, under a supervisor that "
+        "starts a dead one again: killing one server's master does not close the port (default: serving.replicas)",
+    )
+    srv.add_argument(
         "--profile-startup",
         action="store_true",
         help="log each worker's start-up profile (imports, registry read, artifact load, warm-up; wall and CPU s)",
@@ -107,13 +115,17 @@ def cli_serve(args: argparse.Namespace) -> int:
     instance = getattr(args, "instance", None)
     env = server_environment(cfg, port, instance=instance)
     argv = [sys.executable, "-m", "serving", "--host", host, "--port", str(port), "--workers", str(workers)]
+    replicas = getattr(args, "replicas", None) or cfg.serving.replicas
     if instance:
         argv.append("--reuse-port")
+    if replicas != 1:
+        argv += ["--replicas", str(replicas)]
     if getattr(args, "verbose", False):
         argv += ["--log-level", "debug"]
     if getattr(args, "profile_startup", False):
         argv.append("--profile-startup")
     shared = f" (instance {instance}, port shared)" if instance else ""
+    shared += f" x {replicas} replicas under a supervisor" if replicas > 1 else ""
     print(f"selfheal serve: {cfg.model_name!r} on http://{host}:{port} with {workers} workers{shared}", file=sys.stderr)
     sys.stderr.flush()
     os.execve(sys.executable, argv, env)

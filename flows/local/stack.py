@@ -21,8 +21,9 @@ period, so nothing stays behind.
 ``up(profile="production")`` runs the production topology on this machine instead
 (``flows.local.production``, under ``<home>/production``): PostgreSQL holding the
 Prefect server's and the MLflow server's databases, an S3 store (SeaweedFS) holding
-the lake and MLflow's artifacts, then two model servers sharing the serving port
-(``selfheal serve --instance``: SO_REUSEPORT), the landing watcher and two process
+the lake and MLflow's artifacts, then the model server as two replicas sharing the serving
+port (``selfheal serve --replicas 2``: SO_REUSEPORT, a supervisor starting a dead replica
+again), the landing watcher and two process
 workers of the ``local`` pool. The services read ``<home>/run/selfheal.yaml`` (the
 config with the stores' URIs) and get the stores' keys in their environment;
 ``<home>/run/production.env`` exports both for a shell.
@@ -87,12 +88,13 @@ PRODUCTION_SERVICES = (
     "object-store",
     "mlflow-server",
     "prefect-server",
-    "serving-1",
-    "serving-2",
+    "serving",
     "landing-watcher",
     "prefect-worker-1",
     "prefect-worker-2",
 )
+#: Model servers the production profile runs on one port at least (``serving.replicas``).
+PRODUCTION_REPLICAS = 2
 #: Every service of either profile, in start order (what ``down`` looks for, in reverse).
 _ALL_SERVICES = (
     "postgres",
@@ -100,8 +102,6 @@ _ALL_SERVICES = (
     "mlflow-server",
     "prefect-server",
     "serving",
-    "serving-1",
-    "serving-2",
     "landing-watcher",
     "prefect-worker",
     "prefect-worker-1",
@@ -279,6 +279,7 @@ class Stack:
         settings = stores.settings()
         data.update(tracking_uri=settings["tracking_uri"], artifact_root=settings["artifact_root"])
         data["lake"] = {**data["lake"], **settings["lake"]}
+        data["serving"]["replicas"] = max(data["serving"]["replicas"], PRODUCTION_REPLICAS)
         effective = self.run_dir / "selfheal.yaml"
         effective.write_text(yaml.safe_dump(data))
         self.config_path = str(effective)
@@ -304,10 +305,7 @@ class Stack:
                 "prefect-server",
                 [py, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(self.prefect_port)],
             )
-        servers = ["serving-1", "serving-2"] if production else ["serving"]
-        for name in servers:
-            instance = ["--instance", name.removeprefix("serving-")] if production else []
-            self._spawn(name, [py, "-m", "flows.cli", "serve", *instance])
+        self._spawn("serving", [py, "-m", "flows.cli", "serve"])  # serving.replicas of the (effective) config
         watching = "://" not in self.cfg.landing.path
         if watching:
             self._spawn("landing-watcher", [py, "-m", "flows.cli", "watch-landing", self.cfg.landing.path])
@@ -326,8 +324,7 @@ class Stack:
         skipped = self._deploy()
         self._ensure_unresponsive_run_automation(heartbeat)
         self._set_monitor_parameters()
-        for name in servers:
-            self._wait_serving(deadline, name)
+        self._wait_serving(deadline, self.cfg.serving.replicas)
         return self.summary(skipped, watching)
 
     def _ensure_work_pool(self, template: dict[str, Any]) -> None:
@@ -416,12 +413,13 @@ class Stack:
         except TimeoutError:
             raise SelfhealError(f"{name} did not answer {url} in time; see {self.run_dir / (name + '.log')}") from None
 
-    def _wait_serving(self, deadline: float, name: str = "serving") -> None:
-        """Wait until the model server ``name`` is up (/health: a model may not be trained yet).
+    def _wait_serving(self, deadline: float, replicas: int = 1) -> None:
+        """Wait until the model server is up (/health: a model may not be trained yet).
 
-        Servers sharing the port answer in turn; each is waited for by its own process group
-        listening on the port.
+        Replicas sharing the port answer in turn; each is waited for by its own master
+        (a child of the supervisor) listening on the port.
         """
+        name = "serving"
         pid = PidFile.read(self.run_dir / f"{name}.pid")
         log = self.run_dir / f"{name}.log"
 
@@ -429,7 +427,10 @@ class Stack:
             if pid is None:
                 return True
             port = self.cfg.serving.port
-            return any(port in processes.listening_ports(p) for p in processes.process_tree(pid.pid))
+            servers = processes.children(pid.pid) if replicas > 1 else [pid.pid]
+            return len(servers) == replicas and all(
+                any(port in processes.listening_ports(p) for p in processes.process_tree(server)) for server in servers
+            )
 
         try:
             with ServingClient(self.serving_url) as server:
@@ -520,7 +521,8 @@ class Stack:
         if production:
             s3 = self._store_env.get("MLFLOW_S3_ENDPOINT_URL")
             lines += [
-                "                   2 servers sharing the port (SO_REUSEPORT)",
+                f"                   {self.cfg.serving.replicas} replicas sharing the port (SO_REUSEPORT),"
+                " each started again by a supervisor when it dies",
                 f"  workers          work pool '{WORK_POOL}' (process) x 2",
                 f"  MLflow           {self.cfg.tracking_uri}   (PostgreSQL; artifacts {self.cfg.artifact_root})",
                 "  Prefect database PostgreSQL",

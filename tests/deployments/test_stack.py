@@ -31,6 +31,7 @@ from flows.local.stack import (
 )
 from serving.processes import (
     alive,
+    children,
     free_port,
     http_ok,
     kill,
@@ -250,9 +251,11 @@ def test_up_production_runs_flows_on_postgres_and_s3_keeps_its_state_and_down_st
     try:
         pids, state, effective = up()
         started = set().union(*(process_tree(p.pid) for p in pids.values()))
-        # Two model servers on one port (SO_REUSEPORT), two workers of the pool.
-        for name in ("serving-1", "serving-2"):
-            assert any(stack.serving_port in listening_ports(p) for p in process_tree(pids[name].pid)), name
+        # Two model servers on one port (SO_REUSEPORT) under the serving supervisor, two workers of the pool.
+        replicas = children(pids["serving"].pid)
+        assert len(replicas) == 2
+        for replica in replicas:
+            assert any(stack.serving_port in listening_ports(p) for p in process_tree(replica)), replica
         stack.wait_for_two_workers()
         assert effective["lake"]["root"].startswith("s3://") and effective["tracking_uri"].startswith("http://")
 

@@ -1,0 +1,123 @@
+"""``python -m serving --replicas 2``: a killed master is started again while the other keeps the port."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from serving import processes
+from tests.serving.conftest import REPO_ROOT, Load, ModelStore, http, predict_bodies, server_env, wait_until
+
+pytestmark = pytest.mark.integration
+
+
+class _Replicas:
+    """The supervisor's process and what it runs: one gunicorn master per replica, one worker each."""
+
+    def __init__(self, store: ModelStore, tmp_path: Path) -> None:
+        self.port = processes.free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = tmp_path / "supervisor.log"
+        cmd = [sys.executable, "-m", "serving", "--log-level", "info", "--port", str(self.port)]
+        cmd += ["--workers", "1", "--replicas", "2"]
+        with open(self.log, "wb") as out:
+            self.proc = subprocess.Popen(
+                cmd, cwd=REPO_ROOT, env=server_env(store, tmp_path), stdout=out, stderr=subprocess.STDOUT
+            )
+
+    def masters(self) -> list[int]:
+        return processes.children(self.proc.pid)
+
+    def workers(self) -> set[int]:
+        return {w for m in self.masters() for w in processes.children(m)}
+
+    def wait_every_worker_ready(self, timeout: float = 120.0) -> None:
+        """Until /ready (answered by whichever worker the kernel picks) has come from every worker."""
+        seen: set[int] = set()
+
+        def every_worker_answered() -> bool:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"supervisor exited with {self.proc.returncode}:\n{self.log.read_text()}")
+            try:
+                answer = http.get(f"{self.url}/ready", timeout=5)
+            except httpx.HTTPError:
+                return False
+            if answer.status_code == 200:
+                seen.add(int(answer.json()["pid"]))
+            workers = self.workers()
+            return len(self.masters()) == 2 and len(workers) == 2 and workers <= seen
+
+        wait_until(every_worker_answered, timeout, "both replicas' workers ready", interval=0.05)
+
+    def all_pids(self) -> set[int]:
+        return {self.proc.pid, *processes.process_tree(self.proc.pid)}
+
+
+def test_a_killed_replica_is_started_again_while_the_other_keeps_answering(
+    model_store: ModelStore, tmp_path: Path
+) -> None:
+    v = model_store.versions
+    model_store.set_aliases(champion=v["hgb"], previous=v["lr"])
+    server = _Replicas(model_store, tmp_path)
+    load = None
+    try:
+        server.wait_every_worker_ready()
+        load = Load(server.url, predict_bodies(model_store), threads=4).start()
+        load.wait_for(200)
+        victim = server.masters()[0]
+        survivor = server.masters()[1]
+        answered_before = load.ok
+        assert not processes.kill([victim, *processes.children(victim)])  # the master and its worker, SIGKILL
+        killed_at = time.monotonic()
+        # While the supervisor starts a new master (a cold start), the survivor answers on the same port.
+        wait_until(lambda: victim not in server.masters() and len(server.masters()) == 2, 30, "a new replica")
+        load.wait_for(200)
+        answered_in_gap = load.ok - answered_before
+        server.wait_every_worker_ready()
+        back_after = time.monotonic() - killed_at
+        load.stop()
+        assert survivor in server.masters()
+        log = server.log.read_text()
+        assert f"replica 1 (pid {victim}) exited (killed by SIGKILL)" in log
+        failed = load.total - load.ok
+        print(f"replica back after {back_after:.1f} s; {answered_in_gap} answered meanwhile, {failed} failed")
+        assert answered_in_gap >= 200
+        # Only requests in flight on the killed worker's connections fail (one per client thread at most).
+        assert failed <= load.threads, load.statuses
+
+        # SIGTERM stops every replica and their workers; the supervisor exits 0.
+        everything = server.all_pids()
+        server.proc.send_signal(signal.SIGTERM)
+        assert server.proc.wait(60) == 0
+        wait_until(lambda: not any(processes.alive(p) for p in everything), 30, "every replica stopped")
+    finally:
+        if load is not None:
+            load.stop()
+        leftovers = server.all_pids()
+        server.proc.kill()
+        server.proc.wait(10)
+        processes.kill(leftovers)
+
+
+def test_replicas_exit_when_their_supervisor_is_killed(model_store: ModelStore, tmp_path: Path) -> None:
+    v = model_store.versions
+    model_store.set_aliases(champion=v["hgb"], previous=v["lr"])
+    server = _Replicas(model_store, tmp_path)
+    everything: set[int] = set()
+    try:
+        server.wait_every_worker_ready()
+        everything = server.all_pids()
+        server.proc.kill()  # no signal to forward: the replicas learn it from PR_SET_PDEATHSIG
+        server.proc.wait(10)
+        wait_until(lambda: not any(processes.alive(p) for p in everything), 60, "the orphaned replicas to exit")
+        assert not processes.port_in_use(server.port)
+    finally:
+        server.proc.kill()
+        server.proc.wait(10)
+        processes.kill(everything)
