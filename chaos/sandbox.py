@@ -215,6 +215,7 @@ class Sandbox:
                     "host": "127.0.0.1",
                     "port": port,
                     "workers": 2,
+                    "replicas": 1,  # serving-kill-server kills the whole server: only the healer restarts it
                     "url": f"http://127.0.0.1:{port}",
                     "poll_seconds": 1.0,
                 },

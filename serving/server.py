@@ -43,6 +43,14 @@ from serving.settings import ServerSettings, forbid_pickle
 logger = logging.getLogger(__name__)
 
 
+def _post_fork(server: Any, worker: Any) -> None:
+    # A worker outlives a SIGKILLed master otherwise: it keeps answering on the port (under
+    # --reuse-port from a socket of its own) with nothing to replace or stop it.
+    from serving.supervisor import die_with_parent
+
+    die_with_parent(worker.ppid)
+
+
 def _child_exit(server: Any, worker: Any) -> None:
     # prometheus_client picks its multiprocess mode at import: only after prepare_runtime() set it.
     from serving.metrics import mark_worker_dead
@@ -229,6 +237,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "errorlog": "-",
         "loglevel": args.log_level,
         "proc_name": f"selfheal-serve:{args.port}",
+        "post_fork": _post_fork,
         "child_exit": _child_exit,
         "control_socket_disable": True,
     }

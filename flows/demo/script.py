@@ -98,7 +98,8 @@ def demo_config(base: SelfhealConfig, workdir: Path, port: int, stores: dict[str
     stream = DataConfig(target=TARGET, task="binary", time_column=TIME_COLUMN, id_columns=[ID_COLUMN])
     data["data"] = stream.model_dump(mode="json", by_alias=True)
     data.update(stores or {})
-    data["serving"].update(port=port, url=f"http://127.0.0.1:{port}", workers=2, poll_seconds=2.0)
+    # One replica: the demo's server kill is the whole server, which only the healer brings back.
+    data["serving"].update(port=port, url=f"http://127.0.0.1:{port}", workers=2, replicas=1, poll_seconds=2.0)
     data["trainer"]["window_batches"] = WINDOW_BATCHES
     data["trainer"]["params"] = {**data["trainer"].get("params", {}), "max_iter": 60}
     data["healing"].update(interval_seconds=1.0, verify_timeout_seconds=60.0, retrain_window=None)

@@ -102,6 +102,8 @@ _ALL_SERVICES = (
     "mlflow-server",
     "prefect-server",
     "serving",
+    "serving-1",  # the production profile's two instances before serving.replicas: `down` after an upgrade
+    "serving-2",
     "landing-watcher",
     "prefect-worker",
     "prefect-worker-1",
