@@ -78,24 +78,16 @@ class Supervisor:
             signal.signal(sig, self._on_signal)
         signal.signal(signal.SIGHUP, signal.SIG_IGN)
         while True:
-            if self.stopping is None:
-                self._start_due()
-            try:
-                pid, status = os.waitpid(-1, os.WNOHANG)
-            except ChildProcessError:  # no replica alive
-                if self.stopping is not None:
+            if self.stopping is not None:
+                if all(r.proc is None or r.proc.poll() is not None for r in self.replicas):
                     logger.info("every replica stopped")
                     return 0
-                pid = 0
-            if pid == 0:
-                time.sleep(_POLL_SECONDS)
-                continue
-            exited = next((r for r in self.replicas if r.proc is not None and r.proc.pid == pid), None)
-            if exited is None or exited.proc is None:
-                continue
-            exited.proc.returncode = os.waitstatus_to_exitcode(status)
-            if self.stopping is None:
-                self._schedule_restart(exited)
+            else:
+                for replica in self.replicas:  # exited and not yet scheduled: due is None while one runs
+                    if replica.due is None and replica.proc is not None and replica.proc.poll() is not None:
+                        self._schedule_restart(replica)
+                self._start_due()
+            time.sleep(_POLL_SECONDS)
 
     def _start_due(self) -> None:
         now = time.monotonic()

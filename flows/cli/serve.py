@@ -43,9 +43,9 @@ def register(sub: Subparsers) -> None:
         "--instance",
         default=None,
         metavar="NAME",
-        help="run as one of several servers on the same port (SO_REUSEPORT: the kernel spreads connections "
-        "over them; `selfheal up --profile production` starts two); NAME keeps this one's runtime folder "
-        "(admin state, metrics files) apart",
+        help="run as one of several separately started servers on the same port (SO_REUSEPORT: the kernel "
+        "spreads connections over them; nothing restarts one that dies, see --replicas); NAME keeps this "
+        "one's runtime folder (admin state, metrics files) apart",
     )
     srv.add_argument(
         "--replicas",

@@ -326,7 +326,7 @@ class Stack:
         skipped = self._deploy()
         self._ensure_unresponsive_run_automation(heartbeat)
         self._set_monitor_parameters()
-        self._wait_serving(deadline, self.cfg.serving.replicas)
+        self._wait_serving(deadline)
         return self.summary(skipped, watching)
 
     def _ensure_work_pool(self, template: dict[str, Any]) -> None:
@@ -415,13 +415,13 @@ class Stack:
         except TimeoutError:
             raise SelfhealError(f"{name} did not answer {url} in time; see {self.run_dir / (name + '.log')}") from None
 
-    def _wait_serving(self, deadline: float, replicas: int = 1) -> None:
+    def _wait_serving(self, deadline: float) -> None:
         """Wait until the model server is up (/health: a model may not be trained yet).
 
         Replicas sharing the port answer in turn; each is waited for by its own master
         (a child of the supervisor) listening on the port.
         """
-        name = "serving"
+        name, replicas = "serving", self.cfg.serving.replicas
         pid = PidFile.read(self.run_dir / f"{name}.pid")
         log = self.run_dir / f"{name}.log"
 
