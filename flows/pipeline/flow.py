@@ -502,26 +502,32 @@ def train_task(cfg: SelfhealConfig, silver_version: int, change: ChangeWindow | 
     trained, split = train.fit(
         silver, schema, cfg.data.target, cfg.data.task, cfg.trainer, cfg.data.id_columns, cfg.data.time_column
     )
-    experiment_id = _experiment_id(cfg)
-    batches = train.batch_range(silver)
-    window = silver["_batch_id"].nunique() if change.known else cfg.trainer.window_batches
     lineage = {
         BRONZE_VERSION_TAG: str(lake.version(BRONZE)),
         SILVER_VERSION_TAG: str(silver_version),
-        # The monitor's reference is the newest N batches of this silver version: from the change on, N of them.
-        WINDOW_TAG: str(window or "all"),
-        TRAIN_BATCHES_TAG: f"{batches[0]}-{batches[1]}" if batches else "",
-        CHANGE_TAG: change.describe(),
-        **({SINCE_BATCH_TAG: str(batches[0])} if change.known and batches else {}),
+        **_window_tags(cfg, silver, change),
         "selfheal.config_hash": cfg.config_hash,
         "selfheal.code_version": code_version(),
         TRAIN_KEY_TAG: key,
         "selfheal.holdout_rows": str(len(split.holdout)),
         "selfheal.train_rows": str(len(split.train)),
     }
+    version, run_id = _log_and_register(cfg, trained, split, lineage, f"train-silver-v{silver_version}")
+    for tag, value in {**lineage, **{f"metric.{k}": f"{v:.6f}" for k, v in trained.metrics.items()}}.items():
+        registry.set_tag(version, tag, value)
+    registry.set_alias(CHALLENGER, version)
+    _remember(challenger_version=version, challenger_run_id=run_id)
+    log.info("trained version %s on silver v%d: %s", version, silver_version, trained.metrics)
+    return Challenger(version, run_id, trained.metrics, resumed=False)
+
+
+def _log_and_register(
+    cfg: SelfhealConfig, trained: train.TrainedModel, split: train.Split, lineage: dict[str, str], run_name: str
+) -> tuple[str, str]:
+    """Log the fit (parameters, metrics, lineage, the model) as one MLflow run and register it: (version, run id)."""
     with (
         mlflow_uris(cfg.tracking_uri),
-        mlflow.start_run(experiment_id=experiment_id, run_name=f"train-silver-v{silver_version}") as run,
+        mlflow.start_run(experiment_id=_experiment_id(cfg), run_name=run_name) as run,
     ):
         mlflow.log_params({"estimator": type(trained.model[-1]).__name__, **trained.params, **_data_params(split)})
         mlflow.log_metrics({**trained.metrics, **per_batch_metrics(trained.per_batch)})
@@ -534,13 +540,20 @@ def train_task(cfg: SelfhealConfig, silver_version: int, change: ChangeWindow | 
             registered_model_name=cfg.model_name,
             extra_trusted=cfg.trainer.trusted_types,
         )
-    version = str(info.registered_model_version)
-    for tag, value in {**lineage, **{f"metric.{k}": f"{v:.6f}" for k, v in trained.metrics.items()}}.items():
-        registry.set_tag(version, tag, value)
-    registry.set_alias(CHALLENGER, version)
-    _remember(challenger_version=version, challenger_run_id=run.info.run_id)
-    log.info("trained version %s on silver v%d: %s", version, silver_version, trained.metrics)
-    return Challenger(version, run.info.run_id, trained.metrics, resumed=False)
+    return str(info.registered_model_version), run.info.run_id
+
+
+def _window_tags(cfg: SelfhealConfig, silver: pd.DataFrame, change: ChangeWindow) -> dict[str, str]:
+    """Which rows trained the model: the batch range, the change it follows, the monitor's reference window."""
+    batches = train.batch_range(silver)
+    window = silver["_batch_id"].nunique() if change.known else cfg.trainer.window_batches
+    return {
+        # The monitor's reference is the newest N batches of this silver version: from the change on, N of them.
+        WINDOW_TAG: str(window or "all"),
+        TRAIN_BATCHES_TAG: f"{batches[0]}-{batches[1]}" if batches else "",
+        CHANGE_TAG: change.describe(),
+        **({SINCE_BATCH_TAG: str(batches[0])} if change.known and batches else {}),
+    }
 
 
 def _data_params(split: train.Split) -> dict[str, Any]:

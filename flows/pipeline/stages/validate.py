@@ -607,6 +607,20 @@ def _column_notes(columns: _Columns, data: DataConfig, *, inferred: bool) -> lis
     return notes
 
 
+def _refuse_case_clashes(frame: pd.DataFrame, columns: _Columns, notes: list[str]) -> ValidationOutcome | None:
+    """The refusal of a batch with column names equal but for case, which no Delta table can hold; else None."""
+    clashes = _case_clashes([c for c in columns.expected if c in frame.columns])
+    if not clashes:
+        return None
+    records = [_record(", ".join(group), "case_insensitive_unique_names", group[0]) for group in clashes]
+    reason = "column names equal but for case (a Delta table cannot hold both): " + "; ".join(
+        " / ".join(group) for group in clashes
+    )
+    return ValidationOutcome(
+        False, None, dict(columns.features), records, reason, notes, len(records), rows_in=len(frame)
+    )
+
+
 def validate_batch(
     frame: pd.DataFrame,
     cfg: SelfhealConfig | DataConfig,
@@ -636,16 +650,9 @@ def validate_batch(
     frame = frame.rename(columns=str).reset_index(drop=True)
     columns = _sort_columns(frame, data, schema, require_label)
     notes = _column_notes(columns, data, inferred=schema is None)
-    clashes = _case_clashes([c for c in columns.expected if c in frame.columns])
-    if clashes:
-        # A Delta table's column names are case-insensitive: such a batch cannot land, whatever else holds.
-        records = [_record(", ".join(group), "case_insensitive_unique_names", group[0]) for group in clashes]
-        reason = "column names equal but for case (a Delta table cannot hold both): " + "; ".join(
-            " / ".join(group) for group in clashes
-        )
-        return ValidationOutcome(
-            False, None, dict(columns.features), records, reason, notes, len(records), rows_in=len(frame)
-        )
+    refused = _refuse_case_clashes(frame, columns, notes)
+    if refused is not None:
+        return refused
     work, uncoerced = _prepare(frame, data, columns, notes)
     # ``keep`` lands identical rows as they are: no need to find them.
     duplicates = None if data.duplicate_handling == "keep" else _duplicate_mask(work)
