@@ -13,12 +13,13 @@ chaos extension does not depend on ``flows``)::
     <root>/logs/, <root>/run/*.pid, <root>/sandbox.json (what is running where)
 
 Processes: a Prefect server (shared by every flow run in the sandbox), the model
-server (``selfheal serve``), the workload (``python -m chaos.workload``), the
-pipeline schedule (runs ``selfheal pipeline run`` whenever a landing file has not
-been taken or a run left bronze ahead of the last complete manifest, as the
-deployments "pipeline on new data" and its schedule do) and the healer
-(``selfheal heal --interval 1``; with ``healing.enabled: false`` it detects, opens
-incidents and repairs nothing), and the release controller (``selfheal release watch``). Setup
+server (``selfheal serve``: two replicas of one worker under a supervisor), the
+workload (``python -m chaos.workload``), the pipeline schedule (runs ``selfheal
+pipeline run`` whenever a landing file has not been taken or a run left bronze ahead
+of the last complete manifest, as the deployments "pipeline on new data" and its
+schedule do) and the healer (``selfheal heal --interval 1``; with ``healing.enabled:
+false`` it detects, opens incidents and repairs nothing), and the release controller
+(``selfheal release watch``). Setup
 lands a few clean batches and trains the first champion.
 
 Example:
@@ -214,8 +215,8 @@ class Sandbox:
                 "serving": {
                     "host": "127.0.0.1",
                     "port": port,
-                    "workers": 2,
-                    "replicas": 1,  # serving-kill-server kills the whole server: only the healer restarts it
+                    "workers": 1,
+                    "replicas": 2,  # serving-kill-replica kills one; serving-kill-server kills them all
                     "url": f"http://127.0.0.1:{port}",
                     "poll_seconds": 1.0,
                 },

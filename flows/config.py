@@ -172,9 +172,10 @@ class GateConfig(_Section):
 class ServingConfig(_Section):
     host: str = "127.0.0.1"
     port: int = Field(default=8765, ge=1, le=65535)
-    workers: int = Field(default=2, ge=1)
-    replicas: int = Field(default=1, ge=1)
-    """Servers on the port, each with ``workers`` workers, under a supervisor that starts a dead one again."""
+    workers: int = Field(default=1, ge=1)
+    replicas: int = Field(default=2, ge=1)
+    """Servers on the port, each with ``workers`` workers, under a supervisor that starts a dead one again
+    (1: one gunicorn master, whose death closes the port until the healer restarts it)."""
     url: str | None = None
     """A running server to tell about new champions (``POST /admin/reload``)."""
     poll_seconds: float = Field(default=10.0, gt=0)

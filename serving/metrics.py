@@ -14,11 +14,15 @@ Example:
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Literal
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client import multiprocess as prom_multiprocess
+
+from serving import processes
 
 #: Request latency buckets (seconds): sub-millisecond to a few seconds.
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.0075, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -159,3 +163,24 @@ def mark_worker_dead(pid: int) -> None:
     """Drop a dead worker's live gauges (gunicorn ``child_exit`` hook)."""
     if multiprocess_dir():
         prom_multiprocess.mark_process_dead(pid)  # type: ignore[no-untyped-call]
+
+
+#: A live gauge's file in the multiprocess folder: ``gauge_liveall_<pid>.db``, ``gauge_livesum_<pid>.db``.
+_LIVE_GAUGE_FILE = re.compile(r"^gauge_live\w*?_(\d+)\.db$")
+
+
+def forget_dead_workers() -> list[int]:
+    """Drop the live gauges of every worker in the folder that is gone; return their pids.
+
+    A worker's ``child_exit`` hook runs in its master: when the master itself is
+    killed, nothing drops its workers' gauges, and under ``--replicas`` (one folder
+    for every master) ``/metrics`` would report them on. The supervisor calls this.
+    """
+    folder = multiprocess_dir()
+    if not folder:
+        return []
+    pids = {int(m.group(1)) for f in Path(folder).iterdir() if (m := _LIVE_GAUGE_FILE.match(f.name))}
+    dead = sorted(pid for pid in pids if not processes.alive(pid))
+    for pid in dead:
+        prom_multiprocess.mark_process_dead(pid)  # type: ignore[no-untyped-call]
+    return dead

@@ -28,6 +28,7 @@ import importlib
 import logging
 import os
 import shutil
+import socket
 import sys
 import tempfile
 from collections.abc import Sequence
@@ -45,7 +46,8 @@ logger = logging.getLogger(__name__)
 
 def _post_fork(server: Any, worker: Any) -> None:
     # A worker outlives a SIGKILLed master otherwise: it keeps answering on the port (under
-    # --reuse-port from a socket of its own) with nothing to replace or stop it.
+    # --reuse-port from a socket of its own, under --replicas from the shared one) with nothing to replace
+    # or stop it.
     from serving.supervisor import die_with_parent
 
     die_with_parent(worker.ppid)
@@ -126,6 +128,12 @@ def _parser() -> argparse.ArgumentParser:
         help="share the port with other servers started the same way (SO_REUSEPORT: the kernel spreads new "
         "connections over them); give each its own SELFHEAL_RUNTIME_DIR",
     )
+    parser.add_argument(
+        "--shared-runtime",
+        action="store_true",
+        help="SELFHEAL_RUNTIME_DIR was prepared by a supervisor and is shared with the other replicas (one admin "
+        "state, one set of metrics files): use it as it is instead of clearing it (set by --replicas)",
+    )
     # A worker whose event loop is wedged (or stopped) still counts as alive: only this heartbeat
     # notices it, and meanwhile every request on a connection it holds hangs. 60 s (gunicorn's
     # usual) outlasts the serving MTTR SLA; uvicorn's loop beats every timeout/2 even under load
@@ -145,44 +153,50 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def prepare_runtime(settings: ServerSettings) -> str:
+def prepare_runtime(settings: ServerSettings, *, shared: bool = False) -> str:
     """Create the folder the workers share and point Prometheus' multiprocess mode at it.
 
     An earlier server's admin state (a rollback pin) is cleared: a pin lasts as
-    long as the server that received it. Make a rollback durable by moving the
+    long as the server that received it (under ``--replicas``, the supervisor:
+    its replicas share the folder, ``shared``, and a restarted one keeps the
+    pin and the others' metrics files). Make a rollback durable by moving the
     registry aliases.
     """
     runtime = settings.runtime_dir or tempfile.mkdtemp(prefix="selfheal-serve-")
     prometheus = Path(runtime) / "prometheus"
-    shutil.rmtree(prometheus, ignore_errors=True)
+    if not shared:
+        shutil.rmtree(prometheus, ignore_errors=True)
+        (Path(runtime) / "control.json").unlink(missing_ok=True)
     prometheus.mkdir(parents=True, exist_ok=True)
-    (Path(runtime) / "control.json").unlink(missing_ok=True)
     os.environ["SELFHEAL_RUNTIME_DIR"] = runtime
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(prometheus)
     return runtime
 
 
 def _supervise(args: argparse.Namespace, settings: ServerSettings) -> int:
-    """Run ``args.replicas`` servers on one port under ``serving.supervisor`` until stopped."""
-    from serving.processes import free_port
+    """Run ``args.replicas`` servers on one listening socket under ``serving.supervisor`` until stopped."""
     from serving.supervisor import Supervisor
 
-    port = args.port or free_port()  # port 0: one free port for every replica, not one each
-    runtime = Path(settings.runtime_dir or tempfile.mkdtemp(prefix="selfheal-serve-"))
-    argv = [sys.executable, "-m", "serving", "--host", args.host, "--port", str(port), "--reuse-port"]
+    # The supervisor binds the port and every replica's workers accept on that one socket, so
+    # a connection waits in its queue for any live worker: a killed, stopped or booting one
+    # takes none (per-worker SO_REUSEPORT sockets would strand the connections hashed to it).
+    listener = socket.create_server((args.host, args.port), backlog=2048)
+    port = listener.getsockname()[1]  # port 0: the one picked, for every replica
+    runtime = prepare_runtime(settings)  # one for all: an admin call or a /metrics scrape sees the whole server
+    argv = [sys.executable, "-m", "serving", "--host", args.host, "--port", str(port), "--shared-runtime"]
     argv += ["--workers", str(args.workers), "--timeout", str(args.timeout)]
     argv += ["--graceful-timeout", str(args.graceful_timeout), "--log-level", args.log_level]
     if args.profile_startup:
         argv.append("--profile-startup")
     logger.info(
-        "serving on %s:%d: %d replicas of %d workers under a supervisor (runtime folders %s/replica-*)",
+        "serving on %s:%d: %d replicas of %d workers under a supervisor (runtime folder %s)",
         args.host,
         port,
         args.replicas,
         args.workers,
         runtime,
     )
-    return Supervisor(argv, args.replicas, runtime).run()
+    return Supervisor(argv, args.replicas, listener).run()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -213,7 +227,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Before numpy/sklearn load: one OpenMP/BLAS thread per call, the workers share the cores.
     os.environ.setdefault("OMP_NUM_THREADS", str(settings.model_threads))
     os.environ.setdefault("OPENBLAS_NUM_THREADS", str(settings.model_threads))
-    runtime = prepare_runtime(settings)
+    runtime = prepare_runtime(settings, shared=args.shared_runtime)
     logger.info(
         "serving %r from %s on %s:%d with %d workers (runtime folder %s)",
         settings.model_name,

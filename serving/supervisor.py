@@ -2,21 +2,26 @@
 
 gunicorn replaces a dead worker, but nothing replaces a dead gunicorn master: its port
 closes, and every request fails until someone restarts it (the healer, seconds later).
-With ``--replicas N`` the process you start is this supervisor instead. It runs N
-masters that share the port (``SO_REUSEPORT``: the kernel spreads new connections over
-them), each with a runtime folder of its own (``<runtime>/replica-<i>``: admin state,
-metrics files), and starts a replica again as soon as it exits. Killing one master leaves
-the others answering (and its workers exit: each dies with its master,
-``serving.server``). Stopping the supervisor (SIGTERM, SIGINT) stops every replica; a
-replica whose supervisor is killed outright exits too (``PR_SET_PDEATHSIG``), so nothing
-keeps serving an old model behind a dead supervisor. SIGHUP is ignored.
+With ``--replicas N`` the process you start is this supervisor instead. It binds the
+port and runs N masters that accept on that one socket (handed over as systemd socket
+activation does: fd 3, ``LISTEN_FDS``/``LISTEN_PID``, which gunicorn reads), so a
+connection waits in the queue for whichever worker is free and none is stranded on a
+dead, stopped or booting one; they share one runtime folder (admin state, metrics files: an ``/admin/rollback`` or a
+``/metrics`` scrape answered by any replica speaks for the whole server), and starts a
+replica again as soon as it exits. Killing one master leaves the others answering (and
+its workers exit: each dies with its master, ``serving.server``; the supervisor drops
+their live gauges, which their master's ``child_exit`` hook no longer can). Stopping
+the supervisor (SIGTERM, SIGINT) stops every replica; a replica whose supervisor is
+killed outright exits too (``PR_SET_PDEATHSIG``), so nothing keeps serving an old model
+behind a dead supervisor. SIGHUP is ignored.
 
 A replica that exits within ``QUICK_EXIT_SECONDS`` of its start (it cannot load its
 model, its port is refused) is started again after a delay that doubles up to
 ``MAX_DELAY_SECONDS``, so a broken configuration does not spin the CPU.
 
 Example:
-    >>> Supervisor([sys.executable, "-m", "serving", "--port", "8765", "--reuse-port"], 2, Path("run")).run()
+    >>> listener = socket.create_server(("127.0.0.1", 8765), backlog=2048)
+    >>> Supervisor([sys.executable, "-m", "serving", "--port", "8765", "--shared-runtime"], 2, listener).run()
 """
 
 from __future__ import annotations
@@ -25,12 +30,14 @@ import ctypes
 import logging
 import os
 import signal
+import socket
 import subprocess
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from types import FrameType
+
+from serving.metrics import forget_dead_workers
 
 logger = logging.getLogger(__name__)
 
@@ -39,7 +46,10 @@ QUICK_EXIT_SECONDS = 10.0
 MAX_DELAY_SECONDS = 30.0
 #: How often the supervisor looks for exited replicas and due restarts.
 _POLL_SECONDS = 0.1
+#: How often it drops dead workers' gauges (a killed master's workers take a moment to exit).
+_SWEEP_SECONDS = 1.0
 _PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+_SD_LISTEN_FDS_START = 3  # the first inherited socket of systemd socket activation (sd_listen_fds)
 #: Stops forwarded to every replica. SIGHUP is ignored: to gunicorn it means "reload", which
 #: a replica does not need (it follows the registry).
 _FORWARDED = (signal.SIGTERM, signal.SIGINT)
@@ -55,7 +65,6 @@ def die_with_parent(parent: int) -> None:
 @dataclass
 class _Replica:
     index: int
-    runtime: Path
     proc: subprocess.Popen[bytes] | None = None
     started: float = 0.0
     quick_exits: int = 0
@@ -63,13 +72,14 @@ class _Replica:
 
 
 class Supervisor:
-    """Runs ``replicas`` copies of ``argv`` (a server started with ``--reuse-port``) and restarts any that exits."""
+    """Runs ``replicas`` copies of ``argv`` (a gunicorn server) on ``listener`` and restarts any that exits."""
 
-    def __init__(self, argv: Sequence[str], replicas: int, runtime: Path) -> None:
+    def __init__(self, argv: Sequence[str], replicas: int, listener: socket.socket) -> None:
         if replicas < 1:
             raise ValueError(f"replicas must be >= 1, got {replicas}")
         self.argv = list(argv)
-        self.replicas = [_Replica(i, runtime / f"replica-{i}", due=0.0) for i in range(1, replicas + 1)]
+        self.listener = listener
+        self.replicas = [_Replica(i, due=0.0) for i in range(1, replicas + 1)]
         self.stopping: int | None = None
 
     def run(self) -> int:
@@ -77,6 +87,7 @@ class Supervisor:
         for sig in _FORWARDED:
             signal.signal(sig, self._on_signal)
         signal.signal(signal.SIGHUP, signal.SIG_IGN)
+        swept = time.monotonic()
         while True:
             if self.stopping is not None:
                 if all(r.proc is None or r.proc.poll() is not None for r in self.replicas):
@@ -87,6 +98,9 @@ class Supervisor:
                     if replica.due is None and replica.proc is not None and replica.proc.poll() is not None:
                         self._schedule_restart(replica)
                 self._start_due()
+            if time.monotonic() - swept >= _SWEEP_SECONDS:
+                forget_dead_workers()
+                swept = time.monotonic()
             time.sleep(_POLL_SECONDS)
 
     def _start_due(self) -> None:
@@ -96,10 +110,19 @@ class Supervisor:
                 self._start(replica)
 
     def _start(self, replica: _Replica) -> None:
-        env = {**os.environ, "SELFHEAL_RUNTIME_DIR": str(replica.runtime)}
-        parent = os.getpid()
+        parent, listener = os.getpid(), self.listener.fileno()
+
+        def in_the_child() -> None:
+            die_with_parent(parent)
+            if listener != _SD_LISTEN_FDS_START:
+                os.dup2(listener, _SD_LISTEN_FDS_START)
+            os.set_inheritable(_SD_LISTEN_FDS_START, True)  # the listener's own fd is close-on-exec
+            os.environ.update(LISTEN_FDS="1", LISTEN_PID=str(os.getpid()))  # putenv: the exec inherits it
+
+        # close_fds=False: closing runs after preexec_fn and would take fd 3 too; every other fd
+        # Python opened is close-on-exec already.
         replica.proc = subprocess.Popen(  # noqa: PLW1509 - the supervisor has one thread
-            self.argv, env=env, preexec_fn=lambda: die_with_parent(parent)
+            self.argv, preexec_fn=in_the_child, close_fds=False
         )
         replica.started, replica.due = time.monotonic(), None
         if self.stopping is not None:  # the stop came while it was being started

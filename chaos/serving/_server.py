@@ -26,15 +26,22 @@ _SERVER_MARKERS = ("serving", "gunicorn", "selfheal")
 
 @dataclass(frozen=True)
 class ServerProcesses:
-    """The gunicorn master and its workers."""
+    """The server's processes: its top one (a gunicorn master, or the supervisor of several), masters, workers."""
 
     master: int
+    masters: tuple[int, ...]
     workers: tuple[int, ...]
 
 
 def _looks_like_server(pid: int) -> bool:
     line = " ".join(processes.argv(pid))
     return any(marker in line for marker in _SERVER_MARKERS)
+
+
+def _supervises(pid: int) -> bool:
+    """Whether ``pid`` is ``python -m serving --replicas N`` with N > 1 (``serving.supervisor``), not a master."""
+    argv = processes.argv(pid)
+    return "--replicas" in argv[:-1] and argv[argv.index("--replicas") + 1] != "1"
 
 
 def worker_answering(url: str, timeout: float = 5.0) -> int:
@@ -50,20 +57,27 @@ def worker_answering(url: str, timeout: float = 5.0) -> int:
 
 
 def find_server(url: str, pid_file: str | None = None) -> ServerProcesses:
-    """The server behind ``url``: the master from ``pid_file`` if alive, else the parent of a worker.
+    """The server behind ``url``: the process in ``pid_file`` if alive, else found from a worker's parents.
+
+    Under ``--replicas`` the top process is the supervisor and its children are the
+    masters; ``workers`` are then every master's workers.
 
     Raises:
         ActivityFailed: nothing answers, or the process found is not a model server.
     """
-    master = processes.read_pid_file(pid_file) if pid_file else None
-    if master is None:
+    top = processes.read_pid_file(pid_file) if pid_file else None
+    if top is None:
         worker = worker_answering(url)
-        master = processes.parent(worker)
-        if master is None or master <= 1:
-            raise ActivityFailed(f"worker {worker} of {url} has no live master (parent {master})")
-    if not _looks_like_server(master):
-        raise ActivityFailed(f"process {master} ({' '.join(processes.argv(master))[:120]!r}) is not a model server")
-    return ServerProcesses(master, tuple(processes.children(master)))
+        top = processes.parent(worker)
+        if top is None or top <= 1:
+            raise ActivityFailed(f"worker {worker} of {url} has no live master (parent {top})")
+        above = processes.parent(top)
+        if above is not None and _supervises(above):
+            top = above
+    if not _looks_like_server(top):
+        raise ActivityFailed(f"process {top} ({' '.join(processes.argv(top))[:120]!r}) is not a model server")
+    masters = tuple(processes.children(top)) if _supervises(top) else (top,)
+    return ServerProcesses(top, masters, tuple(w for m in masters for w in processes.children(m)))
 
 
 def ready(url: str, timeout: float) -> tuple[bool, str]:

@@ -21,7 +21,7 @@ from chaos import ledger
 from chaos.serving import _server
 from serving import processes
 
-__all__ = ["hang_worker", "kill_server", "kill_worker", "release_hung_worker", "start_server_if_down"]
+__all__ = ["hang_worker", "kill_replica", "kill_server", "kill_worker", "release_hung_worker", "start_server_if_down"]
 
 logger = logging.getLogger(__name__)
 
@@ -51,7 +51,7 @@ def kill_worker(
     server = _server.find_server(url, pid_file)
     victim = _server.worker_answering(url)
     if victim not in server.workers:
-        raise ActivityFailed(f"worker {victim} is not a child of master {server.master} ({list(server.workers)})")
+        raise ActivityFailed(f"worker {victim} is not one of server {server.master}'s ({list(server.workers)})")
     processes.kill([victim], sig, timeout=0)
     at = ledger.record(configuration, "fault", fault="kill_worker", detail={"pid": victim, "signal": sig.name})
     left = processes.wait_gone([victim], timeout=10.0)
@@ -81,7 +81,7 @@ def hang_worker(
     server = _server.find_server(url, pid_file)
     victim = _server.worker_answering(url)
     if victim not in server.workers:
-        raise ActivityFailed(f"worker {victim} is not a child of master {server.master} ({list(server.workers)})")
+        raise ActivityFailed(f"worker {victim} is not one of server {server.master}'s ({list(server.workers)})")
     started = processes.started_at(victim)
     processes.kill([victim], signal.SIGSTOP, timeout=0)
     at = ledger.record(
@@ -120,20 +120,43 @@ def kill_server(
     pid_file: str | None = None,
     configuration: Configuration | None = None,
 ) -> dict[str, Any]:
-    """SIGKILL the server's master and every worker at once, as a crashed host or the OOM killer would.
+    """SIGKILL the whole server (its supervisor, every master, every worker) at once, as a crashed host would.
 
-    Nothing restarts it but a supervisor (the healer). Returns the pids killed.
+    Nothing restarts it but the healer. Returns the pids killed.
     """
     server = _server.find_server(url, pid_file)
-    tree = [server.master, *processes.descendants(server.master)]
-    # The master first, so it cannot fork replacements for the workers killed after it.
+    return _kill_tree(server.master, "kill_server", configuration)
+
+
+def kill_replica(
+    url: str,
+    pid_file: str | None = None,
+    configuration: Configuration | None = None,
+) -> dict[str, Any]:
+    """SIGKILL one of the servers on the port (a gunicorn master and its workers), as a crashed process would.
+
+    The one whose worker answers ``/health``. Its supervisor (``serving.replicas`` >= 2)
+    should start it again while the others keep answering. Returns the pids killed.
+    """
+    server = _server.find_server(url, pid_file)
+    if len(server.masters) < 2:
+        raise ActivityFailed(f"server {server.master} runs {len(server.masters)} master(s): nothing to kill one of")
+    victim = processes.parent(_server.worker_answering(url))
+    if victim not in server.masters:
+        raise ActivityFailed(f"master {victim} is not one of server {server.master}'s ({list(server.masters)})")
+    return _kill_tree(victim, "kill_replica", configuration)
+
+
+def _kill_tree(top: int, fault: str, configuration: Configuration | None) -> dict[str, Any]:
+    tree = [top, *processes.descendants(top)]
+    # The top first, so it cannot fork replacements for the processes killed after it.
     processes.kill(tree, timeout=0)
-    at = ledger.record(configuration, "fault", fault="kill_server", detail={"master": server.master, "pids": tree})
+    at = ledger.record(configuration, "fault", fault=fault, detail={"master": top, "pids": tree})
     left = processes.wait_gone(tree, timeout=10.0)
     if left:
-        raise ActivityFailed(f"processes {left} of the server still alive 10s after SIGKILL")
-    logger.info("killed server %d and its %d descendants", server.master, len(tree) - 1)
-    return {"master": server.master, "pids": tree, "at": at}
+        raise ActivityFailed(f"processes {left} of server {top} still alive 10s after SIGKILL")
+    logger.info("%s: killed %d and its %d descendants", fault, top, len(tree) - 1)
+    return {"master": top, "pids": tree, "at": at}
 
 
 def start_server_if_down(

@@ -9,6 +9,7 @@ last. ``availability`` and ``predictions_lost`` return a number for a tolerance 
 
 # No ``from __future__ import annotations``: discovery reads these annotations at run time.
 
+import contextlib
 import threading
 import time
 from typing import Any
@@ -23,6 +24,7 @@ from chaos._polling import Check, seconds_until
 from chaos.serving import _server
 from chaos.workload import read_outcomes, read_records
 from checkpoints import Lake
+from checkpoints.exceptions import ServingUnavailable
 from serving import processes
 from serving.client import ServingClient
 from serving.modelio import mlflow_uris
@@ -34,6 +36,7 @@ __all__ = [
     "predictions_lost",
     "seconds_until_availability",
     "seconds_until_model_quality",
+    "seconds_until_servers_ready",
     "seconds_until_serving_answers",
     "seconds_until_worker_replaced",
     "seconds_until_workers",
@@ -389,3 +392,34 @@ def seconds_until_worker_replaced(
         return Check(len(running) >= workers and not still, seen)
 
     return seconds_until(look, f"{workers} serving workers running", timeout, since, interval, configuration)
+
+
+def seconds_until_servers_ready(
+    url: str,
+    servers: int,
+    timeout: float = 60.0,
+    pid_file: str | None = None,
+    since: str = "fault",
+    interval: float = 0.1,
+    configuration: Configuration | None = None,
+) -> float:
+    """Poll until the server runs ``servers`` masters, none the one this run killed, each answering ``/ready``.
+
+    A master answers when one of its workers has answered ``GET /ready`` (with the
+    champion loaded) since the probe started: the workers share the port, so the probe
+    asks until each master's turn came. The killed master comes from the ledger's
+    ``kill_replica`` fault. Returns the seconds from the clock start.
+    """
+    fault = ledger.last_fault(configuration, "kill_replica")
+    victim = int(fault["master"]) if fault is not None else None
+    answered: set[int] = set()
+
+    def look() -> Check:
+        with contextlib.suppress(ServingUnavailable), ServingClient(url) as client:  # a new connection: any worker
+            answered.add(processes.parent(int(client.ready(timeout=2.0)["pid"])) or 0)
+        server = _server.find_server(url, pid_file)
+        waiting = [m for m in server.masters if m not in answered]
+        done = len(server.masters) >= servers and victim not in server.masters and not waiting
+        return Check(done, f"masters {list(server.masters)}, not yet ready {waiting}")
+
+    return seconds_until(look, f"{servers} servers ready at {url}", timeout, since, interval, configuration)

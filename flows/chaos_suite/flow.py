@@ -72,6 +72,7 @@ EXPERIMENTS = Path(__file__).resolve().parents[2] / "chaos" / "experiments"
 #: Run order: faults that leave no trace first; those that change the data or the model last.
 ORDER = (
     "serving-kill-worker",
+    "serving-kill-replica",
     "serving-hang-worker",
     "serving-kill-server",
     "registry-tracking-store-unreachable",

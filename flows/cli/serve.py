@@ -52,8 +52,9 @@ def register(sub: Subparsers) -> None:
         type=int,
         default=None,
         metavar="N",
-        help="run N servers on the port (SO_REUSEPORT), each with --workers workers, under a supervisor that "
-        "starts a dead one again: killing one server's master does not close the port (default: serving.replicas)",
+        help="run N servers on one listening socket, each with --workers workers, under a supervisor that "
+        "starts a dead one again: killing one server's master does not close the port (default: serving.replicas; "
+        "1 with --instance)",
     )
     srv.add_argument(
         "--profile-startup",
@@ -115,7 +116,11 @@ def cli_serve(args: argparse.Namespace) -> int:
     instance = getattr(args, "instance", None)
     env = server_environment(cfg, port, instance=instance)
     argv = [sys.executable, "-m", "serving", "--host", host, "--port", str(port), "--workers", str(workers)]
-    replicas = getattr(args, "replicas", None) or cfg.serving.replicas
+    replicas = getattr(args, "replicas", None) or (1 if instance else cfg.serving.replicas)
+    if instance and replicas != 1:
+        why = "--instance runs one server of several started apart; --replicas runs them under one supervisor"
+        print(f"selfheal serve: {why}: use one or the other", file=sys.stderr)
+        return 2
     if instance:
         argv.append("--reuse-port")
     if replicas != 1:

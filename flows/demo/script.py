@@ -3,12 +3,16 @@
 It trains and serves a champion, sends live traffic with late labels, runs the
 healer, and plays a script of faults against the running system: concept drift,
 covariate drift, a corrupt batch, a bad model promoted, a serving worker and
-then the whole server killed, and the tracking store unreachable for a while.
-For each it waits until the healer has detected, repaired and *verified* the
-repair, and prints the time to recover. Every number is measured in this run.
+then one of the two model servers killed, and the tracking store unreachable for
+a while. For each it waits until the healer has detected, repaired and *verified*
+the repair, and prints the time to recover. Every number is measured in this run.
 
 MTTR here is from detection to verified repair (the healer's clock); the
-detection delay (from injection to detection) is printed beside it.
+detection delay (from injection to detection) is printed beside it. The killed
+worker and server are replaced without the healer (their master, the supervisor):
+their MTTR is from the kill to every server ready again, with the availability
+over that time. (Killing every server at once, which only the healer repairs, is
+the chaos suite's ``serving-kill-server``.)
 
 Two profiles: ``embedded`` (the default: SQLite for MLflow, the lake in a folder, Prefect's
 ephemeral server) and ``production`` (``flows.local.production``: MLflow and Prefect servers
@@ -35,7 +39,8 @@ from typing import Any
 import yaml
 
 from chaos.registry.actions import make_tracking_store_unreachable, promote_bad_model
-from chaos.serving.actions import kill_server, kill_worker
+from chaos.serving.actions import kill_replica, kill_worker
+from chaos.serving.probes import seconds_until_servers_ready
 from chaos.workload import read_outcomes
 from checkpoints.exceptions import ServingUnavailable
 from checkpoints.incidents import State
@@ -98,8 +103,7 @@ def demo_config(base: SelfhealConfig, workdir: Path, port: int, stores: dict[str
     stream = DataConfig(target=TARGET, task="binary", time_column=TIME_COLUMN, id_columns=[ID_COLUMN])
     data["data"] = stream.model_dump(mode="json", by_alias=True)
     data.update(stores or {})
-    # One replica: the demo's server kill is the whole server, which only the healer brings back.
-    data["serving"].update(port=port, url=f"http://127.0.0.1:{port}", workers=2, replicas=1, poll_seconds=2.0)
+    data["serving"].update(port=port, url=f"http://127.0.0.1:{port}", workers=1, replicas=2, poll_seconds=2.0)
     data["trainer"]["window_batches"] = WINDOW_BATCHES
     data["trainer"]["params"] = {**data["trainer"].get("params", {}), "max_iter": 60}
     data["healing"].update(interval_seconds=1.0, verify_timeout_seconds=60.0, retrain_window=None)
@@ -302,7 +306,7 @@ class Demo:
         self.steady_state()
         self._data_faults()
         self._bad_model()
-        self._worker_killed()
+        self._processes_killed()
         self._outages()
 
     def _data_faults(self) -> None:
@@ -337,22 +341,37 @@ class Demo:
         )
         self.heal_until("bad model promoted", "bad_deploy", at)
 
-    def _worker_killed(self) -> None:
-        """A killed worker is the process manager's to replace: no incident expected; availability measured."""
+    def _processes_killed(self) -> None:
+        """A killed worker is its master's to replace, a killed server (master) its supervisor's: no incident."""
 
+        url, replicas = str(self.cfg.serving.url), self.cfg.serving.replicas
         at = self.step("one serving worker killed (SIGKILL) under load")
-        window_start = time.time()
-        killed = kill_worker(str(self.cfg.serving.url))
-        time.sleep(8.0)
+        killed = kill_worker(url)
+        back = time.time() - killed["at"]
+        back += seconds_until_servers_ready(url, replicas, since="now")  # its master's new worker answers too
+        time.sleep(max(0.0, 8.0 - back))
+        self._absorbed("serving worker killed", at, f"worker {killed['pid']} replaced by its master", back)
+
+        at = self.step(f"one of the {replicas} model servers killed (SIGKILL: master and worker)")
+        killed = kill_replica(url)
+        back = time.time() - killed["at"]
+        back += seconds_until_servers_ready(url, replicas, since="now")
+        time.sleep(max(0.0, 8.0 - back))
+        self._absorbed("model server killed", at, f"server {killed['master']} started again by the supervisor", back)
+
+    def _absorbed(self, fault: str, at: datetime, what: str, recovered_after: float) -> None:
+        """Record a fault the serving processes recover from on their own: availability from ``at``, incidents."""
         self.loop.tick()
-        availability = self.availability(window_start, time.time())
+        window = time.time() - at.timestamp()
+        availability = self.availability(at.timestamp(), time.time())
         opened = [i for i in self.loop.healer.log.incidents() if i.detected_at >= at]
-        note = f"worker {killed['pid']} replaced by the process manager; availability {availability:.2%} over 8 s"
+        note = f"{what} after {recovered_after:.1f} s; availability {availability:.2%} over {window:.0f} s"
         result = FaultResult(
-            "serving worker killed",
+            fault,
             None,
             at.isoformat(),
             "absorbed" if not opened else "incident",
+            mttr_seconds=round(recovered_after, 1),
             note=note,
             quality_before=self.champion_quality(),
             quality_after=self.champion_quality(),
@@ -361,11 +380,7 @@ class Demo:
         _say(f"   {note}; incidents opened: {len(opened)}")
 
     def _outages(self) -> None:
-        """The whole server killed, then the tracking store unreachable."""
-
-        at = self.step("the whole model server killed (SIGKILL)")
-        kill_server(str(self.cfg.serving.url))
-        self.heal_until("server killed", "serving_down", at)
+        """The tracking store unreachable (the production profile: the MLflow server hung, its database stopped)."""
 
         if self.stores is None:
             at = self.step(f"the tracking store stops answering for {OUTAGE_SECONDS:g} s")

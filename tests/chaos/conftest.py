@@ -192,10 +192,11 @@ def wait_ready(url: str, proc: subprocess.Popen[bytes], log: Path, timeout: floa
         raise AssertionError(f"server exited with {proc.returncode}:\n{log.read_text(errors='replace')[-3000:]}")
 
 
-def start_server(store: FraudStore, folder: Path, workers: int = 2) -> LiveServer:
+def start_server(store: FraudStore, folder: Path, workers: int = 2, replicas: int = 1) -> LiveServer:
     port = processes.free_port()
     log = folder / f"server-{port}.log"
     command = [sys.executable, "-m", "serving", "--port", str(port), "--workers", str(workers)]
+    command += ["--replicas", str(replicas)]
     env = server_env(store, folder)
     with open(log, "wb") as out:
         proc = subprocess.Popen(command, cwd=REPO_ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
@@ -213,8 +214,8 @@ def live_server(fraud_store: FraudStore, tmp_path: Path) -> Iterator[Callable[..
     """A factory of model servers (gunicorn, 2 workers) on a private store, all stopped at the end (faults welcome)."""
     started: list[LiveServer] = []
 
-    def start(workers: int = 2) -> LiveServer:
-        started.append(start_server(fraud_store, tmp_path, workers))
+    def start(workers: int = 2, replicas: int = 1) -> LiveServer:
+        started.append(start_server(fraud_store, tmp_path, workers, replicas))
         return started[-1]
 
     yield start

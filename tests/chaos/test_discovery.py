@@ -15,6 +15,7 @@ import chaos
 #: (module, activity): exactly what discovery must show, one row per activity.
 ACTIVITIES = [
     ("chaos.serving.actions", "hang_worker"),
+    ("chaos.serving.actions", "kill_replica"),
     ("chaos.serving.actions", "kill_server"),
     ("chaos.serving.actions", "kill_worker"),
     ("chaos.serving.actions", "release_hung_worker"),
@@ -24,6 +25,7 @@ ACTIVITIES = [
     ("chaos.serving.probes", "predictions_lost"),
     ("chaos.serving.probes", "seconds_until_availability"),
     ("chaos.serving.probes", "seconds_until_model_quality"),
+    ("chaos.serving.probes", "seconds_until_servers_ready"),
     ("chaos.serving.probes", "seconds_until_serving_answers"),
     ("chaos.serving.probes", "seconds_until_worker_replaced"),
     ("chaos.serving.probes", "seconds_until_workers"),

@@ -40,6 +40,7 @@ LOCAL_NAMES = [
     "registry-tracking-store-unreachable",
     "release-canary-worse",
     "serving-hang-worker",
+    "serving-kill-replica",
     "serving-kill-server",
     "serving-kill-worker",
 ]

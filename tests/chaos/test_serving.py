@@ -119,6 +119,37 @@ def test_release_hung_worker_kills_the_worker_still_stopped(
     assert probes.seconds_until_workers(server.url, workers=2, timeout=30, since="now", configuration=config) < 30
 
 
+def test_kill_replica_is_started_again_by_the_supervisor_while_the_other_answers(
+    live_server: Callable[..., LiveServer], workload: Callable[[str], Workload], config: dict[str, Any], tmp_path: Path
+) -> None:
+    server = live_server(workers=1, replicas=2)
+    pid_file = tmp_path / "server.pid"
+    pid_file.write_text(f"{server.proc.pid}\n")
+    assert probes.seconds_until_servers_ready(server.url, 2, timeout=30, since="now", configuration=config) < 30
+    masters = processes.children(server.proc.pid)
+    workload(server.url)
+    processes.wait_until(lambda: len(read_outcomes(tmp_path / "traffic.jsonl")) >= 20, 30.0, "20 answered requests")
+
+    killed = actions.kill_replica(server.url, pid_file=str(pid_file), configuration=config)
+    assert killed["master"] in masters and len(killed["pids"]) == 2  # the master and its worker
+    assert all(not processes.alive(pid) for pid in killed["pids"])
+    # A third server never comes: the probe waits for what it is told, not for any change.
+    with pytest.raises(ActivityFailed, match="3 servers ready .* not met within 2s"):
+        probes.seconds_until_servers_ready(server.url, 3, timeout=2, pid_file=str(pid_file), configuration=config)
+    back = probes.seconds_until_servers_ready(server.url, 2, timeout=60, pid_file=str(pid_file), configuration=config)
+    now = processes.children(server.proc.pid)
+    assert killed["master"] not in now and len(now) == 2 and back < 60
+    served = probes.availability_during_fault(str(tmp_path / "traffic.jsonl"), min_seconds=2, configuration=config)
+    assert served >= 0.95, served
+
+
+def test_kill_replica_needs_two_servers(live_server: Callable[..., LiveServer], config: dict[str, Any]) -> None:
+    server = live_server()
+    with pytest.raises(ActivityFailed, match="runs 1 master"):
+        actions.kill_replica(server.url, configuration=config)
+    assert processes.alive(server.proc.pid)
+
+
 def test_kill_server_then_answers_never_until_restarted(
     live_server: Callable[..., LiveServer], config: dict[str, Any], payload: Path, tmp_path: Path
 ) -> None:

@@ -162,7 +162,7 @@ def test_chaos_runs_are_recorded_once(tmp_path: Path) -> None:
 
 def test_experiment_order_and_names() -> None:
     names = [p.stem for p in suite.experiment_paths()]
-    assert names[:3] == ["serving-kill-worker", "serving-hang-worker", "serving-kill-server"]
+    assert names[:4] == ["serving-kill-worker", "serving-kill-replica", "serving-hang-worker", "serving-kill-server"]
     assert names[-2:] == ["data-drift-concept", "data-drift-covariate"]  # covariate last: see ORDER
     # A release adds a version but leaves the champion: after the bad model, before drift retrains.
     assert names.index("registry-bad-model") < names.index("release-canary-worse") < names.index("data-drift-concept")

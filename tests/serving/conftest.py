@@ -156,8 +156,17 @@ class LiveServer:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
+    def replicas(self) -> int:
+        """``--replicas`` of the running server (the CLI execs ``python -m serving`` with it), else 1."""
+        argv = processes.argv(self.proc.pid)
+        return int(argv[argv.index("--replicas") + 1]) if "--replicas" in argv[:-1] else 1
+
     def worker_pids(self) -> list[int]:
-        return processes.children(self.proc.pid)
+        """The workers: the master's children, or under a supervisor (``--replicas``) every master's."""
+        children = processes.children(self.proc.pid)
+        if self.replicas() == 1:
+            return children
+        return [w for master in children for w in processes.children(master)]
 
     def ready_pids(self) -> set[int]:
         """Workers that report a loaded primary model in the (multiprocess) metrics."""
@@ -177,7 +186,7 @@ class LiveServer:
             if self.proc.poll() is not None:
                 raise AssertionError(f"server exited with {self.proc.returncode}:\n{self.tail()}")
             pids = self.worker_pids()
-            return len(pids) == self.workers and set(pids) <= self.ready_pids()
+            return len(pids) == self.workers * self.replicas() and set(pids) <= self.ready_pids()
 
         try:
             wait_until(ready, timeout, "every worker to load its model", interval=0.2)

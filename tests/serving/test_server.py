@@ -108,7 +108,7 @@ def _breaker_lines(text: str) -> list[str]:
 
 
 def test_sigterm_writes_every_queued_log_row(model_store: ModelStore, live_server: Any, tmp_path: Path) -> None:
-    """Started through `selfheal serve` (the CLI execs the server, so its pid is gunicorn's master)."""
+    """Started through `selfheal serve` (the CLI execs the supervisor of 2 replicas, which forwards SIGTERM)."""
     model_store.set_aliases(champion=model_store.versions["hgb"])
     config = tmp_path / "selfheal.yaml"
     config.write_text(
@@ -117,7 +117,7 @@ def test_sigterm_writes_every_queued_log_row(model_store: ModelStore, live_serve
         f"lake:\n  root: {tmp_path / 'lake'}\n"
     )
     server = live_server(
-        workers=2,
+        workers=1,  # per replica: the default serving.replicas (2) runs 2 workers in all
         argv=[sys.executable, "-m", "flows.cli", "-c", str(config), "serve"],
         log_flush_seconds=3600,
         log_batch_rows=1_000_000,

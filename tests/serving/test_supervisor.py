@@ -11,6 +11,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from serving import processes
 from tests.serving.conftest import REPO_ROOT, Load, ModelStore, http, predict_bodies, server_env, wait_until
@@ -56,6 +57,18 @@ class _Replicas:
 
         wait_until(every_worker_answered, timeout, "both replicas' workers ready", interval=0.05)
 
+    def scrape(self) -> tuple[float, set[int]]:
+        """``/metrics`` from whichever replica answers: the requests counted, the pids with live gauges."""
+        text = http.get(f"{self.url}/metrics", timeout=5).text
+        requests, pids = 0.0, set()
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                if family.name == "selfheal_http_requests" and sample.name.endswith("_total"):
+                    requests += sample.value
+                if "pid" in sample.labels:
+                    pids.add(int(sample.labels["pid"]))
+        return requests, pids
+
     def all_pids(self) -> set[int]:
         return {self.proc.pid, *processes.process_tree(self.proc.pid)}
 
@@ -92,6 +105,13 @@ def test_a_killed_master_is_started_again_while_the_other_replica_keeps_answerin
         assert answered_in_gap >= 200
         # Only requests in flight on the dead replica's connections fail (one per client thread at most).
         assert failed <= load.threads, load.statuses
+
+        # One runtime folder for every replica: any scrape counts the whole server's requests
+        # (the dead replica's included, so the counter never goes back) and no dead worker's gauges.
+        seen = [server.scrape() for _ in range(12)]
+        counts = [requests for requests, _ in seen]
+        assert counts == sorted(counts) and counts[0] >= load.ok, counts
+        assert all(pids <= server.workers() for _, pids in seen), (seen, server.workers(), orphan)
 
         # SIGTERM stops every replica and their workers; the supervisor exits 0.
         everything = server.all_pids()
