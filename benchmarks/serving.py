@@ -223,8 +223,9 @@ def start_mlflow(workdir: Path, env: dict[str, str], version: str, workers: int)
 
 
 def start_selfheal(
-    workdir: Path, env: dict[str, str], tracking_uri: str, workers: int
+    workdir: Path, env: dict[str, str], tracking_uri: str, workers: int, *options: str
 ) -> tuple[subprocess.Popen[bytes], str]:
+    """``python -m serving`` with ``workers`` workers (and ``options``, e.g. ``--replicas 2``) on a free port."""
 
     port = free_port()
     env = {
@@ -238,6 +239,7 @@ def start_selfheal(
         "SELFHEAL_INFERENCE_LOG": "true",
     }
     cmd = [sys.executable, "-m", "serving", "--port", str(port), "--workers", str(workers), "--log-level", "warning"]
+    cmd += options
     with open(workdir / "selfheal-serve.log", "wb") as log:
         proc = subprocess.Popen(
             cmd, env=env, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True

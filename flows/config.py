@@ -176,6 +176,9 @@ class ServingConfig(_Section):
     replicas: int = Field(default=2, ge=1)
     """Servers on the port, each with ``workers`` workers, under a supervisor that starts a dead one again
     (1: one gunicorn master, whose death closes the port until the healer restarts it)."""
+    front: Literal["none", "haproxy"] = "none"
+    """A proxy on the port (under the supervisor) that sends a request again when its worker dies before
+    answering: ``haproxy`` (the Debian package) loses no request to a killed worker."""
     url: str | None = None
     """A running server to tell about new champions (``POST /admin/reload``)."""
     poll_seconds: float = Field(default=10.0, gt=0)

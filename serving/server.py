@@ -39,6 +39,7 @@ from gunicorn.app.base import BaseApplication
 from pydantic import ValidationError
 
 from serving import startup
+from serving.front import FRONTS
 from serving.settings import ServerSettings, forbid_pickle
 
 logger = logging.getLogger(__name__)
@@ -129,6 +130,13 @@ def _parser() -> argparse.ArgumentParser:
         "connections over them); give each its own SELFHEAL_RUNTIME_DIR",
     )
     parser.add_argument(
+        "--front",
+        choices=FRONTS,
+        default="none",
+        help="with --replicas: a proxy on the port that sends a request again when its worker dies before "
+        "answering (haproxy: the Debian package; default none)",
+    )
+    parser.add_argument(
         "--shared-runtime",
         action="store_true",
         help="SELFHEAL_RUNTIME_DIR was prepared by a supervisor and is shared with the other replicas (one admin "
@@ -175,28 +183,43 @@ def prepare_runtime(settings: ServerSettings, *, shared: bool = False) -> str:
 
 def _supervise(args: argparse.Namespace, settings: ServerSettings) -> int:
     """Run ``args.replicas`` servers on one listening socket under ``serving.supervisor`` until stopped."""
-    from serving.supervisor import Supervisor
+    from serving.front import front_command
+    from serving.supervisor import Child, Supervisor
 
     # The supervisor binds the port and every replica's workers accept on that one socket, so
     # a connection waits in its queue for any live worker: a killed, stopped or booting one
     # takes none (per-worker SO_REUSEPORT sockets would strand the connections hashed to it).
-    listener = socket.create_server((args.host, args.port), backlog=2048)
-    port = listener.getsockname()[1]  # port 0: the one picked, for every replica
-    runtime = prepare_runtime(settings)  # one for all: an admin call or a /metrics scrape sees the whole server
+    public = socket.create_server((args.host, args.port), backlog=2048)
+    port = public.getsockname()[1]  # port 0: the one picked, for every replica
+    runtime = Path(prepare_runtime(settings))  # one for all: an admin call or a scrape sees the whole server
     argv = [sys.executable, "-m", "serving", "--host", args.host, "--port", str(port), "--shared-runtime"]
     argv += ["--workers", str(args.workers), "--timeout", str(args.timeout)]
     argv += ["--graceful-timeout", str(args.graceful_timeout), "--log-level", args.log_level]
     if args.profile_startup:
         argv.append("--profile-startup")
+    children, masters = [], public
+    if args.front != "none":
+        app_socket = runtime / "app.sock"
+        app_socket.unlink(missing_ok=True)
+        masters = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        masters.bind(str(app_socket))
+        masters.listen(2048)
+        try:
+            children.append(Child("front", front_command(args.front, runtime, app_socket), public))
+        except ValueError as exc:
+            print(f"python -m serving: {exc}", file=sys.stderr)  # noqa: T201
+            return 2
+    children += [Child(f"replica {i}", argv, masters) for i in range(1, args.replicas + 1)]
     logger.info(
-        "serving on %s:%d: %d replicas of %d workers under a supervisor (runtime folder %s)",
+        "serving on %s:%d: %d replicas of %d workers under a supervisor%s (runtime folder %s)",
         args.host,
         port,
         args.replicas,
         args.workers,
+        f", {args.front} in front" if args.front != "none" else "",
         runtime,
     )
-    return Supervisor(argv, args.replicas, listener).run()
+    return Supervisor(children).run()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -219,7 +242,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("selfheal serve: invalid SELFHEAL_* settings:\n" + "\n".join(problems), file=sys.stderr)  # noqa: T201
         return 2
     forbid_pickle()  # before gunicorn forks: every worker inherits it (see serving.modelio)
-    if args.replicas > 1:
+    if args.replicas > 1 or args.front != "none":
         return _supervise(args, settings)
     if args.replicas < 1:
         print(f"selfheal serve: --replicas must be >= 1, got {args.replicas}", file=sys.stderr)  # noqa: T201

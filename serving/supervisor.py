@@ -63,40 +63,42 @@ def die_with_parent(parent: int) -> None:
 
 
 @dataclass
-class _Replica:
-    index: int
+class Child:
+    """One process the supervisor keeps running: its command and the listening socket it gets as fd 3."""
+
+    name: str
+    argv: list[str]
+    listener: socket.socket
     proc: subprocess.Popen[bytes] | None = None
     started: float = 0.0
     quick_exits: int = 0
-    due: float | None = None  # when to start it (again); None: running or stopped
+    due: float | None = 0.0  # when to start it (again); None: running or stopped
 
 
 class Supervisor:
-    """Runs ``replicas`` copies of ``argv`` (a gunicorn server) on ``listener`` and restarts any that exits."""
+    """Runs each child (gunicorn masters, a front) with its listener and starts again any that exits."""
 
-    def __init__(self, argv: Sequence[str], replicas: int, listener: socket.socket) -> None:
-        if replicas < 1:
-            raise ValueError(f"replicas must be >= 1, got {replicas}")
-        self.argv = list(argv)
-        self.listener = listener
-        self.replicas = [_Replica(i, due=0.0) for i in range(1, replicas + 1)]
+    def __init__(self, children: Sequence[Child]) -> None:
+        if not children:
+            raise ValueError("nothing to supervise")
+        self.children = list(children)
         self.stopping: int | None = None
 
     def run(self) -> int:
-        """Start the replicas and keep them running until a signal stops them; returns the exit code."""
+        """Start the children and keep them running until a signal stops them; returns the exit code."""
         for sig in _FORWARDED:
             signal.signal(sig, self._on_signal)
         signal.signal(signal.SIGHUP, signal.SIG_IGN)
         swept = time.monotonic()
         while True:
             if self.stopping is not None:
-                if all(r.proc is None or r.proc.poll() is not None for r in self.replicas):
+                if all(c.proc is None or c.proc.poll() is not None for c in self.children):
                     logger.info("every replica stopped")
                     return 0
             else:
-                for replica in self.replicas:  # exited and not yet scheduled: due is None while one runs
-                    if replica.due is None and replica.proc is not None and replica.proc.poll() is not None:
-                        self._schedule_restart(replica)
+                for child in self.children:  # exited and not yet scheduled: due is None while one runs
+                    if child.due is None and child.proc is not None and child.proc.poll() is not None:
+                        self._schedule_restart(child)
                 self._start_due()
             if time.monotonic() - swept >= _SWEEP_SECONDS:
                 forget_dead_workers()
@@ -105,12 +107,12 @@ class Supervisor:
 
     def _start_due(self) -> None:
         now = time.monotonic()
-        for replica in self.replicas:
-            if replica.due is not None and replica.due <= now:
-                self._start(replica)
+        for child in self.children:
+            if child.due is not None and child.due <= now:
+                self._start(child)
 
-    def _start(self, replica: _Replica) -> None:
-        parent, listener = os.getpid(), self.listener.fileno()
+    def _start(self, child: Child) -> None:
+        parent, listener = os.getpid(), child.listener.fileno()
 
         def in_the_child() -> None:
             die_with_parent(parent)
@@ -121,27 +123,27 @@ class Supervisor:
 
         # close_fds=False: closing runs after preexec_fn and would take fd 3 too; every other fd
         # Python opened is close-on-exec already.
-        replica.proc = subprocess.Popen(  # noqa: PLW1509 - the supervisor has one thread
-            self.argv, preexec_fn=in_the_child, close_fds=False
+        child.proc = subprocess.Popen(  # noqa: PLW1509 - the supervisor has one thread
+            child.argv, preexec_fn=in_the_child, close_fds=False
         )
-        replica.started, replica.due = time.monotonic(), None
+        child.started, child.due = time.monotonic(), None
         if self.stopping is not None:  # the stop came while it was being started
-            replica.proc.send_signal(self.stopping)
+            child.proc.send_signal(self.stopping)
             return
-        logger.info("replica %d started (pid %d)", replica.index, replica.proc.pid)
+        logger.info("%s started (pid %d)", child.name, child.proc.pid)
 
-    def _schedule_restart(self, replica: _Replica) -> None:
-        assert replica.proc is not None
-        lived = time.monotonic() - replica.started
-        replica.quick_exits = replica.quick_exits + 1 if lived < QUICK_EXIT_SECONDS else 0
-        delay = min(MAX_DELAY_SECONDS, 0.5 * 2 ** (replica.quick_exits - 1)) if replica.quick_exits else 0.0
-        replica.due = time.monotonic() + delay
-        code = replica.proc.returncode
+    def _schedule_restart(self, child: Child) -> None:
+        assert child.proc is not None
+        lived = time.monotonic() - child.started
+        child.quick_exits = child.quick_exits + 1 if lived < QUICK_EXIT_SECONDS else 0
+        delay = min(MAX_DELAY_SECONDS, 0.5 * 2 ** (child.quick_exits - 1)) if child.quick_exits else 0.0
+        child.due = time.monotonic() + delay
+        code = child.proc.returncode
         how = f"killed by {signal.Signals(-code).name}" if code is not None and code < 0 else f"exit code {code}"
         logger.warning(
-            "replica %d (pid %d) exited (%s) after %.1f s; starting it again%s",
-            replica.index,
-            replica.proc.pid,
+            "%s (pid %d) exited (%s) after %.1f s; starting it again%s",
+            child.name,
+            child.proc.pid,
             how,
             lived,
             f" in {delay:g} s" if delay else "",
@@ -149,6 +151,6 @@ class Supervisor:
 
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
         self.stopping = signum
-        for replica in self.replicas:
-            if replica.proc is not None and replica.proc.returncode is None:
-                replica.proc.send_signal(signum)
+        for child in self.children:
+            if child.proc is not None and child.proc.returncode is None:
+                child.proc.send_signal(signum)

@@ -125,12 +125,15 @@ def cli_serve(args: argparse.Namespace) -> int:
         argv.append("--reuse-port")
     if replicas != 1:
         argv += ["--replicas", str(replicas)]
+    if cfg.serving.front != "none":
+        argv += ["--front", cfg.serving.front]
     if getattr(args, "verbose", False):
         argv += ["--log-level", "debug"]
     if getattr(args, "profile_startup", False):
         argv.append("--profile-startup")
     shared = f" (instance {instance}, port shared)" if instance else ""
     shared += f" x {replicas} replicas under a supervisor" if replicas > 1 else ""
+    shared += f", {cfg.serving.front} in front" if cfg.serving.front != "none" else ""
     print(f"selfheal serve: {cfg.model_name!r} on http://{host}:{port} with {workers} workers{shared}", file=sys.stderr)
     sys.stderr.flush()
     os.execve(sys.executable, argv, env)

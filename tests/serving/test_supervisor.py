@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -20,21 +21,21 @@ pytestmark = pytest.mark.integration
 
 
 class _Replicas:
-    """The supervisor's process and what it runs: one gunicorn master per replica, one worker each."""
+    """The supervisor's process and what it runs: one gunicorn master per replica, one worker each (and a front)."""
 
-    def __init__(self, store: ModelStore, tmp_path: Path) -> None:
+    def __init__(self, store: ModelStore, tmp_path: Path, *options: str) -> None:
         self.port = processes.free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = tmp_path / "supervisor.log"
         cmd = [sys.executable, "-m", "serving", "--log-level", "info", "--port", str(self.port)]
-        cmd += ["--workers", "1", "--replicas", "2"]
+        cmd += ["--workers", "1", "--replicas", "2", *options]
         with open(self.log, "wb") as out:
             self.proc = subprocess.Popen(
                 cmd, cwd=REPO_ROOT, env=server_env(store, tmp_path), stdout=out, stderr=subprocess.STDOUT
             )
 
     def masters(self) -> list[int]:
-        return processes.children(self.proc.pid)
+        return [p for p in processes.children(self.proc.pid) if "--shared-runtime" in processes.argv(p)]
 
     def workers(self) -> set[int]:
         return {w for m in self.masters() for w in processes.children(m)}
@@ -71,6 +72,12 @@ class _Replicas:
 
     def all_pids(self) -> set[int]:
         return {self.proc.pid, *processes.process_tree(self.proc.pid)}
+
+    def kill_everything(self) -> None:
+        leftovers = self.all_pids()
+        self.proc.kill()
+        self.proc.wait(10)
+        processes.kill(leftovers)
 
 
 def test_a_killed_master_is_started_again_while_the_other_replica_keeps_answering(
@@ -121,10 +128,7 @@ def test_a_killed_master_is_started_again_while_the_other_replica_keeps_answerin
     finally:
         if load is not None:
             load.stop()
-        leftovers = server.all_pids()
-        server.proc.kill()
-        server.proc.wait(10)
-        processes.kill(leftovers)
+        server.kill_everything()
 
 
 def test_replicas_exit_when_their_supervisor_is_killed(model_store: ModelStore, tmp_path: Path) -> None:
@@ -143,3 +147,28 @@ def test_replicas_exit_when_their_supervisor_is_killed(model_store: ModelStore, 
         server.proc.kill()
         server.proc.wait(10)
         processes.kill(everything)
+
+
+@pytest.mark.skipif(shutil.which("haproxy") is None, reason="no haproxy (deployments/install-test-deps.sh installs it)")
+def test_behind_the_haproxy_front_a_killed_worker_loses_no_request(model_store: ModelStore, tmp_path: Path) -> None:
+    v = model_store.versions
+    model_store.set_aliases(champion=v["hgb"], previous=v["lr"])
+    server = _Replicas(model_store, tmp_path, "--front", "haproxy")
+    load = None
+    try:
+        server.wait_every_worker_ready()
+        load = Load(server.url, predict_bodies(model_store), threads=8).start()
+        load.wait_for(300)
+        for round_ in range(3):  # each time a worker with requests in flight: 8 clients on 2 workers
+            victim = sorted(server.workers())[round_ % 2]
+            assert not processes.kill([victim])
+            wait_until(lambda v=victim: v not in server.workers() and len(server.workers()) == 2, 30, "a new worker")
+            load.wait_for(300)
+        load.stop()
+        # Each kill dropped the connections it held; the front sent their requests again.
+        assert load.total - load.ok == 0, load.statuses
+        assert load.ok >= 1200
+    finally:
+        if load is not None:
+            load.stop()
+        server.kill_everything()
