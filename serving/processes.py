@@ -14,6 +14,7 @@ Example:
 
 from __future__ import annotations
 
+import ctypes
 import os
 import signal
 import socket
@@ -30,6 +31,7 @@ T = TypeVar("T")
 
 #: How long ``find`` waits for a process that is between exec and its new argument vector.
 _EXEC_GRACE_SECONDS = 0.5
+_PR_SET_NAME = 15  # <linux/prctl.h>
 
 
 def wait_until(condition: Callable[[], T], timeout: float, what: str, interval: float = 0.1) -> T:
@@ -215,6 +217,25 @@ def listening_ports(pid: int) -> set[int]:
     except psutil.Error:
         return set()
     return {c.laddr.port for c in connections if c.status == psutil.CONN_LISTEN}
+
+
+#: The names (``/proc/<pid>/comm``) of a replica's gunicorn master and of its workers. Forked from the
+#: supervisor, they share its command line (``--replicas N``): only the name tells them apart.
+REPLICA_MASTER = "serving-master"
+REPLICA_WORKER = "serving-worker"
+
+
+def set_name(name: str) -> None:
+    """Name this process (``PR_SET_NAME``: ``ps -o comm``, psutil's ``name()``); at most 15 bytes."""
+    ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_NAME, name.encode()[:15], 0, 0, 0)
+
+
+def name(pid: int) -> str:
+    """The name of ``pid`` (empty if it is gone)."""
+    try:
+        return str(psutil.Process(pid).name())
+    except psutil.Error:
+        return ""
 
 
 def argv(pid: int) -> list[str]:

@@ -23,6 +23,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import functools
 import gc
 import importlib
 import logging
@@ -31,7 +32,7 @@ import shutil
 import socket
 import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -49,9 +50,12 @@ def _post_fork(server: Any, worker: Any) -> None:
     # A worker outlives a SIGKILLed master otherwise: it keeps answering on the port (under
     # --reuse-port from a socket of its own, under --replicas from the shared one) with nothing to replace
     # or stop it.
+    from serving import processes
     from serving.supervisor import die_with_parent
 
     die_with_parent(worker.ppid)
+    if processes.name(worker.ppid) == processes.REPLICA_MASTER:  # forked with its master's name
+        processes.set_name(processes.REPLICA_WORKER)
 
 
 def _child_exit(server: Any, worker: Any) -> None:
@@ -72,14 +76,19 @@ class ModelServerApplication(BaseApplication):  # type: ignore[misc]
         for key, value in self.options.items():
             self.cfg.set(key, value)
 
-    def load(self) -> Any:
+    @staticmethod
+    def import_app() -> Callable[[], Any]:
+        """Import the app and the heavy modules its models need; return its factory."""
         # After main() set OMP_NUM_THREADS and PROMETHEUS_MULTIPROC_DIR, which numpy and prometheus_client
         # read at import; and `python -m serving --help` stays instant.
         with startup.phase("import the app (FastAPI, pandas, pyarrow)"):
             from serving.app import create_app
         with startup.phase("import scikit-learn + skops (preload)"):
             _import_heavy_modules()
-        app = create_app()
+        return create_app
+
+    def load(self) -> Any:
+        app = self.import_app()()
         # MLflow, scikit-learn and pandas leave millions of long-lived objects: a full collection
         # of them paused a worker for 0.3-1.3 s (the p99). Frozen before the fork, they are never
         # scanned again, and the workers keep sharing their pages (copy-on-write).
@@ -181,18 +190,29 @@ def prepare_runtime(settings: ServerSettings, *, shared: bool = False) -> str:
     return runtime
 
 
+def _limit_model_threads(settings: ServerSettings) -> None:
+    """Before numpy/sklearn load: one OpenMP/BLAS thread per call, the workers share the cores."""
+    os.environ.setdefault("OMP_NUM_THREADS", str(settings.model_threads))
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", str(settings.model_threads))
+
+
 def _supervise(args: argparse.Namespace, settings: ServerSettings) -> int:
     """Run ``args.replicas`` servers on one listening socket under ``serving.supervisor`` until stopped."""
     from serving.front import front_command
-    from serving.supervisor import Child, Supervisor
 
     # The supervisor binds the port and every replica's workers accept on that one socket, so
     # a connection waits in its queue for any live worker: a killed, stopped or booting one
     # takes none (per-worker SO_REUSEPORT sockets would strand the connections hashed to it).
     public = socket.create_server((args.host, args.port), backlog=2048)
     port = public.getsockname()[1]  # port 0: the one picked, for every replica
+    _limit_model_threads(settings)
     runtime = Path(prepare_runtime(settings))  # one for all: an admin call or a scrape sees the whole server
-    argv = [sys.executable, "-m", "serving", "--host", args.host, "--port", str(port), "--shared-runtime"]
+    # Imported once here, after the variables they read at import (above): each replica is a fork
+    # of this process, so a restarted one skips them (the supervisor never runs a prediction).
+    from serving.supervisor import Child, Supervisor
+
+    ModelServerApplication.import_app()
+    argv = ["--host", args.host, "--port", str(port), "--shared-runtime"]
     argv += ["--workers", str(args.workers), "--timeout", str(args.timeout)]
     argv += ["--graceful-timeout", str(args.graceful_timeout), "--log-level", args.log_level]
     if args.profile_startup:
@@ -205,11 +225,12 @@ def _supervise(args: argparse.Namespace, settings: ServerSettings) -> int:
         masters.bind(str(app_socket))
         masters.listen(2048)
         try:
-            children.append(Child("front", front_command(args.front, runtime, app_socket), public))
+            children.append(Child("front", public, argv=front_command(args.front, runtime, app_socket)))
         except ValueError as exc:
             print(f"python -m serving: {exc}", file=sys.stderr)  # noqa: T201
             return 2
-    children += [Child(f"replica {i}", argv, masters) for i in range(1, args.replicas + 1)]
+    replica = functools.partial(main, argv)
+    children += [Child(f"replica {i}", masters, target=replica) for i in range(1, args.replicas + 1)]
     logger.info(
         "serving on %s:%d: %d replicas of %d workers under a supervisor%s (runtime folder %s)",
         args.host,
@@ -247,9 +268,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.replicas < 1:
         print(f"selfheal serve: --replicas must be >= 1, got {args.replicas}", file=sys.stderr)  # noqa: T201
         return 2
-    # Before numpy/sklearn load: one OpenMP/BLAS thread per call, the workers share the cores.
-    os.environ.setdefault("OMP_NUM_THREADS", str(settings.model_threads))
-    os.environ.setdefault("OPENBLAS_NUM_THREADS", str(settings.model_threads))
+    _limit_model_threads(settings)
     runtime = prepare_runtime(settings, shared=args.shared_runtime)
     logger.info(
         "serving %r from %s on %s:%d with %d workers (runtime folder %s)",

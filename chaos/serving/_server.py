@@ -39,9 +39,13 @@ def _looks_like_server(pid: int) -> bool:
 
 
 def _supervises(pid: int) -> bool:
-    """Whether ``pid`` is ``python -m serving --replicas N`` with N > 1 (``serving.supervisor``), not a master."""
+    """Whether ``pid`` is ``python -m serving --replicas N`` (``serving.supervisor``), not one of its masters.
+
+    Its masters are forks of it, with its command line: their process name tells them apart.
+    """
     argv = processes.argv(pid)
-    return "--replicas" in argv[:-1] and argv[argv.index("--replicas") + 1] != "1"
+    replicas = "--replicas" in argv[:-1] and argv[argv.index("--replicas") + 1] != "1"
+    return replicas and processes.name(pid) not in (processes.REPLICA_MASTER, processes.REPLICA_WORKER)
 
 
 def worker_answering(url: str, timeout: float = 5.0) -> int:
@@ -76,7 +80,10 @@ def find_server(url: str, pid_file: str | None = None) -> ServerProcesses:
             top = above
     if not _looks_like_server(top):
         raise ActivityFailed(f"process {top} ({' '.join(processes.argv(top))[:120]!r}) is not a model server")
-    masters = tuple(processes.children(top)) if _supervises(top) else (top,)
+    if _supervises(top):  # its children: the masters and a front (HAProxy), if any
+        masters = tuple(p for p in processes.children(top) if processes.name(p) == processes.REPLICA_MASTER)
+    else:
+        masters = (top,)
     return ServerProcesses(top, masters, tuple(w for m in masters for w in processes.children(m)))
 
 

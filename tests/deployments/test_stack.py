@@ -251,7 +251,7 @@ def test_up_production_runs_flows_on_postgres_and_s3_keeps_its_state_and_down_st
     try:
         pids, state, effective = up()
         started = set().union(*(process_tree(p.pid) for p in pids.values()))
-        # Two model servers on one port (SO_REUSEPORT) under the serving supervisor, two workers of the pool.
+        # Two model servers on one listening socket under the serving supervisor, two workers of the pool.
         replicas = children(pids["serving"].pid)
         assert len(replicas) == 2
         for replica in replicas:
