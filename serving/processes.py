@@ -31,7 +31,7 @@ T = TypeVar("T")
 
 #: How long ``find`` waits for a process that is between exec and its new argument vector.
 _EXEC_GRACE_SECONDS = 0.5
-_PR_SET_NAME = 15  # <linux/prctl.h>
+_PR_SET_PDEATHSIG, _PR_SET_NAME = 1, 15  # <linux/prctl.h>
 
 
 def wait_until(condition: Callable[[], T], timeout: float, what: str, interval: float = 0.1) -> T:
@@ -219,15 +219,27 @@ def listening_ports(pid: int) -> set[int]:
     return {c.laddr.port for c in connections if c.status == psutil.CONN_LISTEN}
 
 
-#: The names (``/proc/<pid>/comm``) of a replica's gunicorn master and of its workers. Forked from the
-#: supervisor, they share its command line (``--replicas N``): only the name tells them apart.
+#: The names (``/proc/<pid>/comm``) of ``serving.supervisor`` and of the gunicorn masters and
+#: workers it forks: they all share its command line (``--replicas N``), only the name tells them apart.
+SUPERVISOR = "serving-super"
 REPLICA_MASTER = "serving-master"
 REPLICA_WORKER = "serving-worker"
 
 
+def _prctl(option: int, arg: int | bytes) -> None:
+    ctypes.CDLL(None, use_errno=True).prctl(option, arg, 0, 0, 0)
+
+
 def set_name(name: str) -> None:
     """Name this process (``PR_SET_NAME``: ``ps -o comm``, psutil's ``name()``); at most 15 bytes."""
-    ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_NAME, name.encode()[:15], 0, 0, 0)
+    _prctl(_PR_SET_NAME, name.encode()[:15])
+
+
+def die_with_parent(parent: int) -> None:
+    """SIGTERM this process when ``parent`` dies (Linux ``PR_SET_PDEATHSIG``); exit now if it already has."""
+    _prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    if os.getppid() != parent:  # it died before the prctl: no signal will come
+        os._exit(1)
 
 
 def name(pid: int) -> str:
@@ -236,6 +248,11 @@ def name(pid: int) -> str:
         return str(psutil.Process(pid).name())
     except psutil.Error:
         return ""
+
+
+def replica_masters(pid: int) -> list[int]:
+    """The gunicorn masters ``serving.supervisor`` at ``pid`` runs (not its front), sorted; [] for any other process."""
+    return [c for c in children(pid) if name(c) == REPLICA_MASTER] if name(pid) == SUPERVISOR else []
 
 
 def argv(pid: int) -> list[str]:

@@ -51,9 +51,8 @@ def _post_fork(server: Any, worker: Any) -> None:
     # --reuse-port from a socket of its own, under --replicas from the shared one) with nothing to replace
     # or stop it.
     from serving import processes
-    from serving.supervisor import die_with_parent
 
-    die_with_parent(worker.ppid)
+    processes.die_with_parent(worker.ppid)
     if processes.name(worker.ppid) == processes.REPLICA_MASTER:  # forked with its master's name
         processes.set_name(processes.REPLICA_WORKER)
 
@@ -199,7 +198,9 @@ def _limit_model_threads(settings: ServerSettings) -> None:
 def _supervise(args: argparse.Namespace, settings: ServerSettings) -> int:
     """Run ``args.replicas`` servers on one listening socket under ``serving.supervisor`` until stopped."""
     from serving.front import front_command
+    from serving.processes import SUPERVISOR, set_name
 
+    set_name(SUPERVISOR)  # first: its forked masters share its command line, only names tell them apart
     # The supervisor binds the port and every replica's workers accept on that one socket, so
     # a connection waits in its queue for any live worker: a killed, stopped or booting one
     # takes none (per-worker SO_REUSEPORT sockets would strand the connections hashed to it).

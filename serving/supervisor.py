@@ -30,7 +30,6 @@ Example (``serving.server`` builds this from ``--replicas``):
 
 from __future__ import annotations
 
-import ctypes
 import logging
 import os
 import signal
@@ -53,18 +52,10 @@ MAX_DELAY_SECONDS = 30.0
 _POLL_SECONDS = 0.1
 #: How often it drops dead workers' gauges (a killed master's workers take a moment to exit).
 _SWEEP_SECONDS = 1.0
-_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 _SD_LISTEN_FDS_START = 3  # the first inherited socket of systemd socket activation (sd_listen_fds)
 #: Stops forwarded to every replica. SIGHUP is ignored: to gunicorn it means "reload", which
 #: a replica does not need (it follows the registry).
 _FORWARDED = (signal.SIGTERM, signal.SIGINT)
-
-
-def die_with_parent(parent: int) -> None:
-    """SIGTERM this process when ``parent`` dies (Linux ``PR_SET_PDEATHSIG``); exit now if it already has."""
-    ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-    if os.getppid() != parent:  # it died before the prctl: no signal will come
-        os._exit(1)
 
 
 class Forked:
@@ -147,7 +138,7 @@ class Supervisor:
         parent, listener = os.getpid(), child.listener.fileno()
 
         def in_the_child() -> None:
-            die_with_parent(parent)
+            processes.die_with_parent(parent)
             if listener != _SD_LISTEN_FDS_START:
                 os.dup2(listener, _SD_LISTEN_FDS_START)
             os.set_inheritable(_SD_LISTEN_FDS_START, True)  # the listener's own fd is close-on-exec

@@ -38,16 +38,6 @@ def _looks_like_server(pid: int) -> bool:
     return any(marker in line for marker in _SERVER_MARKERS)
 
 
-def _supervises(pid: int) -> bool:
-    """Whether ``pid`` is ``python -m serving --replicas N`` (``serving.supervisor``), not one of its masters.
-
-    Its masters are forks of it, with its command line: their process name tells them apart.
-    """
-    argv = processes.argv(pid)
-    replicas = "--replicas" in argv[:-1] and argv[argv.index("--replicas") + 1] != "1"
-    return replicas and processes.name(pid) not in (processes.REPLICA_MASTER, processes.REPLICA_WORKER)
-
-
 def worker_answering(url: str, timeout: float = 5.0) -> int:
     """The pid of the worker that answers ``GET /health`` at ``url``."""
     try:
@@ -76,14 +66,11 @@ def find_server(url: str, pid_file: str | None = None) -> ServerProcesses:
         if top is None or top <= 1:
             raise ActivityFailed(f"worker {worker} of {url} has no live master (parent {top})")
         above = processes.parent(top)
-        if above is not None and _supervises(above):
+        if above is not None and processes.name(above) == processes.SUPERVISOR:
             top = above
     if not _looks_like_server(top):
         raise ActivityFailed(f"process {top} ({' '.join(processes.argv(top))[:120]!r}) is not a model server")
-    if _supervises(top):  # its children: the masters and a front (HAProxy), if any
-        masters = tuple(p for p in processes.children(top) if processes.name(p) == processes.REPLICA_MASTER)
-    else:
-        masters = (top,)
+    masters = tuple(processes.replica_masters(top)) if processes.name(top) == processes.SUPERVISOR else (top,)
     return ServerProcesses(top, masters, tuple(w for m in masters for w in processes.children(m)))
 
 

@@ -429,7 +429,7 @@ class Stack:
             if pid is None:
                 return True
             port = self.cfg.serving.port
-            servers = processes.children(pid.pid) if replicas > 1 else [pid.pid]
+            servers = processes.replica_masters(pid.pid) or [pid.pid]  # a supervisor's, or one master
             return len(servers) == replicas and all(
                 any(port in processes.listening_ports(p) for p in processes.process_tree(server)) for server in servers
             )

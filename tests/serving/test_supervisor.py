@@ -35,7 +35,7 @@ class _Replicas:
             )
 
     def masters(self) -> list[int]:
-        return [p for p in processes.children(self.proc.pid) if processes.name(p) == processes.REPLICA_MASTER]
+        return processes.replica_masters(self.proc.pid)
 
     def workers(self) -> set[int]:
         return {w for m in self.masters() for w in processes.children(m)}
