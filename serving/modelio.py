@@ -19,8 +19,12 @@ Example:
 
 from __future__ import annotations
 
+import importlib
+import inspect
+import itertools
 import json
 import os
+import sys
 import tempfile
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -210,12 +214,75 @@ def loads_sklearn_model(data: bytes, extra_trusted: Iterable[str] = ()) -> Any:
 
 
 def _checked_trust(found: Iterable[str], extra_trusted: Iterable[str]) -> list[str]:
-    """The trusted list, once every type skops ``found`` is on it; else ``UnsafeArtifact``."""
+    """The trusted list, once every type skops ``found`` is on it; else ``UnsafeArtifact``.
+
+    A public scikit-learn estimator is on it too: skops trusts those by default, and reports
+    them here only when it was imported by ``import_skops_lean`` (its default list left empty).
+    """
     trusted = trusted_types(extra_trusted)
-    untrusted = sorted(set(found) - set(trusted))
+    rest = set(found) - set(trusted)
+    estimators = sorted(name for name in rest if public_sklearn_estimator(name))
+    untrusted = sorted(rest - set(estimators))
     if untrusted:
         raise UnsafeArtifact("untrusted_types", f"types nobody reviewed: {', '.join(untrusted)}")
-    return trusted
+    return trusted + estimators
+
+
+#: Module names ``sklearn.utils.all_estimators`` does not look in.
+_NOT_SEARCHED = frozenset({"tests", "externals", "setup", "conftest", "experimental", "estimator_checks"})
+
+
+def public_sklearn_estimator(type_name: str) -> bool:
+    """Whether ``type_name`` is on skops' default trusted list of scikit-learn estimators.
+
+    That list is ``sklearn.utils.all_estimators()``: every concrete ``BaseEstimator`` subclass
+    with a public name that a public scikit-learn module (no ``._`` in its name) exposes. This
+    asks the same of one type, importing only its own module and that module's public parent
+    (``sklearn.ensemble`` for ``sklearn.ensemble._forest``), where scikit-learn exposes its
+    estimators. Nothing outside ``sklearn.`` is imported.
+    """
+    module_name, _, class_name = type_name.rpartition(".")
+    parts = module_name.split(".")
+    if parts[0] != "sklearn" or class_name.startswith("_") or _NOT_SEARCHED.intersection(parts):
+        return False
+    public = ".".join(itertools.takewhile(lambda part: not part.startswith("_"), parts))
+    try:
+        cls = getattr(importlib.import_module(module_name), class_name, None)
+        exposed = getattr(importlib.import_module(public), class_name, None)
+    except ImportError:
+        return False
+    from sklearn.base import BaseEstimator  # why local: only a server loading a model pays for scikit-learn
+
+    return (
+        isinstance(cls, type)
+        and issubclass(cls, BaseEstimator)
+        and cls is not BaseEstimator
+        and not inspect.isabstract(cls)
+        and exposed is cls
+    )
+
+
+def import_skops_lean() -> None:
+    """Import ``skops.io`` without its import-time walk of all of scikit-learn (~0.5 s of a server's cold start).
+
+    At import skops builds its default trusted list from ``sklearn.utils.all_estimators()``,
+    which imports every scikit-learn module. Imported here, that list is empty, and
+    ``_checked_trust`` accepts the same estimators one artifact at a time
+    (``public_sklearn_estimator``): nothing is trusted that skops would not have trusted, and
+    only the modules a model's types live in are imported. Only the model server imports
+    skops this way (before anything else in its process can); where skops is already
+    imported this does nothing.
+    """
+    if "skops.io" in sys.modules:
+        return
+    import sklearn.utils  # why local: only a server loading a model pays for scikit-learn
+
+    walk = sklearn.utils.all_estimators
+    sklearn.utils.all_estimators = lambda type_filter=None: []  # what skops.io._trusted_types calls at import
+    try:
+        importlib.import_module("skops.io")
+    finally:
+        sklearn.utils.all_estimators = walk
 
 
 def load_version(registry: ModelRegistry, ref: ModelVersionRef, extra_trusted: Iterable[str] = ()) -> Any:

@@ -7,13 +7,20 @@ pickled, is refused with its reason, its code never runs, and the champion keeps
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 
 from serving.model import LoadedModel
+from serving.modelio import public_sklearn_estimator
 from serving.registry import ModelRefused, ModelRegistry
 from serving.reload import ControlFile, ModelWatcher, WatchPolicy
 from tests.serving._estimators import TRUSTED
 from tests.serving.conftest import GUARDED, MODEL, GuardedVersions, ModelStore
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 def _watcher(guarded: GuardedVersions, store: ModelStore) -> ModelWatcher:
@@ -67,3 +74,52 @@ def test_without_an_artifact_root_nothing_loads(guarded_versions: GuardedVersion
     with pytest.raises(ModelRefused) as refused:
         LoadedModel.load(registry, registry.version(guarded_versions.good))
     assert refused.value.reason == "outside_root"
+
+
+def test_one_type_at_a_time_accepts_exactly_the_estimators_skops_trusts_by_default() -> None:
+    """Over every class scikit-learn defines: accepted by ``public_sklearn_estimator`` iff on skops' own list."""
+    from skops.io._trusted_types import SKLEARN_ESTIMATOR_TYPE_NAMES  # the full import walked all of sklearn
+
+    skops_list = set(SKLEARN_ESTIMATOR_TYPE_NAMES)
+    defined = {
+        f"{name}.{cls.__name__}"
+        for name, module in list(sys.modules.items())
+        if name.startswith("sklearn.") and module is not None
+        for cls in vars(module).values()
+        if isinstance(cls, type) and cls.__module__ == name
+    }
+    assert len(skops_list) > 150 and skops_list <= defined
+    assert {name for name in defined if public_sklearn_estimator(name)} == skops_list
+    for outside in ("builtins.eval", "os.system", "sklearnx.Pipeline", "sklearn", "sklearn.pipeline.NoSuchThing"):
+        assert not public_sklearn_estimator(outside)
+
+
+def test_a_lean_skops_import_walks_nothing_and_trusts_nothing_more(tmp_path: Path) -> None:
+    """In a fresh process, as the server imports it: no module of scikit-learn beyond what loading needs,
+    a pipeline of public estimators still loads, and a type nobody reviewed is still refused."""
+    script = """
+import sys
+from serving.modelio import UnsafeArtifact, import_skops_lean, loads_sklearn_model
+import_skops_lean()
+import skops.io
+from skops.io._trusted_types import SKLEARN_ESTIMATOR_TYPE_NAMES
+assert SKLEARN_ESTIMATOR_TYPE_NAMES == [], "the walk ran"
+from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+model = make_pipeline(StandardScaler(), LogisticRegression()).fit([[0.0], [1.0], [2.0], [3.0]], [0, 0, 1, 1])
+assert loads_sklearn_model(skops.io.dumps(model)).predict([[3.0]]).tolist() == [1]
+assert not {"sklearn.gaussian_process", "sklearn.semi_supervised"} & set(sys.modules), "walked"
+from tests.serving._estimators import FailSwitchClassifier
+try:
+    loads_sklearn_model(skops.io.dumps(FailSwitchClassifier()))
+except UnsafeArtifact as exc:
+    assert exc.reason == "untrusted_types" and "FailSwitchClassifier" in str(exc), exc
+else:
+    raise AssertionError("an unreviewed type loaded")
+print("ok")
+"""
+    done = subprocess.run(
+        [sys.executable, "-c", script], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120, check=False
+    )
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-3000:]
