@@ -368,6 +368,25 @@ class HealingConfig(_Section):
         return self
 
 
+class GitOpsConfig(_Section):
+    """The definitions git holds, kept live (``flows.gitops``; ``selfheal gitops diff|sync|watch``)."""
+
+    repo: str = "."
+    """A git checkout (relative paths: to the config file's folder)."""
+    revision: str = "HEAD"
+    """The commit, branch or tag whose files are the desired state, resolved at every pass."""
+    prefect_file: str = "deployments/prefect.yaml"
+    """The deployments file, inside ``repo``."""
+    pool: str = "local"
+    """The work pool whose deployments are reconciled."""
+    self_heal: bool = Field(default=True, validation_alias=AliasChoices("self_heal", "selfHeal"))
+    """Revert drift (Argo CD's ``selfHeal``); false: only report it (the incident stays open)."""
+    prune: bool = False
+    """Delete deployments of the pool that git no longer has."""
+    interval_seconds: float = Field(default=180.0, gt=0)
+    """How often ``selfheal gitops watch`` compares (Argo CD's default sync interval is 3 minutes)."""
+
+
 class SelfhealConfig(BaseSettings):
     """The whole of ``selfheal.yaml``."""
 
@@ -396,6 +415,7 @@ class SelfhealConfig(BaseSettings):
     slas: SLAConfig = Field(default_factory=SLAConfig)
     promote: PromoteConfig = Field(default_factory=PromoteConfig)
     release: ReleaseConfig = Field(default_factory=ReleaseConfig)
+    gitops: GitOpsConfig = Field(default_factory=GitOpsConfig)
     source_path: str | None = Field(default=None, exclude=True)
 
     @classmethod

@@ -28,6 +28,10 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
+
+import httpx
+from tenacity import retry, retry_if_exception, stop_after_attempt, wait_exponential_jitter
 
 #: ``in_process_runs(defer=True)`` is active: ``flow_settings()`` applies the settings.
 _deferred = False
@@ -77,3 +81,25 @@ def flow_settings() -> Iterator[None]:
         return
     with in_process_runs():
         yield
+
+
+def _transient(exc: BaseException) -> bool:
+    """A busy SQLite server answers 503 (database locked) or drops the connection; both pass."""
+    if isinstance(exc, httpx.HTTPStatusError):
+        return exc.response.status_code in (429, 503)
+    return isinstance(exc, httpx.TransportError)
+
+
+@retry(
+    retry=retry_if_exception(_transient),
+    stop=stop_after_attempt(8),
+    wait=wait_exponential_jitter(initial=0.25, max=4.0),
+    reraise=True,
+)
+def prefect_api(method: str, url: str, body: Any = None, ok: tuple[int, ...] = ()) -> Any:
+    """One Prefect REST call; the decoded answer (None for an empty one, or a status listed in ``ok``)."""
+    response = httpx.request(method, url, json=body, timeout=15.0)
+    if response.status_code in ok:
+        return None
+    response.raise_for_status()
+    return response.json() if response.content else None

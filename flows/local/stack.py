@@ -52,15 +52,15 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import httpx
 import psutil
 import yaml
 from prefect.events.clients import get_events_client
 from prefect.events.schemas.events import Event, Resource
-from tenacity import retry, retry_if_exception, stop_after_attempt, wait_exponential_jitter
 
 from checkpoints.exceptions import SelfhealError, ServingUnavailable
 from flows.config import SelfhealConfig, load_config
+from flows.gitops.desired import MONITOR_FLOW, monitor_parameters
+from flows.prefect_runs import prefect_api
 from serving import processes
 from serving.client import ServingClient
 from serving.settings import forbid_pickle
@@ -470,19 +470,9 @@ class Stack:
 
     def _set_monitor_parameters(self) -> None:
         """The monitor deployment's parameters from the loaded config (prefect.yaml only mirrors the defaults)."""
-        cfg = self.cfg
-        parameters = {
-            "lake_root": cfg.lake.root,
-            "thresholds": cfg.thresholds,
-            "serving_url": cfg.serving.url or self.serving_url,
-            "model_name": cfg.model_name,
-            "tracking_uri": cfg.tracking_uri,
-            "ml_task": cfg.data.task,
-            "target": cfg.data.target,
-            "storage_options": cfg.lake.storage_options or None,
-        }
+        parameters = monitor_parameters(self.cfg)
         for deployment in self.deployments():
-            if deployment["flow_name"] == "selfheal-monitor":
+            if deployment["flow_name"] == MONITOR_FLOW:
                 prefect_api("PATCH", f"{self.api_url}/deployments/{deployment['id']}", {"parameters": parameters})
 
     # -- what is there -------------------------------------------------------------------------
@@ -586,28 +576,6 @@ class Stack:
                 Path(recorded["config"]).unlink(missing_ok=True)
             state.unlink()
         return stopped
-
-
-def _transient(exc: BaseException) -> bool:
-    """A busy SQLite server answers 503 (database locked) or drops the connection; both pass."""
-    if isinstance(exc, httpx.HTTPStatusError):
-        return exc.response.status_code in (429, 503)
-    return isinstance(exc, httpx.TransportError)
-
-
-@retry(
-    retry=retry_if_exception(_transient),
-    stop=stop_after_attempt(8),
-    wait=wait_exponential_jitter(initial=0.25, max=4.0),
-    reraise=True,
-)
-def prefect_api(method: str, url: str, body: Any = None, ok: tuple[int, ...] = ()) -> Any:
-    """One Prefect REST call; the decoded answer (None for an empty one, or a status listed in ``ok``)."""
-    response = httpx.request(method, url, json=body, timeout=15.0)
-    if response.status_code in ok:
-        return None
-    response.raise_for_status()
-    return response.json() if response.content else None
 
 
 def heartbeat_seconds() -> int:

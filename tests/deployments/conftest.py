@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import yaml
 
-from flows.local.stack import prefect_api
+from flows.prefect_runs import prefect_api
 from serving.processes import free_port, http_ok, process_tree, stop, wait_until
 
 PROJECT = Path(__file__).resolve().parents[2]

@@ -29,7 +29,21 @@ def _commands(parser: argparse.ArgumentParser, path: tuple[str, ...] = ()) -> li
 
 
 COMMANDS = _commands(build_parser())
-GROUPS = ["demo", "data", "lake", "pipeline", "monitor", "serve", "heal", "incidents", "up", "down", "release", "chaos"]
+GROUPS = [
+    "demo",
+    "data",
+    "lake",
+    "pipeline",
+    "monitor",
+    "serve",
+    "heal",
+    "incidents",
+    "up",
+    "down",
+    "release",
+    "gitops",
+    "chaos",
+]
 
 
 def test_every_group_is_listed_in_order(capsys: pytest.CaptureFixture[str]) -> None:

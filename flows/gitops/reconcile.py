@@ -1,0 +1,335 @@
+"""Compare the live Prefect server and registry with git; revert hand-made drift as an incident.
+
+``diff`` lists every difference between the desired state (``flows.gitops.desired``) and
+what is live: per deployment its paused flag, schedules (and whether each is active),
+parameters, work pool and triggers (automations, enabled or not); deployments git has that
+the server does not (``missing``: created by ``selfheal up`` / ``prefect deploy``, reported
+only) and deployments of the pool git no longer has (``extra``: deleted when ``prune``);
+and the champion alias against the version the last gate decision promoted.
+
+``Reconciler.tick`` is one pass. A difference whose live value is what the previously
+synced revision said is a change made in git: it is applied, with no incident. Any other
+is drift: a ``config_drift`` incident is opened in the incident log (detected when the
+drifted object was last updated, as Prefect records it; an alias: when the pass saw it),
+and with ``gitops.self_heal`` and healing enabled it is reverted under the incident's
+lease (HEALING, remedy ``revert_to_git``), checked by a fresh diff (VERIFYING) and
+RESOLVED, with its MTTR. With ``self_heal: false`` (or healing off) the
+incident stays DIAGNOSED until live and git agree again.
+
+Example:
+    >>> reconciler = Reconciler(cfg, api_url="http://127.0.0.1:4200/api")
+    >>> for drift in reconciler.diff():
+    ...     print(drift.describe())
+    selfheal-monitor/local: paused is True, git says False
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from checkpoints import Lake
+from checkpoints.incidents import Incident, IncidentLog, State
+from checkpoints.leases import claim
+from flows.config import SelfhealConfig
+from flows.gitops.desired import (
+    MONITOR_FLOW,
+    DeploymentSpec,
+    DesiredState,
+    GitOpsError,
+    monitor_parameters,
+    read_desired,
+)
+from flows.prefect_runs import prefect_api
+from flows.registry import CHAMPION, PROMOTED_AT_TAG, Registry
+
+logger = logging.getLogger(__name__)
+
+CAUSE = "config_drift"
+REMEDY = "revert_to_git"
+#: The deployment fields compared, as the Prefect API names them.
+FIELDS = ("paused", "work_pool_name", "parameters", "schedules")
+
+
+@dataclass(frozen=True)
+class Drift:
+    """One difference between live and git."""
+
+    target: str
+    """``flow/deployment``, or ``alias:<name>``."""
+    field: str
+    """A deployment field (``FIELDS``), ``trigger:<name>``, ``missing``, ``extra`` or ``champion``."""
+    live: Any
+    desired: Any
+    changed_at: datetime | None = dataclasses.field(default=None, compare=False)
+    """When the live object was last updated (Prefect's ``updated``), if known: the incident's detection time."""
+
+    def describe(self) -> str:
+        if self.field == "missing":
+            return f"{self.target}: not on the server (git has it: selfheal up or prefect deploy creates it)"
+        if self.field == "extra":
+            return f"{self.target}: on the server, not in git"
+        return f"{self.target}: {self.field} is {_show(self.live)}, git says {_show(self.desired)}"
+
+    def to_evidence(self) -> dict[str, Any]:
+        return {"target": self.target, "field": self.field, "live": self.live, "desired": self.desired}
+
+
+def _show(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, default=str)
+
+
+def _live_schedule(row: dict[str, Any]) -> dict[str, Any]:
+    schedule = row["schedule"]
+    if "cron" in schedule:
+        return {"cron": schedule["cron"], "timezone": schedule.get("timezone") or "UTC", "active": row["active"]}
+    if "interval" in schedule:
+        return {"interval": float(schedule["interval"]), "active": row["active"]}
+    return {"rrule": schedule.get("rrule"), "active": row["active"]}
+
+
+def _live_fields(deployment: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "paused": bool(deployment["paused"]),
+        "work_pool_name": deployment["work_pool_name"],
+        "parameters": deployment["parameters"],
+        "schedules": [_live_schedule(row) for row in deployment["schedules"]],
+    }
+
+
+def _desired_fields(spec: DeploymentSpec) -> dict[str, Any]:
+    return {
+        "paused": spec.paused,
+        "work_pool_name": spec.work_pool_name,
+        "parameters": spec.parameters,
+        "schedules": [{**schedule, "active": True} for schedule in spec.schedules],
+    }
+
+
+@dataclass
+class LiveState:
+    """The server's deployments by (flow, deployment) name, each with its ``automations``."""
+
+    deployments: dict[tuple[str, str], dict[str, Any]]
+    champion: str | None
+
+
+def read_live(api_url: str, registry: Registry) -> LiveState:
+    """Every deployment on the server (any pool: one pointed elsewhere is still ours) and the champion alias."""
+    flows = {f["id"]: f["name"] for f in prefect_api("POST", f"{api_url}/flows/filter", {})}
+    automations = prefect_api("POST", f"{api_url}/automations/filter", {})
+    deployments: dict[tuple[str, str], dict[str, Any]] = {}
+    for row in prefect_api("POST", f"{api_url}/deployments/filter", {}):
+        row["automations"] = [
+            a for a in automations if any(act.get("deployment_id") == row["id"] for act in a.get("actions", []))
+        ]
+        deployments[(flows.get(row["flow_id"], "?"), row["name"])] = row
+    champion = registry.by_alias(CHAMPION)
+    return LiveState(deployments, champion.version if champion else None)
+
+
+def _updated(row: dict[str, Any] | None) -> datetime | None:
+    stamp = (row or {}).get("updated")
+    return datetime.fromisoformat(str(stamp)) if stamp else None
+
+
+def promoted_champion(registry: Registry) -> str | None:
+    """The version the last gate decision promoted: the newest ``promoted_at`` tag (promote and rollback set it)."""
+    stamped = [(ref.tags[PROMOTED_AT_TAG], ref.version) for ref in registry.versions() if ref.tags.get(PROMOTED_AT_TAG)]
+    return max(stamped)[1] if stamped else None
+
+
+def diff(desired: DesiredState, live: LiveState, pool: str, champion: str | None) -> list[Drift]:
+    """Every difference, deployments first (in git's order), then the champion alias."""
+    drifts: list[Drift] = []
+    for key, spec in desired.deployments.items():
+        target = "/".join(key)
+        row = live.deployments.get(key)
+        if row is None:
+            drifts.append(Drift(target, "missing", None, spec.entrypoint))
+            continue
+        have, want, updated = _live_fields(row), _desired_fields(spec), _updated(row)
+        drifts += [Drift(target, f, have[f], want[f], updated) for f in FIELDS if have[f] != want[f]]
+        automations = {a["name"]: a for a in row["automations"]}
+        for name, on in spec.triggers.items():
+            automation = automations.get(name)
+            enabled = bool(automation["enabled"]) if automation else None
+            if enabled != on:
+                drifts.append(Drift(target, f"trigger:{name}", enabled, on, _updated(automation)))
+    for key, row in live.deployments.items():
+        if key not in desired.deployments and row["work_pool_name"] == pool:
+            drifts.append(Drift("/".join(key), "extra", row["id"], None))
+    if champion is not None and live.champion != champion:
+        drifts.append(Drift(f"alias:{CHAMPION}", "champion", live.champion, champion))
+    return drifts
+
+
+def apply(drift: Drift, api_url: str, live: LiveState, registry: Registry, prune: bool) -> bool:
+    """Make one live value what git says; False when it is only reported (``missing``, ``extra`` without prune)."""
+    if drift.field == "champion":
+        registry.set_alias(CHAMPION, str(drift.desired))
+        return True
+    if drift.field == "missing" or (drift.field == "extra" and not prune):
+        return False
+    flow_name, _, name = drift.target.partition("/")
+    row = live.deployments[(flow_name, name)]
+    url = f"{api_url}/deployments/{row['id']}"
+    if drift.field == "extra":
+        prefect_api("DELETE", url, ok=(404,))
+    elif drift.field.startswith("trigger:"):
+        automation = next(a for a in row["automations"] if a["name"] == drift.field.removeprefix("trigger:"))
+        prefect_api("PATCH", f"{api_url}/automations/{automation['id']}", {"enabled": drift.desired})
+    elif drift.field == "schedules":
+        _apply_schedules(url, row["schedules"], drift.desired)
+    else:
+        prefect_api("PATCH", url, {drift.field: drift.desired})
+    return True
+
+
+def _apply_schedules(url: str, rows: list[dict[str, Any]], desired: list[dict[str, Any]]) -> None:
+    """Only the active flags when the schedules themselves agree; else git's schedules replace the live ones."""
+    same = [{k: v for k, v in _live_schedule(r).items() if k != "active"} for r in rows] == [
+        {k: v for k, v in s.items() if k != "active"} for s in desired
+    ]
+    if same:
+        for row, want in zip(rows, desired, strict=True):
+            if row["active"] != want["active"]:
+                prefect_api("PATCH", f"{url}/schedules/{row['id']}", {"active": want["active"]})
+        return
+    for row in rows:
+        prefect_api("DELETE", f"{url}/schedules/{row['id']}", ok=(404,))
+    body = [{"schedule": {k: v for k, v in s.items() if k != "active"}, "active": s["active"]} for s in desired]
+    if body:
+        prefect_api("POST", f"{url}/schedules", body)
+
+
+@dataclass
+class TickReport:
+    """What one pass found and did."""
+
+    revision: str
+    drifts: list[Drift] = field(default_factory=list)
+    applied_from_git: list[Drift] = field(default_factory=list)
+    reverted: list[Drift] = field(default_factory=list)
+    incident: Incident | None = None
+
+
+class Reconciler:
+    """Keeps one Prefect server's deployments (on ``gitops.pool``) and the champion alias as git says."""
+
+    def __init__(self, cfg: SelfhealConfig, api_url: str, *, base: Path | None = None) -> None:
+        """``base``: where relative ``gitops.repo`` and ``home`` paths start (the config file's folder)."""
+        self.cfg = cfg
+        self.api_url = api_url.rstrip("/")
+        self.base = base or (Path(cfg.source_path).parent if cfg.source_path else Path.cwd())
+        self.repo = (self.base / cfg.gitops.repo).resolve()
+        self.registry = Registry(cfg.tracking_uri, cfg.model_name)
+        self.lake = Lake(cfg.lake.root, cfg.lake.storage_options or None)
+        self.log = IncidentLog(self.lake)
+        self.state_file = (self.base / cfg.home / "gitops.json").resolve()
+
+    def desired(self, revision: str | None = None) -> DesiredState:
+        gitops = self.cfg.gitops
+        return read_desired(
+            self.repo,
+            revision or gitops.revision,
+            gitops.prefect_file,
+            gitops.pool,
+            {MONITOR_FLOW: monitor_parameters(self.cfg)},
+        )
+
+    def diff(self) -> list[Drift]:
+        live = read_live(self.api_url, self.registry)
+        return diff(self.desired(), live, self.cfg.gitops.pool, promoted_champion(self.registry))
+
+    def synced_revision(self) -> str | None:
+        """The revision live last agreed with (``<home>/gitops.json``)."""
+        try:
+            return str(json.loads(self.state_file.read_text())["revision"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+
+    def _mark_synced(self, revision: str) -> None:
+        self.state_file.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.state_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"revision": revision, "at": datetime.now(UTC).isoformat()}))
+        tmp.replace(self.state_file)
+
+    def _from_git(self, drifts: list[Drift], desired: DesiredState) -> list[Drift]:
+        """The drifts whose live value is what the previously synced revision said: git moved, not live."""
+        before = self.synced_revision()
+        if before is None or before == desired.revision:
+            return []
+        try:
+            old = self.desired(before)
+        except GitOpsError as exc:  # the old commit is gone (a force-push): everything counts as drift
+            logger.warning("gitops: cannot read the previously synced revision %s: %s", before[:12], exc)
+            return []
+        moved = []
+        for drift in drifts:
+            flow_name, _, name = drift.target.partition("/")
+            spec = old.deployments.get((flow_name, name))
+            if drift.field == "missing" or (drift.field == "extra" and spec is not None):
+                moved.append(drift)  # added or removed in git
+            elif spec is not None and drift.field in FIELDS and _desired_fields(spec)[drift.field] == drift.live:
+                moved.append(drift)
+            elif spec is not None and drift.field.startswith("trigger:"):
+                if spec.triggers.get(drift.field.removeprefix("trigger:")) == drift.live:
+                    moved.append(drift)
+        return moved
+
+    def tick(self, *, dry_run: bool = False) -> TickReport:
+        """One pass (see the module docstring); ``dry_run``: only diff, change nothing, record nothing."""
+        desired = self.desired()
+        live = read_live(self.api_url, self.registry)
+        drifts = diff(desired, live, self.cfg.gitops.pool, promoted_champion(self.registry))
+        report = TickReport(desired.revision, drifts)
+        if dry_run:
+            return report
+        from_git = self._from_git(drifts, desired)
+        for drift in from_git:
+            if apply(drift, self.api_url, live, self.registry, self.cfg.gitops.prune):
+                report.applied_from_git.append(drift)
+                logger.info("gitops: applied from git %s: %s", desired.revision[:12], drift.describe())
+        hand = [d for d in drifts if d not in from_git and self._revertible(d)]
+        report.incident, report.reverted = self._handle(hand, live)
+        if not hand:
+            self._mark_synced(desired.revision)
+        return report
+
+    def _revertible(self, drift: Drift) -> bool:
+        """Drift acted on: not a deployment only ``prefect deploy`` creates, nor an extra one without prune."""
+        return drift.field != "missing" and (drift.field != "extra" or self.cfg.gitops.prune)
+
+    def _handle(self, hand: list[Drift], live: LiveState) -> tuple[Incident | None, list[Drift]]:
+        incident = self.log.open_for(CAUSE)
+        if not hand:
+            if incident is not None:  # reverted by a pass that did not live to verify, or put back by hand
+                incident = self.log.advance(incident, State.RESOLVED, detail="live agrees with git") or incident
+            return incident, []
+        if incident is None:
+            evidence = {"drift": [d.to_evidence() for d in hand]}
+            changed = [d.changed_at for d in hand if d.changed_at is not None]
+            incident = self.log.open(CAUSE, evidence, detected_at=min(changed) if changed else None)
+            described = "; ".join(d.describe() for d in hand)
+            logger.warning("gitops: incident %s: config drift: %s", incident.id, described)
+            incident = self.log.advance(incident, State.DIAGNOSED, evidence=evidence, detail=described) or incident
+        reverting = self.cfg.gitops.self_heal and self.cfg.healing.enabled
+        if not reverting or not claim(self.lake, incident.id, datetime.now(UTC)):
+            return incident, []
+        healing = self.log.advance(incident, State.HEALING, remedy=REMEDY, attempt=1)
+        if healing is None:  # another reconciler took this step
+            return incident, []
+        reverted = [d for d in hand if apply(d, self.api_url, live, self.registry, self.cfg.gitops.prune)]
+        incident = self.log.advance(healing, State.VERIFYING, remedy=REMEDY, attempt=1) or healing
+        left = [d for d in self.diff() if self._revertible(d)]
+        if left:
+            detail = "still drifted: " + "; ".join(d.describe() for d in left)
+            return self.log.advance(incident, State.DIAGNOSED, detail=detail) or incident, reverted
+        resolved = self.log.advance(incident, State.RESOLVED, remedy=REMEDY, detail=f"reverted {len(reverted)}")
+        return resolved or incident, reverted
