@@ -6,6 +6,8 @@ import argparse
 import os
 import time
 
+import httpx
+
 from flows.cli.command import Commands, Subparsers, config
 
 _GITOPS = """\
@@ -27,6 +29,11 @@ def register(sub: Subparsers) -> None:
     sync = gitops.add("sync", cli_sync, "one pass: apply git's changes, revert drift as an incident")
     watch = gitops.add("watch", cli_watch, "a pass every gitops.interval_seconds (Argo CD's selfHeal, for Prefect)")
     watch.add_argument("--interval", type=float, default=None, metavar="S", help="default gitops.interval_seconds")
+    sync.add_argument(
+        "--deploy-missing",
+        action="store_true",
+        help="create the deployments git has and the server lacks (prefect deploy from the checkout)",
+    )
     for parser in (diff, sync, watch):
         parser.add_argument("--api-url", default=None, help="the Prefect API (default $PREFECT_API_URL)")
 
@@ -67,7 +74,7 @@ def _print_pass(report) -> None:  # type: ignore[no-untyped-def]
 def cli_sync(args: argparse.Namespace) -> int:
     """``selfheal gitops sync``: exit 0 when live agrees with git afterwards, 1 when drift is left."""
     reconciler = _reconciler(args)
-    report = reconciler.tick()
+    report = reconciler.tick(deploy_missing=args.deploy_missing)
     print(f"synced with {report.revision[:12]}: {len(report.drifts)} difference(s) found")
     _print_pass(report)
     return 0 if report.incident is None or report.incident.state.closed else 1
@@ -79,9 +86,15 @@ def cli_watch(args: argparse.Namespace) -> int:
     interval = args.interval or reconciler.cfg.gitops.interval_seconds
     heal = reconciler.cfg.gitops.self_heal and reconciler.cfg.healing.enabled
     print(f"selfheal gitops watch: every {interval:g} s; drift is {'reverted' if heal else 'reported only'}")
+    from checkpoints.exceptions import SelfhealError  # checkpoints loads the lake (pandas): not on --help
+
     while True:
         started = time.monotonic()
-        report = reconciler.tick()
-        if report.drifts:
-            _print_pass(report)
+        try:
+            report = reconciler.tick()
+        except (SelfhealError, OSError, httpx.HTTPError) as exc:  # a store or server away: report, look again
+            print(f"selfheal gitops watch: pass failed: {type(exc).__name__}: {exc}", flush=True)
+        else:
+            if report.drifts:
+                _print_pass(report)
         time.sleep(max(0.0, interval - (time.monotonic() - started)))

@@ -28,6 +28,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import os
+import subprocess
+import sys
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -42,6 +45,7 @@ from flows.gitops.desired import (
     DeploymentSpec,
     DesiredState,
     GitOpsError,
+    git,
     monitor_parameters,
     read_desired,
 )
@@ -133,6 +137,11 @@ def read_live(api_url: str, registry: Registry) -> LiveState:
     return LiveState(deployments, champion.version if champion else None)
 
 
+def _key(drift: Drift) -> tuple[str, str]:
+    flow_name, _, name = drift.target.partition("/")
+    return (flow_name, name)
+
+
 def _updated(row: dict[str, Any] | None) -> datetime | None:
     stamp = (row or {}).get("updated")
     return datetime.fromisoformat(str(stamp)) if stamp else None
@@ -176,8 +185,7 @@ def apply(drift: Drift, api_url: str, live: LiveState, registry: Registry, prune
         return True
     if drift.field == "missing" or (drift.field == "extra" and not prune):
         return False
-    flow_name, _, name = drift.target.partition("/")
-    row = live.deployments[(flow_name, name)]
+    row = live.deployments[_key(drift)]
     url = f"{api_url}/deployments/{row['id']}"
     if drift.field == "extra":
         prefect_api("DELETE", url, ok=(404,))
@@ -272,8 +280,7 @@ class Reconciler:
             return []
         moved = []
         for drift in drifts:
-            flow_name, _, name = drift.target.partition("/")
-            spec = old.deployments.get((flow_name, name))
+            spec = old.deployments.get(_key(drift))
             if drift.field == "missing" or (drift.field == "extra" and spec is not None):
                 moved.append(drift)  # added or removed in git
             elif spec is not None and drift.field in FIELDS and _desired_fields(spec)[drift.field] == drift.live:
@@ -283,15 +290,53 @@ class Reconciler:
                     moved.append(drift)
         return moved
 
-    def tick(self, *, dry_run: bool = False) -> TickReport:
-        """One pass (see the module docstring); ``dry_run``: only diff, change nothing, record nothing."""
+    def deploy(self, specs: list[DeploymentSpec], revision: str) -> None:
+        """``prefect deploy`` of ``specs`` from the checkout, whose prefect file must be the revision's.
+
+        Raises:
+            GitOpsError: the checkout's file differs from the revision's, or ``prefect deploy`` failed.
+        """
+        from prefect.workers.process import ProcessWorker  # why local: only a pass that creates imports it
+
+        gitops = self.cfg.gitops
+        file = self.repo / gitops.prefect_file
+        if not file.exists() or file.read_text() != git(self.repo, "show", f"{revision}:{gitops.prefect_file}"):
+            raise GitOpsError(
+                f"{file} is not {gitops.prefect_file} of {revision[:12]}: check that revision out to deploy"
+            )
+        template = ProcessWorker.get_default_base_job_template()
+        body = {"name": gitops.pool, "type": "process", "base_job_template": template}
+        prefect_api("POST", f"{self.api_url}/work_pools/", body, ok=(409,))  # 409: it exists
+        names = [
+            arg for s in specs for arg in ("--name", f"{s.entrypoint.rpartition(':')[2].replace('_', '-')}/{s.name}")
+        ]
+        argv = [sys.executable, "-m", "prefect", "--no-prompt", "deploy", "--prefect-file", str(file), *names]
+        env = {**os.environ, "PREFECT_API_URL": self.api_url}
+        done = subprocess.run(argv, cwd=self.repo, env=env, capture_output=True, text=True, timeout=300, check=False)
+        if done.returncode != 0:
+            raise GitOpsError(f"prefect deploy failed ({done.returncode}): {(done.stderr or done.stdout)[-1500:]}")
+
+    def tick(self, *, dry_run: bool = False, deploy_missing: bool = False) -> TickReport:
+        """One pass (see the module docstring).
+
+        ``dry_run``: only diff, change nothing, record nothing. ``deploy_missing``: create the
+        deployments git has and the server lacks (``prefect deploy``), then set what that
+        leaves different (the monitor's parameters), as changes from git.
+        """
         desired = self.desired()
         live = read_live(self.api_url, self.registry)
         drifts = diff(desired, live, self.cfg.gitops.pool, promoted_champion(self.registry))
         report = TickReport(desired.revision, drifts)
         if dry_run:
             return report
-        from_git = self._from_git(drifts, desired)
+        created: list[Drift] = []
+        if deploy_missing and (missing := [d for d in drifts if d.field == "missing"]):
+            self.deploy([desired.deployments[_key(d)] for d in missing], desired.revision)
+            report.applied_from_git += missing
+            live = read_live(self.api_url, self.registry)
+            drifts = diff(desired, live, self.cfg.gitops.pool, promoted_champion(self.registry))
+            created = [d for d in drifts if d.target in {m.target for m in missing}]
+        from_git = created + [d for d in self._from_git(drifts, desired) if d not in created]
         for drift in from_git:
             if apply(drift, self.api_url, live, self.registry, self.cfg.gitops.prune):
                 report.applied_from_git.append(drift)

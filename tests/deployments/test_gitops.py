@@ -31,6 +31,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 MODEL = "gitops-model"
 LOCAL = [e for e in yaml.safe_load(PREFECT_FILE.read_text())["deployments"] if e["work_pool"]["name"] == "local"]
+FLOWS = ["selfheal-pipeline", MONITOR_FLOW, "selfheal-healer", "selfheal-chaos-suite", "selfheal-release-analysis"]
 
 
 def _git(repo: Path, *args: str) -> str:
@@ -72,7 +73,6 @@ class World:
 @pytest.fixture(scope="module")
 def world(prefect_server: PrefectServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     from mlflow import MlflowClient
-    from prefect.workers.process import ProcessWorker
 
     folder = tmp_path_factory.mktemp("gitops")
     repo = folder / "repo"
@@ -83,11 +83,6 @@ def world(prefect_server: PrefectServer, tmp_path_factory: pytest.TempPathFactor
     _git(repo, "add", ".")
     _git(repo, "commit", "-qm", "the deployments")
     srv = prefect_server
-    template = ProcessWorker.get_default_base_job_template()
-    srv.api("POST", "/work_pools/", json={"name": "local", "type": "process", "base_job_template": template})
-    names = [arg for e in LOCAL for arg in ("--name", f"{e['entrypoint'].split(':')[1].replace('_', '-')}/local")]
-    srv.prefect("deploy", "--prefect-file", str(PREFECT_FILE), *names)
-
     tracking_uri = f"sqlite:///{folder / 'mlflow.db'}"
     client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
     client.create_registered_model(MODEL)
@@ -103,9 +98,15 @@ def world(prefect_server: PrefectServer, tmp_path_factory: pytest.TempPathFactor
         lake={"root": str(folder / "lake")},
         gitops={"repo": str(repo), "interval_seconds": 5},
     )
-    monitor = World(srv, repo, cfg, registry).deployment(MONITOR_FLOW)
-    srv.api("PATCH", f"/deployments/{monitor['id']}", json={"parameters": monitor_parameters(cfg)})  # as `up` does
-    yield World(srv, repo, cfg, registry)
+    world = World(srv, repo, cfg, registry)
+    created = world.reconciler().tick(deploy_missing=True)  # the pool and its deployments, from the commit
+    assert created.incident is None and created.reverted == []
+    assert {(d.target, d.field) for d in created.applied_from_git} == {
+        *((f"{flow}/local", "missing") for flow in FLOWS),
+        (f"{MONITOR_FLOW}/local", "parameters"),  # prefect.yaml's defaults, then the config's, as `up` sets them
+    }
+    assert world.deployment(MONITOR_FLOW)["parameters"] == monitor_parameters(cfg)
+    yield world
 
 
 def _drift_by_hand(world: World) -> dict[str, Any]:
