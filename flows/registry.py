@@ -110,10 +110,11 @@ class Registry(ModelRegistry):
         old = self.by_alias(CHAMPION)
         if old is not None and old.version == version:
             return old
+        # The tag first: what reads "the version promoted last" (flows.gitops) never sees the alias ahead of it.
+        self.set_tag(version, PROMOTED_AT_TAG, datetime.now(UTC).isoformat())
         if old is not None:
             self.set_alias(PREVIOUS, old.version)
         self.set_alias(CHAMPION, version)
-        self.set_tag(version, PROMOTED_AT_TAG, datetime.now(UTC).isoformat())
         challenger = self.by_alias(CHALLENGER)
         if challenger is not None and challenger.version == version:
             self.delete_alias(CHALLENGER)
@@ -129,9 +130,9 @@ class Registry(ModelRegistry):
         champion, previous = self.by_alias(CHAMPION), self.by_alias(PREVIOUS)
         if champion is None or previous is None:
             raise RegistryUnavailable(f"model {self.model_name}: no previous version to roll back to")
+        self.set_tag(previous.version, PROMOTED_AT_TAG, datetime.now(UTC).isoformat())
         self.set_alias(CHAMPION, previous.version)
         self.set_alias(PREVIOUS, champion.version)
-        self.set_tag(previous.version, PROMOTED_AT_TAG, datetime.now(UTC).isoformat())
         return champion.version, previous.version
 
     def promoted_at(self) -> datetime | None:

@@ -418,6 +418,17 @@ class ModelRegistry:
             f"tag version {version}", lambda c: c.set_model_version_tag(self.model_name, version, key, value), wait=True
         )
 
+    def delete_tag(self, version: str, key: str) -> None:
+        """Remove one tag of one version (nothing when the version or the tag is gone)."""
+        try:
+            self.call(
+                f"untag version {version}",
+                lambda c: c.delete_model_version_tag(self.model_name, version, key),
+                wait=True,
+            )
+        except ModelNotFound:
+            pass
+
     def set_model_tag(self, key: str, value: str) -> None:
         self.call(f"set model tag {key}", lambda c: c.set_registered_model_tag(self.model_name, key, value), wait=True)
 

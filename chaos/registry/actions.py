@@ -156,10 +156,10 @@ def _version(ref: ModelVersionRef | None) -> str | None:
 
 def _make_champion(registry: ModelRegistry, version: str, previous: str | None) -> None:
     """Exactly what a promotion does: the aliases moved (``previous`` kept when None), and the time it happened."""
+    registry.set_tag(version, PROMOTED_AT_TAG, datetime.now(UTC).isoformat())  # first, as Registry.promote does
     if previous:
         registry.set_alias(PREVIOUS, previous)
     registry.set_alias(CHAMPION, version)
-    registry.set_tag(version, PROMOTED_AT_TAG, datetime.now(UTC).isoformat())
 
 
 def promote_bad_model(

@@ -325,10 +325,10 @@ class Rollback(Remedy):
         if target is None:
             return Outcome(False, "no previous version to roll back to")
         if ctx.registry.by_alias(CHAMPION) is None or ctx.registry.by_alias(CHAMPION).version != target:  # type: ignore[union-attr]
+            ctx.registry.set_tag(target, PROMOTED_AT_TAG, datetime.now().astimezone().isoformat())  # before the alias
             ctx.registry.set_alias(CHAMPION, target)
             if not plan.get("keep_previous"):
                 ctx.registry.set_alias(PREVIOUS, plan["from_version"])
-            ctx.registry.set_tag(target, PROMOTED_AT_TAG, datetime.now().astimezone().isoformat())
             ctx.registry.set_tag(plan["from_version"], ROLLED_BACK_BY_TAG, key)
         server_reload(ctx)
         return Outcome(True, f"champion v{plan['from_version']} -> v{target}")

@@ -59,7 +59,7 @@ from flows.pipeline.tables import SINCE_BATCH_TAG as SINCE_BATCH_TAG
 from flows.pipeline.tables import STAGE_TABLES as STAGE_TABLES
 from flows.pipeline.tables import TRAIN_BATCHES_TAG as TRAIN_BATCHES_TAG
 from flows.pipeline.tables import locked_schema as locked_schema
-from flows.registry import CHALLENGER, CHAMPION, PREVIOUS, Registry
+from flows.registry import CHALLENGER, CHAMPION, PREVIOUS, PROMOTED_AT_TAG, Registry
 from flows.release.controller import notify_server, read_state, start_release, write_state
 from serving.modelio import load_version, log_sklearn_model, mlflow_uris
 from serving.registry import BRONZE_VERSION_TAG, SILVER_VERSION_TAG, TRAIN_KEY_TAG, WINDOW_TAG, ModelRefused
@@ -642,7 +642,14 @@ def _rollback_promotion(txn: Transaction) -> None:
         if state is not None and state.release_id == txn.get("release_started") and state.routing:
             write_state(registry, state.evolve(status="aborted", share=0.0, detail="the pipeline run rolled back"))
         return
-    for alias, version in ((CHAMPION, txn.get("old_champion", None)), (PREVIOUS, txn.get("old_previous", None))):
+    # The old champion is promoted again (its tag says when), or the undone promotion loses its tag: the
+    # version promoted last is then the champion again, as flows.gitops reads it.
+    old_champion, promoted = txn.get("old_champion", None), txn.get("challenger_version", None)
+    if old_champion is not None:
+        registry.set_tag(old_champion, PROMOTED_AT_TAG, datetime.now(UTC).isoformat())
+    elif promoted is not None:
+        registry.delete_tag(promoted, PROMOTED_AT_TAG)
+    for alias, version in ((CHAMPION, old_champion), (PREVIOUS, txn.get("old_previous", None))):
         if version is not None:
             registry.set_alias(alias, version)
         else:
