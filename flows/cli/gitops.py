@@ -88,6 +88,7 @@ def cli_watch(args: argparse.Namespace) -> int:
     print(f"selfheal gitops watch: every {interval:g} s; drift is {'reverted' if heal else 'reported only'}")
     from checkpoints.exceptions import SelfhealError  # checkpoints loads the lake (pandas): not on --help
 
+    shown = None  # the last pass printed: a drift only reported is printed once, not at every pass
     while True:
         started = time.monotonic()
         try:
@@ -95,6 +96,8 @@ def cli_watch(args: argparse.Namespace) -> int:
         except (SelfhealError, OSError, httpx.HTTPError) as exc:  # a store or server away: report, look again
             print(f"selfheal gitops watch: pass failed: {type(exc).__name__}: {exc}", flush=True)
         else:
-            if report.drifts:
+            seen = (report.incident and (report.incident.id, report.incident.state), report.drifts)
+            if report.drifts and seen != shown:
                 _print_pass(report)
+            shown = seen
         time.sleep(max(0.0, interval - (time.monotonic() - started)))

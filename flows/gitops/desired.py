@@ -1,6 +1,7 @@
 """The desired state: what git says at a revision, read without checking it out.
 
-Each deployment of ``gitops.prefect_file`` on the work pool ``gitops.pool`` becomes a
+The pool's base job template is ``work-pools/<pool>.json`` beside the prefect file, when
+git has one. Each deployment of ``gitops.prefect_file`` on the work pool ``gitops.pool`` becomes a
 ``DeploymentSpec``: its flow's name (from the ``@flow(name=...)`` of its entrypoint, read from
 the same commit), unpaused, its schedules active, its parameters, its pool, its triggers
 enabled. The templated values of prefect.yaml are filled as ``prefect deploy`` fills them
@@ -17,6 +18,7 @@ Example:
 from __future__ import annotations
 
 import ast
+import json
 import os
 import subprocess
 from collections.abc import Mapping
@@ -77,6 +79,8 @@ class DesiredState:
     revision: str
     """The commit (full hash) the state was read from."""
     deployments: dict[tuple[str, str], DeploymentSpec]
+    pool_template: dict[str, Any] | None = None
+    """The pool's base job template, when git has one (``work-pools/<pool>.json`` beside the prefect file)."""
 
 
 def git(repo: Path, *args: str) -> str:
@@ -153,4 +157,18 @@ def read_desired(
             triggers={str(t["name"]): bool(t.get("enabled", True)) for t in entry.get("triggers") or []},
         )
         deployments[deployment.key] = deployment
-    return DesiredState(commit, deployments)
+    return DesiredState(commit, deployments, _pool_template(repo, commit, prefect_file, pool))
+
+
+def _pool_template(repo: Path, commit: str, prefect_file: str, pool: str) -> dict[str, Any] | None:
+    """``work-pools/<pool>.json`` beside the prefect file at ``commit``; None when git has none."""
+    path = (Path(prefect_file).parent / "work-pools" / f"{pool}.json").as_posix()
+    if not git(repo, "ls-tree", "--name-only", commit, "--", path).strip():
+        return None
+    try:
+        template = json.loads(git(repo, "show", f"{commit}:{path}"))
+    except ValueError as exc:
+        raise GitOpsError(f"{path} at {commit[:12]} is not JSON: {exc}") from exc
+    if not isinstance(template, dict):
+        raise GitOpsError(f"{path} at {commit[:12]} is not a JSON object")
+    return template

@@ -5,7 +5,8 @@ what is live: per deployment its paused flag, schedules (and whether each is act
 parameters, work pool and triggers (automations, enabled or not); deployments git has that
 the server does not (``missing``: created by ``selfheal up`` / ``prefect deploy``, reported
 only) and deployments of the pool git no longer has (``extra``: deleted when ``prune``);
-and the champion alias against the version the last gate decision promoted.
+the pool's base job template against ``work-pools/<pool>.json`` when git has one; and the
+champion alias against the version the last gate decision promoted.
 
 ``Reconciler.tick`` is one pass. A difference whose live value is what the previously
 synced revision said is a change made in git: it is applied, with no incident. Any other
@@ -31,7 +32,8 @@ import logging
 import os
 import subprocess
 import sys
-from dataclasses import dataclass, field
+import time
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -55,7 +57,10 @@ from flows.registry import CHAMPION, PROMOTED_AT_TAG, Registry
 logger = logging.getLogger(__name__)
 
 CAUSE = "config_drift"
+LOCAL_POOL = "local"
 REMEDY = "revert_to_git"
+#: How long a champion drift must last to count (a promotion writes its tag and its aliases apart).
+_SETTLE_SECONDS = 1.0
 #: The deployment fields compared, as the Prefect API names them.
 FIELDS = ("paused", "work_pool_name", "parameters", "schedules")
 
@@ -78,10 +83,23 @@ class Drift:
             return f"{self.target}: not on the server (git has it: selfheal up or prefect deploy creates it)"
         if self.field == "extra":
             return f"{self.target}: on the server, not in git"
+        if self.field == "base_job_template":
+            changed = sorted(_changed_keys(self.live, self.desired))
+            return f"{self.target}: base job template differs from git's at {', '.join(changed) or 'its root'}"
         return f"{self.target}: {self.field} is {_show(self.live)}, git says {_show(self.desired)}"
 
     def to_evidence(self) -> dict[str, Any]:
         return {"target": self.target, "field": self.field, "live": self.live, "desired": self.desired}
+
+
+def _changed_keys(live: Any, desired: Any, path: str = "") -> set[str]:
+    """The dotted paths where two JSON documents differ (a whole list counts as one value)."""
+    if not isinstance(live, dict) or not isinstance(desired, dict):
+        return {path} if live != desired else set()
+    found: set[str] = set()
+    for key in live.keys() | desired.keys():
+        found |= _changed_keys(live.get(key), desired.get(key), f"{path}.{key}" if path else str(key))
+    return found
 
 
 def _show(value: Any) -> str:
@@ -121,10 +139,13 @@ class LiveState:
 
     deployments: dict[tuple[str, str], dict[str, Any]]
     champion: str | None
+    pool_template: dict[str, Any] | None = None
+    """The pool's base job template (None: the pool does not exist)."""
 
 
-def read_live(api_url: str, registry: Registry) -> LiveState:
-    """Every deployment on the server (any pool: one pointed elsewhere is still ours) and the champion alias."""
+def read_live(api_url: str, registry: Registry, pool: str) -> LiveState:
+    """Every deployment on the server (any pool: one pointed elsewhere is still ours), the champion alias and
+    ``pool``'s base job template."""
     flows = {f["id"]: f["name"] for f in prefect_api("POST", f"{api_url}/flows/filter", {})}
     automations = prefect_api("POST", f"{api_url}/automations/filter", {})
     deployments: dict[tuple[str, str], dict[str, Any]] = {}
@@ -134,7 +155,9 @@ def read_live(api_url: str, registry: Registry) -> LiveState:
         ]
         deployments[(flows.get(row["flow_id"], "?"), row["name"])] = row
     champion = registry.by_alias(CHAMPION)
-    return LiveState(deployments, champion.version if champion else None)
+    found = prefect_api("GET", f"{api_url}/work_pools/{pool}", ok=(404,))
+    template = found["base_job_template"] if found else None
+    return LiveState(deployments, champion.version if champion else None, template)
 
 
 def _key(drift: Drift) -> tuple[str, str]:
@@ -149,8 +172,13 @@ def _updated(row: dict[str, Any] | None) -> datetime | None:
 
 def promoted_champion(registry: Registry) -> str | None:
     """The version the last gate decision promoted: the newest ``promoted_at`` tag (promote and rollback set it)."""
-    stamped = [(ref.tags[PROMOTED_AT_TAG], ref.version) for ref in registry.versions() if ref.tags.get(PROMOTED_AT_TAG)]
-    return max(stamped)[1] if stamped else None
+    stamped = []
+    for ref in registry.versions():
+        try:
+            stamped.append((datetime.fromisoformat(ref.tags[PROMOTED_AT_TAG]), int(ref.version)))
+        except (KeyError, ValueError):  # never promoted, or a tag nobody wrote as a time
+            continue
+    return str(max(stamped)[1]) if stamped else None
 
 
 def diff(desired: DesiredState, live: LiveState, pool: str, champion: str | None) -> list[Drift]:
@@ -173,6 +201,9 @@ def diff(desired: DesiredState, live: LiveState, pool: str, champion: str | None
     for key, row in live.deployments.items():
         if key not in desired.deployments and row["work_pool_name"] == pool:
             drifts.append(Drift("/".join(key), "extra", row["id"], None))
+    if desired.pool_template is not None and live.pool_template is not None:
+        if live.pool_template != desired.pool_template:
+            drifts.append(Drift(f"pool:{pool}", "base_job_template", live.pool_template, desired.pool_template))
     if champion is not None and live.champion != champion:
         drifts.append(Drift(f"alias:{CHAMPION}", "champion", live.champion, champion))
     return drifts
@@ -185,6 +216,10 @@ def apply(drift: Drift, api_url: str, live: LiveState, registry: Registry, prune
         return True
     if drift.field == "missing" or (drift.field == "extra" and not prune):
         return False
+    if drift.field == "base_job_template":
+        pool = drift.target.removeprefix("pool:")
+        prefect_api("PATCH", f"{api_url}/work_pools/{pool}", {"base_job_template": drift.desired})
+        return True
     row = live.deployments[_key(drift)]
     url = f"{api_url}/deployments/{row['id']}"
     if drift.field == "extra":
@@ -248,11 +283,12 @@ class Reconciler:
             revision or gitops.revision,
             gitops.prefect_file,
             gitops.pool,
-            {MONITOR_FLOW: monitor_parameters(self.cfg)},
+            # `selfheal up` sets the local monitor's parameters from selfheal.yaml; elsewhere prefect.yaml's stand.
+            {MONITOR_FLOW: monitor_parameters(self.cfg)} if gitops.pool == LOCAL_POOL else {},
         )
 
     def diff(self) -> list[Drift]:
-        live = read_live(self.api_url, self.registry)
+        live = read_live(self.api_url, self.registry, self.cfg.gitops.pool)
         return diff(self.desired(), live, self.cfg.gitops.pool, promoted_champion(self.registry))
 
     def synced_revision(self) -> str | None:
@@ -285,26 +321,29 @@ class Reconciler:
                 moved.append(drift)  # added or removed in git
             elif spec is not None and drift.field in FIELDS and _desired_fields(spec)[drift.field] == drift.live:
                 moved.append(drift)
+            elif drift.field == "base_job_template" and old.pool_template == drift.live:
+                moved.append(drift)
             elif spec is not None and drift.field.startswith("trigger:"):
                 if spec.triggers.get(drift.field.removeprefix("trigger:")) == drift.live:
                     moved.append(drift)
         return moved
 
-    def deploy(self, specs: list[DeploymentSpec], revision: str) -> None:
-        """``prefect deploy`` of ``specs`` from the checkout, whose prefect file must be the revision's.
+    def deploy(self, specs: list[DeploymentSpec], desired: DesiredState) -> None:
+        """``prefect deploy`` of ``specs`` from the checkout, whose prefect file must be the revision's; the pool
+        created first if it does not exist (with git's base job template, else the process worker's default).
 
         Raises:
             GitOpsError: the checkout's file differs from the revision's, or ``prefect deploy`` failed.
         """
         from prefect.workers.process import ProcessWorker  # why local: only a pass that creates imports it
 
-        gitops = self.cfg.gitops
+        gitops, revision = self.cfg.gitops, desired.revision
         file = self.repo / gitops.prefect_file
         if not file.exists() or file.read_text() != git(self.repo, "show", f"{revision}:{gitops.prefect_file}"):
             raise GitOpsError(
                 f"{file} is not {gitops.prefect_file} of {revision[:12]}: check that revision out to deploy"
             )
-        template = ProcessWorker.get_default_base_job_template()
+        template = desired.pool_template or ProcessWorker.get_default_base_job_template()
         body = {"name": gitops.pool, "type": "process", "base_job_template": template}
         prefect_api("POST", f"{self.api_url}/work_pools/", body, ok=(409,))  # 409: it exists
         names = [
@@ -324,16 +363,18 @@ class Reconciler:
         leaves different (the monitor's parameters), as changes from git.
         """
         desired = self.desired()
-        live = read_live(self.api_url, self.registry)
+        live = read_live(self.api_url, self.registry, self.cfg.gitops.pool)
         drifts = diff(desired, live, self.cfg.gitops.pool, promoted_champion(self.registry))
+        if any(d.field == "champion" for d in drifts):
+            drifts = self._champion_settled(drifts)
         report = TickReport(desired.revision, drifts)
         if dry_run:
             return report
         created: list[Drift] = []
         if deploy_missing and (missing := [d for d in drifts if d.field == "missing"]):
-            self.deploy([desired.deployments[_key(d)] for d in missing], desired.revision)
+            self.deploy([desired.deployments[_key(d)] for d in missing], desired)
             report.applied_from_git += missing
-            live = read_live(self.api_url, self.registry)
+            live = read_live(self.api_url, self.registry, self.cfg.gitops.pool)
             drifts = diff(desired, live, self.cfg.gitops.pool, promoted_champion(self.registry))
             created = [d for d in drifts if d.target in {m.target for m in missing}]
         from_git = created + [d for d in self._from_git(drifts, desired) if d not in created]
@@ -346,6 +387,18 @@ class Reconciler:
         if not hand:
             self._mark_synced(desired.revision)
         return report
+
+    def _champion_settled(self, drifts: list[Drift]) -> list[Drift]:
+        """``drifts`` without a champion drift that is gone a moment later: a promotion or rollback in
+        progress (its tag and its aliases are separate writes) is not a hand-moved alias."""
+        time.sleep(_SETTLE_SECONDS)
+        champion, wanted = self.registry.by_alias(CHAMPION), promoted_champion(self.registry)
+        if wanted is None or (champion is not None and champion.version == wanted):
+            return [d for d in drifts if d.field != "champion"]
+        return [
+            replace(d, live=champion.version if champion else None, desired=wanted) if d.field == "champion" else d
+            for d in drifts
+        ]
 
     def _revertible(self, drift: Drift) -> bool:
         """Drift acted on: not a deployment only ``prefect deploy`` creates, nor an extra one without prune."""

@@ -8,6 +8,7 @@ flow files; the server's deployments are made by the real ``prefect deploy`` of 
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import time
@@ -31,7 +32,14 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 MODEL = "gitops-model"
 LOCAL = [e for e in yaml.safe_load(PREFECT_FILE.read_text())["deployments"] if e["work_pool"]["name"] == "local"]
-FLOWS = ["selfheal-pipeline", MONITOR_FLOW, "selfheal-healer", "selfheal-chaos-suite", "selfheal-release-analysis"]
+FLOWS = [
+    "selfheal-pipeline",
+    MONITOR_FLOW,
+    "selfheal-healer",
+    "selfheal-chaos-suite",
+    "selfheal-release-analysis",
+    "selfheal-gitops",
+]
 
 
 def _git(repo: Path, *args: str) -> str:
@@ -73,12 +81,19 @@ class World:
 @pytest.fixture(scope="module")
 def world(prefect_server: PrefectServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     from mlflow import MlflowClient
+    from prefect.workers.process import ProcessWorker
 
     folder = tmp_path_factory.mktemp("gitops")
     repo = folder / "repo"
     for path in ["deployments/prefect.yaml", *{str(e["entrypoint"]).split(":")[0] for e in LOCAL}]:
         (repo / path).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(PROJECT / path, repo / path)
+    # The pool's template in git: the process worker's default with a variable's default changed, so
+    # that it is told apart from what Prefect would make by itself.
+    template = ProcessWorker.get_default_base_job_template()
+    template["variables"]["properties"]["stream_output"]["default"] = False
+    (repo / "deployments" / "work-pools").mkdir(parents=True)
+    (repo / "deployments" / "work-pools" / "local.json").write_text(json.dumps(template, indent=2))
     _git(repo, "init", "-q")
     _git(repo, "add", ".")
     _git(repo, "commit", "-qm", "the deployments")
@@ -106,6 +121,7 @@ def world(prefect_server: PrefectServer, tmp_path_factory: pytest.TempPathFactor
         (f"{MONITOR_FLOW}/local", "parameters"),  # prefect.yaml's defaults, then the config's, as `up` sets them
     }
     assert world.deployment(MONITOR_FLOW)["parameters"] == monitor_parameters(cfg)
+    assert srv.api("GET", "/work_pools/local")["base_job_template"] == template  # git's, not Prefect's default
     yield world
 
 
@@ -169,6 +185,35 @@ def test_with_self_heal_off_drift_is_only_reported(world: World) -> None:
     assert report.incident.remedies_tried == []
 
 
+def test_a_deployment_moved_to_another_pool_comes_back_and_prune_removes_what_git_lacks(world: World) -> None:
+    from prefect.workers.process import ProcessWorker
+
+    srv = world.srv
+    template = ProcessWorker.get_default_base_job_template()
+    srv.api("POST", "/work_pools/", json={"name": "elsewhere", "type": "process", "base_job_template": template})
+    healer = world.deployment("selfheal-healer")
+    srv.api("PATCH", f"/deployments/{healer['id']}", json={"work_pool_name": "elsewhere"})
+    srv.api("PATCH", "/work_pools/local", json={"base_job_template": template})  # Prefect's default, by hand
+    flow = srv.api("POST", "/flows/", json={"name": "made-by-hand"})
+    stray = srv.api("POST", "/deployments/", json={"name": "local", "flow_id": flow["id"], "work_pool_name": "local"})
+    report = world.reconciler().tick()
+    assert report.incident is not None and report.incident.state == State.RESOLVED
+    assert [(d.target, d.field) for d in report.reverted] == [
+        ("selfheal-healer/local", "work_pool_name"),
+        ("pool:local", "base_job_template"),
+    ]
+    assert "variables.properties.stream_output.default" in report.reverted[1].describe()
+    assert world.deployment("selfheal-healer")["id"] == healer["id"]  # back on the local pool
+    in_git = json.loads((world.repo / "deployments" / "work-pools" / "local.json").read_text())
+    assert srv.api("GET", "/work_pools/local")["base_job_template"] == in_git
+    assert [(d.target, d.field) for d in world.reconciler().diff()] == [("made-by-hand/local", "extra")]  # reported
+    report = world.reconciler(prune=True).tick()
+    assert [(d.target, d.field) for d in report.reverted] == [("made-by-hand/local", "extra")]
+    assert report.incident is not None and report.incident.state == State.RESOLVED
+    assert srv.api("POST", "/deployments/filter", json={"deployments": {"id": {"any_": [stray["id"]]}}}) == []
+    assert world.reconciler().diff() == []
+
+
 def test_a_change_committed_to_git_is_applied_not_reverted(world: World) -> None:
     reconciler = world.reconciler()
     assert reconciler.tick().incident is None
@@ -187,3 +232,30 @@ def test_a_change_committed_to_git_is_applied_not_reverted(world: World) -> None
     assert report.incident is not None and report.incident.state == State.RESOLVED
     schedules = world.deployment(MONITOR_FLOW)["schedules"]
     assert [(s["schedule"]["interval"], s["active"]) for s in schedules] == [(120.0, True)]
+
+
+def test_the_gitops_flow_reverts_drift_in_one_run_and_skips_without_a_checkout(
+    world: World, prefect_harness: None, tmp_path: Path
+) -> None:
+    """The ``selfheal-gitops`` deployment's flow: one pass per run (its own run tracked by the test harness)."""
+    from flows.gitops.flow import gitops_flow
+
+    spec = {
+        "home": world.cfg.home,
+        "model_name": MODEL,
+        "tracking_uri": world.cfg.tracking_uri,
+        "lake": {"root": world.cfg.lake.root},
+        "gitops": {"repo": str(world.repo)},
+    }
+    config = tmp_path / "selfheal.yaml"
+    config.write_text(yaml.safe_dump(spec))
+    monitor = world.deployment(MONITOR_FLOW)
+    world.srv.api("PATCH", f"/deployments/{monitor['id']}", json={"paused": True})
+    done = gitops_flow(config_path=str(config), api_url=world.srv.url)
+    assert done["reverted"] == ["selfheal-monitor/local: paused is true, git says false"]
+    assert done["incident"]["state"] == "RESOLVED"
+    assert world.deployment(MONITOR_FLOW)["paused"] is False
+
+    config.write_text(yaml.safe_dump({**spec, "gitops": {"repo": str(tmp_path)}}))  # not a git checkout
+    skipped = gitops_flow(config_path=str(config), api_url=world.srv.url)
+    assert "not a git repository" in skipped["skipped"] or "rev-parse" in skipped["skipped"], skipped

@@ -52,6 +52,7 @@ def test_each_flow_has_one_deployment_per_work_pool() -> None:
         "flows/healer/flow.py:healer_flow",
         "flows/chaos_suite/flow.py:chaos_suite_flow",
         "flows/release/controller.py:release_analysis_flow",
+        "flows/gitops/flow.py:gitops_flow",
     }
     for pool in ("local", "k8s"):
         found = sorted(e["entrypoint"] for e in ENTRIES if e["work_pool"]["name"] == pool and e["name"] == pool)
@@ -75,6 +76,8 @@ def test_how_each_deployment_starts(pool: str) -> None:
     release = _entry("flows/release/controller.py:release_analysis_flow", pool)
     assert "schedules" not in release
     assert [t["expect"] for t in release["triggers"]] == [["selfheal.release.started"]]
+    gitops = _entry("flows/gitops/flow.py:gitops_flow", pool)
+    assert "triggers" not in gitops and [s["interval"] for s in gitops["schedules"]] == [180]  # Argo CD's default
 
 
 # -- against a real server -------------------------------------------------------------------
@@ -152,13 +155,17 @@ def _runs(srv: PrefectServer, deployment: dict[str, Any]) -> list[dict[str, Any]
     ]
 
 
-def _quiet_the_monitor(srv: PrefectServer, deployed: dict[tuple[str, str], dict[str, Any]]) -> None:
-    """Pause the monitor: its parameters point at ./.selfheal, which a test must not write to."""
-    monitor = deployed[("flows/monitor/flow.py:monitor_flow", "local")]
-    srv.api("PATCH", f"/deployments/{monitor['id']}", json={"paused": True})
-    body = {"deployments": {"id": {"any_": [monitor["id"]]}}, "flow_runs": {"state": {"type": {"any_": ["SCHEDULED"]}}}}
-    for run in srv.api("POST", "/flow_runs/filter", json=body):
-        srv.api("DELETE", f"/flow_runs/{run['id']}")
+def _quiet_the_scheduled(srv: PrefectServer, deployed: dict[tuple[str, str], dict[str, Any]]) -> None:
+    """Pause the monitor and gitops: their runs read ./selfheal.yaml (./.selfheal), which a test must not write to."""
+    for entrypoint in ("flows/monitor/flow.py:monitor_flow", "flows/gitops/flow.py:gitops_flow"):
+        quiet = deployed[(entrypoint, "local")]
+        srv.api("PATCH", f"/deployments/{quiet['id']}", json={"paused": True})
+        body = {
+            "deployments": {"id": {"any_": [quiet["id"]]}},
+            "flow_runs": {"state": {"type": {"any_": ["SCHEDULED"]}}},
+        }
+        for run in srv.api("POST", "/flow_runs/filter", json=body):
+            srv.api("DELETE", f"/flow_runs/{run['id']}")
 
 
 @pytest.mark.integration
@@ -167,7 +174,7 @@ def test_a_landed_file_runs_the_pipeline_deployment_through_a_process_worker(
     prefect_server: PrefectServer, deployed: dict[tuple[str, str], dict[str, Any]], tmp_path: Path
 ) -> None:
     srv = prefect_server
-    _quiet_the_monitor(srv, deployed)
+    _quiet_the_scheduled(srv, deployed)
     config = write_config(tmp_path, free_port())
     env = {"SELFHEAL_CONFIG": str(config)}
     py = sys.executable
