@@ -39,6 +39,8 @@ ACTIVITY_MODULES = (
     "chaos.incidents.probes",
     "chaos.release.actions",
     "chaos.release.probes",
+    "chaos.gitops.actions",
+    "chaos.gitops.probes",
 )
 
 

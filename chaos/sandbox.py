@@ -19,7 +19,10 @@ pipeline run`` whenever a landing file has not been taken or a run left bronze a
 of the last complete manifest, as the deployments "pipeline on new data" and its
 schedule do) and the healer (``selfheal heal --interval 1``; with ``healing.enabled:
 false`` it detects, opens incidents and repairs nothing), and the release controller
-(``selfheal release watch``). Setup
+(``selfheal release watch``). The Prefect deployments and the gitops watcher (``selfheal
+gitops watch``: the deployments and ``@champion`` as this checkout's git history says) are
+started by the experiment that needs them (``chaos.gitops.actions``), and stopped with the
+sandbox if it left them. Setup
 lands a few clean batches and trains the first champion.
 
 Example:
@@ -92,7 +95,10 @@ SANDBOX_THRESHOLDS: dict[str, Any] = {
     "consecutive": {"missing_rows": 10, "latency": 10},
 }
 #: The order processes are stopped in: clients and supervisors before what they supervise.
-_STOP_ORDER = ("healer", "release", "schedule", "workload", "server", "prefect")
+_STOP_ORDER = ("healer", "gitops", "release", "schedule", "workload", "server", "prefect")
+#: The source checkout the sandbox runs (its git history is the gitops watcher's desired state).
+PROJECT_DIR = Path(__file__).resolve().parents[1]
+GITOPS_INTERVAL_SECONDS = 5.0
 _MARKER = "# Written by chaos.sandbox"
 _QUIET_ENV = {
     "DO_NOT_TRACK": "1",
@@ -183,6 +189,7 @@ class Sandbox:
             "SELFHEAL_CHAOS_SANDBOX": state.root,
             "SELFHEAL_CHAOS_CONFIG": state.config,
             "SELFHEAL_CHAOS_SERVING_URL": state.serving_url,
+            "SELFHEAL_CHAOS_PREFECT_API_URL": state.prefect_api_url,
             "SELFHEAL_CHAOS_TRACKING_URI": state.tracking_uri,
             "SELFHEAL_CHAOS_LAKE": state.lake_root,
             "SELFHEAL_CHAOS_LANDING": state.landing,
@@ -222,6 +229,9 @@ class Sandbox:
                 },
             }
         )
+        # The deployments' definitions are this checkout's: config-drift creates them, edits them by
+        # hand and starts the gitops watcher, which passes every 5 s.
+        cfg["gitops"] = {"repo": str(PROJECT_DIR), "interval_seconds": GITOPS_INTERVAL_SECONDS}
         cfg["thresholds"] = {**SANDBOX_THRESHOLDS, **(cfg.get("thresholds") or {})}
         healing = dict(cfg.get("healing") or {})
         if self.healing_enabled is not None:

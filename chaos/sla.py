@@ -54,6 +54,7 @@ DEFAULT_MTTR_SECONDS: dict[str, float] = {
     "data-resent-rows": 120.0,
     "data-non-file-entry": 120.0,
     "lake-torn-commit": 120.0,
+    "config_drift": 10.0,  # gitops.interval_seconds 5 in the sandbox (Argo CD's default sync interval is 3 min)
 }
 DEFAULT_HEALING_OFF_MTTR_SECONDS = 30.0
 

@@ -93,6 +93,7 @@ ORDER = (
     "registry-bad-model",
     "registry-foreign-artifact",
     "release-canary-worse",
+    "config-drift",
     # Concept before covariate: a model retrained on shifted inputs makes the clean stream
     # put back by the covariate rollback a real shift, which would be the next experiment's.
     "data-drift-concept",

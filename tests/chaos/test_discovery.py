@@ -73,6 +73,12 @@ ACTIVITIES = [
     ("chaos.release.actions", "release_worse_model"),
     ("chaos.release.probes", "release_state"),
     ("chaos.release.probes", "seconds_until_release_rolled_back"),
+    ("chaos.gitops.actions", "deploy_from_git"),
+    ("chaos.gitops.actions", "drift_definitions"),
+    ("chaos.gitops.actions", "restore_definitions"),
+    ("chaos.gitops.actions", "start_watcher"),
+    ("chaos.gitops.actions", "stop_watcher"),
+    ("chaos.gitops.probes", "seconds_until_definitions_restored"),
 ]
 EXPECTED = {module: [name for m, name in ACTIVITIES if m == module] for module, _ in ACTIVITIES}
 
