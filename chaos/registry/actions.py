@@ -255,6 +255,22 @@ def restore_champion(
     return _restored(outcome, "restore_champion", server_url, configuration)
 
 
+#: How long a rollback waits for a pipeline run in flight to finish (one training run on 2 busy cores).
+_PIPELINE_RUN_SECONDS = 90.0
+
+
+def _wait_for_pipeline_runs(configuration: Configuration | None, timeout: float = _PIPELINE_RUN_SECONDS) -> None:
+    """Until no ``selfheal pipeline run`` of the sandbox is going: a run that read the fault's batches
+    promotes its model when it ends, and a restore made before that would be undone by it (seen on a
+    slow machine: the drift experiment's run promoted a drifted model after the rollback)."""
+    root = (configuration or {}).get("sandbox")
+    words = ["pipeline", "run", *([str(Path(root).resolve() / "selfheal.yaml")] if root else [])]
+    try:
+        processes.wait_until(lambda: not processes.find(words), timeout, "the pipeline run in flight", interval=0.5)
+    except TimeoutError:
+        logger.warning("a pipeline run is still going after %.0fs: restoring the champion anyway", timeout)
+
+
 def restore_champion_before_fault(
     tracking_uri: str,
     model_name: str,
@@ -266,11 +282,13 @@ def restore_champion_before_fault(
     For faults whose rollback puts the old world back (a drifted stream restored): a model
     the healer trained for the fault's world is wrong for it again. The version promoted
     last before the fault (``selfheal.promoted_at``) is the one; the current champion
-    becomes ``previous``. Nothing changes when it still is the champion.
+    becomes ``previous``. Nothing changes when it still is the champion. A pipeline run in
+    flight is waited for first (up to 90 s): it would promote after the restore.
     """
     fault_at = ledger.last_event(configuration, "fault")
     if fault_at is None:
         return {"restored": False, "detail": "no fault was injected in this run"}
+    _wait_for_pipeline_runs(configuration)
     registry = _store.registry(tracking_uri, model_name)
     promoted = []
     for mv in registry.versions():
