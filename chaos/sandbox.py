@@ -231,7 +231,7 @@ class Sandbox:
         )
         # The deployments' definitions are this checkout's: config-drift creates them, edits them by
         # hand and starts the gitops watcher, which passes every 5 s.
-        cfg["gitops"] = {"repo": str(PROJECT_DIR), "interval_seconds": GITOPS_INTERVAL_SECONDS}
+        cfg["gitops"] = {"repo": str(PROJECT_DIR), "interval_seconds": GITOPS_INTERVAL_SECONDS, "self_heal": True}
         cfg["thresholds"] = {**SANDBOX_THRESHOLDS, **(cfg.get("thresholds") or {})}
         healing = dict(cfg.get("healing") or {})
         if self.healing_enabled is not None:

@@ -379,8 +379,9 @@ class GitOpsConfig(_Section):
     """The deployments file, inside ``repo``."""
     pool: str = "local"
     """The work pool whose deployments are reconciled."""
-    self_heal: bool = Field(default=True, validation_alias=AliasChoices("self_heal", "selfHeal"))
-    """Revert drift (Argo CD's ``selfHeal``); false: only report it (the incident stays open)."""
+    self_heal: bool = Field(default=False, validation_alias=AliasChoices("self_heal", "selfHeal"))
+    """Revert drift (Argo CD's ``selfHeal``, off by default there too); false: only report it (the
+    incident stays DIAGNOSED). Changes committed to git are applied either way."""
     prune: bool = False
     """Delete deployments of the pool that git no longer has."""
     interval_seconds: float = Field(default=180.0, gt=0)

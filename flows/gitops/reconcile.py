@@ -5,8 +5,10 @@ what is live: per deployment its paused flag, schedules (and whether each is act
 parameters, work pool and triggers (automations, enabled or not); deployments git has that
 the server does not (``missing``: created by ``selfheal up`` / ``prefect deploy``, reported
 only) and deployments of the pool git no longer has (``extra``: deleted when ``prune``);
-the pool's base job template against ``work-pools/<pool>.json`` when git has one; and the
-champion alias against the version the last gate decision promoted.
+the pool's base job template against ``work-pools/<pool>.json`` when git has one; the
+``healing`` rules of the config file this runs with, when git has that file (an edit on
+disk that the next flow run would read); and the champion alias against the version the
+last gate decision promoted.
 
 ``Reconciler.tick`` is one pass. A difference whose live value is what the previously
 synced revision said is a change made in git: it is applied, with no incident. Any other
@@ -37,6 +39,8 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+import yaml
 
 from checkpoints import Lake
 from checkpoints.incidents import Incident, IncidentLog, State
@@ -90,6 +94,15 @@ class Drift:
 
     def to_evidence(self) -> dict[str, Any]:
         return {"target": self.target, "field": self.field, "live": self.live, "desired": self.desired}
+
+
+def _healing(text: str) -> Any:
+    """The ``healing`` section of a config file's text (a note when it is not YAML)."""
+    try:
+        loaded = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        return f"not YAML: {exc}"
+    return loaded.get("healing") if isinstance(loaded, dict) else None
 
 
 def _changed_keys(live: Any, desired: Any, path: str = "") -> set[str]:
@@ -288,8 +301,44 @@ class Reconciler:
         )
 
     def diff(self) -> list[Drift]:
-        live = read_live(self.api_url, self.registry, self.cfg.gitops.pool)
-        return diff(self.desired(), live, self.cfg.gitops.pool, promoted_champion(self.registry))
+        return self._drifts(self.desired(), read_live(self.api_url, self.registry, self.cfg.gitops.pool))
+
+    def _drifts(self, desired: DesiredState, live: LiveState) -> list[Drift]:
+        """``diff`` of the server and the registry, then the healing rules of the config this runs with."""
+        drifts = diff(desired, live, self.cfg.gitops.pool, promoted_champion(self.registry))
+        return drifts + self._config_drifts(desired.revision)
+
+    def _config_file(self, revision: str) -> str | None:
+        """The config file this runs with, as a path in the repo, when git has it at ``revision``."""
+        if not self.cfg.source_path:
+            return None
+        try:
+            path = Path(self.cfg.source_path).resolve().relative_to(self.repo).as_posix()
+        except ValueError:  # outside the checkout: not git's to keep
+            return None
+        return path if git(self.repo, "ls-tree", "--name-only", revision, "--", path).strip() else None
+
+    def _config_drifts(self, revision: str) -> list[Drift]:
+        """The config's ``healing`` rules when the file on disk differs from the revision's (an edit by hand)."""
+        path = self._config_file(revision)
+        if path is None:
+            return []
+        desired = _healing(git(self.repo, "show", f"{revision}:{path}"))
+        try:
+            live = _healing((self.repo / path).read_text())
+        except OSError as exc:
+            live = f"unreadable: {exc}"
+        return [] if live == desired else [Drift(f"config:{path}", "healing", live, desired)]
+
+    def _apply(self, drift: Drift, live: LiveState, revision: str) -> bool:
+        if drift.field != "healing":
+            return apply(drift, self.api_url, live, self.registry, self.cfg.gitops.prune)
+        path = drift.target.removeprefix("config:")
+        file = self.repo / path
+        tmp = file.with_name(f".{file.name}.gitops")
+        tmp.write_text(git(self.repo, "show", f"{revision}:{path}"))  # the whole file, as git has it
+        tmp.replace(file)
+        return True
 
     def synced_revision(self) -> str | None:
         """The revision live last agreed with (``<home>/gitops.json``)."""
@@ -322,6 +371,8 @@ class Reconciler:
             elif spec is not None and drift.field in FIELDS and _desired_fields(spec)[drift.field] == drift.live:
                 moved.append(drift)
             elif drift.field == "base_job_template" and old.pool_template == drift.live:
+                moved.append(drift)
+            elif drift.field == "healing" and self._config_drifts(before) == []:  # the file is the old commit's
                 moved.append(drift)
             elif spec is not None and drift.field.startswith("trigger:"):
                 if spec.triggers.get(drift.field.removeprefix("trigger:")) == drift.live:
@@ -364,7 +415,7 @@ class Reconciler:
         """
         desired = self.desired()
         live = read_live(self.api_url, self.registry, self.cfg.gitops.pool)
-        drifts = diff(desired, live, self.cfg.gitops.pool, promoted_champion(self.registry))
+        drifts = self._drifts(desired, live)
         if any(d.field == "champion" for d in drifts):
             drifts = self._champion_settled(drifts)
         report = TickReport(desired.revision, drifts)
@@ -375,15 +426,15 @@ class Reconciler:
             self.deploy([desired.deployments[_key(d)] for d in missing], desired)
             report.applied_from_git += missing
             live = read_live(self.api_url, self.registry, self.cfg.gitops.pool)
-            drifts = diff(desired, live, self.cfg.gitops.pool, promoted_champion(self.registry))
+            drifts = self._drifts(desired, live)
             created = [d for d in drifts if d.target in {m.target for m in missing}]
         from_git = created + [d for d in self._from_git(drifts, desired) if d not in created]
         for drift in from_git:
-            if apply(drift, self.api_url, live, self.registry, self.cfg.gitops.prune):
+            if self._apply(drift, live, desired.revision):
                 report.applied_from_git.append(drift)
                 logger.info("gitops: applied from git %s: %s", desired.revision[:12], drift.describe())
         hand = [d for d in drifts if d not in from_git and self._revertible(d)]
-        report.incident, report.reverted = self._handle(hand, live)
+        report.incident, report.reverted = self._handle(hand, live, desired.revision)
         if not hand:
             self._mark_synced(desired.revision)
         return report
@@ -404,7 +455,7 @@ class Reconciler:
         """Drift acted on: not a deployment only ``prefect deploy`` creates, nor an extra one without prune."""
         return drift.field != "missing" and (drift.field != "extra" or self.cfg.gitops.prune)
 
-    def _handle(self, hand: list[Drift], live: LiveState) -> tuple[Incident | None, list[Drift]]:
+    def _handle(self, hand: list[Drift], live: LiveState, revision: str) -> tuple[Incident | None, list[Drift]]:
         incident = self.log.open_for(CAUSE)
         if not hand:
             if incident is not None:  # reverted by a pass that did not live to verify, or put back by hand
@@ -423,7 +474,7 @@ class Reconciler:
         healing = self.log.advance(incident, State.HEALING, remedy=REMEDY, attempt=1)
         if healing is None:  # another reconciler took this step
             return incident, []
-        reverted = [d for d in hand if apply(d, self.api_url, live, self.registry, self.cfg.gitops.prune)]
+        reverted = [d for d in hand if self._apply(d, live, revision)]
         incident = self.log.advance(healing, State.VERIFYING, remedy=REMEDY, attempt=1) or healing
         left = [d for d in self.diff() if self._revertible(d)]
         if left:

@@ -22,7 +22,7 @@ import pytest
 import yaml
 
 from checkpoints.incidents import State
-from flows.config import SelfhealConfig
+from flows.config import SelfhealConfig, load_config
 from flows.gitops.desired import MONITOR_FLOW, monitor_parameters
 from flows.gitops.reconcile import CAUSE, REMEDY, Reconciler
 from flows.registry import CHAMPION, Registry
@@ -94,11 +94,20 @@ def world(prefect_server: PrefectServer, tmp_path_factory: pytest.TempPathFactor
     template["variables"]["properties"]["stream_output"]["default"] = False
     (repo / "deployments" / "work-pools").mkdir(parents=True)
     (repo / "deployments" / "work-pools" / "local.json").write_text(json.dumps(template, indent=2))
+    tracking_uri = f"sqlite:///{folder / 'mlflow.db'}"
+    settings = {
+        "home": str(folder / "home"),
+        "model_name": MODEL,
+        "tracking_uri": tracking_uri,
+        "lake": {"root": str(folder / "lake")},
+        "gitops": {"repo": str(repo), "interval_seconds": 5, "self_heal": True},
+    }
+    # The config a deployment's runs read, kept in git too: its healing rules are desired state.
+    (repo / "selfheal.yaml").write_text(yaml.safe_dump({**settings, "healing": {"max_attempts": 2}}))
     _git(repo, "init", "-q")
     _git(repo, "add", ".")
     _git(repo, "commit", "-qm", "the deployments")
     srv = prefect_server
-    tracking_uri = f"sqlite:///{folder / 'mlflow.db'}"
     client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
     client.create_registered_model(MODEL)
     for _ in range(2):
@@ -106,13 +115,7 @@ def world(prefect_server: PrefectServer, tmp_path_factory: pytest.TempPathFactor
     registry = Registry(tracking_uri, MODEL)
     registry.promote("1")
     registry.promote("2")  # the gate's last decision: version 2
-    cfg = SelfhealConfig(
-        home=str(folder / "home"),
-        model_name=MODEL,
-        tracking_uri=tracking_uri,
-        lake={"root": str(folder / "lake")},
-        gitops={"repo": str(repo), "interval_seconds": 5},
-    )
+    cfg = SelfhealConfig(**settings)
     world = World(srv, repo, cfg, registry)
     created = world.reconciler().tick(deploy_missing=True)  # the pool and its deployments, from the commit
     assert created.incident is None and created.reverted == []
@@ -245,7 +248,7 @@ def test_the_gitops_flow_reverts_drift_in_one_run_and_skips_without_a_checkout(
         "model_name": MODEL,
         "tracking_uri": world.cfg.tracking_uri,
         "lake": {"root": world.cfg.lake.root},
-        "gitops": {"repo": str(world.repo)},
+        "gitops": {"repo": str(world.repo), "self_heal": True},
     }
     config = tmp_path / "selfheal.yaml"
     config.write_text(yaml.safe_dump(spec))
@@ -259,3 +262,18 @@ def test_the_gitops_flow_reverts_drift_in_one_run_and_skips_without_a_checkout(
     config.write_text(yaml.safe_dump({**spec, "gitops": {"repo": str(tmp_path)}}))  # not a git checkout
     skipped = gitops_flow(config_path=str(config), api_url=world.srv.url)
     assert "not a git repository" in skipped["skipped"] or "rev-parse" in skipped["skipped"], skipped
+
+
+def test_healing_rules_edited_on_disk_are_put_back_as_git_has_them(world: World) -> None:
+    """The config file the runs read is in git: an edit on disk is drift, reverted by rewriting the file."""
+    config = world.repo / "selfheal.yaml"
+    reconciler = Reconciler(load_config(config, check_estimator=False), world.srv.url)
+    assert reconciler.diff() == []
+    committed = config.read_text()
+    config.write_text(committed.replace("max_attempts: 2", "max_attempts: 9"))
+    assert [(d.target, d.field, d.live, d.desired) for d in reconciler.diff()] == [
+        ("config:selfheal.yaml", "healing", {"max_attempts": 9}, {"max_attempts": 2})
+    ]
+    report = reconciler.tick()
+    assert report.incident is not None and report.incident.state == State.RESOLVED
+    assert config.read_text() == committed and reconciler.diff() == []
