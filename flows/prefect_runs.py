@@ -103,3 +103,20 @@ def prefect_api(method: str, url: str, body: Any = None, ok: tuple[int, ...] = (
         return None
     response.raise_for_status()
     return response.json() if response.content else None
+
+
+def deployments(api_url: str, pool: str | None = None) -> list[dict[str, Any]]:
+    """The server's deployments (``pool``'s only, when given), by name, each with its ``flow_name``
+    and ``automations`` (those whose actions run it)."""
+    body: dict[str, Any] = {"sort": "NAME_ASC"}
+    if pool is not None:
+        body["work_pools"] = {"name": {"any_": [pool]}}
+    found: list[dict[str, Any]] = prefect_api("POST", f"{api_url}/deployments/filter", body)
+    flows = {f["id"]: f["name"] for f in prefect_api("POST", f"{api_url}/flows/filter", {})}
+    automations = prefect_api("POST", f"{api_url}/automations/filter", {})
+    for d in found:
+        d["flow_name"] = flows.get(d["flow_id"], "?")
+        d["automations"] = [
+            a for a in automations if any(act.get("deployment_id") == d["id"] for act in a.get("actions", []))
+        ]
+    return found

@@ -12,8 +12,6 @@ at another config file and moves ``@champion`` to a version no gate decision pro
 # No ``from __future__ import annotations``: discovery reads these annotations at run time.
 
 import logging
-import os
-import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +21,7 @@ from chaoslib.types import Configuration
 
 from chaos import ledger
 from chaos.registry._store import registry as open_registry
-from chaos.serving._server import resolve_command
+from chaos.serving._server import run_command, start_detached
 from serving import processes
 from serving.registry import CHAMPION, CHAOS_TAG, PROMOTED_AT_TAG
 
@@ -58,12 +56,7 @@ def _deployment(prefect_api_url: str, flow_name: str, pool: str = "local") -> di
 def deploy_from_git(prefect_api_url: str, config_path: str, timeout: float = 300.0) -> str:
     """``selfheal gitops sync --deploy-missing`` against the sandbox's Prefect server; its output."""
     argv = ["selfheal", "-c", config_path, "gitops", "sync", "--deploy-missing", "--api-url", prefect_api_url]
-    done = subprocess.run(
-        resolve_command(argv), capture_output=True, text=True, timeout=timeout, env=os.environ.copy(), check=False
-    )
-    if done.returncode != 0:
-        raise ActivityFailed(f"{' '.join(argv)} failed ({done.returncode}): {(done.stderr or done.stdout)[-1500:]}")
-    return done.stdout
+    return run_command(argv, timeout)
 
 
 def start_watcher(sandbox: str, config_path: str, prefect_api_url: str) -> dict[str, Any]:
@@ -73,18 +66,9 @@ def start_watcher(sandbox: str, config_path: str, prefect_api_url: str) -> dict[
     ``stop_watcher`` did not.
     """
     root = Path(sandbox)
-    (root / "logs").mkdir(parents=True, exist_ok=True)
-    (root / "run").mkdir(parents=True, exist_ok=True)
     argv = ["selfheal", "-c", config_path, "gitops", "watch", "--api-url", prefect_api_url]
-    with open(root / "logs" / "gitops.log", "ab") as log:
-        proc = subprocess.Popen(
-            resolve_command(argv),
-            cwd=root,
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+    proc = start_detached(argv, str(root), str(root / "logs" / "gitops.log"))
+    (root / "run").mkdir(parents=True, exist_ok=True)
     (root / "run" / WATCHER_PID).write_text(f"{proc.pid}\n")
     return {"pid": proc.pid}
 

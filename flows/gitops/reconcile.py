@@ -54,7 +54,9 @@ from flows.gitops.desired import (
     git,
     monitor_parameters,
     read_desired,
+    resolve,
 )
+from flows.prefect_runs import deployments as prefect_deployments
 from flows.prefect_runs import prefect_api
 from flows.registry import CHAMPION, PROMOTED_AT_TAG, Registry
 
@@ -159,14 +161,7 @@ class LiveState:
 def read_live(api_url: str, registry: Registry, pool: str) -> LiveState:
     """Every deployment on the server (any pool: one pointed elsewhere is still ours), the champion alias and
     ``pool``'s base job template."""
-    flows = {f["id"]: f["name"] for f in prefect_api("POST", f"{api_url}/flows/filter", {})}
-    automations = prefect_api("POST", f"{api_url}/automations/filter", {})
-    deployments: dict[tuple[str, str], dict[str, Any]] = {}
-    for row in prefect_api("POST", f"{api_url}/deployments/filter", {}):
-        row["automations"] = [
-            a for a in automations if any(act.get("deployment_id") == row["id"] for act in a.get("actions", []))
-        ]
-        deployments[(flows.get(row["flow_id"], "?"), row["name"])] = row
+    deployments = {(row["flow_name"], row["name"]): row for row in prefect_deployments(api_url)}
     champion = registry.by_alias(CHAMPION)
     found = prefect_api("GET", f"{api_url}/work_pools/{pool}", ok=(404,))
     template = found["base_job_template"] if found else None
@@ -288,17 +283,24 @@ class Reconciler:
         self.lake = Lake(cfg.lake.root, cfg.lake.storage_options or None)
         self.log = IncidentLog(self.lake)
         self.state_file = (self.base / cfg.home / "gitops.json").resolve()
+        self._desired: dict[str, DesiredState] = {}
 
     def desired(self, revision: str | None = None) -> DesiredState:
+        """The desired state at ``revision`` (default ``gitops.revision``), read once per commit."""
         gitops = self.cfg.gitops
-        return read_desired(
-            self.repo,
-            revision or gitops.revision,
-            gitops.prefect_file,
-            gitops.pool,
-            # `selfheal up` sets the local monitor's parameters from selfheal.yaml; elsewhere prefect.yaml's stand.
-            {MONITOR_FLOW: monitor_parameters(self.cfg)} if gitops.pool == LOCAL_POOL else {},
-        )
+        commit = resolve(self.repo, revision or gitops.revision)
+        if commit not in self._desired:
+            if len(self._desired) >= 2:  # the synced commit and the current one are all a pass reads
+                self._desired.pop(next(iter(self._desired)))
+            self._desired[commit] = read_desired(
+                self.repo,
+                commit,
+                gitops.prefect_file,
+                gitops.pool,
+                # `selfheal up` sets the local monitor's parameters from selfheal.yaml; elsewhere prefect.yaml's stand.
+                {MONITOR_FLOW: monitor_parameters(self.cfg)} if gitops.pool == LOCAL_POOL else {},
+            )
+        return self._desired[commit]
 
     def diff(self) -> list[Drift]:
         return self._drifts(self.desired(), read_live(self.api_url, self.registry, self.cfg.gitops.pool))

@@ -60,6 +60,7 @@ from prefect.events.schemas.events import Event, Resource
 from checkpoints.exceptions import SelfhealError, ServingUnavailable
 from flows.config import SelfhealConfig, load_config
 from flows.gitops.desired import MONITOR_FLOW, monitor_parameters
+from flows.prefect_runs import deployments as prefect_deployments
 from flows.prefect_runs import prefect_api
 from serving import processes
 from serving.client import ServingClient
@@ -478,17 +479,7 @@ class Stack:
     # -- what is there -------------------------------------------------------------------------
     def deployments(self) -> list[dict[str, Any]]:
         """The ``local`` pool's deployments, each with ``flow_name`` and the automations that run it."""
-        api = self.api_url
-        body = {"work_pools": {"name": {"any_": [WORK_POOL]}}, "sort": "NAME_ASC"}
-        found: list[dict[str, Any]] = prefect_api("POST", f"{api}/deployments/filter", body)
-        flows = {f["id"]: f["name"] for f in prefect_api("POST", f"{api}/flows/filter", {})}
-        automations = prefect_api("POST", f"{api}/automations/filter", {})
-        for d in found:
-            d["flow_name"] = flows.get(d["flow_id"], "?")
-            d["automations"] = [
-                a for a in automations if any(act.get("deployment_id") == d["id"] for act in a.get("actions", []))
-            ]
-        return found
+        return prefect_deployments(self.api_url, WORK_POOL)
 
     def next_run(self, deployment_id: str) -> str | None:
         body = {
