@@ -260,6 +260,8 @@ class Sandbox:
                 "SELFHEAL_ADMIN_TOKEN": self._admin_token(),
                 "PREFECT_HOME": str(self.root / "prefect"),
                 "SELFHEAL_LOG_FLUSH_SECONDS": "1",
+                # The one place the healer may explore remedies (healing.learning.explore_epsilon).
+                "SELFHEAL_CHAOS_SANDBOX": str(self.root),
             }
         )
         if prefect_api_url:

@@ -8,7 +8,8 @@ healers can never both record the same step.
 States::
 
     DETECTED -> DIAGNOSED -> HEALING -> VERIFYING -> RESOLVED
-                    ^                       |
+                    ^  |                    |
+                    |  +-> AWAITING_APPROVAL (a person approves or vetoes the remedy)
                     +---- next remedy ------+          (list exhausted) -> ESCALATED
 
 MTTR = resolved_at - detected_at (detection time: when the monitor's evidence
@@ -41,6 +42,7 @@ class State(StrEnum):
 
     DETECTED = "DETECTED"
     DIAGNOSED = "DIAGNOSED"
+    AWAITING_APPROVAL = "AWAITING_APPROVAL"
     HEALING = "HEALING"
     VERIFYING = "VERIFYING"
     RESOLVED = "RESOLVED"
@@ -151,6 +153,25 @@ class Incident:
         return any(t.evidence.get("acknowledged") for t in self.transitions if t.state == State.ESCALATED)
 
     @property
+    def proposal(self) -> Transition | None:
+        """The AWAITING_APPROVAL row that proposed the remedy now waiting, if one waits."""
+        for t in reversed(self.transitions):
+            if t.state != State.AWAITING_APPROVAL:
+                return None
+            if t.evidence.get("proposed"):
+                return t
+        return None
+
+    @property
+    def approved(self) -> str | None:
+        """The remedy a person approved for the proposal waiting now (None: not yet)."""
+        proposal = self.proposal
+        if proposal is None:
+            return None
+        later = [t for t in self.transitions if t.seq > proposal.seq and t.evidence.get("approved")]
+        return str(later[-1].evidence["approved"]) if later else None
+
+    @property
     def failed_remedies(self) -> list[str]:
         """Remedies whose verification failed (or which could not be applied)."""
         return [
@@ -172,31 +193,42 @@ class IncidentLog:
     def __init__(self, lake: Lake, table: str = INCIDENTS) -> None:
         self.lake = lake
         self.table = table
-        self._read: tuple[int, list[Incident]] | None = None
+        self._version: int | None = None
+        self._files: frozenset[str] = frozenset()
+        self._rows: dict[str, list[Transition]] = {}
+        self._sorted: list[Incident] = []
 
     def incidents(self) -> list[Incident]:
         """Every incident, oldest first.
 
-        Read again only when the table has a new version: the healer asks several times
-        a tick, and parsing every transition's evidence grows with the log.
+        Read again only when the table has a new version, and then only its new files:
+        the healer asks several times a tick, and a log read whole at every append would
+        make every tick (and so every MTTR) slower as the history grows.
         """
         if not self.lake.exists(self.table):
             return []
         version = self.lake.version(self.table)
-        if self._read is None or self._read[0] != version:
-            self._read = (version, self._group(self.lake.read(self.table, version=version)))
-        return list(self._read[1])
+        if version != self._version:
+            version, self._files, rows, reset = self.lake.read_added(self.table, self._files)
+            if reset:
+                self._rows = {}
+            self._add(rows)
+            self._version = version
+        return list(self._sorted)
 
-    @staticmethod
-    def _group(table: pa.Table) -> list[Incident]:
+    def _add(self, table: pa.Table) -> None:
         if "seq" not in table.column_names:  # a writer that keeps no sequence number: time orders the steps
             table = table.sort_by("ts")
-            table = table.append_column("seq", pa.array(range(table.num_rows), pa.int64()))
-        rows = table.sort_by([("detected_at", "ascending"), ("incident_id", "ascending"), ("seq", "ascending")])
-        grouped: dict[str, list[Transition]] = {}
-        for row in rows.to_pylist():
-            grouped.setdefault(row["incident_id"], []).append(Transition.from_row(row))
-        return [Incident(tuple(ts)) for ts in grouped.values()]
+            start = sum(len(ts) for ts in self._rows.values())
+            table = table.append_column("seq", pa.array(range(start, start + table.num_rows), pa.int64()))
+        touched = set()
+        for row in table.to_pylist():
+            self._rows.setdefault(row["incident_id"], []).append(Transition.from_row(row))
+            touched.add(row["incident_id"])
+        for incident_id in touched:
+            self._rows[incident_id].sort(key=lambda t: t.seq)
+        grouped = [Incident(tuple(ts)) for ts in self._rows.values()]
+        self._sorted = sorted(grouped, key=lambda i: (i.detected_at, i.id))
 
     def get(self, incident_id: str) -> Incident | None:
         return next((i for i in self.incidents() if i.id == incident_id), None)
@@ -277,6 +309,32 @@ class IncidentLog:
             return None
         detail = f"acknowledged by {by}" + (f": {note}" if note else "")
         return self.advance(incident, State.ESCALATED, evidence={"acknowledged": True, "by": by}, detail=detail)
+
+    def approve(self, incident_id: str, by: str, remedy: str | None = None) -> Incident:
+        """A person lets the proposed remedy (or ``remedy`` instead) run.
+
+        Raises:
+            ValueError: the incident does not wait for an approval.
+        """
+        for _ in range(5):  # the healer may write a row in between: read again and retry
+            incident = self._must_get(incident_id)
+            proposal = incident.proposal
+            if proposal is None or incident.state != State.AWAITING_APPROVAL:
+                raise ValueError(f"{incident_id} is {incident.state.value}: it waits for no approval")
+            chosen = remedy or str(proposal.evidence["proposed"])
+            evidence = {"approved": chosen, "by": by, "proposed": None}
+            step = self.advance(
+                incident, State.AWAITING_APPROVAL, remedy=chosen, evidence=evidence, detail=f"{chosen} approved by {by}"
+            )
+            if step is not None:
+                return step
+        raise ValueError(f"{incident_id}: could not record the approval (the log kept changing)")
+
+    def _must_get(self, incident_id: str) -> Incident:
+        incident = self.get(incident_id)
+        if incident is None:
+            raise ValueError(f"no incident {incident_id!r} (see `selfheal incidents`)")
+        return incident
 
     def _append(self, row: Transition) -> bool:
         table = to_table([row])

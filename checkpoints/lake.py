@@ -46,7 +46,7 @@ from checkpoints.exceptions import (
 from checkpoints.maintenance import MaintenanceReport, maintain
 from checkpoints.manifests import Manifest, last_complete, list_manifests, rollback_to, write_manifest
 from checkpoints.quarantine import QuarantineRecord, is_quarantined, list_quarantined, quarantine
-from checkpoints.scan import last_commit, snapshot_rows, window
+from checkpoints.scan import added_rows, last_commit, snapshot_rows, window
 from checkpoints.snapshots import LatestSnapshots
 
 logger = logging.getLogger(__name__)
@@ -272,6 +272,13 @@ class Lake:
             raise ValueError("give version or as_of, not both")
         dt = self._open(table, version if version is not None else as_of)
         return snapshot_rows(self, dt, table, columns=columns)
+
+    @_remote_io
+    def read_added(self, table: str, seen: frozenset[str]) -> tuple[int, frozenset[str], pa.Table, bool]:
+        """``(version, files, rows, reset)`` of the newest snapshot: see ``checkpoints.scan.added_rows``."""
+        dt = self._open(table)
+        files, rows, reset = added_rows(self, dt, table, seen)
+        return int(dt.version()), files, rows, reset
 
     @_remote_io
     def scan(

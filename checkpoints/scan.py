@@ -62,6 +62,27 @@ def snapshot_rows(
     return ds.dataset(files, schema=schema, format="parquet").to_table(columns=columns, filter=where)
 
 
+def added_rows(lake: Lake, dt: DeltaTable, table: str, seen: frozenset[str]) -> tuple[frozenset[str], pa.Table, bool]:
+    """Rows of the files of snapshot ``dt`` that are not in ``seen`` (file URIs an earlier call returned).
+
+    Returns ``(files, rows, reset)``: the snapshot's files, the rows read, and whether
+    they are the whole table (a file of ``seen`` is gone: the table was rewritten, so the
+    caller's rows are stale; an object-store lake is read whole every time). An
+    append-only log read this way costs the new files, not its whole history.
+    """
+    try:
+        files = dt.file_uris()
+    except DeltaError as exc:
+        raise CheckpointError(f"table {table!r}: cannot read: {exc}") from exc
+    current = frozenset(files)
+    if not lake.storage.local or not seen <= current:
+        return current, snapshot_rows(lake, dt, table), True
+    new = [uri.removeprefix("file://") for uri in files if uri not in seen]
+    schema = pa.schema(dt.schema().to_arrow())
+    rows = ds.dataset(new, schema=schema, format="parquet").to_table() if new else schema.empty_table()
+    return current, rows, False
+
+
 def _newer_files(dt: DeltaTable, files: list[str], root: str, column: str, bound: datetime) -> list[str]:
     """``files`` that may hold a ``column`` value above ``bound`` (by their Delta max statistic)."""
     actions = pa.table(dt.get_add_actions(flatten=True))

@@ -326,6 +326,21 @@ DEFAULT_COSTS: dict[str, float] = {
 }
 
 
+class LearningConfig(_Section):
+    """The learned remedy policy (``healing.policy_mode: learned``; see ``flows.healer.policy``)."""
+
+    min_observations: int = Field(default=3, ge=1)
+    """Outcomes a remedy needs in a context before the learned policy trusts its estimate there."""
+    confidence_z: float = Field(default=1.0, ge=0.0)
+    """The learned remedy replaces the rules' one only when its mean reward is better by this many standard errors."""
+    explore_epsilon: float = Field(default=0.0, ge=0.0, le=1.0)
+    """Chance of a random remedy among the allowed ones: honoured only inside the chaos sandbox."""
+    escalation_penalty_seconds: float = Field(default=3600.0, ge=0.0)
+    """An escalated incident counts as a recovery this slow."""
+    cost_seconds: float = Field(default=1.0, ge=0.0)
+    """Seconds of recovery one unit of ``healing.costs`` is worth in the reward."""
+
+
 class HealingConfig(_Section):
     """Which remedies the healer tries for each cause, in order, and what it may spend."""
 
@@ -360,6 +375,12 @@ class HealingConfig(_Section):
     escalation_hold_seconds: float = Field(default=900.0, ge=0)
     """After an escalation, the same cause opens no new incident for this long (no loops)."""
     webhook_url: str | None = None
+    policy_mode: Literal["rules", "learned"] = "rules"
+    """``learned``: choose among ``policy``'s remedies for the cause with the policy ``selfheal policy train``
+    learned from the decisions log; the rules' order where it has too little data or is not better."""
+    approval: dict[str, Literal["auto", "approve"]] = Field(default_factory=dict)
+    """remedy -> ``approve``: the incident waits (AWAITING_APPROVAL) for ``selfheal incidents approve``."""
+    learning: LearningConfig = Field(default_factory=LearningConfig)
 
     @model_validator(mode="after")
     def _complete(self) -> HealingConfig:

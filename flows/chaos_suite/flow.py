@@ -50,7 +50,8 @@ from chaos import sla
 from chaos.incidents.probes import open_incidents
 from chaos.sandbox import Sandbox
 from checkpoints import Lake
-from checkpoints.exceptions import SelfhealError
+from checkpoints.decisions import DecisionLog
+from checkpoints.exceptions import CheckpointError, SelfhealError
 from checkpoints.incidents import IncidentLog, State
 from flows.chaos_suite.journal import ExperimentResult, SuiteResult, measure, summarize
 from flows.chaos_suite.matrix import ExperimentSpec, MatrixResult, experiment_spec
@@ -285,16 +286,35 @@ def run_suite(
     started = time.monotonic()
     sandbox_up_task(cfg, root)
     env = sandbox_environment(root)
+    lake = Lake(cfg.lake.root, cfg.lake.storage_options or None)
     try:
         log.info("sandbox up in %.0fs; running %d experiments", time.monotonic() - started, len(paths))
         for path in paths:
             _run_experiment(path, specs[path.stem], cfg, root, env, result, journals, log)
     finally:
+        if cfg.healing.enabled:  # the suite is the learned policy's training ground
+            harvested = harvest_decisions(env["SELFHEAL_CHAOS_LAKE"], lake)
+            log.info("%d remedy decisions of the sandbox added to the decisions log", harvested)
         Sandbox(Path(root)).down()
     _write_reports(result, journals, Path(cfg.home) / "reports")
-    record_runs(Lake(cfg.lake.root, cfg.lake.storage_options or None), result, journals)
+    record_runs(lake, result, journals)
     log.info("chaos suite %s done in %.0fs: %s", run_id, time.monotonic() - started, verdict_line(result))
     return result
+
+
+def harvest_decisions(sandbox_lake: str, lake: Lake) -> int:
+    """Copy the sandbox's remedy decisions (with their outcomes) into the project's decisions log; how many were new.
+
+    ``selfheal policy train`` learns from them. A sandbox whose lake cannot be read adds none (logged, not raised:
+    the suite's verdicts stand without it).
+    """
+    try:
+        found = DecisionLog(Lake(sandbox_lake)).decisions("remedy")
+        mine = DecisionLog(lake)
+        return sum(mine.append(d) for d in found)
+    except (CheckpointError, OSError) as exc:
+        _logger().warning("could not copy the sandbox's decisions: %s", exc)
+        return 0
 
 
 def _run_experiment(

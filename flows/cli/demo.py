@@ -9,9 +9,13 @@ import os
 import signal
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from flows.cli.command import Commands, Subparsers, config
+
+if TYPE_CHECKING:
+    from flows.config import SelfhealConfig
+    from flows.healer.policy import PolicyTable
 
 _DEMO = """\
 Train and serve a champion on a generated card-fraud stream, send live traffic with
@@ -52,6 +56,13 @@ def register(sub: Subparsers) -> None:
         help="embedded: SQLite and a lake folder (default); production: PostgreSQL and S3, started for the demo",
     )
     demo.add_argument("--json", default=None, metavar="PATH", help="also write the report as JSON to PATH")
+    demo.add_argument(
+        "--policy",
+        choices=["rules", "learned"],
+        default="rules",
+        help="learned: the healer chooses remedies with the policy `selfheal policy train` stored in your lake "
+        "(from a chaos suite run: `selfheal policy explore`) and the demo prints which choices it made",
+    )
 
     gen = (
         Commands(sub)
@@ -86,6 +97,7 @@ def cli_demo(args: argparse.Namespace) -> int:
     from flows.demo.script import run_demo  # imports Prefect, MLflow and the model server: not on --help
 
     base = config()
+    table = _learned_policy(base) if args.policy == "learned" else None
     workdir = Path(args.workdir) if args.workdir else Path(base.home) / "demo"
     # The demo's Prefect runs use a local SQLite server under <home>, not ~/.prefect.
     os.environ.setdefault("PREFECT_HOME", str(Path(base.home) / "prefect"))
@@ -96,7 +108,7 @@ def cli_demo(args: argparse.Namespace) -> int:
         # traceback; the healer's probe already reports it in one line.
         logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
     signal.signal(signal.SIGTERM, _interrupt)  # so the server and traffic are stopped on kill too
-    report = run_demo(workdir.resolve(), args.batches, args.rows, args.seed, args.profile)
+    report = run_demo(workdir.resolve(), args.batches, args.rows, args.seed, args.profile, table)
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2, default=str))
         print(f"report written to {args.json}", flush=True)
@@ -107,6 +119,23 @@ def cli_demo(args: argparse.Namespace) -> int:
         print(f"\nnot resolved: {', '.join(unresolved)}", flush=True)
         return 1
     return 0
+
+
+def _learned_policy(base: SelfhealConfig) -> PolicyTable:
+    """The policy trained in the user's lake (the demo copies it into its scratch lake)."""
+    from checkpoints import Lake
+    from checkpoints.exceptions import SelfhealError
+    from flows.healer.policy import PolicyTable
+
+    table = PolicyTable.load(Lake(base.lake.root, base.lake.storage_options or None))
+    if table is None:
+        raise SelfhealError(
+            f"--policy learned: no trained policy in {base.lake.root}; run `selfheal policy explore` "
+            "(a chaos suite run with exploring choices, then `selfheal policy train`) first"
+        )
+    if not table.better:
+        print("note: the trained policy was not estimated better than the rules; the healer will keep the rules")
+    return table
 
 
 def cli_generate(args: argparse.Namespace) -> int:

@@ -28,6 +28,18 @@ its cause stops waiting out healing.escalation_hold_seconds, so the next fault o
 that cause opens a new incident (and is healed) at once."""
 
 
+_APPROVE = """\
+healing.approval: {REMEDY: approve} makes the healer wait before REMEDY: the incident
+shows AWAITING_APPROVAL and its MTTR clock keeps running. Approving lets the proposed
+remedy (or, with --remedy, another one healing.policy allows for the cause) start at
+the healer's next tick. The approval is logged as a decision (it feeds `policy train`)."""
+
+_VETO = """\
+The healer never starts a vetoed remedy for this incident: one awaiting approval is
+dropped and the next allowed remedy is chosen (or the incident escalates when none is
+left). A remedy already running cannot be vetoed. The veto is logged as a decision."""
+
+
 def register(sub: Subparsers) -> None:
     """Add ``heal`` and ``incidents [ack]`` (they run flows in this process)."""
     # A tick runs a flow only for a remedy that runs the pipeline: Prefect is imported then.
@@ -53,12 +65,19 @@ def register(sub: Subparsers) -> None:
     inc.add_argument(
         "--json", nargs="?", const="-", default=None, metavar="PATH", help="write JSON (to stdout without PATH)"
     )
-    ack = commands.below(inc, "incident commands", required=False).add(
-        "ack", cli_ack, "acknowledge an ESCALATED incident: you have it now", _ACK
-    )
+    below = commands.below(inc, "incident commands", required=False)
+    ack = below.add("ack", cli_ack, "acknowledge an ESCALATED incident: you have it now", _ACK)
     ack.add_argument("incident", help="the incident id (see `selfheal incidents`)")
     ack.add_argument("--by", default=None, help="who takes it (default: $USER)")
     ack.add_argument("--note", default="", help="a line for the record, e.g. what you will do")
+    approve = below.add("approve", cli_approve, "let the remedy an incident AWAITING_APPROVAL proposes run", _APPROVE)
+    approve.add_argument("incident", help="the incident id (see `selfheal incidents`)")
+    approve.add_argument("--remedy", default=None, help="run this allowed remedy instead of the proposed one")
+    approve.add_argument("--by", default=None, help="who approves (default: $USER)")
+    veto = below.add("veto", cli_veto, "forbid a remedy for an open incident: the healer never applies it there", _VETO)
+    veto.add_argument("incident", help="the incident id (see `selfheal incidents`)")
+    veto.add_argument("--remedy", required=True, help="the remedy to forbid (e.g. the one awaiting approval)")
+    veto.add_argument("--by", default=None, help="who vetoes (default: $USER)")
 
 
 def cli_heal(args: argparse.Namespace) -> int:
@@ -146,3 +165,50 @@ def cli_ack(args: argparse.Namespace) -> int:
         raise SelfhealError(str(exc)) from exc
     print(f"{incident.id} ({incident.cause}): " + (done.last.detail if done else "already acknowledged"))
     return 0
+
+
+def _person_says(args: argparse.Namespace, kind: str) -> int:
+    """``approve`` and ``veto``: checked against the incident and the policy, then logged."""
+    from checkpoints.decisions import DecisionLog
+    from checkpoints.exceptions import SelfhealError
+    from checkpoints.incidents import IncidentLog, State
+
+    cfg = config(check_estimator=False)
+    lake = open_lake(cfg)
+    log = IncidentLog(lake)
+    incident = log.get(args.incident)
+    if incident is None:
+        raise SelfhealError(f"no incident {args.incident!r} (see `selfheal incidents`)")
+    by = args.by or os.environ.get("USER") or "someone"
+    allowed = cfg.healing.policy.get(incident.cause, [])
+    remedy = args.remedy or (str(incident.proposal.evidence["proposed"]) if incident.proposal else None)
+    if remedy is not None and remedy not in allowed:
+        raise SelfhealError(f"{remedy!r} is not allowed for {incident.cause} (healing.policy: {', '.join(allowed)})")
+    try:
+        if kind == "approve":
+            if remedy in DecisionLog(lake).vetoed(incident.id):
+                raise ValueError(f"{remedy} was vetoed for {incident.id}")
+            done = log.approve(incident.id, by, remedy)
+        else:
+            if incident.state.closed:
+                raise ValueError(f"{incident.id} is {incident.state.value}: nothing left to veto")
+            running = incident.state in (State.HEALING, State.VERIFYING) and incident.last.remedy == remedy
+            if running:
+                raise ValueError(f"{remedy} is already {incident.state.value} for {incident.id}")
+            done = incident
+    except ValueError as exc:
+        raise SelfhealError(str(exc)) from exc
+    DecisionLog(lake).say(kind, incident.cause, remedy, by, incident_id=incident.id)  # type: ignore[arg-type]
+    verb = "approved" if kind == "approve" else "vetoed"
+    print(f"{done.id} ({done.cause}): {remedy} {verb} by {by}")
+    return 0
+
+
+def cli_approve(args: argparse.Namespace) -> int:
+    """``selfheal incidents approve ID [--remedy R] [--by NAME]``."""
+    return _person_says(args, "approve")
+
+
+def cli_veto(args: argparse.Namespace) -> int:
+    """``selfheal incidents veto ID --remedy R [--by NAME]``."""
+    return _person_says(args, "veto")

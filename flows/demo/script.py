@@ -42,11 +42,13 @@ from chaos.registry.actions import make_tracking_store_unreachable, promote_bad_
 from chaos.serving.actions import kill_replica, kill_worker
 from chaos.serving.probes import seconds_until_servers_ready
 from chaos.workload import read_outcomes
+from checkpoints.decisions import DecisionLog
 from checkpoints.exceptions import ServingUnavailable
 from checkpoints.incidents import State
 from flows.config import DataConfig, SelfhealConfig, load_config
 from flows.demo.data import ID_COLUMN, TARGET, TIME_COLUMN, encode, generate_batch, write_batches
 from flows.healer.machine import HealerLoop, make_context
+from flows.healer.policy import PolicyTable
 from flows.healer.remedies import start_server, stop_server
 from flows.local.production import ProductionStores
 from flows.pipeline.flow import pipeline_flow
@@ -74,11 +76,17 @@ def _say(text: str = "") -> None:
     print(text, flush=True)  # noqa: T201 - the demo talks to a person
 
 
-def demo_config(base: SelfhealConfig, workdir: Path, port: int, stores: dict[str, Any] | None = None) -> Path:
+def demo_config(
+    base: SelfhealConfig,
+    workdir: Path,
+    port: int,
+    stores: dict[str, Any] | None = None,
+    policy_mode: str = "rules",
+) -> Path:
     """The user's (or default) settings with every path in ``workdir`` and demo-speed knobs.
 
     ``stores`` (``ProductionStores.settings()``) replaces the embedded tracking store,
-    artifact root and lake.
+    artifact root and lake; ``policy_mode`` is the healer's ``healing.policy_mode``.
     """
     data = base.model_dump(mode="json", by_alias=True, exclude={"source_path"})
     data.update(
@@ -106,7 +114,9 @@ def demo_config(base: SelfhealConfig, workdir: Path, port: int, stores: dict[str
     data["serving"].update(port=port, url=f"http://127.0.0.1:{port}", workers=1, replicas=2, poll_seconds=2.0)
     data["trainer"]["window_batches"] = WINDOW_BATCHES
     data["trainer"]["params"] = {**data["trainer"].get("params", {}), "max_iter": 60}
-    data["healing"].update(interval_seconds=1.0, verify_timeout_seconds=60.0, retrain_window=None)
+    data["healing"].update(
+        interval_seconds=1.0, verify_timeout_seconds=60.0, retrain_window=None, policy_mode=policy_mode
+    )
     path = workdir / "selfheal.yaml"
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     return path
@@ -151,7 +161,15 @@ class World:
 class Demo:
     """The running system and the script played against it."""
 
-    def __init__(self, workdir: Path, batches: int, rows: int, seed: int, profile: str = "embedded") -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        batches: int,
+        rows: int,
+        seed: int,
+        profile: str = "embedded",
+        policy_table: PolicyTable | None = None,
+    ) -> None:
         if profile not in PROFILES:
             raise ValueError(f"profile must be one of {', '.join(PROFILES)}, got {profile!r}")
         self.workdir, self.batches, self.rows, self.seed = workdir, batches, rows, seed
@@ -162,6 +180,8 @@ class Demo:
         self.traffic: subprocess.Popen[bytes] | None = None
         self.services = contextlib.ExitStack()
         self.others: list[dict[str, Any]] = []
+        self.policy_table = policy_table
+        """A learned policy (``--policy learned``): the demo's healer chooses with it."""
 
     # -- set-up ---------------------------------------------------------------------------
     def setup(self) -> None:
@@ -174,8 +194,11 @@ class Demo:
         if self.profile == "production":
             self.start_stores()
         settings = self.stores.settings() if self.stores else None
-        self.config_path = demo_config(load_config(), self.workdir, processes.free_port(), settings)
+        mode = "learned" if self.policy_table is not None else "rules"
+        self.config_path = demo_config(load_config(), self.workdir, processes.free_port(), settings, mode)
         self.cfg = load_config(self.config_path)
+        if self.policy_table is not None:
+            self.policy_table.save(make_context(self.cfg, str(self.config_path)).lake)
         _say(f"selfheal demo: scratch folder {self.workdir}")
         self.land(self.batches, drift="none")
         started = time.perf_counter()
@@ -464,7 +487,18 @@ class Demo:
             "availability": len(served) / len(outcomes) if outcomes else None,
             "fallback_share": sum(o.served_by != "primary" for o in served) / len(served) if served else None,
             "seconds": time.perf_counter() - started,
+            "choices": self.choices(),
         }
+
+    def choices(self) -> list[dict[str, Any]]:
+        """Every remedy the healer chose, by whom (rules, learned, person) and why."""
+        if not hasattr(self, "cfg"):
+            return []
+        log = DecisionLog(make_context(self.cfg, str(self.config_path)).lake)
+        return [
+            {"cause": d.cause, "remedy": d.chosen, "chooser": d.chooser, "why": d.note, "outcome": d.outcome}
+            for d in log.decisions("remedy")
+        ]
 
 
 def _table(report: dict[str, Any]) -> None:
@@ -486,6 +520,11 @@ def _table(report: dict[str, Any]) -> None:
             f"also opened during {other['during']!r}: {other['cause']} {other['outcome']} "
             f"by {', '.join(other['remedies']) or '-'}{mttr} (not the fault's own incident)"
         )
+    learned = [c for c in report["choices"] if c["chooser"] == "learned"]
+    if report.get("policy") == "learned":
+        _say(f"\n== remedy choices ({len(learned)} of {len(report['choices'])} by the learned policy)")
+        for c in report["choices"]:
+            _say(f"{c['cause']:<16} {c['remedy']:<22} {c['chooser']:<8} {c['outcome']:<10} {c['why']}")
     if report["availability"] is not None:
         _say(
             f"\ntraffic: {report['requests']:,} requests, availability {report['availability']:.2%} "
@@ -493,10 +532,21 @@ def _table(report: dict[str, Any]) -> None:
         )
 
 
-def run_demo(workdir: Path, batches: int, rows: int, seed: int, profile: str = "embedded") -> dict[str, Any]:
-    """Play the script on ``profile``'s stores; return the report (faults, availability, duration)."""
+def run_demo(
+    workdir: Path,
+    batches: int,
+    rows: int,
+    seed: int,
+    profile: str = "embedded",
+    policy_table: PolicyTable | None = None,
+) -> dict[str, Any]:
+    """Play the script on ``profile``'s stores; return the report (faults, availability, duration).
+
+    With ``policy_table`` the healer runs in ``healing.policy_mode: learned`` with it, and
+    the report lists which remedy choices it made.
+    """
     started = time.perf_counter()
-    demo = Demo(workdir, batches, rows, seed, profile)
+    demo = Demo(workdir, batches, rows, seed, profile, policy_table)
     try:
         demo.setup()
         demo.play()
@@ -504,5 +554,6 @@ def run_demo(workdir: Path, batches: int, rows: int, seed: int, profile: str = "
     finally:
         demo.teardown()
     report = demo.report(started)
+    report["policy"] = "learned" if policy_table is not None else "rules"
     _table(report)
     return report

@@ -6,8 +6,13 @@ signals into causes, open or join incidents, then move every open incident
 one or more steps::
 
     DETECTED -> DIAGNOSED -> HEALING -> VERIFYING -> RESOLVED
-                    ^                       |
+                    ^  |                    |
+                    |  +-> AWAITING_APPROVAL (healing.approval: a person approves or vetoes)
                     +-- failed: next remedy-+        list exhausted -> ESCALATED
+
+Which allowed remedy starts is the policy's choice (``flows.healer.policy``: the
+rules' order, a pin, or the learned table); every choice is logged with its
+context and, once the incident closes, its outcome (``checkpoints.decisions``).
 
 The state lives in the ``incidents`` Delta table (``checkpoints.incidents``), so a
 healer killed mid-HEALING is resumed by the next tick with the *same* plan and
@@ -20,6 +25,7 @@ later observation in which its cause is quiet.
 from __future__ import annotations
 
 import logging
+import random
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -27,13 +33,14 @@ from typing import Any
 import httpx
 
 from checkpoints import Lake
-from checkpoints.exceptions import CheckpointCorrupted, RegistryUnavailable
+from checkpoints.decisions import DecisionLog
+from checkpoints.exceptions import CheckpointCorrupted, CheckpointError, RegistryUnavailable
 from checkpoints.incidents import WAITING, Incident, IncidentLog, State, Transition, to_report
 from checkpoints.leases import claim
 from checkpoints.metrics import METRICS_TABLE, metric_values
 from flows.config import SelfhealConfig
 from flows.events import emit
-from flows.healer import change
+from flows.healer import change, policy
 from flows.healer.diagnosis import Cause, Context, Diagnosis, diagnose
 from flows.healer.remedies import (
     HealContext,
@@ -141,6 +148,13 @@ class Healer:
 
     ctx: HealContext
     log: IncidentLog
+    decisions: DecisionLog = field(init=False)
+    rng: random.Random = field(default_factory=random.Random)
+    """Exploration's dice (inside the chaos sandbox only)."""
+    _policy: tuple[int | None, policy.PolicyTable | None] | None = field(default=None, init=False)
+
+    def __post_init__(self) -> None:
+        self.decisions = DecisionLog(self.ctx.lake)
 
     @property
     def cfg(self) -> SelfhealConfig:
@@ -366,6 +380,8 @@ class Healer:
             state = incident.state
             if state in (State.DETECTED, State.DIAGNOSED):
                 step = self._start_next_remedy(incident)
+            elif state == State.AWAITING_APPROVAL:
+                step = self._await_approval(incident)
             elif state == State.HEALING:
                 step = self._apply(incident)
             elif state == State.VERIFYING:
@@ -377,34 +393,109 @@ class Healer:
             incident = step
         return incident
 
-    def _next_remedy(self, incident: Incident) -> str | None:
+    def candidates(self, incident: Incident) -> list[str]:
+        """The remedies the rules still allow for ``incident``: its cause's list, minus the exhausted and vetoed."""
         failed = incident.failed_remedies
-        for name in self.cfg.healing.policy.get(incident.cause, []):
-            if failed.count(name) < self.cfg.healing.max_attempts:
-                return name
-        return None
+        vetoed = self.decisions.vetoed(incident.id)
+        allowed = self.cfg.healing.policy.get(incident.cause, [])
+        return [n for n in allowed if failed.count(n) < self.cfg.healing.max_attempts and n not in vetoed]
+
+    def choose(self, incident: Incident, candidates: list[str]) -> policy.Choice:
+        """The policy's pick among ``candidates``, with the context it saw (logged either way)."""
+        now = datetime.now(UTC)
+        context = policy.features(
+            self.cfg,
+            incident.evidence,
+            incident.failed_remedies,
+            budget_used=spent(self.cfg, self.log.incidents(), now),
+            labels=policy.labels_bucket(self.ctx.lake, self.cfg.gate_metric, now),
+            model=policy.model_bucket(self.ctx.registry.promoted_at, now),
+        )
+        table = self.learned_table() if self.cfg.healing.policy_mode == "learned" else None
+        return policy.choose(self.cfg, incident.cause, candidates, context, table, self.decisions.pins(), self.rng)
+
+    def learned_table(self) -> policy.PolicyTable | None:
+        """The trained policy (read again when ``selfheal policy train`` wrote a new one)."""
+        lake = self.ctx.lake
+        version = lake.version(policy.POLICY_TABLE) if lake.exists(policy.POLICY_TABLE) else None
+        if self._policy is None or self._policy[0] != version:
+            table = policy.PolicyTable.load(lake) if version is not None else None
+            if table is None:
+                logger.warning("healing.policy_mode is learned but no policy was trained: the rules choose")
+            elif not table.better:
+                logger.error(
+                    "healing.policy_mode is learned but the trained policy was NOT estimated better than the "
+                    "rules (selfheal policy evaluate): the rules choose"
+                )
+            self._policy = (version, table)
+        return self._policy[1]
 
     def _start_next_remedy(self, incident: Incident) -> Incident | None:
-        name = self._next_remedy(incident)
-        if name is None:
+        candidates = self.candidates(incident)
+        if not candidates:
             return self._escalate(incident)
         if incident.last.detail.startswith("failed") and self.cfg.healing.cooldown_seconds:
             if (datetime.now(UTC) - incident.last.ts).total_seconds() < self.cfg.healing.cooldown_seconds:
                 return None
-        name, note = self._within_budget(incident, name)
+        choice = self.choose(incident, candidates)
+        name, note = self._within_budget(incident, choice.remedy)
         if name is None:
             if incident.last.detail != note:
                 self.log.advance(incident, State.DIAGNOSED, detail=note)
                 logger.warning("incident %s: %s", incident.id, note)
             return None
-        remedy = get_remedy(name)
-        attempt = incident.attempts(name) + 1
+        if name != choice.remedy:
+            choice = replace(choice, remedy=name, chooser="rules", propensity=1.0, explored=False, reason=note)
+        if self.cfg.healing.approval.get(name) == "approve":
+            return self._propose(incident, choice)
+        return self._start(incident, choice, note)
+
+    def _start(self, incident: Incident, choice: policy.Choice, note: str) -> Incident | None:
+        remedy = get_remedy(choice.remedy)
+        attempt = incident.attempts(choice.remedy) + 1
         plan = remedy.plan(self.ctx, incident)
-        evidence = {"plan": plan, "key": f"{incident.id}:{name}:{attempt}"}
-        step = self.log.advance(incident, State.HEALING, remedy=name, attempt=attempt, evidence=evidence, detail=note)
+        evidence = {"plan": plan, "key": f"{incident.id}:{choice.remedy}:{attempt}", "decision": choice.to_evidence()}
+        step = self.log.advance(
+            incident, State.HEALING, remedy=choice.remedy, attempt=attempt, evidence=evidence, detail=note
+        )
         if step is not None:
             _emit(step, State.HEALING)
         return step
+
+    def _propose(self, incident: Incident, choice: policy.Choice) -> Incident | None:
+        """``healing.approval`` says a person decides: wait in AWAITING_APPROVAL (the MTTR clock runs on)."""
+        detail = (
+            f"awaiting approval of {choice.remedy}: selfheal incidents approve {incident.id} "
+            f"[--remedy R] or selfheal incidents veto {incident.id} --remedy {choice.remedy}"
+        )
+        evidence = {"proposed": choice.remedy, "decision": choice.to_evidence()}
+        step = self.log.advance(
+            incident, State.AWAITING_APPROVAL, remedy=choice.remedy, evidence=evidence, detail=detail
+        )
+        if step is not None:
+            _emit(step, State.AWAITING_APPROVAL)
+            logger.warning("incident %s: %s", incident.id, detail)
+        return None
+
+    def _await_approval(self, incident: Incident) -> Incident | None:
+        """Start the approved remedy; choose again when the proposed one was vetoed; else keep waiting."""
+        proposal = incident.proposal
+        if proposal is None:
+            return self._start_next_remedy(incident)
+        proposed = str(proposal.evidence["proposed"])
+        vetoed = self.decisions.vetoed(incident.id)
+        approved = incident.approved
+        if approved is not None and approved not in vetoed:
+            decision = dict(proposal.evidence.get("decision") or {})
+            if approved != proposed:
+                decision.update(
+                    chooser="person", propensity=1.0, explored=False, reason=f"approved instead of {proposed}"
+                )
+            decision["remedy"] = approved
+            return self._start(incident, policy.Choice(**decision), f"{approved} approved")
+        if proposed in vetoed:
+            return self.log.advance(incident, State.DIAGNOSED, detail=f"{proposed} vetoed: choosing again")
+        return None
 
     def _within_budget(self, incident: Incident, name: str) -> tuple[str | None, str]:
         """The remedy to run now: ``name``, a cheaper later one (downgrade), or None (deferred)."""
@@ -492,6 +583,7 @@ class Healer:
                 detail = f"verified: {outcome.detail}; {fresh}"
                 resolved = self._step(incident, State.RESOLVED, verifying, {**outcome.evidence, **quality}, detail)
                 if resolved is not None:
+                    self._log_decisions(resolved)
                     logger.warning(
                         "incident %s RESOLVED by %s in %.1f s", incident.id, remedy.name, resolved.mttr_seconds or 0
                     )
@@ -504,6 +596,14 @@ class Healer:
             detail += f"; quality not restored ({quality['quality']['metric']}: {_quality_line(quality['quality'])})"
         return self._step(incident, State.DIAGNOSED, verifying, {**outcome.evidence, **quality}, detail)
 
+    def _log_decisions(self, incident: Incident) -> None:
+        """The closed incident's remedy choices, with their outcome, into the decisions log (once each)."""
+        try:
+            for row in policy.decisions_of(self.cfg, incident):
+                self.decisions.append(row)
+        except (CheckpointError, OSError) as exc:  # `selfheal policy train` logs what is missing
+            logger.warning("could not log the decisions of %s: %s", incident.id, exc)
+
     def _escalate(self, incident: Incident) -> Incident | None:
         tried = ", ".join(incident.remedies_tried) or "none"
         held = get_remedy("hold_fallback").apply(self.ctx, incident, {}, f"{incident.id}:escalation")
@@ -512,6 +612,7 @@ class Healer:
         evidence = {"champion": champion} if champion is not None else {}
         step = self.log.advance(incident, State.ESCALATED, detail=detail, evidence=evidence)
         if step is not None:
+            self._log_decisions(step)
             _emit(step, State.ESCALATED)
             _notify(self.cfg, step)
             logger.error("incident %s ESCALATED: %s", incident.id, detail)

@@ -261,3 +261,32 @@ def test_with_healing_off_the_suite_takes_over_what_an_experiment_left_open(tmp_
     assert len(taken) == 1 and "data_drift" in taken[0]
     assert log.open_incidents() == []
     assert suite._acknowledge_escalations(str(lake.root), "data-drift-covariate", suite.logger)
+
+
+def test_the_sandboxs_remedy_decisions_are_copied_into_the_project_log_once(tmp_path: Path) -> None:
+    from datetime import UTC, datetime
+
+    from checkpoints.decisions import Decision, DecisionLog
+
+    sandbox, project = Lake(str(tmp_path / "sandbox")), Lake(str(tmp_path / "project"))
+    now = datetime.now(UTC)
+    chosen = [
+        Decision(
+            f"inc-{n}:2", "remedy", "data_drift", now, "learned", "retrain", f"inc-{n}", explored=True, propensity=0.15
+        )
+        for n in range(3)
+    ]
+    for d in chosen:
+        DecisionLog(sandbox).append(d)
+    DecisionLog(sandbox).pin("data_drift", "retrain", by="suite")  # a person's say in the sandbox stays there
+    assert suite.harvest_decisions(str(tmp_path / "sandbox"), project) == 3
+    assert suite.harvest_decisions(str(tmp_path / "sandbox"), project) == 0  # a second copy adds nothing
+    assert DecisionLog(project).decisions() == chosen
+    assert suite.harvest_decisions(str(tmp_path / "nowhere"), project) == 0
+
+
+def test_only_the_sandboxs_processes_may_explore(tmp_path: Path) -> None:
+    from chaos.sandbox import Sandbox
+    from flows.healer.policy import SANDBOX_ENV
+
+    assert Sandbox(tmp_path / "box")._env()[SANDBOX_ENV] == str(tmp_path / "box")

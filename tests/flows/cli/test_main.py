@@ -38,6 +38,7 @@ GROUPS = [
     "serve",
     "heal",
     "incidents",
+    "policy",
     "up",
     "down",
     "release",
