@@ -287,9 +287,10 @@ class SLAConfig(_Section):
     """Service levels the chaos suite holds recovery to.
 
     ``mttr_seconds`` is looked up by experiment name, then cause, then ``default``; the
-    config's entries go over ``DEFAULT_MTTR_SECONDS``. ``healing_off_mttr_seconds`` bounds
+    config's entries go over ``DEFAULT_MTTR_SECONDS``. ``healing_off_mttr_seconds`` caps
     the healing-off pass of ``selfheal chaos run --matrix`` for ``healed`` experiments (they
-    must miss: waiting the whole SLA for it proves nothing more).
+    must miss: waiting the whole SLA for it proves nothing more); within it the pass waits
+    3x the experiment's healing-on MTTR, 10 s at least (``flows.chaos_suite.flow.healing_off_bounds``).
     """
 
     mttr_seconds: dict[str, float] = Field(default_factory=lambda: dict(DEFAULT_MTTR_SECONDS))

@@ -249,6 +249,27 @@ def healing_off_overrides(experiment: Mapping[str, Any], spec: ExperimentSpec, o
     return {"SELFHEAL_SLAS__MTTR_SECONDS": json.dumps(dict.fromkeys(names, off_seconds))}
 
 
+#: The healing-off pass waits this many times the healer's own MTTR of the healing-on pass ...
+HEALING_OFF_FACTOR = 3.0
+#: ... but never less than this (a fast repair's few seconds are not a fair wait for a fault to undo itself).
+HEALING_OFF_FLOOR_SECONDS = 10.0
+
+
+def healing_off_bounds(on: SuiteResult, cap: float) -> dict[str, float]:
+    """Per experiment, how long the healing-off pass waits for recovery before it calls the row MISSED.
+
+    ``HEALING_OFF_FACTOR`` times the MTTR the same experiment had with the healer (at least
+    ``HEALING_OFF_FLOOR_SECONDS``, at most ``cap``: ``slas.healing_off_mttr_seconds``), so the
+    row reads "the healer repaired it in X s; without it, not repaired in 3X s". Experiments
+    without a healing-on MTTR wait ``cap``.
+    """
+    return {
+        r.name: min(cap, max(HEALING_OFF_FLOOR_SECONDS, HEALING_OFF_FACTOR * r.mttr_seconds))
+        for r in on.results
+        if r.mttr_seconds is not None and r.verdict == "met"
+    }
+
+
 def _skipped(name: str, title: str, reason: str, slas: Mapping[str, Any], proves: str) -> ExperimentResult:
     return ExperimentResult(
         proves=proves,
@@ -268,11 +289,17 @@ def _skipped(name: str, title: str, reason: str, slas: Mapping[str, Any], proves
 
 
 def run_suite(
-    cfg: SelfhealConfig, names: Sequence[str] = (), sandbox_root: str | None = None, healing: bool | None = None
+    cfg: SelfhealConfig,
+    names: Sequence[str] = (),
+    sandbox_root: str | None = None,
+    healing: bool | None = None,
+    off_bounds: Mapping[str, float] | None = None,
 ) -> SuiteResult:
     """Sandbox up, every experiment, reports, sandbox down (see the module docstring).
 
-    ``healing`` overrides ``cfg.healing.enabled`` for the sandbox (the matrix's two passes).
+    ``healing`` overrides ``cfg.healing.enabled`` for the sandbox (the matrix's two passes);
+    ``off_bounds``: with healing off, a ``healed`` experiment's MTTR bound by name (default
+    ``slas.healing_off_mttr_seconds``; see ``healing_off_bounds``).
     """
     if healing is not None:
         cfg = cfg.model_copy(update={"healing": cfg.healing.model_copy(update={"enabled": healing})})
@@ -290,7 +317,8 @@ def run_suite(
     try:
         log.info("sandbox up in %.0fs; running %d experiments", time.monotonic() - started, len(paths))
         for path in paths:
-            _run_experiment(path, specs[path.stem], cfg, root, env, result, journals, log)
+            off = (off_bounds or {}).get(path.stem, cfg.slas.healing_off_mttr_seconds)
+            _run_experiment(path, specs[path.stem], cfg, root, env, result, journals, log, off)
     finally:
         if cfg.healing.enabled:  # the suite is the learned policy's training ground
             harvested = harvest_decisions(env["SELFHEAL_CHAOS_LAKE"], lake)
@@ -326,12 +354,11 @@ def _run_experiment(
     result: SuiteResult,
     journals: dict[str, dict[str, Any]],
     log: Any,
+    off_seconds: float,
 ) -> None:
     """Run one experiment of the suite (after the last one's aftermath settled) and add its row to ``result``."""
     experiment = load_experiment(str(path))
-    overrides = (
-        {} if cfg.healing.enabled else healing_off_overrides(experiment, spec, cfg.slas.healing_off_mttr_seconds)
-    )
+    overrides = {} if cfg.healing.enabled else healing_off_overrides(experiment, spec, off_seconds)
     with _environment(overrides):
         slas = service_levels(experiment, env["SELFHEAL_CHAOS_PROJECT_CONFIG"])
     reason = skip_reason(experiment)
@@ -359,7 +386,8 @@ def run_matrix(cfg: SelfhealConfig, names: Sequence[str] = (), sandbox_root: str
     on = run_suite(cfg, names, root, healing=True)
     # A folder of its own: MLflow keeps SQLite engines per URI in this process, and one on a
     # rebuilt mlflow.db at the same path would still read the deleted file of the first pass.
-    off = run_suite(cfg, names, f"{root}-healing-off", healing=False)
+    bounds = healing_off_bounds(on, cfg.slas.healing_off_mttr_seconds)
+    off = run_suite(cfg, names, f"{root}-healing-off", healing=False, off_bounds=bounds)
     matrix = MatrixResult(on, off)
     reports = Path(cfg.home) / "reports"
     matrix.report_markdown = str(reports / f"chaos-matrix-{on.run_id}.md")

@@ -20,8 +20,8 @@ Exits 1 when an experiment missed its SLA. Network experiments need root.
 
 With --matrix the suite runs twice, on two fresh sandboxes: healing on, then healing
 off. Every experiment declares what it proves: `healed` ones must meet their SLA with
-healing on and miss it with healing off (slas.healing_off_mttr_seconds bounds that
-pass), `absorbed` ones must meet it both ways. Exits 1 when a verdict is not the one
+healing on and miss it with healing off (that pass waits 3x the experiment's healing-on MTTR, 10 s at least,
+slas.healing_off_mttr_seconds at most), `absorbed` ones must meet it both ways. Exits 1 when a verdict is not the one
 the experiment's class calls for."""
 
 

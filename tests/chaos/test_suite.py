@@ -238,6 +238,14 @@ def test_healing_off_shortens_only_what_must_miss() -> None:
     assert suite.healing_off_overrides(experiment, absorbed, 15.0) == {}
 
 
+def test_the_healing_off_pass_waits_three_times_the_healers_own_mttr_within_its_floor_and_cap() -> None:
+    rows = [
+        replace(_row(name, "healed", "met"), mttr_seconds=mttr) for name, mttr in (("a", 2.0), ("b", 6.0), ("c", 40.0))
+    ]
+    on = SuiteResult("on", True, [*rows, _row("d", "healed", "missed")])
+    assert suite.healing_off_bounds(on, cap=30.0) == {"a": 10.0, "b": 18.0, "c": 30.0}  # d: the cap (not listed)
+
+
 def test_the_timeline_counts_the_outage_second_by_second() -> None:
     outcomes = [
         Outcome(100.2, True, "200", ms=4.0),
