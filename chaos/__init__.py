@@ -36,6 +36,7 @@ ACTIVITY_MODULES = (
     "chaos.registry.probes",
     "chaos.pipeline.actions",
     "chaos.pipeline.probes",
+    "chaos.incidents.actions",
     "chaos.incidents.probes",
     "chaos.release.actions",
     "chaos.release.probes",

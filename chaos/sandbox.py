@@ -46,7 +46,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -423,6 +423,22 @@ class Sandbox:
             (self.root / "run" / "healer.pid").unlink(missing_ok=True)
             return None
         return healer
+
+    def restart_healer(self, overrides: Mapping[str, str] | None = None) -> int | None:
+        """Stop the sandbox's healer and start it again with ``overrides`` in its environment.
+
+        E.g. ``{"SELFHEAL_HEALING__APPROVAL": '{"rollback": "approve"}'}`` for one experiment;
+        called again without overrides, the healer runs on the config alone. Returns its pid
+        (None: it exited at once, see its log).
+        """
+        state = self.state()
+        if state is None:
+            raise SandboxError(f"no sandbox under {self.root}")
+        pid = processes.read_pid_file(self.root / "run" / "healer.pid")
+        if pid is not None:
+            _stop_tree(pid, 15.0)
+        healer = self._start_healer({**self._env(state.prefect_api_url), **(overrides or {})})
+        return healer.pid if healer is not None else None
 
     def pipeline_busy(self) -> str | None:
         """Why the sandbox's pipeline is not idle: a run going, or work left for the schedule (None: idle)."""

@@ -93,6 +93,7 @@ ORDER = (
     "network-cut-tracking",
     "registry-bad-model",
     "registry-foreign-artifact",
+    "approval-held-rollback",
     "release-canary-worse",
     "config-drift",
     # Concept before covariate: a model retrained on shifted inputs makes the clean stream

@@ -88,6 +88,8 @@ class ExperimentResult:
     """Such files that cannot be read (their rows are unknown)."""
     tested: bool = False
     """Steady before the fault, the fault injected, the hypothesis after it checked: a miss is about recovery."""
+    awaited_approval_seconds: float | None = None
+    """Of the MTTR, how long the repair waited for a person's approval (``healing.approval``)."""
 
 
 @dataclass
@@ -249,7 +251,17 @@ def summarize(
         rows_awaiting=int(measured.get("rows_awaiting") or 0),
         unreadable_awaiting=int(measured.get("unreadable_awaiting") or 0),
         tested=_tested(journal),
+        awaited_approval_seconds=_awaited_approval(journal),
     )
+
+
+def _awaited_approval(journal: Mapping[str, Any]) -> float | None:
+    """What an action that approved a remedy as a person says it waited (``chaos.incidents.actions``)."""
+    for run in journal.get("run") or []:
+        output = run.get("output")
+        if isinstance(output, Mapping) and output.get("awaited_approval_seconds") is not None:
+            return float(output["awaited_approval_seconds"])
+    return None
 
 
 def _fault_window(journal: Mapping[str, Any], env: Mapping[str, str]) -> tuple[float, float] | None:

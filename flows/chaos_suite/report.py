@@ -79,13 +79,21 @@ def _sla_text(r: ExperimentResult) -> str:
     return ", ".join(parts)
 
 
+def mttr_text(r: ExperimentResult) -> str:
+    """The MTTR cell: with the part of it a repair waited for a person's approval."""
+    text = _fmt(r.mttr_seconds, ".1f")
+    if r.awaited_approval_seconds is not None and r.mttr_seconds is not None:
+        text += f" (incl. {r.awaited_approval_seconds:.1f} awaiting approval)"
+    return text
+
+
 def table_rows(result: SuiteResult) -> list[list[str]]:
     """One row of cells per experiment, in ``COLUMNS`` order."""
     return [
         [
             r.name,
             r.proves or "—",
-            _fmt(r.mttr_seconds, ".1f"),
+            mttr_text(r),
             _sla_text(r),
             _fmt(r.availability, ".4f"),
             _fmt(r.p99_ms, ".1f"),
@@ -111,7 +119,7 @@ def matrix_rows(matrix: MatrixResult) -> list[list[str]]:
             [
                 r.name,
                 r.proves or "—",
-                _fmt(r.mttr_seconds, ".1f"),
+                mttr_text(r),
                 _fmt(r.availability, ".4f"),
                 _fmt(r.p99_ms, ".1f"),
                 _rows_text(r),

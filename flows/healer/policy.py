@@ -9,8 +9,8 @@ minus the ones exhausted or vetoed) with a table learned from the decisions log
 * **Context** (``features``), in buckets so that outcomes pool:
   ``severity`` (critical | warning), ``effect`` (how far the fault is: small |
   large | n/a, from the drift detector's effect size or the quality drop),
-  ``labels`` (fresh | stale | none: age of the newest labeled quality
-  measurement), ``model`` (new | old | unknown: age of the champion's
+  ``labels`` (fresh | none: a labeled quality measurement within the hour),
+  ``model`` (new | old | unknown: age of the champion's
   promotion), ``budget`` (ample | tight: share of ``healing.budget_per_window``
   left) and ``tried`` (the remedies that already failed for this incident).
 * **Reward** of a choice: ``-(seconds from the choice to verified recovery) -
@@ -47,9 +47,9 @@ import pyarrow as pa
 
 from checkpoints import Lake
 from checkpoints.decisions import Decision, DecisionLog
-from checkpoints.exceptions import RegistryUnavailable
+from checkpoints.exceptions import CheckpointError, RegistryUnavailable
 from checkpoints.incidents import WAITING, Incident, State
-from checkpoints.metrics import metric_values
+from checkpoints.metrics import METRICS_TABLE
 from flows.config import SelfhealConfig
 
 logger = logging.getLogger(__name__)
@@ -93,14 +93,14 @@ def severity_bucket(evidence: Mapping[str, Any]) -> str:
 
 
 def labels_bucket(lake: Lake, metric: str, now: datetime) -> str:
-    """``fresh`` | ``stale`` | ``none``: the newest labeled measurement of ``metric``."""
+    """``fresh`` | ``none``: a labeled measurement of ``metric`` within ``FRESH_LABELS`` (older files unopened)."""
     try:
-        if metric_values(lake, f"performance.{metric}", after=now - FRESH_LABELS):
-            return "fresh"
-        seen = metric_values(lake, f"performance.{metric}", after=datetime(1970, 1, 1, tzinfo=UTC))
-    except OSError:
+        rows = lake.window(METRICS_TABLE, "ts", now - FRESH_LABELS, now + FRESH_LABELS, columns=["name"])
+    except (CheckpointError, OSError):
         return "none"
-    return "stale" if seen else "none"
+    if rows is None:
+        return "none"
+    return "fresh" if f"performance.{metric}" in set(rows.column("name").to_pylist()) else "none"
 
 
 def model_bucket(promoted_at: Callable[[], datetime | None], now: datetime) -> str:

@@ -19,6 +19,7 @@ EXPERIMENTS = Path(chaos.__file__).parent / "experiments"
 LOCAL = sorted(EXPERIMENTS.glob("*.yaml"))
 KUBERNETES = sorted((EXPERIMENTS / "k8s").glob("*.yaml"))
 LOCAL_NAMES = [
+    "approval-held-rollback",
     "config-drift",
     "data-corrupt-garbage",
     "data-corrupt-nulls",

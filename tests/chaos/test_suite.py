@@ -298,3 +298,19 @@ def test_only_the_sandboxs_processes_may_explore(tmp_path: Path) -> None:
     from flows.healer.policy import SANDBOX_ENV
 
     assert Sandbox(tmp_path / "box")._env()[SANDBOX_ENV] == str(tmp_path / "box")
+
+
+def test_the_table_shows_the_part_of_the_mttr_a_repair_waited_for_approval() -> None:
+    journal = _journal([_probe("seconds_until_incident_resolved", 21.5)])
+    plain = summarize("registry-bad-model", journal, SLAS, proves="healed")
+    journal["run"].append(
+        {
+            "activity": {"name": "approve", "type": "action", "provider": {"func": "approve_when_proposed"}},
+            "status": "succeeded",
+            "output": {"incident": "inc-1", "approved": "rollback", "awaited_approval_seconds": 5.24},
+        }
+    )
+    held = summarize("approval-held-rollback", journal, SLAS, proves="healed")
+    assert (plain.awaited_approval_seconds, held.awaited_approval_seconds) == (None, 5.24)
+    rows = report.table_rows(SuiteResult("on", True, [plain, held]))
+    assert [row[2] for row in rows] == ["21.5", "21.5 (incl. 5.2 awaiting approval)"]

@@ -268,3 +268,27 @@ def test_a_pin_overrides_the_rules_until_unpinned_and_only_within_the_allowed_re
     assert (_first_remedy(pinned), _first_remedy(unpinned)) == ("reuse_previous", "refit")
     chosen = DecisionLog(healer.ctx.lake).decisions("remedy")
     assert [(d.chooser, d.note) for d in chosen] == [("person", f"pinned for {CAUSE}"), ("rules", "")]
+
+
+def test_the_context_buckets_read_the_evidence_and_the_lake(tmp_path: Path) -> None:
+    from checkpoints import Lake
+    from checkpoints.metrics import append_metric_rows
+
+    drift = {"severity": "warning", "evidence": {"features": {"amount": {"effect_size": 0.7}}, "drift_share": 0.2}}
+    drop = {"severity": "critical", "evidence": {"worse_by": 0.04}}
+    assert (policy.effect_bucket({"signals": [drift]}), policy.severity_bucket({"signals": [drift]})) == (
+        "large",
+        "warning",
+    )
+    assert policy.effect_bucket({"signals": [drop]}) == "small"
+    assert policy.effect_bucket({"signals": [{"evidence": {"features": ["amount"]}}]}) == "n/a"
+    lake, now = Lake(str(tmp_path / "lake")), datetime.now(UTC)
+    assert policy.labels_bucket(lake, "roc_auc", now) == "none"
+    old = {"ts": now - timedelta(hours=3), "name": "performance.roc_auc", "value": 0.9}
+    append_metric_rows(lake, [old], key="old")
+    assert policy.labels_bucket(lake, "roc_auc", now) == "none"
+    append_metric_rows(lake, [{**old, "ts": now - timedelta(minutes=5)}], key="new")
+    assert policy.labels_bucket(lake, "roc_auc", now) == "fresh"
+    assert policy.model_bucket(lambda: now - timedelta(hours=2), now) == "new"
+    assert policy.model_bucket(lambda: now - timedelta(days=3), now) == "old"
+    assert policy.model_bucket(lambda: None, now) == "unknown"
