@@ -437,8 +437,19 @@ class Sandbox:
         pid = processes.read_pid_file(self.root / "run" / "healer.pid")
         if pid is not None:
             _stop_tree(pid, 15.0)
+        log = self._log("healer")
+        before = log.stat().st_size if log.exists() else 0
         healer = self._start_healer({**self._env(state.prefect_api_url), **(overrides or {})})
-        return healer.pid if healer is not None else None
+        if healer is None:
+            return None
+
+        def ticking() -> bool:  # it says so once warmed up (the registry client built), before its first tick
+            with open(log, "rb") as text:
+                text.seek(before)
+                return b"selfheal heal: healing" in text.read()
+
+        processes.wait_until(ticking, self.startup_timeout, "the restarted healer to warm up", interval=0.5)
+        return healer.pid
 
     def pipeline_busy(self) -> str | None:
         """Why the sandbox's pipeline is not idle: a run going, or work left for the schedule (None: idle)."""
