@@ -105,7 +105,7 @@ def cli_heal(args: argparse.Namespace) -> int:
             print(f"selfheal heal: {exc}")
             return 1
         for incident in still_open:
-            print(f"  open {incident.id} {incident.cause:<16} {incident.state.value:<10} {incident.last.detail[:90]}")
+            print(f"  open {incident.id} {incident.cause:<16} {incident.state.value:<17} {incident.last.detail[:90]}")
         if args.once:
             return 0
         time.sleep(max(0.0, interval - (time.monotonic() - started)))
@@ -136,10 +136,10 @@ def cli_incidents(args: argparse.Namespace) -> int:
     if not incidents:
         print("no incidents")
         return 0
-    print(f"{'incident':<30} {'cause':<16} {'state':<10} {'remedies tried':<30} {'MTTR':>8}")
+    print(f"{'incident':<30} {'cause':<16} {'state':<17} {'remedies tried':<30} {'MTTR':>8}")
     for i in incidents:
         tried = ", ".join(i.remedies_tried) or "-"
-        print(f"{i.id:<30} {i.cause:<16} {i.state.value:<10} {tried:<30} {_fmt_seconds(i.mttr_seconds):>8}")
+        print(f"{i.id:<30} {i.cause:<16} {i.state.value:<17} {tried:<30} {_fmt_seconds(i.mttr_seconds):>8}")
     print(f"\n{'cause':<16} {'count':>5} {'resolved':>8} {'escalated':>9} {'median MTTR':>12} {'max MTTR':>10}")
     for s in summarize(incidents):
         print(

@@ -213,7 +213,7 @@ def _tick(healer: Healer, effect: float = LARGE) -> Incident:
 
 
 def test_a_remedy_that_needs_approval_waits_with_the_clock_running_and_a_veto_is_never_applied(
-    tmp_path: Path, world: World, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, world: World, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     monkeypatch.delenv(policy.SANDBOX_ENV, raising=False)
     cfg = _config(tmp_path, approval={"refit": "approve", "reuse_previous": "approve"})
@@ -226,6 +226,10 @@ def test_a_remedy_that_needs_approval_waits_with_the_clock_running_and_a_veto_is
     time.sleep(0.3)
     assert _tick(healer).state == State.AWAITING_APPROVAL  # no approval: nothing runs
     assert WORLD.broken
+    capsys.readouterr()
+    assert _cli(config, "incidents") == 0
+    [listed] = [line.split() for line in capsys.readouterr().out.splitlines() if line.startswith(incident.id)]
+    assert listed[1:3] == [CAUSE, "AWAITING_APPROVAL"]
 
     # A veto of the proposed remedy: it is dropped, the next allowed one is proposed.
     assert _cli(config, "incidents", "veto", incident.id, "--remedy", "refit", "--by", "ana") == 0
