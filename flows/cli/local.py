@@ -14,7 +14,9 @@ Start in the background, each with a pid file and a log under <home>/run/: a Pre
 server (SQLite under <home>/prefect), a process worker for the 'local' work pool, the
 model server (selfheal serve) and a landing watcher that turns new landing files into
 Prefect events; then `prefect deploy` the 'local' deployments of deployments/prefect.yaml
-and print the UI address and what is scheduled. `selfheal down` stops it all.
+and print the UI address and what is scheduled. `selfheal down` stops it all. A worker's
+run that misses 3 heartbeats (SELFHEAL_MISSED_HEARTBEATS, at least 2; one every 30 s, or
+PREFECT_FLOWS_HEARTBEAT_FREQUENCY) is marked Crashed, which frees its concurrency slot.
 
 --profile production starts the production topology on this machine instead, under
 <home>/production: PostgreSQL (the Debian package; `make deps`) holding the Prefect

