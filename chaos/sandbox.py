@@ -436,7 +436,7 @@ class Sandbox:
             raise SandboxError(f"no sandbox under {self.root}")
         pid = processes.read_pid_file(self.root / "run" / "healer.pid")
         if pid is not None:
-            _stop_tree(pid, 15.0)
+            stop_own_group(pid, 15.0)
         log = self._log("healer")
         before = log.stat().st_size if log.exists() else 0
         healer = self._start_healer({**self._env(state.prefect_api_url), **(overrides or {})})
@@ -487,6 +487,17 @@ class Sandbox:
         except ActivityFailed:
             return []
         return _stop_tree(master, timeout)
+
+
+def stop_own_group(pid: int, timeout: float) -> list[int]:
+    """SIGTERM ``pid`` and its process group (SIGKILL after ``timeout``), not its descendants in other sessions.
+
+    A model server the healer restarted (``restart_serving``) is the healer's child in a
+    session of its own: restarting the healer must not take the server down with it.
+    """
+    group = sorted({pid, *processes.process_group(pid)})
+    processes.stop(group, grace=timeout)
+    return group
 
 
 def _stop_tree(pid: int, timeout: float) -> list[int]:
