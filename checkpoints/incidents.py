@@ -322,7 +322,7 @@ class IncidentLog:
             if proposal is None or incident.state != State.AWAITING_APPROVAL:
                 raise ValueError(f"{incident_id} is {incident.state.value}: it waits for no approval")
             chosen = remedy or str(proposal.evidence["proposed"])
-            evidence = {"approved": chosen, "by": by, "proposed": None}
+            evidence = {"approved": chosen, "by": by}
             step = self.advance(
                 incident, State.AWAITING_APPROVAL, remedy=chosen, evidence=evidence, detail=f"{chosen} approved by {by}"
             )

@@ -400,14 +400,14 @@ class Healer:
         allowed = self.cfg.healing.policy.get(incident.cause, [])
         return [n for n in allowed if failed.count(n) < self.cfg.healing.max_attempts and n not in vetoed]
 
-    def choose(self, incident: Incident, candidates: list[str]) -> policy.Choice:
+    def choose(self, incident: Incident, candidates: list[str], budget_used: float) -> policy.Choice:
         """The policy's pick among ``candidates``, with the context it saw (logged either way)."""
         now = datetime.now(UTC)
         context = policy.features(
             self.cfg,
             incident.evidence,
             incident.failed_remedies,
-            budget_used=spent(self.cfg, self.log.incidents(), now),
+            budget_used=budget_used,
             labels=policy.labels_bucket(self.ctx.lake, self.cfg.gate_metric, now),
             model=policy.model_bucket(self.ctx.registry.promoted_at, now),
         )
@@ -437,8 +437,9 @@ class Healer:
         if incident.last.detail.startswith("failed") and self.cfg.healing.cooldown_seconds:
             if (datetime.now(UTC) - incident.last.ts).total_seconds() < self.cfg.healing.cooldown_seconds:
                 return None
-        choice = self.choose(incident, candidates)
-        name, note = self._within_budget(incident, choice.remedy)
+        used = spent(self.cfg, self.log.incidents(), datetime.now(UTC))
+        choice = self.choose(incident, candidates, used)
+        name, note = self._within_budget(incident, choice.remedy, used)
         if name is None:
             if incident.last.detail != note:
                 self.log.advance(incident, State.DIAGNOSED, detail=note)
@@ -497,10 +498,9 @@ class Healer:
             return self.log.advance(incident, State.DIAGNOSED, detail=f"{proposed} vetoed: choosing again")
         return None
 
-    def _within_budget(self, incident: Incident, name: str) -> tuple[str | None, str]:
-        """The remedy to run now: ``name``, a cheaper later one (downgrade), or None (deferred)."""
+    def _within_budget(self, incident: Incident, name: str, used: float) -> tuple[str | None, str]:
+        """The remedy to run now: ``name``, a cheaper later one (downgrade), or None (deferred); ``used``: spent."""
         costs, limit = self.cfg.healing.costs, self.cfg.healing.budget_per_window
-        used = spent(self.cfg, self.log.incidents(), datetime.now(UTC))
         if used + costs.get(name, 0.0) <= limit:
             return name, ""
         note = (
@@ -599,8 +599,7 @@ class Healer:
     def _log_decisions(self, incident: Incident) -> None:
         """The closed incident's remedy choices, with their outcome, into the decisions log (once each)."""
         try:
-            for row in policy.decisions_of(self.cfg, incident):
-                self.decisions.append(row)
+            policy.backfill(self.cfg, [incident], self.decisions)
         except (CheckpointError, OSError) as exc:  # `selfheal policy train` logs what is missing
             logger.warning("could not log the decisions of %s: %s", incident.id, exc)
 

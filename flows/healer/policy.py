@@ -177,7 +177,8 @@ def decisions_of(cfg: SelfhealConfig, incident: Incident) -> list[Decision]:
 
 
 def backfill(cfg: SelfhealConfig, incidents: Iterable[Incident], log: DecisionLog) -> int:
-    """Log the choices of closed incidents the healer could not log when they closed; returns how many."""
+    """Log the remedy choices of closed incidents, each once (the healer at close; `policy train` for any it
+    could not); returns how many were new."""
     added = 0
     for incident in incidents:
         for row in decisions_of(cfg, incident):
@@ -333,15 +334,22 @@ def greedy(
     cfg: SelfhealConfig, cause: str, candidates: Sequence[str], context: Mapping[str, str], table: PolicyTable | None
 ) -> tuple[str, str, str]:
     """(remedy, chooser, reason) without exploration: the learned pick where it is trusted, else the rules'."""
-    rules_pick = candidates[0]
     if cfg.healing.policy_mode != "learned":
-        return rules_pick, "rules", ""
+        return candidates[0], "rules", ""
     if table is None:
-        return rules_pick, "rules", "no learned policy yet (selfheal policy train)"
+        return candidates[0], "rules", "no learned policy yet (selfheal policy train)"
     if not table.better:
-        return rules_pick, "rules", "the learned policy was not estimated better than the rules"
+        return candidates[0], "rules", "the learned policy was not estimated better than the rules"
+    return table_pick(cfg, table, cause, candidates, bucket(context))
+
+
+def table_pick(
+    cfg: SelfhealConfig, table: PolicyTable, cause: str, candidates: Sequence[str], key: str
+) -> tuple[str, str, str]:
+    """What the table alone says for ``cause`` in context bucket ``key`` (its evaluation and the mode aside)."""
+    rules_pick = candidates[0]
     learning = cfg.healing.learning
-    known = table.lookup(cause, bucket(context))
+    known = table.lookup(cause, key)
     trusted = {r: e for r, e in known.items() if r in candidates and e.n >= learning.min_observations}
     baseline = trusted.get(rules_pick)
     if baseline is None:
@@ -349,11 +357,8 @@ def greedy(
     best = max(trusted.values(), key=lambda e: e.mean_reward)
     margin = learning.confidence_z * math.hypot(best.stderr, baseline.stderr)
     if best.remedy != rules_pick and best.mean_reward - baseline.mean_reward > margin:
-        return (
-            best.remedy,
-            "learned",
-            f"{best.remedy} {best.mean_reward:.1f} vs {rules_pick} {baseline.mean_reward:.1f}",
-        )
+        why = f"{best.remedy} {best.mean_reward:.1f} vs {rules_pick} {baseline.mean_reward:.1f}"
+        return best.remedy, "learned", why
     return rules_pick, "learned", f"{rules_pick} is (as good as) the best here"
 
 
@@ -458,13 +463,10 @@ def evaluate(cfg: SelfhealConfig, table: PolicyTable, decisions: Sequence[Decisi
     ``better``: the learned estimate is below both the rules' estimate and, where the
     rules chose alone, their measured mean MTTR.
     """
-    learned_cfg = cfg.model_copy(deep=True)
-    learned_cfg.healing.policy_mode = "learned"
-    trusting = PolicyTable(table.estimates, table.trained_at, {"better": True})
     logged = first_choices(decisions)
 
     def learned(d: Decision) -> str:
-        return greedy(learned_cfg, d.cause, d.candidates or [d.chosen or ""], d.context, trusting)[0]
+        return table_pick(cfg, table, d.cause, d.candidates or [d.chosen or ""], bucket(d.context))[0]
 
     def rules(d: Decision) -> str:
         return (d.candidates or [d.chosen or ""])[0]
@@ -502,16 +504,12 @@ def describe(table: PolicyTable, cfg: SelfhealConfig) -> list[str]:
         )
     verdict = "better than the rules: used" if table.better else "NOT better than the rules: the healer keeps the rules"
     lines.append(f"  verdict: {verdict} (healing.policy_mode: {cfg.healing.policy_mode})")
-    learned_cfg = cfg.model_copy(deep=True)
-    learned_cfg.healing.policy_mode = "learned"
-    trusting = PolicyTable(table.estimates, table.trained_at, {"better": True})
     seen = sorted({(e.cause, e.bucket) for e in table.estimates})
     for cause, key in seen:
-        allowed = cfg.healing.policy.get(cause, [])
         known = table.lookup(cause, key)
-        candidates = [r for r in allowed if r not in key.split("tried=")[-1].split("+")] or list(known)
-        context = dict(part.split("=", 1) for part in key.split(","))
-        remedy, chooser, reason = greedy(learned_cfg, cause, candidates or list(known), context, trusting)
+        tried = key.rpartition("tried=")[2].split("+")  # ``tried`` is the bucket's last feature
+        candidates = [r for r in cfg.healing.policy.get(cause, []) if r not in tried] or list(known)
+        remedy, chooser, reason = table_pick(cfg, table, cause, candidates, key)
         lines.append(f"{cause} [{key}]: {remedy} ({chooser}: {reason})")
         for e in sorted(known.values(), key=lambda e: -e.mean_reward):
             seconds = f"{e.mean_seconds:.2f} s" if e.mean_seconds is not None else "escalated"
