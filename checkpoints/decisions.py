@@ -31,6 +31,7 @@ from typing import Any, Literal
 
 from checkpoints.lake import Lake
 from checkpoints.rows import from_row, to_table
+from checkpoints.scan import Tail
 
 DECISIONS = "decisions"
 
@@ -73,20 +74,18 @@ class DecisionLog:
     def __init__(self, lake: Lake, table: str = DECISIONS) -> None:
         self.lake = lake
         self.table = table
-        self._version: int | None = None
-        self._files: frozenset[str] = frozenset()
+        self._tail = Tail(lake, table)
         self._rows: list[Decision] = []
 
     def decisions(self, kind: Kind | None = None) -> list[Decision]:
         """Every decision (of ``kind``), oldest first (a new version's new files are the only ones read)."""
         if not self.lake.exists(self.table):
             return []
-        version = self.lake.version(self.table)
-        if version != self._version:
-            version, self._files, rows, reset = self.lake.read_added(self.table, self._files)
+        found = self._tail.added()
+        if found is not None:
+            rows, reset = found
             added = [from_row(Decision, r) for r in rows.to_pylist()]
             self._rows = sorted((added if reset else [*self._rows, *added]), key=lambda d: d.decided_at)
-            self._version = version
         return [d for d in self._rows if kind is None or d.kind == kind]
 
     def has(self, decision_id: str) -> bool:

@@ -31,6 +31,7 @@ import pyarrow as pa
 
 from checkpoints.lake import Lake
 from checkpoints.rows import arrow_schema, from_row, to_row, to_table
+from checkpoints.scan import Tail
 
 INCIDENTS = "incidents"
 #: Evidence flag of a HEALING row that records a wait (the remedy could not act yet): not a new attempt.
@@ -193,8 +194,7 @@ class IncidentLog:
     def __init__(self, lake: Lake, table: str = INCIDENTS) -> None:
         self.lake = lake
         self.table = table
-        self._version: int | None = None
-        self._files: frozenset[str] = frozenset()
+        self._tail = Tail(lake, table)
         self._rows: dict[str, list[Transition]] = {}
         self._sorted: list[Incident] = []
 
@@ -207,13 +207,12 @@ class IncidentLog:
         """
         if not self.lake.exists(self.table):
             return []
-        version = self.lake.version(self.table)
-        if version != self._version:
-            version, self._files, rows, reset = self.lake.read_added(self.table, self._files)
+        found = self._tail.added()
+        if found is not None:
+            rows, reset = found
             if reset:
                 self._rows = {}
             self._add(rows)
-            self._version = version
         return list(self._sorted)
 
     def _add(self, table: pa.Table) -> None:

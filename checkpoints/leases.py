@@ -16,11 +16,11 @@ import os
 import socket
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-
-import pyarrow.compute as pc
+from typing import Any
 
 from checkpoints.lake import Lake
 from checkpoints.rows import from_row, to_table
+from checkpoints.scan import Tail
 
 LEASES = "_incident_leases"
 LEASE_SECONDS = 600.0
@@ -51,13 +51,30 @@ class Lease:
         return True
 
 
+#: Per lease table (by URI), in this process: its tail and the newest lease row of each incident.
+_NEWEST: dict[str, tuple[Tail, dict[str, dict[str, Any]]]] = {}
+
+
 def current_lease(lake: Lake, incident_id: str) -> Lease | None:
-    """The newest lease taken on ``incident_id`` (None: never claimed)."""
+    """The newest lease taken on ``incident_id`` (None: never claimed).
+
+    The table is read as it grows (``Tail``): a healer claims every open incident at every
+    tick, and one lease row per incident ever would make each claim slower with the history.
+    """
     if not lake.exists(LEASES):
         return None
-    table = lake.read(LEASES)
-    mine = table.filter(pc.equal(table.column("incident_id"), incident_id)).to_pylist()
-    return from_row(Lease, max(mine, key=lambda r: r["n"])) if mine else None
+    tail, newest = _NEWEST.setdefault(lake.uri(LEASES), (Tail(lake, LEASES), {}))
+    found = tail.added()
+    if found is not None:
+        rows, reset = found
+        if reset:
+            newest.clear()
+        for row in rows.to_pylist():
+            held = newest.get(row["incident_id"])
+            if held is None or row["n"] > held["n"]:
+                newest[row["incident_id"]] = row
+    row = newest.get(incident_id)
+    return from_row(Lease, row) if row else None
 
 
 def take(lake: Lake, lease: Lease) -> bool:

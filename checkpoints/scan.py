@@ -83,6 +83,34 @@ def added_rows(lake: Lake, dt: DeltaTable, table: str, seen: frozenset[str]) -> 
     return current, rows, False
 
 
+class Tail:
+    """An append-only table read as it grows: each new version costs the files it added, not the history.
+
+    Example:
+        >>> tail = Tail(lake, "incidents")
+        >>> rows, reset = tail.added() or (None, False)   # None: no new version since the last call
+    """
+
+    def __init__(self, lake: Lake, table: str) -> None:
+        self.lake = lake
+        self.table = table
+        self.version: int | None = None
+        self.files: frozenset[str] = frozenset()
+
+    def added(self) -> tuple[pa.Table, bool] | None:
+        """``(rows, reset)`` when ``table`` (which must exist) has a new version, else None.
+
+        ``rows`` are those of the files new since the last call; with ``reset`` they are the
+        whole table (it was rewritten, or lives on an object store: see ``added_rows``) and
+        what the caller kept from earlier calls is stale.
+        """
+        version = self.lake.version(self.table)
+        if version == self.version:
+            return None
+        self.version, self.files, rows, reset = self.lake.read_added(self.table, self.files)
+        return rows, reset
+
+
 def _newer_files(dt: DeltaTable, files: list[str], root: str, column: str, bound: datetime) -> list[str]:
     """``files`` that may hold a ``column`` value above ``bound`` (by their Delta max statistic)."""
     actions = pa.table(dt.get_add_actions(flatten=True))

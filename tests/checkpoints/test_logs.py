@@ -16,10 +16,10 @@ def test_a_log_reads_only_new_files_and_sees_every_writer(lake: Lake) -> None:
     seen = mine.incidents()
     assert [(i.id, i.state) for i in seen] == [(first.id, State.DIAGNOSED), (second.id, State.DETECTED)]
     assert [t.seq for t in seen[0].transitions] == [0, 1]
-    files = mine._files
+    files = mine._tail.files
     mine.advance(seen[1], State.DIAGNOSED)
     assert mine.incidents()[1].state == State.DIAGNOSED
-    assert files < mine._files and len(mine._files) == len(files) + 1  # one new file read, the rest kept
+    assert files < mine._tail.files and len(mine._tail.files) == len(files) + 1  # one new file read, the rest kept
 
 
 def test_a_rewritten_log_is_read_whole_again(lake: Lake) -> None:
