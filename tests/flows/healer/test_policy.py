@@ -28,7 +28,7 @@ from flows.healer.machine import Healer, Observation, make_context
 from flows.healer.remedies import REMEDIES, HealContext, Outcome, Remedy
 from flows.monitor.signals import Severity, Signal, SignalKind, Window
 
-SLOW = 0.6
+SLOW = 1.5
 SMALL, LARGE = 0.2, 1.5
 CAUSE = "data_quality"
 
