@@ -203,6 +203,8 @@ class Healer:
             incident = next((i for i in incidents if i.cause == cause and not i.state.closed), None)
             if incident is None and self._escalated_recently(incidents, diagnosis, observation.started_at):
                 continue  # a person has it now: do not loop on the same cause
+            if incident is None and _closed_since(incidents, cause, observation.started_at):
+                continue  # seen before someone closed that incident: the next tick looks again
             touched.append(incident or self._open(diagnosis))
         return touched
 
@@ -748,6 +750,15 @@ def _felt(signals: list[Signal]) -> list[Signal]:
             continue
         kept.append(signal)
     return kept
+
+
+def _closed_since(incidents: list[Incident], cause: str, observed_at: datetime) -> bool:
+    """An incident of ``cause`` was closed (by a person or another process) after this observation began.
+
+    Its signals may predate the closing (a refusal seen just before a person rolled back):
+    they belong to that incident, and a fresh look decides whether the fault is still there.
+    """
+    return any(i.cause == cause and i.state.closed and i.last.ts >= observed_at for i in incidents)
 
 
 class HealerLoop:

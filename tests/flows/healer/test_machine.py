@@ -337,6 +337,23 @@ def test_with_healing_off_a_refused_champion_stays_and_its_incident_stays_open(t
     assert healer.ctx.registry.by_alias(CHAMPION).version == "2"  # type: ignore[union-attr]
 
 
+def test_a_signal_seen_before_a_person_closed_its_incident_does_not_open_another(tmp_path: Path) -> None:
+    """The chaos matrix's race (healing off): the refusal is seen, a person rolls back and closes the
+    incident while the tick is still running, then the tick records what it saw."""
+    healer = _refused_registry(tmp_path, healing=False)
+    healer.tick(_observe(_refused()))
+    [incident] = healer.log.incidents()
+    seen_before = _observe(_refused())
+    time.sleep(0.01)
+    escalated = healer.log.advance(incident, State.ESCALATED, detail="taken over by on-call")
+    assert escalated is not None
+    healer.log.acknowledge(escalated, "on-call")  # a person has it: no hold on the cause
+    healer.tick(seen_before)
+    assert [i.id for i in healer.log.incidents()] == [incident.id]
+    healer.tick(_observe(_refused()))  # seen after the closing: the fault is still there, a new incident
+    assert len(healer.log.open_incidents()) == 1 and healer.log.open_incidents()[0].id != incident.id
+
+
 # -- a torn commit in a stage table (issue 14: lake-torn-commit) ------------------------------
 def _tick_on_lake(healer: Healer, ticks: int) -> None:
     from flows.healer.machine import probe_lake
