@@ -17,6 +17,9 @@ and the two outages both ``serving`` and ``flows`` raise stay here::
     ├── LandingUnreachable                       flows.pipeline.stages.ingest: the landing zone cannot be listed
     ├── ValidationFailed                         flows.pipeline.exceptions: a batch broke its data expectations
     ├── PromotionRejected                        flows.pipeline.exceptions: the evaluation gate refused a model
+    ├── InputNotFound                            flows.batch.inputs: `score --input` names no table, file or folder
+    ├── InputUnreadable                          flows.batch.inputs: an input to score cannot be read
+    ├── NoChampion                               flows.batch.champion: no @champion to score a batch with
     ├── RemedyFailed                             flows.healer.remedies: a healing remedy could not be applied
     ├── ReleaseError                             flows.release.controller: a release cannot start, move or end
     ├── SLAMissed                                flows.chaos_suite.flow: an experiment missed its SLA

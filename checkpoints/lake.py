@@ -266,12 +266,17 @@ class Lake:
         *,
         as_of: datetime | None = None,
         columns: list[str] | None = None,
+        ordered: bool = False,
     ) -> pa.Table:
-        """Read ``table`` at its newest version, at ``version``, or as of a time."""
+        """Read ``table`` at its newest version, at ``version``, or as of a time.
+
+        ``ordered``: a version's rows always in the same order (its files in the order they were
+        added), so a row's position names it (see ``checkpoints.scan.snapshot_rows``).
+        """
         if version is not None and as_of is not None:
             raise ValueError("give version or as_of, not both")
         dt = self._open(table, version if version is not None else as_of)
-        return snapshot_rows(self, dt, table, columns=columns)
+        return snapshot_rows(self, dt, table, columns=columns, ordered=ordered)
 
     @_remote_io
     def read_added(self, table: str, seen: frozenset[str]) -> tuple[int, frozenset[str], pa.Table, bool]:

@@ -39,6 +39,7 @@ def snapshot_rows(
     where: pc.Expression | None = None,
     columns: list[str] | None = None,
     after: tuple[str, datetime] | None = None,
+    ordered: bool = False,
 ) -> pa.Table:
     """The rows of the snapshot ``dt`` of ``table`` matching ``where``.
 
@@ -46,12 +47,20 @@ def snapshot_rows(
     statistics say every value of ``column`` is at most ``t`` are skipped unopened. The
     server appends a small file per flush, so without it each monitor pass would open
     every file the log ever had.
+
+    ``ordered``: the files are read in the order they were added (``_in_added_order``), so a
+    version's rows always come in the same order (the log's own order can change once a
+    checkpoint is written), and a row's position in it can name the row.
     """
     try:
         if not lake.storage.local:
+            if ordered:
+                return _in_added_order_rows(dt, columns, where)
             return dt.to_pyarrow_table(columns=columns, filters=where)
         schema = pa.schema(dt.schema().to_arrow())
         files = [uri.removeprefix("file://") for uri in dt.file_uris()]
+        if ordered:
+            files = _in_added_order(dt, files)
         if after is not None:
             files = _newer_files(dt, files, lake.uri(table), *after)
     except DeltaError as exc:
@@ -60,6 +69,30 @@ def snapshot_rows(
         empty = schema.empty_table()
         return empty.select(columns) if columns else empty
     return ds.dataset(files, schema=schema, format="parquet").to_table(columns=columns, filter=where)
+
+
+def _in_added_order(dt: DeltaTable, files: list[str]) -> list[str]:
+    """``files`` (paths or URIs of the snapshot ``dt``'s data files) by when each was added, then by name.
+
+    Both come from the file's ``add`` action, so the order is the same for a version whichever
+    way the log is read; data file names are unique (delta-rs puts a UUID in each).
+    """
+    actions = pa.table(dt.get_add_actions(flatten=True)).select(["path", "modification_time"]).to_pylist()
+    added = {a["path"].rsplit("/", 1)[-1]: (int(a["modification_time"]), a["path"]) for a in actions}
+    return sorted(files, key=lambda file: added.get(file.rsplit("/", 1)[-1], (2**63, file)))
+
+
+def _in_added_order_rows(dt: DeltaTable, columns: list[str] | None, where: pc.Expression | None) -> pa.Table:
+    """An object-store snapshot's rows, its files in ``_in_added_order`` (read through delta-rs)."""
+    dataset = dt.to_pyarrow_dataset()
+    order = {path: n for n, path in enumerate(_in_added_order(dt, [f.path for f in dataset.get_fragments()]))}
+    fragments = sorted(dataset.get_fragments(), key=lambda fragment: order[fragment.path])
+    if not fragments:
+        empty = dataset.schema.empty_table()
+        return empty.select(columns) if columns else empty
+    return pa.concat_tables(
+        [fragment.to_table(schema=dataset.schema, columns=columns, filter=where) for fragment in fragments]
+    )
 
 
 def added_rows(lake: Lake, dt: DeltaTable, table: str, seen: frozenset[str]) -> tuple[frozenset[str], pa.Table, bool]:

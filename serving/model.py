@@ -7,6 +7,7 @@ the label (argmax) and the score come, so each batch is one model call.
 Example:
     >>> model = LoadedModel.load(registry, ref, ModelThreads(per_call=1, pool=2))
     >>> result = model.predict(columns)          # columns from FeatureSchema.validate
+    >>> result = model.predict_frame(checked.frame)   # a table's valid rows (FeatureSchema.validate_table)
     >>> result.labels, result.values, result.scores
 """
 
@@ -23,6 +24,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
+import pandas as pd
 from threadpoolctl import threadpool_limits
 
 from serving import startup
@@ -188,7 +190,10 @@ class LoadedModel:
 
     def predict(self, columns: dict[str, list[Any]]) -> Prediction:
         """Predict validated columns (runs in one of this model's threads)."""
-        frame = self.schema.frame(columns)
+        return self.predict_frame(self.schema.frame(columns))
+
+    def predict_frame(self, frame: pd.DataFrame) -> Prediction:
+        """Predict a frame in the signature's dtypes (``FeatureSchema.frame`` or ``validate_table``'s)."""
         if self.task == "regression":
             values = np.asarray(self.model.predict(frame), dtype=np.float64).reshape(-1)
             return Prediction(values, values, None)

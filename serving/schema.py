@@ -5,10 +5,16 @@ MLflow's own ``{"dataframe_records": [...]}``. Validation turns it into columns
 (name -> list of values) in one pass over the records, without pandas; the
 model's DataFrame is built from those columns once per micro-batch.
 
+A table to score in batch (``flows.batch``) goes through the same rules column by
+column (``validate_table``): each column's arrays flag the rows that may break a rule,
+and only those rows go through the per-value checks the server runs, so a bad row is
+refused with the server's words and only that row is refused.
+
 Example:
     >>> schema = FeatureSchema.from_signature(model_meta.signature)
     >>> columns, rows, single = schema.validate(orjson.loads(body), max_rows=1000)
     >>> frame = schema.frame(columns)
+    >>> checked = schema.validate_table(arrow_table)     # checked.frame, checked.valid, checked.errors
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from checkpoints.exceptions import SelfhealError
 
@@ -281,39 +288,55 @@ class FeatureSchema:
             value = record.get(name, _MISSING)
             if value is None or value is _MISSING:
                 if required:
-                    what = "field required" if value is _MISSING else "must not be null"
-                    errors.append(_err((*loc, name), f"{what}: expected {_TYPE_WORDS[kind]}", "missing", kind))
+                    errors.append(_missing((*loc, name), kind, absent=value is _MISSING))
                 append(None)
                 continue
             try:
                 append(check(value))
             except _Bad as bad:
-                msg = f"value {bad}" if str(bad) else f"expected {_TYPE_WORDS[kind]}, got {_describe(value)}"
-                errors.append(_err((*loc, name), msg, f"{kind}_type", kind))
+                errors.append(_refused((*loc, name), kind, value, bad))
                 append(None)
 
     # -- conversion --------------------------------------------------------
     def frame(self, columns: dict[str, list[Any]]) -> pd.DataFrame:
         """The DataFrame the model takes, with the dtypes of the signature."""
-        data: dict[str, Any] = {}
-        for col in self.columns:
-            values = columns[col.name]
-            if col.type == "double":
-                data[col.name] = np.array(values, dtype=np.float64)
-            elif col.type == "float":
-                data[col.name] = np.array(values, dtype=np.float32)
-            elif col.type in ("long", "integer"):
-                if None in values:
-                    data[col.name] = np.array(values, dtype=np.float64)
-                else:
-                    data[col.name] = np.array(values, dtype=np.int64 if col.type == "long" else np.int32)
-            elif col.type == "boolean":
-                data[col.name] = pd.array(values, dtype="boolean") if None in values else np.array(values, dtype=bool)
-            elif col.type == "datetime":
-                data[col.name] = pd.to_datetime(values, utc=True)
-            else:
-                data[col.name] = values
+        data = {col.name: _model_column(col.type, columns[col.name]) for col in self.columns}
         return pd.DataFrame(data, copy=False)
+
+    def validate_table(self, table: pa.Table) -> TableCheck:
+        """Check every row of a table to score in batch: the valid rows as the model's frame, the others' errors.
+
+        The rules are ``validate``'s, value by value: a required field absent or null, a value of
+        the wrong type, a non-finite number, an integer out of range, each makes its row invalid,
+        and only its row. Two differences, both about tables rather than values: columns the model
+        does not take are ignored (a table carries ids, labels and lineage; a request may not), and
+        missing values are a table's: null, and NaN in a floating-point column (pandas' marker; JSON
+        has no NaN). A text column (a CSV's, or a table that keeps numbers as text) is read as the
+        literal each cell spells, so ``"12.5"`` is 12.5 and ``"n/a"`` is the string a double column
+        refuses.
+
+        Only the rows a column's arrays flag (an infinite number, an integer out of range, a cell
+        that is not of the column's type) go through the per-value checks, which decide.
+        """
+        rows = table.num_rows
+        errors: dict[int, list[dict[str, Any]]] = {}
+        checked = {
+            col.name: _table_column(
+                col, table.column(col.name) if col.name in table.column_names else None, rows, errors
+            )
+            for col in self.columns
+        }
+        valid = np.ones(rows, dtype=bool)
+        if errors:
+            valid[np.fromiter(errors, dtype=np.int64, count=len(errors))] = False
+        data = {}
+        for col in self.columns:
+            values, nulls = checked[col.name]
+            if errors:
+                values = values.filter(pa.array(valid)) if isinstance(values, pa.Array) else values[valid]
+                nulls = nulls[valid]
+            data[col.name] = _model_column(col.type, _with_nulls(col.type, values, nulls), bool(nulls.any()))
+        return TableCheck(pd.DataFrame(data, copy=False), valid, errors)
 
     def record_schema(self) -> dict[str, Any]:
         """JSON Schema of one record (for the OpenAPI document)."""
@@ -333,6 +356,222 @@ def _err(loc: tuple[Any, ...], msg: str, kind: str, expected: str | None = None)
     if expected is not None:
         error["expected"] = expected
     return error
+
+
+def _missing(loc: tuple[Any, ...], kind: str, *, absent: bool) -> dict[str, Any]:
+    """A required field that is ``absent`` (not there at all) or null."""
+    what = "field required" if absent else "must not be null"
+    return _err(loc, f"{what}: expected {_TYPE_WORDS[kind]}", "missing", kind)
+
+
+def _refused(loc: tuple[Any, ...], kind: str, value: Any, bad: _Bad) -> dict[str, Any]:
+    """A value its column's checker refused (``bad`` says why; empty: it is of the wrong type)."""
+    msg = f"value {bad}" if str(bad) else f"expected {_TYPE_WORDS[kind]}, got {_describe(value)}"
+    return _err(loc, msg, f"{kind}_type", kind)
+
+
+def _model_column(kind: str, values: Any, has_null: bool | None = None) -> Any:
+    """One column as the model takes it (``values``: checked values, None or NaN/NaT where missing).
+
+    ``has_null`` None: look for None in ``values`` (a list from ``validate``) where the dtype depends on it.
+    """
+    if kind == "double":
+        return np.asarray(values, dtype=np.float64)
+    if kind == "float":
+        return np.asarray(values, dtype=np.float32)
+    if kind in ("long", "integer"):
+        if has_null if has_null is not None else None in values:
+            return np.asarray(values, dtype=np.float64)
+        return np.asarray(values, dtype=np.int64 if kind == "long" else np.int32)
+    if kind == "boolean":
+        if has_null if has_null is not None else None in values:
+            return pd.array(values, dtype="boolean")
+        return np.asarray(values, dtype=bool)
+    if kind == "datetime":
+        return pd.to_datetime(values, utc=True)
+    if isinstance(values, pa.Array):  # a table's text column (validate_table): pandas' str dtype, as a list gets
+        return values.to_pandas()
+    return values
+
+
+@dataclass(frozen=True)
+class TableCheck:
+    """A table's rows checked against the input contract (``FeatureSchema.validate_table``).
+
+    Attributes:
+        frame: the valid rows as the model takes them (the signature's dtypes), in table order.
+        valid: one flag per table row.
+        errors: table row position -> that row's errors, as ``RequestInvalid.errors`` with ``loc`` = ``[field]``.
+    """
+
+    frame: pd.DataFrame
+    valid: np.ndarray[Any, np.dtype[np.bool_]]
+    errors: dict[int, list[dict[str, Any]]]
+
+    def reason(self, row: int) -> str:
+        """One line naming each bad field of table row ``row`` (empty for a valid row)."""
+        return str(RequestInvalid(self.errors.get(row, [])))
+
+
+#: Bounds of the integer types (what ``_int_checker`` enforces), for the whole-column checks.
+_INT_BOUNDS = {"long": (_INT64_MIN, _INT64_MAX), "integer": (_INT32_MIN, _INT32_MAX)}
+_NUMBER_KINDS = ("double", "float", "long", "integer")
+#: Kinds whose text cells are read as the literal they spell (a string stays a string, a date-time is parsed).
+_LITERAL_KINDS = (*_NUMBER_KINDS, "boolean")
+
+
+def _is_text(kind: pa.DataType) -> bool:
+    return bool(pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_string_view(kind))
+
+
+def _is_number(kind: pa.DataType) -> bool:
+    return bool(pa.types.is_integer(kind) or pa.types.is_floating(kind) or pa.types.is_decimal(kind))
+
+
+def _literal(text: str) -> Any:
+    """What a text cell spells: true/false, an integer, a number, else the text itself."""
+    word = text.strip()
+    if word.lower() in ("true", "false"):
+        return word.lower() == "true"
+    for parse in (int, float):
+        try:
+            return parse(word)
+        except ValueError:
+            continue
+    return text
+
+
+def _table_column(
+    col: Column, column: pa.ChunkedArray | None, rows: int, errors: dict[int, list[dict[str, Any]]]
+) -> tuple[np.ndarray[Any, Any] | pa.Array, np.ndarray[Any, np.dtype[np.bool_]]]:
+    """One column of a table checked: (values, null flags); each bad row's error is added to ``errors``.
+
+    A value of a bad row is left as anything (the row is dropped); a null's value is a placeholder.
+    """
+    kind = col.type
+    if column is None:
+        if col.required:
+            for row in range(rows):
+                errors.setdefault(row, []).append(_missing((col.name,), kind, absent=True))
+        return _placeholders(kind, rows), np.ones(rows, dtype=bool)
+    array = column.combine_chunks()
+    if pa.types.is_dictionary(array.type):
+        array = array.dictionary_decode()
+    text = _is_text(array.type)
+    nulls = np.asarray(array.is_null().to_numpy(zero_copy_only=False), dtype=bool)
+    if pa.types.is_floating(array.type):  # NaN is how pandas (and a parquet file written from it) says "missing"
+        nulls |= np.asarray(pc.is_nan(array).fill_null(False).to_numpy(zero_copy_only=False), dtype=bool)
+    values, suspect = _column_values(kind, array, text)
+    check = _CHECKERS[kind]
+    for row in np.flatnonzero(suspect & ~nulls).tolist():
+        value = array[row].as_py()
+        if text and kind in _LITERAL_KINDS:
+            value = _literal(value)
+        try:
+            checked = check(value)
+        except _Bad as bad:
+            errors.setdefault(row, []).append(_refused((col.name,), kind, value, bad))
+            continue
+        values[row] = _utc64(checked) if kind == "datetime" else checked
+    if col.required:
+        for row in np.flatnonzero(nulls).tolist():
+            errors.setdefault(row, []).append(_missing((col.name,), kind, absent=False))
+    return values, nulls
+
+
+def _placeholders(kind: str, rows: int) -> np.ndarray[Any, Any]:
+    if kind in _NUMBER_KINDS:
+        return np.full(rows, np.nan)
+    if kind == "datetime":
+        return np.full(rows, np.datetime64("NaT"), dtype="datetime64[us]")
+    return np.full(rows, None, dtype=object)
+
+
+def _column_values(
+    kind: str, array: pa.Array, text: bool
+) -> tuple[np.ndarray[Any, Any] | pa.Array, np.ndarray[Any, np.dtype[np.bool_]]]:
+    """(values, suspect rows) of one column: the suspects go through the per-value check.
+
+    Values are a NumPy array the suspects' checked values are written into, or (a text
+    column of a string field, which has no suspects) the Arrow array itself.
+    """
+    rows = len(array)
+    if kind in _NUMBER_KINDS and (text or _is_number(array.type)):
+        return _numbers(kind, array, text)
+    if kind == "boolean" and pa.types.is_boolean(array.type):
+        return array.fill_null(False).to_numpy(zero_copy_only=False), np.zeros(rows, dtype=bool)
+    if kind == "boolean" and text:
+        lower = pc.utf8_lower(pc.utf8_trim_whitespace(array))
+        true = pc.equal(lower, "true").fill_null(False).to_numpy(zero_copy_only=False)
+        false = pc.equal(lower, "false").fill_null(False).to_numpy(zero_copy_only=False)
+        return true, ~(true | false)
+    if kind == "string" and text:
+        # Kept in Arrow: the model's frame takes it as pandas' Arrow-backed strings, no Python object per cell.
+        return array.cast(pa.string()), np.zeros(rows, dtype=bool)
+    if kind == "datetime" and pa.types.is_timestamp(array.type):
+        # A timestamp without a zone is UTC, as the server reads an ISO-8601 string without one.
+        utc = pc.cast(array, pa.timestamp("us", tz="UTC")).cast(pa.timestamp("us"))
+        return utc.to_numpy(zero_copy_only=False), np.zeros(rows, dtype=bool)
+    if kind == "datetime" and text:
+        parsed = pd.to_datetime(
+            pd.Series(array.to_numpy(zero_copy_only=False), dtype=object), utc=True, errors="coerce", format="ISO8601"
+        )
+        values = parsed.dt.tz_localize(None).to_numpy(dtype="datetime64[us]")
+        return values, np.isnat(values)
+    # Any other type: every value goes through the check (which says what it should have been).
+    return _placeholders(kind, rows), np.ones(rows, dtype=bool)
+
+
+def _numbers(
+    kind: str, array: pa.Array, text: bool
+) -> tuple[np.ndarray[Any, Any], np.ndarray[Any, np.dtype[np.bool_]]]:
+    """A number column's values and its suspect rows (text: what each cell spells; None where it spells no number)."""
+    if text:
+        numbers = pd.to_numeric(pd.Series(array.to_numpy(zero_copy_only=False), dtype=object), errors="coerce")
+        floats = numbers.to_numpy(dtype=np.float64, na_value=np.nan)
+    elif pa.types.is_integer(array.type) and kind in _INT_BOUNDS:
+        lo, hi = _INT_BOUNDS[kind]
+        filled = array.fill_null(0)
+        if pa.types.is_uint64(filled.type):  # the one integer type int64 does not hold
+            unsigned = filled.to_numpy(zero_copy_only=False)
+            return unsigned.astype(np.int64), unsigned > np.uint64(hi)
+        ints = filled.cast(pa.int64()).to_numpy(zero_copy_only=False)
+        return ints, (ints < lo) | (ints > hi)
+    else:
+        floats = pc.cast(array, pa.float64()).to_numpy(zero_copy_only=False)
+    finite = np.isfinite(floats)
+    if kind == "double":
+        return floats, ~finite
+    if kind == "float":
+        return floats, ~finite | (np.abs(np.where(finite, floats, 0.0)) > _FLOAT32_MAX)
+    lo, hi = _INT_BOUNDS[kind]
+    whole = np.where(finite, floats, 0.0)
+    exact = finite & (whole == np.floor(whole)) & (np.abs(whole) <= _EXACT_FLOAT_INT) & (whole >= lo) & (whole <= hi)
+    return np.where(exact, whole, 0.0).astype(np.int64), ~exact
+
+
+def _with_nulls(kind: str, values: np.ndarray[Any, Any] | pa.Array, nulls: np.ndarray[Any, Any]) -> Any:
+    """``values`` with the model's missing value where ``nulls`` (NaN, None or NaT, as ``frame`` makes them)."""
+    if isinstance(values, pa.Array) or not nulls.any():  # Arrow text keeps its nulls
+        return values
+    if kind in _NUMBER_KINDS:
+        out = values.astype(np.float64)
+        out[nulls] = np.nan
+        return out
+    if kind == "datetime":
+        out = values.copy()
+        out[nulls] = np.datetime64("NaT")
+        return out
+    out = values.astype(object)
+    out[nulls] = None
+    return out
+
+
+def _utc64(value: datetime) -> Any:
+    """A checked date-time as naive UTC microseconds (a value without a zone is UTC)."""
+    stamp = pd.Timestamp(value)
+    stamp = stamp.tz_localize("UTC") if stamp.tzinfo is None else stamp.tz_convert("UTC")
+    return stamp.tz_localize(None).to_datetime64().astype("datetime64[us]")
 
 
 #: (name, checker, required, MLflow type, the column's append) for each column of a request.

@@ -14,7 +14,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from flows.cli import chaos, demo, gitops, heal, lake, local, monitor, pipeline, policy, release, serve
+from flows.cli import batch, chaos, demo, gitops, heal, lake, local, monitor, pipeline, policy, release, serve
 from flows.cli.command import Handler
 from serving.settings import forbid_pickle
 
@@ -28,7 +28,7 @@ SQLite, MLflow on SQLite, the Delta lake in a local folder (see selfheal.yaml).
 """
 
 #: The command groups in the order ``selfheal --help`` lists them.
-_GROUPS = (demo, lake, pipeline, monitor, serve, heal, policy, local, release, gitops, chaos)
+_GROUPS = (demo, lake, pipeline, batch, monitor, serve, heal, policy, local, release, gitops, chaos)
 
 
 def build_parser() -> argparse.ArgumentParser:

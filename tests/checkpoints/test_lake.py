@@ -171,3 +171,13 @@ def test_float_columns_are_written_without_a_dictionary_and_the_rest_with_one(
     assert {chunks.column(i).compression for i in range(3)} == {"SNAPPY"}  # delta-rs's default compression kept
     assert chunks.column(0).statistics.has_min_max  # data skipping still has its statistics
     assert lake.read("t").equals(data)
+
+
+def test_an_ordered_read_gives_a_versions_rows_in_the_order_their_files_were_added(lake: Lake) -> None:
+    for n in range(6):
+        lake.append("log", _table(2, 2 * n), key=f"k{n}")
+    ordered = lake.read("log", ordered=True).column("id").to_pylist()
+    assert ordered == list(range(12))
+    lake.maintain("log")  # a checkpoint: the log is now read from it, not from its entries
+    assert lake.read("log", version=5, ordered=True).column("id").to_pylist() == ordered
+    assert lake.read("log", version=2, ordered=True, columns=["id"]).column("id").to_pylist() == list(range(6))

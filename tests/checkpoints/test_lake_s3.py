@@ -44,6 +44,7 @@ def test_every_lake_operation_on_s3(s3_lake: Lake, object_store: SeaweedFS) -> N
     assert lake.tables() == ["bronze", "silver"]
     assert lake.read("bronze").num_rows == 5 and lake.has_key("bronze", "b") and lake.has_rows("bronze")
     assert lake.read("bronze", version=v0).num_rows == 3
+    assert lake.read("bronze", version=v1, ordered=True, columns=["id"]).column("id").to_pylist() == list(range(5))
     assert lake.scan("bronze", pc.field("id") >= 3).num_rows == 2  # type: ignore[union-attr]
     since = datetime.now(UTC) - timedelta(hours=1)
     assert lake.window("bronze", "ts", since, datetime.now(UTC) + timedelta(minutes=1)).num_rows == 5  # type: ignore[union-attr]

@@ -39,6 +39,7 @@ FLOWS = [
     "selfheal-chaos-suite",
     "selfheal-release-analysis",
     "selfheal-gitops",
+    "selfheal-batch-inference",
 ]
 
 

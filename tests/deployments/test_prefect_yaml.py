@@ -53,6 +53,7 @@ def test_each_flow_has_one_deployment_per_work_pool() -> None:
         "flows/chaos_suite/flow.py:chaos_suite_flow",
         "flows/release/controller.py:release_analysis_flow",
         "flows/gitops/flow.py:gitops_flow",
+        "flows/batch/flow.py:batch_inference_flow",
     }
     for pool in ("local", "k8s"):
         found = sorted(e["entrypoint"] for e in ENTRIES if e["work_pool"]["name"] == pool and e["name"] == pool)
@@ -78,6 +79,9 @@ def test_how_each_deployment_starts(pool: str) -> None:
     assert [t["expect"] for t in release["triggers"]] == [["selfheal.release.started"]]
     gitops = _entry("flows/gitops/flow.py:gitops_flow", pool)
     assert "triggers" not in gitops and [s["interval"] for s in gitops["schedules"]] == [180]  # Argo CD's default
+    batch = _entry("flows/batch/flow.py:batch_inference_flow", pool)
+    assert "triggers" not in batch and [s["interval"] for s in batch["schedules"]] == [3600]
+    assert batch["parameters"] == {}  # the landing zone, into `predictions`
 
 
 # -- against a real server -------------------------------------------------------------------

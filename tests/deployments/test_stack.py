@@ -164,7 +164,7 @@ def test_schedules_and_triggers_read_as_one_line() -> None:
 def test_up_deploys_the_local_pool_only() -> None:
     entries = local_deployments()
     assert {e["work_pool"]["name"] for e in entries} == {"local"}
-    assert len(entries) == 6  # pipeline, monitor, healer, chaos suite, release analysis, gitops
+    assert len(entries) == 7  # pipeline, monitor, healer, chaos suite, release analysis, gitops, batch inference
 
 
 def _rows(uri: str, sql: str) -> list[tuple[Any, ...]]:

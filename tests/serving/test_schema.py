@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pytest
 
 from serving.schema import Column, FeatureSchema, RequestInvalid, UnsupportedSignature
@@ -118,3 +119,63 @@ def test_record_schema_and_refused_signatures() -> None:
         FeatureSchema([Column("blob", "binary")])
     with pytest.raises(UnsupportedSignature, match="no signature"):
         FeatureSchema.from_signature(None)
+
+
+# -- a table to score in batch: the same rules, column by column ---------------------------------
+def _table(**columns: pa.Array) -> pa.Table:
+    """Two rows of GOOD's values as typed columns, with ``columns`` in place of theirs."""
+    good = {
+        "amount": pa.array([12.0, 12.0]),
+        "ratio": pa.array([0.5, 0.5], pa.float32()),
+        "count": pa.array([3, 3]),
+        "small": pa.array([7, 7], pa.int32()),
+        "flag": pa.array([True, True]),
+        "segment": pa.array(["a", "a"]),
+        "at": pa.array(["2026-01-01T00:00Z"] * 2),
+        "note": pa.array([None, None], pa.string()),
+    }
+    return pa.table({**good, **columns})
+
+
+@pytest.mark.parametrize(
+    "field,column,value",
+    [
+        ("amount", pa.array([1.0, math.inf]), math.inf),
+        ("amount", pa.array([True, True]), True),  # a boolean column: no row of it is a number
+        ("amount", pa.array(["12.5", "n/a"]), "n/a"),  # text: the literal each cell spells
+        ("ratio", pa.array([0.5, 1e39]), 1e39),
+        ("count", pa.array([3, 2**63], pa.uint64()), 2**63),
+        ("count", pa.array([3.0, 2.5]), 2.5),
+        ("small", pa.array([7, 2**31]), 2**31),
+        ("flag", pa.array(["true", "yes"]), "yes"),
+        ("segment", pa.array(["a", None]), None),
+        ("at", pa.array(["2026-01-01T00:00Z", "yesterday"]), "yesterday"),
+    ],
+)
+def test_a_table_row_is_refused_with_the_words_a_request_gets(field: str, column: pa.Array, value: Any) -> None:
+    checked = SCHEMA.validate_table(_table(**{field: column}))
+    (request,) = _errors({**GOOD, field: value})
+    assert not checked.valid[1] and checked.errors[1] == [{**request, "loc": [field]}]
+    assert checked.reason(1) == f"{field}: {request['msg']}"
+    assert checked.valid[0] == (value is not True)  # the first row is good, but for the boolean column
+
+
+def test_a_tables_valid_rows_make_the_frame_a_request_makes() -> None:
+    text = {"count": pa.array(["3", "4"]), "flag": pa.array(["True", "false"])}  # a CSV's cells
+    good, bad = _table(amount=pa.array(["12", "13"]), **text), _table(amount=pa.array(["x", "y"]), **text)
+    table = pa.concat_tables([good, bad]).drop_columns(["note"])
+    checked = SCHEMA.validate_table(table.append_column("id", pa.array(["r1", "r2", "r3", "r4"])))  # ignored
+    assert checked.valid.tolist() == [True, True, False, False]
+    request = SCHEMA.frame(SCHEMA.validate([GOOD, {**GOOD, "amount": 13, "count": 4, "flag": False}], max_rows=9)[0])
+    pd.testing.assert_frame_equal(checked.frame.drop(columns="note"), request.drop(columns="note"))
+    assert checked.frame["note"].isna().all() and request["note"].isna().all()
+    absent = FeatureSchema([Column("amount", "double"), Column("gone", "long")]).validate_table(_table())
+    assert absent.reason(0) == absent.reason(1) == "gone: field required: expected an integer (long)"
+
+
+def test_a_nan_in_a_float_column_is_a_missing_value() -> None:
+    optional = FeatureSchema([Column("amount", "double", required=False), Column("ratio", "double")])
+    checked = optional.validate_table(pa.table({"amount": [math.nan, 1.0], "ratio": [1.0, math.nan]}))
+    assert checked.valid.tolist() == [True, False]
+    assert checked.reason(1) == "ratio: must not be null: expected a number (double)"
+    assert math.isnan(checked.frame["amount"].iloc[0])

@@ -50,26 +50,55 @@ def read_batch(raw: bytes, name: str, fmt: str) -> pd.DataFrame:
         ValidationFailed: the bytes are not a readable batch of that format.
         ValueError: ``fmt`` is not a known format.
     """
+    _check(raw, name, fmt)
+    frame = _read_parquet(raw, name) if fmt == "parquet" else _read_csv(raw, name)
+    frame.columns = [str(c) for c in frame.columns]
+    return frame.reset_index(drop=True)
+
+
+def read_table(raw: bytes, name: str, fmt: str) -> pa.Table:
+    """Parse one file to score (``flows.batch``): parquet as Arrow, a CSV's cells as text.
+
+    The same checks as ``read_batch``; a CSV's columns are not guessed (the model's
+    signature types each cell when it is checked), so ``007`` stays ``007`` in a text column.
+
+    Raises:
+        ValidationFailed: the bytes are not a readable file of that format.
+        ValueError: ``fmt`` is not a known format.
+    """
+    _check(raw, name, fmt)
+    if fmt == "parquet":
+        return _parquet_table(raw, name)
+    frame = _read_csv(raw, name, text=True)
+    frame.columns = [str(c) for c in frame.columns]
+    return pa.Table.from_pandas(frame, preserve_index=False)
+
+
+def _check(raw: bytes, name: str, fmt: str) -> None:
     if fmt not in FORMATS:
         raise ValueError(f"unknown batch format {fmt!r}; expected one of {FORMATS}")
     if not raw:
         raise ValidationFailed(f"{name}: empty file (0 bytes)")
-    frame = _read_parquet(raw, name) if fmt == "parquet" else _read_csv(raw, name)
-    frame.columns = [str(c) for c in frame.columns]
-    return frame.reset_index(drop=True)
 
 
 def _preview(raw: bytes) -> str:
     return repr(raw[:16])
 
 
-def _read_parquet(raw: bytes, name: str) -> pd.DataFrame:
+def _parquet_table(raw: bytes, name: str) -> pa.Table:
     if raw[:4] != PARQUET_MAGIC:
         raise ValidationFailed(f"{name}: not a parquet file (no PAR1 magic number; starts with {_preview(raw)})")
     if len(raw) < 12 or raw[-4:] != PARQUET_MAGIC:
         raise ValidationFailed(f"{name}: truncated parquet file ({len(raw)} bytes, footer missing)")
     try:
-        table = pq.read_table(pa.BufferReader(raw))
+        return pq.read_table(pa.BufferReader(raw))
+    except (pa.ArrowException, OSError, ValueError) as exc:
+        raise ValidationFailed(f"{name}: unreadable parquet file: {_one_line(exc)}") from exc
+
+
+def _read_parquet(raw: bytes, name: str) -> pd.DataFrame:
+    table = _parquet_table(raw, name)
+    try:
         frame: pd.DataFrame = table.to_pandas()
     except (pa.ArrowException, OSError, ValueError) as exc:
         raise ValidationFailed(f"{name}: unreadable parquet file: {_one_line(exc)}") from exc
@@ -79,7 +108,8 @@ def _read_parquet(raw: bytes, name: str) -> pd.DataFrame:
     return frame
 
 
-def _read_csv(raw: bytes, name: str) -> pd.DataFrame:
+def _read_csv(raw: bytes, name: str, *, text: bool = False) -> pd.DataFrame:
+    """A CSV's rows; ``text``: every column as text (nulls as ``CSV_NULLS`` say), none guessed."""
     if raw.startswith(codecs.BOM_UTF8):
         logger.debug("%s: stripping a UTF-8 byte-order mark", name)
     try:
@@ -94,6 +124,7 @@ def _read_csv(raw: bytes, name: str) -> pd.DataFrame:
                 keep_default_na=False,
                 na_values=list(CSV_NULLS),
                 index_col=False,
+                dtype=str if text else None,
             )
     except pd.errors.ParserWarning as exc:
         raise ValidationFailed(f"{name}: unparseable CSV: rows have more fields than the header") from exc

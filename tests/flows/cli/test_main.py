@@ -34,6 +34,8 @@ GROUPS = [
     "data",
     "lake",
     "pipeline",
+    "score",
+    "dlq",
     "monitor",
     "serve",
     "heal",
