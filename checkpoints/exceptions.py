@@ -20,6 +20,7 @@ and the two outages both ``serving`` and ``flows`` raise stay here::
     ├── InputNotFound                            flows.batch.inputs: `score --input` names no table, file or folder
     ├── InputUnreadable                          flows.batch.inputs: an input to score cannot be read
     ├── NoChampion                               flows.batch.champion: no @champion to score a batch with
+    ├── UnhealthyChampion                        flows.batch.champion: the @champion's latest golden replay failed
     ├── RemedyFailed                             flows.healer.remedies: a healing remedy could not be applied
     ├── ReleaseError                             flows.release.controller: a release cannot start, move or end
     ├── SLAMissed                                flows.chaos_suite.flow: an experiment missed its SLA

@@ -187,6 +187,27 @@ class ServingConfig(_Section):
     breaker_reset_seconds: float = Field(default=10.0, gt=0)
 
 
+class GoldenConfig(_Section):
+    """The golden-dataset probe: a frozen sample of each promoted version's holdout, replayed against the server.
+
+    At each promotion the pipeline freezes ``rows`` holdout records (stratified by label for
+    classification) with the outputs the registered artifact gives on them; the healer replays
+    the champion's set against ``/predict`` every ``interval_seconds`` and raises
+    ``model_mismatch`` when a label differs or a score is off by more than ``tolerance``.
+
+    Example:
+        >>> GoldenConfig(rows=100, interval_seconds=60, tolerance=1e-6)
+    """
+
+    enabled: bool = True
+    rows: int = Field(default=100, ge=1, le=1000)
+    """Records per golden set (at most the server's ``max_request_rows``: the set is one request)."""
+    interval_seconds: float = Field(default=60.0, gt=0)
+    """Seconds between two replays by the healer (a repair's replay waits at most this long to match)."""
+    tolerance: float = Field(default=1e-6, ge=0.0)
+    """Largest absolute difference between a served score (or regression value) and the frozen one."""
+
+
 class PromoteConfig(_Section):
     """What the pipeline's promote step does with a model that passed the gate."""
 
@@ -314,6 +335,7 @@ DEFAULT_POLICY: dict[str, list[str]] = {
     "latency": ["light_model", "restart_serving"],
     "stale_data": ["quarantine_backfill", "hold_fallback"],
     "lake_corrupted": ["recover_tables"],
+    "model_mismatch": ["restart_serving", "rollback"],
 }
 DEFAULT_COSTS: dict[str, float] = {
     "retrain": 10.0,
@@ -437,6 +459,7 @@ class SelfhealConfig(BaseSettings):
     healing: HealingConfig = Field(default_factory=HealingConfig)
     slas: SLAConfig = Field(default_factory=SLAConfig)
     promote: PromoteConfig = Field(default_factory=PromoteConfig)
+    golden: GoldenConfig = Field(default_factory=GoldenConfig)
     release: ReleaseConfig = Field(default_factory=ReleaseConfig)
     gitops: GitOpsConfig = Field(default_factory=GitOpsConfig)
     source_path: str | None = Field(default=None, exclude=True)

@@ -52,6 +52,17 @@ def _seen(what: str, exc: httpx.HTTPError) -> str:
     return f"{what}: {type(exc).__name__}: {exc}"
 
 
+def _object(what: str, response: httpx.Response) -> dict[str, Any]:
+    """The JSON object ``response`` holds; ServingUnavailable, naming ``what``, when it holds none."""
+    try:
+        body = response.json()
+    except ValueError as exc:
+        raise ServingUnavailable(f"{what}: {response.status_code} without a JSON body: {response.text[:200]}") from exc
+    if not isinstance(body, dict):
+        raise ServingUnavailable(f"{what}: {response.status_code} with {type(body).__name__}, not an object")
+    return body
+
+
 class ServingClient:
     """One model server, by its base URL.
 
@@ -99,14 +110,7 @@ class ServingClient:
         return response
 
     def _json(self, path: str, timeout: float) -> dict[str, Any]:
-        response = self._get(path, timeout)
-        try:
-            body = response.json()
-        except ValueError as exc:
-            raise ServingUnavailable(f"GET {path}: 200 without a JSON body: {response.text[:200]}") from exc
-        if not isinstance(body, dict):
-            raise ServingUnavailable(f"GET {path}: 200 with {type(body).__name__}, not an object")
-        return body
+        return _object(f"GET {path}", self._get(path, timeout))
 
     def ready(self, timeout: float = 2.0) -> dict[str, Any]:
         """The /ready body (``model_version``, ``fallback_version``, ...) of a server that can serve.
@@ -151,6 +155,23 @@ class ServingClient:
         if response.status_code != 200:
             raise ServingUnavailable(f"{target}: HTTP {response.status_code}")
         return response.text
+
+    def predict(
+        self, records: list[dict[str, Any]], timeout: float = 10.0, request_id: str | None = None
+    ) -> tuple[int, dict[str, Any]]:
+        """POST ``records`` to /predict (as ``X-Request-ID: request_id`` when given): (status code, JSON body).
+
+        A 422's body names the fields the model refused.
+
+        Raises:
+            ServingUnavailable: it does not answer, or answers without a JSON object.
+        """
+        headers = {"X-Request-ID": request_id} if request_id else None
+        try:
+            response = self._http.post(f"{self.base_url}/predict", json=records, headers=headers, timeout=timeout)
+        except httpx.HTTPError as exc:
+            raise ServingUnavailable(_seen("POST /predict", exc)) from exc
+        return response.status_code, _object("POST /predict", response)
 
     def reload(self, timeout: float = 30.0) -> bool:
         """Ask the server to re-read the registry now (POST /admin/reload); False, logged, when it cannot be asked.

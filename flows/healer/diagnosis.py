@@ -27,6 +27,7 @@ class Cause(StrEnum):
     LATENCY = "latency"
     STALE_DATA = "stale_data"
     LAKE_CORRUPTED = "lake_corrupted"
+    MODEL_MISMATCH = "model_mismatch"
 
 
 @dataclass(frozen=True)
@@ -90,6 +91,20 @@ def _after_promotion(present: set[SignalKind], ctx: Context) -> set[SignalKind]:
     return present & symptoms
 
 
+def _served_model_differs(present: set[SignalKind], ctx: Context) -> set[SignalKind]:
+    # A server answering the golden set otherwise than the registered champion explains the
+    # quality and error symptoms of the same observation: they are not a separate deploy fault.
+    if SignalKind.MODEL_MISMATCH not in present:
+        return set()
+    symptoms = {
+        SignalKind.PERFORMANCE_DROP,
+        SignalKind.ERROR_RATE,
+        SignalKind.BREAKER_OPEN,
+        SignalKind.PREDICTION_DRIFT,
+    }
+    return present & ({SignalKind.MODEL_MISMATCH} | symptoms)
+
+
 def _quality_issues(present: set[SignalKind], ctx: Context) -> set[SignalKind]:
     # New categories or missing values *with* a distribution shift are the shift's symptoms.
     return set() if SignalKind.DATA_DRIFT in present else present & {SignalKind.DATA_QUALITY}
@@ -109,6 +124,11 @@ RULES: tuple[Rule, ...] = (
     ("a stage table's newest commit is torn", Cause.LAKE_CORRUPTED, _when(SignalKind.LAKE_CORRUPTED)),
     # Whatever the quality says: a champion the server will not load is a deploy that must be undone.
     ("the server refused to load the champion", Cause.BAD_DEPLOY, _when(SignalKind.MODEL_REFUSED)),
+    (
+        "the server answers the golden set otherwise than the registered champion",
+        Cause.MODEL_MISMATCH,
+        _served_model_differs,
+    ),
     ("quality or errors bad from the first windows after a promotion", Cause.BAD_DEPLOY, _after_promotion),
     ("batches or features fail data expectations", Cause.DATA_QUALITY, _quality_issues),
     ("labels disagree with an unchanged input distribution", Cause.CONCEPT_DRIFT, _quality_without_input_shift),

@@ -1,7 +1,8 @@
 """The healer: an explicit state machine over the incident log.
 
 Each tick: observe (a monitor pass plus the healer's own probes of the
-tracking store, the landing zone, the quarantine and the server), diagnose
+tracking store, the landing zone, the quarantine, the server and, every
+``golden.interval_seconds``, the champion's golden set replayed against it), diagnose
 signals into causes, open or join incidents, then move every open incident
 one or more steps::
 
@@ -40,7 +41,7 @@ from checkpoints.leases import claim
 from checkpoints.metrics import METRICS_TABLE, metric_values
 from flows.config import SelfhealConfig
 from flows.events import emit
-from flows.healer import change, policy
+from flows.healer import change, golden, policy
 from flows.healer.diagnosis import Cause, Context, Diagnosis, diagnose
 from flows.healer.remedies import (
     HealContext,
@@ -568,6 +569,13 @@ class Healer:
         except Exception as exc:  # noqa: BLE001 - a check that blows up proves nothing yet: look again next tick
             logger.exception("verifying %s for %s failed", remedy.name, incident.id)
             outcome = Outcome(False, f"{type(exc).__name__}: {exc}", pending=True)
+        if outcome.ok and incident.cause == Cause.MODEL_MISMATCH:  # proven only by the golden set answered as frozen
+            replayed = golden.verify_replay(self.ctx, applied_at)
+            outcome = replace(
+                replayed,
+                detail=f"{outcome.detail}; {replayed.detail}",
+                evidence={**outcome.evidence, **replayed.evidence},
+            )
         quality: dict[str, Any] = {}
         if outcome.ok:
             quiet = observation.started_at > applied_at and self.cause_quiet(incident, observation)
@@ -695,7 +703,11 @@ def observe(ctx: HealContext, since: datetime, run_monitor: bool = True) -> Obse
     upstream = probe_upstream(ctx, now)
     torn = probe_lake(ctx, now)
     observation.signals += upstream + torn
-    observation.signals += probe_serving(ctx, now)
+    serving = probe_serving(ctx, now)
+    observation.signals += serving
+    # A server down or refusing its champion, or a registry away, is those probes' business: no replay then.
+    if not serving and not any("tracking_store" in s.evidence for s in upstream):
+        observation.signals += golden.probe_golden(ctx, now)
     observation.signals += probe_quarantine(ctx, since, now)
     observation.signals += inbox.read(ctx.lake, since, now)  # posted by passes run elsewhere (landed batches)
     if run_monitor and not upstream and not torn:

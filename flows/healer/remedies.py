@@ -78,6 +78,8 @@ class HealContext:
     config_path: str | None
     lake: Lake
     registry: Registry
+    probed_at: dict[str, float] = field(default_factory=dict)
+    """When each probe bound to an interval last ran (``time.monotonic``), e.g. ``golden``."""
 
     @property
     def serving_url(self) -> str:
@@ -313,11 +315,13 @@ class Rollback(Remedy):
         if champion is None or target is None:
             return {"to_version": None}
         refused = incident.evidence.get("refused") or {}
+        mismatched = incident.evidence.get("model_version") if incident.cause == "model_mismatch" else None
         return {
             "from_version": champion.version,
             "to_version": target.version,
-            # A version the server refused must not become the fallback (a later rollback would promote it).
-            "keep_previous": str(refused.get("version")) == champion.version,
+            # A version the server refused, or whose golden set it answered otherwise, must not become
+            # the fallback (a later rollback would promote it).
+            "keep_previous": champion.version in (str(refused.get("version")), str(mismatched)),
         }
 
     def apply(self, ctx: HealContext, incident: Incident, plan: dict[str, Any], key: str) -> Outcome:

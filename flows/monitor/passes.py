@@ -24,6 +24,7 @@ import pyarrow.compute as pc
 
 from checkpoints import Lake
 from checkpoints.exceptions import RegistryUnavailable, ServingUnavailable
+from checkpoints.golden import PROBE_REQUEST_PREFIX
 from checkpoints.scan import read_labeled, utc
 from flows.events import emit
 from flows.monitor import batch, inbox
@@ -254,6 +255,14 @@ def _scrape(serving_url: str | None, timeout: float) -> tuple[ServingSnapshot | 
         return None, str(exc)
 
 
+def _without_golden_probes(rows: pa.Table | None) -> pa.Table | None:
+    """``rows`` without the healer's golden replays (holdout records every minute are not live traffic)."""
+    if rows is None or "_request_id" not in rows.column_names:
+        return rows
+    probe = pc.fill_null(pc.starts_with(rows.column("_request_id"), PROBE_REQUEST_PREFIX), False)
+    return rows.filter(pc.invert(probe))
+
+
 def read_window(
     lake: Lake,
     state: MonitorState,
@@ -268,7 +277,7 @@ def read_window(
     end = now - timedelta(seconds=thresholds.ingest_lag_seconds)
     start = state.inference_watermark or end - INITIAL_LOOKBACK
     drift_start = state.drift_watermark or start
-    rows = lake.window(INFERENCE_LOG, "_ts", min(start, drift_start), end)
+    rows = _without_golden_probes(lake.window(INFERENCE_LOG, "_ts", min(start, drift_start), end))
     rows = rows.sort_by("_ts") if rows is not None else pa.table({"_ts": pa.array([], pa.timestamp("us", tz="UTC"))})
     drift_rows = rows.filter(pc.greater(rows.column("_ts"), utc(drift_start)))
     enough = drift_rows.num_rows >= thresholds.min_window_rows

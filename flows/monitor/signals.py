@@ -39,6 +39,8 @@ class SignalKind(StrEnum):
     """The server refused to load @champion (foreign artifact store, pickle, untrusted type)."""
     LAKE_CORRUPTED = "lake_corrupted"
     """A stage table's newest commit cannot be read (a torn log entry: a crashed writer, a damaged disk)."""
+    MODEL_MISMATCH = "model_mismatch"
+    """The live server's answers to the champion's golden set differ from those frozen at its promotion."""
 
 
 class Severity(StrEnum):

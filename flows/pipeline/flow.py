@@ -38,11 +38,12 @@ from prefect.tasks import exponential_backoff
 from prefect.transactions import Transaction, get_transaction, transaction
 
 from checkpoints import Lake
-from checkpoints.exceptions import SchemaMismatch
+from checkpoints.exceptions import SchemaMismatch, SelfhealError
 from flows.config import SelfhealConfig, load_config
 from flows.monitor.batch import BatchScoring, log_landed_batches
 from flows.monitor.detectors.performance import per_batch_metrics
 from flows.monitor.passes import batch_pass
+from flows.pipeline import golden
 from flows.pipeline.exceptions import PromotionRejected, ValidationFailed
 from flows.pipeline.stages import evaluate, features, ingest, train
 from flows.pipeline.stages.batch_io import read_batch
@@ -580,6 +581,22 @@ def _rollback_challenger(txn: Transaction) -> None:
     registry.delete_version(version)
 
 
+def _holdout(
+    cfg: SelfhealConfig, lake: Lake, silver_version: int, change: ChangeWindow | None
+) -> tuple[pd.DataFrame, list[str]]:
+    """The holdout a model trained on silver ``silver_version`` (from ``change`` on) was scored on, and its features."""
+    schema = locked_schema(lake, cfg)
+    assert schema is not None
+    silver = (change or ChangeWindow()).rows(
+        features.model_frame(lake.read(SILVER, version=silver_version), schema), cfg.trainer.window_batches
+    )
+    labeled = silver[silver[cfg.data.target].notna()].reset_index(drop=True)
+    holdout = train.split_holdout(labeled, cfg.trainer, cfg.data.time_column).holdout.copy()
+    if cfg.data.task != "regression":
+        holdout[cfg.data.target] = holdout[cfg.data.target].astype("int64")
+    return holdout, features.feature_columns(schema, cfg.data.target, cfg.data.id_columns)
+
+
 @task(name="evaluate", cache_policy=NO_CACHE)
 def evaluate_task(
     cfg: SelfhealConfig, challenger: Challenger, silver_version: int, change: ChangeWindow | None = None
@@ -595,17 +612,7 @@ def evaluate_task(
     champion = registry.by_alias(CHAMPION)
     champion_score: float | None = None
     if champion is not None and champion.version != challenger.version:
-        lake = open_lake(cfg)
-        schema = locked_schema(lake, cfg)
-        assert schema is not None
-        silver = (change or ChangeWindow()).rows(
-            features.model_frame(lake.read(SILVER, version=silver_version), schema), cfg.trainer.window_batches
-        )
-        labeled = silver[silver[cfg.data.target].notna()].reset_index(drop=True)
-        holdout = train.split_holdout(labeled, cfg.trainer, cfg.data.time_column).holdout.copy()
-        if cfg.data.task != "regression":
-            holdout[cfg.data.target] = holdout[cfg.data.target].astype("int64")
-        feats = features.feature_columns(schema, cfg.data.target, cfg.data.id_columns)
+        holdout, feats = _holdout(cfg, open_lake(cfg), silver_version, change)
         try:
             model = load_version(registry, champion, cfg.trainer.trusted_types)
         except ModelRefused as exc:
@@ -632,6 +639,26 @@ def promote_task(cfg: SelfhealConfig, version: str) -> str | None:
     old = registry.promote(version)
     _remember(old_champion=old.version if old else None, old_previous=previous.version if previous else None)
     return old.version if old else None
+
+
+@task(name="freeze-golden-set", cache_policy=NO_CACHE)
+def freeze_golden_task(cfg: SelfhealConfig, version: str, silver_version: int, change: ChangeWindow | None) -> int:
+    """Freeze the promoted version's golden set (``flows.pipeline.golden``): rows frozen, 0 if none.
+
+    Best effort: the promotion stands when it fails (the healer's probe then has no set for
+    the version and says so); a version the server cannot load is the refusal probe's business.
+    """
+    if not cfg.golden.enabled:
+        return 0
+    lake = open_lake(cfg)
+    registry = Registry(cfg.tracking_uri, cfg.model_name, artifact_root=cfg.artifact_root)
+    try:
+        holdout, _ = _holdout(cfg, lake, silver_version, change)
+        sample = golden.stratified_sample(holdout, cfg.data.target, cfg.data.task, cfg.golden.rows, cfg.trainer.seed)
+        return golden.freeze(cfg, lake, registry, version, sample, f"holdout of silver v{silver_version}")
+    except (SelfhealError, OSError, ValueError, KeyError) as exc:
+        _log().warning("no golden set for v%s: %s", version, exc)
+        return 0
 
 
 @promote_task.on_rollback
@@ -811,6 +838,7 @@ def _run_stages(
             txn.set("rejection", f"{decision.metric}={decision.challenger:.4f} < {decision.required:.4f}")
             decision.raise_if_rejected()
         old = promote_task(cfg, challenger.version)
+        freeze_golden_task(cfg, challenger.version, silver_version, change)
         if cfg.promote.target != "direct" and old is not None:
             result.outcome, result.champion = "released", old
             result.message = f"v{challenger.version} passed the gate; {cfg.promote.target} release against v{old}"

@@ -63,4 +63,5 @@ def test_every_kind_the_healer_expects_exists() -> None:
         "upstream_outage",
         "model_refused",
         "lake_corrupted",
+        "model_mismatch",
     }
