@@ -199,7 +199,9 @@ class GoldenConfig(_Section):
         >>> GoldenConfig(rows=100, interval_seconds=60, tolerance=1e-6)
     """
 
-    enabled: bool = True
+    enabled: bool = False
+    """Off by default (issue 20): the only whole chaos matrix run with it on missed two healing-on SLAs
+    (data-corrupt-garbage, data-drift-concept: both detections late), cause not established yet."""
     rows: int = Field(default=100, ge=1, le=1000)
     """Records per golden set (at most the server's ``max_request_rows``: the set is one request)."""
     interval_seconds: float = Field(default=60.0, gt=0)

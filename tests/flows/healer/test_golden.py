@@ -98,7 +98,7 @@ def test_the_probe_runs_once_per_interval(tmp_path: Path, monkeypatch: pytest.Mo
         home=str(tmp_path),
         lake={"root": str(tmp_path / "lake")},
         serving={"url": "http://127.0.0.1:9"},
-        golden={"interval_seconds": 3600},
+        golden={"enabled": True, "interval_seconds": 3600},
     )
     ctx = HealContext(cfg, None, Lake(tmp_path / "lake"), Registry(cfg.tracking_uri, cfg.model_name))
     calls: list[int] = []
@@ -150,7 +150,7 @@ def test_a_model_swapped_on_disk_is_caught_by_the_golden_probe_and_repaired(
         lake={"root": str(tmp_path / "lake")},
         landing={"path": str(tmp_path / "landing")},
         serving={"url": f"http://127.0.0.1:{port}"},
-        golden={"rows": 60, "interval_seconds": 1.0},
+        golden={"enabled": True, "rows": 60, "interval_seconds": 1.0},
     )
     Path(cfg.landing.path).mkdir(parents=True)
     registry, _ = _register(cfg)

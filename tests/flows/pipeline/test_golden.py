@@ -19,7 +19,7 @@ def test_a_promotion_freezes_a_stratified_golden_set_from_the_registered_artifac
 ) -> None:
     frame, target = dataset_frame("binary")
     write_batches(frame.iloc[:380], tmp_path / "landing", parts=2)
-    config = write_config(tmp_path, "binary", target, golden__rows=40)
+    config = write_config(tmp_path, "binary", target, golden__rows=40, golden__enabled=True)
     assert pipeline_flow(str(config)).outcome == "promoted"
     cfg = load_config(config)
     registry = Registry(cfg.tracking_uri, cfg.model_name, artifact_root=cfg.artifact_root)
