@@ -25,6 +25,7 @@ later observation in which its cause is quiet.
 
 from __future__ import annotations
 
+import json
 import logging
 import random
 from dataclasses import dataclass, field, replace
@@ -121,9 +122,47 @@ def probe_lake(ctx: HealContext, now: datetime) -> list[Signal]:
     return [_probe_signal(SignalKind.LAKE_CORRUPTED, {"torn": torn}, now)] if torn else []
 
 
-def probe_quarantine(ctx: HealContext, since: datetime, now: datetime) -> list[Signal]:
-    """Batches quarantined since ``since``."""
+#: How far back a running healer reads the quarantine and the signal inbox again at each tick. A
+#: pipeline run stamps a quarantined batch or a posted signal before its commit lands (67-150 ms
+#: measured on a quiet machine, more on a busy one): a window starting at the last tick misses one
+#: committed after that tick read it (CI missed a concept-drift signal so, and the scheduled run then
+#: promoted a model fitted to the drifted data).
+LATE_COMMIT_SECONDS = 120.0
+
+
+@dataclass
+class Delivered:
+    """What a running healer already took from the quarantine and the inbox (they are read again for a while).
+
+    Attributes:
+        started_at: the healer's start: anything stamped before it is not delivered (as before a restart).
+        keys: delivered items and when they were delivered.
+    """
+
+    started_at: datetime
+    keys: dict[str, datetime] = field(default_factory=dict)
+
+    def look_from(self, since: datetime) -> datetime:
+        """Where this tick's reads of the quarantine and the inbox start."""
+        return max(self.started_at, since - timedelta(seconds=LATE_COMMIT_SECONDS))
+
+    def first_time(self, key: str, now: datetime) -> bool:
+        """``key`` was not delivered yet (it is now); keys older than two lookbacks are forgotten."""
+        if key in self.keys:
+            return False
+        bound = now - timedelta(seconds=2 * LATE_COMMIT_SECONDS)
+        self.keys = {k: t for k, t in self.keys.items() if t > bound}
+        self.keys[key] = now
+        return True
+
+
+def probe_quarantine(
+    ctx: HealContext, since: datetime, now: datetime, delivered: Delivered | None = None
+) -> list[Signal]:
+    """Batches quarantined since ``since`` (and, given ``delivered``, not signalled before)."""
     fresh = [r for r in ctx.lake.quarantined() if r.quarantined_at > since]
+    if delivered is not None:
+        fresh = [r for r in fresh if delivered.first_time(f"quarantine:{r.sha256}:{r.quarantined_at.isoformat()}", now)]
     if not fresh:
         return []
     files = [{"source": r.source, "stored_at": r.stored_at, "reason": r.reason} for r in fresh]
@@ -694,8 +733,14 @@ def make_context(cfg: SelfhealConfig, config_path: str | None) -> HealContext:
     return HealContext(cfg, config_path, lake, registry)
 
 
-def observe(ctx: HealContext, since: datetime, run_monitor: bool = True) -> Observation:
-    """One monitor pass (plain calls, no flow run: see ``monitor_pass``) plus the healer's probes."""
+def observe(
+    ctx: HealContext, since: datetime, run_monitor: bool = True, delivered: Delivered | None = None
+) -> Observation:
+    """One monitor pass (plain calls, no flow run: see ``monitor_pass``) plus the healer's probes.
+
+    Given ``delivered`` (a running healer's), the quarantine and the inbox are read from
+    ``LATE_COMMIT_SECONDS`` before ``since``, and what was delivered before is left out.
+    """
 
     cfg = ctx.cfg
     observation = Observation(started_at=datetime.now(UTC))
@@ -708,8 +753,12 @@ def observe(ctx: HealContext, since: datetime, run_monitor: bool = True) -> Obse
     # A server down or refusing its champion, or a registry away, is those probes' business: no replay then.
     if not serving and not any("tracking_store" in s.evidence for s in upstream):
         observation.signals += golden.probe_golden(ctx, now)
-    observation.signals += probe_quarantine(ctx, since, now)
-    observation.signals += inbox.read(ctx.lake, since, now)  # posted by passes run elsewhere (landed batches)
+    look_from = delivered.look_from(since) if delivered is not None else since
+    observation.signals += probe_quarantine(ctx, look_from, now, delivered)
+    posted = inbox.read(ctx.lake, look_from, now)  # posted by passes run elsewhere (landed batches)
+    if delivered is not None:
+        posted = [p for p in posted if delivered.first_time(f"inbox:{json.dumps(p.to_dict(), sort_keys=True)}", now)]
+    observation.signals += posted
     if run_monitor and not upstream and not torn:
         try:
             observation.signals += monitor_pass(cfg)
@@ -784,8 +833,9 @@ class HealerLoop:
         self.healer = Healer(self.ctx, IncidentLog(self.ctx.lake))
         self.run_monitor = run_monitor
         self.last_observed = datetime.now(UTC)
+        self.delivered = Delivered(started_at=self.last_observed)
 
     def tick(self) -> list[Incident]:
-        observation = observe(self.ctx, self.last_observed, self.run_monitor)
+        observation = observe(self.ctx, self.last_observed, self.run_monitor, self.delivered)
         self.last_observed = observation.started_at
         return self.healer.tick(observation)

@@ -354,6 +354,29 @@ def test_a_signal_seen_before_a_person_closed_its_incident_does_not_open_another
     assert len(healer.log.open_incidents()) == 1 and healer.log.open_incidents()[0].id != incident.id
 
 
+def test_a_running_healer_reads_a_signal_stamped_before_its_last_tick_but_committed_after_it(tmp_path: Path) -> None:
+    """A pipeline run stamps what it posts before its commit lands: a tick that started in between
+    read nothing, and a window from that tick on would never see it (a concept drift missed in CI)."""
+    from flows.healer.machine import Delivered, observe
+    from flows.monitor import inbox
+
+    ctx = _refused_registry(tmp_path, healing=True).ctx
+    delivered = Delivered(started_at=datetime.now(UTC) - timedelta(seconds=5))
+    drop = replace(_signal(SignalKind.PERFORMANCE_DROP, metric="roc_auc", value=0.49), source="batch")
+    stamped = datetime.now(UTC)
+    time.sleep(0.01)
+    before_commit = observe(ctx, stamped - timedelta(seconds=1), run_monitor=False, delivered=delivered)
+    inbox.post(ctx.lake, [drop], source="pipeline", now=stamped)  # lands after that tick read
+
+    def drops(since: datetime, with_delivered: bool = True) -> int:
+        seen = observe(ctx, since, run_monitor=False, delivered=delivered if with_delivered else None)
+        return sum(s.kind == SignalKind.PERFORMANCE_DROP for s in seen.signals)
+
+    assert drops(before_commit.started_at, with_delivered=False) == 0  # the window from the last tick misses it
+    assert drops(before_commit.started_at) == 1
+    assert drops(datetime.now(UTC)) == 0  # delivered once
+
+
 # -- a torn commit in a stage table (issue 14: lake-torn-commit) ------------------------------
 def _tick_on_lake(healer: Healer, ticks: int) -> None:
     from flows.healer.machine import probe_lake
