@@ -200,8 +200,8 @@ class GoldenConfig(_Section):
     """
 
     enabled: bool = False
-    """Off by default (issue 20): the only whole chaos matrix run with it on missed two healing-on SLAs
-    (data-corrupt-garbage, data-drift-concept: both detections late), cause not established yet."""
+    """Off by default (issue 20) until a whole chaos matrix holds with it on: the only one run so far missed
+    two healing-on SLAs on late detections (one was the inbox race ``LATE_COMMIT_SECONDS`` now closes)."""
     rows: int = Field(default=100, ge=1, le=1000)
     """Records per golden set (at most the server's ``max_request_rows``: the set is one request)."""
     interval_seconds: float = Field(default=60.0, gt=0)
