@@ -94,7 +94,7 @@ def _interrupt(signum: int, frame: Any) -> None:
 
 def cli_demo(args: argparse.Namespace) -> int:
     """``selfheal demo``: play the fault script; 1 when a fault the healer should fix is not RESOLVED."""
-    from flows.demo.script import run_demo  # imports Prefect, MLflow and the model server: not on --help
+    from flows.demo.script import Demo  # imports Prefect, MLflow and the model server: not on --help
 
     base = config()
     table = _learned_policy(base) if args.policy == "learned" else None
@@ -108,7 +108,7 @@ def cli_demo(args: argparse.Namespace) -> int:
         # traceback; the healer's probe already reports it in one line.
         logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
     signal.signal(signal.SIGTERM, _interrupt)  # so the server and traffic are stopped on kill too
-    report = run_demo(workdir.resolve(), args.batches, args.rows, args.seed, args.profile, table)
+    report = Demo(workdir.resolve(), args.batches, args.rows, args.seed, args.profile, table).run()
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2, default=str))
         print(f"report written to {args.json}", flush=True)

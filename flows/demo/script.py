@@ -183,6 +183,24 @@ class Demo:
         self.policy_table = policy_table
         """A learned policy (``--policy learned``): the demo's healer chooses with it."""
 
+    def run(self) -> dict[str, Any]:
+        """Play the script on the profile's stores; return the report (faults, availability, duration).
+
+        With a ``policy_table`` the healer runs in ``healing.policy_mode: learned`` with it, and
+        the report lists which remedy choices it made.
+        """
+        started = time.perf_counter()
+        try:
+            self.setup()
+            self.play()
+            self.collect_other_incidents()
+        finally:
+            self.teardown()
+        report = self.report(started)
+        report["policy"] = "learned" if self.policy_table is not None else "rules"
+        _table(report)
+        return report
+
     # -- set-up ---------------------------------------------------------------------------
     def setup(self) -> None:
 
@@ -530,30 +548,3 @@ def _table(report: dict[str, Any]) -> None:
             f"\ntraffic: {report['requests']:,} requests, availability {report['availability']:.2%} "
             f"(fallback answers {report['fallback_share']:.2%} of them); demo took {report['seconds']:.0f} s"
         )
-
-
-def run_demo(
-    workdir: Path,
-    batches: int,
-    rows: int,
-    seed: int,
-    profile: str = "embedded",
-    policy_table: PolicyTable | None = None,
-) -> dict[str, Any]:
-    """Play the script on ``profile``'s stores; return the report (faults, availability, duration).
-
-    With ``policy_table`` the healer runs in ``healing.policy_mode: learned`` with it, and
-    the report lists which remedy choices it made.
-    """
-    started = time.perf_counter()
-    demo = Demo(workdir, batches, rows, seed, profile, policy_table)
-    try:
-        demo.setup()
-        demo.play()
-        demo.collect_other_incidents()
-    finally:
-        demo.teardown()
-    report = demo.report(started)
-    report["policy"] = "learned" if policy_table is not None else "rules"
-    _table(report)
-    return report
