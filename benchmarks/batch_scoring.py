@@ -53,6 +53,7 @@ os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "ERROR")
 
 import pandas as pd  # noqa: E402
 
+from flows.batch.chain import BATCH_THREADS  # noqa: E402
 from flows.batch.delivery import CHUNK_ROWS, score_source  # noqa: E402
 from flows.batch.inputs import Source  # noqa: E402
 from flows.demo.data import encode, generate_batch  # noqa: E402
@@ -88,7 +89,7 @@ def champion(root: Path) -> LoadedModel:
     registry.promote(str(info.registered_model_version))
     ref = registry.by_alias(CHAMPION)
     assert ref is not None
-    return LoadedModel.load(registry, ref)
+    return LoadedModel.load(registry, ref, BATCH_THREADS)  # as `selfheal score` loads it
 
 
 def plain(model: LoadedModel, path: Path) -> int:

@@ -11,6 +11,7 @@ One folder per fault domain, each with ``actions.py`` (faults and their undo) an
 ``pipeline``   kill a run mid-stage; caught up after the fault
 ``incidents``  (probes) the healer's incident of a cause RESOLVED
 ``release``    release a subtly worse model through a canary; rolled back in time
+``batch``      the predictions table unwritable while a batch is scored; its rows landed once
 =============  ==============================================================
 
 It imports ``checkpoints`` and ``serving`` but never ``flows``: it runs without
@@ -42,6 +43,10 @@ ACTIVITY_MODULES = (
     "chaos.release.probes",
     "chaos.gitops.actions",
     "chaos.gitops.probes",
+    "chaos.golden.actions",
+    "chaos.golden.probes",
+    "chaos.batch.actions",
+    "chaos.batch.probes",
 )
 
 

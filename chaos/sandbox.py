@@ -74,7 +74,11 @@ STREAM_DATA = {"target": "is_fraud", "task": "binary", "time_column": "event_tim
 #: mostly the old world: in an empty folder both drift experiments' retrains failed
 #: verification and resolved by a rollback after the MTTR.
 STREAM_TRAINER = {"window_batches": 2}
-_INHERITED = ("model_name", "data", "trainer", "gate", "thresholds", "healing", "slas", "release")
+_INHERITED = ("model_name", "data", "trainer", "gate", "thresholds", "healing", "slas", "release", "golden")
+#: The golden probe, on in the sandbox whatever the project says (served-model-mismatch needs it:
+#: every pipeline promotion freezes a set), replayed every 10 s so a swapped model is seen well
+#: within its MTTR; the project's ``rows`` and ``tolerance`` are kept.
+SANDBOX_GOLDEN = {"enabled": True, "interval_seconds": 10.0}
 #: Monitor settings of the sandbox, under the project's own ``thresholds``. Its server flushes
 #: the inference log every second (not every few), so a 2 s ingest lag loses no row; and its
 #: faults are large (a 1.5-sigma covariate shift, a new concept, an inverted model), which a
@@ -233,6 +237,7 @@ class Sandbox:
         # hand and starts the gitops watcher, which passes every 5 s.
         cfg["gitops"] = {"repo": str(PROJECT_DIR), "interval_seconds": GITOPS_INTERVAL_SECONDS, "self_heal": True}
         cfg["thresholds"] = {**SANDBOX_THRESHOLDS, **(cfg.get("thresholds") or {})}
+        cfg["golden"] = {**(cfg.get("golden") or {}), **SANDBOX_GOLDEN}
         healing = dict(cfg.get("healing") or {})
         if self.healing_enabled is not None:
             healing["enabled"] = self.healing_enabled

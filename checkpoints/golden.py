@@ -22,6 +22,7 @@ Example:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -126,3 +127,45 @@ def record_probe(lake: Lake, probe: GoldenProbe) -> bool:
     key = f"golden-probe:{probe.model_version}:{probe.probed_at.isoformat()}"
     lake.append_once(GOLDEN_PROBES, to_table([probe]), key=key)
     return True
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _close(expected: Any, served: Any, tolerance: float) -> bool:
+    if expected is None or served is None:
+        return expected is None and served is None
+    if not (_number(expected) and _number(served)):
+        return False
+    if math.isnan(expected) or math.isnan(served):
+        return math.isnan(expected) and math.isnan(served)
+    return abs(float(expected) - float(served)) <= tolerance
+
+
+def compare(
+    expected: Sequence[GoldenRow],
+    labels: Sequence[Any],
+    scores: Sequence[Any] | None,
+    tolerance: float,
+) -> list[dict[str, Any]]:
+    """The golden records the served outputs disagree with: labels exactly, scores within ``tolerance``.
+
+    A regression set (no frozen score) compares its values within ``tolerance``. A served
+    answer with fewer or more rows than the set differs on every row.
+
+    Example:
+        >>> compare(rows, labels=[1, 0], scores=[0.9, 0.2], tolerance=1e-6)
+        []
+    """
+    if len(labels) != len(expected) or (scores is not None and len(scores) != len(expected)):
+        return [{"row": r.row, "expected": r.expected, "served": "no answer for it"} for r in expected]
+    differences = []
+    for i, row in enumerate(expected):
+        want_label, want_score = row.expected.get("label"), row.expected.get("score")
+        label, score = labels[i], scores[i] if scores is not None else None
+        regression = want_score is None and _number(want_label)
+        same_label = _close(want_label, label, tolerance) if regression else want_label == label
+        if not same_label or not _close(want_score, score, tolerance):
+            differences.append({"row": row.row, "expected": row.expected, "served": {"label": label, "score": score}})
+    return differences

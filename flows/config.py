@@ -199,9 +199,8 @@ class GoldenConfig(_Section):
         >>> GoldenConfig(rows=100, interval_seconds=60, tolerance=1e-6)
     """
 
-    enabled: bool = False
-    """Off by default (issue 20) until a whole chaos matrix holds with it on: the only one run so far missed
-    two healing-on SLAs on late detections (one was the inbox race ``LATE_COMMIT_SECONDS`` now closes)."""
+    enabled: bool = True
+    """Freezing at promotion and the healer's replay, together (the chaos sandbox forces it on, every 10 s)."""
     rows: int = Field(default=100, ge=1, le=1000)
     """Records per golden set (at most the server's ``max_request_rows``: the set is one request)."""
     interval_seconds: float = Field(default=60.0, gt=0)
@@ -331,23 +330,26 @@ DEFAULT_POLICY: dict[str, list[str]] = {
     "serving_down": ["restart_serving", "hold_fallback"],
     "upstream_outage": ["hold_fallback"],
     "bad_deploy": ["rollback", "retrain"],
-    "data_quality": ["quarantine_backfill", "impute"],
+    "data_quality": ["schema_evolution", "quarantine_backfill", "impute"],
     "concept_drift": ["retrain", "rollback"],
     "data_drift": ["retrain", "hold_fallback"],
     "latency": ["light_model", "restart_serving"],
     "stale_data": ["quarantine_backfill", "hold_fallback"],
     "lake_corrupted": ["recover_tables"],
     "model_mismatch": ["restart_serving", "rollback"],
+    "output_delivery": ["replay_dlq"],
 }
 DEFAULT_COSTS: dict[str, float] = {
     "retrain": 10.0,
     "quarantine_backfill": 3.0,
     "impute": 2.0,
+    "schema_evolution": 1.0,
     "recover_tables": 1.0,
     "rollback": 1.0,
     "light_model": 1.0,
     "restart_serving": 1.0,
     "hold_fallback": 0.0,
+    "replay_dlq": 1.0,
 }
 
 
@@ -366,6 +368,31 @@ class LearningConfig(_Section):
     """Seconds of recovery one unit of ``healing.costs`` is worth in the reward."""
 
 
+class SchemaMatchThresholds(_Section):
+    """When the ``schema_evolution`` remedy takes a batch's unknown column for a known one renamed.
+
+    The values decide whether the columns are the same at all (both must hold, or the
+    column is not mapped: a renamed column with other values is a different column);
+    the name and the sample size decide only whether a repair may map it without a person.
+
+    Example:
+        >>> SchemaMatchThresholds(max_ks_distance=0.1)   # stricter than the default
+    """
+
+    max_ks_distance: float = Field(default=0.2, gt=0.0, le=1.0)
+    """Largest Kolmogorov-Smirnov statistic between the column and the known column's last-good values
+    (for text/bool columns, total variation of value frequencies). 0.2: a sample of 100 rows of the known
+    distribution stays below it with 99.9% probability; different features are usually far above it."""
+    min_value_overlap: float = Field(default=0.95, ge=0.0, le=1.0)
+    """Smallest share of the column's values the known column could hold (numbers: within its last-good
+    range; others: among its last-good values)."""
+    min_name_similarity: float = Field(default=0.6, ge=0.0, le=1.0)
+    """Auto only: smallest difflib ratio of the names (amount/amount_v2 0.80, amount/amt 0.67, amount/fare
+    0.20); a pair whose values fit but whose names differ more waits for ``selfheal incidents approve``."""
+    min_rows: int = Field(default=30, ge=1)
+    """Auto only: fewest non-null values of the column to judge its distribution by."""
+
+
 class HealingConfig(_Section):
     """Which remedies the healer tries for each cause, in order, and what it may spend."""
 
@@ -379,6 +406,10 @@ class HealingConfig(_Section):
     """Wait after a failed verification before the next remedy."""
     verify_timeout_seconds: float = Field(default=90.0, gt=0)
     """How long a remedy may wait for fresh evidence before it counts as failed."""
+    dlq_grace_seconds: float = Field(default=15.0, ge=0.0)
+    """Batch rows whose delivery failed (``dlq`` kinds ``write``, ``model``) raise ``output_delivery`` once the
+    oldest has waited this long: a replay into a destination still in its outage only uses up attempts
+    (``flows.healer.dlq``)."""
     costs: dict[str, float] = Field(default_factory=lambda: dict(DEFAULT_COSTS))
     budget_per_window: float = Field(default=100.0, ge=0.0)
     budget_window_seconds: float = Field(default=3600.0, gt=0)
@@ -406,6 +437,11 @@ class HealingConfig(_Section):
     approval: dict[str, Literal["auto", "approve"]] = Field(default_factory=dict)
     """remedy -> ``approve``: the incident waits (AWAITING_APPROVAL) for ``selfheal incidents approve``."""
     learning: LearningConfig = Field(default_factory=LearningConfig)
+    schema_evolution: Literal["auto", "approve"] = "auto"
+    """The ``schema_evolution`` remedy (a quarantined batch's renamed column mapped back to the known one):
+    ``auto`` applies a mapping whose evidence is above ``schema_match``'s auto thresholds; ``approve`` (and
+    any mapping below them) waits for ``selfheal incidents approve``. A mapping is recorded and reused."""
+    schema_match: SchemaMatchThresholds = Field(default_factory=SchemaMatchThresholds)
 
     @model_validator(mode="after")
     def _complete(self) -> HealingConfig:

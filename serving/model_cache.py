@@ -88,6 +88,14 @@ class ModelCache:
             shutil.rmtree(staging, ignore_errors=True)
         self._prune()
 
+    def drop(self, version: str) -> bool:
+        """Forget the cached copy of ``version`` (its next load reads the registry again); whether there was one."""
+        entry = self._entry(version)
+        if not entry.exists():
+            return False
+        shutil.rmtree(entry, ignore_errors=True)
+        return True
+
     def _prune(self) -> None:
         entries = [p for p in self.folder.iterdir() if p.is_dir() and not p.name.startswith(".")]
         named = set(self.remembered().values())

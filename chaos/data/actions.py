@@ -38,6 +38,7 @@ __all__ = [
     "inject_drift",
     "land_batch_in_pieces",
     "land_batches",
+    "land_renamed_batch",
     "remove_injected_batches",
     "resend_batch",
 ]
@@ -251,6 +252,50 @@ def remove_injected_batches(landing_path: str, configuration: Configuration | No
     ledger.record(configuration, "restore", fault="remove_injected_batches", detail={"removed": removed})
     logger.info("removed %d injected batch files, restored %d stream files", len(removed), len(restored))
     return {"removed": removed, "restored": restored}
+
+
+def land_renamed_batch(
+    landing_path: str,
+    column: str | None = None,
+    new_name: str = "txn_{column}",
+    rows: int = 1000,
+    seed: int = 7,
+    config_path: str | None = None,
+    configuration: Configuration | None = None,
+) -> dict[str, Any]:
+    """Land a new batch of the demo stream with one column renamed (an upstream schema change, same values).
+
+    Unlike ``corrupt_batch(mode="schema")`` (a copy of rows already landed) its rows are
+    new, so whether they land, and with which values, can be counted. ``column`` is the
+    first floating-point one unless given; ``new_name`` may use ``{column}``. Returns the
+    file, its digest, the column and its new name (also in the fault ledger, for
+    ``seconds_until_renamed_rows_landed``).
+    """
+    if rows < 1:
+        raise ValueError(f"rows must be >= 1, got {rows}")
+    start = _landing.next_index(landing_path)
+    with tempfile.TemporaryDirectory(prefix="selfheal-renamed-") as tmp:
+        made = _generate(Path(tmp), start, 1, rows, seed, "none", config_path)
+        if not made:
+            raise ActivityFailed("the generator wrote no batch")
+        source = made[0]
+        table = pacsv.read_csv(str(source)) if source.suffix == ".csv" else pq.read_table(str(source))
+    name = _pick_column(table, column)
+    renamed = new_name.format(column=name)
+    if renamed in table.column_names:
+        raise ValueError(f"the batch already has a column {renamed!r}")
+    table = table.rename_columns([renamed if c == name else c for c in table.column_names])
+    out = io.BytesIO()
+    if source.suffix == ".csv":
+        pacsv.write_csv(table, out)
+    else:
+        pq.write_table(table, out)
+    target = Path(landing_path) / source.name
+    _landing.write_atomic(target, out.getvalue())
+    detail = {"paths": [str(target)], "column": name, "renamed_to": renamed, "sha256": _landing.sha256(target)}
+    at = ledger.record(configuration, "fault", fault="land_renamed_batch", detail=detail)
+    logger.info("landed %s with column %r renamed to %r", target.name, name, renamed)
+    return {**detail, "path": str(target), "rows": table.num_rows, "at": at}
 
 
 def _pieces(raw: bytes, suffix: str, fraction: float) -> tuple[bytes, bytes]:

@@ -12,6 +12,7 @@ pyarrow directly (not through the pipeline's own code).
 
 from collections import Counter
 from datetime import UTC, datetime
+from math import isnan
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,7 @@ __all__ = [
     "rows_lost",
     "seconds_until_fault_rows_landed_once",
     "seconds_until_no_rows_lost",
+    "seconds_until_renamed_rows_landed",
 ]
 
 
@@ -135,4 +137,69 @@ def seconds_until_fault_rows_landed_once(
 
     return seconds_until(
         look, "every row of the fault's files in bronze exactly once", timeout, "fault", interval, configuration
+    )
+
+
+def _bronze_values(lake_root: str, bronze_table: str, id_columns: list[str], column: str) -> dict[str, list[Any]]:
+    """Row id -> every value of ``column`` bronze holds for it, read from the Delta snapshot's own files."""
+    path = Path(lake_root) / bronze_table
+    if not (path / "_delta_log").is_dir():
+        return {}
+    files = [uri.removeprefix("file://") for uri in DeltaTable(str(path)).file_uris()]
+    if not files:
+        return {}
+    table = ds.dataset(files, format="parquet").to_table(columns=[*id_columns, column])
+    values: dict[str, list[Any]] = {}
+    for row_id, value in zip(_ids(table, id_columns), table.column(column).to_pylist(), strict=True):
+        values.setdefault(row_id, []).append(value)
+    return values
+
+
+def _same(landed: Any, sent: Any) -> bool:
+    return bool(
+        landed == sent or (isinstance(landed, float) and isinstance(sent, float) and isnan(landed) and isnan(sent))
+    )
+
+
+def seconds_until_renamed_rows_landed(
+    lake_root: str,
+    id_columns: list[str],
+    timeout: float = 60.0,
+    bronze_table: str = "bronze",
+    interval: float = 1.0,
+    configuration: Configuration | None = None,
+) -> float:
+    """Poll until every row of the batches ``land_renamed_batch`` landed is in bronze exactly once, by its ids,
+    holding the value it was sent with under the column's known name; return the seconds from the fault.
+
+    Counts with ``deltalake`` and pyarrow, not the pipeline's code. A row missing, landed
+    twice, or holding another value than it was sent with (imputed, not mapped) keeps it
+    waiting; fails after the timeout with the counts. Before any fault it returns 0.
+    """
+    if ledger.last_event(configuration, "fault") is None:
+        return 0.0
+    faults = [e.detail for e in ledger.current_run(configuration) if e.fault == "land_renamed_batch"]
+    if not faults:
+        raise ActivityFailed("no land_renamed_batch fault recorded in this run")
+
+    def look() -> Check:
+        sent = total = twice = missing = changed = 0
+        for detail in faults:
+            path = Path(detail["paths"][0])  # the rollbacks set it aside only after the verdict
+            table = pacsv.read_csv(str(path)) if path.suffix == ".csv" else pq.read_table(path)
+            landed = _bronze_values(lake_root, bronze_table, id_columns, detail["column"])
+            sent_values = table.column(detail["renamed_to"]).to_pylist()
+            for row_id, value in zip(_ids(table, id_columns), sent_values, strict=True):
+                found = landed.get(row_id, [])
+                total, twice, missing = total + 1, twice + (len(found) > 1), missing + (not found)
+                changed += len(found) == 1 and not _same(found[0], value)
+            sent += 1
+        seen = (
+            f"{total} rows in {sent} renamed batch(es): {missing} not in bronze, {twice} more than once, "
+            f"{changed} with another value than sent"
+        )
+        return Check(total > 0 and twice == missing == changed == 0, seen)
+
+    return seconds_until(
+        look, "every renamed row in bronze once, with its sent value", timeout, "fault", interval, configuration
     )

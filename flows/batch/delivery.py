@@ -6,11 +6,12 @@ A chunk's predictions are appended with the idempotency key
 ``predict:<input version>:<first row>`` (``Lake.append_once`` checks ``transaction_version``
 and commits against the snapshot it checked, so a key already there writes nothing). Of a
 chunk's rows, those the input contract refuses go to the dead-letter queue as one batch;
-when the model raises on the chunk, or the write of its predictions fails, its valid rows
-go there as another, and that chunk counts as delivered: its rows land only by a replay
-from then on, never by a second scoring. Every input row thus ends in the output or in the
-queue, once; scoring an input version again lands nothing. One bad row, or one failed
-chunk, never stops the others.
+when every model of the chain fails on the chunk (``flows.batch.chain``: the champion, then
+``@previous``, then the baseline, as the server answers a request), or the write of its
+predictions fails, its valid rows go there as another, and that chunk counts as delivered:
+its rows land only by a replay from then on, never by a second scoring. Every input row
+thus ends in the output or in the queue, once; scoring an input version again lands
+nothing. One bad row, or one failed chunk, never stops the others.
 
 A replay (``replay``) re-scores a batch's waiting rows with the champion of now. Before it
 scores, it looks in the output for rows of the batch that are already there (an attempt
@@ -19,9 +20,9 @@ are appended with the key ``replay:<batch>:<attempt>``. So a replay run twice, o
 after a crash, lands nothing twice.
 
 Example:
-    >>> delivery = score_source(lake, model, Source("table", "silver"), "predictions")
+    >>> delivery = score_source(lake, chain, Source("table", "silver"), "predictions")
     >>> delivery.landed, delivery.dead_lettered
-    >>> replay(lake, model)          # every waiting batch
+    >>> replay(lake, chain)          # every waiting batch
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ import pyarrow.compute as pc
 from checkpoints import Lake
 from checkpoints.dlq import DLQ, DeadLetter, DeadLetterQueue, Kind, batch_id
 from checkpoints.exceptions import CheckpointError
+from flows.batch.chain import ScoringChain
 from flows.batch.inputs import Batch, InputUnreadable, Source, read
 from flows.batch.scoring import INPUT, INPUT_VERSION, ROW, Lineage, score_rows
 from serving.model import LoadedModel
@@ -103,7 +105,7 @@ def check_output(output: str, sources: Iterable[Source]) -> None:
 
 def score_source(
     lake: Lake,
-    model: LoadedModel,
+    model: ScoringChain | LoadedModel,
     source: Source,
     output: str,
     *,
@@ -114,7 +116,8 @@ def score_source(
     """Read one source and deliver every row of it: its prediction to ``output``, or to the dead-letter queue.
 
     A file found in a folder that cannot be read (or is still being written) is reported in
-    the result; a table or a named file that cannot be read raises.
+    the result; a table or a named file that cannot be read raises. ``model``: the scoring
+    chain, or one model alone (no fallback: a chunk it fails on waits in the queue).
 
     Raises:
         InputUnreadable: a named file or a table cannot be read.
@@ -135,7 +138,7 @@ def score_source(
 
 def score_batch(
     lake: Lake,
-    model: LoadedModel,
+    model: ScoringChain | LoadedModel,
     batch: Batch,
     output: str,
     *,
@@ -146,11 +149,12 @@ def score_batch(
     if chunk_rows < 1:
         raise ValueError(f"chunk_rows must be at least 1, got {chunk_rows}")
     queue = DeadLetterQueue(lake)
+    chain = _chain(model)
     done = Delivery(str(batch), rows=batch.rows.num_rows)
     at = datetime.now(UTC)
     for start in range(0, batch.rows.num_rows, chunk_rows):
         chunk = batch.rows.slice(start, chunk_rows)
-        _deliver_chunk(lake, queue, model, batch, output, start, chunk, id_columns, at, done)
+        _deliver_chunk(lake, queue, chain, batch, output, start, chunk, id_columns, at, done)
     logger.info("%s", done.line())
     return done
 
@@ -158,7 +162,7 @@ def score_batch(
 def _deliver_chunk(
     lake: Lake,
     queue: DeadLetterQueue,
-    model: LoadedModel,
+    model: ScoringChain,
     batch: Batch,
     output: str,
     start: int,
@@ -177,7 +181,7 @@ def _deliver_chunk(
     lineage = Lineage(batch.name, batch.version, positions + start)
     try:
         scored = score_rows(model, chunk, lineage, at=at, id_columns=id_columns)
-    except Exception as exc:  # noqa: BLE001 - the model's own code may raise anything: the chunk waits for a replay
+    except Exception as exc:  # noqa: BLE001 - the chain (or a lone model) failed: the chunk waits for a replay
         done.dead_lettered["model"] += letters.put(whole, "model", positions, f"the model failed: {_one_line(exc)}")
         return
     if scored.refused:
@@ -237,6 +241,11 @@ class _Letters:
         return len(letters) if letters and self.queue.enqueue(letters) else 0
 
 
+def _chain(model: ScoringChain | LoadedModel) -> ScoringChain:
+    """One chain for a whole run (its breaker counts failures across chunks)."""
+    return model if isinstance(model, ScoringChain) else ScoringChain.only(model)
+
+
 def _committed(lake: Lake, output: str, key: str) -> bool:
     """Whether a write that raised committed after all (a failure after the commit); False when that cannot be told.
 
@@ -284,7 +293,7 @@ class Replay:
 
 
 def replay(
-    lake: Lake, model: LoadedModel, batches: Sequence[str] = (), *, id_columns: Sequence[str] = ()
+    lake: Lake, model: ScoringChain | LoadedModel, batches: Sequence[str] = (), *, id_columns: Sequence[str] = ()
 ) -> list[Replay]:
     """Re-score the waiting rows of the dead-letter batches ``batches`` (ids or prefixes; none: every one).
 
@@ -293,16 +302,17 @@ def replay(
         CheckpointError: other replays of a batch kept taking its attempts (run it again).
     """
     queue = DeadLetterQueue(lake)
+    chain = _chain(model)
     named = queue.find(batches) if batches else None
     state = queue.rows()
     ids = named if named is not None else [batch for batch, rows in state.items() if any(r.waiting for r in rows)]
-    return [_replay_batch(lake, queue, model, batch, state.get(batch, []), id_columns) for batch in ids]
+    return [_replay_batch(lake, queue, chain, batch, state.get(batch, []), id_columns) for batch in ids]
 
 
 def _replay_batch(
     lake: Lake,
     queue: DeadLetterQueue,
-    model: LoadedModel,
+    model: ScoringChain,
     batch: str,
     rows: list[DeadLetter],
     id_columns: Sequence[str],
@@ -333,7 +343,7 @@ def _replay_batch(
 def _score_and_land(
     lake: Lake,
     queue: DeadLetterQueue,
-    model: LoadedModel,
+    model: ScoringChain,
     batch: str,
     letters: list[DeadLetter],
     attempt: int,

@@ -1,11 +1,12 @@
 """Batch inference as a Prefect flow (the ``selfheal-batch-inference`` deployment, hourly).
 
 The flow only wires ``flows.batch``'s functions as tasks: resolve the input (by default
-the landing zone), load ``@champion``, then deliver each source (``delivery.score_source``:
-every row's prediction to the output table once per input version, the rows it cannot
-deliver to the dead-letter queue). A scheduled run over files it scored before lands
-nothing. Without a champion, or a landing zone, yet the run completes with a warning:
-there is nothing to score (``selfheal score`` says so as an error).
+the landing zone), load ``@champion`` and its fallback chain (``@previous``, the
+baseline), then deliver each source (``delivery.score_source``: every row's prediction
+to the output table once per input version, the rows it cannot deliver to the dead-letter
+queue). A scheduled run over files it scored before lands nothing. Without a champion,
+or a landing zone, yet the run completes with a warning: there is nothing to score
+(``selfheal score`` says so as an error).
 
 A score task that fails (the lake did not answer) is retried by Prefect: every chunk is
 keyed, so a retry delivers only what the failed attempt had not.
@@ -22,10 +23,10 @@ from prefect.tasks import exponential_backoff
 
 from checkpoints import Lake
 from flows.batch import delivery, inputs
-from flows.batch.champion import NoChampion, load_champion
+from flows.batch.chain import ScoringChain
+from flows.batch.champion import NoChampion, load_chain
 from flows.batch.scoring import PREDICTIONS
 from flows.config import SelfhealConfig, load_config
-from serving.model import LoadedModel
 
 logger = logging.getLogger(__name__)
 
@@ -57,9 +58,9 @@ def resolve_task(cfg: SelfhealConfig, spec: str, output: str) -> list[inputs.Sou
 
 
 @task(name="load-champion", cache_policy=NO_CACHE)
-def load_champion_task(cfg: SelfhealConfig) -> LoadedModel:
+def load_champion_task(cfg: SelfhealConfig) -> ScoringChain:
     # No Prefect retries: the registry client retries transient errors itself (tenacity).
-    return load_champion(cfg)
+    return load_chain(cfg)
 
 
 @task(
@@ -69,7 +70,9 @@ def load_champion_task(cfg: SelfhealConfig) -> LoadedModel:
     retry_delay_seconds=exponential_backoff(backoff_factor=1.0),
     retry_jitter_factor=0.5,
 )
-def score_source_task(cfg: SelfhealConfig, model: LoadedModel, source: inputs.Source, output: str) -> delivery.Delivery:
+def score_source_task(
+    cfg: SelfhealConfig, model: ScoringChain, source: inputs.Source, output: str
+) -> delivery.Delivery:
     return delivery.score_source(
         _lake(cfg),
         model,

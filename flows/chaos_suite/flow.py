@@ -81,11 +81,13 @@ ORDER = (
     "data-corrupt-truncate",
     "data-corrupt-garbage",
     "data-corrupt-schema",
+    "schema-renamed-column",
     "data-corrupt-nulls",
     "data-nested-column",
     "data-partial-write",
     "data-resent-rows",
     "data-non-file-entry",
+    "batch-output-write-failure",
     "pipeline-kill-mid-stage",
     "lake-torn-commit",
     "network-throttle-serving",
@@ -95,6 +97,10 @@ ORDER = (
     "registry-foreign-artifact",
     "approval-held-rollback",
     "release-canary-worse",
+    # Its repair is a rollback to @previous, which must have a golden set: a version the
+    # pipeline promoted (the data experiments' batches leave one). Before the drift
+    # experiments: after those the clean stream is a real shift for the champion.
+    "served-model-mismatch",
     "config-drift",
     # Concept before covariate: a model retrained on shifted inputs makes the clean stream
     # put back by the covariate rollback a real shift, which would be the next experiment's.

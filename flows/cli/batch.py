@@ -20,8 +20,12 @@ _SCORE = """\
 Score a Delta table of the lake, or batch files, with the model registry's @champion,
 and write one prediction per row to a Delta table (--output, default `predictions`):
 the configured id columns, then _input, _input_version (the table's version, or the
-file's sha256), _row (the row's position in that input version), _model_version,
-_scored_at, _prediction, _score, _dlq_batch.
+file's sha256), _row (the row's position in that input version), _model_version (the
+version that answered), _served_by, _scored_at, _prediction, _score, _dlq_batch.
+
+Each chunk is answered by the model server's fallback chain: @champion, else (when it
+fails on the chunk) @previous, else the baseline; _served_by says which (primary,
+fallback, baseline).
 
 --input is a table of the lake (NAME: its newest version; NAME@VERSION), else a
 parquet or CSV file, or a folder of them (files still being written are left for a
@@ -30,7 +34,7 @@ model server applies to a request; a CSV's cells are read as the literal they sp
 
 Exactly once per input version: scoring the same table version, or a file with the
 same content, again lands nothing. Rows that break the contract, and the rows of a
-chunk whose model call or prediction write fails, go to the dead-letter queue (the
+chunk no model of the chain could answer or whose prediction write fails, go to the dead-letter queue (the
 `dlq` table) with the reason and the row's data; the other rows land. See
 `selfheal dlq list`, then `selfheal dlq replay` once the cause is fixed.
 
@@ -95,7 +99,7 @@ def cli_score(args: argparse.Namespace) -> int:
 
     yield_cpu()  # batch work: a model server on the same machine goes first (before the imports below)
     from flows.batch import delivery, inputs
-    from flows.batch.champion import load_champion
+    from flows.batch.champion import load_chain
 
     cfg = config(check_estimator=False)
     lake = open_lake(cfg)
@@ -107,7 +111,7 @@ def cli_score(args: argparse.Namespace) -> int:
     if not sources:
         print(f"nothing to score: {args.input} holds no parquet or CSV batch file")
         return 0
-    model = load_champion(cfg)
+    model = load_chain(cfg)
     print(f"scoring with {cfg.model_name} v{model.version} (@champion) into {args.output}")
     done: list[delivery.Delivery] = []
     try:
@@ -172,7 +176,7 @@ def cli_list(args: argparse.Namespace) -> int:
 def cli_replay(args: argparse.Namespace) -> int:
     """``selfheal dlq replay [--id ID ...]``."""
     from checkpoints.dlq import DeadLetterQueue
-    from flows.batch.champion import load_champion
+    from flows.batch.champion import load_chain
     from flows.batch.delivery import replay
 
     cfg = config(check_estimator=False)
@@ -182,7 +186,7 @@ def cli_replay(args: argparse.Namespace) -> int:
     if not ids:
         print("nothing waits in the dead-letter queue")
         return 0
-    model = load_champion(cfg)
+    model = load_chain(cfg)
     print(f"replaying {len(ids)} batch(es) with {cfg.model_name} v{model.version} (@champion)")
     try:
         results = replay(lake, model, ids, id_columns=cfg.data.id_columns)

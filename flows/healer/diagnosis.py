@@ -28,6 +28,7 @@ class Cause(StrEnum):
     STALE_DATA = "stale_data"
     LAKE_CORRUPTED = "lake_corrupted"
     MODEL_MISMATCH = "model_mismatch"
+    OUTPUT_DELIVERY = "output_delivery"
 
 
 @dataclass(frozen=True)
@@ -41,6 +42,10 @@ class Context:
     healthy_since_promotion: bool = False
     """The champion had a labeled window at its baseline quality after it was promoted:
     a later drop is the world changing (drift), not the deploy."""
+    model_mismatch_open: bool = False
+    """An incident says the server answers the golden set otherwise than the champion: the served
+    model's output shifts, errors and quality drops are that fault's symptoms, whether or not this
+    observation replayed the set (it does so once per ``golden.interval_seconds``)."""
     inputs_drifted: bool = False
     """The inputs shifted: a drift signal, or a quality signal whose labeled predictions'
     inputs the monitor found drifted (its ``inputs_drifted`` evidence). ``diagnose`` sets it."""
@@ -93,8 +98,9 @@ def _after_promotion(present: set[SignalKind], ctx: Context) -> set[SignalKind]:
 
 def _served_model_differs(present: set[SignalKind], ctx: Context) -> set[SignalKind]:
     # A server answering the golden set otherwise than the registered champion explains the
-    # quality and error symptoms of the same observation: they are not a separate deploy fault.
-    if SignalKind.MODEL_MISMATCH not in present:
+    # quality, error and output-shift symptoms of the same observation, and of later ones while
+    # its incident is open: they are not a separate deploy fault, nor drift.
+    if SignalKind.MODEL_MISMATCH not in present and not ctx.model_mismatch_open:
         return set()
     symptoms = {
         SignalKind.PERFORMANCE_DROP,
@@ -150,6 +156,11 @@ RULES: tuple[Rule, ...] = (
         _when(SignalKind.ERROR_RATE, SignalKind.BREAKER_OPEN),
     ),
     ("data stopped arriving or arrives short", Cause.STALE_DATA, _when(SignalKind.STALE_DATA, SignalKind.MISSING_ROWS)),
+    (
+        "batch predictions wait in the dead-letter queue after a failed write or model call",
+        Cause.OUTPUT_DELIVERY,
+        _when(SignalKind.OUTPUT_DELIVERY),
+    ),
 )
 
 

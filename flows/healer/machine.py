@@ -1,7 +1,8 @@
 """The healer: an explicit state machine over the incident log.
 
 Each tick: observe (a monitor pass plus the healer's own probes of the
-tracking store, the landing zone, the quarantine, the server and, every
+tracking store, the landing zone, the quarantine, the dead-letter queue of batch
+scoring (``flows.healer.dlq``), the server and, every
 ``golden.interval_seconds``, the champion's golden set replayed against it), diagnose
 signals into causes, open or join incidents, then move every open incident
 one or more steps::
@@ -42,7 +43,7 @@ from checkpoints.leases import claim
 from checkpoints.metrics import METRICS_TABLE, metric_values
 from flows.config import SelfhealConfig
 from flows.events import emit
-from flows.healer import change, golden, policy
+from flows.healer import change, dlq, golden, policy
 from flows.healer.diagnosis import Cause, Context, Diagnosis, diagnose
 from flows.healer.remedies import (
     HealContext,
@@ -236,6 +237,7 @@ class Healer:
             promoted_at=promoted_at,
             bad_deploy_window=timedelta(seconds=self.cfg.healing.bad_deploy_window_seconds),
             healthy_since_promotion=healthy,
+            model_mismatch_open=any(i.cause == Cause.MODEL_MISMATCH and not i.state.closed for i in incidents),
         )
         touched = []
         for diagnosis in diagnose(signals, context):
@@ -489,8 +491,9 @@ class Healer:
             return None
         if name != choice.remedy:
             choice = replace(choice, remedy=name, chooser="rules", propensity=1.0, explored=False, reason=note)
-        if self.cfg.healing.approval.get(name) == "approve":
-            return self._propose(incident, choice)
+        held = get_remedy(name).approval_needed(self.ctx, incident)
+        if self.cfg.healing.approval.get(name) == "approve" or held:
+            return self._propose(incident, choice, held)
         return self._start(incident, choice, note)
 
     def _start(self, incident: Incident, choice: policy.Choice, note: str) -> Incident | None:
@@ -505,13 +508,15 @@ class Healer:
             _emit(step, State.HEALING)
         return step
 
-    def _propose(self, incident: Incident, choice: policy.Choice) -> Incident | None:
-        """``healing.approval`` says a person decides: wait in AWAITING_APPROVAL (the MTTR clock runs on)."""
+    def _propose(self, incident: Incident, choice: policy.Choice, why: str = "") -> Incident | None:
+        """``healing.approval`` (or the remedy, ``why``) says a person decides: wait in AWAITING_APPROVAL
+        (the MTTR clock runs on)."""
         detail = (
             f"awaiting approval of {choice.remedy}: selfheal incidents approve {incident.id} "
             f"[--remedy R] or selfheal incidents veto {incident.id} --remedy {choice.remedy}"
+            + (f" ({why})" if why else "")
         )
-        evidence = {"proposed": choice.remedy, "decision": choice.to_evidence()}
+        evidence = {"proposed": choice.remedy, "decision": choice.to_evidence(), **({"why": why} if why else {})}
         step = self.log.advance(
             incident, State.AWAITING_APPROVAL, remedy=choice.remedy, evidence=evidence, detail=detail
         )
@@ -755,16 +760,36 @@ def observe(
         observation.signals += golden.probe_golden(ctx, now)
     look_from = delivered.look_from(since) if delivered is not None else since
     observation.signals += probe_quarantine(ctx, look_from, now, delivered)
+    if not torn:  # batch rows whose delivery failed, waiting past the grace (``flows.healer.dlq``)
+        observation.signals += dlq.probe_dlq(ctx.lake, now, cfg.healing.dlq_grace_seconds)
     posted = inbox.read(ctx.lake, look_from, now)  # posted by passes run elsewhere (landed batches)
     if delivered is not None:
         posted = [p for p in posted if delivered.first_time(f"inbox:{json.dumps(p.to_dict(), sort_keys=True)}", now)]
     observation.signals += posted
     if run_monitor and not upstream and not torn:
         try:
-            observation.signals += monitor_pass(cfg)
+            found = monitor_pass(cfg)
         except (RegistryUnavailable, CheckpointCorrupted, OSError) as exc:
             logger.warning("monitor pass failed: %s", exc)
+        else:
+            observation.signals += found + _replay_on_output_shift(ctx, observation.signals, found, now)
     return observation
+
+
+def _replay_on_output_shift(ctx: HealContext, seen: list[Signal], found: list[Signal], now: datetime) -> list[Signal]:
+    """The golden replay ahead of its interval when the outputs shifted and the inputs did not.
+
+    Served outputs moving under unchanged inputs is what a swapped model looks like; the
+    replay says at once whether it is one, so the shift is diagnosed with it (a mismatch)
+    rather than as drift a tick before the scheduled replay would have said so.
+    """
+    kinds = {s.kind for s in found}
+    if SignalKind.PREDICTION_DRIFT not in kinds or SignalKind.DATA_DRIFT in kinds:
+        return []
+    if any(s.kind in (SignalKind.MODEL_MISMATCH, SignalKind.SERVING_DOWN, SignalKind.MODEL_REFUSED) for s in seen):
+        return []
+    ctx.probed_at.pop("golden", None)
+    return golden.probe_golden(ctx, now)
 
 
 def _without_new_categories(signals: list[Signal]) -> list[Signal]:

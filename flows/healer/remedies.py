@@ -16,6 +16,7 @@ import shutil
 import sqlite3
 import subprocess
 import sys
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import datetime
@@ -33,6 +34,7 @@ from checkpoints.exceptions import (
 from checkpoints.incidents import Incident
 from checkpoints.quarantine import imputed_key
 from flows.config import SelfhealConfig
+from flows.healer import dlq, schema_evolution
 from flows.healer.change import CHANGE_POINT, PRE_DRIFT_VERSION, ChangePoint, locate
 from flows.pipeline.stages import ingest
 from flows.pipeline.stages.ingest import LandingUnreachable, list_landing, read_file
@@ -186,6 +188,14 @@ class Remedy:
 
     def plan(self, ctx: HealContext, incident: Incident) -> dict[str, Any]:
         return {}
+
+    def approval_needed(self, ctx: HealContext, incident: Incident) -> str:
+        """Why a person must approve this remedy for ``incident`` before it starts ("" = no need).
+
+        Besides ``healing.approval``: a remedy whose change depends on evidence it finds
+        (e.g. a column mapping) holds itself when that evidence is not strong enough.
+        """
+        return ""
 
     def apply(self, ctx: HealContext, incident: Incident, plan: dict[str, Any], key: str) -> Outcome:
         raise NotImplementedError
@@ -504,9 +514,87 @@ class HoldFallback(Remedy):
         return Outcome(True, f"upstream answers again; champion v{champion.version if champion else '-'} held")
 
 
+class SchemaEvolution(Remedy):
+    """Map a quarantined batch's renamed column back to the known one it matches, record it, land the batch.
+
+    See ``flows.healer.schema_evolution``: held for ``selfheal incidents approve`` when
+    ``healing.schema_evolution`` is ``approve`` or the evidence is below the auto thresholds.
+    """
+
+    name, cost = "schema_evolution", 1.0
+
+    def plan(self, ctx: HealContext, incident: Incident) -> dict[str, Any]:
+        return schema_evolution.propose(ctx.cfg, ctx.lake, incident.evidence.get("quarantined", []))
+
+    def approval_needed(self, ctx: HealContext, incident: Incident) -> str:
+        return schema_evolution.approval_needed(ctx.cfg, self.plan(ctx, incident))
+
+    def apply(self, ctx: HealContext, incident: Incident, plan: dict[str, Any], key: str) -> Outcome:
+        if not plan.get("batches"):
+            why = "; ".join(f"{s['source']}: {s['why']}" for s in plan.get("skipped", [])) or "no batch named"
+            return Outcome(False, f"no quarantined batch has a renamed column to map: {why}", {"skipped": plan})
+        approvals = [t.evidence["by"] for t in incident.transitions if t.evidence.get("approved") == self.name]
+        by = str(approvals[-1]) if approvals else "auto"
+        results = schema_evolution.apply(ctx.lake, ctx.cfg, plan, incident.id, by)
+        missed = {source: r["detail"] for source, r in results.items() if not r["landed"]}
+        if missed:
+            return Outcome(False, f"mapped but not landed: {missed}", {"mapped": results})
+        renamed = {b["source"]: b["renames"] for b in plan["batches"]}
+        return Outcome(True, f"mapped and landed {len(results)} batch(es): {renamed}", {"mapped": results})
+
+    def verify(self, ctx: HealContext, incident: Incident, plan: dict[str, Any], since: datetime) -> Outcome:
+        inside, outside = schema_evolution.landed(ctx.lake, plan)
+        if outside:
+            return Outcome(False, f"not in bronze: {', '.join(outside)}")
+        return Outcome(True, f"{len(inside)} mapped batch(es) in bronze under the known column names")
+
+
+class ReplayDlq(Remedy):
+    """Replay the batch rows whose delivery failed (dead-letter kinds ``write``, ``model``) into their output.
+
+    See ``flows.healer.dlq``: the code of ``selfheal dlq replay``, each row landed exactly once.
+    A destination still broken fails the replay (its rows keep waiting, with the new reason).
+    """
+
+    name, cost = "replay_dlq", 1.0
+
+    def plan(self, ctx: HealContext, incident: Incident) -> dict[str, Any]:
+        return {"batches": sorted(dlq.delivery_failed(ctx.lake).batches)}
+
+    def apply(self, ctx: HealContext, incident: Incident, plan: dict[str, Any], key: str) -> Outcome:
+        # Batches dead-lettered after the plan are the same fault's: replayed with it.
+        batches = sorted({*plan.get("batches", []), *dlq.delivery_failed(ctx.lake).batches})
+        results = dlq.replay(ctx.cfg, ctx.lake, batches)
+        landed = sum(r.landed + r.found for r in results)
+        refused = sum(sum(r.refused.values()) for r in results)
+        evidence = {"replayed": batches, "landed": landed, "still_waiting": refused}
+        if refused:
+            reasons = sum((r.refused for r in results), Counter()).most_common(2)
+            return Outcome(False, f"{refused} row(s) still refused: {reasons}", evidence)
+        return Outcome(True, f"replayed {len(results)} batch(es): {landed} row(s) landed", evidence)
+
+    def verify(self, ctx: HealContext, incident: Incident, plan: dict[str, Any], since: datetime) -> Outcome:
+        waiting = dlq.delivery_failed(ctx.lake)  # read again: fresh evidence, not what apply said
+        if waiting.rows:
+            reasons = dict(waiting.reasons.most_common(2))
+            return Outcome(False, f"{waiting.rows} delivery-failed row(s) still wait: {reasons}", waiting.to_evidence())
+        return Outcome(True, "no delivery-failed row waits in the dead-letter queue")
+
+
 REMEDIES: dict[str, Callable[[], Remedy]] = {
     cls.name: cls
-    for cls in (Retrain, Rollback, LightModel, RecoverTables, QuarantineBackfill, Impute, RestartServing, HoldFallback)
+    for cls in (
+        Retrain,
+        Rollback,
+        LightModel,
+        RecoverTables,
+        QuarantineBackfill,
+        Impute,
+        RestartServing,
+        HoldFallback,
+        SchemaEvolution,
+        ReplayDlq,
+    )
 }
 
 

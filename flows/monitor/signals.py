@@ -41,6 +41,8 @@ class SignalKind(StrEnum):
     """A stage table's newest commit cannot be read (a torn log entry: a crashed writer, a damaged disk)."""
     MODEL_MISMATCH = "model_mismatch"
     """The live server's answers to the champion's golden set differ from those frozen at its promotion."""
+    OUTPUT_DELIVERY = "output_delivery"
+    """Batch predictions whose delivery failed (write or model) wait in the dead-letter queue past a grace period."""
 
 
 class Severity(StrEnum):

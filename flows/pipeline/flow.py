@@ -39,6 +39,7 @@ from prefect.transactions import Transaction, get_transaction, transaction
 
 from checkpoints import Lake
 from checkpoints.exceptions import SchemaMismatch, SelfhealError
+from checkpoints.schema_mappings import renames as recorded_renames
 from flows.config import SelfhealConfig, load_config
 from flows.monitor.batch import BatchScoring, log_landed_batches
 from flows.monitor.detectors.performance import per_batch_metrics
@@ -47,6 +48,7 @@ from flows.pipeline import golden
 from flows.pipeline.exceptions import PromotionRejected, ValidationFailed
 from flows.pipeline.stages import evaluate, features, ingest, train
 from flows.pipeline.stages.batch_io import read_batch
+from flows.pipeline.stages.column_mapping import apply_renames
 from flows.pipeline.stages.validate import (
     ValidationOutcome,
     check_config_columns,
@@ -277,6 +279,7 @@ def land_task(cfg: SelfhealConfig, files: list[ingest.LandingFile], batch_offset
     schema = locked_schema(lake, cfg)
     labels = known_labels(lake, cfg)
     ids = ingest.landed_ids(lake, cfg.data.id_columns)
+    renames = recorded_renames(lake)  # the schema mappings a repair recorded, applied before validation
     frames: dict[int, pd.DataFrame | str] = {}
     # Bronze can exist empty (a first run rolled back): the check waits for a batch that lands.
     if not lake.has_rows(BRONZE):
@@ -286,6 +289,9 @@ def land_task(cfg: SelfhealConfig, files: list[ingest.LandingFile], batch_offset
             _refuse(lake, file, file.refused, summary, [{"check": "read_once", "error": file.refused}])
             continue
         frame = frames.pop(i) if i in frames else _read(cfg, file)
+        if renames and isinstance(frame, pd.DataFrame):
+            frame, mapped = apply_renames(frame, renames)
+            summary.notes.extend(f"{file.name}: {note}" for note in mapped)
         outcome = _validated(cfg, file, frame, schema, labels)
         if isinstance(outcome, str) or not outcome.accepted or outcome.data is None:
             reason = outcome if isinstance(outcome, str) else outcome.reason

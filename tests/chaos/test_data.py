@@ -296,3 +296,22 @@ def test_rows_landed_once_fails_at_once_when_the_fault_file_was_quarantined(
         probes.seconds_until_fault_rows_landed_once(
             str(lake.root), ["transaction_id"], timeout=30, configuration=config
         )
+
+
+def test_renamed_rows_count_only_once_and_as_sent(landing: Path, tmp_path: Path, config: dict[str, Any]) -> None:
+    lake_root = str(tmp_path / "lake")
+    assert probes.seconds_until_renamed_rows_landed(lake_root, ["transaction_id"], configuration=config) == 0
+    done = actions.land_renamed_batch(str(landing), rows=50, seed=11, configuration=config)
+    sent = pq.read_table(done["path"])
+    assert (done["column"], done["renamed_to"]) == ("amount", "txn_amount") and "amount" not in sent.column_names
+    with pytest.raises(ActivityFailed, match="50 rows in 1 renamed batch.*50 not in bronze"):
+        probes.seconds_until_renamed_rows_landed(lake_root, ["transaction_id"], 0.5, interval=0.1, configuration=config)
+    ids, values = sent.column("transaction_id"), sent.column("txn_amount").to_pylist()
+    imputed = Lake(tmp_path / "imputed")  # the rows landed, but not with the values they were sent with
+    imputed.append("bronze", pa.table({"transaction_id": ids, "amount": [v + 1.0 for v in values]}))
+    with pytest.raises(ActivityFailed, match="0 not in bronze, 0 more than once, 50 with another value than sent"):
+        probes.seconds_until_renamed_rows_landed(
+            str(imputed.root), ["transaction_id"], 0.5, interval=0.1, configuration=config
+        )
+    Lake(lake_root).append("bronze", pa.table({"transaction_id": ids, "amount": values}))
+    assert probes.seconds_until_renamed_rows_landed(lake_root, ["transaction_id"], 5, configuration=config) < 5

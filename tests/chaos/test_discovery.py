@@ -42,12 +42,14 @@ ACTIVITIES = [
     ("chaos.data.actions", "inject_drift"),
     ("chaos.data.actions", "land_batch_in_pieces"),
     ("chaos.data.actions", "land_batches"),
+    ("chaos.data.actions", "land_renamed_batch"),
     ("chaos.data.actions", "remove_injected_batches"),
     ("chaos.data.probes", "rows_awaiting_a_person"),
     ("chaos.data.actions", "resend_batch"),
     ("chaos.data.probes", "rows_lost"),
     ("chaos.data.probes", "seconds_until_fault_rows_landed_once"),
     ("chaos.data.probes", "seconds_until_no_rows_lost"),
+    ("chaos.data.probes", "seconds_until_renamed_rows_landed"),
     ("chaos.registry.actions", "make_tracking_store_unreachable"),
     ("chaos.registry.actions", "promote_bad_model"),
     ("chaos.registry.actions", "promote_foreign_model"),
@@ -82,6 +84,13 @@ ACTIVITIES = [
     ("chaos.gitops.actions", "start_watcher"),
     ("chaos.gitops.actions", "stop_watcher"),
     ("chaos.gitops.probes", "seconds_until_definitions_restored"),
+    ("chaos.golden.actions", "ensure_rollback_target"),
+    ("chaos.golden.actions", "restore_served_model"),
+    ("chaos.golden.actions", "swap_served_model"),
+    ("chaos.golden.probes", "seconds_until_golden_set_answered"),
+    ("chaos.batch.actions", "restore_output_table"),
+    ("chaos.batch.actions", "score_during_output_outage"),
+    ("chaos.batch.probes", "seconds_until_batch_rows_landed_once"),
 ]
 EXPECTED = {module: [name for m, name in ACTIVITIES if m == module] for module, _ in ACTIVITIES}
 

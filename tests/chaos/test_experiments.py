@@ -20,6 +20,7 @@ LOCAL = sorted(EXPERIMENTS.glob("*.yaml"))
 KUBERNETES = sorted((EXPERIMENTS / "k8s").glob("*.yaml"))
 LOCAL_NAMES = [
     "approval-held-rollback",
+    "batch-output-write-failure",
     "config-drift",
     "data-corrupt-garbage",
     "data-corrupt-nulls",
@@ -41,6 +42,8 @@ LOCAL_NAMES = [
     "registry-tracking-store-down-long",
     "registry-tracking-store-unreachable",
     "release-canary-worse",
+    "schema-renamed-column",
+    "served-model-mismatch",
     "serving-hang-worker",
     "serving-kill-replica",
     "serving-kill-server",

@@ -69,30 +69,42 @@ class Store:
         return path
 
 
-@pytest.fixture(scope="module")
-def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Store]:
+def register_version(uri: str, artifacts: Path, seed: int = 7) -> str:
+    """Fit the demo model on a batch of the fraud stream, register it as a new version of ``MODEL``; its version."""
     import mlflow
 
     from flows.config import DataConfig, TrainerConfig
     from flows.pipeline.stages.train import build_model, make_estimator
     from flows.pipeline.stages.validate import infer_schema
-    from flows.registry import CHAMPION, Registry
-    from serving.model import ModelThreads
     from serving.modelio import log_sklearn_model, mlflow_uris
 
-    root = tmp_path_factory.mktemp("batch-registry")
-    uri, artifacts = f"sqlite:///{root / 'mlflow.db'}", root / "artifacts"
-    frame = generate_batch(0, rows=2000, seed=7)
+    frame = generate_batch(0, rows=2000, seed=seed)
     data = DataConfig(target="is_fraud", time_column="event_time", id_columns=["transaction_id"])
     schema = infer_schema(frame, data)
     estimator = make_estimator(TrainerConfig(params={"max_iter": 20}), "binary")
     model = build_model(schema, "is_fraud", ["transaction_id"], estimator).fit(frame[list(schema)], frame["is_fraud"])
     with mlflow_uris(uri):
-        experiment = mlflow.create_experiment("batch", artifact_location=str(artifacts))
+        found = mlflow.get_experiment_by_name("batch")
+        experiment = found.experiment_id if found else mlflow.create_experiment("batch", str(artifacts))
         with mlflow.start_run(experiment_id=experiment):
             info = log_sklearn_model(model, frame[list(schema)].head(5), registered_model_name=MODEL)
+    return str(info.registered_model_version)
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Store]:
+    yield from make_store(tmp_path_factory)
+
+
+def make_store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Store]:
+    """A registry with one champion, loaded (the ``store`` fixture; other test modules make their own)."""
+    from flows.registry import CHAMPION, Registry
+    from serving.model import ModelThreads
+
+    root = tmp_path_factory.mktemp("batch-registry")
+    uri, artifacts = f"sqlite:///{root / 'mlflow.db'}", root / "artifacts"
     registry = Registry(uri, MODEL, artifact_root=str(artifacts))
-    registry.promote(str(info.registered_model_version))
+    registry.promote(register_version(uri, artifacts))
     champion = registry.by_alias(CHAMPION)
     assert champion is not None
     loaded = LoadedModel.load(registry, champion, ModelThreads(pool=1))
@@ -171,6 +183,18 @@ def _fail_writes(monkeypatch: pytest.MonkeyPatch, table: str, calls: set[int]) -
     return seen
 
 
+def crash_replays_after_landing(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make every replay die (``KeyboardInterrupt``) after its commit, before it records its events."""
+    record = DeadLetterQueue.record
+
+    def crash_after_landing(self: DeadLetterQueue, events: Any) -> bool:
+        if any(e.status == "replayed" for e in events):
+            raise KeyboardInterrupt("killed mid-replay")
+        return record(self, events)
+
+    monkeypatch.setattr(DeadLetterQueue, "record", crash_after_landing)
+
+
 # -- the acceptance test of issue 20's batch side ------------------------------------------
 def test_a_write_failing_mid_batch_loses_no_row_and_replay_lands_each_exactly_once(
     store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
@@ -204,14 +228,7 @@ def test_a_write_failing_mid_batch_loses_no_row_and_replay_lands_each_exactly_on
 
     monkeypatch.undo()  # the disk has room again
     # The first replay dies after landing its predictions, before it records them.
-    record = DeadLetterQueue.record
-
-    def crash_after_landing(self: DeadLetterQueue, events: Any) -> bool:
-        if any(e.status == "replayed" for e in events):
-            raise KeyboardInterrupt("killed mid-replay")
-        return record(self, events)
-
-    monkeypatch.setattr(DeadLetterQueue, "record", crash_after_landing)
+    crash_replays_after_landing(monkeypatch)
     with pytest.raises(KeyboardInterrupt):
         delivery.replay(lake, store.model)
     monkeypatch.undo()

@@ -18,13 +18,13 @@ import pyarrow as pa
 import pytest
 
 from checkpoints import Lake
-from checkpoints.golden import GoldenProbe, GoldenRow, latest_probe, record_probe
+from checkpoints.golden import GoldenProbe, GoldenRow, compare, latest_probe, record_probe
 from checkpoints.incidents import IncidentLog, State
 from flows.batch.champion import UnhealthyChampion, load_champion
 from flows.config import SelfhealConfig
 from flows.healer import golden
 from flows.healer.diagnosis import Cause, Context, diagnose
-from flows.healer.machine import Healer, make_context, observe
+from flows.healer.machine import Healer, _replay_on_output_shift, make_context, observe
 from flows.healer.remedies import HealContext
 from flows.monitor.signals import Severity, Signal, SignalKind, Window
 from flows.pipeline.golden import freeze, stratified_sample
@@ -46,15 +46,15 @@ def _rows(*expected: tuple[Any, float | None]) -> list[GoldenRow]:
 
 def test_compare_labels_exactly_and_scores_within_the_tolerance() -> None:
     rows = _rows((1, 0.9), (0, 0.2), (1, 0.7))
-    assert golden.compare(rows, [1, 0, 1], [0.9, 0.2 + 5e-7, 0.7], 1e-6) == []
-    differing = golden.compare(rows, [1, 1, 1], [0.9, 0.2, 0.7001], 1e-6)
+    assert compare(rows, [1, 0, 1], [0.9, 0.2 + 5e-7, 0.7], 1e-6) == []
+    differing = compare(rows, [1, 1, 1], [0.9, 0.2, 0.7001], 1e-6)
     assert [d["row"] for d in differing] == [1, 2]
     assert differing[0]["served"] == {"label": 1, "score": 0.2}
-    assert len(golden.compare(rows, [1, 0], [0.9, 0.2], 1e-6)) == 3  # a short answer differs everywhere
-    assert len(golden.compare(rows, [1, 0, 1], None, 1e-6)) == 3  # scores frozen, none served
+    assert len(compare(rows, [1, 0], [0.9, 0.2], 1e-6)) == 3  # a short answer differs everywhere
+    assert len(compare(rows, [1, 0, 1], None, 1e-6)) == 3  # scores frozen, none served
     values = _rows((2.5, None), (3.0, None))  # regression: values within the tolerance
-    assert golden.compare(values, [2.5 + 1e-9, 3.0], [None, None], 1e-6) == []
-    assert len(golden.compare(values, [2.6, 3.0], [None, None], 1e-6)) == 1
+    assert compare(values, [2.5 + 1e-9, 3.0], [None, None], 1e-6) == []
+    assert len(compare(values, [2.6, 3.0], [None, None], 1e-6)) == 1
 
 
 def _signal(kind: SignalKind) -> Signal:
@@ -69,6 +69,19 @@ def test_a_mismatch_is_its_own_cause_and_explains_the_quality_drop_after_a_promo
     assert [(d.cause, len(d.signals)) for d in found] == [(Cause.MODEL_MISMATCH, 2)]  # not also a bad deploy
     found = diagnose([_signal(SignalKind.SERVING_DOWN), _signal(SignalKind.MODEL_MISMATCH)], ctx)
     assert [d.cause for d in found] == [Cause.SERVING_DOWN, Cause.MODEL_MISMATCH]
+
+
+def test_an_output_shift_while_a_mismatch_is_open_is_the_mismatch_not_drift() -> None:
+    shift = [_signal(SignalKind.PREDICTION_DRIFT)]
+    now = datetime.now(UTC)
+    assert [d.cause for d in diagnose(shift, Context(now=now))] == [Cause.DATA_DRIFT]
+    assert [d.cause for d in diagnose(shift, Context(now=now, model_mismatch_open=True))] == [Cause.MODEL_MISMATCH]
+    inputs_too = [*shift, _signal(SignalKind.DATA_DRIFT)]  # shifted inputs stay drift's
+    found = diagnose(inputs_too, Context(now=now, model_mismatch_open=True))
+    assert {(d.cause, s.kind) for d in found for s in d.signals} == {
+        (Cause.MODEL_MISMATCH, SignalKind.PREDICTION_DRIFT),
+        (Cause.DATA_DRIFT, SignalKind.DATA_DRIFT),
+    }
 
 
 def test_the_sample_keeps_every_label_and_its_size() -> None:
@@ -174,6 +187,14 @@ def test_a_model_swapped_on_disk_is_caught_by_the_golden_probe_and_repaired(
         cfg.golden.enabled = False  # without the probe nothing notices
         assert observe(ctx, datetime.now(UTC), run_monitor=False).signals == []
         cfg.golden.enabled = True
+
+        # Served outputs shifting under unchanged inputs replay the set at once, ahead of its interval.
+        ctx.probed_at["golden"] = time.monotonic()
+        shift = _signal(SignalKind.PREDICTION_DRIFT)
+        [early] = _replay_on_output_shift(ctx, [], [shift], datetime.now(UTC))
+        assert early.kind == SignalKind.MODEL_MISMATCH, early.summary()
+        assert _replay_on_output_shift(ctx, [], [shift, _signal(SignalKind.DATA_DRIFT)], datetime.now(UTC)) == []
+        ctx.probed_at.pop("golden")
 
         observation = observe(ctx, datetime.now(UTC), run_monitor=False)  # the first look after the swap
         [mismatch] = observation.signals

@@ -174,7 +174,7 @@ def test_quarantined_batch_backfilled_from_fallback_and_verified(system: dict[st
     _tick_on_quarantine(healer, since=before)
     (incident,) = healer.log.incidents()
     assert incident.cause == "data_quality" and incident.state == State.RESOLVED, incident.last.detail
-    assert incident.remedies_tried == ["quarantine_backfill"] and incident.mttr_seconds is not None
+    assert incident.remedies_tried == ["schema_evolution", "quarantine_backfill"] and incident.mttr_seconds is not None
     assert healer.ctx.lake.read("bronze").num_rows == len(frame)
 
 
@@ -190,7 +190,7 @@ def test_a_nested_column_no_remedy_can_repair_is_escalated_naming_the_file(syste
     _tick_on_quarantine(healer, since=before, ticks=4)
     (incident,) = healer.log.incidents()
     assert incident.cause == "data_quality" and incident.state == State.ESCALATED, incident.last.detail
-    assert incident.remedies_tried == ["quarantine_backfill", "impute"]
+    assert incident.remedies_tried == ["schema_evolution", "quarantine_backfill", "impute"]
     (named,) = incident.evidence["quarantined"]
     assert named["source"].endswith("batch-00002.parquet") and "mean_radius: dtype" in named["reason"]
 

@@ -64,4 +64,5 @@ def test_every_kind_the_healer_expects_exists() -> None:
         "model_refused",
         "lake_corrupted",
         "model_mismatch",
+        "output_delivery",
     }

@@ -5,9 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from checkpoints import Lake
-from checkpoints.golden import golden_set
+from checkpoints.golden import compare, golden_set
 from flows.config import load_config
-from flows.healer.golden import compare
 from flows.pipeline.flow import pipeline_flow
 from flows.registry import CHAMPION, Registry
 from serving.model import LoadedModel
