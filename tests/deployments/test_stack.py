@@ -241,16 +241,6 @@ def _pipeline_runs(api: str, *states: str) -> list[dict[str, Any]]:
     return runs
 
 
-def _champion(client: Any) -> Any:
-    """``fraud-detector@champion`` (None while the model or the alias is not registered yet)."""
-    from mlflow.exceptions import MlflowException
-
-    try:
-        return client.get_model_version_by_alias("fraud-detector", "champion")
-    except MlflowException:
-        return None
-
-
 def _stopped(down: subprocess.CompletedProcess[str]) -> list[str]:
     """The services ``selfheal down`` says it stopped, in its order."""
     line = next(line for line in down.stdout.splitlines() if line.startswith("stopped: "))
@@ -335,10 +325,10 @@ def test_up_production_runs_flows_on_postgres_and_s3_outlives_a_killed_worker_ke
         # Landed files run the pipeline on the workers: bronze on S3, a champion in MLflow on PostgreSQL.
         workers = {name: pids[name] for name in ("prefect-worker-1", "prefect-worker-2")}
         killed = _kill_the_worker_of_a_running_run(stack, workers, window)
-        client = MlflowClient(effective["tracking_uri"])
-        # A later run completed and every row in bronze does not mean the run training on them is done
-        # (seen with 3 test processes on 2 cores: the champion was registered a second after the read).
-        champion = wait_until(lambda: _champion(client), 240, "@champion registered by the runs")
+        # The registry named too: a registry URI an earlier test of this process left set would win over the
+        # one derived from the tracking URI (MLflow resolves the process-wide one first).
+        client = MlflowClient(effective["tracking_uri"], registry_uri=effective["tracking_uri"])
+        champion = client.get_model_version_by_alias("fraud-detector", "champion")
         mlflow_db, prefect_db = state["databases"]["mlflow"], state["databases"]["prefect"]
         assert (int(champion.version),) in _rows(mlflow_db, "select version from model_versions")
         assert _rows(prefect_db, "select count(*) from flow_run where state_type = 'COMPLETED'")[0][0] >= 1
@@ -354,7 +344,7 @@ def test_up_production_runs_flows_on_postgres_and_s3_outlives_a_killed_worker_ke
         del stack.env["SELFHEAL_MISSED_HEARTBEATS"]
         out, pids, state, effective = up()
         started = set().union(*(process_tree(p.pid) for p in pids.values()))
-        client = MlflowClient(effective["tracking_uri"])
+        client = MlflowClient(effective["tracking_uri"], registry_uri=effective["tracking_uri"])
         assert client.get_model_version_by_alias("fraud-detector", "champion").version == champion.version
         assert _pipeline_runs(api, "COMPLETED")
         automations = prefect_api("POST", f"{api}/automations/filter", {})
