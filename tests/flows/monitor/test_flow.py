@@ -279,7 +279,7 @@ def test_champion_context_reads_alias_tags_and_run_metrics(tracking_uri: str) ->
 
     with mlflow.start_run() as run:
         mlflow.log_metric("holdout_roc_auc", 0.93)
-    client = MlflowClient(tracking_uri)
+    client = MlflowClient(tracking_uri, tracking_uri)  # the registry named: a process-wide one would win
     client.create_registered_model("fraud")
     mv = client.create_model_version("fraud", f"runs:/{run.info.run_id}/model", run_id=run.info.run_id)
     client.set_model_version_tag("fraud", mv.version, "selfheal.silver_version", "4")
