@@ -35,10 +35,10 @@ lint: setup
 deps:
 	bash deployments/install-test-deps.sh
 
-# The suite in 3 processes on 2 cores (it mostly waits on servers: about 0.8 of a core busy with 2), then the chaos matrix alone: its verdicts
+# The suite in 2 processes (it mostly waits on servers), then the chaos matrix alone: its verdicts
 # are timed, so nothing else runs beside it.
 test: lint deps
-	$(BIN)/python -m pytest -n 3 --durations=15
+	$(BIN)/python -m pytest -n 2 --durations=15
 	$(BIN)/python -m pytest -m matrix --durations=3 tests/chaos/test_e2e.py
 
 clean:

@@ -70,6 +70,8 @@ def test_breaker_opens_on_a_failing_model_and_the_fallback_answers(model_store: 
     assert http.post(f"{server.url}/predict", json=record).json()["served_by"] == "primary"
     load = Load(server.url, predict_bodies(model_store), threads=4).start()
     try:
+        # The load's own primary answers come before the fault (its threads may start late on a busy machine).
+        wait_until(lambda: load.served_by["primary"] > 0, timeout=30, what="the load's first primary answers")
         model_store.switch.write_text("raise")
 
         def a_breaker_opened() -> bool:
