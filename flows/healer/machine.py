@@ -491,15 +491,18 @@ class Healer:
             return None
         if name != choice.remedy:
             choice = replace(choice, remedy=name, chooser="rules", propensity=1.0, explored=False, reason=note)
-        held = get_remedy(name).approval_needed(self.ctx, incident)
-        if self.cfg.healing.approval.get(name) == "approve" or held:
-            return self._propose(incident, choice, held)
-        return self._start(incident, choice, note)
+        if self.cfg.healing.approval.get(name) == "approve":
+            return self._propose(incident, choice)
+        plan = get_remedy(name).plan(self.ctx, incident)  # once: the hold decision and the start share it
+        held = get_remedy(name).approval_needed(self.ctx, incident, plan)
+        return self._propose(incident, choice, held) if held else self._start(incident, choice, note, plan)
 
-    def _start(self, incident: Incident, choice: policy.Choice, note: str) -> Incident | None:
+    def _start(
+        self, incident: Incident, choice: policy.Choice, note: str, plan: dict[str, Any] | None = None
+    ) -> Incident | None:
         remedy = get_remedy(choice.remedy)
         attempt = incident.attempts(choice.remedy) + 1
-        plan = remedy.plan(self.ctx, incident)
+        plan = remedy.plan(self.ctx, incident) if plan is None else plan
         evidence = {"plan": plan, "key": f"{incident.id}:{choice.remedy}:{attempt}", "decision": choice.to_evidence()}
         step = self.log.advance(
             incident, State.HEALING, remedy=choice.remedy, attempt=attempt, evidence=evidence, detail=note

@@ -189,8 +189,8 @@ class Remedy:
     def plan(self, ctx: HealContext, incident: Incident) -> dict[str, Any]:
         return {}
 
-    def approval_needed(self, ctx: HealContext, incident: Incident) -> str:
-        """Why a person must approve this remedy for ``incident`` before it starts ("" = no need).
+    def approval_needed(self, ctx: HealContext, incident: Incident, plan: dict[str, Any]) -> str:
+        """Why a person must approve this remedy's ``plan`` for ``incident`` before it starts ("" = no need).
 
         Besides ``healing.approval``: a remedy whose change depends on evidence it finds
         (e.g. a column mapping) holds itself when that evidence is not strong enough.
@@ -526,8 +526,8 @@ class SchemaEvolution(Remedy):
     def plan(self, ctx: HealContext, incident: Incident) -> dict[str, Any]:
         return schema_evolution.propose(ctx.cfg, ctx.lake, incident.evidence.get("quarantined", []))
 
-    def approval_needed(self, ctx: HealContext, incident: Incident) -> str:
-        return schema_evolution.approval_needed(ctx.cfg, self.plan(ctx, incident))
+    def approval_needed(self, ctx: HealContext, incident: Incident, plan: dict[str, Any]) -> str:
+        return schema_evolution.approval_needed(ctx.cfg, plan)
 
     def apply(self, ctx: HealContext, incident: Incident, plan: dict[str, Any], key: str) -> Outcome:
         if not plan.get("batches"):
