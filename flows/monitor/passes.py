@@ -351,22 +351,14 @@ def batch_pass(cfg: SelfhealConfig, rows: pa.Table, scored_by: str, now: datetim
     at = now or datetime.now(UTC)
     labels = batch.batch_labels(rows)
     served = [c for c in rows.column_names if not c.startswith("_")]
-    window = MonitorWindow(
-        start=at,
-        end=at,
-        now=at,
-        inference=rows.slice(0, 0),
-        drift_start=at,
-        drift_rows=rows,
-        labeled=labels,
-        performance_start=at,
-        performance_rows=labels,
-        reference=reference_profile(
-            lake, champion.silver_version, limits, cfg.data.target, served, champion.window_batches
-        ),
-        baseline_metrics=dict(champion.metrics),
-        baseline_spread=dict(champion.spread),
-        task=cfg.data.task,
+    window = MonitorWindow.of_batch(
+        rows,
+        labels,
+        at,
+        reference_profile(lake, champion.silver_version, limits, cfg.data.target, served, champion.window_batches),
+        champion.metrics,
+        champion.spread,
+        cfg.data.task,
     )
     # A batch that moved is where the change starts: the healer's retrain trains from it on.
     first = int(pc.min(rows.column("_batch_id")).as_py()) if "_batch_id" in rows.column_names else None

@@ -36,7 +36,7 @@ from flows.monitor.detectors import (
     compare,
     robust_z,
 )
-from flows.monitor.detectors.performance import Task, estimate_performance
+from flows.monitor.detectors.performance import PerformanceCheck, Task, estimate_performance
 from flows.monitor.detectors.streaming import ErrorKind
 from flows.monitor.scrape import ServingSnapshot, deltas
 from flows.monitor.signals import Severity, Signal, SignalKind, Window
@@ -94,6 +94,34 @@ class MonitorWindow:
     baseline_metrics: Mapping[str, float] = field(default_factory=dict)
     baseline_spread: Mapping[str, float] = field(default_factory=dict)
     task: Task = "binary"
+
+    @classmethod
+    def of_batch(
+        cls,
+        rows: pa.Table,
+        labels: pa.Table | None,
+        at: datetime,
+        reference: ReferenceProfile | None,
+        baseline_metrics: Mapping[str, float],
+        baseline_spread: Mapping[str, float],
+        task: Task,
+    ) -> MonitorWindow:
+        """A landed batch as one complete window: its scored ``rows`` and their ``labels``, judged at ``at``."""
+        return cls(
+            start=at,
+            end=at,
+            now=at,
+            inference=rows.slice(0, 0),
+            drift_start=at,
+            drift_rows=rows,
+            labeled=labels,
+            performance_start=at,
+            performance_rows=labels,
+            reference=reference,
+            baseline_metrics=dict(baseline_metrics),
+            baseline_spread=dict(baseline_spread),
+            task=task,
+        )
 
 
 @dataclass(frozen=True)
@@ -385,10 +413,16 @@ def _drift(c: _Collector) -> tuple[DriftReport | None, DriftReport | None]:
 
 
 def _impact(c: _Collector, prediction: DriftReport | None) -> dict[str, Any]:
-    """Does the window's drift reach the model: its outputs moved, or its estimated quality fell?
+    """Does the window's drift reach the model: its outputs moved, its estimated quality fell, or its labels say so?
 
     The estimate (CBPE, ``estimate_performance``) reads the champion's own scores on the
     drift window, so it needs no labels; it is recorded as ``performance.estimated.*``.
+    It cannot see a model that is confidently wrong on a region it never saw; labels
+    can. With the window's labeled rows (a landed batch's own labels, or live feedback),
+    the drift is felt when quality on them is below the champion's baseline by more than
+    ``max_drop`` and ``z`` of their own standard errors: the inputs have already moved, so
+    the question is only whether the model is worse on them, not whether a batch may
+    vary that much for no reason (the performance signal's between-batch allowance).
     """
     impact: dict[str, Any] = {"prediction_drift": bool(prediction is not None and prediction.drifted)}
     rows = c.w.drift_rows
@@ -408,12 +442,18 @@ def _impact(c: _Collector, prediction: DriftReport | None) -> dict[str, Any]:
             impact["estimated_drop"] = est.dropped
             if est.worst is not None:
                 impact["estimated_worse_by"] = {est.worst: est.worse_by}
-    if prediction is None and "estimated_worse_by" not in impact:
+    labeled = _labeled_check(c, spread=False)
+    if labeled is not None and labeled.worst is not None:
+        impact["labeled_drop"] = labeled.dropped
+        impact["labeled_worse_by"] = {labeled.worst.metric: labeled.worst.worse_by}
+    if prediction is None and "estimated_worse_by" not in impact and "labeled_drop" not in impact:
         # Neither the outputs nor the quality against a baseline could be measured: unknown,
         # so the drift is treated as reaching the model.
         impact["reaches_model"] = None
     else:
-        impact["reaches_model"] = impact["prediction_drift"] or bool(impact.get("estimated_drop"))
+        impact["reaches_model"] = (
+            impact["prediction_drift"] or bool(impact.get("estimated_drop")) or bool(impact.get("labeled_drop"))
+        )
     return impact
 
 
@@ -549,21 +589,31 @@ def _concept(c: _Collector, state: MonitorState) -> dict[str, dict[str, Any]]:
     return detectors
 
 
-def _performance(c: _Collector) -> None:
-    w, t = c.w, c.t
+def _labeled_check(c: _Collector, *, spread: bool) -> PerformanceCheck | None:
+    """The window's labeled rows against the champion's baseline (None: too few labels).
+
+    ``spread``: allow for the champion's quality varying between holdout batches (the
+    performance signal) or not (the window's own standard error only: drift impact).
+    """
+    w = c.w
     rows = w.performance_rows
     if rows is None or rows.num_rows == 0:
-        return
+        return None
     score = rows.column("_score").to_numpy(zero_copy_only=False) if "_score" in rows.column_names else None
-    check = check_performance(
+    return check_performance(
         rows.column("label").to_numpy(zero_copy_only=False),
         rows.column("_prediction").to_numpy(zero_copy_only=False),
         score,
         w.task,
         w.baseline_metrics,
-        t.performance,
-        w.baseline_spread,
+        c.t.performance,
+        w.baseline_spread if spread else None,
     )
+
+
+def _performance(c: _Collector) -> None:
+    w = c.w
+    check = _labeled_check(c, spread=True)
     if check is None:
         return
     for name, value in check.metrics.items():

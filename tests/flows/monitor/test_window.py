@@ -8,7 +8,8 @@ import numpy as np
 import pyarrow as pa
 
 from flows.monitor.detectors import MonitorThresholds
-from flows.monitor.signals import Signal
+from flows.monitor.detectors.drift import ReferenceProfile
+from flows.monitor.signals import Severity, Signal, SignalKind
 from flows.monitor.state import MonitorState
 from flows.monitor.window import MonitorWindow, assess
 from tests.flows.monitor.fixtures import T0
@@ -59,3 +60,54 @@ def test_row_drop_is_missing_rows_after_three_windows_and_old_table_is_stale() -
     out = _assess_series(windows, t)
     assert all(not s for s in out[:11])
     assert {s.kind.value for s in out[11]} == {"missing_rows", "stale_data"}
+
+
+def _confidently_wrong_batch(shift: float, wrong: float) -> MonitorWindow:
+    """A landed batch judged as the pipeline does (``batch_pass``): its own labels, no prediction reference.
+
+    The champion is sure of every answer (its estimate cannot fall); on ``wrong`` of the
+    rows it is sure and wrong, as on a region it never saw.
+    """
+    rng = np.random.default_rng(31)
+    n = 2000
+    reference = pa.table({"amount": rng.normal(50, 10, 6000), "_batch_id": np.repeat(np.arange(6), 1000)})
+    label = (rng.random(n) < 0.1).astype(float)
+    flipped = rng.random(n) < wrong
+    right = np.where(label == 1, rng.uniform(0.9, 1.0, n), rng.uniform(0.0, 0.1, n))
+    score = np.where(flipped, 1.0 - right, right)
+    rows = pa.table(
+        {"amount": rng.normal(50 + shift, 10, n), "_score": score, "_prediction": (score >= 0.5).astype(float)}
+    )
+    labels = pa.table(
+        {
+            "label": label,
+            "_prediction": rows.column("_prediction"),
+            "_score": score,
+            "_model_version": ["1"] * n,
+            "ts": [T0] * n,
+        }
+    )
+    return MonitorWindow.of_batch(
+        rows,
+        labels,
+        T0,
+        ReferenceProfile.from_data(reference, MonitorThresholds().drift),
+        {"roc_auc": 0.93},
+        {"roc_auc": 0.076},  # holdout batches of 200 rows with a few positives vary that much
+        "binary",
+    )
+
+
+def test_drift_is_felt_when_its_labels_show_the_model_worse_on_it_though_its_estimate_did_not_move() -> None:
+    t = MonitorThresholds()
+    felt = assess(_confidently_wrong_batch(shift=8.0, wrong=0.27), MonitorState(), t).signals
+    unfelt = assess(_confidently_wrong_batch(shift=8.0, wrong=0.0), MonitorState(), t).signals
+
+    drift = next(s for s in felt if s.kind == SignalKind.DATA_DRIFT)
+    impact = drift.evidence["impact"]
+    assert impact["estimated_drop"] is False and impact["labeled_drop"] is True and impact["reaches_model"] is True
+    assert drift.severity == Severity.CRITICAL
+    # within the holdout batches' spread: not a performance incident of its own
+    assert SignalKind.PERFORMANCE_DROP not in {s.kind for s in felt}
+    quiet = next(s for s in unfelt if s.kind == SignalKind.DATA_DRIFT)
+    assert quiet.evidence["impact"]["reaches_model"] is False and quiet.severity == Severity.WARNING
