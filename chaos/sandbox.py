@@ -75,7 +75,7 @@ STREAM_DATA = {"target": "is_fraud", "task": "binary", "time_column": "event_tim
 #: verification and resolved by a rollback after the MTTR.
 STREAM_TRAINER = {"window_batches": 2}
 _INHERITED = ("model_name", "data", "trainer", "gate", "thresholds", "healing", "slas", "release", "golden")
-#: The golden probe, on in the sandbox whatever the project says (held/served-model-mismatch needs it:
+#: The golden probe, on in the sandbox whatever the project says (served-model-mismatch needs it:
 #: every pipeline promotion freezes a set), replayed every 10 s so a swapped model is seen well
 #: within its MTTR; the project's ``rows`` and ``tolerance`` are kept.
 SANDBOX_GOLDEN = {"enabled": True, "interval_seconds": 10.0}

@@ -97,6 +97,10 @@ ORDER = (
     "registry-foreign-artifact",
     "approval-held-rollback",
     "release-canary-worse",
+    # Its repair is a rollback to @previous, which must have a golden set: a version the
+    # pipeline promoted (the data experiments' batches leave one). Before the drift
+    # experiments: after those the clean stream is a real shift for the champion.
+    "served-model-mismatch",
     "config-drift",
     # Concept before covariate: a model retrained on shifted inputs makes the clean stream
     # put back by the covariate rollback a real shift, which would be the next experiment's.

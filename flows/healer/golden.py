@@ -29,7 +29,9 @@ from typing import Any
 
 from checkpoints.exceptions import CheckpointError, RegistryUnavailable, ServingUnavailable
 from checkpoints.golden import PROBE_REQUEST_PREFIX, GoldenProbe, compare, golden_set, record_probe
+from checkpoints.incidents import Incident
 from flows.healer.remedies import HealContext, Outcome, server_ready
+from flows.monitor.passes import forget_prediction_reference
 from flows.monitor.signals import Severity, Signal, SignalKind, Window
 from flows.registry import CHAMPION
 
@@ -169,3 +171,23 @@ def verify_replay(ctx: HealContext, applied_at: datetime) -> Outcome:
     return Outcome(
         False, replay.summary(), {"golden": replay.to_evidence()}, pending=waited < ctx.cfg.golden.interval_seconds
     )
+
+
+def forget_mismatched_reference(ctx: HealContext, incident: Incident) -> None:
+    """A ``model_mismatch`` resolved: drop the prediction reference of the version that answered otherwise.
+
+    The monitor makes a version's prediction reference from the first window it serves:
+    a version swapped soon after its promotion got the wrong artifact's predictions as
+    its reference. Kept, the registered model would read as prediction drift once it
+    serves under that version again (a restart that reloads it, or a person restoring the
+    file and promoting it back), and make any input drift look felt. Never raises: the
+    monitor then compares with the old reference, as before.
+    """
+    version = incident.evidence.get("served_version") or incident.evidence.get("model_version")
+    if not version:
+        return
+    try:
+        if forget_prediction_reference(ctx.lake, str(version)):
+            logger.info("dropped the prediction reference of v%s: the mismatched model may have made it", version)
+    except CheckpointError as exc:
+        logger.warning("could not drop the prediction reference of v%s: %s", version, exc)

@@ -640,6 +640,8 @@ class Healer:
                 detail = f"verified: {outcome.detail}; {fresh}"
                 resolved = self._step(incident, State.RESOLVED, verifying, {**outcome.evidence, **quality}, detail)
                 if resolved is not None:
+                    if incident.cause == Cause.MODEL_MISMATCH:
+                        golden.forget_mismatched_reference(self.ctx, resolved)
                     self._log_decisions(resolved)
                     logger.warning(
                         "incident %s RESOLVED by %s in %.1f s", incident.id, remedy.name, resolved.mttr_seconds or 0

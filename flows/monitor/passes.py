@@ -188,12 +188,32 @@ def prediction_reference(
     cols = [c for c in PREDICTION_COLUMNS if c in drift_rows.column_names]
     stored = lake.scan(PREDICTION_REFERENCE, pc.field("model_version") == version)
     if stored is None or stored.num_rows == 0:
-        own = drift_rows.filter(pc.equal(drift_rows.column("_model_version"), version))
-        first = own.sort_by("_ts").slice(0, thresholds.prediction_reference_rows).select(cols)
+        own = drift_rows.filter(pc.equal(drift_rows.column("_model_version"), version)).sort_by("_ts")
+        first = own.slice(0, thresholds.prediction_reference_rows).select(cols)
         first = first.append_column("model_version", pa.array([version] * first.num_rows, pa.string()))
-        lake.append(PREDICTION_REFERENCE, first, key=f"prediction-reference:{version}")
+        # Keyed by its first row too: a reference forgotten (forget_prediction_reference) is made again.
+        since = own.column("_ts")[0].as_py().isoformat() if own.num_rows else ""
+        lake.append(PREDICTION_REFERENCE, first, key=f"prediction-reference:{version}:{since}")
         return None
     return ReferenceProfile.from_data(stored, thresholds.prediction_drift, columns=cols)
+
+
+def forget_prediction_reference(lake: Lake, version: str) -> bool:
+    """Drop ``version``'s prediction reference: the next drift window it serves makes a new one.
+
+    For a version whose served predictions were not its registered model's (a swapped
+    artifact, ``model_mismatch``): a reference drawn from them would make the right model,
+    once it serves again, read as prediction drift (and any input drift as felt). Returns
+    whether there was one to drop.
+    """
+    if not lake.exists(PREDICTION_REFERENCE):
+        return False
+    stored = lake.read(PREDICTION_REFERENCE)
+    kept = stored.filter(pc.not_equal(stored.column("model_version"), version))
+    if kept.num_rows == stored.num_rows:
+        return False
+    lake.overwrite(PREDICTION_REFERENCE, kept)
+    return True
 
 
 def champion_rows(rows: pa.Table, version: str | None, min_rows: int) -> pa.Table | None:

@@ -43,6 +43,7 @@ LOCAL_NAMES = [
     "registry-tracking-store-unreachable",
     "release-canary-worse",
     "schema-renamed-column",
+    "served-model-mismatch",
     "serving-hang-worker",
     "serving-kill-replica",
     "serving-kill-server",

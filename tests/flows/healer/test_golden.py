@@ -26,6 +26,7 @@ from flows.healer import golden
 from flows.healer.diagnosis import Cause, Context, diagnose
 from flows.healer.machine import Healer, _replay_on_output_shift, make_context, observe
 from flows.healer.remedies import HealContext
+from flows.monitor.passes import PREDICTION_REFERENCE
 from flows.monitor.signals import Severity, Signal, SignalKind, Window
 from flows.pipeline.golden import freeze, stratified_sample
 from flows.registry import CHAMPION, PREVIOUS, Registry
@@ -203,6 +204,11 @@ def test_a_model_swapped_on_disk_is_caught_by_the_golden_probe_and_repaired(
         with pytest.raises(UnhealthyChampion, match="golden replay failed"):
             load_champion(cfg)  # batch scoring refuses the champion meanwhile
 
+        # The monitor made v2's prediction reference from the swapped model's first window.
+        for version, score in (("1", 0.2), ("2", 0.9)):
+            made = pa.table({"_prediction": [1.0] * 5, "_score": [score] * 5, "model_version": [version] * 5})
+            ctx.lake.append(PREDICTION_REFERENCE, made)
+
         healer.tick(observation)
         deadline = time.monotonic() + 60
         while healer.log.open_incidents() and time.monotonic() < deadline:
@@ -219,5 +225,9 @@ def test_a_model_swapped_on_disk_is_caught_by_the_golden_probe_and_repaired(
         assert replay is not None and replay.passed and replay.version == "1", why
         assert latest_probe(ctx.lake, "1").passed  # type: ignore[union-attr]
         load_champion(cfg).close()  # the gate lets the repaired champion score
+        # v2's reference was the swapped model's: dropped, so the registered v2 (once it serves
+        # again) makes its own instead of reading as prediction drift; v1's is kept.
+        kept = ctx.lake.read(PREDICTION_REFERENCE)
+        assert set(kept.column("model_version").to_pylist()) == {"1"}
     finally:
         server.stop()

@@ -18,6 +18,7 @@ from checkpoints import Lake
 from flows.healer.diagnosis import Cause, Context, diagnose
 from flows.monitor.detectors import MonitorThresholds
 from flows.monitor.flow import Champion, baseline_metrics, champion_context, monitor_flow, read_window
+from flows.monitor.passes import forget_prediction_reference
 from flows.monitor.signals import Signal, SignalKind
 from flows.monitor.state import commit_run, load_state
 from flows.monitor.window import assess
@@ -129,6 +130,24 @@ def test_prediction_reference_is_written_once_then_compared(silver_lake: Lake) -
     signals = run_once(silver_lake, 4, t)
     assert "prediction_drift" in kinds(signals)
     assert silver_lake.read("prediction_reference").num_rows == 1000
+
+
+def test_a_forgotten_prediction_reference_is_made_again_from_the_next_window(silver_lake: Lake) -> None:
+    rng = np.random.default_rng(4)
+    t = MonitorThresholds()
+    _batch(silver_lake, rng, 2, "b0")
+    run_once(silver_lake, 2, t)
+    first = silver_lake.read("prediction_reference")
+
+    assert forget_prediction_reference(silver_lake, "1")
+    assert silver_lake.read("prediction_reference").num_rows == 0
+    assert not forget_prediction_reference(silver_lake, "1")  # nothing left to drop
+
+    _batch(silver_lake, rng, 4, "b1", shift=1.0)
+    signals = run_once(silver_lake, 4, t)
+    assert "prediction_drift" not in kinds(signals)  # this window is the new reference: nothing to compare
+    again = silver_lake.read("prediction_reference")
+    assert again.num_rows == first.num_rows and again.column("_score") != first.column("_score")
 
 
 @pytest.mark.parametrize("served_as", ["challenger", "champion"])
