@@ -155,6 +155,17 @@ class _Collector:
         self.history = SeriesHistory.from_dict(state.history, t.anomaly.history)
         self.tested_drift: DriftReport | None = None
         self._input_shift: dict[str, Any] | None = None
+        self._labeled: tuple[PerformanceCheck | None] | None = None
+
+    def labeled_check(self) -> PerformanceCheck | None:
+        """The window's labeled rows against the champion's baseline (None: too few labels). Computed once.
+
+        Read twice: by the performance signal (``dropped``, with the between-batch allowance)
+        and by the drift impact (``beyond_own_error``).
+        """
+        if self._labeled is None:
+            self._labeled = (_labeled_check(self.w, self.t),)
+        return self._labeled[0]
 
     def input_shift(self) -> dict[str, Any]:
         """Evidence for a quality verdict: did the inputs of the labeled predictions shift?
@@ -442,9 +453,9 @@ def _impact(c: _Collector, prediction: DriftReport | None) -> dict[str, Any]:
             impact["estimated_drop"] = est.dropped
             if est.worst is not None:
                 impact["estimated_worse_by"] = {est.worst: est.worse_by}
-    labeled = _labeled_check(c, spread=False)
+    labeled = c.labeled_check()
     if labeled is not None and labeled.worst is not None:
-        impact["labeled_drop"] = labeled.dropped
+        impact["labeled_drop"] = labeled.beyond_own_error
         impact["labeled_worse_by"] = {labeled.worst.metric: labeled.worst.worse_by}
     if prediction is None and "estimated_worse_by" not in impact and "labeled_drop" not in impact:
         # Neither the outputs nor the quality against a baseline could be measured: unknown,
@@ -589,13 +600,7 @@ def _concept(c: _Collector, state: MonitorState) -> dict[str, dict[str, Any]]:
     return detectors
 
 
-def _labeled_check(c: _Collector, *, spread: bool) -> PerformanceCheck | None:
-    """The window's labeled rows against the champion's baseline (None: too few labels).
-
-    ``spread``: allow for the champion's quality varying between holdout batches (the
-    performance signal) or not (the window's own standard error only: drift impact).
-    """
-    w = c.w
+def _labeled_check(w: MonitorWindow, t: MonitorThresholds) -> PerformanceCheck | None:
     rows = w.performance_rows
     if rows is None or rows.num_rows == 0:
         return None
@@ -606,14 +611,14 @@ def _labeled_check(c: _Collector, *, spread: bool) -> PerformanceCheck | None:
         score,
         w.task,
         w.baseline_metrics,
-        c.t.performance,
-        w.baseline_spread if spread else None,
+        t.performance,
+        w.baseline_spread,
     )
 
 
 def _performance(c: _Collector) -> None:
     w = c.w
-    check = _labeled_check(c, spread=True)
+    check = c.labeled_check()
     if check is None:
         return
     for name, value in check.metrics.items():

@@ -37,7 +37,9 @@ class MetricCheck:
         standard_error: of ``value`` (analytic approximation).
         baseline: the champion's validation value.
         worse_by: how much worse than the baseline (absolute; > 0 is worse).
-        dropped: beyond the tolerance and beyond ``z`` standard errors.
+        dropped: beyond the tolerance and beyond ``z`` standard errors (or the between-batch spread).
+        beyond_own_error: beyond the tolerance and beyond ``z`` of the window's own standard
+            error, whatever the spread: the model is worse on these very rows (drift impact).
     """
 
     metric: str
@@ -46,6 +48,7 @@ class MetricCheck:
     baseline: float
     worse_by: float
     dropped: bool
+    beyond_own_error: bool
 
 
 @dataclass(frozen=True)
@@ -65,6 +68,10 @@ class PerformanceCheck:
     @property
     def dropped(self) -> bool:
         return any(c.dropped for c in self.checks)
+
+    @property
+    def beyond_own_error(self) -> bool:
+        return any(c.beyond_own_error for c in self.checks)
 
     @property
     def worst(self) -> MetricCheck | None:
@@ -194,7 +201,7 @@ def check_performance(
             worse = base - value
             beyond = worse > t.max_drop
         dropped = bool(beyond and worse > t.z * max(se, float((spread or {}).get(name, 0.0))))
-        checks.append(MetricCheck(name, value, se, base, worse, dropped))
+        checks.append(MetricCheck(name, value, se, base, worse, dropped, bool(beyond and worse > t.z * se)))
     return PerformanceCheck(n, {k: v for k, (v, _) in computed.items()}, tuple(checks))
 
 
