@@ -20,7 +20,8 @@ Tables read (the contract with serving and the pipeline):
 
 Tables written: ``metrics`` (long format: ``ts, name, value, labels`` JSON,
 ``window_start, window_end, run``) and ``prediction_reference`` (the first
-predictions of each model version).
+predictions of each model version; after a mark in ``prediction_reference_resets``,
+which the healer writes for a version it forgot, the first ones served since).
 
 The steps themselves are plain functions in ``flows.monitor.passes`` (re-exported
 here), which ``monitor_pass`` calls without Prefect: the healer's ticks and a one-shot

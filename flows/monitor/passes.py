@@ -46,6 +46,7 @@ logger = logging.getLogger(__name__)
 
 SILVER = "silver"
 PREDICTION_REFERENCE = "prediction_reference"
+PREDICTION_REFERENCE_RESETS = "prediction_reference_resets"
 INITIAL_LOOKBACK = timedelta(hours=1)
 _METRIC_NAMES = ("roc_auc", "accuracy", "f1_macro", "f1", "r2", "rmse", "mae")
 _METRIC_PREFIXES = ("holdout_", "holdout.", "val_", "validation_", "eval_", "test_", "metrics.", "selfheal.metric.")
@@ -181,6 +182,9 @@ def prediction_reference(
 
     The first drift window a version serves becomes its reference (written once,
     keyed by version); from the next window on its predictions are compared with it.
+    A version whose reference was forgotten (``forget_prediction_reference``) makes it
+    again from its rows served after that only: the window may still hold the rows
+    that made the reference wrong.
     """
     if drift_rows is None or "_model_version" not in drift_rows.column_names or drift_rows.num_rows == 0:
         return None
@@ -188,24 +192,36 @@ def prediction_reference(
     cols = [c for c in PREDICTION_COLUMNS if c in drift_rows.column_names]
     stored = lake.scan(PREDICTION_REFERENCE, pc.field("model_version") == version)
     if stored is None or stored.num_rows == 0:
-        own = drift_rows.filter(pc.equal(drift_rows.column("_model_version"), version)).sort_by("_ts")
+        own = drift_rows.filter(pc.equal(drift_rows.column("_model_version"), version))
+        forgotten = _forgotten_at(lake, version)
+        if forgotten is not None:
+            own = own.filter(pc.greater(own.column("_ts"), utc(forgotten)))
+        if own.num_rows < thresholds.min_window_rows:
+            return None  # the next window makes it
+        own = own.sort_by("_ts")
         first = own.slice(0, thresholds.prediction_reference_rows).select(cols)
         first = first.append_column("model_version", pa.array([version] * first.num_rows, pa.string()))
         # Keyed by its first row too: a reference forgotten (forget_prediction_reference) is made again.
-        since = own.column("_ts")[0].as_py().isoformat() if own.num_rows else ""
+        since = own.column("_ts")[0].as_py().isoformat()
         lake.append(PREDICTION_REFERENCE, first, key=f"prediction-reference:{version}:{since}")
         return None
     return ReferenceProfile.from_data(stored, thresholds.prediction_drift, columns=cols)
 
 
-def forget_prediction_reference(lake: Lake, version: str) -> bool:
-    """Drop ``version``'s prediction reference: the next drift window it serves makes a new one.
+def forget_prediction_reference(lake: Lake, version: str, at: datetime | None = None) -> bool:
+    """Drop ``version``'s prediction reference: its rows served after ``at`` (default now) make a new one.
 
     For a version whose served predictions were not its registered model's (a swapped
     artifact, ``model_mismatch``): a reference drawn from them would make the right model,
-    once it serves again, read as prediction drift (and any input drift as felt). Returns
-    whether there was one to drop.
+    once it serves again, read as prediction drift (and any input drift as felt). The
+    time is kept (table ``prediction_reference_resets``): the monitor's next window may
+    still hold the swapped model's rows. Returns whether there was a reference to drop.
     """
+    at = (at or datetime.now(UTC)).astimezone(UTC)
+    mark = pa.table(
+        {"model_version": pa.array([version], pa.string()), "at": pa.array([at], pa.timestamp("us", tz="UTC"))}
+    )
+    lake.append(PREDICTION_REFERENCE_RESETS, mark, key=f"prediction-reference-reset:{version}:{at.isoformat()}")
     if not lake.exists(PREDICTION_REFERENCE):
         return False
     stored = lake.read(PREDICTION_REFERENCE)
@@ -214,6 +230,15 @@ def forget_prediction_reference(lake: Lake, version: str) -> bool:
         return False
     lake.overwrite(PREDICTION_REFERENCE, kept)
     return True
+
+
+def _forgotten_at(lake: Lake, version: str) -> datetime | None:
+    """When ``version``'s prediction reference was last forgotten (None: never)."""
+    marks = lake.scan(PREDICTION_REFERENCE_RESETS, pc.field("model_version") == version)
+    if marks is None or marks.num_rows == 0:
+        return None
+    latest: datetime = pc.max(marks.column("at")).as_py()
+    return latest
 
 
 def champion_rows(rows: pa.Table, version: str | None, min_rows: int) -> pa.Table | None:

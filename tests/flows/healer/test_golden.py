@@ -26,7 +26,7 @@ from flows.healer import golden
 from flows.healer.diagnosis import Cause, Context, diagnose
 from flows.healer.machine import Healer, _replay_on_output_shift, make_context, observe
 from flows.healer.remedies import HealContext
-from flows.monitor.passes import PREDICTION_REFERENCE
+from flows.monitor.passes import PREDICTION_REFERENCE, PREDICTION_REFERENCE_RESETS
 from flows.monitor.signals import Severity, Signal, SignalKind, Window
 from flows.pipeline.golden import freeze, stratified_sample
 from flows.registry import CHAMPION, PREVIOUS, Registry
@@ -229,5 +229,7 @@ def test_a_model_swapped_on_disk_is_caught_by_the_golden_probe_and_repaired(
         # again) makes its own instead of reading as prediction drift; v1's is kept.
         kept = ctx.lake.read(PREDICTION_REFERENCE)
         assert set(kept.column("model_version").to_pylist()) == {"1"}
+        # ... from its rows served from now on only (the monitor's next window may hold the swapped ones).
+        assert ctx.lake.read(PREDICTION_REFERENCE_RESETS).column("model_version").to_pylist() == ["2"]
     finally:
         server.stop()

@@ -139,15 +139,35 @@ def test_a_forgotten_prediction_reference_is_made_again_from_the_next_window(sil
     run_once(silver_lake, 2, t)
     first = silver_lake.read("prediction_reference")
 
-    assert forget_prediction_reference(silver_lake, "1")
+    forgotten = T0 + timedelta(minutes=2)
+    assert forget_prediction_reference(silver_lake, "1", at=forgotten)
     assert silver_lake.read("prediction_reference").num_rows == 0
-    assert not forget_prediction_reference(silver_lake, "1")  # nothing left to drop
+    assert not forget_prediction_reference(silver_lake, "1", at=forgotten)  # nothing left to drop
 
     _batch(silver_lake, rng, 4, "b1", shift=1.0)
     signals = run_once(silver_lake, 4, t)
     assert "prediction_drift" not in kinds(signals)  # this window is the new reference: nothing to compare
     again = silver_lake.read("prediction_reference")
     assert again.num_rows == first.num_rows and again.column("_score") != first.column("_score")
+
+
+def test_a_forgotten_prediction_reference_is_not_made_from_rows_served_before(silver_lake: Lake) -> None:
+    """The chaos matrix on a1cf112: a model_mismatch resolved (v12's reference dropped), the
+    registered v12 served again, and the monitor's next window still held the swapped model's
+    v12 rows: the reference was made from them again, and the registered model read as
+    prediction drift (a data_drift incident that swallowed data-drift-concept's)."""
+    rng = np.random.default_rng(4)
+    t = MonitorThresholds()
+    at = T0 + timedelta(seconds=10)
+    write_predictions(silver_lake, rng, 500, at, prefix="swapped-", inverted=True, seconds=30)
+    forget_prediction_reference(silver_lake, "1", at=at + timedelta(seconds=35))
+    registered = write_predictions(silver_lake, rng, 500, at + timedelta(seconds=40), prefix="registered-", seconds=30)
+    run_once(silver_lake, 2, t)  # one drift window holds both
+    made = silver_lake.read("prediction_reference")
+    assert made.column("_score").to_pylist() == registered.column("_score").to_pylist()
+
+    _batch(silver_lake, rng, 4, "b1")  # the registered model, as before
+    assert "prediction_drift" not in kinds(run_once(silver_lake, 4, t))
 
 
 @pytest.mark.parametrize("served_as", ["challenger", "champion"])
