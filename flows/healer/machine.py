@@ -29,6 +29,7 @@ from __future__ import annotations
 import json
 import logging
 import random
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -69,6 +70,14 @@ _QUALITY_KINDS = {SignalKind.PERFORMANCE_DROP, SignalKind.CONCEPT_DRIFT, SignalK
 _MONITOR_CAUSES = {Cause.DATA_DRIFT, Cause.CONCEPT_DRIFT, Cause.BAD_DEPLOY, Cause.LATENCY, Cause.STALE_DATA}
 #: Causes that resolve only when quality on post-repair labels is back near its pre-drift level.
 _DRIFT_CAUSES = {Cause.DATA_DRIFT, Cause.CONCEPT_DRIFT}
+#: Per cause, a proof every remedy's own verify must be joined by (the repair applied at the time given).
+_CAUSE_PROOFS: dict[Cause, Callable[[HealContext, datetime], Outcome]] = {
+    Cause.MODEL_MISMATCH: golden.verify_replay,  # only the golden set answered as frozen proves it
+}
+#: Per cause, what a resolution leaves to do (never raises).
+_ON_RESOLVED: dict[Cause, Callable[[HealContext, Incident], None]] = {
+    Cause.MODEL_MISMATCH: golden.forget_mismatched_reference,
+}
 
 
 # -- observation ------------------------------------------------------------------------
@@ -616,12 +625,11 @@ class Healer:
         except Exception as exc:  # noqa: BLE001 - a check that blows up proves nothing yet: look again next tick
             logger.exception("verifying %s for %s failed", remedy.name, incident.id)
             outcome = Outcome(False, f"{type(exc).__name__}: {exc}", pending=True)
-        if outcome.ok and incident.cause == Cause.MODEL_MISMATCH:  # proven only by the golden set answered as frozen
-            replayed = golden.verify_replay(self.ctx, applied_at)
+        proof = _CAUSE_PROOFS.get(Cause(incident.cause))
+        if outcome.ok and proof is not None:
+            proved = proof(self.ctx, applied_at)
             outcome = replace(
-                replayed,
-                detail=f"{outcome.detail}; {replayed.detail}",
-                evidence={**outcome.evidence, **replayed.evidence},
+                proved, detail=f"{outcome.detail}; {proved.detail}", evidence={**outcome.evidence, **proved.evidence}
             )
         quality: dict[str, Any] = {}
         if outcome.ok:
@@ -640,8 +648,8 @@ class Healer:
                 detail = f"verified: {outcome.detail}; {fresh}"
                 resolved = self._step(incident, State.RESOLVED, verifying, {**outcome.evidence, **quality}, detail)
                 if resolved is not None:
-                    if incident.cause == Cause.MODEL_MISMATCH:
-                        golden.forget_mismatched_reference(self.ctx, resolved)
+                    if (after := _ON_RESOLVED.get(Cause(incident.cause))) is not None:
+                        after(self.ctx, resolved)
                     self._log_decisions(resolved)
                     logger.warning(
                         "incident %s RESOLVED by %s in %.1f s", incident.id, remedy.name, resolved.mttr_seconds or 0
