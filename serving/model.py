@@ -2,7 +2,10 @@
 
 Predictions call the raw scikit-learn model (not MLflow's pyfunc wrapper): one
 DataFrame per micro-batch and, for classifiers, one ``predict_proba`` from which
-the label (argmax) and the score come, so each batch is one model call.
+the label (argmax) and the score come, so each batch is one model call. A request's
+rows go through the pipeline's preprocessing compiled to numpy (``serving.compiled``)
+once it was found to give exactly scikit-learn's matrix on probe rows at load;
+a table's (``predict_frame``) always through scikit-learn's.
 
 Example:
     >>> model = LoadedModel.load(registry, ref, ModelThreads(per_call=1, pool=2))
@@ -28,6 +31,7 @@ import pandas as pd
 from threadpoolctl import threadpool_limits
 
 from serving import startup
+from serving.compiled import Prepare, compile_preprocessing, probe_columns, verified
 from serving.model_cache import ModelCache
 from serving.modelio import UnsafeArtifact, load_input_example, load_sklearn_model, read_mlmodel
 from serving.registry import BASELINE_TAG, ModelLoadFailed, ModelRefused, ModelRegistry, ModelVersionRef
@@ -112,6 +116,10 @@ class LoadedModel:
             self.task = "binary" if len(self.classes) == 2 else "multiclass"
         # A threshold-tuned classifier's predict is not the argmax of its probabilities.
         self._argmax_is_predict = self.task != "regression" and not _has_threshold(model)
+        # A request's rows, once verified equal: the preprocessing compiled to numpy in front of
+        # the final estimator (``serving.compiled``); None: the model itself.
+        self._prepare: Prepare | None = None
+        self._estimator: Any = model
         threads = threads or ModelThreads()
         self.pool = ThreadPoolExecutor(
             max_workers=threads.pool,
@@ -187,22 +195,57 @@ class LoadedModel:
             raise ModelLoadFailed(
                 self.ref.name, self.version, f"it fails on its own input example: {type(exc).__name__}: {exc}"
             ) from exc
+        self._compile(columns)
+
+    def _compile(self, columns: dict[str, list[Any]]) -> None:
+        """Predict through the compiled preprocessing from now on, if it gives exactly what the model's gives.
+
+        Probed on the input example's rows, each column missing in turn and each text column
+        unknown, as the server would build their frame; anything else keeps scikit-learn's path.
+        """
+        prepare = compile_preprocessing(self.model)
+        if prepare is None:
+            return
+        text = [col.name for col in self.schema.columns if col.type == "string"]
+        try:
+            probe = self.schema.frame(probe_columns(columns, text))
+        except (TypeError, ValueError) as exc:
+            logger.info("v%s: compiled preprocessing not used: no probe frame (%s)", self.version, exc)
+            return
+        if verified(prepare, self.model, probe):
+            self._prepare, self._estimator = prepare, self.model.steps[-1][1]
+            logger.info(
+                "v%s: preprocessing compiled (equal to scikit-learn's on %d probe rows)", self.version, len(probe)
+            )
+
+    @property
+    def compiled(self) -> bool:
+        """Whether predictions go through the compiled preprocessing (``serving.compiled``)."""
+        return self._prepare is not None
 
     def predict(self, columns: dict[str, list[Any]]) -> Prediction:
-        """Predict validated columns (runs in one of this model's threads)."""
-        return self.predict_frame(self.schema.frame(columns))
+        """Predict validated columns (runs in one of this model's threads).
+
+        A request's few rows go through the compiled preprocessing when it was verified
+        (``serving.compiled``: its per-call cost is most of a small batch's); else as
+        ``predict_frame``.
+        """
+        frame = self.schema.frame(columns)
+        if self._prepare is None:
+            return self.predict_frame(frame)
+        return self._answer(self._estimator, self._prepare(frame))
 
     def predict_frame(self, frame: pd.DataFrame) -> Prediction:
-        """Predict a frame in the signature's dtypes (``FeatureSchema.frame`` or ``validate_table``'s)."""
+        """Predict a frame in the signature's dtypes (``FeatureSchema.frame``, ``validate_table``'s) with the model."""
+        return self._answer(self.model, frame)
+
+    def _answer(self, model: Any, x: Any) -> Prediction:
         if self.task == "regression":
-            values = np.asarray(self.model.predict(frame), dtype=np.float64).reshape(-1)
+            values = np.asarray(model.predict(x), dtype=np.float64).reshape(-1)
             return Prediction(values, values, None)
-        proba = np.asarray(self.model.predict_proba(frame), dtype=np.float64)
+        proba = np.asarray(model.predict_proba(x), dtype=np.float64)
         assert self.classes is not None
-        if self._argmax_is_predict:
-            labels = self.classes[proba.argmax(axis=1)]
-        else:
-            labels = np.asarray(self.model.predict(frame))
+        labels = self.classes[proba.argmax(axis=1)] if self._argmax_is_predict else np.asarray(model.predict(x))
         scores = proba[:, 1] if self.task == "binary" else proba.max(axis=1)
         return Prediction(labels, _numeric_values(labels, self.classes), scores)
 

@@ -1,0 +1,149 @@
+"""The compiled preprocessing gives what scikit-learn's gives, or is not used."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from sklearn.compose import ColumnTransformer
+from sklearn.ensemble import HistGradientBoostingClassifier
+from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import FunctionTransformer, OneHotEncoder, StandardScaler
+
+from flows.pipeline.stages.train import build_model
+from serving.compiled import compile_preprocessing, probe_columns, verified
+from serving.schema import Column, FeatureSchema
+
+SCHEMA = FeatureSchema(
+    [Column("amount", "double"), Column("visits", "long"), Column("channel", "string"), Column("seen", "double")]
+)
+CHANNELS = ["pos", "online", "atm"]
+
+
+def _training(rows: int = 400, seed: int = 0, missing: float = 0.1) -> tuple[pd.DataFrame, np.ndarray[Any, Any]]:
+    rng = np.random.default_rng(seed)
+    amount = rng.normal(50, 10, rows)
+    amount[rng.random(rows) < missing] = np.nan
+    channel = rng.choice([*CHANNELS, None], size=rows, p=[(1 - missing) / 3] * 3 + [missing])
+    columns = {
+        "amount": amount.tolist(),
+        "visits": rng.integers(0, 30, rows).tolist(),
+        "channel": channel.tolist(),
+        "seen": rng.random(rows).tolist(),
+    }
+    y = ((np.nan_to_num(amount, nan=50) > 52) ^ (channel == "atm")).astype(int)
+    return SCHEMA.frame(columns), y
+
+
+def _imputer_ordinal() -> Pipeline:
+    schema = {"amount": "float64", "visits": "int64", "channel": "string", "seen": "float64", "y": "int64"}
+    return build_model(schema, "y", [], HistGradientBoostingClassifier(max_iter=20, random_state=0))
+
+
+def _one_hot_scaler() -> Pipeline:
+    pre = ColumnTransformer(
+        [("cat", OneHotEncoder(handle_unknown="ignore"), ["channel"]), ("num", StandardScaler(), ["amount", "seen"])],
+        remainder="passthrough",
+    )
+    return Pipeline([("pre", pre), ("model", HistGradientBoostingClassifier(max_iter=20, random_state=0))])
+
+
+#: Each with the training rows it is fitted on: the imputer's with missing values, the one-hot
+#: encoder's without (a category that is missing is one this compiler leaves to scikit-learn).
+MODELS = {
+    "imputer+ordinal (the pipeline's)": (_imputer_ordinal, 0.1),
+    "one-hot+scaler+passthrough": (_one_hot_scaler, 0.0),
+}
+
+_value = st.one_of(st.none(), st.floats(-1e6, 1e6, allow_nan=False))
+_rows = st.lists(
+    st.fixed_dictionaries(
+        {
+            "amount": _value,
+            "visits": st.integers(0, 10**6),
+            "channel": st.one_of(st.none(), st.sampled_from([*CHANNELS, "new", ""])),
+            "seen": _value,
+        }
+    ),
+    min_size=1,
+    max_size=40,
+)
+
+
+@pytest.fixture(scope="module", params=sorted(MODELS))
+def fitted(request: pytest.FixtureRequest) -> Pipeline:
+    make, missing = MODELS[request.param]
+    frame, y = _training(missing=missing)
+    return make().fit(frame, y)
+
+
+@settings(max_examples=60, deadline=None)
+@given(rows=_rows)
+def test_the_compiled_steps_give_what_scikit_learn_gives_on_any_rows(fitted: Pipeline, rows: list[dict]) -> None:
+    prepare = compile_preprocessing(fitted)
+    assert prepare is not None
+    frame = SCHEMA.frame({name: [r[name] for r in rows] for name in SCHEMA.names})
+    expected = fitted[:-1].transform(frame)
+    got = prepare(frame)
+    assert got.dtype == expected.dtype and np.array_equal(got, expected, equal_nan=True)
+    assert np.array_equal(fitted[-1].predict_proba(got), fitted.predict_proba(frame))
+
+
+def test_the_probe_rows_take_every_branch(fitted: Pipeline) -> None:
+    example = {"amount": [51.0, 40.0], "visits": [3, 4], "channel": ["pos", "atm"], "seen": [0.1, 0.9]}
+    columns = probe_columns(example, text=["channel"])
+    assert len(columns["amount"]) == 2 * (1 + 4 + 1)  # as given, each column missing, channel unknown
+    probe = SCHEMA.frame(columns)
+    prepare = compile_preprocessing(fitted)
+    assert prepare is not None and verified(prepare, fitted, probe)
+
+
+def test_a_step_it_does_not_know_is_left_to_scikit_learn() -> None:
+    frame, y = _training()
+    pre = ColumnTransformer([("log", FunctionTransformer(np.log1p), ["seen"])])
+    model = Pipeline([("pre", pre), ("model", HistGradientBoostingClassifier(max_iter=5))])
+    assert compile_preprocessing(model.fit(frame, y)) is None
+    # A one-hot encoder that learned a missing value as a category: left to scikit-learn too.
+    assert compile_preprocessing(_one_hot_scaler().fit(frame, y)) is None
+
+
+def test_a_compiled_step_that_differs_is_not_verified(fitted: Pipeline) -> None:
+    """``verified`` is what keeps a wrong compilation out: a step off by one value fails it."""
+    prepare = compile_preprocessing(fitted)
+    assert prepare is not None
+    frame, _ = _training(rows=20, seed=1)
+
+    def off_by_one(data: pd.DataFrame) -> np.ndarray[Any, Any]:
+        out = prepare(data).copy()
+        out[0, 0] += 1e-12
+        return out
+
+    assert verified(prepare, fitted, frame)
+    assert not verified(off_by_one, fitted, frame)
+
+
+def test_a_loaded_model_predicts_through_the_compiled_steps_only_once_verified(fitted: Pipeline) -> None:
+    from serving.model import LoadedModel
+    from serving.registry import ModelVersionRef
+
+    frame, _ = _training(rows=50, seed=3, missing=0.0)
+    model = LoadedModel(ModelVersionRef("m", "1"), fitted, SCHEMA, example=frame.head(5))
+    try:
+        assert not model.compiled  # not before its warm-up verified it
+        model.warm_up()
+        assert model.compiled
+        rows, _ = _training(rows=200, seed=4)
+        columns = {name: rows[name].tolist() for name in SCHEMA.names}
+        got = model.predict(columns)
+        assert got.scores is not None
+        assert np.array_equal(got.scores, fitted.predict_proba(SCHEMA.frame(columns))[:, 1])
+    finally:
+        model.close()
+    unverifiable = LoadedModel(ModelVersionRef("m", "2"), fitted, SCHEMA, example=None)
+    unverifiable.warm_up()
+    assert not unverifiable.compiled  # no example, no probe: scikit-learn's path
+    unverifiable.close()
