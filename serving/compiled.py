@@ -48,28 +48,13 @@ def compile_preprocessing(model: Any) -> Prepare | None:
     steps = getattr(model, "steps", None)
     if not steps or len(steps) < 2:
         return None
-    compiled = [_step(step) for _, step in steps[:-1]]
-    if any(c is None for c in compiled):
-        return None
-    chain = [c for c in compiled if c is not None]
-
-    def prepare(frame: pd.DataFrame) -> np.ndarray[Any, Any]:
-        data: Any = frame
-        for block in chain:
-            data = block(data)
-        return np.asarray(data)
-
-    return prepare
+    return _chain([step for _, step in steps[:-1]])
 
 
 def verified(prepare: Prepare, model: Any, probe: pd.DataFrame) -> bool:
     """Whether ``prepare`` gives exactly what ``model``'s own steps give on ``probe`` (same dtype, shape, values)."""
     try:
-        expected: Any = probe
-        for _, step in model.steps[:-1]:
-            if step is not None and step != "passthrough":
-                expected = step.transform(expected)
-        expected = np.asarray(expected)
+        expected = np.asarray(model[:-1].transform(probe))
         got = prepare(probe)
     except Exception as exc:  # noqa: BLE001 - a probe scikit-learn or the compiled step refuses: not proven equal
         logger.info("compiled preprocessing not used: the probe failed: %s: %s", type(exc).__name__, exc)
@@ -118,19 +103,24 @@ def _step(step: Any) -> Block | None:
     if not module.startswith("sklearn."):
         return None
     if kind == "Pipeline":
-        inner = [_step(s) for _, s in step.steps]
-        if any(b is None for b in inner):
-            return None
-        blocks = [b for b in inner if b is not None]
-
-        def chained(data: Any) -> np.ndarray[Any, Any]:
-            for block in blocks:
-                data = block(data)
-            return np.asarray(data)
-
-        return chained
+        return _chain([s for _, s in step.steps])
     builder = _BUILDERS.get(kind)
     return builder(step) if builder is not None else None
+
+
+def _chain(steps: Sequence[Any]) -> Block | None:
+    """``steps`` one after the other (None: one of them does not compile)."""
+    compiled = [_step(step) for step in steps]
+    blocks = [b for b in compiled if b is not None]
+    if len(blocks) < len(compiled):
+        return None
+
+    def chained(data: Any) -> np.ndarray[Any, Any]:
+        for block in blocks:
+            data = block(data)
+        return np.asarray(data)
+
+    return chained
 
 
 def _output_config(step: Any) -> str | None:
