@@ -3,8 +3,10 @@
 One live server (gunicorn, two uvicorn workers, the session's MLflow registry) takes:
 the defects found by hand (each failed on d5107c0), then schemathesis against its own
 OpenAPI document with every check, then hypothesis-generated bodies, headers and bytes.
-The last test checks the totals: at least 2,000 generated requests, no 5xx, the same
-worker processes as at the start, and prints the status counts.
+Each fuzzing test runs its generator inside itself and checks its own totals (at least
+500 schemathesis and 1,500 hypothesis requests, no 5xx, the same worker processes as at
+the start) and prints its status counts, so no check depends on which xdist worker ran
+which test.
 """
 
 from __future__ import annotations
@@ -13,7 +15,6 @@ import json
 import socket
 from collections import Counter
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -22,6 +23,7 @@ import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from schemathesis import GenerationMode
 from schemathesis.checks import CHECKS, is_check_class, load_all_checks
 
 from tests.serving.conftest import ADMIN_TOKEN, LiveServer, ModelStore, start_server
@@ -33,10 +35,6 @@ JSON = {"content-type": "application/json"}
 LIMIT = 8_000_000  # the default SELFHEAL_MAX_BODY_BYTES
 QUEUE_ROWS = 200_000  # the default SELFHEAL_LOG_QUEUE_ROWS
 FEEDBACK_LIMIT = 10_000  # the default SELFHEAL_MAX_FEEDBACK_LABELS
-#: Status counts of every generated request, by source (the last test sums them).
-FUZZED: dict[str, Counter[int]] = {"schemathesis": Counter(), "hypothesis": Counter()}
-#: What the 55 MB body did to the workers' memory (printed with the counts).
-MEASURED: dict[str, int] = {}
 
 
 @pytest.fixture(scope="module")
@@ -70,7 +68,7 @@ def test_a_55_mb_feedback_body_is_refused_without_growing_a_worker(server: LiveS
     chunks = (body[i : i + (1 << 20)] for i in range(0, len(body), 1 << 20))  # no Content-Length: counted
     chunked = httpx.post(f"{server.url}/feedback", content=chunks, headers=JSON, timeout=60)
     grown = workers_rss(server) - before
-    MEASURED.update(body_mb=len(body) >> 20, rss_before_mb=before >> 20, rss_grown_mb=grown >> 20)
+    print(f"\n{len(body) >> 20} MB body: workers {before >> 20} MB before, grew {grown >> 20} MB")
     for answer in (declared, chunked):
         assert answer.status_code == 413, answer.text[:300]
         assert f"the limit is {LIMIT} bytes (SELFHEAL_MAX_BODY_BYTES)" in answer.json()["detail"]
@@ -146,34 +144,38 @@ def test_feedback_names_unknown_fields_and_admin_names_a_bad_version(server: Liv
 
 
 # -- schemathesis: the server's own OpenAPI document, every check --------------------------------------
-@pytest.fixture(scope="module")
-def api_schema(server: LiveServer) -> Any:
-    schema = schemathesis.openapi.from_url(f"{server.url}/openapi.json")
-    return schema
-
-
 def _all_checks() -> list[Any]:
     load_all_checks()
     return [check for check in CHECKS.get_all() if not is_check_class(check)]
 
 
-schema = schemathesis.pytest.from_fixture("api_schema")
+def _assert_fuzzed(server: LiveServer, source: str, counts: Counter[int], floor: int) -> None:
+    """One fuzzing test's totals: enough requests, no 5xx, the same worker processes as at the start."""
+    print(f"\n{source}: {sum(counts.values())} requests, status counts {dict(sorted(counts.items()))}")
+    assert not {status: n for status, n in counts.items() if status >= 500}, counts
+    assert sum(counts.values()) >= floor, counts
+    assert sorted(server.worker_pids()) == server.started_pids  # type: ignore[attr-defined]
 
 
-@pytest.fixture(autouse=True)
-def _nodeid_for_schemathesis(request: pytest.FixtureRequest) -> None:
-    # schemathesis 4.32's lazy schemas read and rename ``node._nodeid``, which pytest 9.2 no longer has.
-    if not hasattr(request.node, "_nodeid"):
-        request.node._nodeid = request.node.nodeid
+def test_schemathesis_every_check_on_every_operation(server: LiveServer) -> None:
+    """schemathesis against the server's own OpenAPI document, every check on every answer."""
+    schema = schemathesis.openapi.from_url(f"{server.url}/openapi.json")
+    checks = _all_checks()
+    counts: Counter[int] = Counter()
+    operations = [result.ok() for result in schema.get_all_operations()]
+    assert len(operations) >= 5, [op.label for op in operations]
+    for operation in operations:
 
+        @settings(max_examples=250, deadline=None, suppress_health_check=list(HealthCheck), database=None)
+        @given(case=st.one_of([operation.as_strategy(mode) for mode in GenerationMode]))
+        def fuzz(case: Any) -> None:
+            response = case.call(base_url=server.url, headers=AUTH, timeout=60)
+            counts[response.status_code] += 1
+            case.validate_response(response, checks=checks, headers=AUTH)
+            assert response.status_code < 500, (case.operation.label, response.text[:300])
 
-@schema.parametrize()
-@settings(max_examples=120, deadline=None, suppress_health_check=list(HealthCheck))
-def test_schemathesis_every_check(case: Any, server: LiveServer) -> None:
-    response = case.call(base_url=server.url, headers=AUTH, timeout=60)
-    FUZZED["schemathesis"][response.status_code] += 1
-    case.validate_response(response, checks=_all_checks(), headers=AUTH)
-    assert response.status_code < 500, response.text[:300]
+        fuzz()
+    _assert_fuzzed(server, "schemathesis", counts, floor=500)
 
 
 # -- hypothesis: bodies, content types and bytes the schema does not describe -----------------------------
@@ -221,24 +223,30 @@ def client() -> Iterator[httpx.Client]:
         yield shared
 
 
-@settings(max_examples=500, deadline=None, suppress_health_check=list(HealthCheck))
-@given(data=st.data())
-def test_hypothesis_bodies(
-    server: LiveServer, model_store: ModelStore, client: httpx.Client, data: st.DataObject
-) -> None:
-    path = data.draw(st.sampled_from(["/predict", "/feedback", "/admin/rollback", "/admin/reload"]))
-    if path == "/predict":
-        body = data.draw(predict_bodies(model_store.records(1)[0]).map(_encode) | RAW)
-    else:
-        body = data.draw(feedback_bodies().map(_encode) | RAW)
-    headers = {"content-type": data.draw(CONTENT_TYPES), **AUTH}
-    answers = [client.post(f"{server.url}{path}", content=body, headers=headers)]
-    answers.append(client.post(f"{server.url}{path}", content=body, headers={**headers, **JSON}))
-    # Chunked (no Content-Length): the limit is counted, not declared.
-    answers.append(client.post(f"{server.url}{path}", content=iter([body]), headers={**headers, **JSON}))
-    for answer in answers:
-        FUZZED["hypothesis"][answer.status_code] += 1
-        assert answer.status_code < 500, (path, body[:200], answer.text[:300])
+def test_hypothesis_bodies(server: LiveServer, model_store: ModelStore, client: httpx.Client) -> None:
+    """Bodies, content types and bytes the schema does not describe, each sent three ways."""
+    record = model_store.records(1)[0]
+    counts: Counter[int] = Counter()
+
+    @settings(max_examples=500, deadline=None, suppress_health_check=list(HealthCheck), database=None)
+    @given(data=st.data())
+    def fuzz(data: st.DataObject) -> None:
+        path = data.draw(st.sampled_from(["/predict", "/feedback", "/admin/rollback", "/admin/reload"]))
+        if path == "/predict":
+            body = data.draw(predict_bodies(record).map(_encode) | RAW)
+        else:
+            body = data.draw(feedback_bodies().map(_encode) | RAW)
+        headers = {"content-type": data.draw(CONTENT_TYPES), **AUTH}
+        answers = [client.post(f"{server.url}{path}", content=body, headers=headers)]
+        answers.append(client.post(f"{server.url}{path}", content=body, headers={**headers, **JSON}))
+        # Chunked (no Content-Length): the limit is counted, not declared.
+        answers.append(client.post(f"{server.url}{path}", content=iter([body]), headers={**headers, **JSON}))
+        for answer in answers:
+            counts[answer.status_code] += 1
+            assert answer.status_code < 500, (path, body[:200], answer.text[:300])
+
+    fuzz()
+    _assert_fuzzed(server, "hypothesis", counts, floor=1500)
 
 
 def test_an_endless_chunked_body_is_cut_at_the_limit_and_the_server_goes_on(server: LiveServer) -> None:
@@ -257,18 +265,3 @@ def test_an_endless_chunked_body_is_cut_at_the_limit_and_the_server_goes_on(serv
         answer = sock.recv(4096)
     assert answer.startswith(b"HTTP/1.1 413"), answer[:200]
     assert post(server, "/feedback", b'{"request_id": "a1", "label": 0}').status_code == 202
-
-
-def test_no_5xx_and_no_worker_restart_over_every_generated_request(
-    server: LiveServer, capsys: Any, tmp_path: Path
-) -> None:
-    total = sum(sum(c.values()) for c in FUZZED.values())
-    if not total:
-        pytest.skip("run with the schemathesis and hypothesis tests of this module")
-    report = {source: dict(sorted(counts.items())) for source, counts in FUZZED.items()}
-    with capsys.disabled():
-        print(f"\nrequests fuzzed: {total}; status counts: {report}; 55 MB body: {MEASURED}")
-    server_errors = {s: n for counts in FUZZED.values() for s, n in counts.items() if s >= 500}
-    assert not server_errors, report
-    assert total >= 2000, report
-    assert sorted(server.worker_pids()) == server.started_pids  # type: ignore[attr-defined]
