@@ -31,7 +31,15 @@ import pandas as pd
 from threadpoolctl import threadpool_limits
 
 from serving import startup
-from serving.compiled import Prepare, compile_preprocessing, probe_columns, verified
+from serving.compiled import (
+    CompiledTrees,
+    Prepare,
+    compile_estimator,
+    compile_preprocessing,
+    probe_columns,
+    trees_verified,
+    verified,
+)
 from serving.model_cache import ModelCache
 from serving.modelio import UnsafeArtifact, load_input_example, load_sklearn_model, read_mlmodel
 from serving.registry import BASELINE_TAG, ModelLoadFailed, ModelRefused, ModelRegistry, ModelVersionRef
@@ -120,6 +128,7 @@ class LoadedModel:
         # the final estimator (``serving.compiled``); None: the model itself.
         self._prepare: Prepare | None = None
         self._estimator: Any = model
+        self._trees: CompiledTrees | None = None  # the final estimator's trees, compiled and verified equal
         threads = threads or ModelThreads()
         self.pool = ThreadPoolExecutor(
             max_workers=threads.pool,
@@ -198,30 +207,49 @@ class LoadedModel:
         self._compile(columns)
 
     def _compile(self, columns: dict[str, list[Any]]) -> None:
-        """Predict through the compiled preprocessing from now on, if it gives exactly what the model's gives.
+        """Predict through the compiled preprocessing and trees from now on, if they give exactly the model's answers.
 
-        Probed on the input example's rows, each column missing in turn and each text column
-        unknown, as the server would build their frame; anything else keeps scikit-learn's path.
+        The preprocessing is probed on the input example's rows, each column missing in turn and
+        each text column unknown, and on a row with every column missing, handed over as the
+        server hands a request's columns (``FeatureSchema.arrays``); the trees on those rows and
+        on every split's edge. Anything
+        else keeps scikit-learn's path: the whole model, or its own final estimator.
         """
         prepare = compile_preprocessing(self.model)
         if prepare is None:
             return
         text = [col.name for col in self.schema.columns if col.type == "string"]
+        # Two batches: every branch in one, and one row with nothing given (a column's dtype
+        # in a batch where it is missing throughout is not the one it has beside values).
         try:
-            probe = self.schema.frame(probe_columns(columns, text))
+            batches = [probe_columns(columns, text), {name: [None] for name in columns}]
+            probes = [(self.schema.frame(rows), self.schema.arrays(rows)) for rows in batches]
         except (TypeError, ValueError) as exc:
             logger.info("v%s: compiled preprocessing not used: no probe frame (%s)", self.version, exc)
             return
-        if verified(prepare, self.model, probe):
-            self._prepare, self._estimator = prepare, self.model.steps[-1][1]
-            logger.info(
-                "v%s: preprocessing compiled (equal to scikit-learn's on %d probe rows)", self.version, len(probe)
-            )
+        if not all(verified(prepare, self.model, probe, arrays) for probe, arrays in probes):
+            return
+        probe, arrays = probes[0]
+        estimator = self.model.steps[-1][1]
+        trees = compile_estimator(estimator)
+        self._trees = trees if trees is not None and trees_verified(trees, prepare(arrays)) else None
+        self._prepare, self._estimator = prepare, self._trees or estimator
+        logger.info(
+            "v%s: preprocessing compiled%s (equal to scikit-learn's on %d probe rows)",
+            self.version,
+            ", trees compiled" if self._trees else "",
+            len(probe),
+        )
 
     @property
     def compiled(self) -> bool:
         """Whether predictions go through the compiled preprocessing (``serving.compiled``)."""
         return self._prepare is not None
+
+    @property
+    def compiled_trees(self) -> bool:
+        """Whether they also go through the final estimator's trees compiled (``CompiledTrees``)."""
+        return self._trees is not None
 
     def predict(self, columns: dict[str, list[Any]]) -> Prediction:
         """Predict validated columns (runs in one of this model's threads).
@@ -230,10 +258,9 @@ class LoadedModel:
         (``serving.compiled``: its per-call cost is most of a small batch's); else as
         ``predict_frame``.
         """
-        frame = self.schema.frame(columns)
         if self._prepare is None:
-            return self.predict_frame(frame)
-        return self._answer(self._estimator, self._prepare(frame))
+            return self.predict_frame(self.schema.frame(columns))
+        return self._answer(self._estimator, self._prepare(self.schema.arrays(columns)))
 
     def predict_frame(self, frame: pd.DataFrame) -> Prediction:
         """Predict a frame in the signature's dtypes (``FeatureSchema.frame``, ``validate_table``'s) with the model."""

@@ -303,6 +303,27 @@ class FeatureSchema:
         data = {col.name: _model_column(col.type, columns[col.name]) for col in self.columns}
         return pd.DataFrame(data, copy=False)
 
+    def arrays(self, columns: dict[str, list[Any]]) -> dict[str, np.ndarray[Any, Any]]:
+        """Each column as ``frame(columns)[name].to_numpy()`` gives it, without building the frame.
+
+        A text column is an object array with NaN where a value is missing (pandas' str dtype), or
+        of None when no value is there; nullable booleans and datetimes go through pandas, as in
+        the frame.
+        """
+        out: dict[str, np.ndarray[Any, Any]] = {}
+        for col in self.columns:
+            values = _model_column(col.type, columns[col.name])
+            if isinstance(values, np.ndarray):
+                out[col.name] = values
+            elif col.type == "string" and isinstance(values, list):
+                # pandas makes a column with any text its str dtype (NaN where missing) and keeps a
+                # column of None only as objects (None), which scikit-learn's imputer does not fill.
+                text = any(isinstance(v, str) for v in values)
+                out[col.name] = np.array([np.nan if v is None and text else v for v in values], dtype=object)
+            else:
+                out[col.name] = pd.Series(values, copy=False).to_numpy()
+        return out
+
     def validate_table(self, table: pa.Table) -> TableCheck:
         """Check every row of a table to score in batch: the valid rows as the model's frame, the others' errors.
 

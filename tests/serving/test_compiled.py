@@ -10,12 +10,20 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from sklearn.compose import ColumnTransformer
-from sklearn.ensemble import HistGradientBoostingClassifier
+from sklearn.ensemble import HistGradientBoostingClassifier, HistGradientBoostingRegressor
+from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import FunctionTransformer, OneHotEncoder, StandardScaler
 
 from flows.pipeline.stages.train import build_model
-from serving.compiled import compile_preprocessing, probe_columns, verified
+from serving.compiled import (
+    CompiledTrees,
+    compile_estimator,
+    compile_preprocessing,
+    probe_columns,
+    trees_verified,
+    verified,
+)
 from serving.schema import Column, FeatureSchema
 
 SCHEMA = FeatureSchema(
@@ -91,6 +99,9 @@ def test_the_compiled_steps_give_what_scikit_learn_gives_on_any_rows(fitted: Pip
     got = prepare(frame)
     assert got.dtype == expected.dtype and np.array_equal(got, expected, equal_nan=True)
     assert np.array_equal(fitted[-1].predict_proba(got), fitted.predict_proba(frame))
+    # The server's path: the columns as arrays, no frame.
+    arrays = prepare(SCHEMA.arrays({name: [r[name] for r in rows] for name in SCHEMA.names}))
+    assert arrays.dtype == expected.dtype and np.array_equal(arrays, expected, equal_nan=True)
 
 
 def test_the_probe_rows_take_every_branch(fitted: Pipeline) -> None:
@@ -135,7 +146,7 @@ def test_a_loaded_model_predicts_through_the_compiled_steps_only_once_verified(f
     try:
         assert not model.compiled  # not before its warm-up verified it
         model.warm_up()
-        assert model.compiled
+        assert model.compiled and model.compiled_trees
         rows, _ = _training(rows=200, seed=4)
         columns = {name: rows[name].tolist() for name in SCHEMA.names}
         got = model.predict(columns)
@@ -147,3 +158,63 @@ def test_a_loaded_model_predicts_through_the_compiled_steps_only_once_verified(f
     unverifiable.warm_up()
     assert not unverifiable.compiled  # no example, no probe: scikit-learn's path
     unverifiable.close()
+
+
+# -- the trees ---------------------------------------------------------------------------------
+def _tree_data(seed: int = 0, rows: int = 600) -> tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]]:
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(rows, 5))
+    x[rng.random(x.shape) < 0.1] = np.nan  # missing values: each split learns where they go
+    signal = np.nan_to_num(x[:, 0]) + np.nan_to_num(x[:, 1]) ** 2 - np.isnan(x[:, 2])
+    return x, signal
+
+
+def _estimators() -> dict[str, Any]:
+    x, signal = _tree_data()
+    return {
+        "binary": HistGradientBoostingClassifier(max_iter=40, random_state=0).fit(x, (signal > 0.5).astype(int)),
+        "multiclass": HistGradientBoostingClassifier(max_iter=15, random_state=0).fit(x, np.digitize(signal, [0, 1])),
+        "regression": HistGradientBoostingRegressor(max_iter=40, random_state=0).fit(x, signal),
+    }
+
+
+ESTIMATORS = _estimators()
+_cells = st.one_of(
+    st.floats(-4, 4, allow_nan=False), st.just(float("nan")), st.sampled_from([float("inf"), -float("inf"), 0.0])
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(cells=st.lists(st.lists(_cells, min_size=5, max_size=5), min_size=1, max_size=30), exact=st.data())
+def test_compiled_trees_answer_what_scikit_learn_answers_on_any_rows(cells: list[list[float]], exact: Any) -> None:
+    for name, estimator in ESTIMATORS.items():
+        trees = compile_estimator(estimator)
+        assert trees is not None, name
+        x = np.array(cells, dtype=np.float64)
+        # Some cells exactly on a split's threshold: the side `<=` sends them is the one that matters.
+        feature, threshold = trees.splits[exact.draw(st.integers(0, len(trees.splits) - 1))]
+        x[0, int(feature)] = threshold
+        assert np.array_equal(trees.predict(x), estimator.predict(x)), name
+        if name != "regression":
+            assert np.array_equal(trees.predict_proba(x), estimator.predict_proba(x)), name
+
+
+def test_trees_it_cannot_compile_are_left_to_scikit_learn() -> None:
+    x, signal = _tree_data()
+    x[:, 3] = np.random.default_rng(1).integers(0, 4, len(x))
+    categorical = HistGradientBoostingClassifier(max_iter=5, categorical_features=[3]).fit(x, signal > 0.5)
+    assert compile_estimator(categorical) is None
+    assert compile_estimator(LogisticRegression().fit(np.nan_to_num(x), signal > 0.5)) is None
+
+
+def test_trees_that_differ_are_not_verified() -> None:
+    """``trees_verified`` probes every split's edge: one threshold nudged to the next float fails it."""
+    estimator = ESTIMATORS["binary"]
+    x, _ = _tree_data(seed=2, rows=5)
+    trees = compile_estimator(estimator)
+    assert trees is not None and trees_verified(trees, x)
+    nudged = compile_estimator(estimator)
+    assert isinstance(nudged, CompiledTrees)
+    split = int(np.flatnonzero(np.isfinite(nudged.threshold))[0])
+    nudged.threshold[split] = np.nextafter(nudged.threshold[split], -np.inf)
+    assert not trees_verified(nudged, x)
