@@ -97,3 +97,14 @@ def test_close_writes_everything_queued(tmp_path: Path) -> None:
     assert not lake.exists(INFERENCE_TABLE)
     log.close()
     assert len(request_ids(lake)) == 100
+
+
+def test_a_flush_is_converted_in_slices_that_make_the_same_table() -> None:
+    """The writer lets the GIL go between slices of CONVERT_ROWS rows; the table is the one-go table."""
+    from serving.inference_log import CONVERT_ROWS, _slice_to_arrow, _to_arrow
+
+    batches = [batch(8 * i, 8, score=i % 3 != 0) for i in range(100)]  # 800 rows, some without scores
+    sliced = _to_arrow(SCHEMA, batches)
+    assert sliced.column(0).num_chunks == -(-800 // CONVERT_ROWS)
+    assert sliced.equals(_slice_to_arrow(SCHEMA, batches))
+    assert _to_arrow(SCHEMA, []).num_rows == 0
