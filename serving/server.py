@@ -294,7 +294,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     options = {
         "bind": f"{args.host}:{args.port}",
         "workers": args.workers,
-        "worker_class": "uvicorn_worker.UvicornWorker",
+        "worker_class": "serving.whole_responses.WholeResponseWorker",  # one write per answer: see the module
         "preload_app": True,
         "timeout": args.timeout,
         "graceful_timeout": args.graceful_timeout,
