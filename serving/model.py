@@ -69,6 +69,12 @@ class Prediction:
         return len(self.labels)
 
 
+#: Rows up to which a batch walks the compiled trees; above, scikit-learn's own predictors are
+#: faster (the walk costs per row and tree, theirs mostly per call). Measured on 100 trees of
+#: depth 25: 8 rows 0.31 vs 0.71 ms, 64 rows 1.56 vs 0.85 ms, 1,000 rows 22.7 vs 3.0 ms.
+TREE_WALK_MAX_ROWS = 32
+
+
 def _set_threads(threads: int) -> None:
     threadpool_limits(threads)
 
@@ -233,7 +239,7 @@ class LoadedModel:
         estimator = self.model.steps[-1][1]
         trees = compile_estimator(estimator)
         self._trees = trees if trees is not None and trees_verified(trees, prepare(arrays)) else None
-        self._prepare, self._estimator = prepare, self._trees or estimator
+        self._prepare, self._estimator = prepare, estimator
         logger.info(
             "v%s: preprocessing compiled%s (equal to scikit-learn's on %d probe rows)",
             self.version,
@@ -255,12 +261,14 @@ class LoadedModel:
         """Predict validated columns (runs in one of this model's threads).
 
         A request's few rows go through the compiled preprocessing when it was verified
-        (``serving.compiled``: its per-call cost is most of a small batch's); else as
-        ``predict_frame``.
+        (``serving.compiled``: its per-call cost is most of a small batch's), and a batch of at
+        most ``TREE_WALK_MAX_ROWS`` rows through the compiled trees; else as ``predict_frame``.
         """
         if self._prepare is None:
             return self.predict_frame(self.schema.frame(columns))
-        return self._answer(self._estimator, self._prepare(self.schema.arrays(columns)))
+        x = self._prepare(self.schema.arrays(columns))
+        small = self._trees is not None and len(x) <= TREE_WALK_MAX_ROWS
+        return self._answer(self._trees if small else self._estimator, x)
 
     def predict_frame(self, frame: pd.DataFrame) -> Prediction:
         """Predict a frame in the signature's dtypes (``FeatureSchema.frame``, ``validate_table``'s) with the model."""

@@ -149,9 +149,11 @@ def test_a_loaded_model_predicts_through_the_compiled_steps_only_once_verified(f
         assert model.compiled and model.compiled_trees
         rows, _ = _training(rows=200, seed=4)
         columns = {name: rows[name].tolist() for name in SCHEMA.names}
-        got = model.predict(columns)
-        assert got.scores is not None
-        assert np.array_equal(got.scores, fitted.predict_proba(SCHEMA.frame(columns))[:, 1])
+        for rows_in_batch in (5, 200):  # the compiled trees, then scikit-learn's predictors
+            batch = {name: values[:rows_in_batch] for name, values in columns.items()}
+            got = model.predict(batch)
+            assert got.scores is not None
+            assert np.array_equal(got.scores, fitted.predict_proba(SCHEMA.frame(batch))[:, 1])
     finally:
         model.close()
     unverifiable = LoadedModel(ModelVersionRef("m", "2"), fitted, SCHEMA, example=None)
