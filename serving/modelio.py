@@ -23,6 +23,7 @@ import importlib
 import inspect
 import itertools
 import json
+import logging
 import os
 import sys
 import tempfile
@@ -115,18 +116,44 @@ def log_sklearn_model(
                 for spec in signature.inputs.inputs
             ]
         )
-    info: ModelInfo = mlflow.sklearn.log_model(
-        model,
-        name=name,
-        # Named here: otherwise MLflow infers them by re-importing the model in a
-        # subprocess, several seconds on every training run (and every repair).
-        pip_requirements=pip_requirements(),
-        signature=signature,
-        input_example=input_example,
-        registered_model_name=registered_model_name,
-        skops_trusted_types=trusted_types(extra_trusted),
-    )
+    with _without_serving_input_warning():
+        info: ModelInfo = mlflow.sklearn.log_model(
+            model,
+            name=name,
+            # Named here: otherwise MLflow infers them by re-importing the model in a
+            # subprocess, several seconds on every training run (and every repair).
+            pip_requirements=pip_requirements(),
+            signature=signature,
+            input_example=input_example,
+            registered_model_name=registered_model_name,
+            skops_trusted_types=trusted_types(extra_trusted),
+        )
     return info
+
+
+class _DropServingInputWarning(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Failed to validate serving input example")
+
+
+@contextmanager
+def _without_serving_input_warning() -> Iterator[None]:
+    """Drop MLflow's "Failed to validate serving input example ... Got error" warning for a block.
+
+    ``log_model`` checks the input example by loading the logged model through MLflow's own
+    loader, which refuses: every selfheal process forbids MLflow's deserialization
+    (``forbid_pickle``). The warning (a JSON fragment and advice to load the model with
+    ``env_manager="uv"``) printed on every training run and repair, and read like a failure;
+    the model is fine, and the server loads it with ``load_sklearn_model``. Other MLflow
+    warnings still print.
+    """
+    mlflow_logger = logging.getLogger("mlflow.models.model")
+    dropped = _DropServingInputWarning()
+    mlflow_logger.addFilter(dropped)
+    try:
+        yield
+    finally:
+        mlflow_logger.removeFilter(dropped)
 
 
 def pip_requirements() -> list[str]:

@@ -123,3 +123,37 @@ print("ok")
         [sys.executable, "-c", script], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120, check=False
     )
     assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-3000:]
+
+
+def test_logging_a_model_with_pickle_forbidden_prints_no_serving_input_failure(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """MLflow's check of the input example loads the model with its own loader, which refuses in every
+    selfheal process: that refusal must not print as "Failed to validate serving input example ... Got
+    error" on every training run, and the version must still be logged with its example."""
+    import logging
+
+    import mlflow
+    import pandas as pd
+    from sklearn.linear_model import LogisticRegression
+
+    from serving.modelio import log_sklearn_model, mlflow_uris
+    from serving.settings import PICKLE_SWITCH
+
+    monkeypatch.setenv(PICKLE_SWITCH, "false")
+    monkeypatch.setattr(mlflow.models, "infer_pip_requirements", lambda *a, **k: ["scikit-learn"])
+    X = pd.DataFrame({"x": [0.0, 1.0, 2.0, 3.0]})
+    model = LogisticRegression().fit(X, [0, 0, 1, 1])
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = records.append  # type: ignore[method-assign]
+    mlflow_logger = logging.getLogger("mlflow.models.model")  # MLflow's loggers do not propagate to caplog's
+    mlflow_logger.addHandler(handler)
+    try:
+        with mlflow_uris(f"sqlite:///{tmp_path / 'mlflow.db'}"), mlflow.start_run():
+            info = log_sklearn_model(model, X.head(2), registered_model_name="quiet")
+    finally:
+        mlflow_logger.removeHandler(handler)
+    assert info.registered_model_version == 1
+    assert info.saved_input_example_info is not None
+    assert not [r.getMessage() for r in records if "serving input example" in r.getMessage()]
