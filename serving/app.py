@@ -112,6 +112,7 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
     app.state.settings = settings
     app.add_exception_handler(RequestValidationError, validation_error)
     app.add_exception_handler(StarletteHTTPException, http_error)
+    app.add_middleware(predict.PredictFastPath)  # innermost: inside the body limit and the metrics
     app.add_middleware(BodyLimitMiddleware, limit=settings.max_body_bytes)  # inside the metrics: 413s are counted
     app.add_middleware(_MetricsMiddleware)
     app.include_router(predict.router)

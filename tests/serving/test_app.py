@@ -16,6 +16,7 @@ from fastapi import FastAPI
 from checkpoints import Lake
 from serving.app import create_app
 from serving.processes import free_port, wait_until
+from serving.routers.predict import PredictFastPath
 from serving.settings import ServerSettings
 from tests.serving._estimators import TRUSTED
 from tests.serving.conftest import ADMIN_TOKEN, GUARDED, MODEL, GuardedVersions, ModelStore
@@ -149,6 +150,56 @@ def test_missing_field_and_bad_bodies(model_store: ModelStore, make_client: Any)
     assert client.post("/predict", json=[]).status_code == 422
     assert client.post("/predict", json=42).status_code == 422
     assert client.post("/predict", json=model_store.records(1) * 1001).status_code == 422
+
+
+def test_the_fast_path_answers_predict_as_the_fastapi_route_does(model_store: ModelStore, tmp_path: Path) -> None:
+    """``PredictFastPath`` answers ``POST /predict`` in front of FastAPI's router: every answer, errors
+    included, is the one the route gives without it (same status, body and headers but the date)."""
+    model_store.set_aliases(champion=model_store.versions["hgb"])
+    apps = {}
+    for name in ("fast", "route"):
+        app = create_app(settings_for(model_store, tmp_path / name, max_body_bytes=4096))
+        if name == "route":
+            app.user_middleware = [m for m in app.user_middleware if m.cls is not PredictFastPath]
+        apps[name] = app
+    assert [m.cls for m in apps["fast"].user_middleware].count(PredictFastPath) == 1
+    clients = {name: AppClient(app) for name, app in apps.items()}
+    record = model_store.records(1)[0]
+    missing = {k: v for k, v in record.items() if k != "segment"}
+
+    def chunked() -> Iterator[bytes]:
+        yield b"[" + b" " * 3000
+        yield b" " * 3000 + b"]"
+
+    asks: list[dict[str, Any]] = [
+        {"json": record},
+        {"json": model_store.records(3), "headers": {"X-Request-ID": "list-1"}},
+        {"json": {"dataframe_records": [record]}},
+        {"content": b"{not json"},
+        {"content": b"\xff\xfe"},
+        {"json": [missing]},
+        {"json": {**record, "segment": 3}},
+        {"json": []},
+        {"content": b"x" * 5000},
+        {"content": chunked},  # a fresh generator per server: a chunked body over the limit
+    ]
+    try:
+        for i, ask in enumerate(asks):
+            headers = {"X-Request-ID": f"same-{i}", **ask.pop("headers", {})}
+            answers = {
+                name: client.post("/predict", headers=headers, **{k: v() if callable(v) else v for k, v in ask.items()})
+                for name, client in clients.items()
+            }
+            fast, route = answers["fast"], answers["route"]
+            assert (fast.status_code, fast.content) == (route.status_code, route.content), (i, fast.text, route.text)
+            assert {k: v for k, v in fast.headers.items() if k != "date"} == {
+                k: v for k, v in route.headers.items() if k != "date"
+            }, i
+            assert fast.status_code < 500, (i, fast.text)
+        assert clients["fast"].get("/predict").status_code == clients["route"].get("/predict").status_code == 405
+    finally:
+        for client in clients.values():
+            client.shutdown()
 
 
 def test_inference_log_and_feedback_rows(model_store: ModelStore, make_client: Any, tmp_path: Path) -> None:
