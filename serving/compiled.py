@@ -176,8 +176,12 @@ def compile_estimator(estimator: Any) -> CompiledTrees | None:
 def trees_verified(trees: CompiledTrees, x: np.ndarray[Any, Any]) -> bool:
     """Whether ``trees`` answer exactly as their estimator on ``x`` and on every split's edge.
 
-    Beside ``x``'s rows: for each distinct (feature, threshold) of the trees, ``x``'s first row
-    with that feature at the threshold and just above it, and with each feature missing.
+    The edges: for each distinct (feature, threshold) of the trees, ``x``'s first row with that
+    feature at the threshold and just above it, and with each feature missing. On ``x`` and the
+    edges the raw scores must be equal (both sides turn them into values and probabilities with
+    the estimator's own loss), and on ``x`` the values and probabilities too. Comparing the
+    public outputs on the edges as well walked the trees twice more over thousands of rows:
+    0.12 s of a 100-tree model's load instead of 0.06 s.
     """
     x = np.asarray(x, dtype=np.float64)
     if x.ndim != 2 or not len(x):
@@ -191,9 +195,10 @@ def trees_verified(trees: CompiledTrees, x: np.ndarray[Any, Any]) -> bool:
     probe = np.vstack([x, edges])
     estimator = trees.estimator
     try:
-        pairs = [(trees.predict(probe), estimator.predict(probe))]
+        pairs = [(trees.raw(probe), np.asarray(estimator._raw_predict(probe)))]
+        pairs.append((trees.predict(x), estimator.predict(x)))
         if hasattr(estimator, "predict_proba"):
-            pairs.append((trees.predict_proba(probe), estimator.predict_proba(probe)))
+            pairs.append((trees.predict_proba(x), estimator.predict_proba(x)))
     except Exception as exc:  # noqa: BLE001 - a probe either side refuses: not proven equal
         logger.info("compiled trees not used: the probe failed: %s: %s", type(exc).__name__, exc)
         return False

@@ -218,8 +218,8 @@ class LoadedModel:
         The preprocessing is probed on the input example's rows, each column missing in turn and
         each text column unknown, and on a row with every column missing, handed over as the
         server hands a request's columns (``FeatureSchema.arrays``); the trees on those rows and
-        on every split's edge. Anything
-        else keeps scikit-learn's path: the whole model, or its own final estimator.
+        on every split's edge (``trees_verified``). Anything else keeps scikit-learn's path: the
+        whole model, or its own final estimator.
         """
         prepare = compile_preprocessing(self.model)
         if prepare is None:
