@@ -102,13 +102,10 @@ class ProductionStores:
             if k.startswith("PREFECT_SERVER_") and not k.startswith(_OWN_SERVER_SETTINGS)
         }
 
-    @property
-    def artifact_root(self) -> str:
-        return f"s3://{BUCKET}/artifacts"
-
-    @property
-    def lake_root(self) -> str:
-        return f"s3://{BUCKET}/lake"
+    artifact_root = f"s3://{BUCKET}/artifacts"
+    """Where the MLflow server keeps the models' artifacts (written and read with boto3)."""
+    lake_root = f"s3://{BUCKET}/lake"
+    """The lake's root on the object store."""
 
     def environment(self) -> dict[str, str]:
         """What clients need: the S3 keys and endpoint (boto3 reads them for MLflow's artifacts), the Prefect API."""
