@@ -11,6 +11,13 @@ One batch in flight gives the biggest batches. More (up to ``max_inflight``)
 are started only when the batch in flight is slow (``stall_seconds``), so a
 model that hangs until its timeout does not hold every request of the worker.
 
+Each release arm (champion, canary challenger) has a lane of its own: its queue,
+its ``max_inflight`` slots and its dispatcher. With one lane, a canary whose model
+slept 0.5 s per call held both slots with two of its batches, and the champion's
+requests queued behind them: the champion's p99 rose with the challenger's, and the
+release analysis, which compares the two, saw no latency fault (tests/serving/
+test_release.py, 2 of 9 runs). A bad canary now costs only its own share.
+
 Example:
     >>> batcher = MicroBatcher(predictor, BatchPolicy(max_batch_rows=256, max_inflight=2), on_answered=log_rows)
     >>> batcher.start()
@@ -98,75 +105,82 @@ class BatchPolicy:
 AnsweredHook = Callable[[list[PendingRequest], dict[str, list[Any]], Outcome], None]
 
 
+class _Lane:
+    """One arm's queue, slots and dispatcher."""
+
+    def __init__(self, policy: BatchPolicy) -> None:
+        self.queue: deque[PendingRequest] = deque()
+        self.wake = asyncio.Event()
+        self.slots = asyncio.Semaphore(policy.max_inflight)
+        self.answered = asyncio.Event()
+        self.tasks: set[asyncio.Task[None]] = set()
+        self.dispatcher: asyncio.Task[None] | None = None
+
+
 class MicroBatcher:
-    """Groups concurrent requests into model calls (see the module docstring)."""
+    """Groups concurrent requests into model calls, one lane per release arm (see the module docstring)."""
 
     def __init__(self, predictor: Predictor, policy: BatchPolicy, *, on_answered: AnsweredHook | None = None) -> None:
         self.predictor = predictor
         self.policy = policy
         self._on_answered = on_answered
-        self._queue: deque[PendingRequest] = deque()
-        self._wake = asyncio.Event()
-        self._slots = asyncio.Semaphore(self.policy.max_inflight)
-        self._answered = asyncio.Event()
-        self._tasks: set[asyncio.Task[None]] = set()
-        self._dispatcher: asyncio.Task[None] | None = None
+        self._lanes: dict[Variant, _Lane] = {"champion": _Lane(policy), "challenger": _Lane(policy)}
 
     def start(self) -> None:
-        self._dispatcher = asyncio.get_running_loop().create_task(self._dispatch(), name="micro-batcher")
+        loop = asyncio.get_running_loop()
+        for variant, lane in self._lanes.items():
+            lane.dispatcher = loop.create_task(self._dispatch(lane), name=f"micro-batcher-{variant}")
 
     async def submit(self, request: PendingRequest) -> BatchAnswer:
-        """Queue a request and wait for its batch's answer."""
+        """Queue a request in its arm's lane and wait for its batch's answer."""
         request.future = asyncio.get_running_loop().create_future()
-        self._queue.append(request)
-        self._wake.set()
+        lane = self._lanes[request.variant]
+        lane.queue.append(request)
+        lane.wake.set()
         return await request.future
 
     async def close(self) -> None:
-        """Answer everything queued, then stop the dispatcher."""
-        while self._queue or self._tasks:
+        """Answer everything queued, then stop the dispatchers."""
+        while any(lane.queue or lane.tasks for lane in self._lanes.values()):
             await asyncio.sleep(0.01)
-        if self._dispatcher is not None:
-            self._dispatcher.cancel()
-            try:
-                await self._dispatcher
-            except asyncio.CancelledError:
-                pass
+        for lane in self._lanes.values():
+            if lane.dispatcher is not None:
+                lane.dispatcher.cancel()
+                try:
+                    await lane.dispatcher
+                except asyncio.CancelledError:
+                    pass
 
-    async def _dispatch(self) -> None:
+    async def _dispatch(self, lane: _Lane) -> None:
         loop = asyncio.get_running_loop()
         while True:
-            if not self._queue:
-                self._wake.clear()
-                await self._wake.wait()
-            await self._slots.acquire()
-            if self._tasks:  # a batch is predicting: let more requests queue unless it is slow
-                self._answered.clear()
+            if not lane.queue:
+                lane.wake.clear()
+                await lane.wake.wait()
+            await lane.slots.acquire()
+            if lane.tasks:  # a batch is predicting: let more requests queue unless it is slow
+                lane.answered.clear()
                 try:
-                    await asyncio.wait_for(self._answered.wait(), self.policy.stall_seconds)
+                    await asyncio.wait_for(lane.answered.wait(), self.policy.stall_seconds)
                 except TimeoutError:
                     pass
-            batch = self._take()
-            task = loop.create_task(self._run(batch))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            batch = self._take(lane.queue)
+            task = loop.create_task(self._run(lane, batch))
+            lane.tasks.add(task)
+            task.add_done_callback(lane.tasks.discard)
 
-    def _take(self) -> list[PendingRequest]:
-        first = self._queue.popleft()
+    def _take(self, queue: deque[PendingRequest]) -> list[PendingRequest]:
+        first = queue.popleft()
         batch, rows = [first], first.rows
-        while self._queue:
-            nxt = self._queue[0]
-            if (
-                nxt.models is not first.models
-                or nxt.variant != first.variant
-                or rows + nxt.rows > self.policy.max_batch_rows
-            ):
+        while queue:
+            nxt = queue[0]
+            if nxt.models is not first.models or rows + nxt.rows > self.policy.max_batch_rows:
                 break
-            batch.append(self._queue.popleft())
+            batch.append(queue.popleft())
             rows += nxt.rows
         return batch
 
-    async def _run(self, batch: list[PendingRequest]) -> None:
+    async def _run(self, lane: _Lane, batch: list[PendingRequest]) -> None:
         try:
             if len(batch) == 1:
                 columns = batch[0].columns
@@ -180,8 +194,8 @@ class MicroBatcher:
                     request.future.set_exception(exc)
             return
         finally:
-            self._slots.release()
-            self._answered.set()
+            lane.slots.release()
+            lane.answered.set()
         offset = 0
         for request in batch:
             if request.future is not None and not request.future.done():
