@@ -307,7 +307,8 @@ def test_a_worse_canary_is_rolled_back_and_never_saw_more_than_its_share(
     failed = {m["metric"] for m in incidents[0].evidence["failed"]}
     # The metric the fault worsens failed; on a 2-s sample another may fail with it (CI saw
     # quality fail beside latency once), which still rolls back the same way.
-    assert {"error": "error_rate", "latency": "latency_p99_ms", "labels": "quality"}[fault] in failed, incidents[0].evidence
+    worsened = {"error": "error_rate", "latency": "latency_p99_ms", "labels": "quality"}[fault]
+    assert worsened in failed, incidents[0].evidence
 
 
 def test_a_better_canary_is_promoted(
