@@ -150,8 +150,11 @@ def test_logging_a_model_with_pickle_forbidden_prints_no_serving_input_failure(
     mlflow_logger = logging.getLogger("mlflow.models.model")  # MLflow's loggers do not propagate to caplog's
     mlflow_logger.addHandler(handler)
     try:
-        with mlflow_uris(f"sqlite:///{tmp_path / 'mlflow.db'}"), mlflow.start_run():
-            info = log_sklearn_model(model, X.head(2), registered_model_name="quiet")
+        with mlflow_uris(f"sqlite:///{tmp_path / 'mlflow.db'}"):
+            # Artifacts under tmp_path: the default experiment would write ./mlruns in the checkout.
+            experiment = mlflow.create_experiment("quiet", artifact_location=str(tmp_path / "artifacts"))
+            with mlflow.start_run(experiment_id=experiment):
+                info = log_sklearn_model(model, X.head(2), registered_model_name="quiet")
     finally:
         mlflow_logger.removeHandler(handler)
     assert info.registered_model_version == 1
