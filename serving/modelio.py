@@ -131,11 +131,6 @@ def log_sklearn_model(
     return info
 
 
-class _DropServingInputWarning(logging.Filter):
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not record.getMessage().startswith("Failed to validate serving input example")
-
-
 @contextmanager
 def _without_serving_input_warning() -> Iterator[None]:
     """Drop MLflow's "Failed to validate serving input example ... Got error" warning for a block.
@@ -148,7 +143,10 @@ def _without_serving_input_warning() -> Iterator[None]:
     warnings still print.
     """
     mlflow_logger = logging.getLogger("mlflow.models.model")
-    dropped = _DropServingInputWarning()
+
+    def dropped(record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Failed to validate serving input example")
+
     mlflow_logger.addFilter(dropped)
     try:
         yield
