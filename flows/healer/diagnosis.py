@@ -126,7 +126,7 @@ def _quality_without_input_shift(present: set[SignalKind], ctx: Context) -> set[
 
 RULES: tuple[Rule, ...] = (
     ("the server does not answer", Cause.SERVING_DOWN, _when(SignalKind.SERVING_DOWN)),
-    ("tracking store or landing zone unreachable", Cause.UPSTREAM_OUTAGE, _when(SignalKind.UPSTREAM_OUTAGE)),
+    ("tracking store, lake or landing zone unreachable", Cause.UPSTREAM_OUTAGE, _when(SignalKind.UPSTREAM_OUTAGE)),
     ("a stage table's newest commit is torn", Cause.LAKE_CORRUPTED, _when(SignalKind.LAKE_CORRUPTED)),
     # Whatever the quality says: a champion the server will not load is a deploy that must be undone.
     ("the server refused to load the champion", Cause.BAD_DEPLOY, _when(SignalKind.MODEL_REFUSED)),

@@ -38,7 +38,7 @@ import httpx
 
 from checkpoints import Lake
 from checkpoints.decisions import DecisionLog
-from checkpoints.exceptions import CheckpointCorrupted, CheckpointError, RegistryUnavailable
+from checkpoints.exceptions import CheckpointCorrupted, CheckpointError, LakeUnreachable, RegistryUnavailable
 from checkpoints.incidents import WAITING, Incident, IncidentLog, State, Transition, to_report
 from checkpoints.leases import claim
 from checkpoints.metrics import METRICS_TABLE, metric_values
@@ -860,8 +860,35 @@ def _closed_since(incidents: list[Incident], cause: str, observed_at: datetime) 
     return any(i.cause == cause and i.state.closed and i.last.ts >= observed_at for i in incidents)
 
 
+@dataclass
+class LakeOutage:
+    """The lake's object store failing the healer's ticks: since when, how often, and the last error."""
+
+    since: datetime
+    error: str
+    failed_ticks: int = 1
+
+    def signal(self, now: datetime) -> Signal:
+        """The outage as an ``upstream_outage`` signal raised when it began (the incident's MTTR counts from there)."""
+        evidence = {
+            "lake": self.error,
+            "unreachable_seconds": round((now - self.since).total_seconds(), 1),
+            "failed_ticks": self.failed_ticks,
+        }
+        return Signal(
+            SignalKind.UPSTREAM_OUTAGE, Severity.CRITICAL, evidence, Window(self.since, now), "healer", self.since
+        )
+
+
 class HealerLoop:
-    """Ticks in one process, keeping verification state between ticks."""
+    """Ticks in one process, keeping verification state between ticks.
+
+    The incident log, the leases and the inbox live in the lake. When its object store
+    cannot be reached, a tick fails with ``LakeUnreachable``: the loop keeps ticking (the
+    process must outlive the outage it is there to report), reads everything again from
+    where the last good tick stopped, and the first tick that reaches the lake again
+    records the outage as an ``upstream_outage`` incident detected when it began.
+    """
 
     def __init__(
         self, cfg: SelfhealConfig, config_path: str | None, run_monitor: bool = True, warm_models: bool = True
@@ -872,8 +899,31 @@ class HealerLoop:
         self.run_monitor = run_monitor
         self.last_observed = datetime.now(UTC)
         self.delivered = Delivered(started_at=self.last_observed)
+        self.lake_outage: LakeOutage | None = None
+        self.still_open: list[Incident] = []
 
     def tick(self) -> list[Incident]:
-        observation = observe(self.ctx, self.last_observed, self.run_monitor, self.delivered)
-        self.last_observed = observation.started_at
-        return self.healer.tick(observation)
+        """One pass: observe, record, repair; the incidents still open (the last good tick's while the lake is down)."""
+        started = datetime.now(UTC)
+        delivered = Delivered(self.delivered.started_at, dict(self.delivered.keys))
+        try:
+            observation = observe(self.ctx, self.last_observed, self.run_monitor, delivered)
+            if self.lake_outage is not None:
+                observation.signals.append(self.lake_outage.signal(observation.started_at))
+            still_open = self.healer.tick(observation)
+        except LakeUnreachable as exc:
+            if self.lake_outage is None:
+                self.lake_outage = LakeOutage(started, str(exc))
+                logger.warning("the lake is unreachable; ticking on, recorded once it answers: %s", exc)
+            else:
+                failed = self.lake_outage.failed_ticks + 1
+                self.lake_outage = replace(self.lake_outage, error=str(exc), failed_ticks=failed)
+            return self.still_open
+        if self.lake_outage is not None:
+            logger.warning(
+                "the lake answers again after %.0f s: recorded as an upstream_outage incident",
+                (observation.started_at - self.lake_outage.since).total_seconds(),
+            )
+            self.lake_outage = None
+        self.last_observed, self.delivered, self.still_open = observation.started_at, delivered, still_open
+        return still_open
