@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from typing import Any
 
@@ -25,7 +26,10 @@ def register(sub: Subparsers) -> None:
         "calls and no Prefect server is started (a one-shot pass takes seconds, not the\n"
         "ephemeral server's start-up). The plain pass imports neither Prefect nor MLflow\n"
         "(the champion is read from the tracking store directly) and leaves\n"
-        "trainer.estimator to the pipeline run that trains.",
+        "trainer.estimator to the pipeline run that trains.\n\n"
+        "With --interval, a pass the lake's object store fails (LakeUnreachable) is reported on\n"
+        "stderr and the next pass tries again from the same watermark; the exit status is 1\n"
+        "when the last pass failed.",
     )
     when = mon.add_mutually_exclusive_group()
     when.add_argument("--once", action="store_true", help="run once and exit (the default)")
@@ -45,6 +49,7 @@ def register(sub: Subparsers) -> None:
 def cli_monitor(args: argparse.Namespace) -> int:
     """``selfheal monitor --once | --interval S``."""
     # The detectors (pandas, numpy) load when the command runs, not on --help; Prefect only for a flow run.
+    from checkpoints.exceptions import LakeUnreachable
     from flows.events import prefect_api_configured
     from flows.monitor.detectors import MonitorThresholds
     from flows.monitor.passes import monitor_pass
@@ -73,18 +78,25 @@ def cli_monitor(args: argparse.Namespace) -> int:
     runs = 0
     while True:
         started = time.monotonic()
-        if as_flow:
-            with flow_settings():
-                signals = monitor_flow(**params)
-        else:
-            signals = monitor_pass(plain)
+        try:
+            if as_flow:
+                with flow_settings():
+                    signals = monitor_flow(**params)
+            else:
+                signals = monitor_pass(plain)
+        except LakeUnreachable as exc:
+            # A pass reads from the watermark the last good one left (in the lake): the next
+            # pass after the outage reads what this one could not.
+            signals = None
+            again = f"; next pass in {args.interval:g} s" if args.interval is not None else ""
+            print(f"selfheal monitor: {exc}{again}", file=sys.stderr, flush=True)
         runs += 1
-        if args.json:
+        if signals is not None and args.json:
             print(json.dumps([s.to_dict() for s in signals]))
-        else:
+        elif signals is not None:
             print(f"monitor run: {len(signals)} signal(s)")
             for s in signals:
                 print(f"  {s.summary()}")
         if args.interval is None or (args.max_runs is not None and runs >= args.max_runs):
-            return 0
+            return 0 if signals is not None else 1
         time.sleep(max(0.0, args.interval - (time.monotonic() - started)))
