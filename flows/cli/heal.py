@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -16,6 +17,9 @@ Run the healer: each tick runs a monitor pass and probes the tracking store, lan
 zone, quarantine and server; diagnoses signals into causes; opens incidents and moves
 them DETECTED -> DIAGNOSED -> HEALING -> VERIFYING -> RESOLVED (or ESCALATED).
 State lives in the incidents table, so a restarted healer resumes where it stopped.
+When the lake's object store does not answer, each tick says so on stderr and the
+healer keeps ticking; the first tick that reaches the lake again records the outage as
+an upstream_outage incident (--once exits 1 instead).
 With healing.enabled: false it detects and records but repairs nothing.
 Incident and signal events go to Prefect when PREFECT_API_URL is set (or with
 --prefect); otherwise none are sent and no Prefect server is started for them.
@@ -104,8 +108,15 @@ def cli_heal(args: argparse.Namespace) -> int:
         except RemedyFailed as exc:
             print(f"selfheal heal: {exc}")
             return 1
-        for incident in still_open:
-            print(f"  open {incident.id} {incident.cause:<16} {incident.state.value:<17} {incident.last.detail[:90]}")
+        outage = loop.lake_outage
+        if outage is not None:  # nothing was read or written this tick; the loop records the outage once it ends
+            since = outage.since.astimezone().strftime("%H:%M:%S")
+            print(f"selfheal heal: the lake is unreachable since {since}: {outage.error}", file=sys.stderr, flush=True)
+            if args.once:
+                return 1
+        else:
+            for i in still_open:
+                print(f"  open {i.id} {i.cause:<16} {i.state.value:<17} {i.last.detail[:90]}")
         if args.once:
             return 0
         time.sleep(max(0.0, interval - (time.monotonic() - started)))
