@@ -30,6 +30,7 @@ def test_a_monitor_loop_reports_each_pass_the_lake_fails_and_keeps_going(
     monkeypatch.setenv("SELFHEAL_CONFIG", str(config))
     monkeypatch.setenv("SELFHEAL_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     monkeypatch.delenv("PREFECT_API_URL", raising=False)
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")  # each pass fails in 0.1 s, not after ~11 s of botocore's retries
 
     assert main(["monitor", "--interval", "0.1", "--max-runs", "2", "--no-serving"]) == 1
     err = capsys.readouterr().err
