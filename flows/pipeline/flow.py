@@ -649,7 +649,7 @@ def promote_task(cfg: SelfhealConfig, version: str) -> str | None:
 
 @task(name="freeze-golden-set", cache_policy=NO_CACHE)
 def freeze_golden_task(cfg: SelfhealConfig, version: str, silver_version: int, change: ChangeWindow | None) -> int:
-    """Freeze the promoted version's golden set (``flows.pipeline.golden``): rows frozen, 0 if none.
+    """Freeze the version about to be promoted's golden set (``flows.pipeline.golden``): rows frozen, 0 if none.
 
     Best effort: the promotion stands when it fails (the healer's probe then has no set for
     the version and says so); a version the server cannot load is the refusal probe's business.
@@ -843,8 +843,10 @@ def _run_stages(
             txn.set("keep_bronze", True)
             txn.set("rejection", f"{decision.metric}={decision.challenger:.4f} < {decision.required:.4f}")
             decision.raise_if_rejected()
-        old = promote_task(cfg, challenger.version)
+        # Frozen before the alias moves: a champion always has its golden set, taken from the artifact
+        # that passed the gate (after it, a file changed in between was frozen as the truth: CI, 7694f18).
         freeze_golden_task(cfg, challenger.version, silver_version, change)
+        old = promote_task(cfg, challenger.version)
         if cfg.promote.target != "direct" and old is not None:
             result.outcome, result.champion = "released", old
             result.message = f"v{challenger.version} passed the gate; {cfg.promote.target} release against v{old}"

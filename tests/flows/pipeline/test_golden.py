@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from checkpoints import Lake
 from checkpoints.golden import compare, golden_set
 from flows.config import load_config
@@ -14,13 +16,25 @@ from tests.flows.pipeline.fixtures import dataset_frame, write_batches, write_co
 
 
 def test_a_promotion_freezes_a_stratified_golden_set_from_the_registered_artifact(
-    tmp_path: Path, prefect_harness: None
+    tmp_path: Path, prefect_harness: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     frame, target = dataset_frame("binary")
     write_batches(frame.iloc[:380], tmp_path / "landing", parts=2)
     config = write_config(tmp_path, "binary", target, golden__rows=40, golden__enabled=True)
-    assert pipeline_flow(str(config)).outcome == "promoted"
     cfg = load_config(config)
+    # When the alias moves, the version's golden set is already there: a champion never lacks one
+    # (a model file replaced between the two would otherwise be frozen as the truth).
+    frozen_when_promoted = []
+    promote = Registry.promote
+
+    def promote_and_look(registry: Registry, version: str) -> object:
+        ref = registry.version(version)
+        frozen_when_promoted.append(len(golden_set(Lake(cfg.lake.root), version, ref.run_id or "")))
+        return promote(registry, version)
+
+    monkeypatch.setattr(Registry, "promote", promote_and_look)
+    assert pipeline_flow(str(config)).outcome == "promoted"
+    assert frozen_when_promoted == [40]
     registry = Registry(cfg.tracking_uri, cfg.model_name, artifact_root=cfg.artifact_root)
     champion = registry.by_alias(CHAMPION)
     assert champion is not None
