@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+import serving.processes
 from checkpoints.incidents import IncidentLog, State
 from flows.config import load_config
 from flows.healer.machine import HealerLoop
@@ -81,6 +82,8 @@ def test_one_tick_against_an_unreachable_lake_exits_1_naming_it(
     from serving.processes import free_port
 
     monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")  # fail in 0.1 s, not after ~11 s of botocore's retries
+    # `heal` lowers its own process to nice 19: here that is the test process, and every later test in it.
+    monkeypatch.setattr(serving.processes, "yield_cpu", lambda pid=None: True)
     options = {
         "AWS_ENDPOINT_URL": f"http://127.0.0.1:{free_port()}",  # nothing listens: the store is down
         "AWS_ACCESS_KEY_ID": "k",
