@@ -89,3 +89,21 @@ def tracking_uri(tmp_path: Path) -> Iterator[str]:
     yield uri
     mlflow.set_tracking_uri(previous)
     mlflow.set_registry_uri(previous)
+
+
+@pytest.fixture
+def unreachable_s3_options(monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    """Storage options for an S3 store that is down (nothing listens on its port); a read fails in 0.1 s.
+
+    ``AWS_MAX_ATTEMPTS=1``: botocore's retries would otherwise take ~11 s per failed read.
+    """
+    from serving.processes import free_port
+
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")
+    return {
+        "AWS_ENDPOINT_URL": f"http://127.0.0.1:{free_port()}",
+        "AWS_ACCESS_KEY_ID": "k",
+        "AWS_SECRET_ACCESS_KEY": "s",
+        "AWS_REGION": "us-east-1",
+        "AWS_ALLOW_HTTP": "true",
+    }

@@ -74,25 +74,19 @@ def test_the_healer_outlives_an_object_store_outage_and_records_it_once_the_lake
 
 @pytest.mark.integration
 def test_one_tick_against_an_unreachable_lake_exits_1_naming_it(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    unreachable_s3_options: dict[str, str],
 ) -> None:
     """`selfheal heal --once` is what a cron job runs: a tick that read nothing is not a success."""
     pytest.importorskip("s3fs", reason="s3fs lists an s3:// lake: pip install s3fs (in the dev extras)")
     from flows.cli import main
-    from serving.processes import free_port
 
-    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")  # fail in 0.1 s, not after ~11 s of botocore's retries
     # `heal` lowers its own process to nice 19: here that is the test process, and every later test in it.
     monkeypatch.setattr(serving.processes, "yield_cpu", lambda pid=None: True)
-    options = {
-        "AWS_ENDPOINT_URL": f"http://127.0.0.1:{free_port()}",  # nothing listens: the store is down
-        "AWS_ACCESS_KEY_ID": "k",
-        "AWS_SECRET_ACCESS_KEY": "s",
-        "AWS_REGION": "us-east-1",
-        "AWS_ALLOW_HTTP": "true",
-    }
     (tmp_path / "landing").mkdir()
-    lake = {"root": "s3://lake/heal-once", "storage_options": options}
+    lake = {"root": "s3://lake/heal-once", "storage_options": unreachable_s3_options}
     config = write_config(tmp_path, "binary", "y", lake=lake, tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
     monkeypatch.setenv("SELFHEAL_CONFIG", str(config))
     assert main(["heal", "--once", "--no-monitor"]) == 1
