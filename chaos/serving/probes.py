@@ -126,8 +126,12 @@ def availability(
     return ok / len(outcomes)
 
 
-#: How long ``availability_during_fault`` watches the steady state before the fault.
-_STEADY_SECONDS = 5.0
+#: How long ``availability_during_fault`` watches the steady state before the fault: about 120
+#: requests at the sandbox's 40 req/s.
+_STEADY_SECONDS = 3.0
+#: How long after a window ends its last answers take to reach the clients' log (a line-buffered
+#: append at the answer's time; a request still in flight then answers after the window anyway).
+_LOG_LAG_SECONDS = 0.25
 
 
 def _first_request_after(traffic_log: str, since: float, wait: float) -> float:
@@ -158,7 +162,8 @@ def availability_during_fault(
     those whose failure (a connect timeout) came back after it; every request sent after
     it counts (the suite's table still reports availability with all of them). The window is at least
     ``min_seconds`` long, so a fast recovery is still watched for a while. Before the fault (no
-    fault in this run yet) the window is the next 5 s. Fails when fewer than
+    fault in this run yet) the window is the next 3 s, and ``settle_seconds`` does not apply (an
+    answer is logged when it comes back; one still in flight is after the window). Fails when fewer than
     ``min_requests`` came back: no traffic proves nothing.
     """
     if outage_seconds < 0:
@@ -168,8 +173,8 @@ def availability_during_fault(
         # The steady state: the next few seconds, not the last ones (they may hold the
         # previous experiment's outage), from the first answer of clients that may have
         # started with the experiment (their start-up took 5 s on a busy machine).
-        start = _first_request_after(traffic_log, time.time(), _STEADY_SECONDS * 6)
-        time.sleep(max(0.0, start + _STEADY_SECONDS + settle_seconds - time.time()))
+        start = _first_request_after(traffic_log, time.time(), 30.0)
+        time.sleep(max(0.0, start + _STEADY_SECONDS + _LOG_LAG_SECONDS - time.time()))
         end = start + _STEADY_SECONDS
     else:
         # At least ``min_seconds`` of the fault are observed, however fast the recovery
