@@ -92,7 +92,7 @@ def tracking_uri(tmp_path: Path) -> Iterator[str]:
 
 
 @pytest.fixture
-def unreachable_s3_options(monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+def dead_s3_options(monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
     """Storage options for an S3 store that is down (nothing listens on its port); a read fails in 0.1 s.
 
     ``AWS_MAX_ATTEMPTS=1``: botocore's retries would otherwise take ~11 s per failed read.
@@ -107,3 +107,17 @@ def unreachable_s3_options(monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
         "AWS_REGION": "us-east-1",
         "AWS_ALLOW_HTTP": "true",
     }
+
+
+@pytest.fixture
+def dead_lake(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, dead_s3_options: dict[str, str]) -> str:
+    """A project (``SELFHEAL_CONFIG``) whose lake is on the S3 store that is down; returns the lake's root."""
+    pytest.importorskip("s3fs", reason="s3fs lists an s3:// lake: pip install s3fs (in the dev extras)")
+    from tests.flows.pipeline.fixtures import write_config
+
+    lake = {"root": "s3://lake/down", "storage_options": dead_s3_options}
+    (tmp_path / "landing").mkdir()
+    config = write_config(tmp_path, "binary", "y", lake=lake, tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    monkeypatch.setenv("SELFHEAL_CONFIG", str(config))
+    monkeypatch.delenv("PREFECT_API_URL", raising=False)
+    return str(lake["root"])

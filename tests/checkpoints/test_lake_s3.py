@@ -16,7 +16,6 @@ import sys
 import time
 from collections import Counter
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -25,7 +24,6 @@ from deltalake import CommitProperties, DeltaTable, Transaction, write_deltalake
 
 from checkpoints import CheckpointCorrupted, Lake, LakeUnreachable
 from flows.local.object_store import SeaweedFS
-from serving.processes import free_port
 from tests._together import run_together
 from tests.checkpoints._writer import overlapping_keys
 
@@ -126,16 +124,9 @@ def test_three_writer_processes_fifty_overlapping_keys_each_land_every_key_once(
     assert len(commits) == 65
 
 
-def test_an_unreachable_store_is_an_error_naming_the_operation(tmp_path: Path) -> None:
+def test_an_unreachable_store_is_an_error_naming_the_operation(dead_s3_options: dict[str, str]) -> None:
     """Nothing listens at the endpoint: each call says which lake call failed, not a bare botocore/OSError."""
-    options = {
-        "AWS_ENDPOINT_URL": f"http://127.0.0.1:{free_port()}",
-        "AWS_ACCESS_KEY_ID": "k",
-        "AWS_SECRET_ACCESS_KEY": "s",
-        "AWS_REGION": "us-east-1",
-        "AWS_ALLOW_HTTP": "true",
-    }
-    lake = Lake("s3://lake/nowhere", options)
+    lake = Lake("s3://lake/nowhere", dead_s3_options)
     with pytest.raises(LakeUnreachable, match="listing s3://lake/nowhere"):
         lake.tables()
     with pytest.raises(LakeUnreachable, match=r"read\('bronze'\) failed on the object store"):

@@ -13,6 +13,7 @@ import pytest
 
 import serving.processes
 from checkpoints.incidents import IncidentLog, State
+from flows.cli import main
 from flows.config import load_config
 from flows.healer.machine import HealerLoop
 from flows.local.object_store import SeaweedFS, weed_binary
@@ -74,21 +75,11 @@ def test_the_healer_outlives_an_object_store_outage_and_records_it_once_the_lake
 
 @pytest.mark.integration
 def test_one_tick_against_an_unreachable_lake_exits_1_naming_it(
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
-    capsys: pytest.CaptureFixture[str],
-    unreachable_s3_options: dict[str, str],
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], dead_lake: str
 ) -> None:
     """`selfheal heal --once` is what a cron job runs: a tick that read nothing is not a success."""
-    pytest.importorskip("s3fs", reason="s3fs lists an s3:// lake: pip install s3fs (in the dev extras)")
-    from flows.cli import main
-
     # `heal` lowers its own process to nice 19: here that is the test process, and every later test in it.
     monkeypatch.setattr(serving.processes, "yield_cpu", lambda pid=None: True)
-    (tmp_path / "landing").mkdir()
-    lake = {"root": "s3://lake/heal-once", "storage_options": unreachable_s3_options}
-    config = write_config(tmp_path, "binary", "y", lake=lake, tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
-    monkeypatch.setenv("SELFHEAL_CONFIG", str(config))
     assert main(["heal", "--once", "--no-monitor"]) == 1
     err = capsys.readouterr().err
     assert "selfheal heal: the lake is unreachable since" in err and "failed on the object store" in err
