@@ -129,8 +129,9 @@ def availability(
 #: How long ``availability_during_fault`` watches the steady state before the fault: about 120
 #: requests at the sandbox's 40 req/s.
 _STEADY_SECONDS = 3.0
-#: How long after a window ends its last answers take to reach the clients' log (a line-buffered
-#: append at the answer's time; a request still in flight then answers after the window anyway).
+#: How long an answer takes to reach the clients' log: a line-buffered append when it comes back.
+#: A window is counted by when answers came back, so waiting longer adds nothing to it: a
+#: request still in flight at its end answers after it.
 _LOG_LAG_SECONDS = 0.25
 
 
@@ -149,7 +150,7 @@ def availability_during_fault(
     outage_seconds: float = 0.0,
     min_requests: int = 20,
     min_seconds: float = 10.0,
-    settle_seconds: float = 2.0,
+    settle_seconds: float = _LOG_LAG_SECONDS,
     configuration: Configuration | None = None,
 ) -> float:
     """The share of the clients' requests answered from the fault to now: measured over the whole fault.
@@ -162,9 +163,9 @@ def availability_during_fault(
     those whose failure (a connect timeout) came back after it; every request sent after
     it counts (the suite's table still reports availability with all of them). The window is at least
     ``min_seconds`` long, so a fast recovery is still watched for a while. Before the fault (no
-    fault in this run yet) the window is the next 3 s, and ``settle_seconds`` does not apply (an
-    answer is logged when it comes back; one still in flight is after the window). Fails when fewer than
-    ``min_requests`` came back: no traffic proves nothing.
+    fault in this run yet) the window is the next 3 s. Requests count by when their answer came
+    back; the window ends ``settle_seconds`` before the probe reads the log, the time an answer
+    takes to reach it. Fails when fewer than ``min_requests`` came back: no traffic proves nothing.
     """
     if outage_seconds < 0:
         raise ValueError(f"outage_seconds must be >= 0, got {outage_seconds}")
@@ -174,11 +175,11 @@ def availability_during_fault(
         # previous experiment's outage), from the first answer of clients that may have
         # started with the experiment (their start-up took 5 s on a busy machine).
         start = _first_request_after(traffic_log, time.time(), 30.0)
-        time.sleep(max(0.0, start + _STEADY_SECONDS + _LOG_LAG_SECONDS - time.time()))
+        time.sleep(max(0.0, start + _STEADY_SECONDS + settle_seconds - time.time()))
         end = start + _STEADY_SECONDS
     else:
         # At least ``min_seconds`` of the fault are observed, however fast the recovery
-        # probes before this one were; then the requests still in flight come back.
+        # probes before this one were; then the last answers reach the log.
         time.sleep(max(settle_seconds, fault + min_seconds + settle_seconds - time.time()))
         start, end = fault + outage_seconds, time.time() - settle_seconds
     outcomes = read_outcomes(traffic_log, start=start, end=end)
