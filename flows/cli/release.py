@@ -29,7 +29,12 @@ champion answers. A running release of another version is superseded."""
 
 _WATCH = """\
 Look for a running release every S seconds and run the analysis flow on it until its
-verdict: promoted, rolled back (with a bad_release incident) or held as inconclusive."""
+verdict: promoted, rolled back (with a bad_release incident) or held as inconclusive.
+
+The controller outlives an outage of the tracking store or of the lake's object store: a
+look that cannot reach them is reported on stderr and the next look resumes the release
+where it stood (its state waits in the registry). With --once or --max-looks, the exit
+status is 1 when the last look failed."""
 
 
 def register(sub: Subparsers) -> None:
@@ -54,6 +59,7 @@ def register(sub: Subparsers) -> None:
     )
     watch.add_argument("--interval", type=float, default=2.0, metavar="S", help="seconds between looks (default 2)")
     watch.add_argument("--once", action="store_true", help="look once (analysing a running release), then exit")
+    watch.add_argument("--max-looks", type=int, default=None, metavar="N", help="stop after this many looks")
     watch.add_argument("--max-seconds", type=float, default=None, help="stop analysing one release after this long")
 
 
@@ -138,25 +144,31 @@ def cli_abort(args: argparse.Namespace) -> int:
 def cli_watch(args: argparse.Namespace) -> int:
     """The release controller: analyse every release that runs, one flow run per release."""
     # The controller and the registry client import Prefect and MLflow: not on --help.
-    from checkpoints.exceptions import RegistryUnavailable
+    from checkpoints.exceptions import LakeUnreachable, RegistryUnavailable
     from flows.registry import Registry
     from flows.release.controller import read_state, release_analysis_flow
 
+    if args.max_looks is not None and args.max_looks < 1:
+        print(f"selfheal release watch: --max-looks must be at least 1, got {args.max_looks}", file=sys.stderr)
+        return 2
     cfg = config()
     registry = Registry(cfg.tracking_uri, cfg.model_name)
+    looks = 1 if args.once else args.max_looks
     print(f"selfheal release watch: looking for a running release every {args.interval:g} s")
+    looked = 0
     while True:
+        looked += 1
+        failed = False
         try:
             state = read_state(registry)
             if state is not None and state.status == "running":
                 final = release_analysis_flow(max_seconds=args.max_seconds)
                 print(f"release {final.get('release_id')}: {final.get('status')}: {final.get('detail')}", flush=True)
-        except RegistryUnavailable as exc:
+        except (RegistryUnavailable, LakeUnreachable) as exc:
             # The controller outlives a store outage: the release state waits in the registry,
             # and the next look resumes the release where it stood.
+            failed = True
             print(f"selfheal release watch: {exc}; looking again in {args.interval:g} s", file=sys.stderr, flush=True)
-            if args.once:
-                return 1
-        if args.once:
-            return 0
+        if looks is not None and looked >= looks:
+            return 1 if failed else 0
         time.sleep(args.interval)

@@ -49,6 +49,36 @@ def test_the_pipeline_releases_a_new_model_as_canary_instead_of_promoting_it(tmp
     assert again is not None and again.release_id == state.release_id
 
 
+@pytest.mark.integration
+@pytest.mark.usefixtures("prefect_harness")
+def test_the_watcher_outlives_a_lake_it_cannot_reach_mid_release(
+    capsys: pytest.CaptureFixture[str], dead_lake: str
+) -> None:
+    """A measurement due while the lake's object store is down is waited out, as a registry outage is."""
+    import time
+
+    from mlflow import MlflowClient
+
+    from flows.cli import main
+    from flows.config import load_config
+    from flows.registry import Registry
+    from flows.release.controller import read_state, write_state
+
+    cfg = load_config()
+    MlflowClient(cfg.tracking_uri, cfg.tracking_uri).create_registered_model(cfg.model_name)
+    registry = Registry(cfg.tracking_uri, cfg.model_name)
+    hour_ago = time.time() - 3600  # a measurement is due: the analysis reads the lake
+    write_state(registry, ReleaseState("r1", "shadow", "2", "1", 1.0, started_at=hour_ago, step_started_at=hour_ago))
+
+    assert main(["release", "watch", "--interval", "0.1", "--max-looks", "2"]) == 1
+    err = capsys.readouterr().err
+    failed = [line for line in err.splitlines() if line.startswith("selfheal release watch: ")]
+    assert len(failed) == 2, err  # on 8dd8f8c the first failed look ended the controller
+    assert all(dead_lake in line and "looking again in 0.1 s" in line for line in failed)
+    state = read_state(registry)
+    assert state is not None and (state.status, state.measurements) == ("running", 0)  # resumed by the next look
+
+
 def test_the_watcher_outlives_a_locked_tracking_store(tmp_path: Path) -> None:
     """A store outage longer than the registry's retries is waited out, not the end of the controller."""
     import subprocess
