@@ -202,9 +202,16 @@ class Healer:
     rng: random.Random = field(default_factory=random.Random)
     """Exploration's dice (inside the chaos sandbox only)."""
     _policy: tuple[int | None, policy.PolicyTable | None] | None = field(default=None, init=False)
+    blind: dict[datetime, datetime] = field(default_factory=dict, init=False)
+    """The lake outages this healer lived through (start -> end). It could not look then, so they
+    do not count against a repair's ``verify_timeout_seconds``."""
 
     def __post_init__(self) -> None:
         self.decisions = DecisionLog(self.ctx.lake)
+
+    def _blind_seconds(self, since: datetime, until: datetime) -> float:
+        """How much of ``[since, until]`` this healer spent unable to reach the lake."""
+        return sum(max(0.0, (min(end, until) - max(start, since)).total_seconds()) for start, end in self.blind.items())
 
     @property
     def cfg(self) -> SelfhealConfig:
@@ -655,7 +662,8 @@ class Healer:
                         "incident %s RESOLVED by %s in %.1f s", incident.id, remedy.name, resolved.mttr_seconds or 0
                     )
                 return resolved
-        waited = (datetime.now(UTC) - applied_at).total_seconds()
+        now = datetime.now(UTC)
+        waited = (now - applied_at).total_seconds() - self._blind_seconds(applied_at, now)
         if waited < self.cfg.healing.verify_timeout_seconds and (outcome.ok or outcome.pending):
             return None  # wait for fresh evidence
         detail = f"failed verification after {waited:.0f} s: {outcome.detail}"
@@ -887,7 +895,9 @@ class HealerLoop:
     cannot be reached, a tick fails with ``LakeUnreachable``: the loop keeps ticking (the
     process must outlive the outage it is there to report), reads everything again from
     where the last good tick stopped, and the first tick that reaches the lake again
-    records the outage as an ``upstream_outage`` incident detected when it began.
+    records the outage as an ``upstream_outage`` incident detected when it began. A repair
+    that was being verified when the lake went away gets the outage back: the healer could
+    not look, so the outage does not count against its verification time.
     """
 
     def __init__(
@@ -910,6 +920,7 @@ class HealerLoop:
             observation = observe(self.ctx, self.last_observed, self.run_monitor, delivered)
             if self.lake_outage is not None:
                 observation.signals.append(self.lake_outage.signal(observation.started_at))
+                self.healer.blind[self.lake_outage.since] = observation.started_at
             still_open = self.healer.tick(observation)
         except LakeUnreachable as exc:
             if self.lake_outage is None:

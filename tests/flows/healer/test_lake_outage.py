@@ -55,6 +55,8 @@ def test_the_healer_outlives_an_object_store_outage_and_records_it_once_the_lake
         back_at = datetime.now(UTC)
         still_open = loop.tick()
         assert loop.lake_outage is None
+        ((blind_from, blind_to),) = loop.healer.blind.items()  # not counted against a repair's verification
+        assert down_at <= blind_from < back_at <= blind_to
         (incident,) = IncidentLog(loop.ctx.lake).incidents()
         assert incident.cause == "upstream_outage" and "failed on the object store" in incident.evidence["lake"]
         # Detected when the first tick failed, not when the lake came back.

@@ -98,6 +98,28 @@ def test_a_quality_drop_on_a_landed_batch_is_not_blamed_on_the_fresh_deploy(
     assert causes == (["bad_deploy"] if source == "monitor" else ["concept_drift"]), causes
 
 
+def test_a_lake_outage_does_not_count_against_a_repairs_verification(system: dict[str, Any]) -> None:
+    """The healer could not look while the lake was down: that time is not the remedy's."""
+    config = _rewrite(
+        system, healing={"policy": {"data_drift": ["hold_fallback", "rollback"]}, "verify_timeout_seconds": 0.5}
+    )
+    healer = _healer(config)
+    drift = _signal(SignalKind.DATA_DRIFT, features=["mean_radius"])
+    healer.tick(_observe(drift))
+    (incident,) = healer.log.incidents()
+    assert incident.state == State.VERIFYING
+    applied_at = datetime.fromisoformat(incident.last.evidence["applied_at"])
+    time.sleep(0.7)  # past the verification timeout, all of it with the lake down
+    healer.blind[applied_at] = datetime.now(UTC)
+    healer.tick(_observe(drift))
+    (incident,) = healer.log.incidents()
+    assert incident.state == State.VERIFYING, incident.last.detail
+    healer.blind.clear()  # the same wait with the lake up: the remedy had its time
+    healer.tick(_observe(drift))
+    (incident,) = healer.log.incidents()
+    assert any(t.detail.startswith("failed verification") for t in incident.transitions)
+
+
 def test_failed_verification_moves_on_then_escalates(system: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
     config = _rewrite(
         system,
