@@ -585,6 +585,8 @@ class Healer:
         plan, key = healing.evidence.get("plan", {}), healing.evidence.get("key", "")
         try:
             outcome = remedy.apply(self.ctx, incident, plan, key)
+        except LakeUnreachable:
+            raise  # not the remedy failing: the tick fails, and the first tick back applies it again (same key)
         except Exception as exc:  # noqa: BLE001 - a remedy that blows up has failed, the healer goes on
             logger.exception("remedy %s failed to apply", remedy.name)
             outcome = Outcome(False, f"{type(exc).__name__}: {exc}")

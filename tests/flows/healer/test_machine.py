@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from checkpoints.exceptions import LakeUnreachable
 from checkpoints.incidents import IncidentLog, State
 from checkpoints.leases import Lease, claim, take
 from flows.config import load_config
@@ -118,6 +119,32 @@ def test_a_lake_outage_does_not_count_against_a_repairs_verification(system: dic
     healer.tick(_observe(drift))
     (incident,) = healer.log.incidents()
     assert any(t.detail.startswith("failed verification") for t in incident.transitions)
+
+
+def test_a_remedy_cut_off_by_a_lake_outage_is_not_a_failed_attempt(
+    system: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The lake's store failing under a remedy fails the tick, not the remedy: it is applied again once back."""
+    import flows.healer.machine as machine
+
+    config = _rewrite(system, healing={"policy": {"data_drift": ["hold_fallback"]}, "max_attempts": 1})
+    healer = _healer(config)
+    real = machine.get_remedy
+
+    class CutOff(type(real("hold_fallback"))):  # type: ignore[misc]
+        def apply(self, *args: Any, **kwargs: Any) -> Any:
+            raise LakeUnreachable("lake s3://lake/x: append failed on the object store: connection refused")
+
+    monkeypatch.setattr(machine, "get_remedy", lambda name: CutOff() if name == "hold_fallback" else real(name))
+    drift = _signal(SignalKind.DATA_DRIFT, features=["mean_radius"])
+    with pytest.raises(LakeUnreachable):
+        healer.tick(_observe(drift))
+    (incident,) = healer.log.incidents()
+    assert incident.state == State.HEALING and incident.failed_remedies == []
+    monkeypatch.setattr(machine, "get_remedy", real)  # the store is back
+    healer.tick(_observe(drift))
+    (incident,) = healer.log.incidents()
+    assert incident.state == State.VERIFYING and incident.last.remedy == "hold_fallback"
 
 
 def test_failed_verification_moves_on_then_escalates(system: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
