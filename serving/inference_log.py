@@ -1,9 +1,9 @@
 """The inference log: every prediction (and every feedback label) appended to Delta in batches.
 
-Requests only put rows on a bounded in-memory queue (a list append under a
-lock); one background thread per worker turns them into Arrow tables and
-appends them with ``Lake.append`` every ``flush_seconds`` or every
-``batch_rows`` rows, whichever comes first. Each flushed batch carries its own
+Requests only put rows on a bounded in-memory queue (one Python list per
+column, extended under a lock); one background thread per worker turns each
+list into an Arrow array and appends them with ``Lake.append`` every
+``flush_seconds`` or every ``batch_rows`` rows, whichever comes first. Each flushed batch carries its own
 idempotency key, so:
 
 - when the lake refuses a write, the batch goes to a local dead-letter file
@@ -31,7 +31,6 @@ import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
-from itertools import chain
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -90,44 +89,46 @@ class LogBatch:
     rows: int
 
 
-#: Rows converted to Arrow between two releases of the GIL by the writer thread.
-CONVERT_ROWS = 256
+class _Queued:
+    """The rows queued for one table and schema: one Python list per column.
 
-
-def _to_arrow(schema: pa.Schema, batches: Sequence[LogBatch]) -> pa.Table:
-    """The batches as one table, converted ``CONVERT_ROWS`` rows at a time with the GIL let go in between.
-
-    Converting a flush of 5,000 rows from Python lists in one go held the GIL for ~10 ms, and
-    every request of the worker waited for it: it was the p99 at 16 connections (10-12 ms
-    with the log on, 4 ms with it off, ``benchmarks/serving.py``'s model). In slices, the
-    event loop waits at most one slice (~0.5 ms).
+    A submit extends the lists (a few microseconds, on the request path); the writer turns
+    each list into one Arrow array, one C call per column. Converting the requests' own
+    small batches at flush time instead (5,000 one-row batches x 21 columns, in Python)
+    held the GIL for 40-75 ms a flush, and the worker's event loop waited up to a switch
+    interval (5 ms) at a time for it: it was the p99 at 16 connections
+    (``benchmarks/serving.py``'s model: 15-20 ms with the log on, 5-9 ms with it off).
     """
-    tables, part, rows = [], [], 0
-    for batch in batches:
-        part.append(batch)
-        rows += batch.rows
-        if rows >= CONVERT_ROWS:
-            tables.append(_slice_to_arrow(schema, part))
-            part, rows = [], 0
-            time.sleep(0)  # let the event loop (and the model threads) have the GIL
-    if part or not tables:
-        tables.append(_slice_to_arrow(schema, part))
-    return tables[0] if len(tables) == 1 else pa.concat_tables(tables)
 
+    def __init__(self, table: str, schema: pa.Schema) -> None:
+        self.table = table
+        self.schema = schema
+        self.values: dict[str, list[Any]] = {f.name: [] for f in schema}
+        self.rows = 0
 
-def _slice_to_arrow(schema: pa.Schema, batches: Sequence[LogBatch]) -> pa.Table:
-    arrays = []
-    for f in schema:
-        parts: list[Any] = []
-        for b in batches:
-            part = b.columns.get(f.name)
-            parts.append([None] * b.rows if part is None else part)
-        if parts and all(isinstance(p, np.ndarray) for p in parts):
-            values: Any = np.concatenate(parts) if len(parts) > 1 else parts[0]
-        else:
-            values = list(chain.from_iterable(p.tolist() if isinstance(p, np.ndarray) else p for p in parts))
-        arrays.append(pa.array(values, type=f.type))
-    return pa.Table.from_arrays(arrays, schema=schema)
+    def add(self, batch: LogBatch) -> None:
+        """Append ``batch``'s rows (all or nothing).
+
+        Raises:
+            ValueError: a column does not hold ``batch.rows`` values.
+        """
+        parts = []
+        for name, values in self.values.items():
+            part = batch.columns.get(name)
+            if part is None:
+                part = [None] * batch.rows
+            elif isinstance(part, np.ndarray):
+                part = part.tolist()
+            if len(part) != batch.rows:
+                raise ValueError(f"{self.table}: column {name} holds {len(part)} values for {batch.rows} rows")
+            parts.append((values, part))
+        for values, part in parts:
+            values.extend(part)
+        self.rows += batch.rows
+
+    def to_arrow(self) -> pa.Table:
+        arrays = [pa.array(self.values[f.name], type=f.type) for f in self.schema]
+        return pa.Table.from_arrays(arrays, schema=self.schema)
 
 
 class InferenceLog:
@@ -152,7 +153,7 @@ class InferenceLog:
         self.replay_seconds = replay_seconds
         self.metrics = metrics
         self._cond = threading.Condition()
-        self._pending: list[LogBatch] = []
+        self._pending: dict[tuple[str, int], _Queued] = {}  # by table and the schema object's id
         self._pending_rows = 0
         self._closing = False
         self._thread: threading.Thread | None = None
@@ -168,7 +169,15 @@ class InferenceLog:
             if self._closing or self._pending_rows + batch.rows > self.queue_rows:
                 self._dropped(batch.rows)
                 return False
-            self._pending.append(batch)
+            key = (batch.table, id(batch.schema))  # the server's schemas are cached: the same object each time
+            queued = self._pending.get(key) or _Queued(batch.table, batch.schema)
+            try:
+                queued.add(batch)
+            except (TypeError, ValueError):  # passed validation, so a bug: drop (and count) it, keep the others
+                logger.exception("cannot queue %d %s rows; dropping them", batch.rows, batch.table)
+                self._dropped(batch.rows)
+                return False
+            self._pending[key] = queued
             self._pending_rows += batch.rows
             self._idle.clear()
             if self._pending_rows >= self.batch_rows:
@@ -207,12 +216,12 @@ class InferenceLog:
             self._write(self._take())
 
     # -- the writer thread ---------------------------------------------------------
-    def _take(self) -> list[LogBatch]:
+    def _take(self) -> list[_Queued]:
         with self._cond:
-            batches, self._pending, self._pending_rows = self._pending, [], 0
-        if batches and self.metrics is not None:
-            self.metrics.log_queue_rows.dec(sum(b.rows for b in batches))
-        return batches
+            queued, self._pending, self._pending_rows = list(self._pending.values()), {}, 0
+        if queued and self.metrics is not None:
+            self.metrics.log_queue_rows.dec(sum(q.rows for q in queued))
+        return queued
 
     def _run(self) -> None:
         next_replay = time.monotonic()
@@ -221,9 +230,9 @@ class InferenceLog:
                 if not self._closing and self._pending_rows < self.batch_rows:
                     self._cond.wait(self.flush_seconds)
                 closing = self._closing
-            batches = self._take()
+            queued = self._take()
             try:
-                self._write(batches)
+                self._write(queued)
                 if not closing and time.monotonic() >= next_replay:
                     self.replay()
                     next_replay = time.monotonic() + self.replay_seconds
@@ -239,14 +248,11 @@ class InferenceLog:
                 self._idle.set()
                 return
 
-    def _write(self, batches: list[LogBatch]) -> None:
-        groups: dict[tuple[str, pa.Schema], list[LogBatch]] = {}
-        for batch in batches:
-            groups.setdefault((batch.table, batch.schema), []).append(batch)
-        for (table, schema), group in groups.items():
-            rows = sum(b.rows for b in group)
+    def _write(self, queued: list[_Queued]) -> None:
+        for group in queued:
+            table, rows = group.table, group.rows
             try:
-                data = _to_arrow(schema, group)
+                data = group.to_arrow()
             except Exception:  # rows passed validation, so this is a bug: drop (and count) them, keep the others
                 logger.exception("cannot convert %d %s rows to Arrow; dropping them", rows, table)
                 self._dropped(rows)

@@ -99,12 +99,30 @@ def test_close_writes_everything_queued(tmp_path: Path) -> None:
     assert len(request_ids(lake)) == 100
 
 
-def test_a_flush_is_converted_in_slices_that_make_the_same_table() -> None:
-    """The writer lets the GIL go between slices of CONVERT_ROWS rows; the table is the one-go table."""
-    from serving.inference_log import CONVERT_ROWS, _slice_to_arrow, _to_arrow
-
+def test_queued_batches_make_the_table_their_rows_make_in_one_go(tmp_path: Path) -> None:
+    """Numpy and list columns and all-null ones alike; the table is the one the rows make in one go."""
+    lake = Lake(tmp_path / "lake")
+    log = InferenceLog(lake, tmp_path / "dl", batch_rows=10_000, flush_seconds=3600)
     batches = [batch(8 * i, 8, score=i % 3 != 0) for i in range(100)]  # 800 rows, some without scores
-    sliced = _to_arrow(SCHEMA, batches)
-    assert sliced.column(0).num_chunks == -(-800 // CONVERT_ROWS)
-    assert sliced.equals(_slice_to_arrow(SCHEMA, batches))
-    assert _to_arrow(SCHEMA, []).num_rows == 0
+    for b in batches:
+        assert log.submit(b)
+    (queued,) = log._take()
+
+    def as_rows(b: LogBatch) -> list[dict[str, object]]:
+        cols = {f.name: b.columns.get(f.name) for f in SCHEMA}
+        return [{n: None if v is None else v[i] for n, v in cols.items()} for i in range(b.rows)]
+
+    expected = pa.Table.from_pylist([row for b in batches for row in as_rows(b)], schema=SCHEMA)
+    assert queued.to_arrow().equals(expected)
+
+
+def test_a_batch_whose_columns_do_not_match_its_rows_is_dropped_alone(tmp_path: Path) -> None:
+    lake = Lake(tmp_path / "lake")
+    metrics = ServingMetrics()
+    log = InferenceLog(lake, tmp_path / "dl", batch_rows=10_000, flush_seconds=3600, metrics=metrics)
+    good, bad = batch(0, 3), batch(3, 3)
+    bad.columns["amount"] = [1.0]  # one value for three rows
+    assert log.submit(good) and not log.submit(bad) and log.submit(batch(6, 3))
+    assert metrics.log_rows_dropped._value.get() == 3
+    log.close()
+    assert request_ids(lake) == sorted(f"r{i}" for i in [0, 1, 2, 6, 7, 8])
