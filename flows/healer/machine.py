@@ -585,8 +585,8 @@ class Healer:
         plan, key = healing.evidence.get("plan", {}), healing.evidence.get("key", "")
         try:
             outcome = remedy.apply(self.ctx, incident, plan, key)
-        except LakeUnreachable:
-            raise  # not the remedy failing: the tick fails, and the first tick back applies it again (same key)
+        except LakeUnreachable as exc:
+            outcome = self._lake_failed_remedy(incident, remedy.name, exc)
         except Exception as exc:  # noqa: BLE001 - a remedy that blows up has failed, the healer goes on
             logger.exception("remedy %s failed to apply", remedy.name)
             outcome = Outcome(False, f"{type(exc).__name__}: {exc}")
@@ -598,6 +598,30 @@ class Healer:
             return self._step(incident, State.DIAGNOSED, healing, outcome.evidence, detail)
         evidence = {**outcome.evidence, "applied_at": datetime.now(UTC).isoformat()}
         return self._step(incident, State.VERIFYING, healing, evidence, outcome.detail)
+
+    def _lake_failed_remedy(self, incident: Incident, remedy: str, exc: LakeUnreachable) -> Outcome:
+        """The lake's store failed under a remedy: not the remedy's failure, for a while.
+
+        The incident waits in HEALING and the next tick applies the remedy again with the same
+        key. (When the whole store is down, recording the wait fails too: the tick fails and
+        ``HealerLoop`` waits the outage out.) An error that outlasts ``verify_timeout_seconds`` of
+        the time the healer could look (a lasting refusal on one path) is the attempt failing,
+        so the incident moves on to its next remedy or escalates instead of waiting for ever.
+        """
+        last = incident.last
+        healing = next(
+            t
+            for t in incident.transitions
+            if t.state == State.HEALING and t.remedy == last.remedy and t.attempt == last.attempt
+        )
+        now = datetime.now(UTC)
+        waited = (now - healing.ts).total_seconds() - self._blind_seconds(healing.ts, now)
+        if waited >= self.cfg.healing.verify_timeout_seconds:
+            return Outcome(False, f"the lake failed it for {waited:.0f} s: {exc}")
+        logger.warning(
+            "remedy %s for %s: the lake did not answer (%s); applying it again next tick", remedy, incident.id, exc
+        )
+        return Outcome(False, "waiting for the lake's store: the remedy is applied again once it answers", pending=True)
 
     def _wait(self, incident: Incident, healing: Transition, outcome: Outcome) -> None:
         """The remedy cannot act yet (e.g. too few labeled rows after the change): stay HEALING, say why once."""

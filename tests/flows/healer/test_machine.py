@@ -121,30 +121,34 @@ def test_a_lake_outage_does_not_count_against_a_repairs_verification(system: dic
     assert any(t.detail.startswith("failed verification") for t in incident.transitions)
 
 
-def test_a_remedy_cut_off_by_a_lake_outage_is_not_a_failed_attempt(
+def test_a_remedy_the_lake_fails_waits_then_counts_as_failed_once_it_outlasts_the_timeout(
     system: dict[str, Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The lake's store failing under a remedy fails the tick, not the remedy: it is applied again once back."""
+    """The lake's store failing under a remedy is not the remedy failing, until it has lasted verify_timeout_seconds."""
     import flows.healer.machine as machine
 
-    config = _rewrite(system, healing={"policy": {"data_drift": ["hold_fallback"]}, "max_attempts": 1})
+    policy = {"data_drift": ["rollback", "hold_fallback"]}
+    config = _rewrite(system, healing={"policy": policy, "max_attempts": 1, "verify_timeout_seconds": 0.5})
     healer = _healer(config)
     real = machine.get_remedy
 
-    class CutOff(type(real("hold_fallback"))):  # type: ignore[misc]
+    class CutOff(type(real("rollback"))):  # type: ignore[misc]
         def apply(self, *args: Any, **kwargs: Any) -> Any:
-            raise LakeUnreachable("lake s3://lake/x: append failed on the object store: connection refused")
+            raise LakeUnreachable("lake s3://lake/x: append failed on the object store: 403 Forbidden")
 
-    monkeypatch.setattr(machine, "get_remedy", lambda name: CutOff() if name == "hold_fallback" else real(name))
+    monkeypatch.setattr(machine, "get_remedy", lambda name: CutOff() if name == "rollback" else real(name))
     drift = _signal(SignalKind.DATA_DRIFT, features=["mean_radius"])
-    with pytest.raises(LakeUnreachable):
+    for _ in range(2):  # within the timeout: the incident waits, the attempt is not used up
         healer.tick(_observe(drift))
-    (incident,) = healer.log.incidents()
-    assert incident.state == State.HEALING and incident.failed_remedies == []
-    monkeypatch.setattr(machine, "get_remedy", real)  # the store is back
+        (incident,) = healer.log.incidents()
+        assert (incident.state, incident.last.remedy, incident.failed_remedies) == (State.HEALING, "rollback", [])
+        assert incident.last.detail.startswith("waiting for the lake's store")
+    time.sleep(0.6)  # the lake kept failing it past the timeout: the attempt failed, the next remedy runs
     healer.tick(_observe(drift))
     (incident,) = healer.log.incidents()
-    assert incident.state == State.VERIFYING and incident.last.remedy == "hold_fallback"
+    assert incident.failed_remedies == ["rollback"], [t.detail for t in incident.transitions]
+    assert any(t.detail.startswith("failed to apply: the lake failed it for") for t in incident.transitions)
+    assert (incident.state, incident.last.remedy) == (State.VERIFYING, "hold_fallback")
 
 
 def test_failed_verification_moves_on_then_escalates(system: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
