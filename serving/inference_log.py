@@ -89,6 +89,10 @@ class LogBatch:
     rows: int
 
 
+#: Values of one column converted to Arrow in one call (one call holds the GIL ~1 ms).
+CONVERT_ROWS = 5000
+
+
 class _Queued:
     """The rows queued for one table and schema: one Python list per column.
 
@@ -127,8 +131,17 @@ class _Queued:
         self.rows += batch.rows
 
     def to_arrow(self) -> pa.Table:
-        arrays = [pa.array(self.values[f.name], type=f.type) for f in self.schema]
-        return pa.Table.from_arrays(arrays, schema=self.schema)
+        """The rows as one table, each column converted ``CONVERT_ROWS`` values per call.
+
+        A backlog (the queue holds up to ``queue_rows`` while the lake is slow) is then still
+        converted in calls of a millisecond or two, between which the event loop can take the GIL.
+        """
+        columns = []
+        for f in self.schema:
+            values = self.values[f.name]
+            chunks = [pa.array(values[i : i + CONVERT_ROWS], type=f.type) for i in range(0, len(values), CONVERT_ROWS)]
+            columns.append(pa.chunked_array(chunks, type=f.type))
+        return pa.Table.from_arrays(columns, schema=self.schema)
 
 
 class InferenceLog:

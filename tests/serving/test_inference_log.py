@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pytest
 
 from checkpoints import Lake
 from serving.inference_log import INFERENCE_TABLE, InferenceLog, LogBatch, inference_schema
@@ -99,8 +100,11 @@ def test_close_writes_everything_queued(tmp_path: Path) -> None:
     assert len(request_ids(lake)) == 100
 
 
-def test_queued_batches_make_the_table_their_rows_make_in_one_go(tmp_path: Path) -> None:
-    """Numpy and list columns and all-null ones alike; the table is the one the rows make in one go."""
+def test_queued_batches_make_the_table_their_rows_make_in_one_go(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Numpy and list columns and all-null ones alike, converted in chunks; the table is the one the rows make."""
+    monkeypatch.setattr("serving.inference_log.CONVERT_ROWS", 64)
     lake = Lake(tmp_path / "lake")
     log = InferenceLog(lake, tmp_path / "dl", batch_rows=10_000, flush_seconds=3600)
     batches = [batch(8 * i, 8, score=i % 3 != 0) for i in range(100)]  # 800 rows, some without scores
@@ -113,7 +117,9 @@ def test_queued_batches_make_the_table_their_rows_make_in_one_go(tmp_path: Path)
         return [{n: None if v is None else v[i] for n, v in cols.items()} for i in range(b.rows)]
 
     expected = pa.Table.from_pylist([row for b in batches for row in as_rows(b)], schema=SCHEMA)
-    assert queued.to_arrow().equals(expected)
+    converted = queued.to_arrow()
+    assert converted.column(0).num_chunks == -(-800 // 64)
+    assert converted.equals(expected)
 
 
 def test_a_batch_whose_columns_do_not_match_its_rows_is_dropped_alone(tmp_path: Path) -> None:
