@@ -32,8 +32,8 @@ Look for a running release every S seconds and run the analysis flow on it until
 verdict: promoted, rolled back (with a bad_release incident) or held as inconclusive.
 
 The controller outlives an outage of the tracking store or of the lake's object store: a
-look that cannot reach them is reported on stderr and the next look resumes the release
-where it stood (its state waits in the registry). With --once or --max-looks, the exit
+look that cannot reach them is reported on stderr and the next look starts again from the
+release state the registry holds. With --once or --max-looks, the exit
 status is 1 when the last look failed."""
 
 
@@ -58,8 +58,9 @@ def register(sub: Subparsers) -> None:
         "watch", cli_watch, "the release controller: run the analysis flow for every release that starts", _WATCH
     )
     watch.add_argument("--interval", type=float, default=2.0, metavar="S", help="seconds between looks (default 2)")
-    watch.add_argument("--once", action="store_true", help="look once (analysing a running release), then exit")
-    watch.add_argument("--max-looks", type=int, default=None, metavar="N", help="stop after this many looks")
+    looks = watch.add_mutually_exclusive_group()
+    looks.add_argument("--once", action="store_true", help="look once (analysing a running release), then exit")
+    looks.add_argument("--max-looks", type=int, default=None, metavar="N", help="stop after this many looks")
     watch.add_argument("--max-seconds", type=float, default=None, help="stop analysing one release after this long")
 
 
