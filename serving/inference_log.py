@@ -1,10 +1,10 @@
 """The inference log: every prediction (and every feedback label) appended to Delta in batches.
 
 Requests only put rows on a bounded in-memory queue (one Python list per
-column, extended under a lock); one background thread per worker turns each
-list into an Arrow array and appends them with ``Lake.append`` every
-``flush_seconds`` or every ``batch_rows`` rows, whichever comes first. Each flushed batch carries its own
-idempotency key, so:
+column, extended under a lock); one background thread per worker turns the
+lists into Arrow and appends them with ``Lake.append`` every ``flush_seconds``
+or every ``batch_rows`` rows, whichever comes first. Each flushed batch
+carries its own idempotency key, so:
 
 - when the lake refuses a write, the batch goes to a local dead-letter file
   (``<dead_letter_dir>/<table>/<key>.parquet``) and is replayed later, by this or
@@ -97,7 +97,7 @@ class _Queued:
     """The rows queued for one table and schema: one Python list per column.
 
     A submit extends the lists (a few microseconds, on the request path); the writer turns
-    each list into one Arrow array, one C call per column. Converting the requests' own
+    each list into Arrow in C calls of ``CONVERT_ROWS`` values. Converting the requests' own
     small batches at flush time instead (5,000 one-row batches x 21 columns, in Python)
     held the GIL for 40-75 ms a flush, and the worker's event loop waited up to a switch
     interval (5 ms) at a time for it: it was the p99 at 16 connections

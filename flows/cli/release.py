@@ -166,8 +166,8 @@ def cli_watch(args: argparse.Namespace) -> int:
                 final = release_analysis_flow(max_seconds=args.max_seconds)
                 print(f"release {final.get('release_id')}: {final.get('status')}: {final.get('detail')}", flush=True)
         except (RegistryUnavailable, LakeUnreachable) as exc:
-            # The controller outlives a store outage: the release state waits in the registry,
-            # and the next look resumes the release where it stood.
+            # The controller outlives a store outage: the next look starts again from the
+            # release state the registry holds.
             failed = True
             print(f"selfheal release watch: {exc}; looking again in {args.interval:g} s", file=sys.stderr, flush=True)
         if looks is not None and looked >= looks:

@@ -209,9 +209,11 @@ class Healer:
     def __post_init__(self) -> None:
         self.decisions = DecisionLog(self.ctx.lake)
 
-    def _blind_seconds(self, since: datetime, until: datetime) -> float:
-        """How much of ``[since, until]`` this healer spent unable to reach the lake."""
-        return sum(max(0.0, (min(end, until) - max(start, since)).total_seconds()) for start, end in self.blind.items())
+    def _looked_seconds(self, since: datetime) -> float:
+        """Seconds from ``since`` to now, less the lake outages in between (the healer could not look)."""
+        now = datetime.now(UTC)
+        blind = sum(max(0.0, (min(end, now) - max(start, since)).total_seconds()) for start, end in self.blind.items())
+        return (now - since).total_seconds() - blind
 
     @property
     def cfg(self) -> SelfhealConfig:
@@ -614,8 +616,7 @@ class Healer:
             for t in incident.transitions
             if t.state == State.HEALING and t.remedy == last.remedy and t.attempt == last.attempt
         )
-        now = datetime.now(UTC)
-        waited = (now - healing.ts).total_seconds() - self._blind_seconds(healing.ts, now)
+        waited = self._looked_seconds(healing.ts)
         if waited >= self.cfg.healing.verify_timeout_seconds:
             return Outcome(False, f"the lake failed it for {waited:.0f} s: {exc}")
         logger.warning(
@@ -688,8 +689,7 @@ class Healer:
                         "incident %s RESOLVED by %s in %.1f s", incident.id, remedy.name, resolved.mttr_seconds or 0
                     )
                 return resolved
-        now = datetime.now(UTC)
-        waited = (now - applied_at).total_seconds() - self._blind_seconds(applied_at, now)
+        waited = self._looked_seconds(applied_at)
         if waited < self.cfg.healing.verify_timeout_seconds and (outcome.ok or outcome.pending):
             return None  # wait for fresh evidence
         detail = f"failed verification after {waited:.0f} s: {outcome.detail}"
