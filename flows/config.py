@@ -487,19 +487,31 @@ class SelfhealConfig(BaseSettings):
     """Where the registry keeps model files; empty means ``<home>/artifacts``. The server and the
     pipeline refuse a version whose artifacts live anywhere else."""
     lake: LakeConfig = Field(default_factory=LakeConfig)
+    """The Delta lake: a folder or an ``s3://`` root, and the store's options."""
     landing: LandingConfig = Field(default_factory=LandingConfig)
+    """The landing zone the pipeline takes batch files from, and its fallback source."""
     data: DataConfig = Field(default_factory=DataConfig)
+    """The table's meaning: the label, the task, the time and id columns, its schema and expectations."""
     trainer: TrainerConfig = Field(default_factory=TrainerConfig)
+    """The estimator a training run fits, its holdout, and how many of the newest batches it reads."""
     gate: GateConfig = Field(default_factory=GateConfig)
+    """What a challenger must score on the holdout, against the champion, to be promoted."""
     serving: ServingConfig = Field(default_factory=ServingConfig)
+    """``selfheal serve``: its address, workers and replicas, the registry poll and the breaker."""
     thresholds: dict[str, Any] = Field(default_factory=dict)
     """Monitor thresholds (see ``flows.monitor.detectors``); unset keys keep their defaults."""
     healing: HealingConfig = Field(default_factory=HealingConfig)
+    """The healer: on or off, its remedies per cause, attempts and timeouts."""
     slas: SLAConfig = Field(default_factory=SLAConfig)
+    """What recovery must meet: MTTR by experiment or cause, availability, rows lost."""
     promote: PromoteConfig = Field(default_factory=PromoteConfig)
+    """What the promote step does with a model that passed the gate: champion at once, or a release."""
     golden: GoldenConfig = Field(default_factory=GoldenConfig)
+    """The golden-set probe that checks the served model is the registered one."""
     release: ReleaseConfig = Field(default_factory=ReleaseConfig)
+    """How a new champion goes out: direct, shadow or canary, and what a release must meet."""
     gitops: GitOpsConfig = Field(default_factory=GitOpsConfig)
+    """The deployments and ``@champion`` as a git repository says (``selfheal gitops watch``)."""
     source_path: str | None = Field(default=None, exclude=True)
 
     @classmethod
