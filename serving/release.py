@@ -91,6 +91,9 @@ class ReleaseState:
         measurements: how many analysis measurements were taken.
         counts: per metric, [successful, failed, inconclusive] measurements.
         detail: the last verdict in words.
+        owed_incident: a failed analysis's ``bad_release`` incident not yet wholly recorded (the
+            lake failed while it was written): its ``id``, ``detected_at`` and ``failed``
+            measurements; the next look records the rest (``flows.release.controller``).
     """
 
     release_id: str
@@ -107,6 +110,7 @@ class ReleaseState:
     measurements: int = 0
     counts: dict[str, list[int]] = field(default_factory=dict)
     detail: str = ""
+    owed_incident: dict[str, Any] | None = None
 
     @property
     def routing(self) -> bool:

@@ -33,7 +33,9 @@ verdict: promoted, rolled back (with a bad_release incident) or held as inconclu
 
 The controller outlives an outage of the tracking store or of the lake's object store: a
 look that cannot reach them is reported on stderr and the next look starts again from the
-release state the registry holds. With --once or --max-looks, the exit
+release state the registry holds. A rollback is done before its incident is written: when
+the lake fails that write, the registry keeps the incident owed and the next look finishes
+it (same incident, its first detection time). With --once or --max-looks, the exit
 status is 1 when the last look failed."""
 
 
@@ -162,7 +164,7 @@ def cli_watch(args: argparse.Namespace) -> int:
         failed = False
         try:
             state = read_state(registry)
-            if state is not None and state.status == "running":
+            if state is not None and (state.status == "running" or state.owed_incident is not None):
                 final = release_analysis_flow(max_seconds=args.max_seconds)
                 print(f"release {final.get('release_id')}: {final.get('status')}: {final.get('detail')}", flush=True)
         except (RegistryUnavailable, LakeUnreachable) as exc:

@@ -43,7 +43,7 @@ from prefect.cache_policies import NO_CACHE
 
 from checkpoints import Lake
 from checkpoints.exceptions import SelfhealError
-from checkpoints.incidents import IncidentLog, State, new_incident_id
+from checkpoints.incidents import Incident, IncidentLog, State, new_incident_id
 from checkpoints.leases import claim
 from checkpoints.rows import arrow_schema, to_row
 from flows.config import SelfhealConfig, load_config
@@ -257,6 +257,9 @@ def analysis_step(cfg: SelfhealConfig, *, force: bool = False) -> TickResult:
     """Measure the running release if a measurement is due (or ``force``), then act on the verdict."""
     registry = Registry(cfg.tracking_uri, cfg.model_name)
     state = read_state(registry)
+    if state is not None and state.owed_incident is not None:  # a rollback whose incident the lake cut off
+        settled = _settle_incident(cfg, registry, Lake(cfg.lake.root, cfg.lake.storage_options or None), state)
+        return TickResult(settled, "rolled_back")
     if state is None or state.status != "running":
         return TickResult(state, "idle")
     now = time.time()
@@ -292,10 +295,13 @@ def _act(
     measurements: list[Measurement],
 ) -> ReleaseState:
     if verdict == "failed":
+        # Traffic first, with the incident owed in the same registry write: if the lake fails
+        # while the incident is written, the next look finishes it (``_settle_incident``).
         detected_at = datetime.now(UTC)
-        ended = _end(cfg, registry, state, "rolled_back", f"rolled back: {state.detail}")
-        _record_incident(cfg, lake, ended, measurements, detected_at)
-        return ended
+        failed = [asdict(m) for m in measurements if m.phase == "failed"]
+        owed = {"id": new_incident_id(detected_at), "detected_at": detected_at.isoformat(), "failed": failed}
+        ended = _end(cfg, registry, state.evolve(owed_incident=owed), "rolled_back", f"rolled back: {state.detail}")
+        return _settle_incident(cfg, registry, lake, ended)
     if verdict == "successful":
         return promote_release(cfg, f"analysis successful: {state.detail}", state)
     if verdict == "inconclusive":
@@ -340,59 +346,71 @@ def _server_without_challenger(cfg: SelfhealConfig, challenger: str, timeout: fl
     return f"server answers without v{challenger} ({seen})"
 
 
-def _record_incident(
-    cfg: SelfhealConfig, lake: Lake, state: ReleaseState, measurements: list[Measurement], detected_at: datetime
-) -> None:
+def _settle_incident(cfg: SelfhealConfig, registry: Registry, lake: Lake, state: ReleaseState) -> ReleaseState:
+    """Record the rolled-back release's owed incident, then clear the debt in the registry.
+
+    Raises:
+        LakeUnreachable: the lake failed a write; the registry still owes the incident.
+    """
+    assert state.owed_incident is not None
+    _record_incident(cfg, lake, state, state.owed_incident)
+    settled = state.evolve(owed_incident=None)
+    write_state(registry, settled)
+    return settled
+
+
+def _record_incident(cfg: SelfhealConfig, lake: Lake, state: ReleaseState, owed: dict[str, Any]) -> None:
     """A ``bad_release`` incident through the incident log, RESOLVED once the repair is verified.
 
     The rollback itself is already done (traffic first); the rows are written as the
     steps complete, with the detection time of the failing measurement, so the MTTR is
-    computed by ``checkpoints.incidents`` exactly as the healer's.
+    computed by ``checkpoints.incidents`` exactly as the healer's. Called again for the
+    same ``owed`` (its first call cut off by the lake), it goes on from the incident's last row.
     """
-    failed = [asdict(m) for m in measurements if m.phase == "failed"]
     evidence = {
         "release_id": state.release_id,
         "challenger": state.challenger,
         "champion": state.champion,
-        "failed": failed,
+        "failed": owed["failed"],
     }
     log = IncidentLog(lake)
     # Hold the incident before anyone can see it: a healer ticking between the two would take
     # it, find no remedy for this cause and escalate it while the rollback is being verified.
-    incident_id = new_incident_id()
+    incident_id = str(owed["id"])
     claim(lake, incident_id, datetime.now(UTC))
-    incident = log.open(BAD_RELEASE, evidence, detected_at=detected_at, incident_id=incident_id)
-    step = log.advance(incident, State.DIAGNOSED, evidence=evidence, detail="release analysis failed")
-    step = step and log.advance(
-        step, State.HEALING, remedy="release_rollback", attempt=1, evidence={"plan": {"to": state.champion}}, detail=""
+    step: Incident | None = log.get(incident_id) or log.open(
+        BAD_RELEASE, evidence, detected_at=datetime.fromisoformat(owed["detected_at"]), incident_id=incident_id
     )
-    applied_at = datetime.now(UTC).isoformat()
-    step = step and log.advance(
-        step,
-        State.VERIFYING,
-        remedy="release_rollback",
-        attempt=1,
-        evidence={"applied_at": applied_at},
-        detail=f"traffic back to v{state.champion}, @challenger v{state.challenger} withdrawn",
-    )
+    if step is not None and step.state is State.DETECTED:
+        step = log.advance(step, State.DIAGNOSED, evidence=evidence, detail="release analysis failed")
+    if step is not None and step.state is State.DIAGNOSED:
+        plan = {"plan": {"to": state.champion}}
+        step = log.advance(step, State.HEALING, remedy="release_rollback", attempt=1, evidence=plan, detail="")
+    if step is not None and step.state is State.HEALING:
+        step = log.advance(
+            step,
+            State.VERIFYING,
+            remedy="release_rollback",
+            attempt=1,
+            evidence={"applied_at": datetime.now(UTC).isoformat()},
+            detail=f"traffic back to v{state.champion}, @challenger v{state.challenger} withdrawn",
+        )
+    if step is None or step.state is not State.VERIFYING:
+        return  # another writer moved it on, or it is closed already
     try:
         verified = _server_without_challenger(cfg, state.challenger)
     except ReleaseError as exc:
-        if step is not None:
-            log.advance(step, State.ESCALATED, remedy="release_rollback", attempt=1, detail=f"escalated: {exc}")
+        log.advance(step, State.ESCALATED, remedy="release_rollback", attempt=1, detail=f"escalated: {exc}")
         logger.error("release %s: rollback not verified: %s", state.release_id, exc)
         return
-    if step is not None:
-        resolved = log.advance(
-            step, State.RESOLVED, remedy="release_rollback", attempt=1, detail=f"verified: {verified}"
+    resolved = log.advance(step, State.RESOLVED, remedy="release_rollback", attempt=1, detail=f"verified: {verified}")
+    if resolved is not None:
+        logger.warning(
+            "release %s rolled back; incident %s RESOLVED in %.1f s",
+            state.release_id,
+            resolved.id,
+            resolved.mttr_seconds or 0.0,
         )
-        if resolved is not None:
-            logger.warning(
-                "release %s rolled back; incident %s RESOLVED in %.1f s",
-                state.release_id,
-                resolved.id,
-                resolved.mttr_seconds or 0.0,
-            )
 
 
 # -- the flow and the controller loop ---------------------------------------------------------

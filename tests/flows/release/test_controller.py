@@ -114,3 +114,54 @@ def test_the_watcher_outlives_a_locked_tracking_store(tmp_path: Path) -> None:
         watch.terminate()
         watch.wait(30)
     assert locked["pid"] and watch.returncode is not None
+
+
+def test_a_rollback_whose_incident_the_lake_cut_off_is_recorded_whole_by_the_next_look(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Traffic goes back at once; the ``bad_release`` incident, cut off after its first row, is finished later."""
+    from mlflow import MlflowClient
+
+    from checkpoints import Lake
+    from checkpoints.exceptions import LakeUnreachable
+    from checkpoints.incidents import IncidentLog, State
+    from flows.registry import CHALLENGER, Registry
+    from flows.release import controller
+    from flows.release.analysis import Measurement
+
+    cfg = SelfhealConfig(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}", lake={"root": str(tmp_path / "lake")})  # type: ignore[arg-type]
+    client = MlflowClient(cfg.tracking_uri, cfg.tracking_uri)
+    client.create_registered_model(cfg.model_name)
+    for _ in range(2):
+        client.create_model_version(cfg.model_name, source=str(tmp_path))
+    registry, lake = Registry(cfg.tracking_uri, cfg.model_name), Lake(cfg.lake.root)
+    registry.set_alias(CHALLENGER, "2")
+    running = ReleaseState("r1", "canary", "2", "1", 0.1)
+    controller.write_state(registry, running)
+    failed = [Measurement("error_rate", "failed", 0.4, 0.0, 0.4, 200)]
+
+    real_advance = IncidentLog.advance
+
+    def store_down(*args: object, **kwargs: object) -> None:
+        raise LakeUnreachable("lake s3://lake/x: append to incidents: the store went away")
+
+    monkeypatch.setattr(IncidentLog, "advance", store_down)
+    with pytest.raises(LakeUnreachable):
+        controller._act(cfg, registry, lake, running, "failed", failed)
+    owed = controller.read_state(registry)
+    assert owed is not None and owed.status == "rolled_back" and owed.share == 0.0
+    assert registry.by_alias(CHALLENGER) is None  # traffic went back before the lake failed
+    assert owed.owed_incident is not None and owed.owed_incident["failed"][0]["metric"] == "error_rate"
+    [cut] = IncidentLog(lake).incidents()
+    assert cut.state is State.DETECTED and cut.id == owed.owed_incident["id"]
+
+    monkeypatch.setattr(IncidentLog, "advance", real_advance)
+    result = controller.analysis_step.fn(cfg)
+    assert result.action == "rolled_back" and result.state is not None and result.state.owed_incident is None
+    [whole] = IncidentLog(lake).incidents()
+    assert whole.id == cut.id and whole.state is State.RESOLVED  # the same incident, not a second one
+    assert whole.detected_at == cut.detected_at and whole.evidence["failed"][0]["metric"] == "error_rate"
+    settled = controller.read_state(registry)
+    assert settled is not None and settled.owed_incident is None and settled.status == "rolled_back"
+    assert controller.analysis_step.fn(cfg).action == "idle"
+    assert len(IncidentLog(lake).incidents()) == 1
