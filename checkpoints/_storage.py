@@ -39,6 +39,11 @@ def s3fs_options(storage_options: Mapping[str, str] | None) -> dict[str, Any]:
             kwargs[_S3FS_KEYS[name]] = value
         elif name in _S3FS_CLIENT:
             client[_S3FS_CLIENT[name]] = value
+    # fsspec keeps one filesystem per set of keywords: an endpoint botocore would read from the
+    # environment is named here, so a process whose AWS_ENDPOINT_URL changes (the chaos suite's
+    # second production sandbox) does not reuse a filesystem on the first one's endpoint.
+    if "endpoint_url" not in client and os.environ.get("AWS_ENDPOINT_URL"):
+        client["endpoint_url"] = os.environ["AWS_ENDPOINT_URL"]
     if client:
         kwargs["client_kwargs"] = client
     return kwargs

@@ -124,6 +124,24 @@ def test_three_writer_processes_fifty_overlapping_keys_each_land_every_key_once(
     assert len(commits) == 65
 
 
+def test_a_lake_named_by_its_root_alone_follows_the_environments_endpoint(
+    s3_lake: Lake, dead_s3_options: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The store from the AWS_* variables (as the chaos probes open the sandbox's lake), read again after they change.
+
+    fsspec keeps one filesystem per set of keywords: on the old code the second lake reused
+    the first one's filesystem, on the first endpoint, and listed its tables.
+    """
+    s3_lake.append("bronze", _rows(3))
+    for name, value in (s3_lake.storage_options or {}).items():
+        if name.isupper():
+            monkeypatch.setenv(name, value)
+    assert Lake(s3_lake.root).tables() == ["bronze"]
+    monkeypatch.setenv("AWS_ENDPOINT_URL", dead_s3_options["AWS_ENDPOINT_URL"])
+    with pytest.raises(LakeUnreachable, match=f"listing {s3_lake.root}"):
+        Lake(s3_lake.root).tables()
+
+
 def test_an_unreachable_store_is_an_error_naming_the_operation(dead_s3_options: dict[str, str]) -> None:
     """Nothing listens at the endpoint: each call says which lake call failed, not a bare botocore/OSError."""
     lake = Lake("s3://lake/nowhere", dead_s3_options)
