@@ -921,7 +921,7 @@ class HealerLoop:
     cannot be reached, a tick fails with ``LakeUnreachable``: the loop keeps ticking (the
     process must outlive the outage it is there to report), reads everything again from
     where the last good tick stopped, and the first tick that reaches the lake again
-    records the outage as an ``upstream_outage`` incident detected when it began. A repair
+    records the outage as an ``upstream_outage`` incident detected when a tick first failed on it. A repair
     that was being verified when the lake went away gets the outage back: the healer could
     not look, so the outage does not count against its verification time.
     """
@@ -940,7 +940,6 @@ class HealerLoop:
 
     def tick(self) -> list[Incident]:
         """One pass: observe, record, repair; the incidents still open (the last good tick's while the lake is down)."""
-        started = datetime.now(UTC)
         delivered = Delivered(self.delivered.started_at, dict(self.delivered.keys))
         try:
             observation = observe(self.ctx, self.last_observed, self.run_monitor, delivered)
@@ -950,7 +949,8 @@ class HealerLoop:
             still_open = self.healer.tick(observation)
         except LakeUnreachable as exc:
             if self.lake_outage is None:
-                self.lake_outage = LakeOutage(started, str(exc))
+                # Detected when the call failed: a tick that began before the store went away saw it go then.
+                self.lake_outage = LakeOutage(datetime.now(UTC), str(exc))
                 logger.warning("the lake is unreachable; ticking on, recorded once it answers: %s", exc)
             else:
                 failed = self.lake_outage.failed_ticks + 1
