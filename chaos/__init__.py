@@ -47,6 +47,8 @@ ACTIVITY_MODULES = (
     "chaos.golden.probes",
     "chaos.batch.actions",
     "chaos.batch.probes",
+    "chaos.topology.actions",
+    "chaos.topology.probes",
 )
 
 

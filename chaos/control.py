@@ -48,9 +48,17 @@ def before_experiment_control(
     config = configuration or {}
     root = config.get(SANDBOX_KEY)
     if root and start_sandbox:
-        box = Sandbox(Path(str(root)), project_config=Path(project_config))
+        # An experiment tagged `production` runs on the production topology's sandbox.
+        profile = "production" if "production" in (context.get("tags") or []) else "embedded"
+        box = Sandbox(Path(str(root)), project_config=Path(project_config), profile=profile)
+        recorded = box.state()
+        if recorded is not None and recorded.profile != profile:
+            raise InterruptExecution(
+                f"the sandbox under {root} runs the {recorded.profile} profile; this experiment needs {profile}"
+                " (stop it: python -m chaos.sandbox down --root ...)"
+            )
         # Only where none is recorded: a sandbox someone else started is theirs, even while its server restarts.
-        if box.state() is None:
+        if recorded is None:
             logger.info("no sandbox under %s: starting one (a minute or two)", root)
             try:
                 box.up()

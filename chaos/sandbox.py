@@ -57,7 +57,7 @@ from chaoslib.exceptions import ActivityFailed
 from chaos import _landing
 from chaos.serving import _server
 from chaos.serving._server import find_server, resolve_command, wait_http_ok
-from chaos.workload import feature_names, read_records
+from chaos.workload import read_records, wait_feature_names
 from checkpoints.exceptions import SelfhealError
 from serving import processes
 from serving.settings import forbid_pickle
@@ -104,6 +104,7 @@ _STOP_ORDER = ("healer", "gitops", "release", "schedule", "workload", "server", 
 PROJECT_DIR = Path(__file__).resolve().parents[1]
 GITOPS_INTERVAL_SECONDS = 5.0
 _MARKER = "# Written by chaos.sandbox"
+PROFILES = ("embedded", "production")
 _QUIET_ENV = {
     "DO_NOT_TRACK": "1",
     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
@@ -138,6 +139,11 @@ class SandboxState:
     healer: bool
     pids: dict[str, int] = field(default_factory=dict)
     started_at: float = field(default_factory=time.time)
+    profile: str = "embedded"
+    stack_run: str = ""
+    """production: the run folder of ``selfheal up --profile production`` (pid files, production.json)."""
+    store_env: dict[str, str] = field(default_factory=dict)
+    """production: what a client of its stores needs (S3 keys and endpoint, the Prefect API)."""
 
 
 @dataclass
@@ -154,6 +160,9 @@ class Sandbox:
     heal_interval: float = 1.0
     schedule_interval: float = 3.0
     startup_timeout: float = 180.0
+    profile: str = "embedded"
+    """embedded: its own Prefect server, SQLite MLflow, a lake folder; production: ``selfheal up --profile
+    production`` in ``<root>/stack`` (PostgreSQL, S3, two servers, two workers, the deployments)."""
 
     def __post_init__(self) -> None:
         self.root = Path(self.root).resolve()
@@ -205,6 +214,8 @@ class Sandbox:
             "SELFHEAL_CHAOS_TARGET": state.target,
             "SELFHEAL_CHAOS_SERVER_PID_FILE": str(self.root / "run" / "server.pid"),
             "SELFHEAL_ADMIN_TOKEN": self._admin_token(),
+            "SELFHEAL_CHAOS_STACK_RUN": state.stack_run,
+            **state.store_env,
         }
 
     # -- bring up -----------------------------------------------------------------
@@ -214,15 +225,15 @@ class Sandbox:
         loaded = yaml.safe_load(Path(self.project_config).read_text()) or {}
         return {k: v for k, v in loaded.items() if k in _INHERITED} if isinstance(loaded, dict) else {}
 
-    def _write_config(self, port: int) -> dict[str, Any]:
+    def _write_config(self, port: int, home: str = ".", landing: str = "landing") -> dict[str, Any]:
         cfg: dict[str, Any] = {"project": "selfheal-chaos-sandbox", "model_name": "fraud-detector", **self._project()}
         cfg.setdefault("data", dict(STREAM_DATA))
         cfg.setdefault("trainer", dict(STREAM_TRAINER))
         cfg.update(
             {
-                "home": ".",
+                "home": home,
                 "lake": {"root": "lake", "storage_options": {}},
-                "landing": {"path": "landing", "format": "parquet", "fallback": None},
+                "landing": {"path": landing, "format": "parquet", "fallback": None},
                 "serving": {
                     "host": "127.0.0.1",
                     "port": port,
@@ -313,8 +324,10 @@ class Sandbox:
                 raise SandboxError(f"{self.root} is not empty and is not a sandbox: refusing to wipe it")
             shutil.rmtree(self.root)
         self.root.mkdir(parents=True)
+        if self.profile not in PROFILES:
+            raise SandboxError(f"unknown profile {self.profile!r}: one of {', '.join(PROFILES)}")
         try:
-            return self._up()
+            return self._up_production() if self.profile == "production" else self._up()
         except BaseException:
             self.down()
             raise
@@ -343,6 +356,51 @@ class Sandbox:
         logger.info("sandbox up under %s in %.0fs (server %s)", self.root, time.monotonic() - started, url)
         return state
 
+    def _up_production(self) -> SandboxState:
+        """``selfheal up --profile production`` under ``<root>/stack``; the first batches landed (the
+        deployments train the first champion on the workers); then the clients and the healer."""
+        started = time.monotonic()
+        port, prefect_port = processes.free_port(), processes.free_port()
+        stack = self.root / "stack"
+        # Absolute paths: the stack runs its services from the project's folder, not from ours.
+        cfg = self._write_config(port, home=str(stack), landing=str(self.root / "landing"))
+        target = str((cfg.get("data") or {}).get("target", "is_fraud"))
+        env = self._env()
+        env["SELFHEAL_MISSED_HEARTBEATS"] = "2"  # a killed worker's run is Crashed after 60 s, not 90
+        up = ["selfheal", "-c", str(self.config_path), "up", "--profile", "production"]
+        up += ["--prefect-port", str(prefect_port), "--timeout", str(self.startup_timeout)]
+        logger.info("sandbox: starting the production stack")
+        self._run("stack-up", up, env, timeout=self.startup_timeout + 60)
+        # From here on everything reads the stack's effective config: the stores' URIs in it.
+        effective = yaml.safe_load((stack / "run" / "selfheal.yaml").read_text())
+        self.config_path.write_text(
+            f"{_MARKER}: the chaos suite's system under test (production profile). Do not edit; it is rebuilt.\n"
+            + yaml.safe_dump(effective, sort_keys=False)
+        )
+        stores = json.loads((stack / "run" / "production.json").read_text())["environment"]
+        endpoint = stores["MLFLOW_S3_ENDPOINT_URL"]
+        # The probes open the lake by its root alone: delta-rs and s3fs take the store from these.
+        store_env = {k: v for k, v in stores.items() if k != "PREFECT_API_URL"}
+        store_env.update(AWS_ENDPOINT_URL=endpoint, AWS_ALLOW_HTTP="true")
+        prefect_api = f"http://127.0.0.1:{prefect_port}/api"
+        env = {**self._env(prefect_api), **store_env}
+        self._generate_data(env)  # the landing watcher announces the files: the pipeline deployment runs
+        url = f"http://127.0.0.1:{port}"
+        logger.info("sandbox: waiting for the first champion, trained by a worker")
+        processes.wait_until(lambda: _server.ready(url, timeout=2.0)[0], 600, f"{url}/ready", interval=1.0)
+        self._write_payload(url, target)
+        workload = self._start("workload", self._workload_argv(url, target), env)
+        pids = {"workload": workload.pid}
+        healer = self._start_healer(env)
+        if healer is not None:
+            pids["healer"] = healer.pid
+        state = self._state(effective, url, prefect_api, target, pids)
+        state.tracking_uri, state.lake_root = str(effective["tracking_uri"]), str(effective["lake"]["root"])
+        state.profile, state.stack_run, state.store_env = "production", str(stack / "run"), store_env
+        self.state_path.write_text(json.dumps(asdict(state), indent=2))
+        logger.info("production sandbox up under %s in %.0fs (server %s)", self.root, time.monotonic() - started, url)
+        return state
+
     def _generate_data(self, env: dict[str, str]) -> None:
         """The first landing batches, and the next batch as the stream the clients send."""
         gen = ["selfheal", "-c", str(self.config_path), "data", "generate", "--rows", str(self.rows)]
@@ -360,12 +418,7 @@ class Sandbox:
 
     def _start_clients(self, url: str, target: str, env: dict[str, str]) -> dict[str, int]:
         """What runs around the server: the workload, the pipeline schedule, the healer, the release controller."""
-        workload = self._start(
-            "workload",
-            [sys.executable, "-m", "chaos.workload", "--url", url, "--source", str(self.root / "stream.parquet")]
-            + ["--log", str(self.root / "traffic.jsonl"), "--target", target, "--rate", str(self.workload_rate)],
-            env,
-        )
+        workload = self._start("workload", self._workload_argv(url, target), env)
         schedule = self._start(
             "schedule",
             [sys.executable, "-m", "chaos.sandbox", "schedule", "--root", str(self.root)]
@@ -380,6 +433,16 @@ class Sandbox:
         watch = ["selfheal", "-c", str(self.config_path), "release", "watch", "--interval", "1"]
         pids["release"] = self._start("release", watch, env).pid
         return pids
+
+    def _workload_argv(self, url: str, target: str) -> list[str]:
+        return [sys.executable, "-m", "chaos.workload", "--url", url, "--source", str(self.root / "stream.parquet")] + [
+            "--log",
+            str(self.root / "traffic.jsonl"),
+            "--target",
+            target,
+            "--rate",
+            str(self.workload_rate),
+        ]
 
     def _state(
         self, cfg: dict[str, Any], url: str, prefect_api: str, target: str, pids: dict[str, int]
@@ -405,8 +468,8 @@ class Sandbox:
         )
 
     def _write_payload(self, url: str, target: str) -> None:
-
-        names = feature_names(url) or []
+        """One request body for the probes: a stream record cut to the model's features."""
+        names = wait_feature_names(url, wait=60.0) or []
         record = read_records(self.root / "stream.parquet")[0]
         body = (
             {k: v for k, v in record.items() if k in names}
@@ -481,9 +544,18 @@ class Sandbox:
                 stopped += _stop_tree(pid, timeout)
             (run / f"{name}.pid").unlink(missing_ok=True)
         if state is not None:
+            if state.profile == "production":
+                self._stack_down()
             stopped += self._stop_server_at(state.serving_url, timeout)
             self.state_path.unlink(missing_ok=True)
         return stopped
+
+    def _stack_down(self) -> None:
+        """``selfheal down`` for the production stack (its stores last); a failure is logged, not raised."""
+        try:
+            self._run("stack-down", ["selfheal", "-c", str(self.config_path), "down"], self._env(), timeout=180)
+        except (SandboxError, subprocess.TimeoutExpired) as exc:
+            logger.warning("the production stack did not stop cleanly: %s", exc)
 
     def _stop_server_at(self, url: str, timeout: float) -> list[int]:
 
@@ -556,6 +628,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         if name == "up":
             cmd.add_argument("--project-config", default="selfheal.yaml", help="the project's selfheal.yaml")
             cmd.add_argument("--no-healing", action="store_true", help="healing.enabled: false")
+            cmd.add_argument(
+                "--profile",
+                choices=PROFILES,
+                default="embedded",
+                help="embedded (default): SQLite, a lake folder; production: PostgreSQL, S3, two workers",
+            )
     schedule = sub.add_parser("schedule", help="(internal) the pipeline schedule loop")
     schedule.add_argument("--root", required=True)
     schedule.add_argument("--every", type=float, default=3.0)
@@ -567,6 +645,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "up":
         box.project_config = Path(args.project_config)
         box.healing_enabled = False if args.no_healing else None
+        box.profile = args.profile
         sys.stdout.write(json.dumps(asdict(box.up()), indent=2) + "\n")
     elif args.command == "down":
         sys.stdout.write(f"stopped {len(box.down())} processes\n")

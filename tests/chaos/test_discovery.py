@@ -91,6 +91,12 @@ ACTIVITIES = [
     ("chaos.batch.actions", "restore_output_table"),
     ("chaos.batch.actions", "score_during_output_outage"),
     ("chaos.batch.probes", "seconds_until_batch_rows_landed_once"),
+    ("chaos.topology.actions", "kill_worker_of_running_run"),
+    ("chaos.topology.actions", "start_object_store"),
+    ("chaos.topology.actions", "start_postgres"),
+    ("chaos.topology.actions", "stop_object_store"),
+    ("chaos.topology.actions", "stop_postgres"),
+    ("chaos.topology.probes", "seconds_object_store_stays_down"),
 ]
 EXPECTED = {module: [name for m, name in ACTIVITIES if m == module] for module, _ in ACTIVITIES}
 

@@ -18,6 +18,8 @@ import chaos
 EXPERIMENTS = Path(chaos.__file__).parent / "experiments"
 LOCAL = sorted(EXPERIMENTS.glob("*.yaml"))
 KUBERNETES = sorted((EXPERIMENTS / "k8s").glob("*.yaml"))
+#: The production topology's (``selfheal chaos run --profile production``).
+PRODUCTION = sorted((EXPERIMENTS / "production").glob("*.yaml"))
 LOCAL_NAMES = [
     "approval-held-rollback",
     "batch-output-write-failure",
@@ -66,14 +68,21 @@ def _activities(experiment: dict[str, Any]) -> list[dict[str, Any]]:
 def test_one_experiment_per_fault() -> None:
     assert [p.stem for p in LOCAL] == LOCAL_NAMES
     assert [p.stem for p in KUBERNETES] == ["network-cut-serving", "network-throttle-serving", "serving-kill-pod"]
+    assert [p.stem for p in PRODUCTION] == [
+        "topology-object-store-down-long",
+        "topology-postgres-restart",
+        "topology-worker-kill",
+    ]
+    assert all("production" in _load(p)["tags"] for p in PRODUCTION)  # chaos.control starts that sandbox
+    assert not any("production" in _load(p)["tags"] for p in LOCAL)
 
 
-@pytest.mark.parametrize("path", LOCAL + KUBERNETES, ids=lambda p: p.relative_to(EXPERIMENTS).as_posix())
+@pytest.mark.parametrize("path", LOCAL + KUBERNETES + PRODUCTION, ids=lambda p: p.relative_to(EXPERIMENTS).as_posix())
 def test_valid_for_chaos_toolkit(path: Path) -> None:
     ensure_experiment_is_valid(_load(path))
 
 
-@pytest.mark.parametrize("path", LOCAL, ids=lambda p: p.stem)
+@pytest.mark.parametrize("path", LOCAL + PRODUCTION, ids=lambda p: p.stem)
 def test_local_experiments_keep_the_rules(path: Path) -> None:
     import chaos.sla
 
@@ -142,5 +151,5 @@ def test_kubernetes_experiments_run_against_a_cluster(path: Path) -> None:
 
 def test_the_yaml_is_plain_yaml() -> None:
     """The files load with any YAML reader (no tags, no anchors that Chaos Toolkit would not see)."""
-    for path in LOCAL + KUBERNETES:
+    for path in LOCAL + KUBERNETES + PRODUCTION:
         assert isinstance(yaml.safe_load(path.read_text()), dict)

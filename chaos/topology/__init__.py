@@ -1,0 +1,1 @@
+"""Chaos activities: faults of the production topology (see actions.py)."""
