@@ -509,7 +509,7 @@ class SelfhealConfig(BaseSettings):
     golden: GoldenConfig = Field(default_factory=GoldenConfig)
     """The golden-set probe that checks the served model is the registered one."""
     release: ReleaseConfig = Field(default_factory=ReleaseConfig)
-    """How a new champion goes out: direct, shadow or canary, and what a release must meet."""
+    """Shadow and canary releases: shares, canary steps, the analysis' metrics and what ends a release."""
     gitops: GitOpsConfig = Field(default_factory=GitOpsConfig)
     """The deployments and ``@champion`` as a git repository says (``selfheal gitops watch``)."""
     source_path: str | None = Field(default=None, exclude=True)

@@ -37,7 +37,7 @@ import threading
 import time
 import zlib
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from itertools import chain
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -118,7 +118,10 @@ class ReleaseState:
         return self.status in ROUTING_STATUSES and self.share > 0.0
 
     def to_tag(self) -> str:
-        return json.dumps(asdict(self), separators=(",", ":"), sort_keys=True)
+        data = asdict(self)
+        if data["owed_incident"] is None:  # the tag an older reader knows, when nothing is owed
+            del data["owed_incident"]
+        return json.dumps(data, separators=(",", ":"), sort_keys=True)
 
     @classmethod
     def from_tag(cls, text: str | None) -> ReleaseState | None:
@@ -127,7 +130,8 @@ class ReleaseState:
             return None
         try:
             data = json.loads(text)
-            return cls(**data)
+            known = {f.name for f in fields(cls)}  # a newer writer's extra keys are not ours to refuse
+            return cls(**{k: v for k, v in data.items() if k in known})
         except (ValueError, TypeError) as exc:
             logger.warning("ignoring unreadable %s tag: %s", RELEASE_TAG, exc)
             return None

@@ -34,8 +34,8 @@ verdict: promoted, rolled back (with a bad_release incident) or held as inconclu
 The controller outlives an outage of the tracking store or of the lake's object store: a
 look that cannot reach them is reported on stderr and the next look starts again from the
 release state the registry holds. A rollback is done before its incident is written: when
-the lake fails that write, the registry keeps the incident owed and the next look finishes
-it (same incident, its first detection time). With --once or --max-looks, the exit
+the lake fails that write, the registry keeps the incident owed, and the next look (or the
+next release's start) finishes it: the same incident, its first detection time. With --once or --max-looks, the exit
 status is 1 when the last look failed."""
 
 

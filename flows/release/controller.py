@@ -129,6 +129,8 @@ def start_release(cfg: SelfhealConfig, version: str, mode: Mode, *, again: bool 
         raise ReleaseError(f"version {version} is already the champion")
     record = registry.version(version)
     current = read_state(registry)
+    if current is not None and current.owed_incident is not None:  # the last rollback's incident first
+        current = _settle_incident(cfg, registry, Lake(cfg.lake.root, cfg.lake.storage_options or None), current)
     if not again and current is not None and current.challenger == version:
         return current
     if record.tags.get(OUTCOME_TAG) == "rolled_back":

@@ -125,7 +125,7 @@ def test_a_rollback_whose_incident_the_lake_cut_off_is_recorded_whole_by_the_nex
     from checkpoints import Lake
     from checkpoints.exceptions import LakeUnreachable
     from checkpoints.incidents import IncidentLog, State
-    from flows.registry import CHALLENGER, Registry
+    from flows.registry import CHALLENGER, CHAMPION, Registry
     from flows.release import controller
     from flows.release.analysis import Measurement
 
@@ -165,3 +165,15 @@ def test_a_rollback_whose_incident_the_lake_cut_off_is_recorded_whole_by_the_nex
     assert settled is not None and settled.owed_incident is None and settled.status == "rolled_back"
     assert controller.analysis_step.fn(cfg).action == "idle"
     assert len(IncidentLog(lake).incidents()) == 1
+
+    # Owed again, then a new release starts before any look: the start records the incident first.
+    registry.set_alias(CHAMPION, "1")
+    monkeypatch.setattr(IncidentLog, "advance", store_down)
+    with pytest.raises(LakeUnreachable):
+        controller._act(cfg, registry, lake, ReleaseState("r2", "canary", "2", "1", 0.1), "failed", failed)
+    monkeypatch.setattr(IncidentLog, "advance", real_advance)
+    client.create_model_version(cfg.model_name, source=str(tmp_path))
+    started = controller.start_release(cfg, "3", "canary")
+    assert started.release_id != "r2" and started.owed_incident is None
+    second = [i for i in IncidentLog(lake).incidents() if i.evidence.get("release_id") == "r2"]
+    assert [i.state for i in second] == [State.RESOLVED]
