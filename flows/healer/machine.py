@@ -896,14 +896,19 @@ def _closed_since(incidents: list[Incident], cause: str, observed_at: datetime) 
 
 @dataclass
 class LakeOutage:
-    """The lake's object store failing the healer's ticks: since when, how often, and the last error."""
+    """The lake's object store failing the healer's ticks: since when, how often, and the last error.
+
+    ``since``: when a call first failed (the incident's detection); ``blind_from``: when that
+    tick began (from then on the healer could not look, which verification must not count).
+    """
 
     since: datetime
     error: str
+    blind_from: datetime
     failed_ticks: int = 1
 
     def signal(self, now: datetime) -> Signal:
-        """The outage as an ``upstream_outage`` signal raised when it began (the incident's MTTR counts from there)."""
+        """The outage as an ``upstream_outage`` signal raised when a call first failed (the MTTR counts from there)."""
         evidence = {
             "lake": self.error,
             "unreachable_seconds": round((now - self.since).total_seconds(), 1),
@@ -940,17 +945,18 @@ class HealerLoop:
 
     def tick(self) -> list[Incident]:
         """One pass: observe, record, repair; the incidents still open (the last good tick's while the lake is down)."""
+        started = datetime.now(UTC)
         delivered = Delivered(self.delivered.started_at, dict(self.delivered.keys))
         try:
             observation = observe(self.ctx, self.last_observed, self.run_monitor, delivered)
             if self.lake_outage is not None:
                 observation.signals.append(self.lake_outage.signal(observation.started_at))
-                self.healer.blind[self.lake_outage.since] = observation.started_at
+                self.healer.blind[self.lake_outage.blind_from] = observation.started_at
             still_open = self.healer.tick(observation)
         except LakeUnreachable as exc:
             if self.lake_outage is None:
                 # Detected when the call failed: a tick that began before the store went away saw it go then.
-                self.lake_outage = LakeOutage(datetime.now(UTC), str(exc))
+                self.lake_outage = LakeOutage(datetime.now(UTC), str(exc), blind_from=started)
                 logger.warning("the lake is unreachable; ticking on, recorded once it answers: %s", exc)
             else:
                 failed = self.lake_outage.failed_ticks + 1
