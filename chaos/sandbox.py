@@ -507,7 +507,7 @@ class Sandbox:
             stop_own_group(pid, 15.0)
         log = self._log("healer")
         before = log.stat().st_size if log.exists() else 0
-        healer = self._start_healer({**self._env(state.prefect_api_url), **(overrides or {})})
+        healer = self._start_healer({**self._env(state.prefect_api_url), **state.store_env, **(overrides or {})})
         if healer is None:
             return None
 
@@ -543,9 +543,10 @@ class Sandbox:
             if pid is not None:
                 stopped += _stop_tree(pid, timeout)
             (run / f"{name}.pid").unlink(missing_ok=True)
+        # The production stack's own pid files, whether or not the sandbox got as far as recording its state.
+        if any((self.root / "stack" / "run").glob("*.pid")):
+            self._stack_down()
         if state is not None:
-            if state.profile == "production":
-                self._stack_down()
             stopped += self._stop_server_at(state.serving_url, timeout)
             self.state_path.unlink(missing_ok=True)
         return stopped

@@ -1,6 +1,7 @@
 """What ``selfheal up --profile production`` recorded in its run folder, read by the topology activities."""
 
 import json
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -20,12 +21,48 @@ def production(stack_run: str) -> dict[str, Any]:
 
 
 def pid(stack_run: str, service: str) -> int:
-    """The pid in a service's pid file (``object-store``, ``prefect-worker-1``, ...)."""
+    """The pid of a running service (``object-store``, ``prefect-worker-1``, ...) from its pid file.
+
+    The file's start time must match the process's (as ``selfheal down`` checks): a pid the
+    system gave to another process since is not the service.
+    """
     path = Path(stack_run) / f"{service}.pid"
     try:
-        return int(json.loads(path.read_text())["pid"])
+        record = json.loads(path.read_text())
+        found, started_at = int(record["pid"]), float(record["started_at"])
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise ActivityFailed(f"no pid file for {service} at {path}: {exc}") from None
+    try:
+        if abs(psutil.Process(found).create_time() - started_at) < 1.0:
+            return found
+    except psutil.Error:
+        pass
+    raise ActivityFailed(f"{service} (pid {found} in {path}) is not running")
+
+
+def command_of(pid: int) -> dict[str, Any]:
+    """What starts the process again as it runs: its command line, folder and environment."""
+    try:
+        proc = psutil.Process(pid)
+        return {"argv": proc.cmdline(), "cwd": proc.cwd(), "env": proc.environ()}
+    except psutil.Error as exc:
+        raise ActivityFailed(f"pid {pid} is not running: {exc}") from None
+
+
+def start_again(stack_run: str, service: str, command: dict[str, Any], log: Path) -> int:
+    """Start ``command`` (from ``command_of``) in a session of its own, output appended to ``log``; its pid recorded."""
+    with open(log, "ab") as out:
+        proc = subprocess.Popen(
+            command["argv"],
+            cwd=command["cwd"],
+            env=command["env"],
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    record_pid(stack_run, service, proc.pid)
+    return proc.pid
 
 
 def endpoint(stack_run: str) -> str:

@@ -24,7 +24,6 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import psutil
 from chaoslib.exceptions import ActivityFailed
 from chaoslib.types import Configuration
 
@@ -32,7 +31,14 @@ from chaos import ledger
 from chaos.topology import _stack
 from serving import processes
 
-__all__ = ["kill_worker_of_running_run", "start_object_store", "start_postgres", "stop_object_store", "stop_postgres"]
+__all__ = [
+    "kill_worker_of_running_run",
+    "restart_killed_worker",
+    "start_object_store",
+    "start_postgres",
+    "stop_object_store",
+    "stop_postgres",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -83,16 +89,13 @@ def stop_object_store(stack_run: str, configuration: Configuration | None = None
     """Stop the stack's S3 store (every process of it): each request to it is refused. Undo: start_object_store."""
     endpoint = _stack.endpoint(stack_run)
     pid = _stack.pid(stack_run, "object-store")
-    try:
-        proc = psutil.Process(pid)
-        command = {"argv": proc.cmdline(), "cwd": proc.cwd()}
-    except psutil.Error as exc:
-        raise ActivityFailed(f"the object store (pid {pid}) is not running: {exc}") from None
-    (Path(stack_run) / _STOPPED_STORE).write_text(json.dumps(command))
+    command = _stack.command_of(pid)
     stopped = processes.process_tree(pid)
     began = time.time()  # the store refuses requests from the SIGTERM on, before its processes are gone
     if processes.stop(stopped, grace=10.0) or _stack.store_answers(endpoint):
         raise ActivityFailed(f"{endpoint} still answers after its store was stopped")
+    # Only once it is down: a rollback must not start a second store beside a survivor.
+    (Path(stack_run) / _STOPPED_STORE).write_text(json.dumps(command))
     detail = {"pid": pid, "endpoint": endpoint}
     at = ledger.record(configuration, "fault", fault="stop_object_store", detail=detail, at=began)
     logger.info("object store %s stopped (%d processes)", endpoint, len(stopped))
@@ -107,25 +110,16 @@ def start_object_store(
     if not saved.exists():
         return {"running": True}
     command = json.loads(saved.read_text())
-    with open(Path(command["cwd"]) / "weed.log", "ab") as log:
-        proc = subprocess.Popen(
-            command["argv"],
-            cwd=command["cwd"],
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    _stack.record_pid(stack_run, "object-store", proc.pid)
+    pid = _stack.start_again(stack_run, "object-store", command, Path(command["cwd"]) / "weed.log")
     saved.unlink()
     endpoint = _stack.endpoint(stack_run)
     try:
         processes.wait_until(lambda: _stack.store_answers(endpoint), timeout, f"the object store at {endpoint}", 0.2)
     except TimeoutError as exc:
         raise ActivityFailed(str(exc)) from None
-    at = ledger.record(configuration, "restore", fault="stop_object_store", detail={"pid": proc.pid})
-    logger.info("object store %s started again (pid %d)", endpoint, proc.pid)
-    return {"endpoint": endpoint, "pid": proc.pid, "at": at}
+    at = ledger.record(configuration, "restore", fault="stop_object_store", detail={"pid": pid})
+    logger.info("object store %s started again (pid %d)", endpoint, pid)
+    return {"endpoint": endpoint, "pid": pid, "at": at}
 
 
 def _running_runs(prefect_api_url: str, flow_name: str) -> list[dict[str, Any]]:
@@ -138,43 +132,69 @@ def _running_runs(prefect_api_url: str, flow_name: str) -> list[dict[str, Any]]:
     return [r for r in answer.json() if r.get("infrastructure_pid")]
 
 
+def _heartbeats(prefect_api_url: str, run_id: str) -> int:
+    """How many heartbeat events of the flow run the Prefect server has received (what its automation waits on)."""
+    body = {
+        "filter": {
+            "event": {"name": ["prefect.flow-run.heartbeat"]},
+            "resource": {"id": [f"prefect.flow-run.{run_id}"]},
+        },
+        "limit": 1,
+    }
+    answer = httpx.post(f"{prefect_api_url.rstrip('/')}/events/filter", json=body, timeout=10.0)
+    answer.raise_for_status()
+    return int(answer.json().get("total", 0))
+
+
+def _killed(stack_run: str, worker: str) -> Path:
+    return Path(stack_run) / f"{worker}.killed.json"
+
+
 def kill_worker_of_running_run(
     stack_run: str,
     prefect_api_url: str,
     flow_name: str = "selfheal-pipeline",
-    running_seconds: float = 3.0,
     timeout: float = 180.0,
     configuration: Configuration | None = None,
 ) -> dict[str, Any]:
-    """SIGKILL the worker whose ``flow_name`` run has run ``running_seconds`` (first heartbeat sent), and the run.
+    """SIGKILL the worker of a running ``flow_name`` run, and the run, once the server has the run's first heartbeat.
 
     The other worker is left alone; Prefect marks the dead run Crashed once it misses its
-    heartbeats (the stack's automation), which frees the deployment's concurrency slot.
+    heartbeats (the stack's automation, armed by the first one), which frees the
+    deployment's concurrency slot. Undo: restart_killed_worker.
     """
     deadline = time.monotonic() + timeout
-    seen: dict[str, float] = {}
     while time.monotonic() < deadline:
         for run in _running_runs(prefect_api_url, flow_name):
-            first = seen.setdefault(str(run["id"]), time.monotonic())
-            if time.monotonic() - first < running_seconds:
+            if not _heartbeats(prefect_api_url, str(run["id"])):
                 continue
             infra = int(run["infrastructure_pid"])
             for worker in WORKERS:
                 pid = _stack.pid(stack_run, worker)
                 tree = processes.process_tree(pid)
-                if infra in tree:
-                    began = time.time()
-                    if processes.kill(tree):
-                        raise ActivityFailed(f"{worker}'s processes {tree} outlived SIGKILL")
-                    killed = tree
-                    at = ledger.record(
-                        configuration,
-                        "fault",
-                        fault="kill_worker_of_running_run",
-                        detail={"worker": worker, "flow_run": run["id"], "pids": killed},
-                        at=began,
-                    )
-                    logger.info("killed %s (pids %s) under flow run %s", worker, killed, run["id"])
-                    return {"worker": worker, "flow_run": str(run["id"]), "killed": killed, "at": at}
+                if infra not in tree:
+                    continue
+                command = _stack.command_of(pid)
+                began = time.time()
+                if processes.kill(tree):
+                    raise ActivityFailed(f"{worker}'s processes {tree} outlived SIGKILL")
+                _killed(stack_run, worker).write_text(json.dumps(command))
+                detail = {"worker": worker, "flow_run": run["id"], "pids": tree}
+                at = ledger.record(configuration, "fault", fault="kill_worker_of_running_run", detail=detail, at=began)
+                logger.info("killed %s (pids %s) under flow run %s", worker, tree, run["id"])
+                return {"worker": worker, "flow_run": str(run["id"]), "killed": tree, "at": at}
         time.sleep(0.25)
-    raise ActivityFailed(f"no {flow_name} run ran {running_seconds:g} s on a worker of {stack_run} within {timeout:g}s")
+    raise ActivityFailed(f"no {flow_name} run with a heartbeat on a worker of {stack_run} within {timeout:g}s")
+
+
+def restart_killed_worker(stack_run: str, configuration: Configuration | None = None) -> dict[str, Any]:
+    """Start the worker kill_worker_of_running_run killed again, as it ran (nothing when none was killed)."""
+    started: dict[str, int] = {}
+    for worker in WORKERS:
+        saved = _killed(stack_run, worker)
+        if saved.exists():
+            command = json.loads(saved.read_text())
+            started[worker] = _stack.start_again(stack_run, worker, command, Path(stack_run) / f"{worker}.log")
+            saved.unlink()
+            logger.info("%s started again (pid %d)", worker, started[worker])
+    return {"started": started}

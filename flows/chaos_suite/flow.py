@@ -329,33 +329,35 @@ def run_suite(
     sandbox_up_task(cfg, root, profile)
     env = sandbox_environment(root)
     lake = Lake(cfg.lake.root, cfg.lake.storage_options or None)
-    # The production sandbox's lake is on its S3 store: this process reads it between experiments too.
+    # The production sandbox's lake is on its S3 store: this process reads it between experiments too
+    # (only there: with these variables set, a project lake on AWS S3 would be looked for on that store).
     stores = {k: v for k, v in env.items() if k.startswith(("AWS_", "MLFLOW_S3_"))}
-    with _environment(stores, hide_overrides=False):
-        try:
+    try:
+        with _environment(stores, hide_overrides=False):
             log.info("sandbox up in %.0fs; running %d experiments", time.monotonic() - started, len(paths))
             for path in paths:
                 off = (off_bounds or {}).get(path.stem, cfg.slas.healing_off_mttr_seconds)
                 _run_experiment(path, specs[path.stem], cfg, root, env, result, journals, log, off)
-        finally:
-            if cfg.healing.enabled:  # the suite is the learned policy's training ground
-                harvested = harvest_decisions(env["SELFHEAL_CHAOS_LAKE"], lake)
-                log.info("%d remedy decisions of the sandbox added to the decisions log", harvested)
-            Sandbox(Path(root)).down()
+    finally:
+        if cfg.healing.enabled:  # the suite is the learned policy's training ground
+            options = {k: v for k, v in stores.items() if k.startswith("AWS_")} or None
+            harvested = harvest_decisions(env["SELFHEAL_CHAOS_LAKE"], lake, options)
+            log.info("%d remedy decisions of the sandbox added to the decisions log", harvested)
+        Sandbox(Path(root)).down()
     _write_reports(result, journals, Path(cfg.home) / "reports")
     record_runs(lake, result, journals)
     log.info("chaos suite %s done in %.0fs: %s", run_id, time.monotonic() - started, verdict_line(result))
     return result
 
 
-def harvest_decisions(sandbox_lake: str, lake: Lake) -> int:
+def harvest_decisions(sandbox_lake: str, lake: Lake, sandbox_options: Mapping[str, str] | None = None) -> int:
     """Copy the sandbox's remedy decisions (with their outcomes) into the project's decisions log; how many were new.
 
     ``selfheal policy train`` learns from them. A sandbox whose lake cannot be read adds none (logged, not raised:
     the suite's verdicts stand without it).
     """
     try:
-        found = DecisionLog(Lake(sandbox_lake)).decisions("remedy")
+        found = DecisionLog(Lake(sandbox_lake, sandbox_options)).decisions("remedy")
         mine = DecisionLog(lake)
         return sum(mine.append(d) for d in found)
     except (CheckpointError, OSError) as exc:

@@ -92,6 +92,7 @@ ACTIVITIES = [
     ("chaos.batch.actions", "score_during_output_outage"),
     ("chaos.batch.probes", "seconds_until_batch_rows_landed_once"),
     ("chaos.topology.actions", "kill_worker_of_running_run"),
+    ("chaos.topology.actions", "restart_killed_worker"),
     ("chaos.topology.actions", "start_object_store"),
     ("chaos.topology.actions", "start_postgres"),
     ("chaos.topology.actions", "stop_object_store"),
