@@ -70,6 +70,10 @@ PROFILES = ("embedded", "production")
 #: How long the tracking store stays unreachable. Long enough for a tick to see it: a tick
 #: already inside an MLflow call waits out SQLite's 20 s busy timeout before it can notice.
 OUTAGE_SECONDS = 40.0
+#: After the last fault, how long the healer may go on closing what is still open (an incident a
+#: fault's side effect opened just before the end, a latency alarm while the store was down) before
+#: the report: what is open then is reported as not resolved.
+SETTLE_SECONDS = 60.0
 
 
 def _say(text: str = "") -> None:
@@ -180,6 +184,7 @@ class Demo:
         self.traffic: subprocess.Popen[bytes] | None = None
         self.services = contextlib.ExitStack()
         self.others: list[dict[str, Any]] = []
+        self.chosen: list[dict[str, Any]] = []
         self.policy_table = policy_table
         """A learned policy (``--policy learned``): the demo's healer chooses with it."""
 
@@ -194,6 +199,7 @@ class Demo:
             self.setup()
             self.play()
             self.collect_other_incidents()
+            self.chosen = self.choices()  # the decisions log too is on the store the teardown stops
         finally:
             self.teardown()
         report = self.report(started)
@@ -349,6 +355,21 @@ class Demo:
         self._bad_model()
         self._processes_killed()
         self._outages()
+        self.settle()
+
+    def settle(self) -> None:
+        """Tick the healer until no incident is open (at most ``SETTLE_SECONDS``), as on-call would wait."""
+        still = [i for i in self.loop.healer.log.incidents() if not i.state.closed]
+        if not still:
+            return
+        _say(f"\n== waiting for {len(still)} incident(s) still open to close: {', '.join(i.cause for i in still)}")
+
+        def closed() -> bool:
+            return not self.loop.tick()
+
+        with contextlib.suppress(TimeoutError):  # what is still open is reported as not resolved
+            interval = self.cfg.healing.interval_seconds
+            processes.wait_until(closed, SETTLE_SECONDS, "the open incidents to close", interval)
 
     def _data_faults(self) -> None:
         """Concept drift, covariate drift, then a corrupt batch with a clean copy in the fallback source."""
@@ -505,7 +526,7 @@ class Demo:
             "availability": len(served) / len(outcomes) if outcomes else None,
             "fallback_share": sum(o.served_by != "primary" for o in served) / len(served) if served else None,
             "seconds": time.perf_counter() - started,
-            "choices": self.choices(),
+            "choices": self.chosen,
         }
 
     def choices(self) -> list[dict[str, Any]]:
