@@ -30,8 +30,10 @@ from chaos.registry.actions import _champion, _fit_inverted, _make_champion, _ve
 from chaos.serving import _server
 from chaos.workload import feature_names
 from checkpoints import Lake
+from checkpoints.exceptions import ServingUnavailable
 from checkpoints.golden import golden_set
 from serving import processes
+from serving.client import ServingClient
 from serving.model_cache import ModelCache
 from serving.registry import CHAMPION, PREVIOUS
 
@@ -73,6 +75,30 @@ def _reload_master(master: int) -> list[int]:
         return sorted(now) if now and not now & old else []
 
     return processes.wait_until(replaced, _RELOAD_SECONDS, f"master {master}'s workers to reload")
+
+
+def _wait_serving(url: str, version: str, answers: int = 8) -> None:
+    """Wait until ``answers`` answers of ``/ready`` in a row, each on a new connection, come from ``version``.
+
+    A champion promoted a moment before may still be loading in a worker: replacing its file
+    then races that load, which can put the original back in the cache the fault drops.
+    """
+    seen, in_a_row = "no answer", 0
+
+    def serving() -> bool:
+        nonlocal seen, in_a_row
+        try:
+            with ServingClient(url) as server:
+                seen = str(server.ready(2.0).get("model_version"))
+        except ServingUnavailable as exc:
+            seen = str(exc)
+        in_a_row = in_a_row + 1 if seen == version else 0
+        return in_a_row >= answers
+
+    try:
+        processes.wait_until(serving, _RELOAD_SECONDS, f"the server to serve v{version}", interval=0.1)
+    except TimeoutError:
+        raise ActivityFailed(f"the server at {url} does not serve v{version}: last seen {seen}") from None
 
 
 def _reload_replicas(url: str, pid_file: str | None) -> list[int]:
@@ -142,6 +168,7 @@ def swap_served_model(
     model_file = _model_file(registry.source(champion))
     if not model_file.is_file():
         raise ActivityFailed(f"v{champion.version} has no model file at {model_file}")
+    _wait_serving(server_url, str(champion.version))  # the fault is on the model the server serves
     features = feature_names(server_url)
     if not features:
         raise ActivityFailed(f"the server at {server_url} names no features")
