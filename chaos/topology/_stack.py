@@ -87,3 +87,23 @@ def record_pid(stack_run: str, service: str, pid: int) -> None:
     path = Path(stack_run) / f"{service}.pid"
     path.with_suffix(".tmp").write_text(json.dumps(record))
     path.with_suffix(".tmp").replace(path)
+
+
+def _saved(stack_run: str, service: str) -> Path:
+    return Path(stack_run) / f"{service}.stopped.json"
+
+
+def save_command(stack_run: str, service: str, command: dict[str, Any]) -> None:
+    """Keep a stopped service's command (from ``command_of``) for ``start_saved``."""
+    _saved(stack_run, service).write_text(json.dumps(command))
+
+
+def start_saved(stack_run: str, service: str, log: Path | None = None) -> int | None:
+    """Start a service ``save_command`` kept (its log: ``log``, else ``<service>.log`` here); None when none was."""
+    saved = _saved(stack_run, service)
+    if not saved.exists():
+        return None
+    command = json.loads(saved.read_text())
+    pid = start_again(stack_run, service, command, log or Path(stack_run) / f"{service}.log")
+    saved.unlink()
+    return pid

@@ -15,7 +15,6 @@ Each reads what ``selfheal up`` recorded in its run folder (``stack_run``: the
 
 # No ``from __future__ import annotations``: discovery reads these annotations at run time.
 
-import json
 import logging
 import os
 import subprocess
@@ -42,8 +41,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-#: Where the store's command line waits while it is stopped (in the stack's run folder).
-_STOPPED_STORE = "object-store.stopped.json"
 WORKERS = ("prefect-worker-1", "prefect-worker-2")
 
 
@@ -95,7 +92,7 @@ def stop_object_store(stack_run: str, configuration: Configuration | None = None
     if processes.stop(stopped, grace=10.0) or _stack.store_answers(endpoint):
         raise ActivityFailed(f"{endpoint} still answers after its store was stopped")
     # Only once it is down: a rollback must not start a second store beside a survivor.
-    (Path(stack_run) / _STOPPED_STORE).write_text(json.dumps(command))
+    _stack.save_command(stack_run, "object-store", command)
     detail = {"pid": pid, "endpoint": endpoint}
     at = ledger.record(configuration, "fault", fault="stop_object_store", detail=detail, at=began)
     logger.info("object store %s stopped (%d processes)", endpoint, len(stopped))
@@ -106,12 +103,9 @@ def start_object_store(
     stack_run: str, timeout: float = 120.0, configuration: Configuration | None = None
 ) -> dict[str, Any]:
     """Start the stopped S3 store again (same command line, same data) and wait until it answers."""
-    saved = Path(stack_run) / _STOPPED_STORE
-    if not saved.exists():
+    pid = _stack.start_saved(stack_run, "object-store")  # its log: object-store.log in the run folder
+    if pid is None:
         return {"running": True}
-    command = json.loads(saved.read_text())
-    pid = _stack.start_again(stack_run, "object-store", command, Path(command["cwd"]) / "weed.log")
-    saved.unlink()
     endpoint = _stack.endpoint(stack_run)
     try:
         processes.wait_until(lambda: _stack.store_answers(endpoint), timeout, f"the object store at {endpoint}", 0.2)
@@ -146,10 +140,6 @@ def _heartbeats(prefect_api_url: str, run_id: str) -> int:
     return int(answer.json().get("total", 0))
 
 
-def _killed(stack_run: str, worker: str) -> Path:
-    return Path(stack_run) / f"{worker}.killed.json"
-
-
 def kill_worker_of_running_run(
     stack_run: str,
     prefect_api_url: str,
@@ -178,7 +168,7 @@ def kill_worker_of_running_run(
                 began = time.time()
                 if processes.kill(tree):
                     raise ActivityFailed(f"{worker}'s processes {tree} outlived SIGKILL")
-                _killed(stack_run, worker).write_text(json.dumps(command))
+                _stack.save_command(stack_run, worker, command)
                 detail = {"worker": worker, "flow_run": run["id"], "pids": tree}
                 at = ledger.record(configuration, "fault", fault="kill_worker_of_running_run", detail=detail, at=began)
                 logger.info("killed %s (pids %s) under flow run %s", worker, tree, run["id"])
@@ -191,10 +181,8 @@ def restart_killed_worker(stack_run: str, configuration: Configuration | None = 
     """Start the worker kill_worker_of_running_run killed again, as it ran (nothing when none was killed)."""
     started: dict[str, int] = {}
     for worker in WORKERS:
-        saved = _killed(stack_run, worker)
-        if saved.exists():
-            command = json.loads(saved.read_text())
-            started[worker] = _stack.start_again(stack_run, worker, command, Path(stack_run) / f"{worker}.log")
-            saved.unlink()
-            logger.info("%s started again (pid %d)", worker, started[worker])
+        pid = _stack.start_saved(stack_run, worker)
+        if pid is not None:
+            started[worker] = pid
+            logger.info("%s started again (pid %d)", worker, pid)
     return {"started": started}

@@ -69,3 +69,18 @@ def test_a_stopped_store_starts_again_from_its_command_line_with_its_pid_file_re
     finally:
         processes.stop(processes.process_tree(_stack.pid(str(run), "object-store")), grace=5)
         first.kill()
+
+
+def test_a_killed_worker_starts_again_as_it_ran_with_its_pid_file_rewritten(tmp_path: Path) -> None:
+    run = _stack_run(tmp_path, "http://127.0.0.1:1")
+    argv = [sys.executable, "-c", "import time; time.sleep(60)"]
+    _stack.save_command(str(run), "prefect-worker-1", {"argv": argv, "cwd": str(tmp_path), "env": {"X": "1"}})
+    started = actions.restart_killed_worker(str(run))["started"]
+    try:
+        assert (
+            list(started) == ["prefect-worker-1"]
+            and _stack.pid(str(run), "prefect-worker-1") == started["prefect-worker-1"]
+        )
+        assert actions.restart_killed_worker(str(run)) == {"started": {}}  # nothing left to start
+    finally:
+        processes.stop([started["prefect-worker-1"]], grace=5)
