@@ -8,6 +8,12 @@ warmed up; MLflow's ``/ping``). Also reported: the CPU seconds the server's proc
 until then (on a busy machine the wall time says little), and one ``--profile-startup``
 profile of ours (what took how long).
 
+Ours runs as ``selfheal serve`` runs it, with a model cache (``serving.model_cache``). Its
+very first start, with the cache empty, is measured and printed on its own: it downloads
+the versions, imports scikit-learn and keeps their verified compiled forms. The rounds are
+the starts after that (a restart, a replacement for a killed server): from the compiled
+forms, without scikit-learn until the server is ready.
+
 Usage::
 
     .venv/bin/python benchmarks/startup.py [--rounds 5] [--workers 2]
@@ -103,6 +109,7 @@ def commands(
         "SELFHEAL_LAKE_ROOT": str(workdir / "lake"),
         "SELFHEAL_DEAD_LETTER_DIR": str(workdir / "dead-letter"),
         "SELFHEAL_RUNTIME_DIR": str(workdir / "run"),
+        "SELFHEAL_MODEL_CACHE_DIR": str(workdir / "model-cache"),
     }
     mlflow = [str(bin_dir / "mlflow"), "models", "serve", "-m", f"models:/{bench.MODEL}/{version}"]
     mlflow += ["--env-manager", "local", "-h", "127.0.0.1", "-p", str(port), "-w", str(workers)]
@@ -142,6 +149,9 @@ def main() -> int:
     print(f"scratch folder {workdir}; {os.cpu_count()} CPUs (load average {os.getloadavg()[0]:.1f})", flush=True)
     version = _bench_serving().register_model(tracking_uri, workdir)
     runs: dict[str, list[tuple[float, float]]] = {"selfheal": [], "mlflow": []}
+    command, env, url = commands(workdir, tracking_uri, version, args.workers, free_port())["selfheal"]
+    first, first_cpu = time_to_answer(command, env, url, workdir / "selfheal.log")
+    print(f"first start (empty model cache): selfheal {first:6.2f} s to ready ({first_cpu:.2f} CPU s)", flush=True)
     for round_no in range(args.rounds):
         for name, (command, env, url) in commands(workdir, tracking_uri, version, args.workers, free_port()).items():
             seconds, cpu = time_to_answer(command, env, url, workdir / f"{name}.log")
@@ -153,7 +163,8 @@ def main() -> int:
     command, env, url = commands(workdir, tracking_uri, version, args.workers, free_port())["selfheal"]
     print(profile(workdir, command, env, url))
     print(
-        f"\nmedian of {args.rounds} cold starts, {args.workers} workers each (load average {os.getloadavg()[0]:.1f}):"
+        f"\nmedian of {args.rounds} cold starts after the first, {args.workers} workers each"
+        f" (load average {os.getloadavg()[0]:.1f}):"
     )
     for name, results in runs.items():
         wall = float(np.median([r[0] for r in results]))
@@ -162,6 +173,7 @@ def main() -> int:
         print(f"  {name:<8} {wall:6.2f} s to {endpoint:<6} {cpu:6.2f} CPU s")
     ours, theirs = (float(np.median([r[0] for r in runs[n]])) for n in ("selfheal", "mlflow"))
     print(f"  selfheal / mlflow: {ours / theirs:.2f}x; target: selfheal <= 2 s on an idle machine")
+    print(f"  selfheal's first start, empty model cache: {first:.2f} s")
     if args.keep:
         print(f"kept {workdir}")
     else:

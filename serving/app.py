@@ -74,6 +74,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     primary, fallback = state.watcher.models.versions()
     startup.log_profile(f"worker {state.pid} serving version {primary} (fallback {fallback})")
     state.start_batcher()
+    state.load_models_in_background()
     app.state.serving = state
     try:
         yield

@@ -28,7 +28,11 @@ Example:
 
 from __future__ import annotations
 
+import io
+import json
 import logging
+import math
+import zipfile
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -37,6 +41,9 @@ import pandas as pd
 
 logger = logging.getLogger(__name__)
 
+#: A step's fitted state as plain data (JSON: kinds, column names, categories, numbers), from which
+#: its block is built: what a restart reads instead of the scikit-learn model (``CompiledModel``).
+Plan = dict[str, Any]
 #: A compiled step: a block of the frame (or the previous step's array) -> the step's output.
 Block = Callable[[Any], np.ndarray[Any, Any]]
 #: The whole preprocessing: the model's input frame, or its columns as ``FeatureSchema.arrays`` gives
@@ -44,12 +51,23 @@ Block = Callable[[Any], np.ndarray[Any, Any]]
 Prepare = Callable[[pd.DataFrame | Mapping[str, np.ndarray[Any, Any]]], np.ndarray[Any, Any]]
 
 
-def compile_preprocessing(model: Any) -> Prepare | None:
-    """The steps of ``model`` (a fitted ``Pipeline``) before its final estimator, compiled; None if any is unknown."""
+def describe_preprocessing(model: Any) -> Plan | None:
+    """The steps of ``model`` (a fitted ``Pipeline``) before its final estimator as a plan; None if any is unknown."""
     steps = getattr(model, "steps", None)
     if not steps or len(steps) < 2:
         return None
-    return _chain([step for _, step in steps[:-1]])
+    return _describe_chain([step for _, step in steps[:-1]])
+
+
+def build_preprocessing(plan: Plan) -> Prepare:
+    """The compiled preprocessing a plan (``describe_preprocessing``) describes; ``ValueError`` if it is not one."""
+    return _build(plan)
+
+
+def compile_preprocessing(model: Any) -> Prepare | None:
+    """The steps of ``model`` (a fitted ``Pipeline``) before its final estimator, compiled; None if any is unknown."""
+    plan = describe_preprocessing(model)
+    return None if plan is None else build_preprocessing(plan)
 
 
 def verified(
@@ -100,6 +118,23 @@ def probe_columns(
 
 
 # -- the final estimator: histogram gradient boosting ------------------------------------
+#: The arrays of ``CompiledTrees`` (what ``CompiledModel.to_bytes`` stores).
+_TREE_ARRAYS = (
+    "roots",
+    "feature",
+    "threshold",
+    "missing_left",
+    "left",
+    "right",
+    "value",
+    "baseline",
+    "splits",
+    "n_features",
+)
+#: scikit-learn's link of each loss ``CompiledTrees`` turns raw scores with, by the link's class name.
+_LINKS = {"IdentityLink": "identity", "LogLink": "log", "LogitLink": "logit", "MultinomialLogit": "softmax"}
+
+
 class CompiledTrees:
     """A fitted ``HistGradientBoosting{Classifier,Regressor}`` walked for every row and tree at once.
 
@@ -110,28 +145,72 @@ class CompiledTrees:
     scikit-learn's: a missing value goes the side the node learned, else ``x <= threshold``
     goes left. The leaf values are added tree after tree onto the baseline, as scikit-learn
     adds them (``np.cumsum`` adds in order), so the sums are the same to the last bit, and the
-    estimator's own loss turns them into probabilities or values.
+    estimator's link turns them into probabilities or values as scikit-learn's does (the
+    logistic through libm's ``exp``, as SciPy's ``expit``; the others in numpy), without
+    importing either: ``trees_verified`` checks the outputs are equal before they are used.
     """
 
-    def __init__(self, estimator: Any, nodes: Sequence[np.ndarray[Any, Any]]) -> None:
-        self.estimator = estimator
-        self.n_features = int(estimator.n_features_in_)
-        self.k = int(estimator.n_trees_per_iteration_)
-        self.baseline = 0.0 + np.asarray(estimator._baseline_prediction, dtype=np.float64).reshape(-1)
+    def __init__(
+        self, arrays: Mapping[str, np.ndarray[Any, Any]], link: str, classes: np.ndarray[Any, Any] | None
+    ) -> None:
+        missing = [name for name in _TREE_ARRAYS if name not in arrays]
+        if missing or link not in _LINKS.values():
+            raise ValueError(f"not compiled trees: missing arrays {missing}, link {link!r}")
+        self.roots = np.asarray(arrays["roots"], dtype=np.intp)
+        self.feature = np.asarray(arrays["feature"], dtype=np.intp)
+        self.threshold = np.asarray(arrays["threshold"], dtype=np.float64)
+        self.missing_left = np.asarray(arrays["missing_left"], dtype=bool)
+        self.left = np.asarray(arrays["left"], dtype=np.intp)
+        self.right = np.asarray(arrays["right"], dtype=np.intp)
+        self.value = np.asarray(arrays["value"], dtype=np.float64)
+        self.baseline = np.asarray(arrays["baseline"], dtype=np.float64).reshape(-1)
+        self.splits = np.asarray(arrays["splits"], dtype=np.float64).reshape(-1, 2)
+        self.n_features = int(np.asarray(arrays["n_features"]))
+        self.k = len(self.baseline)
+        self.link = link
+        self.classes = classes
+        nodes = len(self.feature)
+        bounds: list[tuple[np.ndarray[Any, Any], int]] = [(self.roots, nodes), (self.left, nodes)]
+        bounds += [(self.right, nodes), (self.feature, self.n_features), (self.splits[:, 0], self.n_features)]
+        if (
+            {len(self.threshold), len(self.missing_left), len(self.left), len(self.right), len(self.value)} != {nodes}
+            or any(len(a) and (a.min() < 0 or a.max() >= bound) for a, bound in bounds)
+            or not self.k
+            or not len(self.roots)
+            or len(self.roots) % self.k
+        ):
+            raise ValueError("not compiled trees: the node arrays disagree")
+        self.depth = _depth(self.roots, self.left, self.right)
+
+    @classmethod
+    def from_nodes(cls, estimator: Any, nodes: Sequence[np.ndarray[Any, Any]]) -> CompiledTrees | None:
+        """The trees of ``estimator`` from its predictors' node arrays; None when its link is not one known here."""
+        link = _LINKS.get(type(getattr(getattr(estimator, "_loss", None), "link", None)).__name__)
+        if link is None:
+            return None
         offsets = np.cumsum([0, *(len(n) for n in nodes)])
         every = np.concatenate(nodes)
         leaf = every["is_leaf"].astype(bool)
         own = np.arange(len(every))
-        self.roots = offsets[:-1].astype(np.intp)
-        self.feature = np.where(leaf, 0, every["feature_idx"]).astype(np.intp)
-        self.threshold = np.where(leaf, np.inf, every["num_threshold"]).astype(np.float64)
-        self.missing_left = np.where(leaf, True, every["missing_go_to_left"].astype(bool))
         tree_of = np.repeat(np.arange(len(nodes)), [len(n) for n in nodes])
-        self.left = np.where(leaf, own, offsets[tree_of] + every["left"]).astype(np.intp)
-        self.right = np.where(leaf, own, offsets[tree_of] + every["right"]).astype(np.intp)
-        self.value = every["value"].astype(np.float64)
-        self.depth = int(every["depth"].max())
-        self.splits = np.unique(np.stack([every["feature_idx"][~leaf], every["num_threshold"][~leaf]], axis=1), axis=0)
+        arrays = {
+            "roots": offsets[:-1],
+            "feature": np.where(leaf, 0, every["feature_idx"]),
+            "threshold": np.where(leaf, np.inf, every["num_threshold"]),
+            "missing_left": np.where(leaf, True, every["missing_go_to_left"].astype(bool)),
+            "left": np.where(leaf, own, offsets[tree_of] + every["left"]),
+            "right": np.where(leaf, own, offsets[tree_of] + every["right"]),
+            "value": every["value"],
+            "baseline": 0.0 + np.asarray(estimator._baseline_prediction, dtype=np.float64).reshape(-1),
+            "splits": np.unique(np.stack([every["feature_idx"][~leaf], every["num_threshold"][~leaf]], axis=1), axis=0),
+            "n_features": np.asarray(int(estimator.n_features_in_)),
+        }
+        classes = np.asarray(estimator.classes_) if hasattr(estimator, "classes_") else None
+        return cls(arrays, link, classes)
+
+    def arrays(self) -> dict[str, np.ndarray[Any, Any]]:
+        """What ``CompiledTrees(arrays, link, classes)`` is built from again."""
+        return {name: np.asarray(getattr(self, name)) for name in _TREE_ARRAYS}
 
     def raw(self, x: Any) -> np.ndarray[Any, Any]:
         """What the estimator's ``_raw_predict`` gives: the baseline plus each tree's leaf, per row and output."""
@@ -149,12 +228,47 @@ class CompiledTrees:
         return np.asfortranarray(np.cumsum(summed, axis=1)[:, -1, :])
 
     def predict_proba(self, x: Any) -> np.ndarray[Any, Any]:
-        return np.asarray(self.estimator._loss.predict_proba(self.raw(x)))
+        """A classifier's probabilities, as its loss's ``predict_proba`` gives them."""
+        raw = self.raw(x)
+        if self.link == "softmax":  # scikit-learn's utils.extmath.softmax
+            raw = raw - raw.max(axis=1).reshape(-1, 1)
+            np.exp(raw, out=raw)
+            raw /= raw.sum(axis=1).reshape(-1, 1)
+            return np.asarray(raw)
+        if self.link != "logit":
+            raise ValueError(f"a {self.link} link gives no probabilities")
+        proba = np.empty((raw.shape[0], 2), dtype=raw.dtype)
+        proba[:, 1] = [_expit(v) for v in raw[:, 0].tolist()]
+        proba[:, 0] = 1 - proba[:, 1]
+        return proba
 
     def predict(self, x: Any) -> np.ndarray[Any, Any]:
-        if hasattr(self.estimator, "classes_"):
-            return np.asarray(self.estimator.classes_[np.argmax(self.predict_proba(x), axis=1)])
-        return np.asarray(self.estimator._loss.link.inverse(self.raw(x).ravel()))
+        if self.classes is not None:
+            return np.asarray(self.classes[np.argmax(self.predict_proba(x), axis=1)])
+        raw = self.raw(x).ravel()
+        return np.exp(raw) if self.link == "log" else raw
+
+
+def _expit(value: float) -> float:
+    """SciPy's ``expit`` for one value: ``1 / (1 + exp(-x))`` with libm's ``exp`` (numpy's differs in the last bit)."""
+    try:
+        return 1.0 / (1.0 + math.exp(-value))
+    except OverflowError:
+        return 0.0
+
+
+def _depth(roots: np.ndarray[Any, Any], left: np.ndarray[Any, Any], right: np.ndarray[Any, Any]) -> int:
+    """Steps until every root's walk is at a leaf, whichever way it goes (a leaf points at itself)."""
+    at = np.unique(roots)
+    steps = 0
+    while True:
+        following = np.unique(np.concatenate([left[at], right[at]]))
+        if np.array_equal(following, at):
+            return steps
+        at = following
+        steps += 1
+        if steps > len(left):
+            raise ValueError("not compiled trees: a cycle among the nodes")
 
 
 def compile_estimator(estimator: Any) -> CompiledTrees | None:
@@ -170,18 +284,17 @@ def compile_estimator(estimator: Any) -> CompiledTrees | None:
     nodes = [p.nodes for iteration in predictors for p in iteration]
     if any(n["is_categorical"].any() for n in nodes):
         return None
-    return CompiledTrees(estimator, nodes)
+    return CompiledTrees.from_nodes(estimator, nodes)
 
 
-def trees_verified(trees: CompiledTrees, x: np.ndarray[Any, Any]) -> bool:
-    """Whether ``trees`` answer exactly as their estimator on ``x`` and on every split's edge.
+def trees_verified(trees: CompiledTrees, estimator: Any, x: np.ndarray[Any, Any]) -> bool:
+    """Whether ``trees`` answer exactly as ``estimator`` on ``x`` and on every split's edge.
 
     The edges: for each distinct (feature, threshold) of the trees, ``x``'s first row with that
     feature at the threshold and just above it, and with each feature missing. On ``x`` and the
-    edges the raw scores must be equal (both sides turn them into values and probabilities with
-    the estimator's own loss), and on ``x`` the values and probabilities too. Comparing the
-    public outputs on the edges as well walked the trees twice more over thousands of rows:
-    0.12 s of a 100-tree model's load instead of 0.06 s.
+    edges the raw scores must be equal, and on ``x`` the values and probabilities too (the links
+    are elementwise). Comparing the public outputs on the edges as well walked the trees twice
+    more over thousands of rows: 0.12 s of a 100-tree model's load instead of 0.06 s.
     """
     x = np.asarray(x, dtype=np.float64)
     if x.ndim != 2 or not len(x):
@@ -193,7 +306,6 @@ def trees_verified(trees: CompiledTrees, x: np.ndarray[Any, Any]) -> bool:
     edges[n + np.arange(n), features] = np.nextafter(thresholds, np.inf)
     edges[2 * n + np.arange(trees.n_features), np.arange(trees.n_features)] = np.nan
     probe = np.vstack([x, edges])
-    estimator = trees.estimator
     try:
         pairs = [(trees.raw(probe), np.asarray(estimator._raw_predict(probe)))]
         pairs.append((trees.predict(x), estimator.predict(x)))
@@ -208,35 +320,77 @@ def trees_verified(trees: CompiledTrees, x: np.ndarray[Any, Any]) -> bool:
     return same
 
 
-# -- steps ---------------------------------------------------------------------------
-def _step(step: Any) -> Block | None:
+# -- the whole compiled model, stored ---------------------------------------------------
+class CompiledModel:
+    """A version's verified compiled preprocessing and trees, as bytes a restart serves from without scikit-learn.
+
+    Written by a server once both were found equal to scikit-learn's on the probe rows
+    (``LoadedModel``): plain data only, a numpy archive read with ``allow_pickle=False`` (the
+    plan and the classes as JSON inside it), so reading it runs no code. ``from_bytes``
+    raises ``ValueError`` for anything that is not such an archive.
+
+    Example:
+        >>> data = CompiledModel(plan, trees).to_bytes()
+        >>> CompiledModel.from_bytes(data).trees.predict_proba(prepare(columns))
+    """
+
+    FORMAT = 1
+
+    def __init__(self, plan: Plan, trees: CompiledTrees) -> None:
+        self.plan = plan
+        self.prepare = build_preprocessing(plan)
+        self.trees = trees
+
+    def to_bytes(self) -> bytes:
+        classes = self.trees.classes
+        meta = {
+            "format": self.FORMAT,
+            "plan": self.plan,
+            "link": self.trees.link,
+            "classes": None if classes is None else classes.tolist(),
+            "classes_dtype": None if classes is None else classes.dtype.str,
+        }
+        buffer = io.BytesIO()
+        arrays: dict[str, Any] = {"meta": np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)}
+        arrays.update(self.trees.arrays())
+        np.savez(buffer, **arrays)
+        return buffer.getvalue()
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> CompiledModel:
+        try:
+            with np.load(io.BytesIO(data), allow_pickle=False) as archive:
+                arrays = {name: archive[name] for name in archive.files}
+            meta = json.loads(arrays.pop("meta").tobytes())
+            if meta.get("format") != cls.FORMAT:
+                raise ValueError(f"format {meta.get('format')!r}, not {cls.FORMAT}")
+            classes = None if meta["classes"] is None else np.asarray(meta["classes"], dtype=meta["classes_dtype"])
+            return cls(meta["plan"], CompiledTrees(arrays, meta["link"], classes))
+        except (OSError, KeyError, TypeError, AttributeError, UnicodeDecodeError, zipfile.BadZipFile) as exc:
+            raise ValueError(f"not a compiled model: {type(exc).__name__}: {exc}") from exc
+
+
+# -- steps: each fitted step described as plain data (a plan), and a plan built into a block --
+def _describe(step: Any) -> Plan | None:
     if step is None or (isinstance(step, str) and step == "passthrough"):
-        return np.asarray
+        return {"kind": "passthrough"}
     if _output_config(step) not in (None, "default"):
         return None
     kind = type(step).__name__
-    module = type(step).__module__
-    if not module.startswith("sklearn."):
+    if not type(step).__module__.startswith("sklearn."):
         return None
     if kind == "Pipeline":
-        return _chain([s for _, s in step.steps])
-    builder = _BUILDERS.get(kind)
-    return builder(step) if builder is not None else None
+        return _describe_chain([s for _, s in step.steps])
+    describe = _DESCRIBERS.get(kind)
+    return describe(step) if describe is not None else None
 
 
-def _chain(steps: Sequence[Any]) -> Block | None:
+def _describe_chain(steps: Sequence[Any]) -> Plan | None:
     """``steps`` one after the other (None: one of them does not compile)."""
-    compiled = [_step(step) for step in steps]
-    blocks = [b for b in compiled if b is not None]
-    if len(blocks) < len(compiled):
+    plans = [_describe(step) for step in steps]
+    if any(plan is None for plan in plans):
         return None
-
-    def chained(data: Any) -> np.ndarray[Any, Any]:
-        for block in blocks:
-            data = block(data)
-        return np.asarray(data)
-
-    return chained
+    return {"kind": "chain", "steps": plans}
 
 
 def _output_config(step: Any) -> str | None:
@@ -244,11 +398,11 @@ def _output_config(step: Any) -> str | None:
     return config.get("transform") if isinstance(config, dict) else None
 
 
-def _column_transformer(ct: Any) -> Block | None:
+def _column_transformer(ct: Any) -> Plan | None:
     if getattr(ct, "sparse_output_", True):
         return None
     names = list(getattr(ct, "feature_names_in_", []))
-    parts: list[tuple[list[str], Block]] = []
+    parts: list[list[Any]] = []
     for _, trans, cols in ct.transformers_:
         if isinstance(trans, str) and trans == "drop":
             continue
@@ -257,27 +411,11 @@ def _column_transformer(ct: Any) -> Block | None:
             return None
         if not selected:
             continue
-        block = _step(trans)
-        if block is None:
+        plan = _describe(trans)
+        if plan is None:
             return None
-        parts.append((selected, block))
-    if not parts:
-        return None
-
-    needed = sorted({c for cols, _ in parts for c in cols})
-
-    def transform(data: Any) -> np.ndarray[Any, Any]:
-        # Column by column: selecting a sub-frame per transformer costs more than the transforms.
-        arrays: Mapping[str, Any]
-        if isinstance(data, pd.DataFrame):
-            arrays = {c: data[c].to_numpy() for c in needed}
-        elif isinstance(data, Mapping):
-            arrays = data  # FeatureSchema.arrays: the frame's columns, without building the frame
-        else:
-            raise TypeError("a compiled ColumnTransformer takes the model's input frame or its column arrays")
-        return np.hstack([block(np.column_stack([arrays[c] for c in cols])) for cols, block in parts])
-
-    return transform
+        parts.append([selected, plan])
+    return {"kind": "columns", "parts": parts} if parts else None
 
 
 def _columns(cols: Any, names: Sequence[str]) -> list[str] | None:
@@ -299,55 +437,149 @@ def _columns(cols: Any, names: Sequence[str]) -> list[str] | None:
     return out
 
 
-def _imputer(imputer: Any) -> Block | None:
+def _imputer(imputer: Any) -> Plan | None:
     if getattr(imputer, "add_indicator", False) or not _is_nan(imputer.missing_values):
         return None
     stats = np.asarray(imputer.statistics_)
     strategy = imputer.strategy
     if strategy in ("mean", "median"):
         keep = np.ones(len(stats), dtype=bool) if imputer.keep_empty_features else ~np.isnan(stats.astype(float))
-        fill = stats[keep].astype(np.float64)
-
-        def numeric(data: Any) -> np.ndarray[Any, Any]:
-            x = np.array(data, dtype=np.float64)[:, keep]
-            missing = np.isnan(x)
-            if missing.any():
-                x[missing] = np.broadcast_to(fill, x.shape)[missing]
-            return x
-
-        return numeric
+        return {"kind": "impute", "keep": keep.tolist(), "fill": stats[keep].astype(np.float64).tolist()}
     if strategy == "constant" and isinstance(imputer.fill_value, str):
-        value = imputer.fill_value
-
-        def text(data: Any) -> np.ndarray[Any, Any]:
-            x = np.array(data, dtype=object)
-            x[x != x] = value  # NaN is the one missing marker (None is a value), as scikit-learn masks it
-            return x
-
-        return text
+        return {"kind": "impute_text", "value": imputer.fill_value}
     return None
 
 
-def _lookup(categories: Sequence[np.ndarray[Any, Any]]) -> list[dict[Any, int]] | None:
-    """Category -> index per column (None: a category is missing or not a plain value)."""
-    tables = []
-    for cats in categories:
+def _categories(encoder: Any) -> list[list[Any]] | None:
+    """Each column's categories as plain values (None: a category is missing or not a plain value)."""
+    if getattr(encoder, "_infrequent_enabled", False):
+        return None
+    out = []
+    for cats in encoder.categories_:
         values = cats.tolist()
-        if any(v is None or (isinstance(v, float) and v != v) for v in values):
+        if any(not isinstance(v, (str, int, float)) or (isinstance(v, float) and v != v) for v in values):
             return None
-        tables.append({v: i for i, v in enumerate(values)})
-    return tables
+        out.append(values)
+    return out
 
 
-def _ordinal(encoder: Any) -> Block | None:
-    tables = _lookup(encoder.categories_)
-    if tables is None or getattr(encoder, "_infrequent_enabled", False):
+def _ordinal(encoder: Any) -> Plan | None:
+    categories = _categories(encoder)
+    if categories is None or encoder.handle_unknown != "use_encoded_value":
         return None
-    if encoder.handle_unknown == "use_encoded_value":
-        unknown = float(encoder.unknown_value)
-    else:
+    dtype = np.dtype(encoder.dtype).str
+    return {"kind": "ordinal", "categories": categories, "unknown": float(encoder.unknown_value), "dtype": dtype}
+
+
+def _one_hot(encoder: Any) -> Plan | None:
+    categories = _categories(encoder)
+    if (
+        categories is None
+        or getattr(encoder, "drop_idx_", None) is not None
+        or encoder.handle_unknown not in ("ignore", "infrequent_if_exist")
+    ):
         return None
-    dtype = np.dtype(encoder.dtype)
+    return {"kind": "one_hot", "categories": categories, "dtype": np.dtype(encoder.dtype).str}
+
+
+def _scaler(scaler: Any) -> Plan | None:
+    mean = np.asarray(scaler.mean_, dtype=np.float64).tolist() if scaler.with_mean else None
+    scale = np.asarray(scaler.scale_, dtype=np.float64).tolist() if scaler.with_std else None
+    return {"kind": "scale", "mean": mean, "scale": scale}
+
+
+def _identity(function: Any) -> Plan | None:
+    """A ``FunctionTransformer`` without a function: how a fitted ``ColumnTransformer`` keeps ``"passthrough"``."""
+    if function.func is not None or function.validate:
+        return None
+    return {"kind": "passthrough"}
+
+
+def _is_nan(value: Any) -> bool:
+    return isinstance(value, float) and value != value
+
+
+_DESCRIBERS: dict[str, Callable[[Any], Plan | None]] = {
+    "ColumnTransformer": _column_transformer,
+    "SimpleImputer": _imputer,
+    "OrdinalEncoder": _ordinal,
+    "OneHotEncoder": _one_hot,
+    "StandardScaler": _scaler,
+    "FunctionTransformer": _identity,
+}
+
+
+def _build(plan: Plan) -> Block:
+    """The block a plan describes (``ValueError``: not a plan ``_describe`` makes)."""
+    try:
+        builder = _BUILDERS[plan["kind"]]
+        return builder(plan)
+    except (KeyError, TypeError, IndexError) as exc:
+        raise ValueError(f"not a preprocessing plan: {type(exc).__name__}: {exc}") from exc
+
+
+def _build_chain(plan: Plan) -> Block:
+    blocks = [_build(step) for step in plan["steps"]]
+
+    def chained(data: Any) -> np.ndarray[Any, Any]:
+        for block in blocks:
+            data = block(data)
+        return np.asarray(data)
+
+    return chained
+
+
+def _build_columns(plan: Plan) -> Block:
+    parts = [([str(c) for c in cols], _build(step)) for cols, step in plan["parts"]]
+    needed = sorted({c for cols, _ in parts for c in cols})
+
+    def transform(data: Any) -> np.ndarray[Any, Any]:
+        # Column by column: selecting a sub-frame per transformer costs more than the transforms.
+        arrays: Mapping[str, Any]
+        if isinstance(data, pd.DataFrame):
+            arrays = {c: data[c].to_numpy() for c in needed}
+        elif isinstance(data, Mapping):
+            arrays = data  # FeatureSchema.arrays: the frame's columns, without building the frame
+        else:
+            raise TypeError("a compiled ColumnTransformer takes the model's input frame or its column arrays")
+        return np.hstack([block(np.column_stack([arrays[c] for c in cols])) for cols, block in parts])
+
+    return transform
+
+
+def _build_impute(plan: Plan) -> Block:
+    keep = np.asarray(plan["keep"], dtype=bool)
+    fill = np.asarray(plan["fill"], dtype=np.float64)
+
+    def numeric(data: Any) -> np.ndarray[Any, Any]:
+        x = np.array(data, dtype=np.float64)[:, keep]
+        missing = np.isnan(x)
+        if missing.any():
+            x[missing] = np.broadcast_to(fill, x.shape)[missing]
+        return x
+
+    return numeric
+
+
+def _build_impute_text(plan: Plan) -> Block:
+    value = str(plan["value"])
+
+    def text(data: Any) -> np.ndarray[Any, Any]:
+        x = np.array(data, dtype=object)
+        x[x != x] = value  # NaN is the one missing marker (None is a value), as scikit-learn masks it
+        return x
+
+    return text
+
+
+def _lookup(categories: Sequence[Sequence[Any]]) -> list[dict[Any, int]]:
+    return [{v: i for i, v in enumerate(values)} for values in categories]
+
+
+def _build_ordinal(plan: Plan) -> Block:
+    tables = _lookup(plan["categories"])
+    unknown = float(plan["unknown"])
+    dtype = np.dtype(plan["dtype"])
 
     def encode(data: Any) -> np.ndarray[Any, Any]:
         x = np.asarray(data, dtype=object)
@@ -359,16 +591,9 @@ def _ordinal(encoder: Any) -> Block | None:
     return encode
 
 
-def _one_hot(encoder: Any) -> Block | None:
-    tables = _lookup(encoder.categories_)
-    if (
-        tables is None
-        or getattr(encoder, "drop_idx_", None) is not None
-        or getattr(encoder, "_infrequent_enabled", False)
-        or encoder.handle_unknown not in ("ignore", "infrequent_if_exist")
-    ):
-        return None
-    dtype = np.dtype(encoder.dtype)
+def _build_one_hot(plan: Plan) -> Block:
+    tables = _lookup(plan["categories"])
+    dtype = np.dtype(plan["dtype"])
     offsets = np.cumsum([0, *(len(t) for t in tables)])
 
     def encode(data: Any) -> np.ndarray[Any, Any]:
@@ -384,9 +609,9 @@ def _one_hot(encoder: Any) -> Block | None:
     return encode
 
 
-def _scaler(scaler: Any) -> Block | None:
-    mean = np.asarray(scaler.mean_, dtype=np.float64) if scaler.with_mean else None
-    scale = np.asarray(scaler.scale_, dtype=np.float64) if scaler.with_std else None
+def _build_scale(plan: Plan) -> Block:
+    mean = None if plan["mean"] is None else np.asarray(plan["mean"], dtype=np.float64)
+    scale = None if plan["scale"] is None else np.asarray(plan["scale"], dtype=np.float64)
 
     def standardize(data: Any) -> np.ndarray[Any, Any]:
         x = np.array(data, dtype=np.float64)
@@ -399,22 +624,13 @@ def _scaler(scaler: Any) -> Block | None:
     return standardize
 
 
-def _identity(function: Any) -> Block | None:
-    """A ``FunctionTransformer`` without a function: how a fitted ``ColumnTransformer`` keeps ``"passthrough"``."""
-    if function.func is not None or function.validate:
-        return None
-    return np.asarray
-
-
-def _is_nan(value: Any) -> bool:
-    return isinstance(value, float) and value != value
-
-
-_BUILDERS: dict[str, Callable[[Any], Block | None]] = {
-    "ColumnTransformer": _column_transformer,
-    "SimpleImputer": _imputer,
-    "OrdinalEncoder": _ordinal,
-    "OneHotEncoder": _one_hot,
-    "StandardScaler": _scaler,
-    "FunctionTransformer": _identity,
+_BUILDERS: dict[str, Callable[[Plan], Block]] = {
+    "passthrough": lambda plan: np.asarray,
+    "chain": _build_chain,
+    "columns": _build_columns,
+    "impute": _build_impute,
+    "impute_text": _build_impute_text,
+    "ordinal": _build_ordinal,
+    "one_hot": _build_one_hot,
+    "scale": _build_scale,
 }

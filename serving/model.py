@@ -5,7 +5,8 @@ DataFrame per micro-batch and, for classifiers, one ``predict_proba`` from which
 the label (argmax) and the score come, so each batch is one model call. A request's
 rows go through the pipeline's preprocessing compiled to numpy (``serving.compiled``)
 once it was found to give exactly scikit-learn's matrix on probe rows at load;
-a table's (``predict_frame``) always through scikit-learn's.
+a table's (``predict_frame``) always through scikit-learn's. A version whose compiled
+form the model cache kept starts from that without scikit-learn, which it loads later.
 
 Example:
     >>> model = LoadedModel.load(registry, ref, ModelThreads(per_call=1, pool=2))
@@ -20,8 +21,9 @@ import json
 import logging
 import shutil
 import tempfile
+import threading
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -32,10 +34,13 @@ from threadpoolctl import threadpool_limits
 
 from serving import startup
 from serving.compiled import (
+    CompiledModel,
     CompiledTrees,
+    Plan,
     Prepare,
+    build_preprocessing,
     compile_estimator,
-    compile_preprocessing,
+    describe_preprocessing,
     probe_columns,
     trees_verified,
     verified,
@@ -108,6 +113,10 @@ class LoadedModel:
 
     Each loaded model has its own small thread pool, so a model that hangs can
     only block its own threads; the fallback keeps answering.
+
+    A version started from its cached compiled form (``load``) has no scikit-learn model yet:
+    ``model`` loads it on first use (``load_in_background`` ahead of that), and until then
+    every batch goes through the compiled preprocessing and trees.
     """
 
     def __init__(
@@ -117,24 +126,37 @@ class LoadedModel:
         schema: FeatureSchema,
         example: Any = None,
         threads: ModelThreads | None = None,
+        compiled: CompiledModel | None = None,
+        load_model: Callable[[], Any] | None = None,
     ) -> None:
+        """``model``: the scikit-learn model; or None with ``compiled`` and ``load_model`` (which loads it)."""
+        if model is None and (compiled is None or load_model is None):
+            raise ValueError("a LoadedModel needs its model, or its compiled form and a way to load the model")
         self.ref = ref
         self.version = ref.version
-        self.model = model
+        self._model = model
+        self._load_model = load_model
+        self._model_lock = threading.Lock()
+        self._loading: threading.Thread | None = None
         self.schema = schema
         self.example = example
         self.classes: np.ndarray[Any, Any] | None = None
         self.task: Task = "regression"
-        if hasattr(model, "predict_proba") and hasattr(model, "classes_"):
+        if compiled is not None and model is None:
+            self.classes = compiled.trees.classes
+        elif hasattr(model, "predict_proba") and hasattr(model, "classes_"):
             self.classes = np.asarray(model.classes_)
+        if self.classes is not None:
             self.task = "binary" if len(self.classes) == 2 else "multiclass"
-        # A threshold-tuned classifier's predict is not the argmax of its probabilities.
-        self._argmax_is_predict = self.task != "regression" and not _has_threshold(model)
+        # A threshold-tuned classifier's predict is not the argmax of its probabilities (and never compiles).
+        self._argmax_is_predict = self.task != "regression" and (model is None or not _has_threshold(model))
         # A request's rows, once verified equal: the preprocessing compiled to numpy in front of
         # the final estimator (``serving.compiled``); None: the model itself.
-        self._prepare: Prepare | None = None
-        self._estimator: Any = model
-        self._trees: CompiledTrees | None = None  # the final estimator's trees, compiled and verified equal
+        self._plan: Plan | None = compiled.plan if compiled is not None else None
+        self._prepare: Prepare | None = compiled.prepare if compiled is not None else None
+        self._estimator: Any = model  # None until ``model`` is loaded, for a version started compiled
+        # The final estimator's trees, compiled and verified equal.
+        self._trees: CompiledTrees | None = compiled.trees if compiled is not None else None
         threads = threads or ModelThreads()
         self.pool = ThreadPoolExecutor(
             max_workers=threads.pool,
@@ -159,6 +181,9 @@ class LoadedModel:
 
         With a ``cache``, a verified cached copy is loaded instead of a download, and a version
         that loads and warms up is cached (``serving.model_cache``); the checks are the same.
+        A cached version with its compiled form (``serving.compiled.CompiledModel``, kept
+        beside it once verified) starts from that, without importing scikit-learn: a
+        restarted server is ready in about a second, not three (``model`` loads the rest).
 
         Raises:
             ModelRefused: its artifacts live outside the registry's artifact root, or are not
@@ -166,32 +191,97 @@ class LoadedModel:
             ModelLoadFailed: the artifacts are missing or corrupt, the signature
                 cannot be served, or the model fails on its own input example.
         """
+        if cache is not None:
+            started = cls._from_compiled(registry, ref, threads, extra_trusted, cache)
+            if started is not None:
+                return started
         folder = tempfile.mkdtemp(prefix=f"selfheal-model-{ref.version}-")
         try:
             with startup.phase("artifact fetch"):
                 cached = cache.get(ref, registry.artifact_root) if cache is not None else None
                 path = cached or registry.download(ref, into=folder)
-            try:
-                with startup.phase("artifact load (skops, trusted-type check)"):
-                    meta = read_mlmodel(path)
-                    schema = FeatureSchema.from_mlmodel(meta)
-                    model = load_sklearn_model(path, extra_trusted)
-                    example = load_input_example(path, meta)
-            except UnsafeArtifact as exc:
-                raise ModelRefused(ref.name, ref.version, exc.reason, str(exc)) from exc
-            except UnsupportedSignature as exc:
-                raise ModelLoadFailed(ref.name, ref.version, str(exc)) from exc
-            except Exception as exc:  # unpickling/loading foreign artifacts can raise anything; the cause is chained
-                raise ModelLoadFailed(ref.name, ref.version, f"{type(exc).__name__}: {exc}") from exc
+            with startup.phase("artifact load (skops, trusted-type check)"):
+                _, schema, example = _read_signature(ref, path)
+                model = _load_model(ref, path, extra_trusted)
             loaded = cls(ref, model, schema, example, threads)
             with startup.phase("first predict (warm-up)"):
                 loaded.warm_up()
-            if cache is not None and cached is None:
+            if cache is not None:
                 with startup.phase("cache the version"):
-                    _keep(cache, registry, ref, path)
+                    _keep(cache, registry, ref, None if cached else path, loaded.compiled_form())
         finally:
             shutil.rmtree(folder, ignore_errors=True)
         return loaded
+
+    @classmethod
+    def _from_compiled(
+        cls,
+        registry: ModelRegistry,
+        ref: ModelVersionRef,
+        threads: ModelThreads | None,
+        extra_trusted: Iterable[str],
+        cache: ModelCache,
+    ) -> LoadedModel | None:
+        """``ref`` started from its cached compiled form, warmed up; None when there is none that works."""
+        with startup.phase("artifact fetch"):
+            data = cache.get_compiled(ref, registry.artifact_root)
+            path = cache.get(ref, registry.artifact_root) if data is not None else None
+        if data is None or path is None:
+            return None
+        trusted = tuple(extra_trusted)
+
+        def load_model() -> Any:
+            # The cached copy again (checked again): the cache may have let it go since.
+            again = cache.get(ref, registry.artifact_root)
+            if again is not None:
+                return _load_model(ref, again, trusted)
+            with tempfile.TemporaryDirectory(prefix=f"selfheal-model-{ref.version}-") as folder:
+                return _load_model(ref, registry.download(ref, into=folder), trusted)
+
+        try:
+            with startup.phase("compiled model load (no scikit-learn)"):
+                compiled = CompiledModel.from_bytes(data)
+                _, schema, example = _read_signature(ref, path)
+            loaded = cls(ref, None, schema, example, threads, compiled=compiled, load_model=load_model)
+            with startup.phase("first predict (warm-up)"):
+                loaded.warm_up()
+        except (ValueError, ModelLoadFailed) as exc:
+            logger.warning("version %s: its cached compiled form is not used (%s); loading the model", ref.version, exc)
+            return None
+        logger.info("v%s: started from its cached compiled form; the scikit-learn model loads later", ref.version)
+        return loaded
+
+    @property
+    def model(self) -> Any:
+        """The scikit-learn model (for a version started compiled, loaded now if it was not yet).
+
+        Raises:
+            ModelLoadFailed, ModelRefused: a version started compiled whose model cannot be loaded.
+        """
+        if self._model is None:
+            with self._model_lock:
+                if self._model is None:
+                    assert self._load_model is not None
+                    model = self._load_model()
+                    self._estimator = model.steps[-1][1] if hasattr(model, "steps") else model
+                    self._model = model
+        return self._model
+
+    def load_in_background(self) -> None:
+        """Load ``model`` in a thread if it is not loaded yet (a failure is logged; the compiled form keeps serving)."""
+        if self._model is not None or self._loading is not None:
+            return
+
+        def load() -> None:
+            try:
+                self.model  # noqa: B018 - the property loads it
+            except (ModelLoadFailed, ModelRefused) as exc:
+                logger.error("version %s keeps serving from its compiled form: %s", self.version, exc)
+            else:
+                logger.info("v%s: scikit-learn model loaded", self.version)
+
+        self._loading = threading.Thread(target=load, name=f"load-model-v{self.version}", daemon=True)
+        self._loading.start()
 
     def classes_list(self) -> list[Any]:
         """The class labels (empty for a regressor)."""
@@ -210,7 +300,8 @@ class LoadedModel:
             raise ModelLoadFailed(
                 self.ref.name, self.version, f"it fails on its own input example: {type(exc).__name__}: {exc}"
             ) from exc
-        self._compile(columns)
+        if self._prepare is None:
+            self._compile(columns)
 
     def _compile(self, columns: dict[str, list[Any]]) -> None:
         """Predict through the compiled preprocessing and trees from now on, if they give exactly the model's answers.
@@ -221,9 +312,10 @@ class LoadedModel:
         on every split's edge (``trees_verified``). Anything else keeps scikit-learn's path: the
         whole model, or its own final estimator.
         """
-        prepare = compile_preprocessing(self.model)
-        if prepare is None:
+        plan = describe_preprocessing(self.model)
+        if plan is None:
             return
+        prepare = build_preprocessing(plan)
         text = [col.name for col in self.schema.columns if col.type == "string"]
         # Two batches: every branch in one, and one row with nothing given (a column's dtype
         # in a batch where it is missing throughout is not the one it has beside values).
@@ -238,8 +330,8 @@ class LoadedModel:
         probe, arrays = probes[0]
         estimator = self.model.steps[-1][1]
         trees = compile_estimator(estimator)
-        self._trees = trees if trees is not None and trees_verified(trees, prepare(arrays)) else None
-        self._prepare, self._estimator = prepare, estimator
+        self._trees = trees if trees is not None and trees_verified(trees, estimator, prepare(arrays)) else None
+        self._plan, self._prepare, self._estimator = plan, prepare, estimator
         logger.info(
             "v%s: preprocessing compiled%s (equal to scikit-learn's on %d probe rows)",
             self.version,
@@ -257,18 +349,30 @@ class LoadedModel:
         """Whether they also go through the final estimator's trees compiled (``CompiledTrees``)."""
         return self._trees is not None
 
+    def compiled_form(self) -> bytes | None:
+        """The verified compiled preprocessing and trees as ``CompiledModel`` bytes (None: not both compiled)."""
+        if self._plan is None or self._trees is None:
+            return None
+        try:
+            return CompiledModel(self._plan, self._trees).to_bytes()
+        except (TypeError, ValueError) as exc:  # a category JSON cannot hold: served compiled, not stored
+            logger.info("v%s: compiled form not stored: %s", self.version, exc)
+            return None
+
     def predict(self, columns: dict[str, list[Any]]) -> Prediction:
         """Predict validated columns (runs in one of this model's threads).
 
         A request's few rows go through the compiled preprocessing when it was verified
         (``serving.compiled``: its per-call cost is most of a small batch's), and a batch of at
-        most ``TREE_WALK_MAX_ROWS`` rows through the compiled trees; else as ``predict_frame``.
+        most ``TREE_WALK_MAX_ROWS`` rows through the compiled trees (every batch, for a version
+        started compiled until its model has loaded); else as ``predict_frame``.
         """
         if self._prepare is None:
             return self.predict_frame(self.schema.frame(columns))
         x = self._prepare(self.schema.arrays(columns))
-        small = self._trees is not None and len(x) <= TREE_WALK_MAX_ROWS
-        return self._answer(self._trees if small else self._estimator, x)
+        estimator = self._estimator  # None: started compiled, the model not loaded yet
+        walk = self._trees is not None and (len(x) <= TREE_WALK_MAX_ROWS or estimator is None)
+        return self._answer(self._trees if walk else estimator, x)
 
     def predict_frame(self, frame: pd.DataFrame) -> Prediction:
         """Predict a frame in the signature's dtypes (``FeatureSchema.frame``, ``validate_table``'s) with the model."""
@@ -288,14 +392,43 @@ class LoadedModel:
         self.pool.shutdown(wait=False, cancel_futures=True)
 
 
-def _keep(cache: ModelCache, registry: ModelRegistry, ref: ModelVersionRef, path: str) -> None:
-    """Cache a version that loaded; a registry that stopped answering meanwhile only skips the copy."""
+def _read_signature(ref: ModelVersionRef, path: str) -> tuple[dict[str, Any], FeatureSchema, Any]:
+    """The MLmodel file, input schema and input example of a local model folder (``ModelLoadFailed`` if unusable)."""
     try:
-        source = registry.source(ref)
-    except ModelLoadFailed as exc:
-        logger.warning("version %s not cached: %s", ref.version, exc)
-        return
-    cache.put(ref, path, source)
+        meta = read_mlmodel(path)
+        return meta, FeatureSchema.from_mlmodel(meta), load_input_example(path, meta)
+    except UnsupportedSignature as exc:
+        raise ModelLoadFailed(ref.name, ref.version, str(exc)) from exc
+    except Exception as exc:  # a foreign artifact's files can fail to parse in any way; the cause is chained
+        raise ModelLoadFailed(ref.name, ref.version, f"{type(exc).__name__}: {exc}") from exc
+
+
+def _load_model(ref: ModelVersionRef, path: str, extra_trusted: Iterable[str]) -> Any:
+    """The scikit-learn model of a local model folder (skops, reviewed types only)."""
+    try:
+        return load_sklearn_model(path, extra_trusted)
+    except UnsafeArtifact as exc:
+        raise ModelRefused(ref.name, ref.version, exc.reason, str(exc)) from exc
+    except Exception as exc:  # unpickling/loading foreign artifacts can raise anything; the cause is chained
+        raise ModelLoadFailed(ref.name, ref.version, f"{type(exc).__name__}: {exc}") from exc
+
+
+def _keep(
+    cache: ModelCache, registry: ModelRegistry, ref: ModelVersionRef, path: str | None, compiled: bytes | None
+) -> None:
+    """Cache a version that loaded, and its compiled form (``path``: its downloaded folder; None: from the cache).
+
+    A registry that stopped answering meanwhile only skips the copy.
+    """
+    if path is not None:
+        try:
+            source = registry.source(ref)
+        except ModelLoadFailed as exc:
+            logger.warning("version %s not cached: %s", ref.version, exc)
+            return
+        cache.put(ref, path, source)
+    if compiled is not None:
+        cache.put_compiled(ref, compiled)
 
 
 def _has_threshold(model: Any) -> bool:

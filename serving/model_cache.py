@@ -2,9 +2,11 @@
 
 Each version that loaded and passed its warm-up is kept as
 ``<folder>/<model>/<version>/model/`` with a ``manifest.json`` (its artifact source and
-the SHA-256 of every file), and the versions the aliases named last are kept in
-``<folder>/<model>/aliases.json``. A later start reads a version from here when the
-registry names it (no artifact copy) and, when the registry does not answer at all,
+the SHA-256 of every file), its compiled form (``compiled.npz``, when its preprocessing
+and trees compiled and were verified: ``serving.compiled.CompiledModel``) beside it, and
+the versions the aliases named last are kept in ``<folder>/<model>/aliases.json``. A later
+start reads a version from here when the registry names it (no artifact copy; from its
+compiled form when there is one, without scikit-learn) and, when the registry does not answer at all,
 serves what the aliases named last.
 
 Nothing is trusted because it is cached: a copy whose files do not match their digests
@@ -87,6 +89,51 @@ class ModelCache:
         finally:
             shutil.rmtree(staging, ignore_errors=True)
         self._prune()
+
+    def get_compiled(self, ref: ModelVersionRef, artifact_root: str | None) -> bytes | None:
+        """The compiled form kept beside ``ref``'s cached copy (``put_compiled``) if it matches its digest; else None.
+
+        Its source is checked against the artifact root as ``get`` checks the copy's.
+        """
+        entry = self._entry(ref.version)
+        try:
+            manifest = json.loads((entry / "manifest.json").read_text())
+            digest = manifest.get("compiled")
+            if digest is None:
+                return None
+            data = (entry / "compiled.npz").read_bytes()
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError) as exc:
+            logger.warning("cached version %s is unreadable (%s)", ref.version, exc)
+            return None
+        if hashlib.sha256(data).hexdigest() != digest:
+            logger.warning("the compiled form of cached version %s does not match its digest; not used", ref.version)
+            return None
+        if artifact_root is not None and outside_root(str(manifest.get("source", "")), artifact_root) is not None:
+            return None
+        return data
+
+    def put_compiled(self, ref: ModelVersionRef, data: bytes) -> None:
+        """Keep ``data`` (``CompiledModel`` bytes) beside ``ref``'s cached copy; errors are only logged.
+
+        Nothing is kept for a version that is not cached, or that has a compiled form already.
+        """
+        entry = self._entry(ref.version)
+        pid = os.getpid()
+        try:
+            manifest = json.loads((entry / "manifest.json").read_text())
+            if manifest.get("compiled") is not None:
+                return
+            (entry / f".compiled.npz.tmp-{pid}").write_bytes(data)
+            os.replace(entry / f".compiled.npz.tmp-{pid}", entry / "compiled.npz")
+            manifest["compiled"] = hashlib.sha256(data).hexdigest()
+            (entry / f".manifest.json.tmp-{pid}").write_text(json.dumps(manifest))
+            os.replace(entry / f".manifest.json.tmp-{pid}", entry / "manifest.json")
+        except FileNotFoundError:
+            return
+        except (OSError, ValueError) as exc:
+            logger.debug("compiled form of version %s not cached: %s", ref.version, exc)
 
     def drop(self, version: str) -> bool:
         """Forget the cached copy of ``version`` (its next load reads the registry again); whether there was one."""

@@ -86,8 +86,11 @@ class ModelServerApplication(BaseApplication):  # type: ignore[misc]
         try:
             # skops first: at import it looks up the module of each of ~260 scipy functions
             # across all of sys.modules, which the app's imports would double.
-            with startup.phase("import scikit-learn + skops (preload)"):
-                _import_heavy_modules()
+            if _starts_compiled():
+                logger.info("not preloading scikit-learn: the cached versions start from their compiled forms")
+            else:
+                with startup.phase("import scikit-learn + skops (preload)"):
+                    _import_heavy_modules()
             with startup.phase("import the app (FastAPI, pandas, pyarrow)"):
                 from serving.app import create_app
         finally:
@@ -114,6 +117,26 @@ _HEAVY_MODULES = (
     "sklearn.ensemble",
     "threadpoolctl",
 )
+
+
+def _starts_compiled() -> bool:
+    """Whether each version the model cache last saw an alias name has its compiled form kept.
+
+    Then the workers start from those (``serving.model.LoadedModel.load``) without scikit-learn,
+    and each imports it after it is ready, in the background: preloading it here would cost
+    every start (and restart) ~1.2 s before the first worker exists.
+    """
+    try:
+        settings = ServerSettings()
+    except ValidationError:
+        return False
+    if not settings.model_cache_dir:
+        return False
+    from serving.model_cache import ModelCache
+
+    cache = ModelCache(settings.model_cache_dir, settings.model_name)
+    refs = cache.remembered_refs().values()
+    return bool(refs) and all(cache.get_compiled(ref, None) is not None for ref in refs)
 
 
 def _import_heavy_modules() -> None:

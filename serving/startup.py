@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -114,7 +115,11 @@ def record(name: str, wall: float, cpu: float) -> None:
 def report(title: str) -> str:
     """The profile so far as a table (phases in the order they started)."""
     since_exec = time.time() - exec_time()
-    lines = [f"start-up profile: {title}, {since_exec:.2f} s since exec", f"  {'phase':<40} {'wall s':>7} {'cpu s':>7}"]
+    sklearn = "scikit-learn imported" if "sklearn" in sys.modules else "scikit-learn not imported"
+    lines = [
+        f"start-up profile: {title}, {since_exec:.2f} s since exec ({sklearn})",
+        f"  {'phase':<40} {'wall s':>7} {'cpu s':>7}",
+    ]
     for name, (wall, cpu, times) in _PHASES.items():
         label = name if times == 1 else f"{name} (x{times:g})"
         lines.append(f"  {label:<40} {wall:>7.3f} {cpu:>7.3f}")

@@ -97,6 +97,7 @@ class ServingState:
             self._shadow_predicted, process=ShadowProcess(settings.trusted_types), cpu_share=settings.shadow_cpu_share
         )
         self._log_schemas: dict[tuple[tuple[str, str], ...], pa.Schema] = {}
+        self._ready = False  # see load_models_in_background
 
     # -- lifecycle -----------------------------------------------------------------
     def start(self) -> None:
@@ -143,7 +144,22 @@ class ServingState:
         self.metrics.breaker_state.set(STATE_CODES.get(state, -1))
         self.metrics.breaker_transitions.labels(state).inc()
 
+    def load_models_in_background(self) -> None:
+        """From now on, load the scikit-learn model of each version started from its compiled form, in a thread.
+
+        Called once the worker is ready (before, that import would compete with its start).
+        """
+        self._ready = True
+        models = self.watcher.models
+        for model in (models.primary, models.fallback, models.challenger):
+            if model is not None:
+                model.load_in_background()
+
     def _swapped(self, old: ModelSet, new: ModelSet) -> None:
+        if self._ready:
+            for model in (new.primary, new.fallback, new.challenger):
+                if model is not None:
+                    model.load_in_background()
         primary, fallback = new.versions()
         if primary != old.versions()[0]:
             self.predictor.breaker.reset()  # a new primary starts with a clean record

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from typing import Any
 
 import numpy as np
@@ -17,9 +18,11 @@ from sklearn.preprocessing import FunctionTransformer, OneHotEncoder, StandardSc
 
 from flows.pipeline.stages.train import build_model
 from serving.compiled import (
+    CompiledModel,
     CompiledTrees,
     compile_estimator,
     compile_preprocessing,
+    describe_preprocessing,
     probe_columns,
     trees_verified,
     verified,
@@ -214,9 +217,63 @@ def test_trees_that_differ_are_not_verified() -> None:
     estimator = ESTIMATORS["binary"]
     x, _ = _tree_data(seed=2, rows=5)
     trees = compile_estimator(estimator)
-    assert trees is not None and trees_verified(trees, x)
+    assert trees is not None and trees_verified(trees, estimator, x)
     nudged = compile_estimator(estimator)
     assert isinstance(nudged, CompiledTrees)
     split = int(np.flatnonzero(np.isfinite(nudged.threshold))[0])
     nudged.threshold[split] = np.nextafter(nudged.threshold[split], -np.inf)
-    assert not trees_verified(nudged, x)
+    assert not trees_verified(nudged, estimator, x)
+
+
+# -- the compiled form, stored ------------------------------------------------------------------
+@settings(max_examples=30, deadline=None)
+@given(rows=_rows)
+def test_a_stored_compiled_model_answers_what_scikit_learn_answers(fitted: Pipeline, rows: list[dict]) -> None:
+    """Written as bytes and read back (what a restart serves from), the form still gives scikit-learn's answers."""
+    plan, trees = describe_preprocessing(fitted), compile_estimator(fitted[-1])
+    assert plan is not None and trees is not None
+    back = CompiledModel.from_bytes(CompiledModel(plan, trees).to_bytes())
+    columns = {name: [row[name] for row in rows] for name in SCHEMA.names}
+    expected = fitted.predict_proba(SCHEMA.frame(columns))
+    got = back.trees.predict_proba(back.prepare(SCHEMA.arrays(columns)))
+    assert got.dtype == expected.dtype and np.array_equal(got, expected)
+    assert np.array_equal(
+        back.trees.predict(back.prepare(SCHEMA.arrays(columns))), fitted.predict(SCHEMA.frame(columns))
+    )
+
+
+def test_stored_trees_of_every_kind_read_back_equal() -> None:
+    """Multiclass (string classes), binary and regression trees: the same outputs after the round trip."""
+    x, signal = _tree_data(seed=5, rows=300)
+    labelled = HistGradientBoostingClassifier(max_iter=10, random_state=0)
+    estimators = {
+        **ESTIMATORS,
+        "strings": labelled.fit(x, np.array(["low", "mid", "high"])[np.digitize(signal, [0, 1])]),
+    }
+    for name, estimator in estimators.items():
+        trees = compile_estimator(estimator)
+        assert trees is not None, name
+        back = CompiledModel.from_bytes(CompiledModel({"kind": "passthrough"}, trees).to_bytes()).trees
+        assert np.array_equal(back.predict(x), estimator.predict(x)), name
+        assert back.predict(x).dtype == estimator.predict(x).dtype, name
+        if name != "regression":
+            assert np.array_equal(back.predict_proba(x), estimator.predict_proba(x)), name
+
+
+def test_damaged_compiled_bytes_are_refused() -> None:
+    """Anything but an intact archive (cut short, pickled, an unknown link, nodes out of range): ValueError."""
+    trees = compile_estimator(ESTIMATORS["binary"])
+    assert trees is not None
+    data = CompiledModel({"kind": "passthrough"}, trees).to_bytes()
+    buffer = io.BytesIO()
+    np.savez(buffer, meta=np.array([{"a": 1}], dtype=object))  # loading it would need pickle
+    bad_left = trees.arrays() | {"left": trees.left + len(trees.left)}
+    wrong = io.BytesIO()
+    np.savez(
+        wrong, meta=np.frombuffer(b'{"format": 1, "plan": {}, "link": "logit", "classes": null}', np.uint8), **bad_left
+    )
+    for damaged in (data[: len(data) // 2], b"not an archive", buffer.getvalue(), wrong.getvalue()):
+        with pytest.raises(ValueError):
+            CompiledModel.from_bytes(damaged)
+    with pytest.raises(ValueError):
+        CompiledTrees(trees.arrays(), "magic", None)

@@ -145,3 +145,60 @@ def test_the_mlflow_free_reading_of_a_model_folder_matches_mlflow(model_store: M
         assert ours.astype(object).where(ours.notna(), None).values.tolist() == (
             theirs.astype(object).where(theirs.notna(), None).values.tolist()
         )
+
+
+def _predict(server: Any, records: list[dict[str, Any]]) -> list[Any]:
+    answer = http.post(f"{server.url}/predict", json=records)
+    assert answer.status_code == 200, answer.text
+    body = answer.json()
+    return [body["predictions"], body["scores"]]
+
+
+def test_a_restart_starts_from_the_compiled_form_without_scikit_learn(model_store: ModelStore, tmp_path: Path) -> None:
+    """The second start reads the champion's verified compiled form from the cache: ready before any
+    scikit-learn import, the same answers, and the scikit-learn model loaded after (for big batches)."""
+    hgb = model_store.versions["hgb"]
+    model_store.set_aliases(champion=hgb, previous=None)
+    cache = tmp_path / "cache"
+    argv = [sys.executable, "-m", "serving", "--log-level", "info", "--profile-startup"]
+    records = model_store.records(60)
+    first = start_server(model_store, _folder(tmp_path / "first"), workers=1, argv=argv, model_cache_dir=cache)
+    try:
+        assert "(scikit-learn imported)" in first.log.read_text(), first.tail()
+        small, big = _predict(first, records[:5]), _predict(first, records)
+    finally:
+        first.stop()
+    assert (cache / MODEL / hgb / "compiled.npz").is_file()
+    second = start_server(model_store, _folder(tmp_path / "second"), workers=1, argv=argv, model_cache_dir=cache)
+    try:
+        log = second.log.read_text()
+        assert "(scikit-learn not imported)" in log and "compiled model load" in log, second.tail()
+        assert f"v{hgb}: started from its cached compiled form" in log
+        assert _predict(second, records[:5]) == small and _predict(second, records) == big
+        loaded = f"v{hgb}: scikit-learn model loaded"
+        processes.wait_until(lambda: loaded in second.log.read_text(), 60, "the scikit-learn model loaded")
+        assert _predict(second, records[:5]) == small and _predict(second, records) == big
+    finally:
+        second.stop()
+
+
+def test_a_compiled_form_that_fails_its_digest_is_not_used(model_store: ModelStore, tmp_path: Path) -> None:
+    """One changed byte in ``compiled.npz``: the cache hands it out no more, and the model loads as before."""
+    registry = ModelRegistry(MODEL, tracking_uri=model_store.tracking_uri)
+    ref = registry.version(model_store.versions["hgb"])
+    cache = ModelCache(tmp_path / "cache", MODEL)
+    from serving.model import LoadedModel
+
+    first = LoadedModel.load(registry, ref, cache=cache)
+    first.close()
+    root = str(model_store.root / "artifacts")
+    data = cache.get_compiled(ref, root)
+    assert data is not None and cache.get_compiled(ref, str(tmp_path / "elsewhere")) is None
+    stored = tmp_path / "cache" / MODEL / ref.version / "compiled.npz"
+    stored.write_bytes(data[:-1] + bytes([data[-1] ^ 1]))
+    assert cache.get_compiled(ref, root) is None
+    again = LoadedModel.load(registry, ref, cache=cache)
+    try:
+        assert again._model is not None  # loaded from the skops copy, as without a compiled form
+    finally:
+        again.close()
