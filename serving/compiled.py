@@ -292,9 +292,10 @@ def trees_verified(trees: CompiledTrees, estimator: Any, x: np.ndarray[Any, Any]
 
     The edges: for each distinct (feature, threshold) of the trees, ``x``'s first row with that
     feature at the threshold and just above it, and with each feature missing. On ``x`` and the
-    edges the raw scores must be equal, and on ``x`` the values and probabilities too (the links
-    are elementwise). Comparing the public outputs on the edges as well walked the trees twice
-    more over thousands of rows: 0.12 s of a 100-tree model's load instead of 0.06 s.
+    edges the raw scores must be equal, and on ``x`` the values and probabilities too (the link
+    is scikit-learn's formula, checked on those rows). Comparing the public outputs on the edges
+    as well walked the trees twice more over thousands of rows: 0.12 s of a 100-tree model's
+    load instead of 0.06 s.
     """
     x = np.asarray(x, dtype=np.float64)
     if x.ndim != 2 or not len(x):
@@ -314,7 +315,9 @@ def trees_verified(trees: CompiledTrees, estimator: Any, x: np.ndarray[Any, Any]
     except Exception as exc:  # noqa: BLE001 - a probe either side refuses: not proven equal
         logger.info("compiled trees not used: the probe failed: %s: %s", type(exc).__name__, exc)
         return False
-    same = all(got.dtype == want.dtype and np.array_equal(got, want, equal_nan=True) for got, want in pairs)
+    same = all(
+        got.dtype == want.dtype and np.array_equal(got, want, equal_nan=got.dtype.kind in "fc") for got, want in pairs
+    )
     if not same:
         logger.info("compiled trees not used: they differ from scikit-learn's on %d probe rows", len(probe))
     return same
@@ -336,10 +339,16 @@ class CompiledModel:
 
     FORMAT = 1
 
-    def __init__(self, plan: Plan, trees: CompiledTrees) -> None:
+    def __init__(
+        self, plan: Plan, trees: CompiledTrees, sklearn_version: str = "", reviewed_types: Sequence[str] = ()
+    ) -> None:
+        """``sklearn_version``, ``reviewed_types``: what it was verified under and which of its artifact's
+        types only the reviewed list trusted (a start from it checks both; see ``serving.model``)."""
         self.plan = plan
         self.prepare = build_preprocessing(plan)
         self.trees = trees
+        self.sklearn_version = sklearn_version
+        self.reviewed_types = tuple(reviewed_types)
 
     def to_bytes(self) -> bytes:
         classes = self.trees.classes
@@ -349,6 +358,8 @@ class CompiledModel:
             "link": self.trees.link,
             "classes": None if classes is None else classes.tolist(),
             "classes_dtype": None if classes is None else classes.dtype.str,
+            "sklearn_version": self.sklearn_version,
+            "reviewed_types": list(self.reviewed_types),
         }
         buffer = io.BytesIO()
         arrays: dict[str, Any] = {"meta": np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)}
@@ -365,8 +376,18 @@ class CompiledModel:
             if meta.get("format") != cls.FORMAT:
                 raise ValueError(f"format {meta.get('format')!r}, not {cls.FORMAT}")
             classes = None if meta["classes"] is None else np.asarray(meta["classes"], dtype=meta["classes_dtype"])
-            return cls(meta["plan"], CompiledTrees(arrays, meta["link"], classes))
-        except (OSError, KeyError, TypeError, AttributeError, UnicodeDecodeError, zipfile.BadZipFile) as exc:
+            trees = CompiledTrees(arrays, meta["link"], classes)
+            return cls(meta["plan"], trees, str(meta["sklearn_version"]), [str(t) for t in meta["reviewed_types"]])
+        except (
+            OSError,
+            KeyError,
+            TypeError,
+            AttributeError,
+            UnicodeDecodeError,
+            OverflowError,
+            RecursionError,
+            zipfile.BadZipFile,
+        ) as exc:
             raise ValueError(f"not a compiled model: {type(exc).__name__}: {exc}") from exc
 
 

@@ -22,10 +22,12 @@ import logging
 import shutil
 import tempfile
 import threading
+import time
 from collections import Counter
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from importlib.metadata import version
 from typing import Any, Literal
 
 import numpy as np
@@ -46,7 +48,14 @@ from serving.compiled import (
     verified,
 )
 from serving.model_cache import ModelCache
-from serving.modelio import UnsafeArtifact, load_input_example, load_sklearn_model, read_mlmodel
+from serving.modelio import (
+    UnsafeArtifact,
+    load_input_example,
+    load_sklearn_model,
+    read_mlmodel,
+    skops_types_reviewed,
+    trusted_types,
+)
 from serving.registry import BASELINE_TAG, ModelLoadFailed, ModelRefused, ModelRegistry, ModelVersionRef
 from serving.schema import FeatureSchema, UnsupportedSignature
 
@@ -137,6 +146,9 @@ class LoadedModel:
         self._model = model
         self._load_model = load_model
         self._model_lock = threading.Lock()
+        self._load_failure: tuple[float, Exception] | None = None  # (retry after, error) of the last failed load
+        self._threads = threads or ModelThreads()
+        self._limited = threading.local()  # which pool threads set their limits with scikit-learn imported
         self._loading: threading.Thread | None = None
         self.schema = schema
         self.example = example
@@ -208,7 +220,10 @@ class LoadedModel:
                 loaded.warm_up()
             if cache is not None:
                 with startup.phase("cache the version"):
-                    _keep(cache, registry, ref, None if cached else path, loaded.compiled_form())
+                    compiled = (
+                        loaded.compiled_form(skops_types_reviewed(path, extra_trusted)) if loaded.compiled else None
+                    )
+                    _keep(cache, registry, ref, None if cached else path, compiled)
         finally:
             shutil.rmtree(folder, ignore_errors=True)
         return loaded
@@ -241,11 +256,12 @@ class LoadedModel:
         try:
             with startup.phase("compiled model load (no scikit-learn)"):
                 compiled = CompiledModel.from_bytes(data)
+                _check_provenance(compiled, trusted)
                 _, schema, example = _read_signature(ref, path)
             loaded = cls(ref, None, schema, example, threads, compiled=compiled, load_model=load_model)
             with startup.phase("first predict (warm-up)"):
                 loaded.warm_up()
-        except (ValueError, ModelLoadFailed) as exc:
+        except Exception as exc:  # noqa: BLE001 - whatever is wrong with the stored form, the full load decides
             logger.warning("version %s: its cached compiled form is not used (%s); loading the model", ref.version, exc)
             return None
         logger.info("v%s: started from its cached compiled form; the scikit-learn model loads later", ref.version)
@@ -255,17 +271,43 @@ class LoadedModel:
     def model(self) -> Any:
         """The scikit-learn model (for a version started compiled, loaded now if it was not yet).
 
+        Once loaded, it is compiled and verified again exactly as at a first load, and those
+        compiled steps replace the stored ones (or, where they do not verify, scikit-learn's
+        path does). A failed load is raised again without a new try for ``RELOAD_AFTER_SECONDS``.
+
         Raises:
             ModelLoadFailed, ModelRefused: a version started compiled whose model cannot be loaded.
         """
         if self._model is None:
             with self._model_lock:
                 if self._model is None:
-                    assert self._load_model is not None
-                    model = self._load_model()
-                    self._estimator = model.steps[-1][1] if hasattr(model, "steps") else model
-                    self._model = model
+                    self._model = self._load_now()
         return self._model
+
+    def _load_now(self) -> Any:
+        failed = self._load_failure
+        if failed is not None and time.monotonic() < failed[0]:
+            raise failed[1]
+        assert self._load_model is not None
+        try:
+            model = self._load_model()
+        except (ModelLoadFailed, ModelRefused) as exc:
+            self._load_failure = (time.monotonic() + RELOAD_AFTER_SECONDS, exc)
+            raise
+        stored = self._plan, self._trees
+        found = self._compiled_of(model, self._example_columns()) if self.example is not None else None
+        # The estimator before the compiled steps: a batch that sees no compiled preprocessing takes the model's path.
+        self._estimator = model.steps[-1][1] if hasattr(model, "steps") else model
+        if found is None:
+            self._prepare = None
+            logger.warning(
+                "v%s: its stored compiled form no longer verifies; scikit-learn's path from now", self.version
+            )
+        else:
+            self._plan, self._prepare, self._trees = found
+            if (self._plan, self._trees is None) != (stored[0], stored[1] is None):
+                logger.warning("v%s: compiled again from the loaded model, unlike its stored form", self.version)
+        return model
 
     def load_in_background(self) -> None:
         """Load ``model`` in a thread if it is not loaded yet (a failure is logged; the compiled form keeps serving)."""
@@ -292,8 +334,7 @@ class LoadedModel:
         if self.example is None:
             return
         try:
-            frame = self.example[list(self.schema.names)]
-            columns = {name: frame[name].tolist() for name in self.schema.names}
+            columns = self._example_columns()
             self.pool.submit(self.predict, columns).result(timeout=60)
         except Exception as exc:  # the model's own code may raise anything: any failure keeps it from going live
             self.pool.shutdown(wait=False)
@@ -301,20 +342,29 @@ class LoadedModel:
                 self.ref.name, self.version, f"it fails on its own input example: {type(exc).__name__}: {exc}"
             ) from exc
         if self._prepare is None:
-            self._compile(columns)
+            found = self._compiled_of(self._model, columns)
+            if found is not None:
+                self._estimator = self._model.steps[-1][1]
+                self._plan, self._prepare, self._trees = found
 
-    def _compile(self, columns: dict[str, list[Any]]) -> None:
-        """Predict through the compiled preprocessing and trees from now on, if they give exactly the model's answers.
+    def _example_columns(self) -> dict[str, list[Any]]:
+        frame = self.example[list(self.schema.names)]
+        return {name: frame[name].tolist() for name in self.schema.names}
+
+    def _compiled_of(
+        self, model: Any, columns: dict[str, list[Any]]
+    ) -> tuple[Plan, Prepare, CompiledTrees | None] | None:
+        """``model``'s preprocessing (plan and steps) and trees compiled, where they give exactly its answers.
 
         The preprocessing is probed on the input example's rows, each column missing in turn and
         each text column unknown, and on a row with every column missing, handed over as the
         server hands a request's columns (``FeatureSchema.arrays``); the trees on those rows and
-        on every split's edge (``trees_verified``). Anything else keeps scikit-learn's path: the
-        whole model, or its own final estimator.
+        on every split's edge (``trees_verified``). None: the preprocessing does not compile or
+        differs (the whole model predicts); trees None: the final estimator predicts.
         """
-        plan = describe_preprocessing(self.model)
+        plan = describe_preprocessing(model)
         if plan is None:
-            return
+            return None
         prepare = build_preprocessing(plan)
         text = [col.name for col in self.schema.columns if col.type == "string"]
         # Two batches: every branch in one, and one row with nothing given (a column's dtype
@@ -324,20 +374,20 @@ class LoadedModel:
             probes = [(self.schema.frame(rows), self.schema.arrays(rows)) for rows in batches]
         except (TypeError, ValueError) as exc:
             logger.info("v%s: compiled preprocessing not used: no probe frame (%s)", self.version, exc)
-            return
-        if not all(verified(prepare, self.model, probe, arrays) for probe, arrays in probes):
-            return
+            return None
+        if not all(verified(prepare, model, probe, arrays) for probe, arrays in probes):
+            return None
         probe, arrays = probes[0]
-        estimator = self.model.steps[-1][1]
+        estimator = model.steps[-1][1]
         trees = compile_estimator(estimator)
-        self._trees = trees if trees is not None and trees_verified(trees, estimator, prepare(arrays)) else None
-        self._plan, self._prepare, self._estimator = plan, prepare, estimator
+        verified_trees = trees if trees is not None and trees_verified(trees, estimator, prepare(arrays)) else None
         logger.info(
             "v%s: preprocessing compiled%s (equal to scikit-learn's on %d probe rows)",
             self.version,
-            ", trees compiled" if self._trees else "",
+            ", trees compiled" if verified_trees else "",
             len(probe),
         )
+        return plan, prepare, verified_trees
 
     @property
     def compiled(self) -> bool:
@@ -349,12 +399,16 @@ class LoadedModel:
         """Whether they also go through the final estimator's trees compiled (``CompiledTrees``)."""
         return self._trees is not None
 
-    def compiled_form(self) -> bytes | None:
-        """The verified compiled preprocessing and trees as ``CompiledModel`` bytes (None: not both compiled)."""
-        if self._plan is None or self._trees is None:
+    def compiled_form(self, reviewed_types: Iterable[str] = ()) -> bytes | None:
+        """The verified compiled preprocessing and trees as ``CompiledModel`` bytes (None: not both compiled).
+
+        ``reviewed_types``: the artifact's types that only the reviewed list trusts (``skops_types_reviewed``),
+        which a start from these bytes checks against its own list.
+        """
+        if self._prepare is None or self._plan is None or self._trees is None:
             return None
         try:
-            return CompiledModel(self._plan, self._trees).to_bytes()
+            return CompiledModel(self._plan, self._trees, _sklearn_version(), tuple(reviewed_types)).to_bytes()
         except (TypeError, ValueError) as exc:  # a category JSON cannot hold: served compiled, not stored
             logger.info("v%s: compiled form not stored: %s", self.version, exc)
             return None
@@ -367,16 +421,27 @@ class LoadedModel:
         most ``TREE_WALK_MAX_ROWS`` rows through the compiled trees (every batch, for a version
         started compiled until its model has loaded); else as ``predict_frame``.
         """
-        if self._prepare is None:
+        prepare, trees, estimator = self._prepare, self._trees, self._estimator  # estimator None: not loaded yet
+        if prepare is None:
             return self.predict_frame(self.schema.frame(columns))
-        x = self._prepare(self.schema.arrays(columns))
-        estimator = self._estimator  # None: started compiled, the model not loaded yet
-        walk = self._trees is not None and (len(x) <= TREE_WALK_MAX_ROWS or estimator is None)
-        return self._answer(self._trees if walk else estimator, x)
+        x = prepare(self.schema.arrays(columns))
+        if trees is not None and (len(x) <= TREE_WALK_MAX_ROWS or estimator is None):
+            return self._answer(trees, x)
+        self._limit_threads()
+        return self._answer(estimator, x)
 
     def predict_frame(self, frame: pd.DataFrame) -> Prediction:
         """Predict a frame in the signature's dtypes (``FeatureSchema.frame``, ``validate_table``'s) with the model."""
-        return self._answer(self.model, frame)
+        model = self.model
+        self._limit_threads()
+        return self._answer(model, frame)
+
+    def _limit_threads(self) -> None:
+        """This thread's OpenMP/BLAS limit, once scikit-learn is imported (a pool thread of a version started
+        compiled set it before: OpenMP's limit is per thread, and the library was not loaded yet)."""
+        if not getattr(self._limited, "done", False):
+            _set_threads(self._threads.per_call)
+            self._limited.done = True
 
     def _answer(self, model: Any, x: Any) -> Prediction:
         if self.task == "regression":
@@ -390,6 +455,25 @@ class LoadedModel:
 
     def close(self) -> None:
         self.pool.shutdown(wait=False, cancel_futures=True)
+
+
+#: Seconds before a version started compiled tries again to load a model that failed to load.
+RELOAD_AFTER_SECONDS = 60.0
+
+
+def _sklearn_version() -> str:
+    """The installed scikit-learn's version, without importing it."""
+    return version("scikit-learn")
+
+
+def _check_provenance(compiled: CompiledModel, extra_trusted: Iterable[str]) -> None:
+    """``ValueError`` unless ``compiled`` was made under this scikit-learn and the types it needed are trusted now."""
+    installed = _sklearn_version()
+    if compiled.sklearn_version != installed:
+        raise ValueError(f"compiled under scikit-learn {compiled.sklearn_version}, {installed} installed")
+    untrusted = sorted(set(compiled.reviewed_types) - set(trusted_types(extra_trusted)))
+    if untrusted:
+        raise ValueError(f"its artifact holds types no longer trusted: {', '.join(untrusted)}")
 
 
 def _read_signature(ref: ModelVersionRef, path: str) -> tuple[dict[str, Any], FeatureSchema, Any]:

@@ -117,13 +117,14 @@ class ModelCache:
     def put_compiled(self, ref: ModelVersionRef, data: bytes) -> None:
         """Keep ``data`` (``CompiledModel`` bytes) beside ``ref``'s cached copy; errors are only logged.
 
-        Nothing is kept for a version that is not cached, or that has a compiled form already.
+        Nothing is kept for a version that is not cached; one kept already is replaced (it was
+        not used: damaged, or made under another scikit-learn).
         """
         entry = self._entry(ref.version)
         pid = os.getpid()
         try:
             manifest = json.loads((entry / "manifest.json").read_text())
-            if manifest.get("compiled") is not None:
+            if manifest.get("compiled") == hashlib.sha256(data).hexdigest():
                 return
             (entry / f".compiled.npz.tmp-{pid}").write_bytes(data)
             os.replace(entry / f".compiled.npz.tmp-{pid}", entry / "compiled.npz")

@@ -213,6 +213,24 @@ def load_sklearn_model(path: str | os.PathLike[str], extra_trusted: Iterable[str
     """
     import skops.io  # why local: skops imports all of scikit-learn
 
+    file = _skops_file(path)
+    trusted = _checked_trust(skops.io.get_untrusted_types(file=file), extra_trusted)
+    return skops.io.load(file, trusted=trusted)
+
+
+def skops_types_reviewed(path: str | os.PathLike[str], extra_trusted: Iterable[str] = ()) -> list[str]:
+    """The types of a model folder's skops file that only the reviewed list (with ``extra_trusted``) trusts.
+
+    What a start from the version's compiled form checks against its own list
+    (``serving.model``): it loads nothing through skops, so that is the check it keeps.
+    """
+    import skops.io  # why local: skops imports all of scikit-learn
+
+    return sorted(set(skops.io.get_untrusted_types(file=_skops_file(path))) & set(trusted_types(extra_trusted)))
+
+
+def _skops_file(path: str | os.PathLike[str]) -> Path:
+    """The skops file of a local MLflow model folder (``UnsafeArtifact``: another format, or outside the folder)."""
     folder = Path(path)
     meta = read_mlmodel(folder)
     flavor = (meta.get("flavors") or {}).get("sklearn") or {}
@@ -222,8 +240,7 @@ def load_sklearn_model(path: str | os.PathLike[str], extra_trusted: Iterable[str
     file = folder / str(flavor.get("pickled_model", "model.skops"))
     if file.resolve().parent != folder.resolve():
         raise UnsafeArtifact("not_skops", f"the model file {file} is not inside the model folder")
-    trusted = _checked_trust(skops.io.get_untrusted_types(file=file), extra_trusted)
-    return skops.io.load(file, trusted=trusted)
+    return file
 
 
 def loads_sklearn_model(data: bytes, extra_trusted: Iterable[str] = ()) -> Any:

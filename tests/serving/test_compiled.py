@@ -243,12 +243,18 @@ def test_a_stored_compiled_model_answers_what_scikit_learn_answers(fitted: Pipel
 
 
 def test_stored_trees_of_every_kind_read_back_equal() -> None:
-    """Multiclass (string classes), binary and regression trees: the same outputs after the round trip."""
+    """Binary, multiclass (classes of every dtype) and regression trees: the same outputs after the round trip."""
     x, signal = _tree_data(seed=5, rows=300)
-    labelled = HistGradientBoostingClassifier(max_iter=10, random_state=0)
+    bands = np.digitize(signal, [0, 1])
     estimators = {
         **ESTIMATORS,
-        "strings": labelled.fit(x, np.array(["low", "mid", "high"])[np.digitize(signal, [0, 1])]),
+        "strings": HistGradientBoostingClassifier(max_iter=10).fit(x, np.array(["low", "mid", "high"])[bands]),
+        "objects": HistGradientBoostingClassifier(max_iter=10).fit(
+            x, np.array(["no", "yes"], dtype=object)[(bands > 0).astype(int)]
+        ),
+        "int32": HistGradientBoostingClassifier(max_iter=10).fit(x, bands.astype(np.int32)),
+        "float32": HistGradientBoostingClassifier(max_iter=10).fit(x, bands.astype(np.float32)),
+        "bool": HistGradientBoostingClassifier(max_iter=10).fit(x, bands > 0),
     }
     for name, estimator in estimators.items():
         trees = compile_estimator(estimator)
@@ -256,6 +262,7 @@ def test_stored_trees_of_every_kind_read_back_equal() -> None:
         back = CompiledModel.from_bytes(CompiledModel({"kind": "passthrough"}, trees).to_bytes()).trees
         assert np.array_equal(back.predict(x), estimator.predict(x)), name
         assert back.predict(x).dtype == estimator.predict(x).dtype, name
+        assert trees_verified(back, estimator, x), name
         if name != "regression":
             assert np.array_equal(back.predict_proba(x), estimator.predict_proba(x)), name
 
@@ -268,12 +275,18 @@ def test_damaged_compiled_bytes_are_refused() -> None:
     buffer = io.BytesIO()
     np.savez(buffer, meta=np.array([{"a": 1}], dtype=object))  # loading it would need pickle
     bad_left = trees.arrays() | {"left": trees.left + len(trees.left)}
-    wrong = io.BytesIO()
-    np.savez(
-        wrong, meta=np.frombuffer(b'{"format": 1, "plan": {}, "link": "logit", "classes": null}', np.uint8), **bad_left
-    )
-    for damaged in (data[: len(data) // 2], b"not an archive", buffer.getvalue(), wrong.getvalue()):
+    meta = b'{"format": 1, "plan": {"kind": "passthrough"}, "link": "logit", "classes": null, '
+    meta += b'"sklearn_version": "1", "reviewed_types": []}'
+    assert CompiledModel.from_bytes(_archive(meta, trees.arrays())).sklearn_version == "1"  # the meta is valid
+    wrong = _archive(meta, bad_left)
+    for damaged in (data[: len(data) // 2], b"not an archive", buffer.getvalue(), wrong):
         with pytest.raises(ValueError):
             CompiledModel.from_bytes(damaged)
     with pytest.raises(ValueError):
         CompiledTrees(trees.arrays(), "magic", None)
+
+
+def _archive(meta: bytes, arrays: dict[str, Any]) -> bytes:
+    buffer = io.BytesIO()
+    np.savez(buffer, meta=np.frombuffer(meta, np.uint8), **arrays)
+    return buffer.getvalue()

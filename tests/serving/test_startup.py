@@ -13,6 +13,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from serving import processes
 from serving.model_cache import ModelCache
 from serving.modelio import load_input_example, read_mlmodel
@@ -178,6 +180,8 @@ def test_a_restart_starts_from_the_compiled_form_without_scikit_learn(model_stor
         loaded = f"v{hgb}: scikit-learn model loaded"
         processes.wait_until(lambda: loaded in second.log.read_text(), 60, "the scikit-learn model loaded")
         assert _predict(second, records[:5]) == small and _predict(second, records) == big
+        # The loaded model was compiled and verified again, as at a first load.
+        assert f"v{hgb}: preprocessing compiled, trees compiled" in second.log.read_text()
     finally:
         second.stop()
 
@@ -202,3 +206,58 @@ def test_a_compiled_form_that_fails_its_digest_is_not_used(model_store: ModelSto
         assert again._model is not None  # loaded from the skops copy, as without a compiled form
     finally:
         again.close()
+
+
+def test_a_compiled_form_from_another_scikit_learn_or_trust_list_is_not_used(
+    model_store: ModelStore, tmp_path: Path
+) -> None:
+    """Made under another scikit-learn: the full load runs (and replaces it); types no longer trusted: refused."""
+    from serving.compiled import CompiledModel
+    from serving.model import LoadedModel, _check_provenance
+
+    registry = ModelRegistry(MODEL, tracking_uri=model_store.tracking_uri)
+    ref = registry.version(model_store.versions["hgb"])
+    cache = ModelCache(tmp_path / "cache", MODEL)
+    LoadedModel.load(registry, ref, cache=cache).close()
+    root = str(model_store.root / "artifacts")
+    data = cache.get_compiled(ref, root)
+    assert data is not None
+    current = CompiledModel.from_bytes(data)
+    assert current.reviewed_types and "sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor" in (
+        current.reviewed_types
+    )
+    _check_provenance(current, ())
+    with pytest.raises(ValueError, match="no longer trusted"):
+        _check_provenance(CompiledModel(current.plan, current.trees, current.sklearn_version, ["evil.Type"]), ())
+    old = CompiledModel(current.plan, current.trees, "0.1", current.reviewed_types).to_bytes()
+    cache.put_compiled(ref, old)
+    assert cache.get_compiled(ref, root) == old
+    again = LoadedModel.load(registry, ref, cache=cache)
+    try:
+        assert again._model is not None  # the full load, not the stale form
+    finally:
+        again.close()
+    assert cache.get_compiled(ref, root) == data  # and the stale form replaced
+
+
+def test_the_supervisor_preloads_scikit_learn_unless_every_remembered_version_is_compiled(
+    model_store: ModelStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from serving.model import LoadedModel
+    from serving.server import _starts_compiled
+
+    registry = ModelRegistry(MODEL, tracking_uri=model_store.tracking_uri)
+    hgb, lr = (registry.version(model_store.versions[label]) for label in ("hgb", "lr"))
+    cache = ModelCache(tmp_path / "cache", MODEL)
+    for ref in (hgb, lr):
+        LoadedModel.load(registry, ref, cache=cache).close()
+    monkeypatch.setenv("SELFHEAL_MODEL_NAME", MODEL)
+    monkeypatch.setenv("SELFHEAL_MODEL_CACHE_DIR", str(tmp_path / "cache"))
+    assert not _starts_compiled()  # nothing remembered yet
+    cache.remember({"champion": hgb})
+    assert _starts_compiled()
+    cache.remember({"champion": hgb, "previous": lr})  # logistic regression: no compiled form
+    assert not _starts_compiled()
+    monkeypatch.delenv("SELFHEAL_MODEL_CACHE_DIR")
+    cache.remember({"champion": hgb})
+    assert not _starts_compiled()  # no cache configured
