@@ -199,6 +199,7 @@ class ShadowMirror:
         self._queue: queue.Queue[tuple[LoadedModel, ShadowItem] | None] = queue.Queue(maxsize=max_items)
         self.max_rows = max_rows
         self.dropped = 0
+        self.predicted = 0  # rows the challenger predicted (this worker's; /ready shows both)
         self._thread: threading.Thread | None = None
         self._failing: set[str] = set()  # challenger versions whose failure was logged at warning once
 
@@ -265,6 +266,8 @@ class ShadowMirror:
             logger.log(level, "shadow challenger v%s failed: %s: %s", model.version, type(exc).__name__, exc)
             prediction = None
         elapsed_ms = (time.perf_counter() - started) * 1000.0
+        if prediction is not None:
+            self.predicted += len(prediction)
         try:
             self._on_predicted(model, items, prediction, elapsed_ms)
         except Exception:  # the shadow thread must outlive a bug in the recording hook

@@ -45,7 +45,7 @@ import orjson
 from checkpoints.exceptions import SelfhealError
 from serving import processes
 from serving.model import LoadedModel, ModelThreads, Prediction
-from serving.modelio import loads_sklearn_model
+from serving.modelio import import_skops_lean, loads_sklearn_model
 from serving.schema import FeatureSchema
 
 logger = logging.getLogger(__name__)
@@ -92,7 +92,8 @@ class ShadowProcess:
             conn = self._connection()
             if self._loaded != key:
                 self._loaded = None
-                conn.send(("model", key, model.ref, model.schema.columns, _dumps(model.model), self.extra_trusted))
+                data = _dumps(model.model)
+                conn.send(("model", key, model.ref, model.schema.columns, data, self.extra_trusted, model.example))
                 try:
                     self._answer(conn)
                 except ShadowFailed as exc:  # not sent again with every batch
@@ -184,13 +185,13 @@ def serve(conn: Connection) -> None:
         replies: list[bytes]
         try:
             if message[0] == "model":
-                _, key, ref, columns, data, extra_trusted = message
+                _, key, ref, columns, data, extra_trusted, example = message
                 if loaded is not None:
                     loaded.close()
                 loaded = None
-                loaded = LoadedModel(
-                    ref, loads_sklearn_model(data, extra_trusted), FeatureSchema(columns), threads=ModelThreads(1, 1)
-                )
+                model = loads_sklearn_model(data, extra_trusted)
+                loaded = LoadedModel(ref, model, FeatureSchema(columns), example, threads=ModelThreads(1, 1))
+                loaded.warm_up()  # as in the worker: the compiled preprocessing once verified (~2.5 ms a call less)
                 replies = [orjson.dumps({"ok": True})]
             else:
                 _, wanted, features = message
@@ -225,6 +226,7 @@ def main(argv: list[str] | None = None) -> int:
     from serving.settings import forbid_pickle
 
     forbid_pickle()
+    import_skops_lean()  # skops' walk of all of scikit-learn also slows each model load (its module lookups)
     threadpool_limits(1)
     conn = Connection(int(args[0]))
     try:

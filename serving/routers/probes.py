@@ -7,6 +7,7 @@ from typing import Any
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 
+from serving.release import ShadowMirror
 from serving.reload import ModelSet
 from serving.routers.deps import State
 
@@ -32,7 +33,7 @@ async def ready(state: State) -> JSONResponse:
         if models.baseline is None
         else {"version": models.baseline.version, "source": models.baseline.source},
         "pinned": None if models.pin is None else models.pin.__dict__,
-        "release": _release(models),
+        "release": _release(models, state.shadow),
         "breaker": state.predictor.breaker.state,
         "last_reload_error": state.watcher.last_error,
         # The champion this server will not load, and why (the old one keeps serving): the healer's evidence.
@@ -48,12 +49,20 @@ async def ready(state: State) -> JSONResponse:
     return JSONResponse(body, status_code=200 if models.ready else 503)
 
 
-def _release(models: ModelSet) -> dict[str, Any] | None:
-    """The release this worker routes now (None: the champion answers everything)."""
+def _release(models: ModelSet, shadow: ShadowMirror) -> dict[str, Any] | None:
+    """The release this worker routes now (None: the champion answers everything), with its shadow's row counts."""
     release = models.routing
     if release is None:
         return None
-    return {"mode": release.mode, "challenger": release.challenger, "share": release.share, "id": release.release_id}
+    body: dict[str, Any] = {
+        "mode": release.mode,
+        "challenger": release.challenger,
+        "share": release.share,
+        "id": release.release_id,
+    }
+    if release.mode == "shadow":
+        body["mirrored_rows"] = {"predicted": shadow.predicted, "dropped": shadow.dropped}
+    return body
 
 
 _METRICS_RESPONSES: dict[int | str, dict[str, Any]] = {

@@ -370,6 +370,16 @@ def test_shadow_never_changes_an_answer(
     wait_until(lambda: len(mirrored() & set(with_shadow)) >= len(records) // 2, timeout=60, what="shadow rows")
     state = read_state(Registry(cfg.tracking_uri, MODEL))
     assert state is not None and state.mode == "shadow" and state.routing
+    # Each worker's /ready counts what its shadow predicted (and dropped); together, every mirrored row.
+    counts: dict[int, dict[str, int]] = {}
+
+    def every_worker() -> bool:
+        ready = http.get(f"{server.url}/ready").json()
+        counts[ready["pid"]] = ready["release"]["mirrored_rows"]
+        return len(counts) == 2
+
+    wait_until(every_worker, timeout=30, what="both workers' /ready", interval=0.01)
+    assert sum(c["predicted"] for c in counts.values()) >= len(mirrored() & set(with_shadow))
 
 
 # -- routing and state, no server needed ------------------------------------------------
