@@ -30,6 +30,7 @@ import shutil
 import sys
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -76,20 +77,22 @@ def set_release(tracking_uri: str, model: str, challenger: str | None, share: fl
 
 def wait_release(base: str, shadow: bool, workers: int, timeout: float = 60.0) -> None:
     """Until ``workers * 3`` fresh connections in a row all see (or all do not see) the release."""
-    seen = 0
+    try:
+        wait_until(
+            lambda: every_worker(base, workers, lambda release: (release is not None) == shadow),
+            timeout,
+            "every worker to see the release",
+            interval=0.05,
+        )
+    except TimeoutError:
+        verb = "start" if shadow else "stop"
+        raise SystemExit(f"the workers did not {verb} mirroring within {timeout:g}s") from None
 
-    def steady() -> bool:
-        nonlocal seen
-        release = client.get(f"{base}/ready").json().get("release")
-        seen = seen + 1 if (release is not None) == shadow else 0
-        return seen >= workers * 3
 
+def every_worker(base: str, workers: int, holds: Callable[[dict[str, Any] | None], bool]) -> bool:
+    """Whether ``workers * 3`` ``/ready`` answers in a row, each on a new connection, have a release that ``holds``."""
     with httpx.Client(timeout=5, limits=httpx.Limits(max_keepalive_connections=0)) as client:
-        try:
-            wait_until(steady, timeout, "every worker to see the release", interval=0.05)
-        except TimeoutError:
-            verb = "start" if shadow else "stop"
-            raise SystemExit(f"the workers did not {verb} mirroring within {timeout:g}s") from None
+        return all(holds(client.get(f"{base}/ready").json().get("release")) for _ in range(workers * 3))
 
 
 def shadow_counts(base: str) -> dict[str, float]:
@@ -117,19 +120,15 @@ def warm_up_shadow(wrk: str, url: str, script: Path, base: str, workers: int, ti
     started = time.monotonic()
     while time.monotonic() - started < timeout:
         bench.run_wrk(wrk, url, script, 4, 2, 1)
-        if _loaded_everywhere(base, workers):
+        if every_worker(
+            base, workers, lambda release: bool(((release or {}).get("mirrored_rows") or {}).get("predicted"))
+        ):
             return time.monotonic() - started
     raise SystemExit(f"the shadow processes did not predict within {timeout:g} s")
 
 
-def _loaded_everywhere(base: str, workers: int) -> bool:
-    """Whether ``workers * 3`` answers in a row, each on a new connection, come from workers whose shadow predicted."""
-    with httpx.Client(timeout=5, limits=httpx.Limits(max_keepalive_connections=0)) as client:
-        for _ in range(workers * 3):
-            release = client.get(f"{base}/ready").json().get("release") or {}
-            if not (release.get("mirrored_rows") or {}).get("predicted"):
-                return False
-    return True
+def _shadow_predicted(release: dict[str, Any] | None) -> bool:
+    return bool(((release or {}).get("mirrored_rows") or {}).get("predicted"))
 
 
 def cpu_seconds(pid: int) -> dict[str, float]:

@@ -51,9 +51,8 @@ from serving.model_cache import ModelCache
 from serving.modelio import (
     UnsafeArtifact,
     load_input_example,
-    load_sklearn_model,
+    load_sklearn_artifact,
     read_mlmodel,
-    skops_types_reviewed,
     trusted_types,
 )
 from serving.registry import BASELINE_TAG, ModelLoadFailed, ModelRefused, ModelRegistry, ModelVersionRef
@@ -169,12 +168,11 @@ class LoadedModel:
         self._estimator: Any = model  # None until ``model`` is loaded, for a version started compiled
         # The final estimator's trees, compiled and verified equal.
         self._trees: CompiledTrees | None = compiled.trees if compiled is not None else None
-        threads = threads or ModelThreads()
         self.pool = ThreadPoolExecutor(
-            max_workers=threads.pool,
+            max_workers=self._threads.pool,
             thread_name_prefix=f"model-v{ref.version}",
             initializer=_set_threads,
-            initargs=(threads.per_call,),
+            initargs=(self._threads.per_call,),
         )
 
     def __repr__(self) -> str:
@@ -214,16 +212,13 @@ class LoadedModel:
                 path = cached or registry.download(ref, into=folder)
             with startup.phase("artifact load (skops, trusted-type check)"):
                 _, schema, example = _read_signature(ref, path)
-                model = _load_model(ref, path, extra_trusted)
+                model, reviewed = _load_model(ref, path, extra_trusted)
             loaded = cls(ref, model, schema, example, threads)
             with startup.phase("first predict (warm-up)"):
                 loaded.warm_up()
             if cache is not None:
                 with startup.phase("cache the version"):
-                    compiled = (
-                        loaded.compiled_form(skops_types_reviewed(path, extra_trusted)) if loaded.compiled else None
-                    )
-                    _keep(cache, registry, ref, None if cached else path, compiled)
+                    _keep(cache, registry, ref, None if cached else path, loaded.compiled_form(reviewed))
         finally:
             shutil.rmtree(folder, ignore_errors=True)
         return loaded
@@ -249,9 +244,9 @@ class LoadedModel:
             # The cached copy again (checked again): the cache may have let it go since.
             again = cache.get(ref, registry.artifact_root)
             if again is not None:
-                return _load_model(ref, again, trusted)
+                return _load_model(ref, again, trusted)[0]
             with tempfile.TemporaryDirectory(prefix=f"selfheal-model-{ref.version}-") as folder:
-                return _load_model(ref, registry.download(ref, into=folder), trusted)
+                return _load_model(ref, registry.download(ref, into=folder), trusted)[0]
 
         try:
             with startup.phase("compiled model load (no scikit-learn)"):
@@ -294,19 +289,10 @@ class LoadedModel:
         except (ModelLoadFailed, ModelRefused) as exc:
             self._load_failure = (time.monotonic() + RELOAD_AFTER_SECONDS, exc)
             raise
-        stored = self._plan, self._trees
-        found = self._compiled_of(model, self._example_columns()) if self.example is not None else None
-        # The estimator before the compiled steps: a batch that sees no compiled preprocessing takes the model's path.
-        self._estimator = model.steps[-1][1] if hasattr(model, "steps") else model
-        if found is None:
-            self._prepare = None
-            logger.warning(
-                "v%s: its stored compiled form no longer verifies; scikit-learn's path from now", self.version
-            )
-        else:
-            self._plan, self._prepare, self._trees = found
-            if (self._plan, self._trees is None) != (stored[0], stored[1] is None):
-                logger.warning("v%s: compiled again from the loaded model, unlike its stored form", self.version)
+        stored = self._plan, self._trees is None
+        self._adopt(model, self._example_columns() if self.example is not None else None)
+        if (self._plan, self._trees is None) != stored:
+            logger.warning("v%s: compiled again from the loaded model, unlike its stored form", self.version)
         return model
 
     def load_in_background(self) -> None:
@@ -342,10 +328,18 @@ class LoadedModel:
                 self.ref.name, self.version, f"it fails on its own input example: {type(exc).__name__}: {exc}"
             ) from exc
         if self._prepare is None:
-            found = self._compiled_of(self._model, columns)
-            if found is not None:
-                self._estimator = self._model.steps[-1][1]
-                self._plan, self._prepare, self._trees = found
+            self._adopt(self._model, columns)
+
+    def _adopt(self, model: Any, columns: dict[str, list[Any]] | None) -> None:
+        """Predict through ``model``'s compiled steps where they verify on ``columns`` (``_compiled_of``), else its own.
+
+        The final estimator is set first: a batch that reads the old compiled steps and the new
+        estimator (a version started compiled, its model just loaded) predicts through two
+        verified paths; one that reads no compiled steps, through the whole model.
+        """
+        found = self._compiled_of(model, columns) if columns is not None else None
+        self._estimator = model.steps[-1][1] if hasattr(model, "steps") else model
+        self._plan, self._prepare, self._trees = found or (None, None, None)
 
     def _example_columns(self) -> dict[str, list[Any]]:
         frame = self.example[list(self.schema.names)]
@@ -402,7 +396,7 @@ class LoadedModel:
     def compiled_form(self, reviewed_types: Iterable[str] = ()) -> bytes | None:
         """The verified compiled preprocessing and trees as ``CompiledModel`` bytes (None: not both compiled).
 
-        ``reviewed_types``: the artifact's types that only the reviewed list trusts (``skops_types_reviewed``),
+        ``reviewed_types``: the artifact's types only the reviewed list trusts (``load_sklearn_artifact``),
         which a start from these bytes checks against its own list.
         """
         if self._prepare is None or self._plan is None or self._trees is None:
@@ -487,10 +481,10 @@ def _read_signature(ref: ModelVersionRef, path: str) -> tuple[dict[str, Any], Fe
         raise ModelLoadFailed(ref.name, ref.version, f"{type(exc).__name__}: {exc}") from exc
 
 
-def _load_model(ref: ModelVersionRef, path: str, extra_trusted: Iterable[str]) -> Any:
-    """The scikit-learn model of a local model folder (skops, reviewed types only)."""
+def _load_model(ref: ModelVersionRef, path: str, extra_trusted: Iterable[str]) -> tuple[Any, list[str]]:
+    """The scikit-learn model of a local model folder (skops, reviewed types only), and the reviewed types it holds."""
     try:
-        return load_sklearn_model(path, extra_trusted)
+        return load_sklearn_artifact(path, extra_trusted)
     except UnsafeArtifact as exc:
         raise ModelRefused(ref.name, ref.version, exc.reason, str(exc)) from exc
     except Exception as exc:  # unpickling/loading foreign artifacts can raise anything; the cause is chained

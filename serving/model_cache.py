@@ -6,8 +6,8 @@ the SHA-256 of every file), its compiled form (``compiled.npz``, when its prepro
 and trees compiled and were verified: ``serving.compiled.CompiledModel``) beside it, and
 the versions the aliases named last are kept in ``<folder>/<model>/aliases.json``. A later
 start reads a version from here when the registry names it (no artifact copy; from its
-compiled form when there is one, without scikit-learn) and, when the registry does not answer at all,
-serves what the aliases named last.
+compiled form when there is one, without scikit-learn) and, when the registry does not
+answer at all, serves what the aliases named last.
 
 Nothing is trusted because it is cached: a copy whose files do not match their digests
 is ignored (and fetched again), its source is checked against the artifact root again,
@@ -121,16 +121,13 @@ class ModelCache:
         not used: damaged, or made under another scikit-learn).
         """
         entry = self._entry(ref.version)
-        pid = os.getpid()
+        digest = hashlib.sha256(data).hexdigest()
         try:
             manifest = json.loads((entry / "manifest.json").read_text())
-            if manifest.get("compiled") == hashlib.sha256(data).hexdigest():
+            if manifest.get("compiled") == digest:
                 return
-            (entry / f".compiled.npz.tmp-{pid}").write_bytes(data)
-            os.replace(entry / f".compiled.npz.tmp-{pid}", entry / "compiled.npz")
-            manifest["compiled"] = hashlib.sha256(data).hexdigest()
-            (entry / f".manifest.json.tmp-{pid}").write_text(json.dumps(manifest))
-            os.replace(entry / f".manifest.json.tmp-{pid}", entry / "manifest.json")
+            _write_atomically(entry / "compiled.npz", data)
+            _write_atomically(entry / "manifest.json", json.dumps({**manifest, "compiled": digest}).encode())
         except FileNotFoundError:
             return
         except (OSError, ValueError) as exc:
@@ -161,9 +158,7 @@ class ModelCache:
             if file.exists() and json.loads(file.read_text()) == body:
                 return
             self.folder.mkdir(parents=True, exist_ok=True)
-            tmp = file.with_suffix(f".tmp-{os.getpid()}")
-            tmp.write_text(json.dumps(body))
-            os.replace(tmp, file)
+            _write_atomically(file, json.dumps(body).encode())
         except (OSError, ValueError) as exc:
             logger.debug("aliases not cached: %s", exc)
 
@@ -186,6 +181,13 @@ class ModelCache:
 
     def remembered(self) -> dict[str, str]:
         return {alias: ref.version for alias, ref in self.remembered_refs().items()}
+
+
+def _write_atomically(path: Path, data: bytes) -> None:
+    """Write ``path`` through a temporary name of this process and a rename: a reader sees the old file or the new."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
 
 
 def _ref_data(ref: ModelVersionRef) -> dict[str, Any]:

@@ -211,22 +211,21 @@ def load_sklearn_model(path: str | os.PathLike[str], extra_trusted: Iterable[str
         UnsafeArtifact: the artifact is not skops, or holds a type outside the trusted list.
         OSError: the folder or its files cannot be read.
     """
-    import skops.io  # why local: skops imports all of scikit-learn
-
-    file = _skops_file(path)
-    trusted = _checked_trust(skops.io.get_untrusted_types(file=file), extra_trusted)
-    return skops.io.load(file, trusted=trusted)
+    return load_sklearn_artifact(path, extra_trusted)[0]
 
 
-def skops_types_reviewed(path: str | os.PathLike[str], extra_trusted: Iterable[str] = ()) -> list[str]:
-    """The types of a model folder's skops file that only the reviewed list (with ``extra_trusted``) trusts.
+def load_sklearn_artifact(path: str | os.PathLike[str], extra_trusted: Iterable[str] = ()) -> tuple[Any, list[str]]:
+    """``load_sklearn_model``, and the artifact's types that only the reviewed list (with ``extra_trusted``) trusts.
 
-    What a start from the version's compiled form checks against its own list
-    (``serving.model``): it loads nothing through skops, so that is the check it keeps.
+    Those types are what a start from the version's compiled form checks against its own
+    list (``serving.model``): it loads nothing through skops, so that is the check it keeps.
     """
     import skops.io  # why local: skops imports all of scikit-learn
 
-    return sorted(set(skops.io.get_untrusted_types(file=_skops_file(path))) & set(trusted_types(extra_trusted)))
+    file = _skops_file(path)
+    found = skops.io.get_untrusted_types(file=file)
+    trusted = _checked_trust(found, extra_trusted)
+    return skops.io.load(file, trusted=trusted), sorted(set(found) & set(trusted_types(extra_trusted)))
 
 
 def _skops_file(path: str | os.PathLike[str]) -> Path:

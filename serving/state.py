@@ -150,16 +150,11 @@ class ServingState:
         Called once the worker is ready (before, that import would compete with its start).
         """
         self._ready = True
-        models = self.watcher.models
-        for model in (models.primary, models.fallback, models.challenger):
-            if model is not None:
-                model.load_in_background()
+        _load_in_background(self.watcher.models)
 
     def _swapped(self, old: ModelSet, new: ModelSet) -> None:
         if self._ready:
-            for model in (new.primary, new.fallback, new.challenger):
-                if model is not None:
-                    model.load_in_background()
+            _load_in_background(new)
         primary, fallback = new.versions()
         if primary != old.versions()[0]:
             self.predictor.breaker.reset()  # a new primary starts with a clean record
@@ -255,6 +250,12 @@ class ServingState:
         now_us = time.time_ns() // 1000
         data = {"request_id": request_ids, "label": labels, "ts": [now_us] * len(labels)}
         return self.log.submit(LogBatch(FEEDBACK_TABLE, FEEDBACK_SCHEMA, data, len(labels)))
+
+
+def _load_in_background(models: ModelSet) -> None:
+    for model in (models.primary, models.fallback, models.challenger):
+        if model is not None:
+            model.load_in_background()
 
 
 def _version_number(version: str | None) -> float:
