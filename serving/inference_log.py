@@ -30,7 +30,7 @@ import threading
 import time
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -42,7 +42,8 @@ from checkpoints import Lake
 from checkpoints.exceptions import CheckpointError
 
 if TYPE_CHECKING:  # types only: flows.release imports this module for its table names, not prometheus_client
-    from serving.metrics import ServingMetrics
+    from serving.metrics import LogMetrics
+    from serving.settings import ServerSettings
 
 logger = logging.getLogger(__name__)
 
@@ -156,7 +157,7 @@ class InferenceLog:
         flush_seconds: float = 5.0,
         queue_rows: int = 200_000,
         replay_seconds: float = 30.0,
-        metrics: ServingMetrics | None = None,
+        metrics: LogMetrics | None = None,
     ) -> None:
         self.lake = lake
         self.dead_letter_dir = Path(dead_letter_dir)
@@ -353,3 +354,43 @@ class InferenceLog:
             logger.warning(
                 "inference log dropped %d rows (queue bound %d rows reached or writer closed)", rows, self.queue_rows
             )
+
+
+@dataclass(frozen=True)
+class LogTarget:
+    """Where and how an inference log writes: the server's settings, also sent to a shadow process."""
+
+    lake_root: str
+    dead_letter_dir: str
+    storage_options: dict[str, str] = field(default_factory=dict)
+    batch_rows: int = 5000
+    flush_seconds: float = 5.0
+    queue_rows: int = 200_000
+    replay_seconds: float = 30.0
+
+    @classmethod
+    def of(cls, settings: ServerSettings) -> LogTarget | None:
+        """The settings' log target; None when the server keeps no inference log."""
+        if not settings.inference_log:
+            return None
+        return cls(
+            settings.lake_root,
+            settings.dead_letter_dir,
+            dict(settings.lake_storage_options),
+            settings.log_batch_rows,
+            settings.log_flush_seconds,
+            settings.log_queue_rows,
+            settings.log_replay_seconds,
+        )
+
+    def build(self, metrics: LogMetrics | None = None) -> InferenceLog:
+        """An inference log writing here (not started)."""
+        return InferenceLog(
+            Lake(self.lake_root, self.storage_options or None),
+            self.dead_letter_dir,
+            batch_rows=self.batch_rows,
+            flush_seconds=self.flush_seconds,
+            queue_rows=self.queue_rows,
+            replay_seconds=self.replay_seconds,
+            metrics=metrics,
+        )

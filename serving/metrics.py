@@ -35,19 +35,15 @@ def multiprocess_dir() -> str | None:
     return os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
 
 
-class ServingMetrics:
-    """Every metric the server exports, registered on one registry (one per app).
+class LogMetrics:
+    """The inference log's metrics, on their own registry: what a shadow process (which writes
+    ``shadow_log`` and answers no request) registers, so that it adds no per-worker series.
 
-    Gauges are per worker (``liveall``: a ``pid`` label, dropped when the worker
-    dies) except the log queue, which is summed over the live workers.
+    The log queue gauge is summed over the live processes; the counters over every one.
     """
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry(auto_describe=True)
-        self._define_http()
-        self._define_predictions()
-        self._define_models()
-        self._define_release()
         self._define_log()
 
     # Factories: every metric is registered on this app's registry (full names kept greppable).
@@ -59,6 +55,37 @@ class ServingMetrics:
 
     def _gauge(self, name: str, doc: str, *labels: str, mode: Literal["liveall", "livesum"] = "liveall") -> Gauge:
         return Gauge(name, doc, labels, multiprocess_mode=mode, registry=self.registry)
+
+    def _define_log(self) -> None:
+        self.log_queue_rows = self._gauge(
+            "selfheal_log_queue_rows", "Inference/feedback rows waiting to be written", mode="livesum"
+        )
+        self.log_rows_written = self._counter("selfheal_log_rows_written", "Rows appended to the lake", "table")
+        self.log_rows_dead_lettered = self._counter(
+            "selfheal_log_rows_dead_lettered", "Rows the lake refused, kept in the dead-letter folder", "table"
+        )
+        self.log_rows_replayed = self._counter(
+            "selfheal_log_rows_replayed", "Dead-letter rows later written to the lake", "table"
+        )
+        self.log_write_failures = self._counter("selfheal_log_write_failures", "Lake appends that failed", "table")
+        self.log_rows_dropped = self._counter(
+            "selfheal_log_rows_dropped", "Rows dropped because the log queue was full or unwritable"
+        )
+
+
+class ServingMetrics(LogMetrics):
+    """Every metric the server exports, registered on one registry (one per app).
+
+    Gauges are per worker (``liveall``: a ``pid`` label, dropped when the worker
+    dies) except the log queue, which is summed over the live workers.
+    """
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        super().__init__(registry)
+        self._define_http()
+        self._define_predictions()
+        self._define_models()
+        self._define_release()
 
     def _define_http(self) -> None:
         self.http_requests = self._counter(
@@ -131,22 +158,6 @@ class ServingMetrics:
             "selfheal_release_share",
             "Share of requests a challenger answers (canary) or sees mirrored (shadow); per worker",
             "mode",
-        )
-
-    def _define_log(self) -> None:
-        self.log_queue_rows = self._gauge(
-            "selfheal_log_queue_rows", "Inference/feedback rows waiting to be written", mode="livesum"
-        )
-        self.log_rows_written = self._counter("selfheal_log_rows_written", "Rows appended to the lake", "table")
-        self.log_rows_dead_lettered = self._counter(
-            "selfheal_log_rows_dead_lettered", "Rows the lake refused, kept in the dead-letter folder", "table"
-        )
-        self.log_rows_replayed = self._counter(
-            "selfheal_log_rows_replayed", "Dead-letter rows later written to the lake", "table"
-        )
-        self.log_write_failures = self._counter("selfheal_log_write_failures", "Lake appends that failed", "table")
-        self.log_rows_dropped = self._counter(
-            "selfheal_log_rows_dropped", "Rows dropped because the log queue was full or unwritable"
         )
 
     def render(self) -> tuple[bytes, str]:

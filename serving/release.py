@@ -38,7 +38,6 @@ import time
 import zlib
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields, replace
-from itertools import chain
 from typing import TYPE_CHECKING, Any, Literal
 
 # The tag names are the registry's; re-exported for the release's readers.
@@ -46,8 +45,8 @@ from serving.registry import OUTCOME_TAG as OUTCOME_TAG
 from serving.registry import RELEASE_TAG as RELEASE_TAG
 
 if TYPE_CHECKING:  # types only: flows.release imports this module, and serving.model pulls in MLflow
-    from serving.model import LoadedModel, Prediction
-    from serving.shadow import ShadowProcess
+    from serving.model import LoadedModel
+    from serving.shadow import ShadowAnswer, ShadowProcess
 
 logger = logging.getLogger(__name__)
 
@@ -151,7 +150,8 @@ class ShadowItem:
     received_us: list[int]
 
 
-ShadowHook = Callable[["LoadedModel", list[ShadowItem], "Prediction | None", float], None]
+#: Called with each batch's answer: None when the shadow process did not take the rows (they are not logged).
+ShadowHook = Callable[["LoadedModel", list[ShadowItem], "ShadowAnswer | None", float], None]
 
 
 class ShadowMirror:
@@ -161,29 +161,30 @@ class ShadowMirror:
     dropped and counted. The thread takes everything waiting (up to ``max_rows``) as one
     model call, so under load the challenger costs one call per batch, not per request.
     The call runs in ``process`` (``serving.shadow.ShadowProcess``: the challenger's own
-    process, so it never holds the worker's GIL); the thread itself only gathers, waits
-    and records. It is not niced: a niced thread that holds the GIL is descheduled
-    while the champion's threads wait for that GIL (with this thread at niceness 19 the
-    champion's p99 was 1.36-1.42x the p99 without a shadow; at 0, 1.08x).
+    process, which also logs the rows, so neither holds the worker's GIL); the thread
+    itself only sends, waits and counts. It is not niced: a niced thread that holds the
+    GIL is descheduled while the champion's threads wait for that GIL (with this thread at
+    niceness 19 the champion's p99 was 1.36-1.42x the p99 without a shadow; at 0, 1.08x).
 
     After each call the thread rests ``(1 - cpu_share) / cpu_share`` times the CPU time the
-    call took in the challenger's process, so that process is busy at most ``cpu_share`` of
-    the time. The child's low CPU priority alone did not keep it from costing the champion
-    (``benchmarks/shadow.py``, thread not niced: unpaced, the children took 3.6 CPU s per
-    15 s round and the p99 ratio was 1.24; paced at 0.1, 1.7-2.1 CPU s and 1.08). Resting
+    challenger's process used since its previous answer (prediction and log writing), so that
+    process is busy at most ``cpu_share`` of the time. The child's low CPU priority alone
+    did not keep it from costing the champion (``benchmarks/shadow.py``, thread not niced:
+    unpaced, the children took 3.6 CPU s per 15 s round and the p99 ratio was 1.24; paced
+    at 0.1, 1.7-2.1 CPU s and 1.08). Resting
     also makes the batches bigger, and a model call's cost hardly depends on its rows, so
     the same CPU predicts more of the mirrored rows; the rest overflow the queue and are
     counted.
 
     Example:
-        >>> mirror = ShadowMirror(on_predicted=log_rows, process=ShadowProcess())
+        >>> mirror = ShadowMirror(on_answered=count_rows, process=ShadowProcess(log=LogTarget.of(settings)))
         >>> mirror.start()
         >>> mirror.offer(challenger, ShadowItem(columns, 1, ["id"], [ts]))   # from the request path
     """
 
     def __init__(
         self,
-        on_predicted: ShadowHook,
+        on_answered: ShadowHook,
         *,
         process: ShadowProcess,
         cpu_share: float = 0.1,
@@ -192,8 +193,9 @@ class ShadowMirror:
     ) -> None:
         if not 0 < cpu_share <= 1:
             raise ValueError(f"cpu_share must be in (0, 1], not {cpu_share}")
-        self._on_predicted = on_predicted
+        self._on_answered = on_answered
         self._process = process
+        self._busy = 0.0  # the challenger's process's CPU seconds behind the last answer
         self._rest = (1.0 - cpu_share) / cpu_share
         self._stopping = threading.Event()
         self._queue: queue.Queue[tuple[LoadedModel, ShadowItem] | None] = queue.Queue(maxsize=max_items)
@@ -247,28 +249,28 @@ class ShadowMirror:
                 items.append(nxt[1])
                 rows += nxt[1].rows
             self._predict(model, items)
-            if self._stopping.wait(self._process.busy_seconds * self._rest):
+            if self._stopping.wait(self._busy * self._rest):
                 return
 
     def _predict(self, model: LoadedModel, items: list[ShadowItem]) -> None:
         if not items:
             return
-        names = items[0].columns.keys()
-        columns = {n: list(chain.from_iterable(i.columns[n] for i in items)) for n in names}
         started = time.perf_counter()
-        prediction: Prediction | None
+        answer: ShadowAnswer | None = None
         try:
-            prediction = self._process.predict(model, columns)
+            answer = self._process.mirror(model, items)
+            error = answer.error
         except Exception as exc:  # noqa: BLE001 - a failing challenger is a measurement (counted), not a crash
-            # One warning per version says it fails; shadow_rows{outcome="failed"} counts every batch.
+            error = f"{type(exc).__name__}: {exc}"
+        elapsed_ms = (time.perf_counter() - started) * 1000.0
+        self._busy = answer.cpu_seconds if answer is not None else 0.0
+        if error is None and answer is not None:
+            self.predicted += answer.rows
+        else:  # one warning per version says it fails; shadow_rows{outcome="failed"} counts every batch
             level = logging.DEBUG if model.version in self._failing else logging.WARNING
             self._failing.add(model.version)
-            logger.log(level, "shadow challenger v%s failed: %s: %s", model.version, type(exc).__name__, exc)
-            prediction = None
-        elapsed_ms = (time.perf_counter() - started) * 1000.0
-        if prediction is not None:
-            self.predicted += len(prediction)
+            logger.log(level, "shadow challenger v%s failed: %s", model.version, error)
         try:
-            self._on_predicted(model, items, prediction, elapsed_ms)
+            self._on_answered(model, items, answer, elapsed_ms)
         except Exception:  # the shadow thread must outlive a bug in the recording hook
             logger.exception("recording shadow predictions failed")

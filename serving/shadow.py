@@ -1,4 +1,4 @@
-"""The shadow challenger's own process: mirrored rows are predicted outside the worker's GIL.
+"""The shadow challenger's own process: mirrored rows are predicted, and logged, outside the worker's GIL.
 
 A challenger predicting in a thread of the worker shares the worker's GIL with the
 champion's event loop and model threads, whatever its CPU priority. Measured with
@@ -6,23 +6,29 @@ champion's event loop and model threads, whatever its CPU priority. Measured wit
 machine): the champion's p99 was 1.53x the p99 without a shadow; with the thread
 doing everything but the challenger's ``predict`` (same queue, same shadow log), 0.98x.
 So the worker's shadow thread (``serving.release.ShadowMirror``) hands each batch to a
-child process, ``python -m serving.shadow``, niced to 19, and waits for its answer
-without holding the GIL.
+child process, ``python -m serving.shadow``, niced to 19 and scheduled only on idle CPU,
+and waits for its answer without holding the GIL.
+
+The child also writes the ``shadow_log`` table itself (its own ``InferenceLog``, with the
+worker's lake, dead-letter folder and flush settings): building those rows and appending
+them in the worker cost the champion more than the prediction did (same benchmark, load
+~1: throughput -29% and p99 1.69x with the worker writing them; -1% and 1.17x without).
+The worker sends the mirrored rows as they came and gets back a count.
 
 - The child gets the challenger once per version as skops bytes (``skops.io.dumps`` in
   the worker) and loads them with the reviewed trusted types, as every artifact is
   loaded (``serving.modelio.loads_sklearn_model``): nothing model-shaped is unpickled.
-- It answers each batch with the float64 values and scores as raw bytes: the worker
-  unpickles nothing from it.
-- A child that dies, hangs longer than ``timeout_seconds`` or fails a batch fails that
-  batch only (``ShadowFailed``; the mirror counts it as ``failed``): the batch in flight,
-  or the next one when it died so recently that its socket is still open. A dead or hung
-  child is replaced at the next batch. The child exits when its worker does (its end of
-  the socket closes).
+- A challenger that fails a batch is an answer (``ShadowAnswer.error``): the child logs
+  those rows as ``error``, as the worker logs a failed champion.
+- A child that dies, hangs longer than ``timeout_seconds`` or cannot load the challenger
+  did not take the batch (``ShadowFailed``; the mirror logs its rows as ``error``
+  itself): the batch in flight, or the next one when it died so recently that its socket
+  is still open. A dead or hung child is replaced at the next batch. The child exits when
+  its worker does (its end of the socket closes), once its log is written.
 
 Example:
-    >>> process = ShadowProcess(extra_trusted=())
-    >>> prediction = process.predict(challenger, {"f0": [0.1, 0.2], "channel": ["pos", "atm"]})
+    >>> process = ShadowProcess(extra_trusted=(), log=LogTarget.of(settings))
+    >>> answer = process.mirror(challenger, [ShadowItem({"f0": [0.1], "channel": ["pos"]}, 1, ["id"], [ts])])
     >>> process.close()
 """
 
@@ -36,23 +42,45 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterable
+from dataclasses import asdict, dataclass
+from itertools import chain
 from multiprocessing.connection import Connection
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import orjson
 
 from checkpoints.exceptions import SelfhealError
 from serving import processes
+from serving.inference_log import LogTarget
+from serving.metrics import LogMetrics, mark_worker_dead
 from serving.model import LoadedModel, ModelThreads, Prediction
 from serving.modelio import import_skops_lean, loads_sklearn_model
+from serving.release import SHADOW_TABLE, ShadowItem
 from serving.schema import FeatureSchema
+
+if TYPE_CHECKING:
+    from serving.inference_log import InferenceLog
 
 logger = logging.getLogger(__name__)
 
 
 class ShadowFailed(SelfhealError):
-    """The shadow process gave no prediction for a batch (it died, hung, or the challenger failed)."""
+    """The shadow process did not take a batch (it died, hung, or could not load the challenger)."""
+
+
+@dataclass(frozen=True)
+class ShadowAnswer:
+    """The child's answer for one batch.
+
+    Attributes:
+        rows: the rows it took (and logged).
+        error: why the challenger failed them (logged as ``error``), or None when it predicted them.
+        cpu_seconds: the child's CPU time since its previous answer (prediction and log writing).
+    """
+
+    rows: int
+    error: str | None
+    cpu_seconds: float
 
 
 class ShadowProcess:
@@ -60,31 +88,32 @@ class ShadowProcess:
 
     Attributes:
         extra_trusted: skops types config adds to the reviewed ones (the child checks the same list).
+        log: where the child writes ``shadow_log`` (None: it predicts and counts only).
         timeout_seconds: the longest wait for one answer (a model load included) before the child is replaced.
     """
 
-    def __init__(self, extra_trusted: Iterable[str] = (), timeout_seconds: float = 120.0) -> None:
+    def __init__(
+        self, extra_trusted: Iterable[str] = (), log: LogTarget | None = None, timeout_seconds: float = 120.0
+    ) -> None:
         self.extra_trusted = tuple(extra_trusted)
+        self.log = log
         self.timeout_seconds = timeout_seconds
         self._proc: subprocess.Popen[bytes] | None = None
         self._conn: Connection | None = None
         self._loaded: tuple[str, str] | None = None  # (name, version) the child holds
         self._refused: tuple[tuple[str, str], str] | None = None  # a version the child could not load, and why
-        self.busy_seconds = 0.0
-        """CPU seconds the child spent on the last batch's prediction (0 when it gave none)."""
 
     @property
     def pid(self) -> int | None:
         """The child's pid while it runs."""
         return self._proc.pid if self._proc is not None and self._proc.poll() is None else None
 
-    def predict(self, model: LoadedModel, columns: dict[str, list[Any]]) -> Prediction:
-        """The challenger's values and scores for validated columns (``labels`` are the values).
+    def mirror(self, model: LoadedModel, items: list[ShadowItem]) -> ShadowAnswer:
+        """Have the challenger predict (and the child log) the mirrored rows of ``items``.
 
         Raises:
-            ShadowFailed: the child died, hung, or could not load or run the model.
+            ShadowFailed: the child died, hung, or could not load the model: it took none of the rows.
         """
-        self.busy_seconds = 0.0
         key = (model.ref.name, model.version)
         if self._refused is not None and self._refused[0] == key:
             raise ShadowFailed(self._refused[1])
@@ -94,25 +123,23 @@ class ShadowProcess:
                 self._loaded = None
                 data = _dumps(model.model)
                 conn.send(("model", key, model.ref, model.schema.columns, data, self.extra_trusted, model.example))
-                try:
-                    self._answer(conn)
-                except ShadowFailed as exc:  # not sent again with every batch
-                    self._refused = (key, f"the shadow process could not load it: {exc}")
-                    raise ShadowFailed(self._refused[1]) from None
+                header = self._answer(conn)
+                if header["error"] is not None:  # not sent again with every batch
+                    self._refused = (key, f"the shadow process could not load it: {header['error']}")
+                    raise ShadowFailed(self._refused[1])
                 self._loaded = key
-            conn.send(("predict", key, columns))
+            conn.send(("mirror", key, [(i.columns, i.row_ids, i.received_us) for i in items]))
             header = self._answer(conn)
-            values = self._array(conn, header["rows"])
-            scores = self._array(conn, header["rows"]) if header["scores"] else None
-            self.busy_seconds = float(header["cpu_seconds"])
         except (OSError, EOFError, TimeoutError) as exc:
             self._replace()
             raise ShadowFailed(f"the shadow process gave no answer: {type(exc).__name__}: {exc}") from None
-        return Prediction(values, values, scores)
+        if header["rows"] != sum(i.rows for i in items):  # it could not take them (a bug in the child)
+            raise ShadowFailed(f"the shadow process did not take the batch: {header['error']}")
+        return ShadowAnswer(header["rows"], header["error"], float(header["cpu_seconds"]))
 
     def close(self) -> None:
-        """Stop the child (it exits on the closed socket; killed after 5 s)."""
-        self._stop(grace=5.0)
+        """Stop the child (it writes its queued log rows and exits on the closed socket; killed after 10 s)."""
+        self._stop(grace=10.0)
 
     def _connection(self) -> Connection:
         # Between batches a live child sends nothing: a readable socket means it closed (it died).
@@ -127,6 +154,7 @@ class ShadowProcess:
                 stdin=subprocess.DEVNULL,
             )
         self._conn = Connection(ours.detach())
+        self._conn.send(("log", asdict(self.log) if self.log is not None else None))  # not in argv: it has secrets
         logger.info("shadow process %d started (niceness %d)", self._proc.pid, processes.BACKGROUND_NICENESS)
         return self._conn
 
@@ -145,25 +173,15 @@ class ShadowProcess:
             except subprocess.TimeoutExpired:
                 self._proc.kill()
                 self._proc.wait()
+            mark_worker_dead(self._proc.pid)  # its log-queue gauge, had it no time to drop it itself
             self._proc = None
         self._loaded = None
 
-    def _receive(self, conn: Connection) -> bytes:
+    def _answer(self, conn: Connection) -> dict[str, Any]:
         if not conn.poll(self.timeout_seconds):
             raise TimeoutError(f"no answer within {self.timeout_seconds:g} s")
-        return conn.recv_bytes()
-
-    def _answer(self, conn: Connection) -> dict[str, Any]:
-        header: dict[str, Any] = orjson.loads(self._receive(conn))
-        if not header["ok"]:
-            raise ShadowFailed(header["error"])
+        header: dict[str, Any] = orjson.loads(conn.recv_bytes())
         return header
-
-    def _array(self, conn: Connection, rows: int) -> np.ndarray[Any, np.dtype[np.float64]]:
-        values = np.frombuffer(self._receive(conn), dtype=np.float64)
-        if len(values) != rows:
-            raise EOFError(f"the shadow process sent {len(values)} values for {rows} rows")
-        return values
 
 
 def _dumps(model: Any) -> bytes:
@@ -173,43 +191,101 @@ def _dumps(model: Any) -> bytes:
     return data
 
 
-def serve(conn: Connection) -> None:
-    """The child's loop: load what the worker sends, predict what it asks, until the socket closes."""
-    loaded: LoadedModel | None = None
-    key: tuple[str, str] | None = None
-    while True:
+class _Child:
+    """The child's state: the challenger it holds and its shadow log."""
+
+    def __init__(self, log: InferenceLog | None) -> None:
+        self.log = log
+        self.loaded: LoadedModel | None = None
+        self.key: tuple[str, str] | None = None
+        self._schema: Any = None
+        self._cpu = time.process_time()
+
+    def load(self, key: tuple[str, str], ref: Any, columns: Any, data: bytes, trusted: Any, example: Any) -> None:
+        from serving.inference_log import inference_schema
+
+        if self.loaded is not None:
+            self.loaded.close()
+        self.loaded = self.key = None
+        model = loads_sklearn_model(data, trusted)
+        self.loaded = LoadedModel(ref, model, FeatureSchema(columns), example, threads=ModelThreads(1, 1))
+        self.loaded.warm_up()  # as in the worker: the compiled preprocessing once verified (~2.5 ms a call less)
+        self.key = key
+        self._schema = inference_schema(self.loaded.schema.arrow_fields)
+
+    def mirror(
+        self, wanted: tuple[str, str], items: list[tuple[dict[str, list[Any]], list[str], list[int]]]
+    ) -> dict[str, Any]:
+        from serving.inference_log import LogBatch
+
+        loaded = self.loaded
+        if loaded is None or wanted != self.key:
+            raise ShadowFailed(f"version {wanted[1]} is not loaded in the shadow process")
+        rows = sum(len(i[1]) for i in items)
+        sent = items[0][0].keys() if items else ()  # the champion's columns: the challenger may want others
+        columns = {n: list(chain.from_iterable(i[0][n] for i in items)) for n in sent}
+        started = time.perf_counter()
+        error: str | None = None
+        prediction: Prediction | None = None
         try:
-            message = conn.recv()
-        except EOFError:
-            return
-        replies: list[bytes]
-        try:
-            if message[0] == "model":
-                _, key, ref, columns, data, extra_trusted, example = message
-                if loaded is not None:
-                    loaded.close()
-                loaded = None
-                model = loads_sklearn_model(data, extra_trusted)
-                loaded = LoadedModel(ref, model, FeatureSchema(columns), example, threads=ModelThreads(1, 1))
-                loaded.warm_up()  # as in the worker: the compiled preprocessing once verified (~2.5 ms a call less)
-                replies = [orjson.dumps({"ok": True})]
-            else:
-                _, wanted, features = message
-                if loaded is None or wanted != key:
-                    raise ShadowFailed(f"version {wanted[1]} is not loaded in the shadow process")
-                cpu = time.process_time()
-                prediction = loaded.predict(features)
-                scores = prediction.scores
-                cpu = time.process_time() - cpu
-                header = {"ok": True, "rows": len(prediction.values), "scores": scores is not None, "cpu_seconds": cpu}
-                replies = [orjson.dumps(header)]
-                replies.append(np.ascontiguousarray(prediction.values, dtype=np.float64).tobytes())
-                if scores is not None:
-                    replies.append(np.ascontiguousarray(scores, dtype=np.float64).tobytes())
+            prediction = loaded.predict(columns)
         except Exception as exc:  # noqa: BLE001 - the challenger's own code may raise anything: the batch fails
-            replies = [orjson.dumps({"ok": False, "error": f"{type(exc).__name__}: {exc}"})]
-        for reply in replies:
-            conn.send_bytes(reply)
+            error = f"{type(exc).__name__}: {exc}"
+        elapsed_ms = (time.perf_counter() - started) * 1000.0
+        if self.log is not None:
+            data: dict[str, Any] = {n: columns[n] for n in loaded.schema.names if n in columns}  # others: null
+            data["_request_id"] = list(chain.from_iterable(i[1] for i in items))
+            data["_ts"] = list(chain.from_iterable(i[2] for i in items))
+            data["_model_version"] = [loaded.version] * rows
+            data["_served_by"] = ["primary" if prediction is not None else "error"] * rows
+            data["_prediction"] = prediction.values if prediction is not None else None
+            data["_score"] = prediction.scores if prediction is not None else None
+            data["_latency_ms"] = [elapsed_ms] * rows
+            data["_variant"] = ["challenger"] * rows
+            self.log.submit(LogBatch(SHADOW_TABLE, self._schema, data, rows))
+        return {"rows": rows, "error": error}
+
+    def reply(self, conn: Connection, header: dict[str, Any]) -> None:
+        cpu = time.process_time()
+        header["cpu_seconds"], self._cpu = cpu - self._cpu, cpu
+        conn.send_bytes(orjson.dumps(header))
+
+    def close(self) -> None:
+        if self.log is not None:
+            self.log.close()
+        mark_worker_dead(os.getpid())
+
+
+def serve(conn: Connection) -> None:
+    """The child's loop: load what the worker sends, predict and log what it mirrors, until the socket closes."""
+    try:
+        kind, spec = conn.recv()
+    except EOFError:  # the worker died before it said where to log
+        return
+    if kind != "log":
+        raise ValueError(f"the shadow process expected its log settings first, not {kind!r}")
+    log = LogTarget(**spec).build(LogMetrics()) if spec is not None else None
+    if log is not None:
+        log.start()
+    child = _Child(log)
+    try:
+        while True:
+            try:
+                message = conn.recv()
+            except EOFError:
+                return
+            header: dict[str, Any]
+            try:
+                if message[0] == "model":
+                    child.load(*message[1:])
+                    header = {"error": None}
+                else:
+                    header = child.mirror(message[1], message[2])
+            except Exception as exc:  # noqa: BLE001 - a model that fails to load is an answer, not a crash
+                header = {"rows": 0, "error": f"{type(exc).__name__}: {exc}"}
+            child.reply(conn, header)
+    finally:
+        child.close()
 
 
 def main(argv: list[str] | None = None) -> int:

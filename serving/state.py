@@ -16,7 +16,6 @@ from typing import Any
 
 import pyarrow as pa
 
-from checkpoints import Lake
 from serving.batching import BatchPolicy, MicroBatcher, PendingRequest
 from serving.breaker import STATE_CODES
 from serving.inference_log import (
@@ -25,10 +24,11 @@ from serving.inference_log import (
     INFERENCE_TABLE,
     InferenceLog,
     LogBatch,
+    LogTarget,
     inference_schema,
 )
 from serving.metrics import ServingMetrics
-from serving.model import LoadedModel, ModelThreads, Prediction
+from serving.model import LoadedModel, ModelThreads
 from serving.model_cache import ModelCache
 from serving.predictor import Outcome, Predictor
 from serving.registry import ModelRegistry
@@ -36,7 +36,7 @@ from serving.release import SHADOW_TABLE, ShadowItem, ShadowMirror, routes_to_ch
 from serving.reload import ControlFile, ModelSet, ModelWatcher, WatchPolicy
 from serving.schema import FeatureSchema
 from serving.settings import ServerSettings
-from serving.shadow import ShadowProcess
+from serving.shadow import ShadowAnswer, ShadowProcess
 
 logger = logging.getLogger(__name__)
 
@@ -81,20 +81,13 @@ class ServingState:
             on_reload=lambda outcome: m.model_reloads.labels(outcome).inc(),
             cache=ModelCache(settings.model_cache_dir, settings.model_name) if settings.model_cache_dir else None,
         )
-        self.log: InferenceLog | None = None
-        if settings.inference_log:
-            self.log = InferenceLog(
-                Lake(settings.lake_root, settings.lake_storage_options or None),
-                settings.dead_letter_dir,
-                batch_rows=settings.log_batch_rows,
-                flush_seconds=settings.log_flush_seconds,
-                queue_rows=settings.log_queue_rows,
-                replay_seconds=settings.log_replay_seconds,
-                metrics=m,
-            )
+        target = LogTarget.of(settings)
+        self.log: InferenceLog | None = target.build(m) if target is not None else None
         self.batcher: MicroBatcher | None = None
         self.shadow = ShadowMirror(
-            self._shadow_predicted, process=ShadowProcess(settings.trusted_types), cpu_share=settings.shadow_cpu_share
+            self._shadow_answered,
+            process=ShadowProcess(settings.trusted_types, log=target),
+            cpu_share=settings.shadow_cpu_share,
         )
         self._log_schemas: dict[tuple[tuple[str, str], ...], pa.Schema] = {}
         self._ready = False  # see load_models_in_background
@@ -219,21 +212,23 @@ class ServingState:
                 if not self.shadow.offer(challenger, item):
                     self.metrics.shadow_rows.labels("dropped").inc(p.rows)
 
-    def _shadow_predicted(
-        self, model: LoadedModel, items: list[ShadowItem], prediction: Prediction | None, elapsed_ms: float
+    def _shadow_answered(
+        self, model: LoadedModel, items: list[ShadowItem], answer: ShadowAnswer | None, elapsed_ms: float
     ) -> None:
-        """The shadow thread's answer: into the ``shadow_log`` table, beside the champion's rows."""
+        """The shadow thread's answer: counted; rows its process did not take are logged here, as errors.
+
+        The shadow process logs the rows it took (``serving.shadow``).
+        """
         rows = sum(i.rows for i in items)
-        self.metrics.shadow_rows.labels("predicted" if prediction is not None else "failed").inc(rows)
-        if self.log is None:
+        predicted = answer is not None and answer.error is None
+        self.metrics.shadow_rows.labels("predicted" if predicted else "failed").inc(rows)
+        if answer is not None or self.log is None:
             return
         data: dict[str, Any] = {n: list(chain.from_iterable(i.columns[n] for i in items)) for n in model.schema.names}
         data["_request_id"] = list(chain.from_iterable(i.row_ids for i in items))
         data["_ts"] = list(chain.from_iterable(i.received_us for i in items))
         data["_model_version"] = [model.version] * rows
-        data["_served_by"] = ["primary" if prediction is not None else "error"] * rows
-        data["_prediction"] = prediction.values if prediction is not None else None
-        data["_score"] = prediction.scores if prediction is not None else None
+        data["_served_by"] = ["error"] * rows
         data["_latency_ms"] = [elapsed_ms] * rows
         data["_variant"] = ["challenger"] * rows
         self.log.submit(LogBatch(SHADOW_TABLE, self._log_schema(model.schema), data, rows))

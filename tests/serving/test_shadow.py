@@ -1,8 +1,9 @@
-"""The shadow challenger's own process (issue 17): the worker's answers, and its failures stay its own.
+"""The shadow challenger's own process (issue 17): it logs the worker's answers, and its failures stay its own.
 
 Real models from the session's MLflow store, a real child process (``python -m serving.shadow``)
-and real signals: a hung child (SIGSTOP) or a dead one (SIGKILL) fails one batch and is
-replaced; the child checks the trusted types itself; it exits when its worker is killed.
+writing a real Delta table, and real signals: a hung child (SIGSTOP) or a dead one (SIGKILL)
+fails one batch and is replaced; the child checks the trusted types itself; it exits when its
+worker is killed.
 """
 
 from __future__ import annotations
@@ -12,16 +13,20 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
-import numpy as np
 import psutil
 import pytest
 
+from checkpoints import Lake
+from serving.inference_log import LogTarget
 from serving.model import LoadedModel
 from serving.processes import wait_until
 from serving.registry import ModelRegistry
+from serving.release import SHADOW_TABLE, ShadowItem
 from serving.shadow import ShadowFailed, ShadowProcess
 from tests.serving._estimators import TRUSTED
 from tests.serving.conftest import MODEL, REPO_ROOT, ModelStore
@@ -33,7 +38,7 @@ def registry(model_store: ModelStore) -> ModelRegistry:
 
 
 @pytest.fixture
-def process() -> Iterator[ShadowProcess]:
+def process() -> Iterator[ShadowProcess]:  # logs nothing: it predicts and counts
     shadow = ShadowProcess(timeout_seconds=60)
     yield shadow
     shadow.close()
@@ -47,6 +52,29 @@ def _columns(model: LoadedModel, store: ModelStore, rows: int) -> dict[str, list
     return {name: store.frame[name].head(rows).tolist() for name in model.schema.names}
 
 
+def _items(columns: dict[str, list[Any]], prefix: str, parts: int = 1) -> list[ShadowItem]:
+    """The rows of ``columns`` as ``parts`` mirrored requests, ids ``<prefix>-<row>``."""
+    rows = len(next(iter(columns.values())))
+    cuts = [rows * k // parts for k in range(parts + 1)]
+    now = time.time_ns() // 1000
+    return [
+        ShadowItem(
+            {name: values[a:b] for name, values in columns.items()},
+            b - a,
+            [f"{prefix}-{i}" for i in range(a, b)],
+            [now] * (b - a),
+        )
+        for a, b in zip(cuts, cuts[1:], strict=False)
+    ]
+
+
+def _mirrored(process: ShadowProcess, model: LoadedModel, columns: dict[str, list[Any]]) -> int:
+    """Rows the challenger predicted (an error fails the test)."""
+    answer = process.mirror(model, _items(columns, "r"))
+    assert answer.error is None
+    return answer.rows
+
+
 def _gone(pid: int) -> bool:
     try:
         return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
@@ -54,20 +82,42 @@ def _gone(pid: int) -> bool:
         return True
 
 
-def test_the_shadow_process_answers_as_the_worker_would(
-    registry: ModelRegistry, model_store: ModelStore, process: ShadowProcess
+def test_the_shadow_process_logs_what_the_worker_would_predict(
+    registry: ModelRegistry, model_store: ModelStore, tmp_path: Path
 ) -> None:
-    for label in ("hgb", "lr"):  # a new version is sent to the same child
-        model = _load(registry, model_store, label)
-        columns = _columns(model, model_store, 50)
-        expected = model.predict(columns)
-        got = process.predict(model, columns)
-        assert np.array_equal(got.values, expected.values)
-        assert expected.scores is not None and got.scores is not None
-        assert np.array_equal(got.scores, expected.scores)
-        assert process.busy_seconds > 0
-        model.close()
-    assert process.pid is not None
+    lake = Lake(str(tmp_path / "lake"))
+    log = LogTarget(lake.root, str(tmp_path / "dead-letter"), flush_seconds=0.2)
+    process = ShadowProcess(log=log, timeout_seconds=60)
+    expected: dict[str, tuple[float, float | None]] = {}
+    try:
+        for label in ("hgb", "lr"):  # a new version is sent to the same child
+            model = _load(registry, model_store, label)
+            columns = _columns(model, model_store, 50)
+            prediction = model.predict(columns)
+            assert prediction.scores is not None
+            items = _items(columns, label, parts=3)
+            answer = process.mirror(model, items)
+            assert (answer.rows, answer.error) == (50, None)
+            assert answer.cpu_seconds > 0
+            ids = [i for item in items for i in item.row_ids]
+            expected |= dict(
+                zip(ids, zip(prediction.values.tolist(), prediction.scores.tolist(), strict=True), strict=True)
+            )
+            model.close()
+        # A challenger failing valid rows (logistic regression refuses NaN): they are logged as its errors.
+        nan = dict(columns) | {"mean_radius": [float("nan")] * 50}
+        failed = process.mirror(model, _items(nan, "nan"))
+        assert failed.rows == 50 and failed.error is not None and "NaN" in failed.error
+        assert process.pid is not None
+    finally:
+        process.close()  # the child writes what it queued before it exits
+    logged = lake.read(SHADOW_TABLE).to_pylist()
+    assert len(logged) == 150
+    ok = {r["_request_id"]: (r["_prediction"], r["_score"]) for r in logged if r["_served_by"] == "primary"}
+    assert ok == expected
+    errors = [r for r in logged if r["_served_by"] == "error"]
+    assert len(errors) == 50 and all(r["_prediction"] is None and r["_request_id"].startswith("nan-") for r in errors)
+    assert {r["_variant"] for r in logged} == {"challenger"}
 
 
 def test_a_hung_or_dead_child_fails_one_batch_and_is_replaced(registry: ModelRegistry, model_store: ModelStore) -> None:
@@ -76,17 +126,17 @@ def test_a_hung_or_dead_child_fails_one_batch_and_is_replaced(registry: ModelReg
     columns = _columns(model, model_store, 5)
     try:
         process.timeout_seconds = 60  # the first answer includes the child's start-up and model load
-        process.predict(model, columns)
+        _mirrored(process, model, columns)
         process.timeout_seconds = 2
         hung = process.pid
         assert hung is not None
         os.kill(hung, signal.SIGSTOP)
         with pytest.raises(ShadowFailed, match="no answer within 2 s"):
-            process.predict(model, columns)
+            _mirrored(process, model, columns)
         assert _gone(hung) and process.pid is None
 
         process.timeout_seconds = 60
-        assert np.array_equal(process.predict(model, columns).values, model.predict(columns).values)
+        assert _mirrored(process, model, columns) == 5
         dead = process.pid
         assert dead is not None and dead != hung
         os.kill(dead, signal.SIGKILL)
@@ -94,8 +144,8 @@ def test_a_hung_or_dead_child_fails_one_batch_and_is_replaced(registry: ModelReg
         # Its leader shows as a zombie while its other threads still hold the socket open:
         # the first batch may still go to it and fail; the next one has a new child.
         with contextlib.suppress(ShadowFailed):
-            process.predict(model, columns)
-        assert np.array_equal(process.predict(model, columns).values, model.predict(columns).values)
+            _mirrored(process, model, columns)
+        assert _mirrored(process, model, columns) == 5
         assert process.pid not in (None, hung, dead)
     finally:
         process.close()
@@ -110,12 +160,12 @@ def test_the_child_checks_the_trusted_types_itself(
     columns = _columns(model, model_store, 5)
     try:
         with pytest.raises(ShadowFailed, match=f"could not load it: UnsafeArtifact: types nobody reviewed: {TRUSTED}"):
-            process.predict(model, columns)
+            _mirrored(process, model, columns)
         with pytest.raises(ShadowFailed, match="could not load it"):  # refused once, not sent again
-            process.predict(model, columns)
+            _mirrored(process, model, columns)
         trusting = ShadowProcess(extra_trusted=[TRUSTED], timeout_seconds=60)
         try:
-            assert np.array_equal(trusting.predict(model, columns).values, model.predict(columns).values)
+            assert _mirrored(trusting, model, columns) == 5
         finally:
             trusting.close()
     finally:
@@ -126,12 +176,14 @@ _WORKER = """
 import sys
 from serving.model import LoadedModel
 from serving.registry import ModelRegistry
+from serving.release import ShadowItem
 from serving.shadow import ShadowProcess
 
 registry = ModelRegistry(sys.argv[1], tracking_uri=sys.argv[2], artifact_root=sys.argv[3])
 model = LoadedModel.load(registry, registry.version(sys.argv[4]))
 process = ShadowProcess(timeout_seconds=60)
-process.predict(model, {name: model.example[name].tolist() for name in model.schema.names})
+columns = {name: model.example[name].tolist() for name in model.schema.names}
+process.mirror(model, [ShadowItem(columns, len(model.example), ["r"] * len(model.example), [0] * len(model.example))])
 print(process.pid, flush=True)
 sys.stdin.read()
 """
