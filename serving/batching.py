@@ -113,6 +113,7 @@ class _Lane:
         self.wake = asyncio.Event()
         self.slots = asyncio.Semaphore(policy.max_inflight)
         self.answered = asyncio.Event()
+        self.predicting = 0  # batches whose model call has not returned (a done task may still be in ``tasks``)
         self.tasks: set[asyncio.Task[None]] = set()
         self.dispatcher: asyncio.Task[None] | None = None
 
@@ -158,13 +159,17 @@ class MicroBatcher:
                 lane.wake.clear()
                 await lane.wake.wait()
             await lane.slots.acquire()
-            if lane.tasks:  # a batch is predicting: let more requests queue unless it is slow
+            # A batch is predicting: let more requests queue unless it is slow. Not ``lane.tasks``: a
+            # batch that has answered stays there until its done-callback runs, and waiting for its
+            # ``answered`` again held the next batch for the whole stall (p99 ~50 ms behind a proxy).
+            if lane.predicting:
                 lane.answered.clear()
                 try:
                     await asyncio.wait_for(lane.answered.wait(), self.policy.stall_seconds)
                 except TimeoutError:
                     pass
             batch = self._take(lane.queue)
+            lane.predicting += 1
             task = loop.create_task(self._run(lane, batch))
             lane.tasks.add(task)
             task.add_done_callback(lane.tasks.discard)
@@ -194,6 +199,7 @@ class MicroBatcher:
                     request.future.set_exception(exc)
             return
         finally:
+            lane.predicting -= 1
             lane.slots.release()
             lane.answered.set()
         offset = 0

@@ -100,3 +100,27 @@ def test_requests_queued_behind_a_batch_form_one_batch_of_their_arm() -> None:
         await batcher.close()
 
     asyncio.run(scenario())
+
+
+def test_a_request_queued_behind_a_batch_goes_as_soon_as_that_batch_answers() -> None:
+    """Not after the stall: the answered batch's task, still finishing, is not a batch predicting.
+
+    The stall is longer than the test's patience, so waiting for it fails the test.
+    """
+
+    async def scenario() -> None:
+        predictor = GatedPredictor()
+        policy = BatchPolicy(max_batch_rows=64, max_inflight=1, stall_seconds=STUCK_SECONDS * 10)
+        batcher = MicroBatcher(predictor, policy)  # type: ignore[arg-type]
+        batcher.start()
+        first = asyncio.ensure_future(batcher.submit(_request(0, "champion")))
+        await _until(lambda: predictor.in_flight["champion"] == 1)
+        second = asyncio.ensure_future(batcher.submit(_request(1, "champion")))
+        await asyncio.sleep(0)  # the dispatcher now waits for the one slot
+        predictor.gates["champion"].set()
+        answers = await asyncio.wait_for(asyncio.gather(first, second), STUCK_SECONDS)
+        assert predictor.calls == [("champion", 1), ("champion", 1)]
+        assert [a.rows for a in answers] == [1, 1]
+        await batcher.close()
+
+    asyncio.run(scenario())
