@@ -14,7 +14,7 @@ no CPU) and the medians are reported, so background load hits them all alike.
 
 Usage::
 
-    .venv/bin/python benchmarks/serving.py [--workers 2] [--duration 20] [--connections 16 64]
+    .venv/bin/python benchmarks/serving.py [--workers 2] [--duration 20] [--connections 16 64] [--front haproxy]
 
 Prints requests/s, p50 and p99 for each server and the ratios. Targets (issue 17):
 >= 10x mlflow's throughput at 16 and 64 connections, p99 <= 10 ms at 16 connections,
@@ -322,7 +322,10 @@ def _measure_rounds(
 def _print_report(args: argparse.Namespace, runs: dict[tuple[str, int], list[Result]], logged: int) -> None:
     """The medians per connection count, the ratios and the verdict against each target."""
     print()
-    print(f"median of {args.rounds} rounds of {args.duration}s, wrk -t{args.threads}, {args.workers} workers each")
+    front = f"; selfheal behind {args.front} ({args.workers} replicas of 1 worker)" if args.front != "none" else ""
+    print(
+        f"median of {args.rounds} rounds of {args.duration}s, wrk -t{args.threads}, {args.workers} workers each{front}"
+    )
     print(f"{'connections':>11} | {'mlflow req/s':>12} {'p50 ms':>8} {'p99 ms':>8} | "
           f"{'selfheal req/s':>14} {'p50 ms':>8} {'p99 ms':>8} | {'throughput x':>12} {'p99 ratio':>9}")  # fmt: skip
     verdicts = []
@@ -359,6 +362,12 @@ def main() -> int:
     load_arguments(parser, rounds="server and load")
     parser.add_argument("--connections", type=int, nargs="+", default=[16, 64])
     parser.add_argument("--keep", action="store_true", help="keep the scratch folder")
+    parser.add_argument(
+        "--front",
+        choices=["none", "haproxy"],
+        default="none",
+        help="haproxy: selfheal as --workers replicas of 1 worker behind the retrying front (serving.front)",
+    )
     args = parser.parse_args()
 
     wrk, workdir, tracking_uri = scratch("serving")
@@ -373,7 +382,11 @@ def main() -> int:
     servers: dict[str, tuple[subprocess.Popen[bytes], str]] = {}
     try:
         servers["mlflow"] = start_mlflow(workdir, env, version, args.workers)
-        servers["selfheal"] = start_selfheal(workdir, env, tracking_uri, args.workers)
+        if args.front == "none":
+            servers["selfheal"] = start_selfheal(workdir, env, tracking_uri, args.workers)
+        else:
+            fronted = ("--replicas", str(args.workers), "--front", args.front)
+            servers["selfheal"] = start_selfheal(workdir, env, tracking_uri, 1, *fronted)
         servers["empty"] = start_empty(workdir, env, args.workers)
         for name, (_, url) in servers.items():
             answer = httpx.post(url, content=body, headers={"content-type": "application/json"}).text.strip()

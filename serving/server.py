@@ -252,20 +252,18 @@ def _supervise(args: argparse.Namespace, settings: ServerSettings) -> int:
     argv += ["--graceful-timeout", str(args.graceful_timeout), "--log-level", args.log_level]
     if args.profile_startup:
         argv.append("--profile-startup")
-    children, masters = [], public
+    children: list[Child] = []
+    listeners = [public] * args.replicas  # every master accepts on the public socket
     if args.front != "none":
-        app_socket = runtime / "app.sock"
-        app_socket.unlink(missing_ok=True)
-        masters = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        masters.bind(str(app_socket))
-        masters.listen(2048)
+        listeners = [_unix_listener(runtime / f"app-{i}.sock") for i in range(1, args.replicas + 1)]
         try:
-            children.append(Child("front", public, argv=front_command(args.front, runtime, app_socket)))
+            argv_front = front_command(args.front, runtime, [Path(s.getsockname()) for s in listeners])
         except ValueError as exc:
             print(f"python -m serving: {exc}", file=sys.stderr)  # noqa: T201
             return 2
+        children.append(Child("front", public, argv=argv_front))
     replica = functools.partial(main, argv)
-    children += [Child(f"replica {i}", masters, target=replica) for i in range(1, args.replicas + 1)]
+    children += [Child(f"replica {i}", sock, target=replica) for i, sock in enumerate(listeners, 1)]
     logger.info(
         "serving on %s:%d: %d replicas of %d workers under a supervisor%s (runtime folder %s)",
         args.host,
@@ -276,6 +274,15 @@ def _supervise(args: argparse.Namespace, settings: ServerSettings) -> int:
         runtime,
     )
     return Supervisor(children).run()
+
+
+def _unix_listener(path: Path) -> socket.socket:
+    """A listening Unix socket at ``path`` (a stale one from an earlier run replaced)."""
+    path.unlink(missing_ok=True)
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(str(path))
+    listener.listen(2048)
+    return listener
 
 
 def main(argv: Sequence[str] | None = None) -> int:

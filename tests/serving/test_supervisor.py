@@ -8,6 +8,8 @@ import signal
 import subprocess
 import sys
 import time
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -149,6 +151,17 @@ def test_replicas_exit_when_their_supervisor_is_killed(model_store: ModelStore, 
         processes.kill(everything)
 
 
+def _workers_answering(url: str, clients: int, requests: int) -> Counter[int]:
+    """Which worker answered each ``/ready`` of ``clients`` keep-alive clients sending ``requests`` each."""
+
+    def one_client(_: int) -> list[int]:
+        with httpx.Client(timeout=10) as client:
+            return [int(client.get(f"{url}/ready").json()["pid"]) for _ in range(requests)]
+
+    with ThreadPoolExecutor(clients) as pool:
+        return Counter(pid for pids in pool.map(one_client, range(clients)) for pid in pids)
+
+
 @pytest.mark.skipif(shutil.which("haproxy") is None, reason="no haproxy (deployments/install-test-deps.sh installs it)")
 def test_behind_the_haproxy_front_a_killed_worker_loses_no_request(model_store: ModelStore, tmp_path: Path) -> None:
     v = model_store.versions
@@ -157,6 +170,10 @@ def test_behind_the_haproxy_front_a_killed_worker_loses_no_request(model_store: 
     load = None
     try:
         server.wait_every_worker_ready()
+        # The front keeps its connections to the replicas open: each replica has a socket of its
+        # own, so both workers answer (on one shared socket the kernel may give one worker all).
+        answered = _workers_answering(server.url, clients=8, requests=40)
+        assert set(answered) == server.workers() and min(answered.values()) >= 0.25 * answered.total(), answered
         load = Load(server.url, predict_bodies(model_store), threads=8).start()
         load.wait_for(300)
         for round_ in range(3):  # each time a worker with requests in flight: 8 clients on 2 workers
