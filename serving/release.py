@@ -150,7 +150,7 @@ class ShadowItem:
     received_us: list[int]
 
 
-#: Called with each batch's answer: None when the shadow process did not take the rows (they are not logged).
+#: Called with each batch's answer: None when the shadow process did not take the rows (it logged none of them).
 ShadowHook = Callable[["LoadedModel", list[ShadowItem], "ShadowAnswer | None", float], None]
 
 

@@ -230,7 +230,7 @@ def _limit_model_threads(settings: ServerSettings) -> None:
 
 
 def _supervise(args: argparse.Namespace, settings: ServerSettings) -> int:
-    """Run ``args.replicas`` servers on one listening socket under ``serving.supervisor`` until stopped."""
+    """Run ``args.replicas`` servers under ``serving.supervisor`` until stopped (see the comments for their sockets)."""
     from serving.front import front_command
     from serving.processes import SUPERVISOR, set_name
 
@@ -238,6 +238,8 @@ def _supervise(args: argparse.Namespace, settings: ServerSettings) -> int:
     # The supervisor binds the port and every replica's workers accept on that one socket, so
     # a connection waits in its queue for any live worker: a killed, stopped or booting one
     # takes none (per-worker SO_REUSEPORT sockets would strand the connections hashed to it).
+    # Behind a front, the front has the port and each replica a Unix socket of its own (see
+    # serving.front): the front's health checks steer new requests away from a dead replica.
     public = socket.create_server((args.host, args.port), backlog=2048)
     port = public.getsockname()[1]  # port 0: the one picked, for every replica
     _limit_model_threads(settings)

@@ -24,7 +24,10 @@ The worker sends the mirrored rows as they came and gets back a count.
   did not take the batch (``ShadowFailed``; the mirror logs its rows as ``error``
   itself): the batch in flight, or the next one when it died so recently that its socket
   is still open. A dead or hung child is replaced at the next batch. The child exits when
-  its worker does (its end of the socket closes), once its log is written.
+  its worker does (its end of the socket closes), once its log is written; it ignores SIGTERM
+  and SIGINT, which a stop sends to the whole process tree. A child killed while rows wait
+  in its log (hung past ``timeout_seconds``, or still writing 10 s after its worker stopped)
+  loses them.
 
 Example:
     >>> process = ShadowProcess(extra_trusted=(), log=LogTarget.of(settings))
@@ -37,6 +40,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -167,14 +171,14 @@ class ShadowProcess:
         if self._conn is not None:
             self._conn.close()
             self._conn = None
-        if self._proc is not None:
+        proc, self._proc = self._proc, None  # taken first: a stopping worker may call this from two threads
+        if proc is not None:
             try:
-                self._proc.wait(grace)
+                proc.wait(grace)
             except subprocess.TimeoutExpired:
-                self._proc.kill()
-                self._proc.wait()
-            mark_worker_dead(self._proc.pid)  # its log-queue gauge, had it no time to drop it itself
-            self._proc = None
+                proc.kill()
+                proc.wait()
+            mark_worker_dead(proc.pid)  # its log-queue gauge, had it no time to drop it itself
         self._loaded = None
 
     def _answer(self, conn: Connection) -> dict[str, Any]:
@@ -294,6 +298,10 @@ def main(argv: list[str] | None = None) -> int:
     if len(args) != 1 or not args[0].isdigit():
         sys.stderr.write("usage: python -m serving.shadow FD  (started by a model server worker, not by hand)\n")
         return 2
+    # A stop signal to the whole process tree (``selfheal down``, Ctrl-C) must not cut the log
+    # short: the child exits when its worker's end of the socket closes, once its log is written.
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     processes.yield_cpu()  # under a full CPU the champion's processes go first
     with contextlib.suppress(OSError, AttributeError):  # Linux: run only on a core nothing else wants
         os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))

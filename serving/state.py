@@ -224,7 +224,10 @@ class ServingState:
         self.metrics.shadow_rows.labels("predicted" if predicted else "failed").inc(rows)
         if answer is not None or self.log is None:
             return
-        data: dict[str, Any] = {n: list(chain.from_iterable(i.columns[n] for i in items)) for n in model.schema.names}
+        sent = items[0].columns.keys()  # the champion's columns; the challenger's others are left null
+        data: dict[str, Any] = {
+            n: list(chain.from_iterable(i.columns[n] for i in items)) for n in model.schema.names if n in sent
+        }
         data["_request_id"] = list(chain.from_iterable(i.row_ids for i in items))
         data["_ts"] = list(chain.from_iterable(i.received_us for i in items))
         data["_model_version"] = [model.version] * rows

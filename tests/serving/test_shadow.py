@@ -89,6 +89,7 @@ def test_the_shadow_process_logs_what_the_worker_would_predict(
     log = LogTarget(lake.root, str(tmp_path / "dead-letter"), flush_seconds=0.2)
     process = ShadowProcess(log=log, timeout_seconds=60)
     expected: dict[str, tuple[float, float | None]] = {}
+    child = None
     try:
         for label in ("hgb", "lr"):  # a new version is sent to the same child
             model = _load(registry, model_store, label)
@@ -104,6 +105,11 @@ def test_the_shadow_process_logs_what_the_worker_would_predict(
                 zip(ids, zip(prediction.values.tolist(), prediction.scores.tolist(), strict=True), strict=True)
             )
             model.close()
+            if label == "hgb":  # a stop sent to the whole process tree: the child keeps its queued rows
+                child = process.pid
+                assert child is not None
+                os.kill(child, signal.SIGTERM)
+        assert process.pid == child  # still the same child: it ignored the SIGTERM
         # A challenger failing valid rows (logistic regression refuses NaN): they are logged as its errors.
         nan = dict(columns) | {"mean_radius": [float("nan")] * 50}
         failed = process.mirror(model, _items(nan, "nan"))
