@@ -7,9 +7,14 @@ the socket the supervisor holds) and each gunicorn master a Unix socket of its o
 the runtime folder; HAProxy balances the requests over them (``leastconn``) and sends one
 again, to another replica, when the connection closes before any answer (``retry-on
 conn-failure empty-response``, ``option redispatch``). A prediction is idempotent, so
-the retry is safe; a request that got a partial answer is not retried. A replica whose
-worker is gone (killed, restarting, its master in backoff) fails HAProxy's ``GET /health``
-check (each second, out after two) and gets no new request until it answers again.
+the retry is safe; a request that got a partial answer is not retried.
+
+A replica whose worker is gone (killed, restarting, its master in backoff) still accepts
+on its socket, which the supervisor holds: requests sent there wait until it is back,
+and no retry sees them. HAProxy health checks would steer new requests away, but on this
+2-core VM under load they failed healthy replicas (1-s checks: every server marked down
+and HAProxy answering 503), so there are none; ``leastconn`` sends fewer requests to the
+replica whose requests are stuck.
 
 One socket per replica, not one for all: HAProxy keeps its connections to the replicas
 open, and on one shared socket the kernel may hand all of them to one worker (18.1
@@ -58,11 +63,6 @@ frontend serve
 
 backend replicas
     balance leastconn
-    # A dead replica's socket still accepts (the supervisor holds it): a connection waits there
-    # until it is back, which no retry sees. Two failed checks take it out of the rotation.
-    option httpchk GET /health
-    default-server inter 1s fall 2 rise 1
-    timeout check 1s
 {servers}
 """
 
@@ -79,6 +79,6 @@ def front_command(front: str, runtime: Path, app_sockets: Sequence[Path]) -> lis
     if binary is None:
         raise ValueError("--front haproxy: no haproxy on PATH (Debian: apt-get install haproxy)")
     config = runtime / "haproxy.cfg"
-    servers = "\n".join(f"    server replica-{i} unix@{path} check" for i, path in enumerate(app_sockets, 1))
+    servers = "\n".join(f"    server replica-{i} unix@{path}" for i, path in enumerate(app_sockets, 1))
     config.write_text(_CONFIG.format(servers=servers))
     return [binary, "-db", "-f", str(config)]

@@ -239,7 +239,7 @@ def _supervise(args: argparse.Namespace, settings: ServerSettings) -> int:
     # a connection waits in its queue for any live worker: a killed, stopped or booting one
     # takes none (per-worker SO_REUSEPORT sockets would strand the connections hashed to it).
     # Behind a front, the front has the port and each replica a Unix socket of its own (see
-    # serving.front): the front's health checks steer new requests away from a dead replica.
+    # serving.front, which says what a dead replica's socket does then).
     public = socket.create_server((args.host, args.port), backlog=2048)
     port = public.getsockname()[1]  # port 0: the one picked, for every replica
     _limit_model_threads(settings)
