@@ -36,8 +36,9 @@ import queue
 import threading
 import time
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field, fields, replace
+from itertools import chain
 from typing import TYPE_CHECKING, Any, Literal
 
 # The tag names are the registry's; re-exported for the release's readers.
@@ -45,7 +46,7 @@ from serving.registry import OUTCOME_TAG as OUTCOME_TAG
 from serving.registry import RELEASE_TAG as RELEASE_TAG
 
 if TYPE_CHECKING:  # types only: flows.release imports this module, and serving.model pulls in MLflow
-    from serving.model import LoadedModel
+    from serving.model import LoadedModel, Prediction
     from serving.shadow import ShadowAnswer, ShadowProcess
 
 logger = logging.getLogger(__name__)
@@ -150,6 +151,35 @@ class ShadowItem:
     received_us: list[int]
 
 
+def gathered(items: list[ShadowItem]) -> dict[str, list[Any]]:
+    """The mirrored requests' columns (the champion's), each concatenated over ``items``."""
+    names = items[0].columns.keys() if items else ()
+    return {n: list(chain.from_iterable(i.columns[n] for i in items)) for n in names}
+
+
+def shadow_log_columns(
+    items: list[ShadowItem],
+    columns: dict[str, list[Any]],
+    names: Iterable[str],
+    version: str,
+    prediction: Prediction | None,
+    latency_ms: float,
+) -> dict[str, Any]:
+    """One ``shadow_log`` batch: the challenger's features ``names`` from ``columns`` (``gathered(items)``;
+    one the champion did not send is null), and its answer (None: ``error`` rows)."""
+    rows = sum(i.rows for i in items)
+    data: dict[str, Any] = {n: columns[n] for n in names if n in columns}
+    data["_request_id"] = list(chain.from_iterable(i.row_ids for i in items))
+    data["_ts"] = list(chain.from_iterable(i.received_us for i in items))
+    data["_model_version"] = [version] * rows
+    data["_served_by"] = ["primary" if prediction is not None else "error"] * rows
+    data["_prediction"] = prediction.values if prediction is not None else None
+    data["_score"] = prediction.scores if prediction is not None else None
+    data["_latency_ms"] = [latency_ms] * rows
+    data["_variant"] = ["challenger"] * rows
+    return data
+
+
 #: Called with each batch's answer: None when the shadow process did not take the rows (it logged none of them).
 ShadowHook = Callable[["LoadedModel", list[ShadowItem], "ShadowAnswer | None", float], None]
 
@@ -171,10 +201,9 @@ class ShadowMirror:
     process is busy at most ``cpu_share`` of the time. The child's low CPU priority alone
     did not keep it from costing the champion (``benchmarks/shadow.py``, thread not niced:
     unpaced, the children took 3.6 CPU s per 15 s round and the p99 ratio was 1.24; paced
-    at 0.1, 1.7-2.1 CPU s and 1.08). Resting
-    also makes the batches bigger, and a model call's cost hardly depends on its rows, so
-    the same CPU predicts more of the mirrored rows; the rest overflow the queue and are
-    counted.
+    at 0.1, 1.7-2.1 CPU s and 1.08). Resting also makes the batches bigger, and a model
+    call's cost hardly depends on its rows, so the same CPU predicts more of the mirrored
+    rows; the rest overflow the queue and are counted.
 
     Example:
         >>> mirror = ShadowMirror(on_answered=count_rows, process=ShadowProcess(log=LogTarget.of(settings)))

@@ -47,7 +47,6 @@ import sys
 import time
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
-from itertools import chain
 from multiprocessing.connection import Connection
 from typing import TYPE_CHECKING, Any
 
@@ -59,7 +58,7 @@ from serving.inference_log import LogTarget
 from serving.metrics import LogMetrics, mark_worker_dead
 from serving.model import LoadedModel, ModelThreads, Prediction
 from serving.modelio import import_skops_lean, loads_sklearn_model
-from serving.release import SHADOW_TABLE, ShadowItem
+from serving.release import SHADOW_TABLE, ShadowItem, gathered, shadow_log_columns
 from serving.schema import FeatureSchema
 
 if TYPE_CHECKING:
@@ -225,9 +224,8 @@ class _Child:
         loaded = self.loaded
         if loaded is None or wanted != self.key:
             raise ShadowFailed(f"version {wanted[1]} is not loaded in the shadow process")
-        rows = sum(len(i[1]) for i in items)
-        sent = items[0][0].keys() if items else ()  # the champion's columns: the challenger may want others
-        columns = {n: list(chain.from_iterable(i[0][n] for i in items)) for n in sent}
+        mirrored = [ShadowItem(columns, len(ids), ids, ts) for columns, ids, ts in items]
+        columns = gathered(mirrored)  # the champion's columns: the challenger may want others
         started = time.perf_counter()
         error: str | None = None
         prediction: Prediction | None = None
@@ -236,16 +234,10 @@ class _Child:
         except Exception as exc:  # noqa: BLE001 - the challenger's own code may raise anything: the batch fails
             error = f"{type(exc).__name__}: {exc}"
         elapsed_ms = (time.perf_counter() - started) * 1000.0
+        rows = sum(i.rows for i in mirrored)
         if self.log is not None:
-            data: dict[str, Any] = {n: columns[n] for n in loaded.schema.names if n in columns}  # others: null
-            data["_request_id"] = list(chain.from_iterable(i[1] for i in items))
-            data["_ts"] = list(chain.from_iterable(i[2] for i in items))
-            data["_model_version"] = [loaded.version] * rows
-            data["_served_by"] = ["primary" if prediction is not None else "error"] * rows
-            data["_prediction"] = prediction.values if prediction is not None else None
-            data["_score"] = prediction.scores if prediction is not None else None
-            data["_latency_ms"] = [elapsed_ms] * rows
-            data["_variant"] = ["challenger"] * rows
+            names = loaded.schema.names
+            data = shadow_log_columns(mirrored, columns, names, loaded.version, prediction, elapsed_ms)
             self.log.submit(LogBatch(SHADOW_TABLE, self._schema, data, rows))
         return {"rows": rows, "error": error}
 

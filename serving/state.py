@@ -32,7 +32,14 @@ from serving.model import LoadedModel, ModelThreads
 from serving.model_cache import ModelCache
 from serving.predictor import Outcome, Predictor
 from serving.registry import ModelRegistry
-from serving.release import SHADOW_TABLE, ShadowItem, ShadowMirror, routes_to_challenger
+from serving.release import (
+    SHADOW_TABLE,
+    ShadowItem,
+    ShadowMirror,
+    gathered,
+    routes_to_challenger,
+    shadow_log_columns,
+)
 from serving.reload import ControlFile, ModelSet, ModelWatcher, WatchPolicy
 from serving.schema import FeatureSchema
 from serving.settings import ServerSettings
@@ -224,16 +231,8 @@ class ServingState:
         self.metrics.shadow_rows.labels("predicted" if predicted else "failed").inc(rows)
         if answer is not None or self.log is None:
             return
-        sent = items[0].columns.keys()  # the champion's columns; the challenger's others are left null
-        data: dict[str, Any] = {
-            n: list(chain.from_iterable(i.columns[n] for i in items)) for n in model.schema.names if n in sent
-        }
-        data["_request_id"] = list(chain.from_iterable(i.row_ids for i in items))
-        data["_ts"] = list(chain.from_iterable(i.received_us for i in items))
-        data["_model_version"] = [model.version] * rows
-        data["_served_by"] = ["error"] * rows
-        data["_latency_ms"] = [elapsed_ms] * rows
-        data["_variant"] = ["challenger"] * rows
+        names = model.schema.names
+        data = shadow_log_columns(items, gathered(items), names, model.version, None, elapsed_ms)
         self.log.submit(LogBatch(SHADOW_TABLE, self._log_schema(model.schema), data, rows))
 
     def _log_schema(self, schema: FeatureSchema) -> pa.Schema:
