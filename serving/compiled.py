@@ -181,6 +181,11 @@ class CompiledTrees:
         ):
             raise ValueError("not compiled trees: the node arrays disagree")
         self.depth = _depth(self.roots, self.left, self.right)
+        # The walk's tables (``raw``). A node reads its feature from the row's values as they are when
+        # a missing value goes right (NaN <= threshold is false), from a copy with NaN as -inf when it
+        # goes left (-inf <= threshold is true), so one comparison applies scikit-learn's whole rule.
+        self._column = np.where(self.missing_left, self.feature, self.feature + self.n_features)
+        self._children = np.stack([self.left, self.right], axis=1).ravel()  # node * 2 + (goes right)
 
     @classmethod
     def from_nodes(cls, estimator: Any, nodes: Sequence[np.ndarray[Any, Any]]) -> CompiledTrees | None:
@@ -217,12 +222,14 @@ class CompiledTrees:
         x = np.asarray(x, dtype=np.float64)
         if x.ndim != 2 or x.shape[1] != self.n_features:
             raise ValueError(f"X has shape {x.shape}; the trees take {self.n_features} features")
-        rows = np.arange(x.shape[0])[:, None]
+        # Each row's values twice: NaN as -inf (read by nodes that send it left), then as it is.
+        values = np.concatenate([np.where(np.isnan(x), -np.inf, x), x], axis=1).ravel()
+        row_start = (np.arange(x.shape[0]) * (2 * self.n_features))[:, None]
         at = np.broadcast_to(self.roots, (x.shape[0], len(self.roots)))
+        # Array operations per level, not per (row, tree) pair: their count sets a small batch's cost.
         for _ in range(self.depth):
-            seen = x[rows, self.feature[at]]
-            go_left = np.where(np.isnan(seen), self.missing_left[at], seen <= self.threshold[at])
-            at = np.where(go_left, self.left[at], self.right[at])
+            goes_left = values.take(row_start + self._column.take(at)) <= self.threshold.take(at)
+            at = self._children.take(at * 2 + ~goes_left)
         leaves = self.value[at].reshape(x.shape[0], -1, self.k)
         summed = np.concatenate([np.broadcast_to(self.baseline, (x.shape[0], 1, self.k)), leaves], axis=1)
         return np.asfortranarray(np.cumsum(summed, axis=1)[:, -1, :])
