@@ -1,8 +1,9 @@
 """Micro-batching: concurrent requests of one worker share one model call.
 
 There is no waiting window. A dispatcher takes every request queued so far (up
-to ``max_batch_rows`` rows) as soon as the previous batch is answered; while a
-batch predicts, new requests queue and form the next one. Under light load each
+to ``max_batch_rows`` rows) as soon as the previous batch is answered, after one
+turn of the event loop (requests read in the same turn as the first finish parsing
+and join it); while a batch predicts, new requests queue and form the next one. Under light load each
 request is its own batch (no added latency); under heavy load batches grow and
 the per-call cost of pandas and scikit-learn (milliseconds, nearly independent
 of the row count) is paid once per batch instead of once per request.
@@ -168,6 +169,10 @@ class MicroBatcher:
                     await asyncio.wait_for(lane.answered.wait(), self.policy.stall_seconds)
                 except TimeoutError:
                     pass
+            else:
+                # One turn of the loop: requests whose bytes came in with this one finish parsing
+                # and join its batch (a model call that ran on the loop let none queue meanwhile).
+                await asyncio.sleep(0)
             batch = self._take(lane.queue)
             lane.predicting += 1
             task = loop.create_task(self._run(lane, batch))

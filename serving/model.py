@@ -83,9 +83,14 @@ class Prediction:
 
 
 #: Rows up to which a batch walks the compiled trees; above, scikit-learn's own predictors are
-#: faster (the walk costs per row and tree, theirs mostly per call). Measured on 100 trees of
-#: depth 25: 8 rows 0.31 vs 0.71 ms, 64 rows 1.56 vs 0.85 ms, 1,000 rows 22.7 vs 3.0 ms.
-TREE_WALK_MAX_ROWS = 32
+#: faster (the walk costs per row and tree, theirs mostly per call). Measured on the serving
+#: benchmark's 100 trees of depth 18, one thread: 8 rows 0.16 vs 0.60 ms, 32 rows 0.35 vs
+#: 0.68 ms, 64 rows 0.57 vs 0.77 ms, 128 rows 1.06 vs 1.13 ms.
+TREE_WALK_MAX_ROWS = 64
+#: (row, tree) pairs up to which a compiled walk runs on the worker's event loop instead of a
+#: prediction thread (``LoadedModel.walks_inline``): 32 rows of 100 trees, ~0.35 ms (above),
+#: less than handing the batch to a thread and back costs the loop.
+INLINE_WALK_PAIRS = 32 * 100
 
 
 def _set_threads(threads: int) -> None:
@@ -423,6 +428,21 @@ class LoadedModel:
             return self._answer(trees, x)
         self._limit_threads()
         return self._answer(estimator, x)
+
+    def walks_inline(self, rows: int) -> bool:
+        """Whether ``predict`` of ``rows`` rows is only the compiled preprocessing and trees, and a small walk.
+
+        Such a call is numpy on arrays this module built and verified, of a cost bounded by
+        ``INLINE_WALK_PAIRS``: no code of the model's own that could hang, so it needs neither a
+        thread nor a timeout (``serving.predictor`` calls it on the event loop).
+        """
+        trees = self._trees
+        return (
+            self._prepare is not None
+            and trees is not None
+            and (rows <= TREE_WALK_MAX_ROWS or self._estimator is None)
+            and rows * len(trees.roots) <= INLINE_WALK_PAIRS
+        )
 
     def predict_frame(self, frame: pd.DataFrame) -> Prediction:
         """Predict a frame in the signature's dtypes (``FeatureSchema.frame``, ``validate_table``'s) with the model."""

@@ -124,3 +124,30 @@ def test_a_request_queued_behind_a_batch_goes_as_soon_as_that_batch_answers() ->
         await batcher.close()
 
     asyncio.run(scenario())
+
+
+def test_requests_read_in_the_same_turn_as_the_first_join_its_batch() -> None:
+    """A request that needs one more turn of the loop to be submitted (its body still parsing) joins the first.
+
+    Without the dispatcher's one turn, the first request went alone and the next one made a second call.
+    """
+
+    async def scenario() -> None:
+        predictor = GatedPredictor()
+        predictor.gates["champion"].set()
+        batcher = MicroBatcher(predictor, BatchPolicy(max_batch_rows=64, max_inflight=1, stall_seconds=0.01))  # type: ignore[arg-type]
+        batcher.start()
+
+        async def after_a_turn(request: PendingRequest) -> Any:
+            await asyncio.sleep(0)  # scheduled before the first's submit: resumes before the dispatcher would
+            await asyncio.sleep(0)
+            return await batcher.submit(request)
+
+        late = asyncio.ensure_future(after_a_turn(_request(1, "champion")))
+        first = asyncio.ensure_future(batcher.submit(_request(0, "champion")))
+        answers = await asyncio.wait_for(asyncio.gather(first, late), STUCK_SECONDS)
+        assert predictor.calls == [("champion", 2)]
+        assert [(a.offset, a.rows) for a in answers] == [(0, 1), (1, 1)]
+        await batcher.close()
+
+    asyncio.run(scenario())

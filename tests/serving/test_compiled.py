@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
+import threading
 from typing import Any
 
 import numpy as np
@@ -163,6 +165,49 @@ def test_a_loaded_model_predicts_through_the_compiled_steps_only_once_verified(f
     unverifiable.warm_up()
     assert not unverifiable.compiled  # no example, no probe: scikit-learn's path
     unverifiable.close()
+
+
+def test_a_small_compiled_batch_is_predicted_on_the_event_loop_and_any_other_in_a_model_thread(
+    fitted: Pipeline,
+) -> None:
+    """The compiled walk cannot hang, so it skips the thread hand-off; scikit-learn's own code never does."""
+    from serving.breaker import BreakerPolicy
+    from serving.model import LoadedModel
+    from serving.predictor import Predictor
+    from serving.registry import ModelVersionRef
+    from serving.reload import ModelSet
+
+    frame, _ = _training(rows=50, seed=3, missing=0.0)
+    rows, _ = _training(rows=200, seed=4)
+    columns = {name: rows[name].tolist() for name in SCHEMA.names}
+    compiled = LoadedModel(ModelVersionRef("m", "1"), fitted, SCHEMA, example=frame.head(5))
+    not_compiled = LoadedModel(ModelVersionRef("m", "2"), fitted, SCHEMA, example=None)  # no probe rows
+    calls: list[tuple[str, int, int]] = []
+    for model in (compiled, not_compiled):
+        model.warm_up()
+        predict = model.predict
+
+        def recording(batch: dict[str, list[Any]], predict: Any = predict, version: str = model.version) -> Any:
+            calls.append((version, len(batch["amount"]), threading.get_ident()))
+            return predict(batch)
+
+        model.predict = recording  # type: ignore[method-assign]
+
+    async def scenario() -> int:
+        predictor = Predictor(BreakerPolicy())
+        for model, size in ((compiled, 5), (compiled, 200), (not_compiled, 5)):
+            batch = {name: values[:size] for name, values in columns.items()}
+            outcome = await predictor.predict(ModelSet(primary=model), batch)
+            assert outcome.served_by == "primary" and len(outcome.prediction) == size
+        return threading.get_ident()
+
+    try:
+        loop_thread = asyncio.run(scenario())
+    finally:
+        compiled.close()
+        not_compiled.close()
+    assert [(version, size) for version, size, _ in calls] == [("1", 5), ("1", 200), ("2", 5)]
+    assert [thread == loop_thread for _, _, thread in calls] == [True, False, False]
 
 
 # -- the trees ---------------------------------------------------------------------------------
