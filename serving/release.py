@@ -208,7 +208,7 @@ class ShadowMirror:
     Example:
         >>> mirror = ShadowMirror(on_answered=count_rows, process=ShadowProcess(log=LogTarget.of(settings)))
         >>> mirror.start()
-        >>> mirror.offer(challenger, ShadowItem(columns, 1, ["id"], [ts]))   # from the request path
+        >>> mirror.offer(challenger, columns, ["id"], received_us)   # from the request path
     """
 
     def __init__(
@@ -238,11 +238,19 @@ class ShadowMirror:
         self._thread = threading.Thread(target=self._run, name="shadow-mirror", daemon=True)
         self._thread.start()
 
-    def offer(self, model: LoadedModel, item: ShadowItem) -> bool:
-        """Queue a copy for the challenger; False (dropped) when the queue is full."""
+    def offer(self, model: LoadedModel, columns: dict[str, list[Any]], row_ids: list[str], received_us: int) -> bool:
+        """Queue a copy of a request's rows for the challenger; False (dropped) when the queue is full.
+
+        The queue is full most of the time under load (the thread rests between calls), so the
+        copy is only made once there is room for it.
+        """
+        if self._queue.full():
+            self.dropped += len(row_ids)
+            return False
+        item = ShadowItem(columns, len(row_ids), row_ids, [received_us] * len(row_ids))
         try:
             self._queue.put_nowait((model, item))
-        except queue.Full:
+        except queue.Full:  # filled by another caller since
             self.dropped += item.rows
             return False
         return True

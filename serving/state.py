@@ -213,11 +213,14 @@ class ServingState:
         challenger = batch[0].models.challenger
         if challenger is None:
             return
+        dropped = 0
         for p in batch:
-            if routes_to_challenger(p.request_id, share):
-                item = ShadowItem(p.columns, p.rows, p.row_ids, [p.received_us] * p.rows)
-                if not self.shadow.offer(challenger, item):
-                    self.metrics.shadow_rows.labels("dropped").inc(p.rows)
+            if routes_to_challenger(p.request_id, share) and not self.shadow.offer(
+                challenger, p.columns, p.row_ids, p.received_us
+            ):
+                dropped += p.rows
+        if dropped:  # one count a batch: under load most copies are dropped
+            self.metrics.shadow_rows.labels("dropped").inc(dropped)
 
     def _shadow_answered(
         self, model: LoadedModel, items: list[ShadowItem], answer: ShadowAnswer | None, elapsed_ms: float
