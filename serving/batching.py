@@ -17,7 +17,9 @@ its ``max_inflight`` slots and its dispatcher. With one lane, a canary whose mod
 slept 0.5 s per call held both slots with two of its batches, and the champion's
 requests queued behind them: the champion's p99 rose with the challenger's, and the
 release analysis, which compares the two, saw no latency fault (tests/serving/
-test_release.py, 2 of 9 runs). A bad canary now costs only its own share.
+test_release.py, 2 of 9 runs). A bad canary now costs only its own share. (A small batch
+of a compiled model predicts on the event loop itself, ``serving.predictor``: a bounded
+fraction of a millisecond that every lane waits for; a model that hangs does so in a thread.)
 
 Example:
     >>> batcher = MicroBatcher(predictor, BatchPolicy(max_batch_rows=256, max_inflight=2), on_answered=log_rows)

@@ -87,10 +87,10 @@ class Prediction:
 #: benchmark's 100 trees of depth 18, one thread: 8 rows 0.16 vs 0.60 ms, 32 rows 0.35 vs
 #: 0.68 ms, 64 rows 0.57 vs 0.77 ms, 128 rows 1.06 vs 1.13 ms.
 TREE_WALK_MAX_ROWS = 64
-#: (row, tree) pairs up to which a compiled walk runs on the worker's event loop instead of a
-#: prediction thread (``LoadedModel.walks_inline``): 32 rows of 100 trees, ~0.35 ms (above),
-#: less than handing the batch to a thread and back costs the loop.
-INLINE_WALK_PAIRS = 32 * 100
+#: (row, tree, level) steps up to which a compiled walk runs on the worker's event loop instead of
+#: a prediction thread (``LoadedModel.predict_inline``): 32 rows of 100 trees of depth 18, ~0.35 ms
+#: (above), less than handing the batch to a thread and back costs the loop.
+INLINE_WALK_STEPS = 32 * 100 * 18
 
 
 def _set_threads(threads: int) -> None:
@@ -429,20 +429,21 @@ class LoadedModel:
         self._limit_threads()
         return self._answer(estimator, x)
 
-    def walks_inline(self, rows: int) -> bool:
-        """Whether ``predict`` of ``rows`` rows is only the compiled preprocessing and trees, and a small walk.
+    def predict_inline(self, columns: dict[str, list[Any]]) -> Prediction | None:
+        """``predict``'s answer when it is only the compiled walk of a small batch; else None, and nothing done.
 
         Such a call is numpy on arrays this module built and verified, of a cost bounded by
-        ``INLINE_WALK_PAIRS``: no code of the model's own that could hang, so it needs neither a
-        thread nor a timeout (``serving.predictor`` calls it on the event loop).
+        ``INLINE_WALK_STEPS``: no code of the model's own that could hang, so it needs neither a
+        thread nor a timeout (``serving.predictor`` calls it on the event loop). The fields are
+        read once: a model loading in the background (``load_in_background``) may change them.
         """
-        trees = self._trees
-        return (
-            self._prepare is not None
-            and trees is not None
-            and (rows <= TREE_WALK_MAX_ROWS or self._estimator is None)
-            and rows * len(trees.roots) <= INLINE_WALK_PAIRS
-        )
+        prepare, trees, estimator = self._prepare, self._trees, self._estimator
+        rows = len(next(iter(columns.values()), ()))
+        if prepare is None or trees is None or (rows > TREE_WALK_MAX_ROWS and estimator is not None):
+            return None
+        if rows * len(trees.roots) * max(trees.depth, 1) > INLINE_WALK_STEPS:
+            return None
+        return self._answer(trees, prepare(self.schema.arrays(columns)))
 
     def predict_frame(self, frame: pd.DataFrame) -> Prediction:
         """Predict a frame in the signature's dtypes (``FeatureSchema.frame``, ``validate_table``'s) with the model."""

@@ -182,16 +182,16 @@ def test_a_small_compiled_batch_is_predicted_on_the_event_loop_and_any_other_in_
     columns = {name: rows[name].tolist() for name in SCHEMA.names}
     compiled = LoadedModel(ModelVersionRef("m", "1"), fitted, SCHEMA, example=frame.head(5))
     not_compiled = LoadedModel(ModelVersionRef("m", "2"), fitted, SCHEMA, example=None)  # no probe rows
-    calls: list[tuple[str, int, int]] = []
+    calls: list[tuple[str, int, int]] = []  # (version, rows, thread) of each model call
     for model in (compiled, not_compiled):
         model.warm_up()
-        predict = model.predict
+        answer = model._answer
 
-        def recording(batch: dict[str, list[Any]], predict: Any = predict, version: str = model.version) -> Any:
-            calls.append((version, len(batch["amount"]), threading.get_ident()))
-            return predict(batch)
+        def recording(estimator: Any, x: Any, answer: Any = answer, version: str = model.version) -> Any:
+            calls.append((version, len(x), threading.get_ident()))
+            return answer(estimator, x)
 
-        model.predict = recording  # type: ignore[method-assign]
+        model._answer = recording  # type: ignore[method-assign]
 
     async def scenario() -> int:
         predictor = Predictor(BreakerPolicy())
