@@ -210,6 +210,40 @@ def test_a_small_compiled_batch_is_predicted_on_the_event_loop_and_any_other_in_
     assert [thread == loop_thread for _, _, thread in calls] == [True, False, False]
 
 
+def test_a_version_started_compiled_walks_any_batch_inline_until_its_model_has_loaded(fitted: Pipeline) -> None:
+    """Without scikit-learn's model every batch is the walk's; once it has loaded, a large batch is the model's."""
+    from serving.compiled import CompiledModel
+    from serving.model import TREE_WALK_MAX_ROWS, LoadedModel
+    from serving.registry import ModelVersionRef
+
+    frame, _ = _training(rows=50, seed=3, missing=0.0)
+    first = LoadedModel(ModelVersionRef("m", "1"), fitted, SCHEMA, example=frame.head(5))
+    first.warm_up()
+    data = first.compiled_form()
+    first.close()
+    assert data is not None
+    started = LoadedModel(
+        ModelVersionRef("m", "1"),
+        None,
+        SCHEMA,
+        frame.head(5),
+        compiled=CompiledModel.from_bytes(data),
+        load_model=lambda: fitted,
+    )
+    rows, _ = _training(rows=TREE_WALK_MAX_ROWS + 36, seed=4)
+    large = {name: rows[name].tolist() for name in SCHEMA.names}
+    small = {name: values[:5] for name, values in large.items()}
+    try:
+        walked = started.predict_inline(large)
+        assert walked is not None and walked.scores is not None
+        assert np.array_equal(walked.scores, fitted.predict_proba(SCHEMA.frame(large))[:, 1])
+        started.model  # noqa: B018 - loads scikit-learn's model now, as the background load does
+        assert started.predict_inline(large) is None  # scikit-learn's predictors, in a model thread
+        assert started.predict_inline(small) is not None
+    finally:
+        started.close()
+
+
 # -- the trees ---------------------------------------------------------------------------------
 def _tree_data(seed: int = 0, rows: int = 600) -> tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]]:
     rng = np.random.default_rng(seed)
