@@ -93,6 +93,11 @@ TREE_WALK_MAX_ROWS = 64
 INLINE_WALK_STEPS = 32 * 100 * 18
 
 
+def _trees_answer(rows: int, estimator: Any) -> bool:
+    """Whether a batch of ``rows`` walks the compiled trees: a small one, or any until the model has loaded."""
+    return rows <= TREE_WALK_MAX_ROWS or estimator is None
+
+
 def _set_threads(threads: int) -> None:
     threadpool_limits(threads)
 
@@ -424,7 +429,7 @@ class LoadedModel:
         if prepare is None:
             return self.predict_frame(self.schema.frame(columns))
         x = prepare(self.schema.arrays(columns))
-        if trees is not None and (len(x) <= TREE_WALK_MAX_ROWS or estimator is None):
+        if trees is not None and _trees_answer(len(x), estimator):
             return self._answer(trees, x)
         self._limit_threads()
         return self._answer(estimator, x)
@@ -439,7 +444,7 @@ class LoadedModel:
         """
         prepare, trees, estimator = self._prepare, self._trees, self._estimator
         rows = len(next(iter(columns.values()), ()))
-        if prepare is None or trees is None or (rows > TREE_WALK_MAX_ROWS and estimator is not None):
+        if prepare is None or trees is None or not _trees_answer(rows, estimator):
             return None
         if rows * len(trees.roots) * max(trees.depth, 1) > INLINE_WALK_STEPS:
             return None
