@@ -47,9 +47,9 @@ from serving.client import ServingClient
 logger = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Outcome:
-    """One prediction request as the client saw it."""
+    """One prediction request as the client saw it (a demo's traffic log reads back as ~10k of them)."""
 
     t: float
     ok: bool
@@ -192,12 +192,16 @@ class Workload:
     """Client threads sending one record per request at ``rate`` requests per second in all."""
 
     url: str
+    """The server's base URL: records go to ``<url>/predict``, labels to ``<url>/feedback``."""
     source: RecordSource
     log: TrafficLog
+    """Where every request's outcome is appended (availability is computed from it)."""
     rate: float = 20.0
     threads: int = 2
     feedback: bool = True
+    """Send each answered record's label (when the batch has one) to ``/feedback``, as a labelling job would."""
     request_timeout: float = 2.0
+    """Seconds a request may take; a slower answer counts as failed (``ReadTimeout``)."""
     stop: threading.Event = field(default_factory=threading.Event)
 
     def run(self, duration: float | None = None) -> None:
