@@ -14,10 +14,12 @@ priority), so the rounds measure mirroring, not that start; its time is printed.
 
 Usage::
 
-    .venv/bin/python benchmarks/shadow.py [--rounds 3] [--duration 15] [--share 1.0]
+    .venv/bin/python benchmarks/shadow.py [--rounds 3] [--duration 15] [--share 1.0] [--control]
 
 Prints the champion's p50/p99 and throughput in both states and the p99 ratio
 (target: <= 1.10), plus how many mirrored rows the challenger predicted or dropped.
+``--control`` runs the same rounds with no release in either state: the ratio it prints
+is the benchmark's own noise, what a shadow that cost nothing would measure.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ import sys
 import time
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -120,9 +123,7 @@ def warm_up_shadow(wrk: str, url: str, script: Path, base: str, workers: int, ti
     started = time.monotonic()
     while time.monotonic() - started < timeout:
         bench.run_wrk(wrk, url, script, 4, 2, 1)
-        if every_worker(
-            base, workers, lambda release: bool(((release or {}).get("mirrored_rows") or {}).get("predicted"))
-        ):
+        if every_worker(base, workers, _shadow_predicted):
             return time.monotonic() - started
     raise SystemExit(f"the shadow processes did not predict within {timeout:g} s")
 
@@ -147,14 +148,61 @@ def cpu_seconds(pid: int) -> dict[str, float]:
     return totals
 
 
-def main() -> int:
-    bench = _serving_benchmark()
+def _arguments(bench: ModuleType) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     bench.load_arguments(parser, rounds="state")
     parser.add_argument("--connections", type=int, default=16)
     parser.add_argument("--share", type=float, default=1.0, help="share of requests mirrored (default 1.0)")
-    args = parser.parse_args()
+    parser.add_argument(
+        "--control",
+        action="store_true",
+        help="A/A control: no release in either state; the ratio is then the benchmark's own noise",
+    )
+    return parser.parse_args()
 
+
+@dataclass(frozen=True)
+class _Server:
+    """The server under test and what drives it."""
+
+    wrk: str
+    url: str
+    script: Path
+    pid: int
+    tracking_uri: str
+    challenger: str
+
+    @property
+    def base(self) -> str:
+        return self.url.removesuffix("/predict")
+
+
+def _rounds(
+    bench: ModuleType, server: _Server, args: argparse.Namespace
+) -> tuple[dict[str, list[Any]], dict[str, Any]]:
+    """The rounds, each state in turn (order alternating): wrk results and server/shadow CPU seconds by state."""
+    runs: dict[str, list[Any]] = {"none": [], "shadow": []}
+    cpu: dict[str, dict[str, float]] = {state: {"server": 0.0, "shadow": 0.0} for state in runs}
+    for round_ in range(args.rounds):
+        print(f"round {round_ + 1}/{args.rounds}", flush=True)
+        for state in ["none", "shadow"] if round_ % 2 == 0 else ["shadow", "none"]:
+            mirrored = state == "shadow" and not args.control
+            set_release(server.tracking_uri, bench.MODEL, server.challenger if mirrored else None, args.share)
+            wait_release(server.base, mirrored, args.workers)
+            before = cpu_seconds(server.pid)
+            result = bench.measure(
+                server.wrk, server.url, server.script, state, args.connections, args.duration, args.warmup, args.threads
+            )
+            after = cpu_seconds(server.pid)
+            for kind in after:
+                cpu[state][kind] += after[kind] - before.get(kind, 0.0)
+            runs[state].append(result)
+    return runs, cpu
+
+
+def main() -> int:
+    bench = _serving_benchmark()
+    args = _arguments(bench)
     wrk, workdir, tracking_uri = bench.scratch("shadow")
     print(f"scratch folder {workdir}; {os.cpu_count()} CPUs (load average {os.getloadavg()[0]:.1f})")
     champion = bench.register_model(tracking_uri, workdir)
@@ -162,39 +210,38 @@ def main() -> int:
     script, _ = bench.post_script(workdir)
     env = {**os.environ, "SELFHEAL_POLL_SECONDS": "1"}
     proc, url = bench.start_selfheal(workdir, env, tracking_uri, args.workers)
-    base = url.removesuffix("/predict")
-    runs: dict[str, list[Any]] = {"none": [], "shadow": []}
-    cpu: dict[str, dict[str, float]] = {state: {"server": 0.0, "shadow": 0.0} for state in runs}
+    server = _Server(wrk, url, script, proc.pid, tracking_uri, challenger)
     try:
-        set_release(tracking_uri, bench.MODEL, challenger, args.share)
-        wait_release(base, True, args.workers)
-        warm = warm_up_shadow(wrk, url, script, base, args.workers)
-        print(f"shadow processes started and the challenger loaded in {warm:.1f} s (light load; not measured)")
-        before_rounds = shadow_counts(base)
-        for round_ in range(args.rounds):
-            print(f"round {round_ + 1}/{args.rounds}", flush=True)
-            order = ["none", "shadow"] if round_ % 2 == 0 else ["shadow", "none"]
-            for state in order:
-                set_release(tracking_uri, bench.MODEL, challenger if state == "shadow" else None, args.share)
-                wait_release(base, state == "shadow", args.workers)
-                before = cpu_seconds(proc.pid)
-                result = bench.measure(
-                    wrk, url, script, state, args.connections, args.duration, args.warmup, args.threads
-                )
-                after = cpu_seconds(proc.pid)
-                for kind in after:
-                    cpu[state][kind] += after[kind] - before.get(kind, 0.0)
-                runs[state].append(result)
-        after_rounds = shadow_counts(base)
+        if args.control:
+            print("A/A control: no release in either state (the 'shadow' rows below mirror nothing)")
+        else:
+            set_release(tracking_uri, bench.MODEL, challenger, args.share)
+            wait_release(server.base, True, args.workers)
+            warm = warm_up_shadow(wrk, url, script, server.base, args.workers)
+            print(f"shadow processes started and the challenger loaded in {warm:.1f} s (light load; not measured)")
+        before_rounds = shadow_counts(server.base)
+        runs, cpu = _rounds(bench, server, args)
+        after_rounds = shadow_counts(server.base)
         mirrored = {k: v - before_rounds.get(k, 0.0) for k, v in after_rounds.items()}
     finally:
         bench.stop(proc)
+    _report(bench, args, runs, cpu, mirrored)
+    shutil.rmtree(workdir, ignore_errors=True)
+    return 0
 
+
+def _report(
+    bench: ModuleType,
+    args: argparse.Namespace,
+    runs: dict[str, list[Any]],
+    cpu: dict[str, Any],
+    mirrored: dict[str, float],
+) -> None:
     none, shadow = bench.median_result(runs["none"]), bench.median_result(runs["shadow"])
     ratio = shadow.p99_ms / none.p99_ms
     print()
     print(f"median of {args.rounds} rounds of {args.duration}s, wrk -t{args.threads} -c{args.connections}, "
-          f"{args.workers} workers, shadow share {args.share:g}")  # fmt: skip
+          f"{args.workers} workers, shadow share {args.share:g}{' (A/A control)' if args.control else ''}")  # fmt: skip
     for name, r in (("no shadow", none), ("shadow", shadow)):
         print(f"  {name:<10} {r.rps:>8.0f} req/s  p50 {r.p50_ms:7.2f} ms  p99 {r.p99_ms:7.2f} ms  "
               f"(non-2xx {r.non_2xx}, socket errors {r.socket_errors})")  # fmt: skip
@@ -205,9 +252,11 @@ def main() -> int:
     p99s = {k: [float(r.p99_ms) for r in v] for k, v in runs.items()}
     print(f"  p99 per round: {json.dumps({k: [round(x, 2) for x in v] for k, v in p99s.items()})}")
     print(f"  p99 ratio shadow / none: {ratio:.3f} (spread of rounds: {np.ptp(p99s['none']):.2f} ms without)")
-    print(f"target champion p99 with shadow <= 1.10 x without: {'MET' if ratio <= 1.10 else 'MISSED'} ({ratio:.3f})")
-    shutil.rmtree(workdir, ignore_errors=True)
-    return 0
+    if args.control:
+        print(f"A/A control (no target): a shadow that cost nothing would measure about {ratio:.3f}")
+    else:
+        verdict = "MET" if ratio <= 1.10 else "MISSED"
+        print(f"target champion p99 with shadow <= 1.10 x without: {verdict} ({ratio:.3f})")
 
 
 if __name__ == "__main__":

@@ -25,6 +25,8 @@ import sys
 import threading
 import time
 from pathlib import Path
+from types import ModuleType
+from typing import Any
 
 import psutil
 
@@ -64,8 +66,7 @@ def kill_one_worker(master: int, after: float, killed: list[int]) -> None:
         print(f"  SIGKILL {candidates[0]} (one of the workers {candidates})", flush=True)
 
 
-def main() -> int:
-    bench = _bench_serving()  # benchmarks/serving.py: model, servers, wrk
+def _arguments() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument(
         "--workers", type=int, default=2, help="worker processes (default 2; selfheal: as replicas of 1 worker)"
@@ -75,8 +76,29 @@ def main() -> int:
     parser.add_argument("--kill-after", type=float, default=5.0, help="seconds into the run of the kill (default 5)")
     parser.add_argument("--rounds", type=int, default=1, help="runs per server (default 1)")
     parser.add_argument("--threads", type=int, default=2, help="wrk threads (default 2)")
-    args = parser.parse_args()
+    return parser.parse_args()
 
+
+def _run_with_kill(
+    bench: ModuleType, wrk: str, script: Path, started: tuple[Any, str], args: argparse.Namespace
+) -> tuple[list[int], str]:
+    """wrk on a fresh server, one of its workers SIGKILLed ``--kill-after`` s in: (the killed pids, wrk's output)."""
+    proc, url = started
+    try:
+        bench.run_wrk(wrk, url, script, args.connections, 3, args.threads)  # warm-up
+        killed: list[int] = []
+        killer = threading.Thread(target=kill_one_worker, args=(proc.pid, args.kill_after, killed))
+        killer.start()
+        text = bench.run_wrk(wrk, url, script, args.connections, args.duration, args.threads)
+        killer.join()
+    finally:
+        bench.stop(proc)
+    return killed, text
+
+
+def main() -> int:
+    bench = _bench_serving()  # benchmarks/serving.py: model, servers, wrk
+    args = _arguments()
     wrk, workdir, tracking_uri = bench.scratch("worker-kill")
     print(f"scratch folder {workdir}; {os.cpu_count()} CPUs (load average {os.getloadavg()[0]:.1f})")
     version = bench.register_model(tracking_uri, workdir)
@@ -98,16 +120,7 @@ def main() -> int:
     try:
         for round_ in range(args.rounds):
             for name, start in starters.items():
-                proc, url = start()  # a fresh server each run: both workers alive at the start
-                try:
-                    bench.run_wrk(wrk, url, script, args.connections, 3, args.threads)  # warm-up
-                    killed: list[int] = []
-                    killer = threading.Thread(target=kill_one_worker, args=(proc.pid, args.kill_after, killed))
-                    killer.start()
-                    text = bench.run_wrk(wrk, url, script, args.connections, args.duration, args.threads)
-                    killer.join()
-                finally:
-                    bench.stop(proc)
+                killed, text = _run_with_kill(bench, wrk, script, start(), args)  # both workers alive at the start
                 result = bench.parse_wrk(name, args.connections, text)
                 results[name].append((result.requests, result.non_2xx, result.socket_errors))
                 print(
@@ -118,6 +131,11 @@ def main() -> int:
                 )
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
+    _print_verdicts(args, results)
+    return 0
+
+
+def _print_verdicts(args: argparse.Namespace, results: dict[str, list[tuple[int, int, int]]]) -> None:
     print()
     print(f"one of {args.workers} workers SIGKILLed {args.kill_after:g} s into {args.duration} s of "
           f"wrk -t{args.threads} -c{args.connections}:")  # fmt: skip
@@ -128,7 +146,6 @@ def main() -> int:
     for name in (n for n in results if n.startswith("selfheal")):
         ours = [non_2xx + errors for _, non_2xx, errors in results[name]]
         print(f"target (issue 17): 0 failed requests for {name}: {'MET' if not any(ours) else 'MISSED'} ({ours})")
-    return 0
 
 
 if __name__ == "__main__":
