@@ -48,14 +48,19 @@ if sys.path and Path(sys.path[0] or ".").resolve() == Path(__file__).resolve().p
 from serving.processes import wait_until  # noqa: E402 - after the path fix
 
 
-def _serving_benchmark() -> ModuleType:
-    """benchmarks/serving.py (its model, server start-up and wrk driver), loaded by path."""
-    spec = importlib.util.spec_from_file_location("bench_serving", Path(__file__).parent / "serving.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
+def serving_benchmark() -> ModuleType:
+    """benchmarks/serving.py (its model, servers and wrk driver), loaded by path once per process.
+
+    By path, not ``import benchmarks.serving``: it is also a script, and shadow.py, startup.py
+    and worker_kill.py share its one loaded copy.
+    """
+    if "bench_serving" not in sys.modules:
+        spec = importlib.util.spec_from_file_location("bench_serving", Path(__file__).parent / "serving.py")
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = module  # its dataclasses look their module up there
+        spec.loader.exec_module(module)
+    return sys.modules["bench_serving"]
 
 
 def set_release(tracking_uri: str, model: str, challenger: str | None, share: float) -> None:
@@ -201,7 +206,7 @@ def _rounds(
 
 
 def main() -> int:
-    bench = _serving_benchmark()
+    bench = serving_benchmark()
     args = _arguments(bench)
     wrk, workdir, tracking_uri = bench.scratch("shadow")
     print(f"scratch folder {workdir}; {os.cpu_count()} CPUs (load average {os.getloadavg()[0]:.1f})")

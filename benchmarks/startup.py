@@ -31,7 +31,6 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from types import ModuleType
 
 import httpx
 import numpy as np
@@ -41,16 +40,8 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 if sys.path and Path(sys.path[0] or ".").resolve() == Path(__file__).resolve().parent:
     sys.path[0] = str(REPO_ROOT)  # run as a script: import the packages, not benchmarks/ siblings
 
-from serving.processes import free_port  # noqa: E402 - after the path fix
-
-
-def _bench_serving() -> ModuleType:
-    """benchmarks/serving.py (its model and server stop), loaded by path once (as benchmarks/shadow.py does)."""
-    if "bench_serving" not in sys.modules:
-        from benchmarks.shadow import _serving_benchmark
-
-        _serving_benchmark()
-    return sys.modules["bench_serving"]
+from benchmarks.shadow import serving_benchmark  # noqa: E402 - after the path fix
+from serving.processes import free_port  # noqa: E402
 
 
 def _tree_cpu(pid: int) -> float:
@@ -70,7 +61,7 @@ def time_to_answer(
     command: list[str], env: dict[str, str], url: str, log: Path, timeout: float = 120.0
 ) -> tuple[float, float]:
     """Start ``command``; seconds from the exec to the first 200 from ``url``, and the CPU seconds used by then."""
-    bench = _bench_serving()
+    bench = serving_benchmark()
     client = httpx.Client(timeout=1.0)
     with open(log, "ab") as out:
         started = time.perf_counter()
@@ -98,7 +89,7 @@ def commands(
     workdir: Path, tracking_uri: str, version: str, workers: int, port: int
 ) -> dict[str, tuple[list[str], dict[str, str], str]]:
     """Each server's command, environment and readiness URL."""
-    bench = _bench_serving()
+    bench = serving_benchmark()
     bin_dir = Path(sys.executable).parent
     base = {**os.environ, "PATH": f"{bin_dir}:{os.environ.get('PATH', '')}", "MLFLOW_TRACKING_URI": tracking_uri}
     ours = {
@@ -147,7 +138,7 @@ def main() -> int:
     workdir = Path(tempfile.mkdtemp(prefix="selfheal-bench-startup-"))
     tracking_uri = f"sqlite:///{workdir / 'mlflow.db'}"
     print(f"scratch folder {workdir}; {os.cpu_count()} CPUs (load average {os.getloadavg()[0]:.1f})", flush=True)
-    version = _bench_serving().register_model(tracking_uri, workdir)
+    version = serving_benchmark().register_model(tracking_uri, workdir)
     runs: dict[str, list[tuple[float, float]]] = {"selfheal": [], "mlflow": []}
     command, env, url = commands(workdir, tracking_uri, version, args.workers, free_port())["selfheal"]
     first, first_cpu = time_to_answer(command, env, url, workdir / "selfheal.log")

@@ -34,7 +34,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 if sys.path and Path(sys.path[0] or ".").resolve() == Path(__file__).resolve().parent:
     sys.path[0] = str(REPO_ROOT)  # run as a script: import the packages, not benchmarks/ siblings
 
-from benchmarks.startup import _bench_serving  # noqa: E402 - after the path fix
+from benchmarks.shadow import serving_benchmark  # noqa: E402 - after the path fix
 
 
 def workers_of(root: int) -> list[int]:
@@ -97,7 +97,7 @@ def _run_with_kill(
 
 
 def main() -> int:
-    bench = _bench_serving()  # benchmarks/serving.py: model, servers, wrk
+    bench = serving_benchmark()  # benchmarks/serving.py: model, servers, wrk
     args = _arguments()
     wrk, workdir, tracking_uri = bench.scratch("worker-kill")
     print(f"scratch folder {workdir}; {os.cpu_count()} CPUs (load average {os.getloadavg()[0]:.1f})")
