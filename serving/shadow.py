@@ -13,7 +13,8 @@ The child also writes the ``shadow_log`` table itself (its own ``InferenceLog``,
 worker's lake, dead-letter folder and flush settings): building those rows and appending
 them in the worker cost the champion more than the prediction did (same benchmark, load
 ~1: throughput -29% and p99 1.69x with the worker writing them; -1% and 1.17x without).
-The worker sends the mirrored rows as they came and gets back a count.
+The worker sends the mirrored rows as they came (pickled when queued, so its garbage
+collector never scans them: ``serving.release.MirroredBatch``) and gets back a count.
 
 - The child gets the challenger once per version as skops bytes (``skops.io.dumps`` in
   the worker) and loads them with the reviewed trusted types, as every artifact is
@@ -31,7 +32,7 @@ The worker sends the mirrored rows as they came and gets back a count.
 
 Example:
     >>> process = ShadowProcess(extra_trusted=(), log=LogTarget.of(settings))
-    >>> answer = process.mirror(challenger, [ShadowItem({"f0": [0.1], "channel": ["pos"]}, 1, ["id"], [ts])])
+    >>> answer = process.mirror(challenger, MirroredBatch(1, [MirroredBatch.pack({"f0": [0.1]}, ["id"], ts)]))
     >>> process.close()
 """
 
@@ -58,7 +59,7 @@ from serving.inference_log import LogTarget
 from serving.metrics import LogMetrics, mark_worker_dead
 from serving.model import LoadedModel, ModelThreads, Prediction
 from serving.modelio import import_skops_lean, loads_sklearn_model
-from serving.release import SHADOW_TABLE, ShadowItem, gathered, shadow_log_columns
+from serving.release import SHADOW_TABLE, MirroredBatch, gathered, shadow_log_columns
 from serving.schema import FeatureSchema
 
 if TYPE_CHECKING:
@@ -111,8 +112,8 @@ class ShadowProcess:
         """The child's pid while it runs."""
         return self._proc.pid if self._proc is not None and self._proc.poll() is None else None
 
-    def mirror(self, model: LoadedModel, items: list[ShadowItem]) -> ShadowAnswer:
-        """Have the challenger predict (and the child log) the mirrored rows of ``items``.
+    def mirror(self, model: LoadedModel, batch: MirroredBatch) -> ShadowAnswer:
+        """Have the challenger predict (and the child log) the mirrored rows of ``batch``.
 
         Raises:
             ShadowFailed: the child died, hung, or could not load the model: it took none of the rows.
@@ -131,12 +132,12 @@ class ShadowProcess:
                     self._refused = (key, f"the shadow process could not load it: {header['error']}")
                     raise ShadowFailed(self._refused[1])
                 self._loaded = key
-            conn.send(("mirror", key, [(i.columns, i.row_ids, i.received_us) for i in items]))
+            conn.send(("mirror", key, batch.rows, batch.packed))
             header = self._answer(conn)
         except (OSError, EOFError, TimeoutError) as exc:
             self._replace()
             raise ShadowFailed(f"the shadow process gave no answer: {type(exc).__name__}: {exc}") from None
-        if header["rows"] != sum(i.rows for i in items):  # it could not take them (a bug in the child)
+        if header["rows"] != batch.rows:  # it could not take them (a bug in the child)
             raise ShadowFailed(f"the shadow process did not take the batch: {header['error']}")
         return ShadowAnswer(header["rows"], header["error"], float(header["cpu_seconds"]))
 
@@ -216,15 +217,13 @@ class _Child:
         self.key = key
         self._schema = inference_schema(self.loaded.schema.arrow_fields)
 
-    def mirror(
-        self, wanted: tuple[str, str], items: list[tuple[dict[str, list[Any]], list[str], list[int]]]
-    ) -> dict[str, Any]:
+    def mirror(self, wanted: tuple[str, str], batch: MirroredBatch) -> dict[str, Any]:
         from serving.inference_log import LogBatch
 
         loaded = self.loaded
         if loaded is None or wanted != self.key:
             raise ShadowFailed(f"version {wanted[1]} is not loaded in the shadow process")
-        mirrored = [ShadowItem(columns, len(ids), ids, ts) for columns, ids, ts in items]
+        mirrored = batch.items()
         columns = gathered(mirrored)  # the champion's columns: the challenger may want others
         started = time.perf_counter()
         error: str | None = None
@@ -276,7 +275,7 @@ def serve(conn: Connection) -> None:
                     child.load(*message[1:])
                     header = {"error": None}
                 else:
-                    header = child.mirror(message[1], message[2])
+                    header = child.mirror(message[1], MirroredBatch(message[2], message[3]))
             except Exception as exc:  # noqa: BLE001 - a model that fails to load is an answer, not a crash
                 header = {"rows": 0, "error": f"{type(exc).__name__}: {exc}"}
             child.reply(conn, header)

@@ -34,7 +34,7 @@ from serving.predictor import Outcome, Predictor
 from serving.registry import ModelRegistry
 from serving.release import (
     SHADOW_TABLE,
-    ShadowItem,
+    MirroredBatch,
     ShadowMirror,
     gathered,
     routes_to_challenger,
@@ -223,19 +223,19 @@ class ServingState:
             self.metrics.shadow_rows.labels("dropped").inc(dropped)
 
     def _shadow_answered(
-        self, model: LoadedModel, items: list[ShadowItem], answer: ShadowAnswer | None, elapsed_ms: float
+        self, model: LoadedModel, batch: MirroredBatch, answer: ShadowAnswer | None, elapsed_ms: float
     ) -> None:
         """The shadow thread's answer: counted; rows its process did not take are logged here, as errors.
 
         The shadow process logs the rows it took (``serving.shadow``).
         """
-        rows = sum(i.rows for i in items)
+        rows = batch.rows
         predicted = answer is not None and answer.error is None
         self.metrics.shadow_rows.labels("predicted" if predicted else "failed").inc(rows)
         if answer is not None or self.log is None:
             return
-        names = model.schema.names
-        data = shadow_log_columns(items, gathered(items), names, model.version, None, elapsed_ms)
+        items = batch.items()
+        data = shadow_log_columns(items, gathered(items), model.schema.names, model.version, None, elapsed_ms)
         self.log.submit(LogBatch(SHADOW_TABLE, self._log_schema(model.schema), data, rows))
 
     def _log_schema(self, schema: FeatureSchema) -> pa.Schema:

@@ -8,6 +8,7 @@ so the ids the challenger could have answered are known in advance.
 from __future__ import annotations
 
 import functools
+import gc
 import json
 import threading
 from collections.abc import Callable, Iterator
@@ -30,7 +31,15 @@ from flows.config import SelfhealConfig, load_config
 from flows.registry import Registry
 from flows.release.controller import BAD_RELEASE, read_state, release_analysis_flow, start_release
 from serving.inference_log import INFERENCE_TABLE
-from serving.release import OUTCOME_TAG, RELEASE_TAG, SHADOW_TABLE, ReleaseState, routes_to_challenger
+from serving.release import (
+    OUTCOME_TAG,
+    RELEASE_TAG,
+    SHADOW_TABLE,
+    MirroredBatch,
+    ReleaseState,
+    gathered,
+    routes_to_challenger,
+)
 from tests.serving.conftest import ADMIN_TOKEN, MODEL, ModelStore, _training_frame, http, wait_until
 
 pytestmark = pytest.mark.integration
@@ -406,3 +415,21 @@ def test_release_state_round_trips_through_its_tag() -> None:
     owed = state.evolve(owed_incident={"id": "inc-1", "detected_at": "2026-01-01T00:00:00+00:00", "failed": []})
     assert ReleaseState.from_tag(owed.to_tag()) == owed
     assert ReleaseState.from_tag(json.dumps({**json.loads(state.to_tag()), "later_field": 1})) == state
+
+
+def test_a_mirrored_copy_is_kept_as_untracked_bytes_and_reads_back_exactly() -> None:
+    columns: dict[str, list[Any]] = {"f0": [0.5, float("nan"), None], "channel": ["pos", "web", None]}
+    packed = MirroredBatch.pack(columns, ["a", "b", "c"], 1_700_000_000_000_000)
+    assert not gc.is_tracked(packed)  # the worker's collector never scans a waiting copy
+    batch = MirroredBatch(4, [packed, MirroredBatch.pack({"f0": [1.0], "channel": ["pos"]}, ["d"], 7)])
+    first, second = batch.items()
+    assert (first.rows, first.row_ids, first.received_us) == (3, ["a", "b", "c"], [1_700_000_000_000_000] * 3)
+    assert first.columns["f0"][0] == 0.5 and np.isnan(first.columns["f0"][1]) and first.columns["f0"][2] is None
+    assert first.columns["channel"] == ["pos", "web", None]
+    assert (second.rows, second.row_ids, second.received_us, second.columns) == (
+        1,
+        ["d"],
+        [7],
+        {"f0": [1.0], "channel": ["pos"]},
+    )
+    assert gathered(batch.items())["channel"] == ["pos", "web", None, "pos"]

@@ -26,7 +26,7 @@ from serving.inference_log import LogTarget
 from serving.model import LoadedModel
 from serving.processes import wait_until
 from serving.registry import ModelRegistry
-from serving.release import SHADOW_TABLE, ShadowItem
+from serving.release import SHADOW_TABLE, MirroredBatch
 from serving.shadow import ShadowFailed, ShadowProcess
 from tests.serving._estimators import TRUSTED
 from tests.serving.conftest import MODEL, REPO_ROOT, ModelStore
@@ -52,25 +52,23 @@ def _columns(model: LoadedModel, store: ModelStore, rows: int) -> dict[str, list
     return {name: store.frame[name].head(rows).tolist() for name in model.schema.names}
 
 
-def _items(columns: dict[str, list[Any]], prefix: str, parts: int = 1) -> list[ShadowItem]:
+def _batch(columns: dict[str, list[Any]], prefix: str, parts: int = 1) -> MirroredBatch:
     """The rows of ``columns`` as ``parts`` mirrored requests, ids ``<prefix>-<row>``."""
     rows = len(next(iter(columns.values())))
     cuts = [rows * k // parts for k in range(parts + 1)]
     now = time.time_ns() // 1000
-    return [
-        ShadowItem(
-            {name: values[a:b] for name, values in columns.items()},
-            b - a,
-            [f"{prefix}-{i}" for i in range(a, b)],
-            [now] * (b - a),
+    packed = [
+        MirroredBatch.pack(
+            {name: values[a:b] for name, values in columns.items()}, [f"{prefix}-{i}" for i in range(a, b)], now
         )
         for a, b in zip(cuts, cuts[1:], strict=False)
     ]
+    return MirroredBatch(rows, packed)
 
 
 def _mirrored(process: ShadowProcess, model: LoadedModel, columns: dict[str, list[Any]]) -> int:
     """Rows the challenger predicted (an error fails the test)."""
-    answer = process.mirror(model, _items(columns, "r"))
+    answer = process.mirror(model, _batch(columns, "r"))
     assert answer.error is None
     return answer.rows
 
@@ -96,11 +94,11 @@ def test_the_shadow_process_logs_what_the_worker_would_predict(
             columns = _columns(model, model_store, 50)
             prediction = model.predict(columns)
             assert prediction.scores is not None
-            items = _items(columns, label, parts=3)
-            answer = process.mirror(model, items)
+            batch = _batch(columns, label, parts=3)
+            answer = process.mirror(model, batch)
             assert (answer.rows, answer.error) == (50, None)
             assert answer.cpu_seconds > 0
-            ids = [i for item in items for i in item.row_ids]
+            ids = [i for item in batch.items() for i in item.row_ids]
             expected |= dict(
                 zip(ids, zip(prediction.values.tolist(), prediction.scores.tolist(), strict=True), strict=True)
             )
@@ -112,7 +110,7 @@ def test_the_shadow_process_logs_what_the_worker_would_predict(
         assert process.pid == child  # still the same child: it ignored the SIGTERM
         # A challenger failing valid rows (logistic regression refuses NaN): they are logged as its errors.
         nan = dict(columns) | {"mean_radius": [float("nan")] * 50}
-        failed = process.mirror(model, _items(nan, "nan"))
+        failed = process.mirror(model, _batch(nan, "nan"))
         assert failed.rows == 50 and failed.error is not None and "NaN" in failed.error
         assert process.pid is not None
     finally:
@@ -182,14 +180,14 @@ _WORKER = """
 import sys
 from serving.model import LoadedModel
 from serving.registry import ModelRegistry
-from serving.release import ShadowItem
+from serving.release import MirroredBatch
 from serving.shadow import ShadowProcess
 
 registry = ModelRegistry(sys.argv[1], tracking_uri=sys.argv[2], artifact_root=sys.argv[3])
 model = LoadedModel.load(registry, registry.version(sys.argv[4]))
 process = ShadowProcess(timeout_seconds=60)
 columns = {name: model.example[name].tolist() for name in model.schema.names}
-process.mirror(model, [ShadowItem(columns, len(model.example), ["r"] * len(model.example), [0] * len(model.example))])
+process.mirror(model, MirroredBatch(len(model.example), [MirroredBatch.pack(columns, ["r"] * len(model.example), 0)]))
 print(process.pid, flush=True)
 sys.stdin.read()
 """
